@@ -1,0 +1,35 @@
+# The two commands: `make run` (dev server + Web UI + worker) and `make test`.
+# Each creates .venv on first use and installs from PyPI only.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint replay-histories demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python scripts/run_local.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Re-record the committed workflow histories that the replay test checks (see README).
+replay-histories: $(STAMP)
+	$(BIN)/python -m tests.record_histories
+
+demo: $(STAMP)
+	$(BIN)/python starter.py open --ticket-id DEMO-$$(date +%s) --customer-id example-bank \
+		--tier mission_critical --severity sev1 --subject "Production cluster unreachable"
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

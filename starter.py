@@ -1,0 +1,228 @@
+"""Intake CLI: open support tickets as ``SupportTicket`` workflows.
+
+    python starter.py open --ticket-id T-1001 --customer-id acme --tier premium --severity sev2 \
+        --subject "API returns 500"
+    python starter.py batch tickets.jsonl        # JSONL, or a JSON array; "-" reads stdin
+
+Intake is idempotent: the workflow id is ``ticket-<ticket_id>`` and a second start of the
+same id reports the existing ticket instead of creating a duplicate. Invalid input is
+reported field by field with exit code 2 and nothing is started; a batch reports every bad
+line with its number and still opens the good ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from tqdm import tqdm
+
+from support import search_attributes as sa
+from support.connection import connect, task_queue
+from support.models import TicketInput, TicketState, opened_at_problem
+
+EXIT_INVALID = 2
+BATCH_CONCURRENCY = 32
+
+
+class InvalidTicket(ValueError):
+    """Input that cannot become a ticket; ``problems`` name each field and what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def describe_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for error in err.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(ticket)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(f"{field}: {message}")
+    return problems
+
+
+def parse_ticket(data: Any, now: datetime | None = None) -> TicketInput:
+    """Validate raw input (a dict from JSON or flags) into a ticket, or raise InvalidTicket."""
+    if not isinstance(data, dict):
+        raise InvalidTicket([f"(ticket): expected a JSON object, got {type(data).__name__}"])
+    try:
+        ticket = TicketInput.model_validate(data)
+    except ValidationError as err:
+        raise InvalidTicket(describe_validation_error(err)) from None
+    if ticket.opened_at is not None:
+        problem = opened_at_problem(ticket.opened_at, now or datetime.now(UTC))
+        if problem:
+            raise InvalidTicket([problem])
+    return ticket
+
+
+@dataclass
+class IntakeResult:
+    ticket_id: str
+    workflow_id: str
+    run_id: str | None
+    created: bool
+    status: str
+
+    def line(self) -> str:
+        if self.created:
+            return f"opened ticket {self.ticket_id} (workflow {self.workflow_id})"
+        return (f"ticket {self.ticket_id} already exists (workflow {self.workflow_id},"
+                f" {self.status}); nothing new was started")
+
+
+async def open_ticket(client: Client, ticket: TicketInput, queue: str | None = None) -> IntakeResult:
+    """Start the ticket's workflow, or report the one that already exists."""
+    workflow_id = ticket.workflow_id
+    try:
+        handle = await client.start_workflow(
+            "SupportTicket",
+            ticket,
+            id=workflow_id,
+            task_queue=queue or task_queue(),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            # Known at intake, so ops can find the ticket before the workflow's first task;
+            # the workflow only upserts what changes later.
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(sa.SUPPORT_TIER, ticket.tier.value),
+                SearchAttributePair(sa.SUPPORT_SEVERITY, ticket.severity.value),
+                SearchAttributePair(sa.TICKET_STATE, TicketState.OPEN.value),
+                SearchAttributePair(sa.CUSTOMER_ID, ticket.customer_id),
+            ]),
+        )
+        return IntakeResult(ticket.ticket_id, workflow_id, handle.first_execution_run_id,
+                            True, "open")
+    except WorkflowAlreadyStartedError:
+        description = await client.get_workflow_handle(workflow_id).describe()
+        state = "running"
+        if description.status and description.status is not WorkflowExecutionStatus.RUNNING:
+            state = description.status.name.lower()
+        return IntakeResult(ticket.ticket_id, workflow_id, description.run_id, False, state)
+
+
+def read_batch(stream: TextIO) -> Iterable[tuple[int, Any | InvalidTicket]]:
+    """(line number, parsed JSON or the problem) for a JSON array or JSONL stream."""
+    text = stream.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield err.lineno, InvalidTicket([f"(file): not valid JSON: {err.msg}"])
+            return
+        for index, item in enumerate(items, start=1):
+            yield index, item
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, InvalidTicket([f"(line): not valid JSON: {err.msg}"])
+
+
+async def run_batch(client: Client, stream: TextIO, out: TextIO, err: TextIO) -> int:
+    valid: list[tuple[int, TicketInput]] = []
+    bad = 0
+    for number, item in read_batch(stream):
+        try:
+            if isinstance(item, InvalidTicket):
+                raise item
+            valid.append((number, parse_ticket(item)))
+        except InvalidTicket as problem:
+            bad += 1
+            for text in problem.problems:
+                print(f"line {number}: {text}", file=err)
+    semaphore = asyncio.Semaphore(BATCH_CONCURRENCY)
+    progress = tqdm(total=len(valid), desc="opening tickets", unit="ticket", file=err,
+                    disable=len(valid) < 2)
+
+    async def one(number: int, ticket: TicketInput) -> IntakeResult:
+        async with semaphore:
+            result = await open_ticket(client, ticket)
+            progress.update()
+            return result
+
+    # Start in order so a ticket id repeated in one batch reports the first as existing.
+    results: list[IntakeResult] = []
+    seen: set[str] = set()
+    firsts = [(n, t) for n, t in valid if not (t.ticket_id in seen or seen.add(t.ticket_id))]
+    repeats = [(n, t) for n, t in valid if (n, t) not in firsts]
+    results += await asyncio.gather(*(one(n, t) for n, t in firsts))
+    results += [await one(n, t) for n, t in repeats]
+    progress.close()
+    opened = sum(r.created for r in results)
+    for result in results:
+        print(result.line(), file=out)
+    print(f"{opened} opened, {len(results) - opened} already existed, {bad} invalid", file=out)
+    return EXIT_INVALID if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("open", help="open one ticket from flags")
+    one.add_argument("--ticket-id", required=True)
+    one.add_argument("--customer-id", required=True)
+    one.add_argument("--tier", required=True)
+    one.add_argument("--severity")
+    one.add_argument("--subject")
+    one.add_argument("--description")
+    one.add_argument("--category")
+    one.add_argument("--reporter-email")
+    one.add_argument("--intake-channel")
+    one.add_argument("--opened-at", help="ISO 8601 with offset, e.g. 2026-11-26T09:30:00Z")
+    batch = sub.add_parser("batch", help="open tickets from a JSON array or JSONL file")
+    batch.add_argument("file", help="path, or - for standard input")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    async def go() -> int:
+        if args.command == "open":
+            fields = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+            try:
+                ticket = parse_ticket(fields)
+            except InvalidTicket as problem:
+                for text in problem.problems:
+                    print(f"error: {text}", file=sys.stderr)
+                return EXIT_INVALID
+            result = await open_ticket(await connect(), ticket)
+            print(result.line())
+            return 0
+        client = await connect()
+        if args.file == "-":
+            return await run_batch(client, sys.stdin, sys.stdout, sys.stderr)
+        try:
+            with open(args.file, encoding="utf-8") as stream:
+                return await run_batch(client, stream, sys.stdout, sys.stderr)
+        except OSError as err:
+            print(f"error: {args.file}: {err.strerror}", file=sys.stderr)
+            return EXIT_INVALID
+
+    return asyncio.run(go())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared models and pure rules of the support SLA engine (no I/O, no clock)."""

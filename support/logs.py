@@ -1,0 +1,62 @@
+"""structlog JSON logging for the worker and the CLIs.
+
+``workflow.logger`` and ``activity.logger`` stay the call sites in Temporal code (they are
+replay-safe and attach the workflow / activity context); this module renders their stdlib
+records, and structlog's own, as one JSON object per line with that context flattened in
+(``workflow_id``, ``ticket_id``, ``activity_type``...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_TEMPORAL_KEYS = ("temporal_workflow", "temporal_activity")
+
+
+def _flatten_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in _TEMPORAL_KEYS:
+        context = event.pop(key, None)
+        if isinstance(context, dict):
+            for name, value in context.items():
+                event.setdefault(name, value)
+    workflow_id = event.get("workflow_id")
+    if isinstance(workflow_id, str) and "ticket_id" not in event:
+        for prefix in ("ticket-", "sow-"):
+            if workflow_id.startswith(prefix):
+                event["ticket_id"] = workflow_id.removeprefix(prefix)
+    return event
+
+
+def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+        _flatten_temporal_context,
+    ]
+    structlog.configure(
+        processors=[*shared[:1], structlog.stdlib.filter_by_level, *shared[1:],
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,403 @@
+"""Every message of the public contract, one pydantic model each.
+
+Workflows import this module inside ``workflow.unsafe.imports_passed_through()``; it holds
+no I/O and no clock, so it is safe on both sides. Field names are the wire format that
+clients in other languages use: snake_case JSON, aware UTC timestamps in ISO 8601.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+TICKET_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+TICKET_WORKFLOW_PREFIX = "ticket-"
+SOW_WORKFLOW_PREFIX = "sow-"
+
+# A retroactive open time may lie at most this far in the future (clock skew between the
+# intake system and us) and at most this far in the past (an email found in a backlog).
+OPENED_AT_MAX_FUTURE_SKEW = timedelta(minutes=5)
+OPENED_AT_MAX_AGE = timedelta(days=30)
+
+# Text limits, so that one ticket cannot bloat histories, messages and reports.
+MAX_SUBJECT = 200
+MAX_DESCRIPTION = 20_000
+MAX_NAME = 128
+MAX_NOTE = 2_000
+
+
+class Tier(StrEnum):
+    COMMUNITY = "community"
+    STANDARD = "standard"
+    PREMIUM = "premium"
+    MISSION_CRITICAL = "mission_critical"
+
+
+class Severity(StrEnum):
+    SEV1 = "sev1"
+    SEV2 = "sev2"
+    SEV3 = "sev3"
+    SEV4 = "sev4"
+
+
+class TicketState(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    ROUTED_TO_SOW = "routed_to_sow"
+    CLOSED = "closed"
+
+
+class SowOutcome(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+def _no_control_chars(value: str) -> str:
+    # Tab and newline are fine in free text; other control characters are never meant.
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must be an aware timestamp with a UTC offset, e.g. 2026-11-26T09:30:00Z")
+    return value.astimezone(UTC)
+
+
+def _single_line(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("must be a single line")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control_chars)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
+    AfterValidator(_no_control_chars),
+    AfterValidator(_single_line),
+]
+Note = Annotated[str, StringConstraints(max_length=MAX_NOTE), AfterValidator(_no_control_chars)]
+UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+TicketId = Annotated[str, StringConstraints(pattern=TICKET_ID_PATTERN)]
+EmailAddress = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        max_length=254,
+        pattern=r"^[^@\s<>\"',;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+    ),
+]
+
+
+class Message(BaseModel):
+    """Base of every contract message: unknown fields are refused, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TicketInput(Message):
+    """Workflow input of ``SupportTicket``."""
+
+    ticket_id: TicketId
+    customer_id: Name
+    tier: Tier
+    severity: Severity = Severity.SEV3
+    subject: Annotated[Text, StringConstraints(max_length=MAX_SUBJECT)] = ""
+    description: Annotated[Text, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    category: Annotated[
+        str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    ] = "incident"
+    reporter_email: EmailAddress | None = None
+    intake_channel: Annotated[
+        str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    ] = "api"
+    opened_at: UtcDatetime | None = None
+
+    @property
+    def workflow_id(self) -> str:
+        return ticket_workflow_id(self.ticket_id)
+
+
+def ticket_workflow_id(ticket_id: str) -> str:
+    return f"{TICKET_WORKFLOW_PREFIX}{ticket_id}"
+
+
+def sow_workflow_id(ticket_id: str) -> str:
+    return f"{SOW_WORKFLOW_PREFIX}{ticket_id}"
+
+
+def opened_at_problem(opened_at: datetime, now: datetime) -> str | None:
+    """Why a retroactive ``opened_at`` is unacceptable at ``now``, or None if it is fine."""
+    if opened_at > now + OPENED_AT_MAX_FUTURE_SKEW:
+        return f"opened_at: {opened_at.isoformat()} lies in the future"
+    if opened_at < now - OPENED_AT_MAX_AGE:
+        days = OPENED_AT_MAX_AGE.days
+        return f"opened_at: {opened_at.isoformat()} is more than {days} days in the past"
+    return None
+
+
+# --- signals ---------------------------------------------------------------------------
+
+
+class Acknowledge(Message):
+    agent: Name
+    note: Note | None = None
+
+
+class ChangeSeverity(Message):
+    severity: Severity
+    by: Name
+    reason: Note | None = None
+
+
+class MarkOutOfScope(Message):
+    by: Name
+    reason: Annotated[Note, StringConstraints(min_length=1)]
+
+
+class Resolve(Message):
+    by: Name
+    summary: Note | None = None
+
+
+class SowDecision(Message):
+    decision: Literal["accepted", "declined"]
+    by: Name
+    reference: Annotated[Text, StringConstraints(max_length=MAX_NAME)] | None = None
+
+
+# --- resolved policy for one ticket (produced by an activity, pinned in history) --------
+
+
+class ChannelKind(StrEnum):
+    LOG = "log"
+    WEBHOOK = "webhook"
+
+
+class Channel(Message):
+    """One way of reaching a target. ``url_env`` names an environment variable read by the
+    worker at delivery time, so secrets (webhook URLs) stay out of the policy file."""
+
+    type: ChannelKind
+    url: str | None = None
+    url_env: str | None = None
+
+
+class Recipient(Message):
+    name: str
+    channels: list[Channel]
+
+
+class StepKind(StrEnum):
+    INTAKE = "intake"
+    WARNING = "warning"
+    BREACH = "breach"
+    REPEAT = "repeat"
+
+
+class PlannedStep(Message):
+    """One escalation step with its instant already computed on the ticket's clock."""
+
+    name: str
+    kind: StepKind
+    due_at: UtcDatetime
+    recipients: list[Recipient]
+
+
+class SowTerms(Message):
+    recipients: list[Recipient]
+    remind_after: timedelta
+    expire_after: timedelta
+
+
+class TicketPlan(Message):
+    policy_version: str
+    tier: Tier
+    severity: Severity
+    commercial_sla: bool
+    calendar: str | None
+    time_zone: str
+    response_target: timedelta | None
+    response_due_at: UtcDatetime | None
+    steps: list[PlannedStep]
+    # True when the ladder repeats beyond the expanded steps: ask for the next window
+    # once they have all fired.
+    more_steps: bool = False
+    out_of_scope_reason: str | None = None
+    idle_close_after: timedelta | None = None
+    sow: SowTerms
+
+
+class PlanRequest(Message):
+    ticket: TicketInput
+    severity: Severity
+    opened_at: UtcDatetime
+    repeat_from: int = 0
+
+
+# --- notifications and the ledger --------------------------------------------------------
+
+
+class StepDelivery(Message):
+    """Deliver one step to its recipients; each delivery is keyed
+    ``<workflow id>/<step>/<recipient>`` so a retried activity never sends twice."""
+
+    workflow_id: str
+    ticket_id: str
+    customer_id: str
+    tier: Tier
+    severity: Severity
+    step: str
+    kind: str
+    due_at: UtcDatetime
+    response_due_at: UtcDatetime | None
+    subject: str
+    recipients: list[Recipient]
+    message: str | None = None
+    time_zone: str = "UTC"
+    # Ledger rows written with the delivery: the step's SLA event and the ticket's row.
+    event: SlaEvent | None = None
+    summary: TicketOutcome | None = None
+
+
+class DeliveryFailure(Message):
+    recipient: str
+    channel: str
+    error: str
+
+
+class StepDeliveryResult(Message):
+    delivered: list[str]
+    failed: list[DeliveryFailure] = Field(default_factory=list)
+
+
+class SlaEvent(Message):
+    """One append-only ledger row; ``key`` makes the write idempotent."""
+
+    key: str
+    ticket_id: str
+    kind: str
+    at: UtcDatetime
+    source: str
+    detail: dict[str, object] = Field(default_factory=dict)
+
+
+class SlaEvents(Message):
+    events: list[SlaEvent]
+    # The ticket's summary row as it stands after these events.
+    summary: TicketOutcome | None = None
+
+
+class TicketOutcome(Message):
+    """The ledger's one row per ticket. ``revision`` grows with every change so a late
+    write never overwrites a newer one."""
+
+    ticket_id: str
+    workflow_id: str
+    revision: int
+    customer_id: str
+    tier: Tier
+    severity: Severity
+    category: str
+    state: TicketState
+    opened_at: UtcDatetime
+    response_due_at: UtcDatetime | None = None
+    acknowledged_at: UtcDatetime | None = None
+    acknowledged_by: str | None = None
+    response_breached: bool = False
+    overrun: timedelta | None = None
+    escalations_fired: int = 0
+    out_of_scope: bool = False
+    sow_outcome: SowOutcome | None = None
+    resolved_at: UtcDatetime | None = None
+    closed_at: UtcDatetime | None = None
+    policy_version: str | None = None
+
+
+# --- query result ------------------------------------------------------------------------
+
+
+class EscalationRecord(Message):
+    step: str
+    kind: StepKind
+    due_at: UtcDatetime
+    fired_at: UtcDatetime
+    targets: list[str]
+    failed: list[DeliveryFailure] = Field(default_factory=list)
+
+
+class HistoryEntry(Message):
+    at: UtcDatetime
+    kind: str
+    by: str | None = None
+    detail: str | None = None
+
+
+class SowStatus(Message):
+    workflow_id: str
+    reason: str
+    outcome: SowOutcome = SowOutcome.PENDING
+    decided_by: str | None = None
+    decided_at: UtcDatetime | None = None
+    reference: str | None = None
+
+
+class TicketStatus(Message):
+    ticket_id: str
+    customer_id: str
+    tier: Tier
+    severity: Severity
+    category: str
+    state: TicketState
+    opened_at: UtcDatetime
+    response_due_at: UtcDatetime | None = None
+    response_target: timedelta | None = None
+    commercial_sla: bool = True
+    time_zone: str = "UTC"
+    acknowledged_at: UtcDatetime | None = None
+    acknowledged_by: str | None = None
+    response_breached: bool = False
+    breached_at: UtcDatetime | None = None
+    escalations: list[EscalationRecord] = Field(default_factory=list)
+    next_step: str | None = None
+    next_step_due_at: UtcDatetime | None = None
+    out_of_scope: bool = False
+    sow: SowStatus | None = None
+    resolved_at: UtcDatetime | None = None
+    resolved_by: str | None = None
+    closed_at: UtcDatetime | None = None
+    policy_version: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+
+
+# --- statement of work -------------------------------------------------------------------
+
+
+class SowInput(Message):
+    ticket_id: str
+    customer_id: str
+    tier: Tier
+    severity: Severity
+    subject: str
+    reporter_email: str | None
+    reason: str
+    terms: SowTerms
+
+
+class SowResult(Message):
+    outcome: SowOutcome
+    decided_by: str | None = None
+    decided_at: UtcDatetime | None = None
+    reference: str | None = None
+    reminded_at: UtcDatetime | None = None

@@ -1,0 +1,470 @@
+"""The support policy: schema of the policy file, its loader and per-ticket resolution.
+
+The file (YAML) is the contract the software enforces. ``load_policy`` validates it with
+pydantic and reports errors as ``<file>: <field path>: <problem>``. ``resolve_plan`` is a
+pure function from (policy, ticket, severity, open time) to a ``TicketPlan`` with every
+escalation instant already computed on the ticket's clock; the workflow runs it through an
+activity so the plan is pinned in history and replay never depends on the file or on the
+worker's time-zone database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from support.calendar import WEEKDAYS, BusinessCalendar
+from support.models import (
+    Channel,
+    ChannelKind,
+    PlannedStep,
+    Recipient,
+    Severity,
+    SowTerms,
+    StepKind,
+    TicketInput,
+    TicketPlan,
+    Tier,
+)
+
+POLICY_FILE_ENV = "SUPPORT_POLICY_FILE"
+# Repeats after breach are expanded this many at a time; the workflow asks for the next
+# window when they have all fired, so an unacknowledged ticket escalates indefinitely.
+REPEAT_WINDOW = 24
+
+
+class PolicyError(ValueError):
+    """The policy file is missing, unreadable or invalid; the message names file and field."""
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"unknown time zone {value!r}") from err
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_zone)]
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalendarSpec(Spec):
+    time_zone: TimeZoneName
+    always_open: bool = False
+    # weekday -> list of "HH:MM-HH:MM" local intervals ("24:00" closes at midnight)
+    hours: dict[str, list[str]] = Field(default_factory=dict)
+    holidays: list[date] = Field(default_factory=list)
+
+    @field_validator("hours")
+    @classmethod
+    def _check_hours(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for day, intervals in value.items():
+            if day not in WEEKDAYS:
+                raise ValueError(f"unknown weekday {day!r}; use one of {', '.join(WEEKDAYS)}")
+            previous_close: time | None = None
+            for text in intervals:
+                opens, closes = _parse_interval(text, day)
+                if previous_close is not None and opens < previous_close:
+                    raise ValueError(f"{day}: intervals overlap or are out of order at {text!r}")
+                previous_close = closes if closes != time(0) else time.max
+        return value
+
+    @model_validator(mode="after")
+    def _has_hours(self) -> Self:
+        if not self.always_open and not any(self.hours.values()):
+            raise ValueError("a calendar needs opening hours unless always_open is true")
+        return self
+
+    def build(self) -> BusinessCalendar:
+        if self.always_open:
+            return BusinessCalendar.twenty_four_seven(self.time_zone)
+        return BusinessCalendar(
+            time_zone=self.time_zone,
+            hours={
+                WEEKDAYS.index(day): tuple(_parse_interval(text, day) for text in intervals)
+                for day, intervals in self.hours.items()
+            },
+            holidays=frozenset(self.holidays),
+        )
+
+
+def _parse_interval(text: str, day: str) -> tuple[time, time]:
+    match = _HOURS.match(text)
+    if not match:
+        raise ValueError(f"{day}: {text!r} is not an interval like '08:00-18:00'")
+    oh, om, ch, cm = (int(g) for g in match.groups())
+    if ch == 24 and cm != 0:
+        raise ValueError(f"{day}: {text!r} closes after 24:00")
+    opens = time(oh, om)
+    closes = time(0) if ch == 24 else time(ch, cm)
+    if closes != time(0) and closes <= opens:
+        raise ValueError(f"{day}: {text!r} closes before it opens")
+    return opens, closes
+
+
+class ChannelSpec(Spec):
+    type: str
+    url: str | None = None
+    url_env: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.type not in ("log", "webhook"):
+            raise ValueError(f"unknown channel type {self.type!r}; use 'log' or 'webhook'")
+        if self.type == "webhook" and not (self.url or self.url_env):
+            raise ValueError("a webhook channel needs url or url_env")
+        if self.url and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        return self
+
+    def to_channel(self) -> Channel:
+        return Channel.model_validate(self.model_dump())
+
+
+class TargetSpec(Spec):
+    description: str = ""
+    channels: list[ChannelSpec] = Field(min_length=1)
+
+
+class StepAt(Spec):
+    """When a step falls due: a fixed ``offset`` of the ticket's clock after opening, or a
+    ``share`` of the response target (0.75 = three quarters of the way to breach)."""
+
+    offset: timedelta | None = None
+    share: float | None = Field(default=None, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (self.offset is None) == (self.share is None):
+            raise ValueError("give exactly one of offset or share")
+        if self.offset is not None and self.offset < timedelta(0):
+            raise ValueError("offset must not be negative")
+        return self
+
+    def amount(self, target: timedelta | None) -> timedelta:
+        if self.offset is not None:
+            return self.offset
+        if target is None:
+            raise ValueError("a share of the target needs a response target")
+        assert self.share is not None
+        return target * self.share
+
+
+class StepSpec(Spec):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    kind: StepKind
+    at: StepAt
+    targets: list[str] = Field(min_length=1)
+    # Only on repeat steps: fire every ``repeat_every`` after ``at`` until acknowledged.
+    repeat_every: timedelta | None = None
+    max_repeats: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _repeat(self) -> Self:
+        if self.kind is StepKind.REPEAT:
+            if self.repeat_every is None or self.repeat_every < timedelta(minutes=1):
+                raise ValueError("a repeat step needs repeat_every of at least one minute")
+        elif self.repeat_every is not None or self.max_repeats is not None:
+            raise ValueError("repeat_every and max_repeats belong to repeat steps only")
+        return self
+
+
+class SeverityRule(Spec):
+    """Per-severity differences from the tier: a faster target or a different ladder."""
+
+    response_target: timedelta | None = None
+    ladder: list[StepSpec] | None = None
+
+
+class TierSpec(Spec):
+    commercial_sla: bool = True
+    calendar: str | None = None
+    response_target: timedelta | None = None
+    ladder: list[StepSpec] = Field(min_length=1)
+    severities: dict[Severity, SeverityRule] = Field(default_factory=dict)
+    # Community: close a ticket nobody touched for this long.
+    idle_close_after: timedelta | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.commercial_sla:
+            if self.response_target is None or self.calendar is None:
+                raise ValueError("a tier with a commercial SLA needs response_target and calendar")
+            _check_ladder(self.ladder, "ladder")
+            for severity, rule in self.severities.items():
+                if rule.ladder is not None:
+                    _check_ladder(rule.ladder, f"severities.{severity.value}.ladder")
+        elif self.response_target is not None:
+            raise ValueError("a tier without a commercial SLA has no response_target")
+        return self
+
+    def rule_for(self, severity: Severity) -> tuple[timedelta | None, list[StepSpec]]:
+        rule = self.severities.get(severity)
+        target = rule.response_target if rule and rule.response_target else self.response_target
+        ladder = rule.ladder if rule and rule.ladder else self.ladder
+        return target, ladder
+
+
+def _check_ladder(ladder: list[StepSpec], where: str) -> None:
+    kinds = [step.kind for step in ladder]
+    names = [step.name for step in ladder]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: step names must be unique")
+    for needed in (StepKind.WARNING, StepKind.BREACH, StepKind.REPEAT):
+        if needed not in kinds:
+            raise ValueError(f"{where}: needs a {needed.value} step")
+    breach = next(step for step in ladder if step.kind is StepKind.BREACH)
+    if breach.at.share != 1.0:
+        raise ValueError(f"{where}: the breach step must be at share 1.0 (the response target)")
+    for step in ladder:
+        if step.kind is StepKind.WARNING and not (
+            (step.at.share is not None and step.at.share < 1.0) or step.at.offset is not None
+        ):
+            raise ValueError(f"{where}: warning step {step.name!r} must fall before the breach")
+
+
+class ContactSpec(Spec):
+    """A customer's named contact or direct operational channel, notified at given steps."""
+
+    name: str
+    channels: list[ChannelSpec] = Field(min_length=1)
+    at_steps: list[str] = Field(default_factory=lambda: ["intake", "breach"])
+
+
+class CustomerSpec(Spec):
+    tier: Tier
+    # Business-hours tiers use this calendar instead of the tier's (the customer's own
+    # time zone and holidays); 24x7 tiers stay 24x7.
+    calendar: str | None = None
+    contacts: list[ContactSpec] = Field(default_factory=list)
+    email_domains: list[str] = Field(default_factory=list)
+    intake_channels: list[str] = Field(default_factory=list)
+
+
+class StatementOfWorkSpec(Spec):
+    targets: list[str] = Field(min_length=1)
+    remind_after: timedelta
+    expire_after: timedelta
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if not timedelta(0) < self.remind_after < self.expire_after:
+            raise ValueError("remind_after must be positive and shorter than expire_after")
+        return self
+
+
+class Policy(Spec):
+    version: str = Field(min_length=1)
+    default_severity: Severity = Severity.SEV3
+    calendars: dict[str, CalendarSpec]
+    targets: dict[str, TargetSpec]
+    tiers: dict[Tier, TierSpec]
+    out_of_scope_categories: dict[str, str] = Field(default_factory=dict)
+    statement_of_work: StatementOfWorkSpec
+    customers: dict[str, CustomerSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        missing_tiers = set(Tier) - set(self.tiers)
+        if missing_tiers:
+            raise ValueError(f"tiers: missing {sorted(t.value for t in missing_tiers)}")
+        for tier, spec in self.tiers.items():
+            if spec.calendar is not None and spec.calendar not in self.calendars:
+                raise ValueError(f"tiers.{tier.value}.calendar: unknown calendar {spec.calendar!r}")
+            ladders = [("ladder", spec.ladder)] + [
+                (f"severities.{sev.value}.ladder", rule.ladder)
+                for sev, rule in spec.severities.items()
+                if rule.ladder
+            ]
+            for where, ladder in ladders:
+                for i, step in enumerate(ladder):
+                    for target in step.targets:
+                        if target not in self.targets:
+                            raise ValueError(
+                                f"tiers.{tier.value}.{where}.{i}.targets: unknown target {target!r}"
+                            )
+        for target in self.statement_of_work.targets:
+            if target not in self.targets and target != "reporter":
+                raise ValueError(f"statement_of_work.targets: unknown target {target!r}")
+        for name, customer in self.customers.items():
+            if customer.calendar is not None and customer.calendar not in self.calendars:
+                raise ValueError(
+                    f"customers.{name}.calendar: unknown calendar {customer.calendar!r}"
+                )
+        return self
+
+    def calendar_for(self, tier: Tier, customer_id: str) -> tuple[str | None, BusinessCalendar]:
+        spec = self.tiers[tier]
+        name = spec.calendar
+        customer = self.customers.get(customer_id)
+        if name is not None and customer and customer.calendar:
+            if not self.calendars[name].always_open:
+                name = customer.calendar
+        if name is None:
+            return None, BusinessCalendar.twenty_four_seven()
+        return name, self.calendars[name].build()
+
+    def recipients(self, names: list[str]) -> list[Recipient]:
+        return [
+            Recipient(name=n, channels=[c.to_channel() for c in self.targets[n].channels])
+            for n in names
+        ]
+
+
+def default_policy_path() -> Path:
+    return Path(__file__).with_name("policy.yaml")
+
+
+def policy_path() -> Path:
+    configured = os.environ.get(POLICY_FILE_ENV)
+    return Path(configured) if configured else default_policy_path()
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping at the top level")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}: {field}: {message}")
+        raise PolicyError("\n".join(problems)) from None
+
+
+_cache: dict[Path, tuple[float, Policy]] = {}
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load and validate the policy file (cached until the file changes)."""
+    path = path or policy_path()
+    try:
+        mtime = path.stat().st_mtime
+        cached = _cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolicyError(f"{path}: cannot read the policy file: {err.strerror}") from err
+    policy = parse_policy(text, str(path))
+    _cache[path] = (mtime, policy)
+    return policy
+
+
+def resolve_plan(
+    policy: Policy,
+    ticket: TicketInput,
+    severity: Severity,
+    opened_at: datetime,
+    repeat_from: int = 0,
+) -> TicketPlan:
+    """Every deadline of one ticket at one severity, computed from its original open time.
+
+    Repeat steps are expanded ``REPEAT_WINDOW`` at a time starting at index
+    ``repeat_from``; ``more_steps`` tells the workflow to ask for the next window.
+    """
+    tier = policy.tiers[ticket.tier]
+    target, ladder = tier.rule_for(severity)
+    calendar_name, calendar = policy.calendar_for(ticket.tier, ticket.customer_id)
+    customer = policy.customers.get(ticket.customer_id)
+    commercial = tier.commercial_sla and target is not None
+
+    def recipients_for(step_name: str, names: list[str]) -> list[Recipient]:
+        found = policy.recipients(names)
+        if customer:
+            found += [
+                Recipient(name=c.name, channels=[ch.to_channel() for ch in c.channels])
+                for c in customer.contacts
+                if step_name in c.at_steps
+            ]
+        return found
+
+    steps: list[PlannedStep] = []
+    more = False
+    for step in ladder:
+        if not commercial and step.kind is not StepKind.INTAKE:
+            continue
+        base = step.at.amount(target)
+        if step.kind is StepKind.REPEAT:
+            assert step.repeat_every is not None
+            last = step.max_repeats if step.max_repeats is not None else None
+            start = max(1, repeat_from + 1)
+            stop = start + REPEAT_WINDOW
+            if last is not None:
+                stop = min(stop, last + 1)
+            for n in range(start, stop):
+                steps.append(
+                    PlannedStep(
+                        name=f"{step.name}-{n}",
+                        kind=step.kind,
+                        due_at=calendar.add(opened_at, base + step.repeat_every * n),
+                        recipients=recipients_for(step.name, step.targets),
+                    )
+                )
+            more = more or last is None or stop <= last
+        elif repeat_from == 0:
+            steps.append(
+                PlannedStep(
+                    name=step.name,
+                    kind=step.kind,
+                    due_at=calendar.add(opened_at, base),
+                    recipients=recipients_for(step.name, step.targets),
+                )
+            )
+    steps.sort(key=lambda s: s.due_at)
+
+    sow = policy.statement_of_work
+    sow_recipients = policy.recipients([t for t in sow.targets if t != "reporter"])
+    if "reporter" in sow.targets and ticket.reporter_email:
+        sow_recipients.append(
+            # The address stays in the ticket; the recipient name carries no personal data.
+            Recipient(name="reporter", channels=[Channel(type=ChannelKind.LOG)])
+        )
+    reason = policy.out_of_scope_categories.get(ticket.category)
+    return TicketPlan(
+        policy_version=policy.version,
+        tier=ticket.tier,
+        severity=severity,
+        commercial_sla=commercial,
+        calendar=calendar_name,
+        time_zone=calendar.time_zone,
+        response_target=target if commercial else None,
+        response_due_at=calendar.add(opened_at, target) if commercial and target else None,
+        steps=steps,
+        more_steps=commercial and more,
+        out_of_scope_reason=(
+            f"category '{ticket.category}': {reason}" if reason is not None else None
+        ),
+        idle_close_after=tier.idle_close_after,
+        sow=SowTerms(
+            recipients=sow_recipients,
+            remind_after=sow.remind_after,
+            expire_after=sow.expire_after,
+        ),
+    )

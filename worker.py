@@ -1,0 +1,82 @@
+"""Run a worker for the support-ticket task queue.
+
+Registers the ``SupportTicket`` and ``StatementOfWork`` workflows and the activities
+(policy resolution, notification delivery, SLA ledger), logs JSON lines through structlog,
+and shuts down cleanly on SIGINT / SIGTERM: in-flight activities finish (up to a grace
+period) and timers stay with the server, so no escalation is lost while it is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from datetime import timedelta
+
+import httpx
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ledger import LedgerActivities, SlaLedger, SqliteLedger
+from activities.notify import NotifyActivities
+from activities.policy import resolve_ticket_plan
+from support.connection import connect, task_queue
+from support.logs import configure_logging
+from support.policy import load_policy
+from workflows import ALL_WORKFLOWS
+
+log = structlog.get_logger("support.worker")
+
+
+def build_worker(
+    client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient
+) -> Worker:
+    ledger_activities = LedgerActivities(ledger)
+    notify = NotifyActivities(ledger, http)
+    activities: Sequence[object] = [
+        resolve_ticket_plan,
+        ledger_activities.record_sla_events,
+        notify.deliver_step,
+    ]
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=ALL_WORKFLOWS,
+        activities=activities,  # type: ignore[arg-type]
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(stop: asyncio.Event) -> None:
+    policy = load_policy()  # fail at start, loudly, on a broken policy file
+    client = await connect()
+    queue = task_queue()
+    ledger = SqliteLedger.from_env()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+        worker = build_worker(client, queue, ledger, http)
+        log.info("worker started", task_queue=queue, namespace=client.namespace,
+                 policy_version=policy.version, ledger=str(ledger.path), pid=os.getpid())
+        async with worker:
+            await stop.wait()
+            log.info("worker stopping")
+    ledger.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``StatementOfWork``: the path for requests outside the subscribed service scope.
+
+Started by ``SupportTicket`` as child ``sow-<ticket_id>``. It tells advisory services, the
+account team and the customer why the request left the SLA path and what happens next,
+waits for a ``sow_decision``, reminds the account team once after ``remind_after`` and
+expires after ``expire_after`` (both from the policy).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from support.models import (
+        Recipient,
+        SowDecision,
+        SowInput,
+        SowOutcome,
+        SowResult,
+        StepDelivery,
+        StepDeliveryResult,
+        Tier,
+    )
+
+TIER_NAMES = {
+    Tier.COMMUNITY: "Community",
+    Tier.STANDARD: "Standard",
+    Tier.PREMIUM: "Premium",
+    Tier.MISSION_CRITICAL: "Mission Critical",
+}
+
+
+@workflow.defn(name="StatementOfWork", failure_exception_types=[ValidationError])
+class StatementOfWork:
+    def __init__(self) -> None:
+        self._result = SowResult(outcome=SowOutcome.PENDING)
+        self._repeated_decisions = 0
+
+    @workflow.signal(name="sow_decision")
+    def sow_decision(self, decision: SowDecision) -> None:
+        if self._result.outcome is not SowOutcome.PENDING:
+            # The first decision stands; later ones are logged, never applied.
+            self._repeated_decisions += 1
+            workflow.logger.warning(
+                "sow decision ignored: already %s", self._result.outcome.value,
+                extra={"by": decision.by, "decision": decision.decision},
+            )
+            return
+        self._result = SowResult(
+            outcome=SowOutcome(decision.decision),
+            decided_by=decision.by,
+            decided_at=workflow.now(),
+            reference=decision.reference,
+            reminded_at=self._result.reminded_at,
+        )
+
+    @workflow.query(name="status")
+    def status(self) -> SowResult:
+        return self._result
+
+    @workflow.run
+    async def run(self, sow: SowInput) -> SowResult:
+        started = workflow.now()
+        tier = TIER_NAMES[sow.tier]
+        await self._notify(
+            sow, "opened", sow.terms.recipients,
+            f"Request outside the {tier} support scope: {sow.reason}. It has left the SLA "
+            "path: advisory services and the account team will contact the customer about a "
+            "statement of work or advisory engagement. Record the decision with: temporal "
+            f"workflow signal --workflow-id {workflow.info().workflow_id} --name sow_decision "
+            '--input \'{"decision": "accepted", "by": "<you>", "reference": "<SOW id>"}\''
+            f" (or \"declined\"). Without a decision it expires on "
+            f"{(started + sow.terms.expire_after).strftime('%Y-%m-%d %H:%M UTC')}.",
+        )
+        decided = await self._wait_for_decision(sow.terms.remind_after)
+        if not decided:
+            self._result.reminded_at = workflow.now()
+            account = [r for r in sow.terms.recipients if r.name != "reporter"]
+            await self._notify(
+                sow, "reminder", account,
+                f"Reminder: no statement-of-work decision yet ({sow.reason}). "
+                f"It expires on {(started + sow.terms.expire_after).strftime('%Y-%m-%d %H:%M UTC')}.",
+            )
+            remaining = started + sow.terms.expire_after - workflow.now()
+            decided = await self._wait_for_decision(remaining)
+        if not decided:
+            self._result = SowResult(outcome=SowOutcome.EXPIRED, decided_by="system",
+                                     decided_at=workflow.now(),
+                                     reminded_at=self._result.reminded_at)
+        await self._notify(
+            sow, self._result.outcome.value, sow.terms.recipients,
+            f"Statement of work {self._result.outcome.value}"
+            + (f" (reference {self._result.reference})" if self._result.reference else "")
+            + (". The request was not taken on; open a new ticket for any in-scope issue."
+               if self._result.outcome is not SowOutcome.ACCEPTED else
+               ". The work continues under the statement of work."),
+        )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._result
+
+    async def _wait_for_decision(self, timeout: timedelta) -> bool:
+        if timeout > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    lambda: self._result.outcome is not SowOutcome.PENDING, timeout=timeout
+                )
+            except TimeoutError:
+                pass
+        return self._result.outcome is not SowOutcome.PENDING
+
+    async def _notify(self, sow: SowInput, step: str, recipients: list[Recipient],
+                      message: str) -> None:
+        request = StepDelivery(
+            workflow_id=workflow.info().workflow_id,
+            ticket_id=sow.ticket_id,
+            customer_id=sow.customer_id,
+            tier=sow.tier,
+            severity=sow.severity,
+            step=step,
+            kind="sow",
+            due_at=workflow.now(),
+            response_due_at=None,
+            subject=sow.subject,
+            recipients=recipients,
+            message=message,
+        )
+        try:
+            await workflow.execute_activity(
+                "deliver_step", request, result_type=StepDeliveryResult,
+                start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.error("sow notification failed", extra={"step": step,
+                                                                     "error": str(err.cause)})

@@ -1,0 +1,569 @@
+"""``SupportTicket``: one workflow owns one ticket's SLA clock from intake to close.
+
+The life of a ticket:
+  open -> acknowledged -> resolved
+  open | acknowledged -> routed_to_sow -> closed   (child workflow ``StatementOfWork``)
+  community tickets -> closed when idle
+
+One updatable-timer loop drives it: wait until the next step falls due *or* a signal
+arrives, handle what arrived, fire what is due, recompute, repeat. Signals only queue a
+command; the loop applies them in order, so a signal and a timer in the same instant give
+one consistent outcome (the queued signal wins, because it is applied first).
+
+Notifications and ledger writes run as background activities: a slow chat service or a
+ledger outage never delays the next escalation. They are awaited before the workflow ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+from workflows.activity_options import (
+    DELIVERY_RETRY,
+    DELIVERY_TIMEOUT,
+    LEDGER_RETRY,
+    LEDGER_TIMEOUT,
+    POLICY_RETRY,
+    POLICY_TIMEOUT,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from support import search_attributes as sa
+    from support.models import (
+        Acknowledge,
+        ChangeSeverity,
+        DeliveryFailure,
+        EscalationRecord,
+        HistoryEntry,
+        MarkOutOfScope,
+        PlannedStep,
+        PlanRequest,
+        Resolve,
+        SlaEvent,
+        SlaEvents,
+        SowInput,
+        SowOutcome,
+        SowResult,
+        SowStatus,
+        StepDelivery,
+        StepDeliveryResult,
+        StepKind,
+        TicketInput,
+        TicketOutcome,
+        TicketPlan,
+        TicketState,
+        TicketStatus,
+        opened_at_problem,
+        sow_workflow_id,
+    )
+
+TERMINAL = (TicketState.RESOLVED, TicketState.CLOSED)
+
+
+@dataclass
+class _Command:
+    name: str
+    payload: BaseModel
+    at: datetime
+
+
+@workflow.defn(name="SupportTicket", failure_exception_types=[ValidationError])
+class SupportTicket:
+    def __init__(self) -> None:
+        self._inbox: list[_Command] = []
+        self._status: TicketStatus | None = None
+        self._plan: TicketPlan | None = None
+        self._fired: set[str] = set()
+        self._background: list[asyncio.Task[Any]] = []
+        self._search: dict[str, Any] = {}
+        self._revision = 0
+        self._counters: dict[str, int] = {}
+        self._sow: workflow.ChildWorkflowHandle[Any, SowResult] | None = None
+
+    # --- messages ----------------------------------------------------------------------
+
+    @workflow.signal(name="acknowledge")
+    def acknowledge(self, ack: Acknowledge) -> None:
+        self._inbox.append(_Command("acknowledge", ack, workflow.now()))
+
+    @workflow.signal(name="change_severity")
+    def change_severity(self, change: ChangeSeverity) -> None:
+        self._inbox.append(_Command("change_severity", change, workflow.now()))
+
+    @workflow.signal(name="mark_out_of_scope")
+    def mark_out_of_scope(self, mark: MarkOutOfScope) -> None:
+        self._inbox.append(_Command("mark_out_of_scope", mark, workflow.now()))
+
+    @workflow.signal(name="resolve")
+    def resolve(self, resolve: Resolve) -> None:
+        self._inbox.append(_Command("resolve", resolve, workflow.now()))
+
+    @workflow.query(name="status")
+    def status(self) -> TicketStatus:
+        if self._status is None:
+            raise RuntimeError("the ticket is still starting; query again in a moment")
+        return self._status
+
+    # --- the ticket's life ---------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, ticket: TicketInput) -> TicketStatus:
+        now = workflow.now()
+        opened_at = ticket.opened_at or now
+        problem = opened_at_problem(opened_at, now)
+        if problem:
+            raise ApplicationError(problem, type="InvalidTicket", non_retryable=True)
+        self._ticket = ticket
+        self._status = TicketStatus(
+            ticket_id=ticket.ticket_id,
+            customer_id=ticket.customer_id,
+            tier=ticket.tier,
+            severity=ticket.severity,
+            category=ticket.category,
+            state=TicketState.OPEN,
+            opened_at=opened_at,
+        )
+        self._search = {
+            key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL
+        }
+        self._log("opened", at=opened_at, detail=f"via {ticket.intake_channel}")
+        plan = await self._resolve(ticket.severity)
+        self._apply_plan(plan)
+        self._record("opened", at=opened_at, intake_channel=ticket.intake_channel,
+                     policy_version=plan.policy_version,
+                     response_due_at=_iso(plan.response_due_at))
+
+        if plan.out_of_scope_reason:
+            await self._route_to_sow(plan.out_of_scope_reason, by="policy", at=now)
+        else:
+            await self._sla_loop()
+        await self._finish()
+        return self._status
+
+    async def _sla_loop(self) -> None:
+        status = self._state()
+        while True:
+            await self._drain_inbox()
+            if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
+                return
+            now = workflow.now()
+            if status.state is TicketState.OPEN:
+                self._check_breach(now)
+                due = [s for s in self._pending_steps() if s.due_at <= now]
+                if due:
+                    for step in due:
+                        self._fire(step, now)
+                    continue
+                if await self._extend_ladder():
+                    continue
+            wake_at = self._next_wake()
+            timeout = (wake_at - now) if wake_at else None
+            self._refresh_next_step()
+            self._sync_search_attributes()
+            try:
+                await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
+            except TimeoutError:
+                if self._idle_close_due(workflow.now()):
+                    self._close_idle(workflow.now())
+                    return
+
+    def _pending_steps(self) -> list[PlannedStep]:
+        plan = self._current_plan()
+        return [s for s in plan.steps if s.name not in self._fired]
+
+    def _next_wake(self) -> datetime | None:
+        status = self._state()
+        candidates: list[datetime] = []
+        if status.state is TicketState.OPEN:
+            pending = self._pending_steps()
+            if pending:
+                candidates.append(pending[0].due_at)
+            if status.response_due_at and not status.response_breached:
+                candidates.append(status.response_due_at)
+        idle_at = self._idle_close_at()
+        if idle_at:
+            candidates.append(idle_at)
+        return min(candidates) if candidates else None
+
+    def _refresh_next_step(self) -> None:
+        status = self._state()
+        pending = self._pending_steps() if status.state is TicketState.OPEN else []
+        status.next_step = pending[0].name if pending else None
+        status.next_step_due_at = pending[0].due_at if pending else None
+
+    async def _extend_ladder(self) -> bool:
+        """All expanded repeat steps fired but the ladder goes on: fetch the next window."""
+        plan = self._current_plan()
+        if self._pending_steps() or not plan.more_steps:
+            return False
+        repeats = sum(1 for s in plan.steps if s.kind is StepKind.REPEAT)
+        fired_repeats = sum(1 for name in self._fired if _is_repeat(plan, name))
+        more = await self._resolve(self._state().severity, repeat_from=max(repeats, fired_repeats))
+        plan.steps.extend(s for s in more.steps if s.name not in self._fired)
+        plan.steps.sort(key=lambda s: s.due_at)
+        plan.more_steps = more.more_steps
+        return bool(more.steps)
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def _drain_inbox(self) -> None:
+        while self._inbox:
+            command = self._inbox.pop(0)
+            if command.name == "acknowledge":
+                assert isinstance(command.payload, Acknowledge)
+                self._on_acknowledge(command.payload, command.at)
+            elif command.name == "change_severity":
+                assert isinstance(command.payload, ChangeSeverity)
+                await self._on_change_severity(command.payload, command.at)
+            elif command.name == "mark_out_of_scope":
+                assert isinstance(command.payload, MarkOutOfScope)
+                if self._state().state in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+                    await self._route_to_sow(command.payload.reason, command.payload.by,
+                                             command.at)
+                else:
+                    self._ignored("mark_out_of_scope", command.payload.by, command.at)
+            elif command.name == "resolve":
+                assert isinstance(command.payload, Resolve)
+                self._on_resolve(command.payload, command.at)
+
+    def _on_acknowledge(self, ack: Acknowledge, at: datetime) -> None:
+        status = self._state()
+        if status.state is not TicketState.OPEN:
+            n = self._next("ack-repeat")
+            self._log("acknowledge_repeated", at=at, by=ack.agent,
+                      detail=f"ticket already {status.state.value}; nothing changed")
+            self._record(f"acknowledge-repeated-{n}", kind="acknowledge_repeated", at=at,
+                         by=ack.agent, state=status.state.value)
+            return
+        # An acknowledgement at the due instant itself is in time (the queued signal is
+        # applied before the breach timer of the same instant).
+        self._check_breach(at, at_due_counts=False)
+        status.state = TicketState.ACKNOWLEDGED
+        status.acknowledged_at, status.acknowledged_by = at, ack.agent
+        verdict = "breached" if status.response_breached else "met"
+        self._log("acknowledged", at=at, by=ack.agent,
+                  detail=f"response target {verdict}" if status.commercial_sla else ack.note)
+        self._record("acknowledged", at=at, by=ack.agent, note=ack.note,
+                     response_breached=status.response_breached,
+                     overrun_seconds=self._overrun_seconds())
+        self._sync_search_attributes()
+
+    async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> None:
+        status = self._state()
+        n = self._next("severity")
+        before = status.severity
+        if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
+            self._ignored("change_severity", change.by, at)
+            return
+        if change.severity == before:
+            self._log("severity_unchanged", at=at, by=change.by, detail=before.value)
+            return
+        status.severity = change.severity
+        if status.state is TicketState.OPEN:
+            # Deadlines are recomputed from the original open time: a re-triage does not
+            # give the support team a fresh clock.
+            self._apply_plan(await self._resolve(change.severity))
+        self._log("severity_changed", at=at, by=change.by,
+                  detail=f"{before.value} -> {change.severity.value}"
+                  + (f": {change.reason}" if change.reason else ""))
+        self._record(f"severity-changed-{n}", kind="severity_changed", at=at, by=change.by,
+                     before=before.value, after=change.severity.value, reason=change.reason,
+                     response_due_at=_iso(status.response_due_at))
+        self._sync_search_attributes()
+
+    def _on_resolve(self, resolve: Resolve, at: datetime) -> None:
+        status = self._state()
+        if status.state is TicketState.OPEN:
+            # Resolving is also the first response: record it as the acknowledgement.
+            self._on_acknowledge(Acknowledge(agent=resolve.by, note="resolved"), at)
+        if status.state is not TicketState.ACKNOWLEDGED:
+            self._ignored("resolve", resolve.by, at)
+            return
+        status.state = TicketState.RESOLVED
+        status.resolved_at, status.resolved_by = at, resolve.by
+        status.next_step, status.next_step_due_at = None, None
+        self._log("resolved", at=at, by=resolve.by, detail=resolve.summary)
+        self._record("resolved", at=at, by=resolve.by, summary=resolve.summary)
+        self._sync_search_attributes()
+
+    def _ignored(self, what: str, by: str, at: datetime) -> None:
+        state = self._state().state.value
+        n = self._next("ignored")
+        self._log(f"{what}_ignored", at=at, by=by, detail=f"ticket is {state}")
+        self._record(f"ignored-{n}", kind=f"{what}_ignored", at=at, by=by, state=state)
+
+    # --- steps and the clock ---------------------------------------------------------------
+
+    def _check_breach(self, now: datetime, at_due_counts: bool = True) -> None:
+        status = self._state()
+        due = status.response_due_at
+        if (status.state is TicketState.OPEN and due is not None
+                and not status.response_breached
+                and (now >= due if at_due_counts else now > due)):
+            status.response_breached = True
+            status.breached_at = status.response_due_at
+            self._log("breached", at=status.response_due_at,
+                      detail="no acknowledgement within the response target")
+            self._sync_search_attributes()
+
+    def _fire(self, step: PlannedStep, now: datetime) -> None:
+        status = self._state()
+        self._fired.add(step.name)
+        record = EscalationRecord(step=step.name, kind=step.kind, due_at=step.due_at,
+                                  fired_at=now, targets=[r.name for r in step.recipients])
+        status.escalations.append(record)
+        kind = {StepKind.INTAKE: "notified", StepKind.WARNING: "warned",
+                StepKind.BREACH: "breached", StepKind.REPEAT: "escalated"}[step.kind]
+        self._log(kind, at=now, detail=f"step {step.name} to {', '.join(record.targets)}")
+        self._revision += 1
+        wf_id = workflow.info().workflow_id
+        request = StepDelivery(
+            workflow_id=wf_id,
+            ticket_id=status.ticket_id,
+            customer_id=status.customer_id,
+            tier=status.tier,
+            severity=status.severity,
+            step=step.name,
+            kind=step.kind.value,
+            due_at=step.due_at,
+            response_due_at=status.response_due_at,
+            subject=self._ticket.subject,
+            recipients=step.recipients,
+            time_zone=status.time_zone,
+            event=SlaEvent(key=f"{wf_id}/{step.name}", ticket_id=status.ticket_id, kind=kind,
+                           at=now, source="timer",
+                           detail={"step": step.name, "due_at": step.due_at.isoformat(),
+                                   "targets": record.targets}),
+            summary=self._outcome(),
+        )
+        self._spawn(self._deliver(request, record))
+
+    async def _deliver(self, request: StepDelivery, record: EscalationRecord) -> None:
+        try:
+            result = await workflow.execute_activity(
+                "deliver_step", request, result_type=StepDeliveryResult,
+                start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
+            )
+            record.failed = result.failed
+        except ActivityError as err:
+            cause = str(err.cause) if err.cause else str(err)
+            record.failed = [DeliveryFailure(recipient=r.name, channel="all", error=cause)
+                             for r in request.recipients]
+        if record.failed:
+            # Never silently skipped: the failure is on the ticket and in the ledger.
+            self._log("notification_failed", at=workflow.now(),
+                      detail=f"step {record.step}: "
+                      + "; ".join(f"{f.recipient}: {f.error}" for f in record.failed))
+            self._record(f"{record.step}/failed", kind="notification_failed",
+                         at=workflow.now(), step=record.step,
+                         failed=[f.model_dump() for f in record.failed])
+
+    def _idle_close_at(self) -> datetime | None:
+        status = self._state()
+        plan = self._current_plan()
+        if plan.idle_close_after is None or status.state in TERMINAL:
+            return None
+        last = status.history[-1].at if status.history else status.opened_at
+        return max(last, status.opened_at) + plan.idle_close_after
+
+    def _idle_close_due(self, now: datetime) -> bool:
+        idle_at = self._idle_close_at()
+        return idle_at is not None and now >= idle_at
+
+    def _close_idle(self, now: datetime) -> None:
+        status = self._state()
+        status.state, status.closed_at = TicketState.CLOSED, now
+        self._log("closed_idle", at=now, detail="no activity; community tickets close when idle")
+        self._record("closed", kind="closed_idle", at=now)
+        self._sync_search_attributes()
+
+    # --- out of scope ----------------------------------------------------------------------
+
+    async def _route_to_sow(self, reason: str, by: str, at: datetime) -> None:
+        status = self._state()
+        self._check_breach(at, at_due_counts=False)
+        status.state = TicketState.ROUTED_TO_SOW
+        status.out_of_scope = True
+        status.next_step, status.next_step_due_at = None, None
+        child_id = sow_workflow_id(status.ticket_id)
+        status.sow = SowStatus(workflow_id=child_id, reason=reason)
+        self._log("out_of_scope", at=at, by=by, detail=reason)
+        self._record("out-of-scope", kind="out_of_scope", at=at, by=by, reason=reason,
+                     sow_workflow_id=child_id)
+        self._sync_search_attributes()
+        plan = self._current_plan()
+        handle = await workflow.start_child_workflow(
+            "StatementOfWork",
+            SowInput(ticket_id=status.ticket_id, customer_id=status.customer_id,
+                     tier=status.tier, severity=status.severity, subject=self._ticket.subject,
+                     reporter_email=self._ticket.reporter_email, reason=reason,
+                     terms=plan.sow),
+            id=child_id,
+            result_type=SowResult,
+        )
+        while not handle.done():
+            await workflow.wait_condition(lambda: bool(self._inbox) or handle.done())
+            await self._drain_inbox()
+        try:
+            result = await handle
+        except ChildWorkflowError as err:
+            result = SowResult(outcome=SowOutcome.EXPIRED, decided_by="system",
+                               decided_at=workflow.now(), reference=f"failed: {err.cause}")
+        now = workflow.now()
+        status.sow.outcome = result.outcome
+        status.sow.decided_by, status.sow.decided_at = result.decided_by, result.decided_at
+        status.sow.reference = result.reference
+        status.state, status.closed_at = TicketState.CLOSED, now
+        self._log(f"sow_{result.outcome.value}", at=now, by=result.decided_by,
+                  detail=result.reference)
+        self._record("closed", kind=f"sow_{result.outcome.value}", at=now,
+                     by=result.decided_by, reference=result.reference)
+        self._sync_search_attributes()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _resolve(self, severity: Any, repeat_from: int = 0) -> TicketPlan:
+        status = self._state()
+        return await workflow.execute_activity(
+            "resolve_ticket_plan",
+            PlanRequest(ticket=self._ticket, severity=severity, opened_at=status.opened_at,
+                        repeat_from=repeat_from),
+            result_type=TicketPlan,
+            start_to_close_timeout=POLICY_TIMEOUT,
+            retry_policy=POLICY_RETRY,
+        )
+
+    def _apply_plan(self, plan: TicketPlan) -> None:
+        status = self._state()
+        previous = self._plan
+        self._plan = plan
+        status.severity = plan.severity
+        status.policy_version = plan.policy_version
+        status.commercial_sla = plan.commercial_sla
+        status.response_target = plan.response_target
+        status.response_due_at = plan.response_due_at
+        status.time_zone = plan.time_zone
+        if previous is not None:
+            self._log("plan_resolved", at=workflow.now(),
+                      detail=f"policy {plan.policy_version}, response due "
+                      f"{_iso(plan.response_due_at)}")
+        self._sync_search_attributes()
+
+    def _sync_search_attributes(self) -> None:
+        """Upsert only the search attributes whose value changed (each upsert is billed)."""
+        status = self._state()
+        desired: dict[SearchAttributeKey[Any], Any] = {
+            sa.SUPPORT_TIER: status.tier.value,
+            sa.SUPPORT_SEVERITY: status.severity.value,
+            sa.TICKET_STATE: status.state.value,
+            sa.CUSTOMER_ID: status.customer_id,
+            sa.RESPONSE_DUE_AT: status.response_due_at,
+            sa.SLA_BREACHED: status.response_breached if status.commercial_sla else None,
+        }
+        updates: list[SearchAttributeUpdate[Any]] = []
+        for key, value in desired.items():
+            if self._search.get(key.name) != value:
+                self._search[key.name] = value
+                updates.append(key.value_unset() if value is None else key.value_set(value))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
+    def _record(self, name: str, *, at: datetime, kind: str | None = None,
+                by: str | None = None, **detail: Any) -> None:
+        """Write an SLA event (and the ticket's row) to the ledger in the background."""
+        status = self._state()
+        self._revision += 1
+        event = SlaEvent(
+            key=f"{workflow.info().workflow_id}/{name}",
+            ticket_id=status.ticket_id,
+            kind=kind or name,
+            at=at,
+            source=f"agent:{by}" if by else "workflow",
+            detail={k: v for k, v in detail.items() if v is not None},
+        )
+        batch = SlaEvents(events=[event], summary=self._outcome())
+        self._spawn(workflow.execute_activity(
+            "record_sla_events", batch, start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
+        ))
+
+    def _outcome(self) -> TicketOutcome:
+        status = self._state()
+        return TicketOutcome(
+            ticket_id=status.ticket_id,
+            workflow_id=workflow.info().workflow_id,
+            revision=self._revision,
+            customer_id=status.customer_id,
+            tier=status.tier,
+            severity=status.severity,
+            category=status.category,
+            state=status.state,
+            opened_at=status.opened_at,
+            response_due_at=status.response_due_at,
+            acknowledged_at=status.acknowledged_at,
+            acknowledged_by=status.acknowledged_by,
+            response_breached=status.response_breached,
+            overrun=timedelta(seconds=s) if (s := self._overrun_seconds()) else None,
+            escalations_fired=len(status.escalations),
+            out_of_scope=status.out_of_scope,
+            sow_outcome=status.sow.outcome if status.sow else None,
+            resolved_at=status.resolved_at,
+            closed_at=status.closed_at,
+            policy_version=status.policy_version,
+        )
+
+    def _overrun_seconds(self) -> float | None:
+        status = self._state()
+        if not status.response_breached or status.response_due_at is None:
+            return None
+        end = status.acknowledged_at or workflow.now()
+        return max(0.0, (end - status.response_due_at).total_seconds())
+
+    def _spawn(self, work: Any) -> None:
+        self._background.append(asyncio.ensure_future(work))
+
+    async def _finish(self) -> None:
+        # Let queued signals be recorded, and every notification / ledger write land.
+        while True:
+            await self._drain_inbox()
+            if not self._background:
+                break
+            pending, self._background = self._background, []
+            await asyncio.gather(*pending)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    def _log(self, kind: str, *, at: datetime, by: str | None = None,
+             detail: str | None = None) -> None:
+        self._state().history.append(HistoryEntry(at=at, kind=kind, by=by, detail=detail))
+        workflow.logger.info("ticket %s", kind, extra={"ticket_id": self._state().ticket_id,
+                                                       "by": by, "detail": detail})
+
+    def _next(self, counter: str) -> int:
+        self._counters[counter] = self._counters.get(counter, 0) + 1
+        return self._counters[counter]
+
+    def _state(self) -> TicketStatus:
+        assert self._status is not None
+        return self._status
+
+    def _current_plan(self) -> TicketPlan:
+        assert self._plan is not None
+        return self._plan
+
+
+def _is_repeat(plan: TicketPlan, name: str) -> bool:
+    return any(s.name == name and s.kind is StepKind.REPEAT for s in plan.steps)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
