@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
@@ -119,31 +120,35 @@ async def open_ticket(client: Client, ticket: TicketInput, queue: str | None = N
         return IntakeResult(ticket.ticket_id, workflow_id, description.run_id, False, state)
 
 
-def read_batch(stream: TextIO) -> Iterable[tuple[int, Any | InvalidTicket]]:
-    """(line number, parsed JSON or the problem) for a JSON array or JSONL stream."""
-    text = stream.read()
-    if text.lstrip().startswith("["):
+def read_batch(data: bytes) -> Iterable[tuple[int, Any]]:
+    """(line number, parsed JSON or an InvalidTicket) for a JSON array or JSONL input.
+    Lines are decoded one by one so one bad line never hides the good ones."""
+    if data.lstrip().startswith(b"["):
         try:
-            items = json.loads(text)
+            items = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield 1, InvalidTicket([f"(file): not valid UTF-8 at byte {err.start}"])
+            return
         except json.JSONDecodeError as err:
             yield err.lineno, InvalidTicket([f"(file): not valid JSON: {err.msg}"])
             return
-        for index, item in enumerate(items, start=1):
-            yield index, item
+        yield from enumerate(items, start=1)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield number, InvalidTicket([f"(line): not valid UTF-8 at byte {err.start}"])
         except json.JSONDecodeError as err:
             yield number, InvalidTicket([f"(line): not valid JSON: {err.msg}"])
 
 
-async def run_batch(client: Client, stream: TextIO, out: TextIO, err: TextIO) -> int:
+async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> int:
     valid: list[tuple[int, TicketInput]] = []
     bad = 0
-    for number, item in read_batch(stream):
+    for number, item in read_batch(data):
         try:
             if isinstance(item, InvalidTicket):
                 raise item
@@ -162,12 +167,16 @@ async def run_batch(client: Client, stream: TextIO, out: TextIO, err: TextIO) ->
             progress.update()
             return result
 
-    # Start in order so a ticket id repeated in one batch reports the first as existing.
-    results: list[IntakeResult] = []
-    seen: set[str] = set()
-    firsts = [(n, t) for n, t in valid if not (t.ticket_id in seen or seen.add(t.ticket_id))]
-    repeats = [(n, t) for n, t in valid if (n, t) not in firsts]
-    results += await asyncio.gather(*(one(n, t) for n, t in firsts))
+    # First occurrences concurrently, then repeats of an id within the batch, so a repeat
+    # always reports the ticket its earlier line opened.
+    firsts: dict[str, tuple[int, TicketInput]] = {}
+    repeats: list[tuple[int, TicketInput]] = []
+    for number, ticket in valid:
+        if ticket.ticket_id in firsts:
+            repeats.append((number, ticket))
+        else:
+            firsts[ticket.ticket_id] = (number, ticket)
+    results = list(await asyncio.gather(*(one(n, t) for n, t in firsts.values())))
     results += [await one(n, t) for n, t in repeats]
     progress.close()
     opened = sum(r.created for r in results)
@@ -211,15 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             result = await open_ticket(await connect(), ticket)
             print(result.line())
             return 0
-        client = await connect()
-        if args.file == "-":
-            return await run_batch(client, sys.stdin, sys.stdout, sys.stderr)
         try:
-            with open(args.file, encoding="utf-8") as stream:
-                return await run_batch(client, stream, sys.stdout, sys.stderr)
+            data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         except OSError as err:
             print(f"error: {args.file}: {err.strerror}", file=sys.stderr)
             return EXIT_INVALID
+        return await run_batch(await connect(), data, sys.stdout, sys.stderr)
 
     return asyncio.run(go())
 

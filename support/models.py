@@ -78,7 +78,6 @@ def _single_line(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_control_chars)]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
@@ -111,8 +110,12 @@ class TicketInput(Message):
     customer_id: Name
     tier: Tier
     severity: Severity = Severity.SEV3
-    subject: Annotated[Text, StringConstraints(max_length=MAX_SUBJECT)] = ""
-    description: Annotated[Text, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    subject: Annotated[
+        str, StringConstraints(max_length=MAX_SUBJECT), AfterValidator(_no_control_chars)
+    ] = ""
+    description: Annotated[
+        str, StringConstraints(max_length=MAX_DESCRIPTION), AfterValidator(_no_control_chars)
+    ] = ""
     category: Annotated[
         str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     ] = "incident"
@@ -172,7 +175,10 @@ class Resolve(Message):
 class SowDecision(Message):
     decision: Literal["accepted", "declined"]
     by: Name
-    reference: Annotated[Text, StringConstraints(max_length=MAX_NAME)] | None = None
+    reference: (
+        Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(_no_control_chars)]
+        | None
+    ) = None
 
 
 # --- resolved policy for one ticket (produced by an activity, pinned in history) --------

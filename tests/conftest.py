@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,12 @@ import pytest_asyncio
 import yaml
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -33,6 +38,7 @@ from support.policy import default_policy_path
 from worker import build_worker
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def binary(name: str) -> str:
@@ -45,12 +51,9 @@ def binary(name: str) -> str:
     return located
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=binary("temporal-test-server"),
-    )
+async def register_search_attributes(environment: WorkflowEnvironment) -> None:
+    """The time-skipping server does not take ``--search-attribute``: add them through the
+    operator service, or upserting them would fail the workflow task forever."""
     kinds = {"KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
              "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
              "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL}
@@ -63,6 +66,15 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
             },
         )
     )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    environment = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binary("temporal-test-server"),
+    )
+    await register_search_attributes(environment)
     yield environment
     await environment.shutdown()
 
@@ -74,6 +86,7 @@ class Stack:
     task_queue: str
     ledger: SqliteLedger
     worker: Worker
+    opened: list[str] = field(default_factory=list)
 
 
 @asynccontextmanager
@@ -83,8 +96,22 @@ async def running_stack(env: WorkflowEnvironment, ledger_path: Path) -> AsyncIte
     async with httpx.AsyncClient(timeout=5.0) as http:
         worker = build_worker(env.client, queue, ledger, http)
         async with worker:
-            yield Stack(env, env.client, queue, ledger, worker)
+            stack = Stack(env, env.client, queue, ledger, worker)
+            try:
+                yield stack
+            finally:
+                await terminate_open(stack)
     ledger.close()
+
+
+async def terminate_open(stack: Stack) -> None:
+    """Leave nothing running: on the shared time-skipping server a workflow whose worker
+    is gone holds pending tasks that stop later tests from skipping time."""
+    for workflow_id in stack.opened:
+        handle = stack.client.get_workflow_handle(workflow_id)
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate(reason="test finished")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -129,6 +156,7 @@ async def open_ticket_at(stack: Stack, data: TicketInput, at: datetime | None = 
     data = data.model_copy(update={"opened_at": at})
     result = await open_ticket(stack.client, data, stack.task_queue)
     assert result.created
+    stack.opened.append(data.workflow_id)
     handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
     await policy_resolved(handle)
     return handle

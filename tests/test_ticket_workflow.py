@@ -38,7 +38,7 @@ from tests.conftest import (
     write_policy,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+
 
 H, M = timedelta(hours=1), timedelta(minutes=1)
 

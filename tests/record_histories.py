@@ -1,0 +1,142 @@
+"""Record the committed workflow histories that ``test_replay.py`` replays.
+
+    make replay-histories      # python -m tests.record_histories
+
+Runs each main path of a ticket on the time-skipping server with the current workflow code
+and writes its history (and the SOW child's) to ``tests/histories/``. Re-record only for a
+deliberate, versioned change; the replay test exists to catch accidental ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from support.models import (
+    Acknowledge,
+    ChangeSeverity,
+    MarkOutOfScope,
+    Resolve,
+    SowDecision,
+)
+from tests.conftest import (
+    Stack,
+    advance_to,
+    binary,
+    now_second,
+    open_ticket_at,
+    register_search_attributes,
+    result_of,
+    running_stack,
+    ticket,
+)
+
+HISTORIES = Path(__file__).with_name("histories")
+M = timedelta(minutes=1)
+
+
+async def ack_before_breach(stack: Stack) -> list[str]:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-ack-before-breach"), t0)
+    await advance_to(stack.env, t0 + 35 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="alice", note="on it"))
+    await advance_to(stack.env, t0 + 40 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="bob"))
+    await handle.signal("resolve", Resolve(by="alice", summary="restarted the API"))
+    await handle.result()
+    return [handle.id]
+
+
+async def breach_and_repeat(stack: Stack) -> list[str]:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(
+        stack, ticket("H-breach", customer_id="example-bank", tier="mission_critical",
+                      severity="sev1"), t0)
+    await advance_to(stack.env, t0 + 26 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="carol"))
+    await handle.signal("resolve", Resolve(by="carol"))
+    await handle.result()
+    return [handle.id]
+
+
+async def severity_changes(stack: Stack) -> list[str]:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(
+        stack, ticket("H-severity", tier="mission_critical", severity="sev3"), t0)
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
+    await advance_to(stack.env, t0 + 22 * M)
+    await handle.signal("change_severity", ChangeSeverity(severity="sev2", by="triage"))
+    await advance_to(stack.env, t0 + 25 * M)
+    await handle.signal("resolve", Resolve(by="dave"))
+    await handle.result()
+    return [handle.id]
+
+
+async def out_of_scope_accepted(stack: Stack) -> list[str]:
+    handle = await open_ticket_at(stack, ticket("H-sow-accepted", category="custom_engineering"))
+    sow = stack.client.get_workflow_handle("sow-H-sow-accepted")
+    await advance_to(stack.env, await now_second(stack.env) + 60 * M)
+    await sow.signal("sow_decision", SowDecision(decision="accepted", by="advisor",
+                                                 reference="SOW-1"))
+    await handle.result()
+    return [handle.id, sow.id]
+
+
+async def marked_out_of_scope_expired(stack: Stack) -> list[str]:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-sow-expired", tier="standard"), t0)
+    await advance_to(stack.env, t0 + 5 * M)
+    await handle.signal("mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature request"))
+    await result_of(stack.env, handle)
+    return [handle.id, "sow-H-sow-expired"]
+
+
+async def community_idle(stack: Stack) -> list[str]:
+    handle = await open_ticket_at(stack, ticket("H-community", tier="community"))
+    await result_of(stack.env, handle)
+    return [handle.id]
+
+
+PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
+    "ack_before_breach": ack_before_breach,
+    "breach_and_repeat": breach_and_repeat,
+    "severity_changes": severity_changes,
+    "out_of_scope_accepted": out_of_scope_accepted,
+    "marked_out_of_scope_expired": marked_out_of_scope_expired,
+    "community_idle": community_idle,
+}
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binary("temporal-test-server"),
+    )
+    await register_search_attributes(env)
+    shutil.rmtree(HISTORIES, ignore_errors=True)
+    HISTORIES.mkdir()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, path in PATHS.items():
+                async with running_stack(env, Path(tmp) / f"{name}.sqlite3") as stack:
+                    ids = await path(stack)
+                for workflow_id in ids:
+                    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+                    target = HISTORIES / f"{name}.{workflow_id}.json"
+                    target.write_text(history.to_json())
+                    print(f"recorded {target.relative_to(HISTORIES.parent.parent)}"
+                          f" ({len(history.events)} events)")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
