@@ -42,21 +42,26 @@ class BusinessCalendar:
         ``start`` on. Intervals may end before ``start``; callers clip."""
         tz = self.zone
         day = start.astimezone(tz).date()
-        for _ in range(_MAX_SCAN_DAYS):
+        closed_days = 0
+        while closed_days < _MAX_SCAN_DAYS:
+            found = False
             if day not in self.holidays:
                 for opens, closes in self.hours.get(day.weekday(), ()):
-                    begin = datetime.combine(day, opens, tzinfo=tz).astimezone(UTC)
+                    begin = _local_to_utc(day, opens, tz)
                     close_day = day + timedelta(days=1) if closes == time(0) else day
-                    end = datetime.combine(close_day, closes, tzinfo=tz).astimezone(UTC)
+                    end = _local_to_utc(close_day, closes, tz)
                     if end > begin:
+                        found = True
                         yield begin, end
+            closed_days = 0 if found else closed_days + 1
             day += timedelta(days=1)
-        raise ValueError(f"calendar {self.time_zone} has no open hours within {_MAX_SCAN_DAYS} days")
+        raise ValueError(
+            f"calendar {self.time_zone} has no open hours within {_MAX_SCAN_DAYS} days"
+        )
 
     def add(self, start: datetime, amount: timedelta) -> datetime:
         """The instant at which ``amount`` of open time has elapsed since ``start``."""
-        if start.tzinfo is None:
-            raise ValueError("start must be timezone-aware")
+        _require_aware(start, "start")
         if amount < timedelta(0):
             raise ValueError("amount must not be negative")
         start = start.astimezone(UTC)
@@ -75,6 +80,8 @@ class BusinessCalendar:
 
     def open_time_between(self, start: datetime, end: datetime) -> timedelta:
         """How much open time lies in [start, end)."""
+        _require_aware(start, "start")
+        _require_aware(end, "end")
         start, end = start.astimezone(UTC), end.astimezone(UTC)
         if end <= start:
             return timedelta(0)
@@ -90,6 +97,7 @@ class BusinessCalendar:
         return total
 
     def is_open(self, instant: datetime) -> bool:
+        _require_aware(instant, "instant")
         if self.always_open:
             return True
         instant = instant.astimezone(UTC)
@@ -99,3 +107,32 @@ class BusinessCalendar:
             if begin <= instant < end:
                 return True
         return False
+
+
+def _require_aware(value: datetime, name: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+def _local_to_utc(day: date, wall: time, tz: ZoneInfo) -> datetime:
+    """A local wall-clock time as a UTC instant. A time that does not exist (skipped by a
+    spring-forward change) is taken as the moment the clocks jump, so intervals that start
+    or end inside the gap neither overlap nor grow."""
+    local = datetime.combine(day, wall, tzinfo=tz)
+    instant = local.astimezone(UTC)
+    if instant.astimezone(tz).replace(tzinfo=None) == local.replace(tzinfo=None):
+        return instant
+    # In the gap: the change lies between the two readings of the wall time; find the
+    # first instant whose local reading is at or after the wall time (to the second).
+    low = local.replace(fold=1).astimezone(UTC)
+    high = instant
+    if low > high:
+        low, high = high, low
+    naive = local.replace(tzinfo=None)
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(tz).replace(tzinfo=None) >= naive:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0) if high.microsecond else high

@@ -214,9 +214,22 @@ class TierSpec(Spec):
             for severity, rule in self.severities.items():
                 if rule.ladder is not None:
                     _check_ladder(rule.ladder, f"severities.{severity.value}.ladder")
-        elif self.response_target is not None:
-            raise ValueError("a tier without a commercial SLA has no response_target")
+        else:
+            if self.response_target is not None:
+                raise ValueError("a tier without a commercial SLA has no response_target")
+            for i, step in enumerate(self.ladder):
+                if step.kind is not StepKind.INTAKE or step.at.offset is None:
+                    raise ValueError(
+                        f"ladder.{i}: a tier without a commercial SLA has only intake steps"
+                        " at an offset (there is no target to take a share of)"
+                    )
         return self
+
+    def step_names(self) -> set[str]:
+        names = {step.name for step in self.ladder}
+        for rule in self.severities.values():
+            names |= {step.name for step in rule.ladder or []}
+        return names
 
     def rule_for(self, severity: Severity) -> tuple[timedelta | None, list[StepSpec]]:
         rule = self.severities.get(severity)
@@ -311,6 +324,14 @@ class Policy(Spec):
                 raise ValueError(
                     f"customers.{name}.calendar: unknown calendar {customer.calendar!r}"
                 )
+            known = self.tiers[customer.tier].step_names()
+            for i, contact in enumerate(customer.contacts):
+                for step in contact.at_steps:
+                    if step not in known:
+                        raise ValueError(
+                            f"customers.{name}.contacts.{i}.at_steps: {step!r} is not a step"
+                            f" of the {customer.tier.value} ladder ({', '.join(sorted(known))})"
+                        )
         return self
 
     def calendar_for(self, tier: Tier, customer_id: str) -> tuple[str | None, BusinessCalendar]:

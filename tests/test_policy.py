@@ -563,17 +563,9 @@ def test_changed_policy_file_is_reloaded(tmp_path):
     assert load_policy(path).version == "edited"
 
 
-# --- known defects (strict xfail: flips to a failure once fixed, so the mark gets removed) --
+# --- regressions: DST gaps, long spans, non-commercial ladders --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "policy.py TierSpec._check (line 210) validates ladders only for commercial tiers: a "
-        "community step at {share: 0.5} loads fine, then resolve_plan (line 413, "
-        "step.at.amount(None)) raises ValueError for every community ticket"
-    ),
-)
 def test_non_commercial_step_measured_as_a_share_is_rejected_at_load(tmp_path):
     def share_intake(data: dict[str, Any]) -> None:
         data["tiers"]["community"]["ladder"][0]["at"] = {"share": 0.5}

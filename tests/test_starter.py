@@ -8,17 +8,18 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 
 from starter import InvalidTicket, parse_ticket, run_batch
+from support import search_attributes as sa
 from support.models import TicketStatus
 from tests.conftest import ROOT, Stack, policy_resolved, terminate_open
-
-
 
 GOOD = {"ticket_id": "B-1", "customer_id": "acme", "tier": "premium", "severity": "sev2"}
 
@@ -101,18 +102,26 @@ async def test_batch_reports_bad_lines_by_number_and_opens_the_good_ones(
 
 
 async def test_cli_batch_from_stdin_against_the_server(
-    stack: Stack, tmp_path: Path
+    dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    address = stack.client.service_client.config.target_host
+    address = dev_server.client.service_client.config.target_host
+    queue = f"tq-{uuid.uuid4()}"
     lines = "\n".join(json.dumps({**GOOD, "ticket_id": f"S-{n}"}) for n in range(3))
-    env = {"TEMPORAL_ADDRESS": address, "SUPPORT_TASK_QUEUE": stack.task_queue}
+    env = {"TEMPORAL_ADDRESS": address, "SUPPORT_TASK_QUEUE": queue}
     done = run_cli("batch", "-", stdin=lines, env=env)
-    stack.opened += [f"ticket-S-{n}" for n in range(3)]
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "3 opened, 0 already existed, 0 invalid"
+    for n in range(3):
+        description = await dev_server.client.get_workflow_handle(f"ticket-S-{n}").describe()
+        assert description.task_queue == queue
+        attributes = description.typed_search_attributes
+        assert (attributes.get(sa.SUPPORT_TIER), attributes.get(sa.TICKET_STATE)) == (
+            "premium", "open")
     again = run_cli("batch", "-", stdin=lines, env=env)
+    assert again.returncode == 0
     assert again.stdout.splitlines()[-1] == "0 opened, 3 already existed, 0 invalid"
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b'{"ticket_id": "\xff\xfe"}\n')
+    bad.write_bytes(b'{"ticket_id": "\xff\xfe"}\n' + lines.encode())
     done = run_cli("batch", str(bad), env=env)
-    assert done.returncode == 2 and "not valid UTF-8" in done.stderr
+    assert done.returncode == 2 and "line 1: (line): not valid UTF-8" in done.stderr
+    assert done.stdout.splitlines()[-1] == "0 opened, 3 already existed, 1 invalid"
