@@ -86,11 +86,15 @@ class IntakeResult:
     def line(self) -> str:
         if self.created:
             return f"opened ticket {self.ticket_id} (workflow {self.workflow_id})"
-        return (f"ticket {self.ticket_id} already exists (workflow {self.workflow_id},"
-                f" {self.status}); nothing new was started")
+        return (
+            f"ticket {self.ticket_id} already exists (workflow {self.workflow_id},"
+            f" {self.status}); nothing new was started"
+        )
 
 
-async def open_ticket(client: Client, ticket: TicketInput, queue: str | None = None) -> IntakeResult:
+async def open_ticket(
+    client: Client, ticket: TicketInput, queue: str | None = None
+) -> IntakeResult:
     """Start the ticket's workflow, or report the one that already exists."""
     workflow_id = ticket.workflow_id
     try:
@@ -103,15 +107,18 @@ async def open_ticket(client: Client, ticket: TicketInput, queue: str | None = N
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             # Known at intake, so ops can find the ticket before the workflow's first task;
             # the workflow only upserts what changes later.
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(sa.SUPPORT_TIER, ticket.tier.value),
-                SearchAttributePair(sa.SUPPORT_SEVERITY, ticket.severity.value),
-                SearchAttributePair(sa.TICKET_STATE, TicketState.OPEN.value),
-                SearchAttributePair(sa.CUSTOMER_ID, ticket.customer_id),
-            ]),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.SUPPORT_TIER, ticket.tier.value),
+                    SearchAttributePair(sa.SUPPORT_SEVERITY, ticket.severity.value),
+                    SearchAttributePair(sa.TICKET_STATE, TicketState.OPEN.value),
+                    SearchAttributePair(sa.CUSTOMER_ID, ticket.customer_id),
+                ]
+            ),
         )
-        return IntakeResult(ticket.ticket_id, workflow_id, handle.first_execution_run_id,
-                            True, "open")
+        return IntakeResult(
+            ticket.ticket_id, workflow_id, handle.first_execution_run_id, True, "open"
+        )
     except WorkflowAlreadyStartedError:
         description = await client.get_workflow_handle(workflow_id).describe()
         state = "running"
@@ -158,8 +165,9 @@ async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> in
             for text in problem.problems:
                 print(f"line {number}: {text}", file=err)
     semaphore = asyncio.Semaphore(BATCH_CONCURRENCY)
-    progress = tqdm(total=len(valid), desc="opening tickets", unit="ticket", file=err,
-                    disable=len(valid) < 2)
+    progress = tqdm(
+        total=len(valid), desc="opening tickets", unit="ticket", file=err, disable=len(valid) < 2
+    )
 
     async def one(number: int, ticket: TicketInput) -> IntakeResult:
         async with semaphore:
@@ -184,6 +192,10 @@ async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> in
         print(result.line(), file=out)
     print(f"{opened} opened, {len(results) - opened} already existed, {bad} invalid", file=out)
     return EXIT_INVALID if bad else 0
+
+
+def read_file(path: str) -> bytes:
+    return Path(path).read_bytes()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.line())
             return 0
         try:
-            data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            data = sys.stdin.buffer.read() if args.file == "-" else read_file(args.file)
         except OSError as err:
             print(f"error: {args.file}: {err.strerror}", file=sys.stderr)
             return EXIT_INVALID

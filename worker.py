@@ -30,9 +30,7 @@ from workflows import ALL_WORKFLOWS
 log = structlog.get_logger("support.worker")
 
 
-def build_worker(
-    client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient
-) -> Worker:
+def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient) -> Worker:
     ledger_activities = LedgerActivities(ledger)
     notify = NotifyActivities(ledger, http)
     activities: Sequence[object] = [
@@ -56,8 +54,14 @@ async def run(stop: asyncio.Event) -> None:
     ledger = SqliteLedger.from_env()
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
         worker = build_worker(client, queue, ledger, http)
-        log.info("worker started", task_queue=queue, namespace=client.namespace,
-                 policy_version=policy.version, ledger=str(ledger.path), pid=os.getpid())
+        log.info(
+            "worker started",
+            task_queue=queue,
+            namespace=client.namespace,
+            policy_version=policy.version,
+            ledger=str(ledger.path),
+            pid=os.getpid(),
+        )
         async with worker:
             await stop.wait()
             log.info("worker stopping")

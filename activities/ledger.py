@@ -117,8 +117,15 @@ class SqliteLedger:
                     " (key, ticket_id, kind, at, source, detail, recorded_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (e.key, e.ticket_id, e.kind, e.at.isoformat(), e.source,
-                         json.dumps(e.detail, sort_keys=True, default=str), now)
+                        (
+                            e.key,
+                            e.ticket_id,
+                            e.kind,
+                            e.at.isoformat(),
+                            e.source,
+                            json.dumps(e.detail, sort_keys=True, default=str),
+                            now,
+                        )
                         for e in events
                     ],
                 )
@@ -143,11 +150,18 @@ class SqliteLedger:
                 " updated_at = excluded.updated_at"
                 " WHERE excluded.revision > tickets.revision",
                 (
-                    outcome.ticket_id, outcome.revision, outcome.model_dump_json(),
-                    outcome.state.value, outcome.tier.value, outcome.severity.value,
-                    outcome.customer_id, outcome.opened_at.isoformat(),
-                    _iso(outcome.response_due_at), _iso(outcome.acknowledged_at),
-                    int(outcome.response_breached), now,
+                    outcome.ticket_id,
+                    outcome.revision,
+                    outcome.model_dump_json(),
+                    outcome.state.value,
+                    outcome.tier.value,
+                    outcome.severity.value,
+                    outcome.customer_id,
+                    outcome.opened_at.isoformat(),
+                    _iso(outcome.response_due_at),
+                    _iso(outcome.acknowledged_at),
+                    int(outcome.response_breached),
+                    now,
                 ),
             )
             return cursor.rowcount > 0
@@ -181,8 +195,14 @@ class SqliteLedger:
                 (ticket_id,),
             ).fetchall()
             return [
-                SlaEvent(key=r[0], ticket_id=r[1], kind=r[2], at=datetime.fromisoformat(r[3]),
-                         source=r[4], detail=json.loads(r[5]))
+                SlaEvent(
+                    key=r[0],
+                    ticket_id=r[1],
+                    kind=r[2],
+                    at=datetime.fromisoformat(r[3]),
+                    source=r[4],
+                    detail=json.loads(r[5]),
+                )
                 for r in rows
             ]
 

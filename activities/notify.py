@@ -114,8 +114,10 @@ class NotifyActivities:
             except ChannelConfigError as err:
                 log.error(
                     "notification not deliverable: channel misconfigured",
-                    ticket_id=request.ticket_id, step=request.step,
-                    recipient=recipient.name, error=str(err),
+                    ticket_id=request.ticket_id,
+                    step=request.step,
+                    recipient=recipient.name,
+                    error=str(err),
                 )
                 failures.append(
                     DeliveryFailure(recipient=recipient.name, channel="config", error=str(err))
@@ -133,8 +135,13 @@ class NotifyActivities:
             )
         if request.event is not None:
             event = request.event.model_copy(
-                update={"detail": {**request.event.detail, "delivered": delivered,
-                                   "failed": [f.model_dump() for f in failures]}}
+                update={
+                    "detail": {
+                        **request.event.detail,
+                        "delivered": delivered,
+                        "failed": [f.model_dump() for f in failures],
+                    }
+                }
             )
             await self.ledger.append([event])
         if request.summary is not None:
@@ -161,9 +168,14 @@ class NotifyActivities:
         if channel.type is ChannelKind.LOG:
             log.warning(
                 "notification",
-                channel="log", recipient=recipient.name, idempotency_key=key,
-                ticket_id=request.ticket_id, step=request.step, kind=request.kind,
-                tier=request.tier.value, severity=request.severity.value,
+                channel="log",
+                recipient=recipient.name,
+                idempotency_key=key,
+                ticket_id=request.ticket_id,
+                step=request.step,
+                kind=request.kind,
+                tier=request.tier.value,
+                severity=request.severity.value,
                 response_due_at=(
                     request.response_due_at.isoformat() if request.response_due_at else None
                 ),

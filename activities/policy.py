@@ -23,7 +23,10 @@ async def resolve_ticket_plan(request: PlanRequest) -> TicketPlan:
     )
     activity.logger.info(
         "policy resolved",
-        extra={"policy_version": plan.policy_version, "severity": plan.severity.value,
-               "response_due_at": str(plan.response_due_at)},
+        extra={
+            "policy_version": plan.policy_version,
+            "severity": plan.severity.value,
+            "response_due_at": str(plan.response_due_at),
+        },
     )
     return plan

@@ -52,18 +52,30 @@ def main() -> None:
         if sock.connect_ex(("127.0.0.1", PORT)) == 0:
             sys.exit(f"port {PORT} is already in use: is another Temporal server running?")
     server = subprocess.Popen(
-        [temporal_binary(), "server", "start-dev",
-         "--db-filename", str(DATA / "temporal.sqlite"),
-         "--port", str(PORT), "--ui-port", str(UI_PORT), "--log-level", "warn",
-         *cli_flags()],
-        cwd=ROOT, start_new_session=True,
+        [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(DATA / "temporal.sqlite"),
+            "--port",
+            str(PORT),
+            "--ui-port",
+            str(UI_PORT),
+            "--log-level",
+            "warn",
+            *cli_flags(),
+        ],
+        cwd=ROOT,
+        start_new_session=True,
     )
     processes = [server]
     try:
         wait_for_port(PORT, server)
         env = {**os.environ, "TEMPORAL_ADDRESS": f"localhost:{PORT}"}
-        worker = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
-                                  start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "worker.py"], cwd=ROOT, env=env, start_new_session=True
+        )
         processes.append(worker)
         print(
             f"\nTemporal Web UI:  http://localhost:{UI_PORT}\n"
@@ -75,9 +87,14 @@ def main() -> None:
         )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        sys.exit("a process exited: " + ", ".join(
-            f"{p.args[0] if isinstance(p.args, list) else p.args} -> {p.returncode}"
-            for p in processes if p.poll() is not None))
+        sys.exit(
+            "a process exited: "
+            + ", ".join(
+                f"{p.args[0] if isinstance(p.args, list) else p.args} -> {p.returncode}"
+                for p in processes
+                if p.poll() is not None
+            )
+        )
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:

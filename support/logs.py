@@ -41,8 +41,12 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
         _flatten_temporal_context,
     ]
     structlog.configure(
-        processors=[*shared[:1], structlog.stdlib.filter_by_level, *shared[1:],
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *shared[:1],
+            structlog.stdlib.filter_by_level,
+            *shared[1:],
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -116,13 +116,9 @@ class TicketInput(Message):
     description: Annotated[
         str, StringConstraints(max_length=MAX_DESCRIPTION), AfterValidator(_no_control_chars)
     ] = ""
-    category: Annotated[
-        str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    ] = "incident"
+    category: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "incident"
     reporter_email: EmailAddress | None = None
-    intake_channel: Annotated[
-        str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    ] = "api"
+    intake_channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "api"
     opened_at: UtcDatetime | None = None
 
     @property
@@ -383,8 +379,6 @@ class TicketStatus(Message):
     closed_at: UtcDatetime | None = None
     policy_version: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
-
-
 
 
 # --- statement of work -------------------------------------------------------------------

@@ -326,10 +326,10 @@ class Policy(Spec):
                 )
             known = self.tiers[customer.tier].step_names()
             for i, contact in enumerate(customer.contacts):
-                for step in contact.at_steps:
-                    if step not in known:
+                for step_name in contact.at_steps:
+                    if step_name not in known:
                         raise ValueError(
-                            f"customers.{name}.contacts.{i}.at_steps: {step!r} is not a step"
+                            f"customers.{name}.contacts.{i}.at_steps: {step_name!r} is not a step"
                             f" of the {customer.tier.value} ladder ({', '.join(sorted(known))})"
                         )
         return self

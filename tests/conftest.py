@@ -54,9 +54,11 @@ def binary(name: str) -> str:
 async def register_search_attributes(environment: WorkflowEnvironment) -> None:
     """The time-skipping server does not take ``--search-attribute``: add them through the
     operator service, or upserting them would fail the workflow task forever."""
-    kinds = {"KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-             "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-             "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL}
+    kinds = {
+        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+        "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+    }
     await environment.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=environment.client.namespace,
@@ -172,8 +174,9 @@ async def advance_to(env: WorkflowEnvironment, instant: datetime) -> None:
         await env.sleep(instant - current)
 
 
-async def open_ticket_at(stack: Stack, data: TicketInput, at: datetime | None = None
-                         ) -> WorkflowHandle[Any, TicketStatus]:
+async def open_ticket_at(
+    stack: Stack, data: TicketInput, at: datetime | None = None
+) -> WorkflowHandle[Any, TicketStatus]:
     """Open ``data`` with ``opened_at`` = ``at`` (default: now, to the second)."""
     at = at or await now_second(stack.env)
     await advance_to(stack.env, at)

@@ -57,8 +57,10 @@ async def ack_before_breach(stack: Stack) -> list[str]:
 async def breach_and_repeat(stack: Stack) -> list[str]:
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(
-        stack, ticket("H-breach", customer_id="example-bank", tier="mission_critical",
-                      severity="sev1"), t0)
+        stack,
+        ticket("H-breach", customer_id="example-bank", tier="mission_critical", severity="sev1"),
+        t0,
+    )
     await advance_to(stack.env, t0 + 26 * M)
     await handle.signal("acknowledge", Acknowledge(agent="carol"))
     await handle.signal("resolve", Resolve(by="carol"))
@@ -69,7 +71,8 @@ async def breach_and_repeat(stack: Stack) -> list[str]:
 async def severity_changes(stack: Stack) -> list[str]:
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(
-        stack, ticket("H-severity", tier="mission_critical", severity="sev3"), t0)
+        stack, ticket("H-severity", tier="mission_critical", severity="sev3"), t0
+    )
     await advance_to(stack.env, t0 + 20 * M)
     await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
     await advance_to(stack.env, t0 + 22 * M)
@@ -84,8 +87,9 @@ async def out_of_scope_accepted(stack: Stack) -> list[str]:
     handle = await open_ticket_at(stack, ticket("H-sow-accepted", category="custom_engineering"))
     sow = stack.client.get_workflow_handle("sow-H-sow-accepted")
     await advance_to(stack.env, await now_second(stack.env) + 60 * M)
-    await sow.signal("sow_decision", SowDecision(decision="accepted", by="advisor",
-                                                 reference="SOW-1"))
+    await sow.signal(
+        "sow_decision", SowDecision(decision="accepted", by="advisor", reference="SOW-1")
+    )
     await handle.result()
     return [handle.id, sow.id]
 
@@ -132,8 +136,10 @@ async def main() -> None:
                     history = await env.client.get_workflow_handle(workflow_id).fetch_history()
                     target = HISTORIES / f"{name}.{workflow_id}.json"
                     target.write_text(history.to_json())
-                    print(f"recorded {target.relative_to(HISTORIES.parent.parent)}"
-                          f" ({len(history.events)} events)")
+                    print(
+                        f"recorded {target.relative_to(HISTORIES.parent.parent)}"
+                        f" ({len(history.events)} events)"
+                    )
     finally:
         await env.shutdown()
 

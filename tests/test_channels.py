@@ -31,8 +31,6 @@ from tests.conftest import (
 )
 
 
-
-
 @dataclass
 class Sink:
     """A webhook receiver: records every request; answers from a script of status codes."""
@@ -58,13 +56,15 @@ def sink() -> Iterator[Sink]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             status = state.answer()
-            state.received.append({
-                "path": self.path,
-                "key": self.headers.get("Idempotency-Key"),
-                "content_type": self.headers.get("Content-Type"),
-                "body": json.loads(body),
-                "status": status,
-            })
+            state.received.append(
+                {
+                    "path": self.path,
+                    "key": self.headers.get("Idempotency-Key"),
+                    "content_type": self.headers.get("Content-Type"),
+                    "body": json.loads(body),
+                    "status": status,
+                }
+            )
             self.send_response(status)
             self.end_headers()
             self.wfile.write(b"ok" if status == 200 else b"no such hook")
@@ -106,8 +106,12 @@ async def test_webhook_gets_slack_json_with_idempotency_key_and_inert_customer_t
         assert [e.step for e in status.escalations] == ["intake", "warning", "final-warning"]
     keys = [r["key"] for r in sink.received]
     wf = data.workflow_id
-    assert keys == [f"{wf}/intake/duty-engineer", f"{wf}/warning/duty-engineer",
-                    f"{wf}/final-warning/duty-engineer", f"{wf}/final-warning/support-lead"]
+    assert keys == [
+        f"{wf}/intake/duty-engineer",
+        f"{wf}/warning/duty-engineer",
+        f"{wf}/final-warning/duty-engineer",
+        f"{wf}/final-warning/support-lead",
+    ]
     first = sink.received[0]
     assert first["path"] == "/engineer" and first["content_type"] == "application/json"
     text = first["body"]["text"]
@@ -170,21 +174,26 @@ async def test_delivery_falls_over_to_the_next_channel_on_configuration_error(
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
         notify = NotifyActivities(ledger, http)
-        request = delivery([Recipient(name="lead", channels=[
-            Channel(type="webhook", url_env="UNSET_HOOK"), Channel(type="log")])])
+        request = delivery(
+            [
+                Recipient(
+                    name="lead",
+                    channels=[Channel(type="webhook", url_env="UNSET_HOOK"), Channel(type="log")],
+                )
+            ]
+        )
         result = await ActivityEnvironment().run(notify.deliver_step, request)
     assert result.delivered == ["lead"] and result.failed == []
     assert await ledger.was_delivered("ticket-X/breach/lead")
 
 
-async def test_a_repeated_activity_does_not_send_again(
-    tmp_path: Path, sink: Sink
-) -> None:
+async def test_a_repeated_activity_does_not_send_again(tmp_path: Path, sink: Sink) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
         notify = NotifyActivities(ledger, http)
-        request = delivery([Recipient(name="eng", channels=[
-            Channel(type="webhook", url=f"{sink.url}/eng")])])
+        request = delivery(
+            [Recipient(name="eng", channels=[Channel(type="webhook", url=f"{sink.url}/eng")])]
+        )
         first = await ActivityEnvironment().run(notify.deliver_step, request)
         second = await ActivityEnvironment().run(notify.deliver_step, request)
     assert first.delivered == second.delivered == ["eng"]
@@ -193,9 +202,15 @@ async def test_a_repeated_activity_does_not_send_again(
 
 def delivery(recipients: list[Recipient]) -> StepDelivery:
     return StepDelivery(
-        workflow_id="ticket-X", ticket_id="X", customer_id="acme", tier="premium",
-        severity="sev1", step="breach", kind="breach",
+        workflow_id="ticket-X",
+        ticket_id="X",
+        customer_id="acme",
+        tier="premium",
+        severity="sev1",
+        step="breach",
+        kind="breach",
         due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
-        response_due_at=datetime(2026, 11, 26, 12, tzinfo=UTC), subject="s",
+        response_due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
+        subject="s",
         recipients=recipients,
     )

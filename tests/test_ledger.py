@@ -12,20 +12,40 @@ T0 = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
 
 def event(key: str, kind: str = "opened", minutes: int = 0) -> SlaEvent:
-    return SlaEvent(key=key, ticket_id="T1", kind=kind, at=T0 + timedelta(minutes=minutes),
-                    source="workflow", detail={"n": minutes})
+    return SlaEvent(
+        key=key,
+        ticket_id="T1",
+        kind=kind,
+        at=T0 + timedelta(minutes=minutes),
+        source="workflow",
+        detail={"n": minutes},
+    )
 
 
 def outcome(revision: int, state: str) -> TicketOutcome:
-    return TicketOutcome(ticket_id="T1", workflow_id="ticket-T1", revision=revision,
-                         customer_id="acme", tier="premium", severity="sev2",
-                         category="incident", state=state, opened_at=T0)
+    return TicketOutcome(
+        ticket_id="T1",
+        workflow_id="ticket-T1",
+        revision=revision,
+        customer_id="acme",
+        tier="premium",
+        severity="sev2",
+        category="incident",
+        state=state,
+        opened_at=T0,
+    )
 
 
 async def test_events_are_appended_once_per_key(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "l.sqlite3")
-    assert await ledger.append([event("ticket-T1/opened"), event("ticket-T1/intake", "notified", 1)]) == 2
-    assert await ledger.append([event("ticket-T1/opened"), event("ticket-T1/ack", "acknowledged", 5)]) == 1
+    assert (
+        await ledger.append([event("ticket-T1/opened"), event("ticket-T1/intake", "notified", 1)])
+        == 2
+    )
+    assert (
+        await ledger.append([event("ticket-T1/opened"), event("ticket-T1/ack", "acknowledged", 5)])
+        == 1
+    )
     events = await ledger.events("T1")
     assert [(e.key, e.kind, e.at) for e in events] == [
         ("ticket-T1/opened", "opened", T0),

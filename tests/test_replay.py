@@ -24,8 +24,14 @@ def load(path: Path) -> WorkflowHistory:
 
 def test_the_main_paths_are_committed() -> None:
     names = {p.name.split(".")[0] for p in HISTORIES}
-    assert names >= {"ack_before_breach", "breach_and_repeat", "severity_changes",
-                     "out_of_scope_accepted", "marked_out_of_scope_expired", "community_idle"}
+    assert names >= {
+        "ack_before_breach",
+        "breach_and_repeat",
+        "severity_changes",
+        "out_of_scope_accepted",
+        "marked_out_of_scope_expired",
+        "community_idle",
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.name)

@@ -24,11 +24,17 @@ from tests.conftest import ROOT, Stack, policy_resolved, terminate_open
 GOOD = {"ticket_id": "B-1", "customer_id": "acme", "tier": "premium", "severity": "sev2"}
 
 
-def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "starter.py", *args], cwd=ROOT, input=stdin, text=True,
-        capture_output=True, timeout=60, env={**os.environ, **(env or {})},
+        [sys.executable, "starter.py", *args],
+        cwd=ROOT,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -39,16 +45,18 @@ def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = N
         (["--tier", "premium", "--severity", "sev9"], "severity: Input should be 'sev1'"),
         (["--tier", "premium", "--ticket-id", "has space"], "ticket_id: String should match"),
         (["--tier", "premium", "--reporter-email", "not-an-email"], "reporter_email:"),
-        (["--tier", "premium", "--opened-at", "2020-01-01T00:00:00Z"],
-         "opened_at: 2020-01-01T00:00:00+00:00 is more than 30 days in the past"),
-        (["--tier", "premium", "--opened-at", "2026-11-26T09:00:00"],
-         "opened_at: must be an aware timestamp"),
+        (
+            ["--tier", "premium", "--opened-at", "2020-01-01T00:00:00Z"],
+            "opened_at: 2020-01-01T00:00:00+00:00 is more than 30 days in the past",
+        ),
+        (
+            ["--tier", "premium", "--opened-at", "2026-11-26T09:00:00"],
+            "opened_at: must be an aware timestamp",
+        ),
         (["--tier", "premium", "--subject", "x" * 201], "subject: String should have at most 200"),
     ],
 )
-def test_cli_rejects_bad_input_naming_the_field_with_exit_2(
-    flags: list[str], message: str
-) -> None:
+def test_cli_rejects_bad_input_naming_the_field_with_exit_2(flags: list[str], message: str) -> None:
     base = ["open", "--ticket-id", "CLI-1", "--customer-id", "acme"]
     # No server is reachable at this address: validation must fail before any connection.
     done = run_cli(*base, *flags, env={"TEMPORAL_ADDRESS": "127.0.0.1:1"})
@@ -116,7 +124,9 @@ async def test_cli_batch_from_stdin_against_the_server(
         assert description.task_queue == queue
         attributes = description.typed_search_attributes
         assert (attributes.get(sa.SUPPORT_TIER), attributes.get(sa.TICKET_STATE)) == (
-            "premium", "open")
+            "premium",
+            "open",
+        )
     again = run_cli("batch", "-", stdin=lines, env=env)
     assert again.returncode == 0
     assert again.stdout.splitlines()[-1] == "0 opened, 3 already existed, 0 invalid"

@@ -38,8 +38,6 @@ from tests.conftest import (
     write_policy,
 )
 
-
-
 H, M = timedelta(hours=1), timedelta(minutes=1)
 
 
@@ -100,12 +98,18 @@ async def test_mission_critical_sev1_has_15_minute_target_and_contract_contacts(
     status = await status_of(handle)
     assert status.response_target == 15 * M and status.response_due_at == t0 + 15 * M
     fired = status.escalations
-    assert_fired(fired[0], "intake", t0,
-                 ["duty-engineer", "duty-manager", "incident-commander", "example-bank-noc"])
-    assert_fired(fired[1], "warning", t0 + 10 * M,
-                 ["duty-engineer", "support-lead", "duty-manager"])
-    assert_fired(fired[2], "breach", t0 + 15 * M,
-                 ["duty-manager", "incident-commander", "example-bank-noc"])
+    assert_fired(
+        fired[0],
+        "intake",
+        t0,
+        ["duty-engineer", "duty-manager", "incident-commander", "example-bank-noc"],
+    )
+    assert_fired(
+        fired[1], "warning", t0 + 10 * M, ["duty-engineer", "support-lead", "duty-manager"]
+    )
+    assert_fired(
+        fired[2], "breach", t0 + 15 * M, ["duty-manager", "incident-commander", "example-bank-noc"]
+    )
     assert_fired(fired[3], "repeat-1", t0 + 20 * M, ["duty-manager", "incident-commander"])
     await finish(handle)
 
@@ -140,8 +144,9 @@ async def test_community_ticket_has_no_clock_and_closes_when_idle(stack: Stack) 
 CHICAGO = "America/Chicago"
 
 
-def next_local(after: datetime, weekday: int, hour: int, zone: str = CHICAGO,
-               where: Any = None) -> datetime:
+def next_local(
+    after: datetime, weekday: int, hour: int, zone: str = CHICAGO, where: Any = None
+) -> datetime:
     """The first local ``weekday`` at ``hour``:00 after ``after`` (and satisfying ``where``)."""
     from zoneinfo import ZoneInfo
 
@@ -275,7 +280,7 @@ async def test_resolve_twice_and_signals_after_resolution_are_refused_by_the_ser
 ) -> None:
     handle = await open_ticket_at(stack, ticket())
     await finish(handle)
-    with pytest.raises(Exception, match="(?i)completed|not found"):
+    with pytest.raises(Exception, match=r"(?i)completed|not found"):
         await handle.signal("acknowledge", Acknowledge(agent="late"))
 
 
@@ -310,14 +315,15 @@ async def test_lowering_severity_moves_deadlines_and_fired_steps_do_not_repeat(
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
     await advance_to(stack.env, t0 + 11 * M)  # intake and the sev1 warning (10 min) fired
-    await handle.signal("change_severity", ChangeSeverity(severity="sev3", by="triage",
-                                                           reason="workaround in place"))
+    await handle.signal(
+        "change_severity",
+        ChangeSeverity(severity="sev3", by="triage", reason="workaround in place"),
+    )
     await advance_to(stack.env, t0 + 61 * M)
     status = await status_of(handle)
     assert status.response_due_at == t0 + H
     assert steps(status) == ["intake", "warning", "breach"], "warning is not sent twice"
-    assert_fired(status.escalations[2], "breach", t0 + H,
-                 ["duty-manager", "incident-commander"])
+    assert_fired(status.escalations[2], "breach", t0 + H, ["duty-manager", "incident-commander"])
     await finish(handle)
 
 
@@ -334,27 +340,33 @@ async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(stack: Stac
     assert status.sow is not None and "custom_engineering" in status.sow.reason
     sow = stack.client.get_workflow_handle(status.sow.workflow_id)
     assert status.sow.workflow_id == f"sow-{status.ticket_id}"
-    await sow.signal("sow_decision", SowDecision(decision="accepted", by="advisor",
-                                                 reference="SOW-77"))
+    await sow.signal(
+        "sow_decision", SowDecision(decision="accepted", by="advisor", reference="SOW-77")
+    )
     result = await handle.result()
     assert result.state is TicketState.CLOSED
     assert result.sow is not None
     assert (result.sow.outcome.value, result.sow.decided_by, result.sow.reference) == (
-        "accepted", "advisor", "SOW-77")
+        "accepted",
+        "advisor",
+        "SOW-77",
+    )
 
 
 async def test_mark_out_of_scope_stops_the_clock_and_sow_can_be_declined(stack: Stack) -> None:
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(stack, ticket(), t0)
     await advance_to(stack.env, t0 + 10 * M)
-    await handle.signal("mark_out_of_scope", MarkOutOfScope(by="bob", reason="asks for a custom"
-                                                             " operator"))
+    await handle.signal(
+        "mark_out_of_scope", MarkOutOfScope(by="bob", reason="asks for a custom operator")
+    )
     await advance_to(stack.env, t0 + 3 * H)
     status = await status_of(handle)
     assert status.state is TicketState.ROUTED_TO_SOW
     assert steps(status) == ["intake"] and not status.response_breached
     assert (await handle.describe()).typed_search_attributes.get(sa.TICKET_STATE) == (
-        "routed_to_sow")
+        "routed_to_sow"
+    )
     sow = stack.client.get_workflow_handle(f"sow-{status.ticket_id}")
     await sow.signal("sow_decision", SowDecision(decision="declined", by="account-manager"))
     result = await handle.result()
@@ -371,7 +383,8 @@ async def test_sow_reminds_then_expires_without_a_decision(stack: Stack) -> None
     assert result.closed_at is not None
     assert t0 + timedelta(days=14) <= result.closed_at < t0 + timedelta(days=14, seconds=2)
     sow_result = await result_of(
-        stack.env, stack.client.get_workflow_handle(f"sow-{result.ticket_id}"))
+        stack.env, stack.client.get_workflow_handle(f"sow-{result.ticket_id}")
+    )
     reminded = datetime.fromisoformat(sow_result["reminded_at"])
     assert t0 + timedelta(days=2) <= reminded < t0 + timedelta(days=2, seconds=2)
 
@@ -412,7 +425,10 @@ async def test_opened_at_in_the_future_is_refused(stack: Stack) -> None:
     data = ticket().model_dump(mode="json")
     data["opened_at"] = (now + timedelta(days=1)).isoformat()
     handle = await stack.client.start_workflow(
-        "SupportTicket", data, id=f"ticket-{data['ticket_id']}", task_queue=stack.task_queue,
+        "SupportTicket",
+        data,
+        id=f"ticket-{data['ticket_id']}",
+        task_queue=stack.task_queue,
     )
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
@@ -429,12 +445,14 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
     await handle.signal("acknowledge", Acknowledge(agent="bob"))
     await finish(handle)
     upserts = [
-        e async for e in handle.fetch_history_events()
+        e
+        async for e in handle.fetch_history_events()
         if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
     ]
     changed = [
-        sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes
-               .indexed_fields.keys())
+        sorted(
+            e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields.keys()
+        )
         for e in upserts
     ]
     assert changed == [
@@ -450,8 +468,12 @@ async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> N
     result = await finish(handle)
     assert result.policy_version == "2026.11.1"
     completed = [
-        e async for e in handle.fetch_history_events()
+        e
+        async for e in handle.fetch_history_events()
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
     ]
-    assert any(b'"policy_version":"2026.11.1"' in p.data
-               for e in completed for p in e.activity_task_completed_event_attributes.result.payloads)
+    assert any(
+        b'"policy_version":"2026.11.1"' in p.data
+        for e in completed
+        for p in e.activity_task_completed_event_attributes.result.payloads
+    )

@@ -49,7 +49,8 @@ class StatementOfWork:
             # The first decision stands; later ones are logged, never applied.
             self._repeated_decisions += 1
             workflow.logger.warning(
-                "sow decision ignored: already %s", self._result.outcome.value,
+                "sow decision ignored: already %s",
+                self._result.outcome.value,
                 extra={"by": decision.by, "decision": decision.decision},
             )
             return
@@ -68,55 +69,67 @@ class StatementOfWork:
     @workflow.run
     async def run(self, sow: SowInput) -> SowResult:
         started = workflow.now()
+        expires = (started + sow.terms.expire_after).strftime("%Y-%m-%d %H:%M UTC")
         tier = TIER_NAMES[sow.tier]
         await self._notify(
-            sow, "opened", sow.terms.recipients,
+            sow,
+            "opened",
+            sow.terms.recipients,
             f"Request outside the {tier} support scope: {sow.reason}. It has left the SLA "
             "path: advisory services and the account team will contact the customer about a "
             "statement of work or advisory engagement. Record the decision with: temporal "
             f"workflow signal --workflow-id {workflow.info().workflow_id} --name sow_decision "
             '--input \'{"decision": "accepted", "by": "<you>", "reference": "<SOW id>"}\''
-            f" (or \"declined\"). Without a decision it expires on "
-            f"{(started + sow.terms.expire_after).strftime('%Y-%m-%d %H:%M UTC')}.",
+            f' (or "declined"). Without a decision it expires on {expires}.',
         )
         decided = await self._wait_for_decision(sow.terms.remind_after)
         if not decided:
             self._result.reminded_at = workflow.now()
             account = [r for r in sow.terms.recipients if r.name != "reporter"]
             await self._notify(
-                sow, "reminder", account,
+                sow,
+                "reminder",
+                account,
                 f"Reminder: no statement-of-work decision yet ({sow.reason}). "
-                f"It expires on {(started + sow.terms.expire_after).strftime('%Y-%m-%d %H:%M UTC')}.",
+                f"It expires on {expires}.",
             )
             remaining = started + sow.terms.expire_after - workflow.now()
             decided = await self._wait_for_decision(remaining)
         if not decided:
-            self._result = SowResult(outcome=SowOutcome.EXPIRED, decided_by="system",
-                                     decided_at=workflow.now(),
-                                     reminded_at=self._result.reminded_at)
+            self._result = SowResult(
+                outcome=SowOutcome.EXPIRED,
+                decided_by="system",
+                decided_at=workflow.now(),
+                reminded_at=self._result.reminded_at,
+            )
         await self._notify(
-            sow, self._result.outcome.value, sow.terms.recipients,
+            sow,
+            self._result.outcome.value,
+            sow.terms.recipients,
             f"Statement of work {self._result.outcome.value}"
             + (f" (reference {self._result.reference})" if self._result.reference else "")
-            + (". The request was not taken on; open a new ticket for any in-scope issue."
-               if self._result.outcome is not SowOutcome.ACCEPTED else
-               ". The work continues under the statement of work."),
+            + (
+                ". The request was not taken on; open a new ticket for any in-scope issue."
+                if self._result.outcome is not SowOutcome.ACCEPTED
+                else ". The work continues under the statement of work."
+            ),
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._result
 
-    async def _wait_for_decision(self, timeout: timedelta) -> bool:
-        if timeout > timedelta(0):
+    async def _wait_for_decision(self, within: timedelta) -> bool:
+        if within > timedelta(0):
             try:
                 await workflow.wait_condition(
-                    lambda: self._result.outcome is not SowOutcome.PENDING, timeout=timeout
+                    lambda: self._result.outcome is not SowOutcome.PENDING, timeout=within
                 )
             except TimeoutError:
                 pass
         return self._result.outcome is not SowOutcome.PENDING
 
-    async def _notify(self, sow: SowInput, step: str, recipients: list[Recipient],
-                      message: str) -> None:
+    async def _notify(
+        self, sow: SowInput, step: str, recipients: list[Recipient], message: str
+    ) -> None:
         request = StepDelivery(
             workflow_id=workflow.info().workflow_id,
             ticket_id=sow.ticket_id,
@@ -133,9 +146,13 @@ class StatementOfWork:
         )
         try:
             await workflow.execute_activity(
-                "deliver_step", request, result_type=StepDeliveryResult,
-                start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
+                "deliver_step",
+                request,
+                result_type=StepDeliveryResult,
+                start_to_close_timeout=DELIVERY_TIMEOUT,
+                retry_policy=DELIVERY_RETRY,
             )
         except ActivityError as err:
-            workflow.logger.error("sow notification failed", extra={"step": step,
-                                                                     "error": str(err.cause)})
+            workflow.logger.error(
+                "sow notification failed", extra={"step": step, "error": str(err.cause)}
+            )

@@ -138,9 +138,13 @@ class SupportTicket:
         self._log("opened", at=opened_at, detail=f"via {ticket.intake_channel}")
         plan = await self._resolve(ticket.severity)
         self._apply_plan(plan)
-        self._record("opened", at=opened_at, intake_channel=ticket.intake_channel,
-                     policy_version=plan.policy_version,
-                     response_due_at=_iso(plan.response_due_at))
+        self._record(
+            "opened",
+            at=opened_at,
+            intake_channel=ticket.intake_channel,
+            policy_version=plan.policy_version,
+            response_due_at=_iso(plan.response_due_at),
+        )
 
         if plan.out_of_scope_reason:
             await self._route_to_sow(plan.out_of_scope_reason, by="policy", at=now)
@@ -226,8 +230,7 @@ class SupportTicket:
             elif command.name == "mark_out_of_scope":
                 assert isinstance(command.payload, MarkOutOfScope)
                 if self._state().state in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
-                    await self._route_to_sow(command.payload.reason, command.payload.by,
-                                             command.at)
+                    await self._route_to_sow(command.payload.reason, command.payload.by, command.at)
                 else:
                     self._ignored("mark_out_of_scope", command.payload.by, command.at)
             elif command.name == "resolve":
@@ -238,10 +241,19 @@ class SupportTicket:
         status = self._state()
         if status.state is not TicketState.OPEN:
             n = self._next("ack-repeat")
-            self._log("acknowledge_repeated", at=at, by=ack.agent,
-                      detail=f"ticket already {status.state.value}; nothing changed")
-            self._record(f"acknowledge-repeated-{n}", kind="acknowledge_repeated", at=at,
-                         by=ack.agent, state=status.state.value)
+            self._log(
+                "acknowledge_repeated",
+                at=at,
+                by=ack.agent,
+                detail=f"ticket already {status.state.value}; nothing changed",
+            )
+            self._record(
+                f"acknowledge-repeated-{n}",
+                kind="acknowledge_repeated",
+                at=at,
+                by=ack.agent,
+                state=status.state.value,
+            )
             return
         # An acknowledgement at the due instant itself is in time (the queued signal is
         # applied before the breach timer of the same instant).
@@ -249,11 +261,20 @@ class SupportTicket:
         status.state = TicketState.ACKNOWLEDGED
         status.acknowledged_at, status.acknowledged_by = at, ack.agent
         verdict = "breached" if status.response_breached else "met"
-        self._log("acknowledged", at=at, by=ack.agent,
-                  detail=f"response target {verdict}" if status.commercial_sla else ack.note)
-        self._record("acknowledged", at=at, by=ack.agent, note=ack.note,
-                     response_breached=status.response_breached,
-                     overrun_seconds=self._overrun_seconds())
+        self._log(
+            "acknowledged",
+            at=at,
+            by=ack.agent,
+            detail=f"response target {verdict}" if status.commercial_sla else ack.note,
+        )
+        self._record(
+            "acknowledged",
+            at=at,
+            by=ack.agent,
+            note=ack.note,
+            response_breached=status.response_breached,
+            overrun_seconds=self._overrun_seconds(),
+        )
         self._sync_search_attributes()
 
     async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> None:
@@ -271,12 +292,23 @@ class SupportTicket:
             # Deadlines are recomputed from the original open time: a re-triage does not
             # give the support team a fresh clock.
             self._apply_plan(await self._resolve(change.severity))
-        self._log("severity_changed", at=at, by=change.by,
-                  detail=f"{before.value} -> {change.severity.value}"
-                  + (f": {change.reason}" if change.reason else ""))
-        self._record(f"severity-changed-{n}", kind="severity_changed", at=at, by=change.by,
-                     before=before.value, after=change.severity.value, reason=change.reason,
-                     response_due_at=_iso(status.response_due_at))
+        self._log(
+            "severity_changed",
+            at=at,
+            by=change.by,
+            detail=f"{before.value} -> {change.severity.value}"
+            + (f": {change.reason}" if change.reason else ""),
+        )
+        self._record(
+            f"severity-changed-{n}",
+            kind="severity_changed",
+            at=at,
+            by=change.by,
+            before=before.value,
+            after=change.severity.value,
+            reason=change.reason,
+            response_due_at=_iso(status.response_due_at),
+        )
         self._sync_search_attributes()
 
     def _on_resolve(self, resolve: Resolve, at: datetime) -> None:
@@ -305,13 +337,19 @@ class SupportTicket:
     def _check_breach(self, now: datetime, at_due_counts: bool = True) -> None:
         status = self._state()
         due = status.response_due_at
-        if (status.state is TicketState.OPEN and due is not None
-                and not status.response_breached
-                and (now >= due if at_due_counts else now > due)):
+        if (
+            status.state is TicketState.OPEN
+            and due is not None
+            and not status.response_breached
+            and (now >= due if at_due_counts else now > due)
+        ):
             status.response_breached = True
             status.breached_at = status.response_due_at
-            self._log("response_target_missed", at=due,
-                      detail="no acknowledgement within the response target")
+            self._log(
+                "response_target_missed",
+                at=due,
+                detail="no acknowledgement within the response target",
+            )
             self._sync_search_attributes()
 
     def _catch_up(self, due: list[PlannedStep], now: datetime) -> None:
@@ -323,28 +361,44 @@ class SupportTicket:
         breach_in_batch = any(s.kind is StepKind.BREACH for s in due)
         repeats = [s for s in due if s.kind is StepKind.REPEAT]
         for step in due:
-            superseded = (
-                (step.kind is StepKind.WARNING and breach_due)
-                or (step.kind is StepKind.REPEAT and (breach_in_batch or step is not repeats[-1]))
+            superseded = (step.kind is StepKind.WARNING and breach_due) or (
+                step.kind is StepKind.REPEAT and (breach_in_batch or step is not repeats[-1])
             )
             if superseded:
                 self._fired.add(step.name)
-                self._log("step_superseded", at=now,
-                          detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
-                          " a later step of the ladder is due")
-                self._record(f"{step.name}/superseded", kind="step_superseded", at=now,
-                             step=step.name, due_at=step.due_at.isoformat())
+                self._log(
+                    "step_superseded",
+                    at=now,
+                    detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
+                    " a later step of the ladder is due",
+                )
+                self._record(
+                    f"{step.name}/superseded",
+                    kind="step_superseded",
+                    at=now,
+                    step=step.name,
+                    due_at=step.due_at.isoformat(),
+                )
             else:
                 self._fire(step, now)
 
     def _fire(self, step: PlannedStep, now: datetime) -> None:
         status = self._state()
         self._fired.add(step.name)
-        record = EscalationRecord(step=step.name, kind=step.kind, due_at=step.due_at,
-                                  fired_at=now, targets=[r.name for r in step.recipients])
+        record = EscalationRecord(
+            step=step.name,
+            kind=step.kind,
+            due_at=step.due_at,
+            fired_at=now,
+            targets=[r.name for r in step.recipients],
+        )
         status.escalations.append(record)
-        kind = {StepKind.INTAKE: "notified", StepKind.WARNING: "warned",
-                StepKind.BREACH: "breached", StepKind.REPEAT: "escalated"}[step.kind]
+        kind = {
+            StepKind.INTAKE: "notified",
+            StepKind.WARNING: "warned",
+            StepKind.BREACH: "breached",
+            StepKind.REPEAT: "escalated",
+        }[step.kind]
         self._log(kind, at=now, detail=f"step {step.name} to {', '.join(record.targets)}")
         self._revision += 1
         wf_id = workflow.info().workflow_id
@@ -361,10 +415,18 @@ class SupportTicket:
             subject=self._ticket.subject,
             recipients=step.recipients,
             time_zone=status.time_zone,
-            event=SlaEvent(key=f"{wf_id}/{step.name}", ticket_id=status.ticket_id, kind=kind,
-                           at=now, source="timer",
-                           detail={"step": step.name, "due_at": step.due_at.isoformat(),
-                                   "targets": record.targets}),
+            event=SlaEvent(
+                key=f"{wf_id}/{step.name}",
+                ticket_id=status.ticket_id,
+                kind=kind,
+                at=now,
+                source="timer",
+                detail={
+                    "step": step.name,
+                    "due_at": step.due_at.isoformat(),
+                    "targets": record.targets,
+                },
+            ),
             summary=self._outcome(),
         )
         self._spawn(self._deliver(request, record))
@@ -372,22 +434,34 @@ class SupportTicket:
     async def _deliver(self, request: StepDelivery, record: EscalationRecord) -> None:
         try:
             result = await workflow.execute_activity(
-                "deliver_step", request, result_type=StepDeliveryResult,
-                start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
+                "deliver_step",
+                request,
+                result_type=StepDeliveryResult,
+                start_to_close_timeout=DELIVERY_TIMEOUT,
+                retry_policy=DELIVERY_RETRY,
             )
             record.failed = result.failed
         except ActivityError as err:
             cause = str(err.cause) if err.cause else str(err)
-            record.failed = [DeliveryFailure(recipient=r.name, channel="all", error=cause)
-                             for r in request.recipients]
+            record.failed = [
+                DeliveryFailure(recipient=r.name, channel="all", error=cause)
+                for r in request.recipients
+            ]
         if record.failed:
             # Never silently skipped: the failure is on the ticket and in the ledger.
-            self._log("notification_failed", at=workflow.now(),
-                      detail=f"step {record.step}: "
-                      + "; ".join(f"{f.recipient}: {f.error}" for f in record.failed))
-            self._record(f"{record.step}/failed", kind="notification_failed",
-                         at=workflow.now(), step=record.step,
-                         failed=[f.model_dump() for f in record.failed])
+            self._log(
+                "notification_failed",
+                at=workflow.now(),
+                detail=f"step {record.step}: "
+                + "; ".join(f"{f.recipient}: {f.error}" for f in record.failed),
+            )
+            self._record(
+                f"{record.step}/failed",
+                kind="notification_failed",
+                at=workflow.now(),
+                step=record.step,
+                failed=[f.model_dump() for f in record.failed],
+            )
 
     def _idle_close_at(self) -> datetime | None:
         status = self._state()
@@ -419,16 +493,28 @@ class SupportTicket:
         child_id = sow_workflow_id(status.ticket_id)
         status.sow = SowStatus(workflow_id=child_id, reason=reason)
         self._log("out_of_scope", at=at, by=by, detail=reason)
-        self._record("out-of-scope", kind="out_of_scope", at=at, by=by, reason=reason,
-                     sow_workflow_id=child_id)
+        self._record(
+            "out-of-scope",
+            kind="out_of_scope",
+            at=at,
+            by=by,
+            reason=reason,
+            sow_workflow_id=child_id,
+        )
         self._sync_search_attributes()
         plan = self._current_plan()
         handle = await workflow.start_child_workflow(
             "StatementOfWork",
-            SowInput(ticket_id=status.ticket_id, customer_id=status.customer_id,
-                     tier=status.tier, severity=status.severity, subject=self._ticket.subject,
-                     reporter_email=self._ticket.reporter_email, reason=reason,
-                     terms=plan.sow),
+            SowInput(
+                ticket_id=status.ticket_id,
+                customer_id=status.customer_id,
+                tier=status.tier,
+                severity=status.severity,
+                subject=self._ticket.subject,
+                reporter_email=self._ticket.reporter_email,
+                reason=reason,
+                terms=plan.sow,
+            ),
             id=child_id,
             result_type=SowResult,
         )
@@ -438,17 +524,27 @@ class SupportTicket:
         try:
             result = await handle
         except ChildWorkflowError as err:
-            result = SowResult(outcome=SowOutcome.EXPIRED, decided_by="system",
-                               decided_at=workflow.now(), reference=f"failed: {err.cause}")
+            result = SowResult(
+                outcome=SowOutcome.EXPIRED,
+                decided_by="system",
+                decided_at=workflow.now(),
+                reference=f"failed: {err.cause}",
+            )
         now = workflow.now()
         status.sow.outcome = result.outcome
         status.sow.decided_by, status.sow.decided_at = result.decided_by, result.decided_at
         status.sow.reference = result.reference
         status.state, status.closed_at = TicketState.CLOSED, now
-        self._log(f"sow_{result.outcome.value}", at=now, by=result.decided_by,
-                  detail=result.reference)
-        self._record("closed", kind=f"sow_{result.outcome.value}", at=now,
-                     by=result.decided_by, reference=result.reference)
+        self._log(
+            f"sow_{result.outcome.value}", at=now, by=result.decided_by, detail=result.reference
+        )
+        self._record(
+            "closed",
+            kind=f"sow_{result.outcome.value}",
+            at=now,
+            by=result.decided_by,
+            reference=result.reference,
+        )
         self._sync_search_attributes()
 
     # --- plumbing --------------------------------------------------------------------------
@@ -457,8 +553,12 @@ class SupportTicket:
         status = self._state()
         return await workflow.execute_activity(
             "resolve_ticket_plan",
-            PlanRequest(ticket=self._ticket, severity=severity, opened_at=status.opened_at,
-                        repeat_from=repeat_from),
+            PlanRequest(
+                ticket=self._ticket,
+                severity=severity,
+                opened_at=status.opened_at,
+                repeat_from=repeat_from,
+            ),
             result_type=TicketPlan,
             start_to_close_timeout=POLICY_TIMEOUT,
             retry_policy=POLICY_RETRY,
@@ -475,9 +575,11 @@ class SupportTicket:
         status.response_due_at = plan.response_due_at
         status.time_zone = plan.time_zone
         if previous is not None:
-            self._log("plan_resolved", at=workflow.now(),
-                      detail=f"policy {plan.policy_version}, response due "
-                      f"{_iso(plan.response_due_at)}")
+            self._log(
+                "plan_resolved",
+                at=workflow.now(),
+                detail=f"policy {plan.policy_version}, response due {_iso(plan.response_due_at)}",
+            )
         self._sync_search_attributes()
 
     def _sync_search_attributes(self) -> None:
@@ -499,8 +601,15 @@ class SupportTicket:
         if updates:
             workflow.upsert_search_attributes(updates)
 
-    def _record(self, name: str, *, at: datetime, kind: str | None = None,
-                by: str | None = None, **detail: Any) -> None:
+    def _record(
+        self,
+        name: str,
+        *,
+        at: datetime,
+        kind: str | None = None,
+        by: str | None = None,
+        **detail: Any,
+    ) -> None:
         """Write an SLA event (and the ticket's row) to the ledger in the background."""
         status = self._state()
         self._revision += 1
@@ -513,10 +622,14 @@ class SupportTicket:
             detail={k: v for k, v in detail.items() if v is not None},
         )
         batch = SlaEvents(events=[event], summary=self._outcome())
-        self._spawn(workflow.execute_activity(
-            "record_sla_events", batch, start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
-        ))
+        self._spawn(
+            workflow.execute_activity(
+                "record_sla_events",
+                batch,
+                start_to_close_timeout=LEDGER_TIMEOUT,
+                retry_policy=LEDGER_RETRY,
+            )
+        )
 
     def _outcome(self) -> TicketOutcome:
         status = self._state()
@@ -563,11 +676,15 @@ class SupportTicket:
             await asyncio.gather(*pending)
         await workflow.wait_condition(workflow.all_handlers_finished)
 
-    def _log(self, kind: str, *, at: datetime, by: str | None = None,
-             detail: str | None = None) -> None:
+    def _log(
+        self, kind: str, *, at: datetime, by: str | None = None, detail: str | None = None
+    ) -> None:
         self._state().history.append(HistoryEntry(at=at, kind=kind, by=by, detail=detail))
-        workflow.logger.info("ticket %s", kind, extra={"ticket_id": self._state().ticket_id,
-                                                       "by": by, "detail": detail})
+        workflow.logger.info(
+            "ticket %s",
+            kind,
+            extra={"ticket_id": self._state().ticket_id, "by": by, "detail": detail},
+        )
 
     def _next(self, counter: str) -> int:
         self._counters[counter] = self._counters.get(counter, 0) + 1
@@ -588,4 +705,3 @@ def _is_repeat(plan: TicketPlan, name: str) -> bool:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
