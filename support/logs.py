@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import structlog
+from temporalio import activity, workflow
 
 _TEMPORAL_KEYS = ("temporal_workflow", "temporal_activity")
 
@@ -59,6 +60,9 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
     )
+    # The context goes into fields of its own, not into the message text as well.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()

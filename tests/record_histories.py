@@ -3,14 +3,14 @@
     make replay-histories      # python -m tests.record_histories
 
 Runs each main path of a ticket on the time-skipping server with the current workflow code
-and writes its history (and the SOW child's) to ``tests/histories/``. Re-record only for a
-deliberate, versioned change; the replay test exists to catch accidental ones.
+and writes its history (and the SOW child's) to ``tests/histories/``, overwriting files of
+the same name. Re-record only for a deliberate, versioned change, and keep a copy of the
+old histories under another name: in-flight tickets still have them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -125,8 +125,7 @@ async def main() -> None:
         test_server_existing_path=binary("temporal-test-server"),
     )
     await register_search_attributes(env)
-    shutil.rmtree(HISTORIES, ignore_errors=True)
-    HISTORIES.mkdir()
+    HISTORIES.mkdir(exist_ok=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, path in PATHS.items():
