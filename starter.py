@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -38,6 +39,7 @@ from support.connection import connect, task_queue
 from support.models import TicketInput, TicketState, opened_at_problem
 
 EXIT_INVALID = 2
+EXIT_UNREACHABLE = 1
 BATCH_CONCURRENCY = 32
 
 
@@ -152,7 +154,11 @@ def read_batch(data: bytes) -> Iterable[tuple[int, Any]]:
             yield number, InvalidTicket([f"(line): not valid JSON: {err.msg}"])
 
 
-async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> int:
+async def run_batch(
+    client: Client | Callable[[], Awaitable[Client]], data: bytes, out: TextIO, err: TextIO
+) -> int:
+    """Validate every line first (reporting the bad ones), then connect (``client`` may be a
+    connect function, called only if there is something to open) and open the good ones."""
     valid: list[tuple[int, TicketInput]] = []
     bad = 0
     for number, item in read_batch(data):
@@ -164,6 +170,8 @@ async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> in
             bad += 1
             for text in problem.problems:
                 print(f"line {number}: {text}", file=err)
+    if valid and not isinstance(client, Client):
+        client = await client()
     semaphore = asyncio.Semaphore(BATCH_CONCURRENCY)
     progress = tqdm(
         total=len(valid), desc="opening tickets", unit="ticket", file=err, disable=len(valid) < 2
@@ -171,6 +179,7 @@ async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> in
 
     async def one(number: int, ticket: TicketInput) -> IntakeResult:
         async with semaphore:
+            assert isinstance(client, Client)
             result = await open_ticket(client, ticket)
             progress.update()
             return result
@@ -192,6 +201,17 @@ async def run_batch(client: Client, data: bytes, out: TextIO, err: TextIO) -> in
         print(result.line(), file=out)
     print(f"{opened} opened, {len(results) - opened} already existed, {bad} invalid", file=out)
     return EXIT_INVALID if bad else 0
+
+
+class Unreachable(Exception):
+    pass
+
+
+async def connect_or_explain() -> Client:
+    try:
+        return await connect()
+    except RuntimeError as err:
+        raise Unreachable(f"error: cannot connect to Temporal: {err}") from err
 
 
 def read_file(path: str) -> bytes:
@@ -229,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 for text in problem.problems:
                     print(f"error: {text}", file=sys.stderr)
                 return EXIT_INVALID
-            result = await open_ticket(await connect(), ticket)
+            result = await open_ticket(await connect_or_explain(), ticket)
             print(result.line())
             return 0
         try:
@@ -237,10 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             print(f"error: {args.file}: {err.strerror}", file=sys.stderr)
             return EXIT_INVALID
-        return await run_batch(await connect(), data, sys.stdout, sys.stderr)
+        return await run_batch(connect_or_explain, data, sys.stdout, sys.stderr)
 
     return asyncio.run(go())
 
 
+def run_cli() -> NoReturn:
+    """Console entry point. Exits with ``os._exit`` after flushing: the Temporal client's
+    Rust threads can abort a normal interpreter shutdown of a short-lived process
+    ("PyGILState_Release ... must be current", temporalio/sdk-python#300)."""
+    try:
+        code = main()
+    except Unreachable as err:
+        print(err, file=sys.stderr)
+        code = EXIT_UNREACHABLE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli()

@@ -23,7 +23,7 @@ from activities.ledger import LedgerActivities, SlaLedger, SqliteLedger
 from activities.notify import NotifyActivities
 from activities.policy import resolve_ticket_plan
 from support.connection import connect, task_queue
-from support.logs import configure_logging
+from support.logs import configure_logging, forward_core_logs
 from support.policy import load_policy
 from workflows import ALL_WORKFLOWS
 
@@ -71,6 +71,7 @@ async def run(stop: asyncio.Event) -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+    forward_core_logs()
 
     async def runner() -> None:
         stop = asyncio.Event()

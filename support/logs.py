@@ -14,6 +14,13 @@ from typing import Any
 
 import structlog
 from temporalio import activity, workflow
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 _TEMPORAL_KEYS = ("temporal_workflow", "temporal_activity")
 
@@ -68,3 +75,17 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def forward_core_logs() -> None:
+    """Send the SDK core's (Rust) warnings through Python logging, so they are JSON lines
+    like everything else instead of plain text on the console. Call before connecting."""
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            )
+        )
+    )
+    Runtime.set_default(runtime, error_if_already_set=False)

@@ -34,16 +34,18 @@ TEMPORAL = Path(sys.executable).parent / "temporal"
 TICKET_ID = "E2E-1"
 WORKFLOW_ID = f"ticket-{TICKET_ID}"
 RESPONSE_TARGET_S = 20
-TICKET_JSON = json.dumps({
-    "ticket_id": TICKET_ID,
-    "customer_id": "acme",
-    "tier": "premium",
-    "severity": "sev2",
-    "subject": "API returns 500 on /orders",
-    "category": "incident",
-    "reporter_email": "ops@acme.example",
-    "intake_channel": "api",
-})
+TICKET_JSON = json.dumps(
+    {
+        "ticket_id": TICKET_ID,
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "subject": "API returns 500 on /orders",
+        "category": "incident",
+        "reporter_email": "ops@acme.example",
+        "intake_channel": "api",
+    }
+)
 
 T = TypeVar("T")
 
@@ -113,8 +115,7 @@ def at(value: str) -> datetime:
 def search_attributes(execution: dict[str, Any]) -> dict[str, Any]:
     """Decode ``temporal workflow list -o json`` search attributes (base64 JSON payloads)."""
     fields = execution.get("searchAttributes", {}).get("indexedFields", {})
-    return {name: json.loads(base64.b64decode(payload["data"]))
-            for name, payload in fields.items()}
+    return {name: json.loads(base64.b64decode(payload["data"])) for name, payload in fields.items()}
 
 
 @dataclass
@@ -126,7 +127,11 @@ class Cli:
     def run(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(TEMPORAL), *args, "--address", self.address],
-            capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=clean_env(),
+            check=False,
         )
 
     def json(self, *args: str, timeout: float = 20) -> Any:
@@ -136,15 +141,35 @@ class Cli:
 
     def start_ticket(self, queue: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.run(
-            "workflow", "start", "--type", "SupportTicket", "--task-queue", queue,
-            "--workflow-id", WORKFLOW_ID, "--id-reuse-policy", "RejectDuplicate",
-            "--input", TICKET_JSON, "--output", "json", *extra,
+            "workflow",
+            "start",
+            "--type",
+            "SupportTicket",
+            "--task-queue",
+            queue,
+            "--workflow-id",
+            WORKFLOW_ID,
+            "--id-reuse-policy",
+            "RejectDuplicate",
+            "--input",
+            TICKET_JSON,
+            "--output",
+            "json",
+            *extra,
         )
 
     def status(self) -> dict[str, Any] | None:
         """The ``status`` query, or None while the ticket cannot answer yet."""
-        done = self.run("workflow", "query", "--workflow-id", WORKFLOW_ID, "--name", "status",
-                        "--output", "json")
+        done = self.run(
+            "workflow",
+            "query",
+            "--workflow-id",
+            WORKFLOW_ID,
+            "--name",
+            "status",
+            "--output",
+            "json",
+        )
         if done.returncode != 0:
             return None
         result = json.loads(done.stdout)["queryResult"]
@@ -165,18 +190,38 @@ def temporal_server(tmp_path: Path) -> Iterator[str]:
     port, http_port, metrics_port = free_ports(3)
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
-        [str(TEMPORAL), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-         "--port", str(port), "--http-port", str(http_port),
-         "--metrics-port", str(metrics_port),
-         "--db-filename", str(tmp_path / "temporal.sqlite"), "--log-level", "error",
-         *cli_flags()],
-        stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True,
+        [
+            str(TEMPORAL),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--db-filename",
+            str(tmp_path / "temporal.sqlite"),
+            "--log-level",
+            "error",
+            *cli_flags(),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        start_new_session=True,
     )
     try:
+
         def listening() -> bool:
             if server.poll() is not None:
-                pytest.fail(f"the dev server exited with {server.returncode}: "
-                            + (tmp_path / "server.log").read_text(errors="replace"))
+                pytest.fail(
+                    f"the dev server exited with {server.returncode}: "
+                    + (tmp_path / "server.log").read_text(errors="replace")
+                )
             with socket.socket() as sock:
                 return sock.connect_ex(("127.0.0.1", port)) == 0
 
@@ -214,14 +259,22 @@ def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProce
         PYTHONUNBUFFERED="1",
     )
     with stderr.open("wb") as err, (tmp_path / "worker.stdout").open("wb") as out:
-        process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
-                                   stdout=out, stderr=err, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "worker.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
     worker = WorkerProcess(process, queue, stderr, ledger)
     try:
+
         def started() -> bool:
             if process.poll() is not None:
-                pytest.fail(f"worker.py exited with {process.returncode}:\n"
-                            + "\n".join(worker.lines()))
+                pytest.fail(
+                    f"worker.py exited with {process.returncode}:\n" + "\n".join(worker.lines())
+                )
             return any('"worker started"' in line for line in worker.lines())
 
         poll("the worker's start log line", started, seconds=20)
@@ -294,8 +347,16 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
     assert status["state"] == "open" and status["response_breached"] is False
 
     # Acknowledge before the 20 s target: in time.
-    ack = cli.run("workflow", "signal", "--workflow-id", WORKFLOW_ID, "--name", "acknowledge",
-                  "--input", json.dumps({"agent": "e2e-agent"}))
+    ack = cli.run(
+        "workflow",
+        "signal",
+        "--workflow-id",
+        WORKFLOW_ID,
+        "--name",
+        "acknowledge",
+        "--input",
+        json.dumps({"agent": "e2e-agent"}),
+    )
     assert ack.returncode == 0, ack.stderr
 
     def acknowledged() -> dict[str, Any] | None:
@@ -310,8 +371,16 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
     assert status["next_step"] is None
 
     # Resolve; the workflow completes with the final status as its JSON result.
-    resolve = cli.run("workflow", "signal", "--workflow-id", WORKFLOW_ID, "--name", "resolve",
-                      "--input", json.dumps({"by": "e2e-agent", "summary": "fixed"}))
+    resolve = cli.run(
+        "workflow",
+        "signal",
+        "--workflow-id",
+        WORKFLOW_ID,
+        "--name",
+        "resolve",
+        "--input",
+        json.dumps({"by": "e2e-agent", "summary": "fixed"}),
+    )
     assert resolve.returncode == 0, resolve.stderr
     outcome = cli.json("workflow", "result", "--workflow-id", WORKFLOW_ID, timeout=30)
     assert outcome["status"] == "COMPLETED", outcome
