@@ -120,6 +120,9 @@ class TicketInput(Message):
     reporter_email: EmailAddress | None = None
     intake_channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "api"
     opened_at: UtcDatetime | None = None
+    # Internal: set only by the workflow itself when a long-lived ticket continues as new
+    # (same workflow id, fresh history). Intake clients never send it.
+    continued: TicketCarry | None = None
 
     @property
     def workflow_id(self) -> str:
@@ -237,6 +240,8 @@ class TicketPlan(Message):
     out_of_scope_reason: str | None = None
     idle_close_after: timedelta | None = None
     sow: SowTerms
+    # Start a fresh run (continue-as-new, same workflow id) past this many history events.
+    history_limit: int = 5000
 
 
 class PlanRequest(Message):
@@ -401,3 +406,16 @@ class SowResult(Message):
     decided_at: UtcDatetime | None = None
     reference: str | None = None
     reminded_at: UtcDatetime | None = None
+
+
+class TicketCarry(Message):
+    """A ticket's state carried into its next run by continue-as-new."""
+
+    status: TicketStatus
+    plan: TicketPlan
+    fired: list[str]
+    revision: int
+    counters: dict[str, int]
+
+
+TicketInput.model_rebuild()

@@ -286,8 +286,15 @@ class StatementOfWorkSpec(Spec):
         return self
 
 
+class LimitsSpec(Spec):
+    # A ticket that escalates for days continues as new (same id, fresh history) past
+    # this many events, well below Temporal's 50,000-event limit.
+    continue_as_new_after_events: int = Field(default=5000, ge=50, le=40_000)
+
+
 class Policy(Spec):
     version: str = Field(min_length=1)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     default_severity: Severity = Severity.SEV3
     calendars: dict[str, CalendarSpec]
     targets: dict[str, TargetSpec]
@@ -483,6 +490,7 @@ def resolve_plan(
             f"category '{ticket.category}': {reason}" if reason is not None else None
         ),
         idle_close_after=tier.idle_close_after,
+        history_limit=policy.limits.continue_as_new_after_events,
         sow=SowTerms(
             recipients=sow_recipients,
             remind_after=sow.remind_after,

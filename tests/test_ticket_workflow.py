@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from support import search_attributes as sa
 from support.models import (
@@ -477,3 +478,38 @@ async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> N
         for e in completed
         for p in e.activity_task_completed_event_attributes.result.payloads
     )
+
+
+async def test_a_long_escalating_ticket_continues_as_new_without_losing_anything(
+    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def edit(policy: dict[str, Any]) -> None:
+        policy["limits"] = {"continue_as_new_after_events": 60}
+
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket(tier="mission_critical", severity="sev1")
+        handle = await open_ticket_at(stack, data, t0)
+        first_run = (await handle.describe()).run_id
+        await advance_to(env, t0 + 15 * M + 12 * 5 * M + 30 * timedelta(seconds=1))
+        status = await status_of(handle)
+        assert (await handle.describe()).run_id != first_run, "continued as new"
+        assert "continued_as_new" in [h.kind for h in status.history]
+        names = steps(status)
+        assert names == ["intake", "warning", "breach"] + [f"repeat-{n}" for n in range(1, 13)]
+        for n, record in enumerate(status.escalations[3:], start=1):
+            assert_fired(
+                record,
+                f"repeat-{n}",
+                t0 + 15 * M + n * 5 * M,
+                ["duty-manager", "incident-commander"],
+            )
+        await handle.signal("acknowledge", Acknowledge(agent="zoe"))
+        result = await finish(handle)
+        assert result.acknowledged_by == "zoe" and result.response_breached
+        assert steps(result) == names
+        events = await stack.ledger.events(data.ticket_id)
+        keys = [e.key for e in events]
+        assert len(keys) == len(set(keys))
+        assert [e.kind for e in events].count("escalated") == 12

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         StepDelivery,
         StepDeliveryResult,
         StepKind,
+        TicketCarry,
         TicketInput,
         TicketOutcome,
         TicketPlan,
@@ -117,6 +118,11 @@ class SupportTicket:
 
     @workflow.run
     async def run(self, ticket: TicketInput) -> TicketStatus:
+        if ticket.continued is not None:
+            self._resume(ticket)
+            await self._sla_loop()
+            await self._finish()
+            return self._state()
         now = workflow.now()
         opened_at = ticket.opened_at or now
         problem = opened_at_problem(opened_at, now)
@@ -168,6 +174,11 @@ class SupportTicket:
                     continue
                 if await self._extend_ladder():
                     continue
+            if self._history_full():
+                await self._await_background()
+                if not self._inbox:
+                    self._continue_as_new()
+                continue
             wake_at = self._next_wake()
             timeout = (wake_at - now) if wake_at else None
             self._refresh_next_step()
@@ -178,6 +189,41 @@ class SupportTicket:
                 if self._idle_close_due(workflow.now()):
                     self._close_idle(workflow.now())
                     return
+
+    # --- long-lived tickets -------------------------------------------------------------
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        limit = self._current_plan().history_limit
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+
+    def _continue_as_new(self) -> None:
+        """Carry the ticket into a fresh run of the same workflow id: an unacknowledged
+        ticket escalating for days must never hit Temporal's history limit."""
+        carry = TicketCarry(
+            status=self._state(),
+            plan=self._current_plan(),
+            fired=sorted(self._fired),
+            revision=self._revision,
+            counters=self._counters,
+        )
+        workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
+
+    def _resume(self, ticket: TicketInput) -> None:
+        assert ticket.continued is not None
+        carry = ticket.continued
+        self._ticket = ticket.model_copy(update={"continued": None})
+        self._status, self._plan = carry.status, carry.plan
+        self._fired = set(carry.fired)
+        self._revision, self._counters = carry.revision, dict(carry.counters)
+        self._search = {
+            key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL
+        }
+        self._log(
+            "continued_as_new",
+            at=workflow.now(),
+            detail=f"run {workflow.info().run_id} carries the ticket on",
+        )
 
     def _pending_steps(self) -> list[PlannedStep]:
         plan = self._current_plan()
@@ -672,9 +718,13 @@ class SupportTicket:
             await self._drain_inbox()
             if not self._background:
                 break
+            await self._await_background()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _await_background(self) -> None:
+        while self._background:
             pending, self._background = self._background, []
             await asyncio.gather(*pending)
-        await workflow.wait_condition(workflow.all_handlers_finished)
 
     def _log(
         self, kind: str, *, at: datetime, by: str | None = None, detail: str | None = None
