@@ -32,6 +32,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 from tqdm import tqdm
 
 from support import search_attributes as sa
@@ -66,6 +67,8 @@ def parse_ticket(data: Any, now: datetime | None = None) -> TicketInput:
     """Validate raw input (a dict from JSON or flags) into a ticket, or raise InvalidTicket."""
     if not isinstance(data, dict):
         raise InvalidTicket([f"(ticket): expected a JSON object, got {type(data).__name__}"])
+    if "continued" in data:
+        raise InvalidTicket(["continued: internal field, not accepted at intake"])
     try:
         ticket = TicketInput.model_validate(data)
     except ValidationError as err:
@@ -177,10 +180,19 @@ async def run_batch(
         total=len(valid), desc="opening tickets", unit="ticket", file=err, disable=len(valid) < 2
     )
 
-    async def one(number: int, ticket: TicketInput) -> IntakeResult:
+    failed = 0
+
+    async def one(number: int, ticket: TicketInput) -> IntakeResult | None:
+        nonlocal failed
         async with semaphore:
             assert isinstance(client, Client)
-            result = await open_ticket(client, ticket)
+            try:
+                result: IntakeResult | None = await open_ticket(client, ticket)
+            except RPCError as problem:
+                # Reported with its line; the rest of the batch goes on.
+                failed += 1
+                print(f"line {number}: not opened: {problem}", file=err)
+                result = None
             progress.update()
             return result
 
@@ -193,13 +205,17 @@ async def run_batch(
             repeats.append((number, ticket))
         else:
             firsts[ticket.ticket_id] = (number, ticket)
-    results = list(await asyncio.gather(*(one(n, t) for n, t in firsts.values())))
-    results += [await one(n, t) for n, t in repeats]
+    outcomes = list(await asyncio.gather(*(one(n, t) for n, t in firsts.values())))
+    outcomes += [await one(n, t) for n, t in repeats]
     progress.close()
+    results = [r for r in outcomes if r is not None]
     opened = sum(r.created for r in results)
     for result in results:
         print(result.line(), file=out)
-    print(f"{opened} opened, {len(results) - opened} already existed, {bad} invalid", file=out)
+    summary = f"{opened} opened, {len(results) - opened} already existed, {bad} invalid"
+    print(summary + (f", {failed} failed" if failed else ""), file=out)
+    if failed:
+        return EXIT_UNREACHABLE
     return EXIT_INVALID if bad else 0
 
 
@@ -249,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
                 for text in problem.problems:
                     print(f"error: {text}", file=sys.stderr)
                 return EXIT_INVALID
-            result = await open_ticket(await connect_or_explain(), ticket)
+            try:
+                result = await open_ticket(await connect_or_explain(), ticket)
+            except RPCError as problem:
+                print(f"error: not opened: {problem}", file=sys.stderr)
+                return EXIT_UNREACHABLE
             print(result.line())
             return 0
         try:

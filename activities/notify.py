@@ -14,6 +14,7 @@ recorded, and the other recipients still get the message.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -101,37 +102,24 @@ class NotifyActivities:
     @activity.defn(name="deliver_step")
     async def deliver_step(self, request: StepDelivery) -> StepDeliveryResult:
         text = render_text(request)
-        delivered: list[str] = []
-        failures: list[DeliveryFailure] = []
-        transient: list[str] = []
-        for recipient in request.recipients:
-            key = f"{request.workflow_id}/{request.step}/{recipient.name}"
-            if await self.ledger.was_delivered(key):
-                delivered.append(recipient.name)
-                continue
-            try:
-                channel = await self._send_first_working(recipient, key, text, request)
-            except ChannelConfigError as err:
-                log.error(
-                    "notification not deliverable: channel misconfigured",
-                    ticket_id=request.ticket_id,
-                    step=request.step,
-                    recipient=recipient.name,
-                    error=str(err),
-                )
-                failures.append(
-                    DeliveryFailure(recipient=recipient.name, channel="config", error=str(err))
-                )
-                continue
-            except TransientDeliveryError as err:
-                transient.append(f"{recipient.name}: {err}")
-                continue
-            await self.ledger.mark_delivered(key, request.ticket_id, channel)
-            delivered.append(recipient.name)
+        outcomes = await asyncio.gather(
+            *(self._deliver_to(recipient, request, text) for recipient in request.recipients)
+        )
+        delivered = [
+            r.name
+            for r, outcome in zip(request.recipients, outcomes, strict=True)
+            if outcome is None
+        ]
+        failures = [o for o in outcomes if isinstance(o, DeliveryFailure)]
+        transient = [o for o in outcomes if isinstance(o, str)]
         if transient:
-            # Raise after trying everyone: the retry skips those already delivered.
+            # Raised after trying everyone (concurrently, so one hanging sink cannot eat the
+            # others' time); the retry skips those already delivered. The details tell the
+            # workflow who did get the message if every attempt fails.
             raise ApplicationError(
-                "delivery failed for " + "; ".join(transient), type="TransientDeliveryError"
+                "delivery failed for " + "; ".join(transient),
+                {"delivered": delivered},
+                type="TransientDeliveryError",
             )
         if request.event is not None:
             event = request.event.model_copy(
@@ -147,6 +135,30 @@ class NotifyActivities:
         if request.summary is not None:
             await self.ledger.save_outcome(request.summary)
         return StepDeliveryResult(delivered=delivered, failed=failures)
+
+    async def _deliver_to(
+        self, recipient: Recipient, request: StepDelivery, text: str
+    ) -> DeliveryFailure | str | None:
+        """None when delivered (now or by an earlier attempt), a DeliveryFailure for a
+        configuration error, a message for a transient error."""
+        key = f"{request.workflow_id}/{request.step}/{recipient.name}"
+        if await self.ledger.was_delivered(key):
+            return None
+        try:
+            channel = await self._send_first_working(recipient, key, text, request)
+        except ChannelConfigError as err:
+            log.error(
+                "notification not deliverable: channel misconfigured",
+                ticket_id=request.ticket_id,
+                step=request.step,
+                recipient=recipient.name,
+                error=str(err),
+            )
+            return DeliveryFailure(recipient=recipient.name, channel="config", error=str(err))
+        except TransientDeliveryError as err:
+            return f"{recipient.name}: {err}"
+        await self.ledger.mark_delivered(key, request.ticket_id, channel)
+        return None
 
     async def _send_first_working(
         self, recipient: Recipient, key: str, text: str, request: StepDelivery

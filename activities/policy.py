@@ -18,8 +18,14 @@ async def resolve_ticket_plan(request: PlanRequest) -> TicketPlan:
         # the workflow's retry policy keeps trying slowly so the ticket survives the fix.
         activity.logger.error("policy file invalid", extra={"error": str(err)})
         raise ApplicationError(str(err), type="PolicyError") from err
+    if request.pinned_version and request.pinned_version != policy.version:
+        # Only the loaded file can be resolved: the ticket records the change of version.
+        activity.logger.warning(
+            "ticket pinned another policy version",
+            extra={"pinned_version": request.pinned_version, "loaded_version": policy.version},
+        )
     plan = resolve_plan(
-        policy, request.ticket, request.severity, request.opened_at, request.repeat_from
+        policy, request.ticket, request.severity, request.opened_at, request.repeats_after
     )
     activity.logger.info(
         "policy resolved",

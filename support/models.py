@@ -248,7 +248,10 @@ class PlanRequest(Message):
     ticket: TicketInput
     severity: Severity
     opened_at: UtcDatetime
-    repeat_from: int = 0
+    # Expand repeats falling due after this instant (the last repeat already sent).
+    repeats_after: UtcDatetime | None = None
+    # The version the ticket pinned; a different loaded version is reported, not hidden.
+    pinned_version: str | None = None
 
 
 # --- notifications and the ledger --------------------------------------------------------
@@ -414,6 +417,8 @@ class TicketCarry(Message):
     status: TicketStatus
     plan: TicketPlan
     fired: list[str]
+    repeat_horizon: UtcDatetime | None = None
+    repeats_sent: int = 0
     revision: int
     counters: dict[str, int]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Self
@@ -405,17 +406,39 @@ def load_policy(path: Path | None = None) -> Policy:
     return policy
 
 
+def _first_repeat_after(
+    calendar: BusinessCalendar,
+    opened_at: datetime,
+    base: timedelta,
+    every: timedelta,
+    after: datetime | None,
+    due: Callable[[int], datetime],
+) -> int:
+    """The index of the first repeat due strictly after ``after`` (1 when None)."""
+    if after is None:
+        return 1
+    elapsed = calendar.open_time_between(opened_at, after)
+    n = max(1, (elapsed - base) // every)
+    while n > 1 and due(n - 1) > after:
+        n -= 1
+    while due(n) <= after:
+        n += 1
+    return n
+
+
 def resolve_plan(
     policy: Policy,
     ticket: TicketInput,
     severity: Severity,
     opened_at: datetime,
-    repeat_from: int = 0,
+    repeats_after: datetime | None = None,
 ) -> TicketPlan:
     """Every deadline of one ticket at one severity, computed from its original open time.
 
-    Repeat steps are expanded ``REPEAT_WINDOW`` at a time starting at index
-    ``repeat_from``; ``more_steps`` tells the workflow to ask for the next window.
+    Repeat steps are expanded ``REPEAT_WINDOW`` at a time: the first window, or, given
+    ``repeats_after``, the repeats falling due after that instant (the last repeat the
+    ticket already sent, whatever severity it was at then). ``more_steps`` tells the
+    workflow to ask for the next window once these have fired.
     """
     tier = policy.tiers[ticket.tier]
     target, ladder = tier.rule_for(severity)
@@ -441,22 +464,26 @@ def resolve_plan(
         base = step.at.amount(target)
         if step.kind is StepKind.REPEAT:
             assert step.repeat_every is not None
-            last = step.max_repeats if step.max_repeats is not None else None
-            start = max(1, repeat_from + 1)
+            every = step.repeat_every
+
+            def due(n: int, base: timedelta = base, every: timedelta = every) -> datetime:
+                return calendar.add(opened_at, base + every * n)
+
+            start = _first_repeat_after(calendar, opened_at, base, every, repeats_after, due)
             stop = start + REPEAT_WINDOW
-            if last is not None:
-                stop = min(stop, last + 1)
-            for n in range(start, stop):
-                steps.append(
-                    PlannedStep(
-                        name=f"{step.name}-{n}",
-                        kind=step.kind,
-                        due_at=calendar.add(opened_at, base + step.repeat_every * n),
-                        recipients=recipients_for(step.name, step.targets),
-                    )
+            if step.max_repeats is not None:
+                stop = min(stop, step.max_repeats + 1)
+            steps += [
+                PlannedStep(
+                    name=f"{step.name}-{n}",
+                    kind=step.kind,
+                    due_at=due(n),
+                    recipients=recipients_for(step.name, step.targets),
                 )
-            more = more or last is None or stop <= last
-        elif repeat_from == 0:
+                for n in range(start, stop)
+            ]
+            more = more or step.max_repeats is None or stop <= step.max_repeats
+        else:
             steps.append(
                 PlannedStep(
                     name=step.name,

@@ -11,11 +11,14 @@ old histories under another name: in-flight tickets still have them.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,6 +29,7 @@ from support.models import (
     Resolve,
     SowDecision,
 )
+from support.policy import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
     advance_to,
@@ -36,6 +40,7 @@ from tests.conftest import (
     result_of,
     running_stack,
     ticket,
+    write_policy,
 )
 
 HISTORIES = Path(__file__).with_name("histories")
@@ -109,6 +114,22 @@ async def community_idle(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def long_escalation_continued(stack: Stack) -> list[str]:
+    """Runs under a policy whose history limit is tiny, so the ticket continues as new."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(
+        stack, ticket("H-long", tier="mission_critical", severity="sev1"), t0
+    )
+    # Not on a step's instant: the time-skipping server cannot complete a continue-as-new
+    # task that a signal raced ("invalid history builder state"), which a real server
+    # handles by retrying the task with the signal.
+    await advance_to(stack.env, t0 + 82 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="frank"))
+    await handle.signal("resolve", Resolve(by="frank"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -116,7 +137,25 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "out_of_scope_accepted": out_of_scope_accepted,
     "marked_out_of_scope_expired": marked_out_of_scope_expired,
     "community_idle": community_idle,
+    "long_escalation_continued": long_escalation_continued,
 }
+# Paths recorded under a policy changed by the given edit.
+POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "long_escalation_continued": lambda p: p.update(limits={"continue_as_new_after_events": 60}),
+}
+
+
+async def runs_of(env: WorkflowEnvironment, workflow_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow id, oldest first (continue-as-new makes several)."""
+    histories: list[WorkflowHistory] = []
+    run_id: str | None = None
+    while True:
+        history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.insert(0, history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id or None
+        if run_id is None:
+            return histories
 
 
 async def main() -> None:
@@ -129,16 +168,21 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, path in PATHS.items():
+                if name in POLICY_EDITS:
+                    os.environ[POLICY_FILE_ENV] = str(write_policy(Path(tmp), POLICY_EDITS[name]))
+                else:
+                    os.environ.pop(POLICY_FILE_ENV, None)
                 async with running_stack(env, Path(tmp) / f"{name}.sqlite3") as stack:
                     ids = await path(stack)
                 for workflow_id in ids:
-                    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
-                    target = HISTORIES / f"{name}.{workflow_id}.json"
-                    target.write_text(history.to_json())
-                    print(
-                        f"recorded {target.relative_to(HISTORIES.parent.parent)}"
-                        f" ({len(history.events)} events)"
-                    )
+                    for run, history in enumerate(await runs_of(env, workflow_id), start=1):
+                        suffix = f".run{run}" if run > 1 or name in POLICY_EDITS else ""
+                        target = HISTORIES / f"{name}.{workflow_id}{suffix}.json"
+                        target.write_text(history.to_json())
+                        print(
+                            f"recorded {target.relative_to(HISTORIES.parent.parent)}"
+                            f" ({len(history.events)} events)"
+                        )
     finally:
         await env.shutdown()
 

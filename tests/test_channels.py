@@ -38,10 +38,16 @@ class Sink:
     url: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
+    down: set[str] = field(default_factory=set)  # paths that always answer 500
+    gone: set[str] = field(default_factory=set)  # paths that always answer 404
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self) -> int:
+    def answer(self, path: str) -> int:
         with self.lock:
+            if path in self.down:
+                return 500
+            if path in self.gone:
+                return 404
             return self.script.pop(0) if self.script else 200
 
     def accepted(self) -> list[dict[str, Any]]:
@@ -55,7 +61,7 @@ def sink() -> Iterator[Sink]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status = state.answer()
+            status = state.answer(self.path)
             state.received.append(
                 {
                     "path": self.path,
@@ -106,9 +112,9 @@ async def test_webhook_gets_slack_json_with_idempotency_key_and_inert_customer_t
         assert [e.step for e in status.escalations] == ["intake", "warning", "final-warning"]
     keys = [r["key"] for r in sink.received]
     wf = data.workflow_id
-    assert keys == [
-        f"{wf}/intake/duty-engineer",
-        f"{wf}/warning/duty-engineer",
+    # Steps arrive in order; one step's recipients are notified concurrently.
+    assert keys[:2] == [f"{wf}/intake/duty-engineer", f"{wf}/warning/duty-engineer"]
+    assert sorted(keys[2:]) == [
         f"{wf}/final-warning/duty-engineer",
         f"{wf}/final-warning/support-lead",
     ]
@@ -152,7 +158,7 @@ async def test_misconfigured_channel_is_loud_not_retried_and_others_still_notifi
         data = ticket()
         handle = await open_ticket_at(stack, data, t0)
         await advance_to(env, t0 + timedelta(minutes=44))
-        sink.script = [200, 404]  # final warning: engineer ok, lead's hook is gone
+        sink.gone.add("/lead")  # final warning: engineer ok, lead's hook is gone
         await advance_to(env, t0 + timedelta(minutes=46))
         status = await status_of(handle)
         ledger_kinds = [e.kind for e in await stack.ledger.events(data.ticket_id)]
@@ -214,3 +220,29 @@ def delivery(recipients: list[Recipient]) -> StepDelivery:
         subject="s",
         recipients=recipients,
     )
+
+
+async def test_a_step_whose_delivery_keeps_failing_is_recorded_not_skipped(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
+    sink.down.add("/lead")
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket()
+        handle = await open_ticket_at(stack, data, t0)
+        # final warning at 45 min to engineer (works) and lead (down for good); retries
+        # back off for about 1.5 minutes of server time, then the step is recorded failed.
+        await advance_to(env, t0 + timedelta(minutes=50))
+        status = await status_of(handle)
+        events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
+    final = status.escalations[2]
+    assert final.step == "final-warning"
+    assert [f.recipient for f in final.failed] == ["support-lead"], "engineer got it"
+    lead = [r for r in sink.received if r["key"].endswith("/final-warning/support-lead")]
+    assert len(lead) == 8, "bounded retries: the policy's 8 attempts"
+    engineer = [r for r in sink.accepted() if r["key"].endswith("/final-warning/duty-engineer")]
+    assert len(engineer) == 1, "the retries never sent the engineer's message twice"
+    step_event = events[f"{data.workflow_id}/final-warning"]
+    assert step_event.kind == "warned" and step_event.detail["delivered"] == ["duty-engineer"]
+    assert events[f"{data.workflow_id}/final-warning/failed"].kind == "notification_failed"

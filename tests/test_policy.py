@@ -29,6 +29,7 @@ from support.policy import (
 
 H = timedelta(hours=1)
 MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 COMMERCIAL = (Tier.STANDARD, Tier.PREMIUM, Tier.MISSION_CRITICAL)
 # Thanksgiving 2026, 09:30 UTC: a holiday on the business calendar, irrelevant to 24x7 tiers.
 T0 = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
@@ -339,18 +340,35 @@ def test_statement_of_work_terms_include_the_reporter_only_with_an_email(policy)
     ]
 
 
+def repeats(plan: TicketPlan) -> list[str]:
+    return [s.name for s in plan.steps if s.kind is StepKind.REPEAT]
+
+
 def test_repeat_steps_expand_window_by_window(policy):
     first = resolve_plan(policy, ticket(Tier.PREMIUM), Severity.SEV2, T0)
-    second = resolve_plan(policy, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeat_from=24)
+    last_sent = step(first, "repeat-24").due_at
+    second = resolve_plan(policy, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeats_after=last_sent)
     assert first.more_steps and second.more_steps
-    # Later windows carry only repeats, numbered on from the previous window.
-    assert names(second) == [f"repeat-{n}" for n in range(25, 49)]
+    # The next window holds the repeats due after the last one sent, numbered on.
+    assert repeats(second) == [f"repeat-{n}" for n in range(25, 49)]
     assert step(second, "repeat-25").due_at == utc(2026, 11, 26, 23, 0)
     assert step(second, "repeat-48").due_at == utc(2026, 11, 27, 10, 30)
-    assert step(first, "repeat-24").due_at + 30 * MIN == step(second, "repeat-25").due_at
+    assert last_sent + 30 * MIN == step(second, "repeat-25").due_at
     assert recipients(second, "repeat-25") == ["duty-manager"]
     # The deadline itself does not move with the window.
     assert second.response_due_at == first.response_due_at
+
+
+def test_repeats_after_an_instant_of_another_cadence_start_strictly_after_it(policy):
+    # A Mission Critical sev1 ticket sent its 5-minute repeats up to 2 h; lowered to sev2
+    # (repeats every 15 min after the 1 h breach), the next repeat is the first after 2 h.
+    after = T0 + 2 * HOUR
+    plan = resolve_plan(
+        policy, ticket(Tier.MISSION_CRITICAL), Severity.SEV2, T0, repeats_after=after
+    )
+    first = plan.steps[[s.kind for s in plan.steps].index(StepKind.REPEAT)]
+    assert (first.name, first.due_at) == ("repeat-5", T0 + 2 * HOUR + 15 * MIN)
+    assert all(s.due_at > after for s in plan.steps if s.kind is StepKind.REPEAT)
 
 
 def test_repeat_windows_end_at_max_repeats(tmp_path):
@@ -360,12 +378,14 @@ def test_repeat_windows_end_at_max_repeats(tmp_path):
     capped = load_policy(write_policy(tmp_path, cap))
     first = resolve_plan(capped, ticket(Tier.PREMIUM), Severity.SEV2, T0)
     assert names(first)[-1] == "repeat-24" and first.more_steps
-    last = resolve_plan(capped, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeat_from=24)
-    assert names(last) == [f"repeat-{n}" for n in range(25, 31)]
+    after = step(first, "repeat-24").due_at
+    last = resolve_plan(capped, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeats_after=after)
+    assert repeats(last) == [f"repeat-{n}" for n in range(25, 31)]
     assert step(last, "repeat-30").due_at == utc(2026, 11, 27, 1, 30)
     assert not last.more_steps
-    beyond = resolve_plan(capped, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeat_from=30)
-    assert beyond.steps == [] and not beyond.more_steps
+    after = step(last, "repeat-30").due_at
+    beyond = resolve_plan(capped, ticket(Tier.PREMIUM), Severity.SEV2, T0, repeats_after=after)
+    assert repeats(beyond) == [] and not beyond.more_steps
 
 
 def test_customer_calendar_moves_a_standard_deadline_but_not_a_premium_one(tmp_path):

@@ -18,7 +18,8 @@ HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
-    workflow_id = path.name.split(".", 1)[1].removesuffix(".json")
+    # <path>.<workflow id>[.run<N>].json
+    workflow_id = path.name.split(".")[1]
     return WorkflowHistory.from_json(workflow_id, path.read_text())
 
 
@@ -31,6 +32,7 @@ def test_the_main_paths_are_committed() -> None:
         "out_of_scope_accepted",
         "marked_out_of_scope_expired",
         "community_idle",
+        "long_escalation_continued",
     }
 
 

@@ -44,7 +44,10 @@ H, M = timedelta(hours=1), timedelta(minutes=1)
 
 def assert_fired(record: EscalationRecord, step: str, due: datetime, targets: list[str]) -> None:
     assert (record.step, record.due_at, record.targets) == (step, due, targets)
-    assert due <= record.fired_at < due + timedelta(seconds=1), record
+    # The intake step fires as soon as the ticket starts; the tests open tickets with
+    # ``opened_at`` truncated to the second, so up to a second more may pass before it.
+    latency = timedelta(seconds=2 if record.kind.value == "intake" else 1)
+    assert due <= record.fired_at < due + latency, record
 
 
 def steps(status: TicketStatus) -> list[str]:
@@ -513,3 +516,87 @@ async def test_a_long_escalating_ticket_continues_as_new_without_losing_anything
         keys = [e.key for e in events]
         assert len(keys) == len(set(keys))
         assert [e.kind for e in events].count("escalated") == 12
+
+
+async def test_lowering_severity_of_a_breached_ticket_keeps_repeating_on_the_new_cadence(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    await advance_to(stack.env, t0 + 2 * H + 30 * timedelta(seconds=1))  # repeats to 2:00
+    before = await status_of(handle)
+    assert before.escalations[-1].step == "repeat-21"
+    await handle.signal("change_severity", ChangeSeverity(severity="sev2", by="triage"))
+    await advance_to(stack.env, t0 + 2 * H + 31 * M)
+    status = await status_of(handle)
+    assert status.response_due_at == t0 + H and status.response_breached
+    # sev2 repeats every 15 min after its 1 h breach: the next after 2:00 is 2:15, then
+    # 2:30; numbering goes on from the repeats already sent.
+    sent = status.escalations[len(before.escalations) :]
+    assert [(e.step, e.due_at) for e in sent] == [
+        ("repeat-22", t0 + 2 * H + 15 * M),
+        ("repeat-23", t0 + 2 * H + 30 * M),
+    ]
+    assert sent[0].targets == ["duty-manager", "incident-commander"]
+    await finish(handle)
+
+
+async def test_a_day_of_repeats_then_a_severity_change_fetches_a_bounded_number_of_plans(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 25 * H + 40 * M)
+    await handle.signal("change_severity", ChangeSeverity(severity="sev3", by="triage"))
+    await advance_to(stack.env, t0 + 26 * H + 10 * M)
+    status = await status_of(handle)
+    repeats = [e for e in status.escalations if e.kind.value == "repeat"]
+    assert [e.due_at for e in repeats[-2:]] == [t0 + 25 * H + 30 * M, t0 + 26 * H]
+    assert repeats[-1].due_at == t0 + 26 * H and repeats[-1].step == f"repeat-{len(repeats)}"
+    assert len(repeats) == 50  # every 30 min from 1:30 to 26:00
+    plans = [
+        e
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "resolve_ticket_plan"
+    ]
+    assert len(plans) <= 6, "intake, two repeat windows, the severity change, one more window"
+    await finish(handle)
+
+
+async def test_a_client_cannot_start_a_ticket_with_forged_carried_state(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    status = TicketStatus(
+        ticket_id="FORGED-1",
+        customer_id="acme",
+        tier="premium",
+        severity="sev2",
+        category="incident",
+        state=TicketState.ACKNOWLEDGED,
+        opened_at=t0,
+    )
+    data = ticket("FORGED-1").model_dump(mode="json")
+    data["continued"] = {
+        "status": status.model_dump(mode="json"),
+        "plan": {
+            "policy_version": "x",
+            "tier": "premium",
+            "severity": "sev2",
+            "commercial_sla": False,
+            "calendar": None,
+            "time_zone": "UTC",
+            "response_target": None,
+            "response_due_at": None,
+            "steps": [],
+            "sow": {"recipients": [], "remind_after": "PT1H", "expire_after": "PT2H"},
+        },
+        "fired": [],
+        "revision": 1,
+        "counters": {},
+    }
+    handle = await stack.client.start_workflow(
+        "SupportTicket", data, id="ticket-FORGED-1", task_queue=stack.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "continued: internal field" in str(failure.value.cause)

@@ -67,6 +67,9 @@ with workflow.unsafe.imports_passed_through():
         sow_workflow_id,
     )
 
+# A ticket carried into a new run keeps its latest history entries and escalations; the
+# ledger keeps every one.
+CARRIED_ENTRIES = 200
 TERMINAL = (TicketState.RESOLVED, TicketState.CLOSED)
 
 
@@ -83,7 +86,12 @@ class SupportTicket:
         self._inbox: list[_Command] = []
         self._status: TicketStatus | None = None
         self._plan: TicketPlan | None = None
+        # Non-repeat steps fire once per ticket, by name. Repeats are counted by instant:
+        # every repeat due at or before the horizon has been sent or superseded, whatever
+        # severity's cadence planned it.
         self._fired: set[str] = set()
+        self._repeat_horizon: datetime | None = None
+        self._repeats_sent = 0
         self._background: list[asyncio.Task[Any]] = []
         self._search: dict[str, Any] = {}
         self._revision = 0
@@ -174,17 +182,25 @@ class SupportTicket:
                     continue
                 if await self._extend_ladder():
                     continue
-            if self._history_full():
-                await self._await_background()
-                if not self._inbox:
+            history_full = self._history_full()
+            if history_full:
+                self._background = [task for task in self._background if not task.done()]
+                if not self._background and not self._inbox:
                     self._continue_as_new()
-                continue
             wake_at = self._next_wake()
             timeout = (wake_at - now) if wake_at else None
             self._refresh_next_step()
             self._sync_search_attributes()
             try:
-                await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
+                # With a full history, also wake when background work has landed (it may
+                # be a ledger outage: the timers keep running meanwhile).
+                await workflow.wait_condition(
+                    lambda full=history_full: (  # type: ignore[misc]
+                        bool(self._inbox)
+                        or (full and all(task.done() for task in self._background))
+                    ),
+                    timeout=timeout,
+                )
             except TimeoutError:
                 if self._idle_close_due(workflow.now()):
                     self._close_idle(workflow.now())
@@ -200,21 +216,43 @@ class SupportTicket:
     def _continue_as_new(self) -> None:
         """Carry the ticket into a fresh run of the same workflow id: an unacknowledged
         ticket escalating for days must never hit Temporal's history limit."""
+        status = self._state()
+        plan = self._current_plan()
+        plan.steps = self._pending_steps()
+        kept = CARRIED_ENTRIES
+        dropped = max(0, len(status.history) - kept) + max(0, len(status.escalations) - kept)
+        status.history, status.escalations = status.history[-kept:], status.escalations[-kept:]
+        if dropped:
+            self._log(
+                "trimmed",
+                at=workflow.now(),
+                detail=f"{dropped} older entries left out of this run (the ledger keeps all)",
+            )
         carry = TicketCarry(
-            status=self._state(),
-            plan=self._current_plan(),
+            status=status,
+            plan=plan,
             fired=sorted(self._fired),
+            repeat_horizon=self._repeat_horizon,
+            repeats_sent=self._repeats_sent,
             revision=self._revision,
             counters=self._counters,
         )
         workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
 
     def _resume(self, ticket: TicketInput) -> None:
-        assert ticket.continued is not None
         carry = ticket.continued
+        if carry is None or workflow.info().continued_run_id is None:
+            # Only this workflow carries state into its next run; an intake client that
+            # sends ``continued`` gets a failed start, not a forged ticket.
+            raise ApplicationError(
+                "continued: internal field, not accepted at intake",
+                type="InvalidTicket",
+                non_retryable=True,
+            )
         self._ticket = ticket.model_copy(update={"continued": None})
         self._status, self._plan = carry.status, carry.plan
         self._fired = set(carry.fired)
+        self._repeat_horizon, self._repeats_sent = carry.repeat_horizon, carry.repeats_sent
         self._revision, self._counters = carry.revision, dict(carry.counters)
         self._search = {
             key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL
@@ -227,7 +265,13 @@ class SupportTicket:
 
     def _pending_steps(self) -> list[PlannedStep]:
         plan = self._current_plan()
-        return [s for s in plan.steps if s.name not in self._fired]
+        horizon = self._repeat_horizon
+        return [
+            s
+            for s in plan.steps
+            if (s.kind is StepKind.REPEAT and (horizon is None or s.due_at > horizon))
+            or (s.kind is not StepKind.REPEAT and s.name not in self._fired)
+        ]
 
     def _next_wake(self) -> datetime | None:
         status = self._state()
@@ -250,17 +294,21 @@ class SupportTicket:
         status.next_step_due_at = pending[0].due_at if pending else None
 
     async def _extend_ladder(self) -> bool:
-        """All expanded repeat steps fired but the ladder goes on: fetch the next window."""
+        """All expanded repeat steps are done but the ladder goes on: fetch the repeats
+        due after the last one sent. True when that added steps to wait for."""
         plan = self._current_plan()
         if self._pending_steps() or not plan.more_steps:
             return False
-        repeats = sum(1 for s in plan.steps if s.kind is StepKind.REPEAT)
-        fired_repeats = sum(1 for name in self._fired if _is_repeat(plan, name))
-        more = await self._resolve(self._state().severity, repeat_from=max(repeats, fired_repeats))
-        plan.steps.extend(s for s in more.steps if s.name not in self._fired)
-        plan.steps.sort(key=lambda s: s.due_at)
-        plan.more_steps = more.more_steps
-        return bool(more.steps)
+        after = self._repeat_horizon or max(
+            (s.due_at for s in plan.steps if s.kind is StepKind.REPEAT), default=None
+        )
+        more = await self._resolve(self._state().severity, repeats_after=after)
+        repeats = [s for s in more.steps if s.kind is StepKind.REPEAT]
+        # Done repeats are dropped, so a ladder that runs for days stays small.
+        plan.steps = [s for s in plan.steps if s.kind is not StepKind.REPEAT] + repeats
+        plan.more_steps = more.more_steps and bool(repeats)
+        self._note_policy_version(more.policy_version)
+        return bool(self._pending_steps())
 
     # --- commands --------------------------------------------------------------------------
 
@@ -411,7 +459,7 @@ class SupportTicket:
                 step.kind is StepKind.REPEAT and (breach_in_batch or step is not repeats[-1])
             )
             if superseded:
-                self._fired.add(step.name)
+                self._mark_done(step)
                 self._log(
                     "step_superseded",
                     at=now,
@@ -419,7 +467,7 @@ class SupportTicket:
                     " a later step of the ladder is due",
                 )
                 self._record(
-                    f"{step.name}/superseded",
+                    f"superseded/{step.due_at.isoformat()}/{step.name}",
                     kind="step_superseded",
                     at=now,
                     step=step.name,
@@ -428,11 +476,23 @@ class SupportTicket:
             else:
                 self._fire(step, now)
 
+    def _mark_done(self, step: PlannedStep) -> None:
+        if step.kind is StepKind.REPEAT:
+            self._repeat_horizon = max(step.due_at, self._repeat_horizon or step.due_at)
+        else:
+            self._fired.add(step.name)
+
     def _fire(self, step: PlannedStep, now: datetime) -> None:
         status = self._state()
-        self._fired.add(step.name)
+        self._mark_done(step)
+        name = step.name
+        if step.kind is StepKind.REPEAT:
+            # Repeats are numbered as sent, so the name (and the idempotency key) stays
+            # unique when a severity change switches to another cadence.
+            self._repeats_sent += 1
+            name = f"{step.name.rsplit('-', 1)[0]}-{self._repeats_sent}"
         record = EscalationRecord(
-            step=step.name,
+            step=name,
             kind=step.kind,
             due_at=step.due_at,
             fired_at=now,
@@ -445,7 +505,7 @@ class SupportTicket:
             StepKind.BREACH: "breached",
             StepKind.REPEAT: "escalated",
         }[step.kind]
-        self._log(kind, at=now, detail=f"step {step.name} to {', '.join(record.targets)}")
+        self._log(kind, at=now, detail=f"step {name} to {', '.join(record.targets)}")
         self._revision += 1
         wf_id = workflow.info().workflow_id
         request = StepDelivery(
@@ -454,7 +514,7 @@ class SupportTicket:
             customer_id=status.customer_id,
             tier=status.tier,
             severity=status.severity,
-            step=step.name,
+            step=name,
             kind=step.kind.value,
             due_at=step.due_at,
             response_due_at=status.response_due_at,
@@ -462,13 +522,13 @@ class SupportTicket:
             recipients=step.recipients,
             time_zone=status.time_zone,
             event=SlaEvent(
-                key=f"{wf_id}/{step.name}",
+                key=f"{wf_id}/{name}",
                 ticket_id=status.ticket_id,
                 kind=kind,
                 at=now,
                 source="timer",
                 detail={
-                    "step": step.name,
+                    "step": name,
                     "due_at": step.due_at.isoformat(),
                     "targets": record.targets,
                 },
@@ -488,11 +548,18 @@ class SupportTicket:
             )
             record.failed = result.failed
         except ActivityError as err:
-            cause = str(err.cause) if err.cause else str(err)
+            cause = err.cause
+            delivered: list[str] = []
+            if isinstance(cause, ApplicationError) and cause.details:
+                delivered = list(cause.details[0].get("delivered", []))
             record.failed = [
-                DeliveryFailure(recipient=r.name, channel="all", error=cause)
+                DeliveryFailure(recipient=r.name, channel="all", error=str(cause or err))
                 for r in request.recipients
+                if r.name not in delivered
             ]
+            # The activity writes the step's ledger event only when it succeeds.
+            if request.event is not None:
+                self._spawn(self._write_event(request.event, delivered=delivered))
         if record.failed:
             # Never silently skipped: the failure is on the ticket and in the ledger.
             self._log(
@@ -508,6 +575,15 @@ class SupportTicket:
                 step=record.step,
                 failed=[f.model_dump() for f in record.failed],
             )
+
+    async def _write_event(self, event: SlaEvent, **detail: Any) -> None:
+        event = event.model_copy(update={"detail": {**event.detail, **detail}})
+        await workflow.execute_activity(
+            "record_sla_events",
+            SlaEvents(events=[event], summary=self._outcome()),
+            start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
+        )
 
     def _idle_close_at(self) -> datetime | None:
         status = self._state()
@@ -595,7 +671,7 @@ class SupportTicket:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _resolve(self, severity: Any, repeat_from: int = 0) -> TicketPlan:
+    async def _resolve(self, severity: Any, repeats_after: datetime | None = None) -> TicketPlan:
         status = self._state()
         return await workflow.execute_activity(
             "resolve_ticket_plan",
@@ -603,7 +679,8 @@ class SupportTicket:
                 ticket=self._ticket,
                 severity=severity,
                 opened_at=status.opened_at,
-                repeat_from=repeat_from,
+                repeats_after=repeats_after,
+                pinned_version=status.policy_version,
             ),
             result_type=TicketPlan,
             start_to_close_timeout=POLICY_TIMEOUT,
@@ -615,7 +692,7 @@ class SupportTicket:
         previous = self._plan
         self._plan = plan
         status.severity = plan.severity
-        status.policy_version = plan.policy_version
+        self._note_policy_version(plan.policy_version)
         status.commercial_sla = plan.commercial_sla
         status.response_target = plan.response_target
         status.response_due_at = plan.response_due_at
@@ -627,6 +704,18 @@ class SupportTicket:
                 detail=f"policy {plan.policy_version}, response due {_iso(plan.response_due_at)}",
             )
         self._sync_search_attributes()
+
+    def _note_policy_version(self, version: str) -> None:
+        status = self._state()
+        if status.policy_version is not None and status.policy_version != version:
+            # Only the loaded policy can be resolved; the change is on the ticket's record.
+            self._log(
+                "policy_version_changed",
+                at=workflow.now(),
+                detail=f"{status.policy_version} -> {version} (re-resolved under the loaded"
+                " policy)",
+            )
+        status.policy_version = version
 
     def _sync_search_attributes(self) -> None:
         """Upsert only the search attributes whose value changed (each upsert is billed)."""
@@ -704,10 +793,10 @@ class SupportTicket:
 
     def _overrun_seconds(self) -> float | None:
         status = self._state()
-        if not status.response_breached or status.response_due_at is None:
+        if not status.response_breached or status.breached_at is None:
             return None
         end = status.acknowledged_at or workflow.now()
-        return max(0.0, (end - status.response_due_at).total_seconds())
+        return max(0.0, (end - status.breached_at).total_seconds())
 
     def _spawn(self, work: Any) -> None:
         self._background.append(asyncio.ensure_future(work))
@@ -747,10 +836,6 @@ class SupportTicket:
     def _current_plan(self) -> TicketPlan:
         assert self._plan is not None
         return self._plan
-
-
-def _is_repeat(plan: TicketPlan, name: str) -> bool:
-    return any(s.name == name and s.kind is StepKind.REPEAT for s in plan.steps)
 
 
 def _iso(value: datetime | None) -> str | None:
