@@ -63,7 +63,7 @@ def main() -> None:
             "--ui-port",
             str(UI_PORT),
             "--log-level",
-            "warn",
+            "error",
             *cli_flags(),
         ],
         cwd=ROOT,
