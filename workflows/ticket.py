@@ -96,7 +96,6 @@ class SupportTicket:
         self._search: dict[str, Any] = {}
         self._revision = 0
         self._counters: dict[str, int] = {}
-        self._sow: workflow.ChildWorkflowHandle[Any, SowResult] | None = None
 
     # --- messages ----------------------------------------------------------------------
 
@@ -266,12 +265,13 @@ class SupportTicket:
     def _pending_steps(self) -> list[PlannedStep]:
         plan = self._current_plan()
         horizon = self._repeat_horizon
-        return [
+        pending = [
             s
             for s in plan.steps
             if (s.kind is StepKind.REPEAT and (horizon is None or s.due_at > horizon))
             or (s.kind is not StepKind.REPEAT and s.name not in self._fired)
         ]
+        return sorted(pending, key=lambda s: s.due_at)
 
     def _next_wake(self) -> datetime | None:
         status = self._state()
@@ -385,7 +385,8 @@ class SupportTicket:
         if status.state is TicketState.OPEN:
             # Deadlines are recomputed from the original open time: a re-triage does not
             # give the support team a fresh clock.
-            self._apply_plan(await self._resolve(change.severity))
+            plan = await self._resolve(change.severity, repeats_after=self._repeat_horizon)
+            self._apply_plan(plan)
         self._log(
             "severity_changed",
             at=at,
