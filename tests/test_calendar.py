@@ -323,6 +323,10 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         **{day: ["00:00-06:00"] for day in ("tue", "wed", "thu", "fri", "sat")},
     },
     "weekends": {"fri": ["16:00-24:00"], "sat": ["00:00-24:00"], "sun": ["00:00-24:00"]},
+    # Boundaries inside the spring-forward gap of all three zones (02:00-03:00 local on
+    # their change Sundays): such a time does not exist that day and must not make
+    # intervals overlap or grow.
+    "gap": {"sun": ["00:00-02:30", "02:45-05:00"], "mon": ["02:30-04:00"]},
 }
 
 
