@@ -37,7 +37,12 @@ from tqdm import tqdm
 
 from support import search_attributes as sa
 from support.connection import connect, task_queue
-from support.models import TicketInput, TicketState, opened_at_problem
+from support.models import (
+    TicketInput,
+    TicketState,
+    describe_validation_error,
+    opened_at_problem,
+)
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 1
@@ -50,17 +55,6 @@ class InvalidTicket(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-def describe_validation_error(err: ValidationError) -> list[str]:
-    problems = []
-    for error in err.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "(ticket)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        problems.append(f"{field}: {message}")
-    return problems
 
 
 def parse_ticket(data: Any, now: datetime | None = None) -> TicketInput:

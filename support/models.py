@@ -12,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 TICKET_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TICKET_WORKFLOW_PREFIX = "ticket-"
@@ -137,6 +144,18 @@ def sow_workflow_id(ticket_id: str) -> str:
     return f"{SOW_WORKFLOW_PREFIX}{ticket_id}"
 
 
+def describe_validation_error(err: ValidationError, top: str = "(ticket)") -> list[str]:
+    """``field.path: what is wrong`` for each problem pydantic found."""
+    problems = []
+    for error in err.errors():
+        field = ".".join(str(part) for part in error["loc"]) or top
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(f"{field}: {message}")
+    return problems
+
+
 def opened_at_problem(opened_at: datetime, now: datetime) -> str | None:
     """Why a retroactive ``opened_at`` is unacceptable at ``now``, or None if it is fine."""
     if opened_at > now + OPENED_AT_MAX_FUTURE_SKEW:
@@ -169,6 +188,13 @@ class MarkOutOfScope(Message):
 class Resolve(Message):
     by: Name
     summary: Note | None = None
+
+
+class RejectedSignal(Message):
+    """A signal whose payload did not validate: recorded on the ticket, never applied."""
+
+    signal: str
+    problems: list[str]
 
 
 class SowDecision(Message):
@@ -409,6 +435,8 @@ class SowResult(Message):
     decided_at: UtcDatetime | None = None
     reference: str | None = None
     reminded_at: UtcDatetime | None = None
+    # Decisions that did not validate, with what was wrong; never applied.
+    rejected: list[str] = Field(default_factory=list)
 
 
 class TicketCarry(Message):

@@ -600,3 +600,39 @@ async def test_a_client_cannot_start_a_ticket_with_forged_carried_state(stack: S
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
     assert "continued: internal field" in str(failure.value.cause)
+
+
+async def test_a_malformed_signal_is_recorded_with_what_was_wrong_and_changes_nothing(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await handle.signal("acknowledge", {"agent": "", "mood": "grumpy"})
+    await handle.signal("change_severity", {"severity": "sev9", "by": "x"})
+    await advance_to(stack.env, t0 + M)
+    status = await status_of(handle)
+    assert status.state is TicketState.OPEN and status.severity.value == "sev2"
+    rejected = {h.kind: h.detail for h in status.history if h.kind.endswith("_rejected")}
+    assert rejected == {
+        "acknowledge_rejected": "agent: String should have at least 1 character;"
+        " mood: unknown field",
+        "change_severity_rejected": "severity: Input should be 'sev1', 'sev2', 'sev3' or 'sev4'",
+    }
+    await handle.signal("acknowledge", {"agent": "bob"})
+    result = await finish(handle)
+    assert result.acknowledged_by == "bob"
+    kinds = [e.kind for e in await stack.ledger.events(result.ticket_id)]
+    assert kinds.count("signal_rejected") == 2
+
+
+async def test_a_malformed_sow_decision_is_recorded_and_not_applied(stack: Stack) -> None:
+    handle = await open_ticket_at(stack, ticket(category="consulting"))
+    status = await status_of(handle)
+    assert status.sow is not None
+    sow = stack.client.get_workflow_handle(status.sow.workflow_id)
+    await sow.signal("sow_decision", {"decision": "maybe", "by": "advisor"})
+    await sow.signal("sow_decision", {"decision": "declined", "by": "advisor"})
+    result = await handle.result()
+    assert result.sow is not None and result.sow.outcome.value == "declined"
+    sow_result = await sow.result()
+    assert sow_result["rejected"] == ["decision: Input should be 'accepted' or 'declined'"]

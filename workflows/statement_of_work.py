@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError
 
 from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         StepDelivery,
         StepDeliveryResult,
         Tier,
+        describe_validation_error,
     )
 
 TIER_NAMES = {
@@ -44,7 +46,15 @@ class StatementOfWork:
         self._repeated_decisions = 0
 
     @workflow.signal(name="sow_decision")
-    def sow_decision(self, decision: SowDecision) -> None:
+    def sow_decision(self, raw: RawValue) -> None:
+        try:
+            decision = workflow.payload_converter().from_payload(raw.payload, SowDecision)
+        except ValidationError as err:
+            # Recorded in the result, never applied (the SDK would drop it silently).
+            problems = "; ".join(describe_validation_error(err, top="(signal)"))
+            self._result.rejected.append(problems)
+            workflow.logger.warning("sow decision rejected: %s", problems)
+            return
         if self._result.outcome is not SowOutcome.PENDING:
             # The first decision stands; later ones are logged, never applied.
             self._repeated_decisions += 1
@@ -60,6 +70,7 @@ class StatementOfWork:
             decided_at=workflow.now(),
             reference=decision.reference,
             reminded_at=self._result.reminded_at,
+            rejected=self._result.rejected,
         )
 
     @workflow.query(name="status")
@@ -101,6 +112,7 @@ class StatementOfWork:
                 decided_by="system",
                 decided_at=workflow.now(),
                 reminded_at=self._result.reminded_at,
+                rejected=self._result.rejected,
             )
         await self._notify(
             sow,

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from workflows.activity_options import (
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         MarkOutOfScope,
         PlannedStep,
         PlanRequest,
+        RejectedSignal,
         Resolve,
         SlaEvent,
         SlaEvents,
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         TicketPlan,
         TicketState,
         TicketStatus,
+        describe_validation_error,
         opened_at_problem,
         sow_workflow_id,
     )
@@ -99,21 +101,37 @@ class SupportTicket:
 
     # --- messages ----------------------------------------------------------------------
 
+    # Handlers take the raw payload and validate it themselves: a malformed signal from a
+    # client in any language is recorded on the ticket with what was wrong (the SDK would
+    # otherwise drop it with nothing but a worker log line).
+
     @workflow.signal(name="acknowledge")
-    def acknowledge(self, ack: Acknowledge) -> None:
-        self._inbox.append(_Command("acknowledge", ack, workflow.now()))
+    def acknowledge(self, ack: RawValue) -> None:
+        self._receive("acknowledge", Acknowledge, ack)
 
     @workflow.signal(name="change_severity")
-    def change_severity(self, change: ChangeSeverity) -> None:
-        self._inbox.append(_Command("change_severity", change, workflow.now()))
+    def change_severity(self, change: RawValue) -> None:
+        self._receive("change_severity", ChangeSeverity, change)
 
     @workflow.signal(name="mark_out_of_scope")
-    def mark_out_of_scope(self, mark: MarkOutOfScope) -> None:
-        self._inbox.append(_Command("mark_out_of_scope", mark, workflow.now()))
+    def mark_out_of_scope(self, mark: RawValue) -> None:
+        self._receive("mark_out_of_scope", MarkOutOfScope, mark)
 
     @workflow.signal(name="resolve")
-    def resolve(self, resolve: Resolve) -> None:
-        self._inbox.append(_Command("resolve", resolve, workflow.now()))
+    def resolve(self, resolve: RawValue) -> None:
+        self._receive("resolve", Resolve, resolve)
+
+    def _receive(self, name: str, model: type[BaseModel], raw: RawValue) -> None:
+        try:
+            payload = workflow.payload_converter().from_payload(raw.payload, model)
+        except ValidationError as err:
+            problems = describe_validation_error(err, top="(signal)")
+            payload = RejectedSignal(signal=name, problems=problems)
+            name = "rejected"
+        except Exception as err:  # not JSON at all
+            payload = RejectedSignal(signal=name, problems=[f"(signal): {err}"])
+            name = "rejected"
+        self._inbox.append(_Command(name, payload, workflow.now()))
 
     @workflow.query(name="status")
     def status(self) -> TicketStatus:
@@ -330,6 +348,9 @@ class SupportTicket:
             elif command.name == "resolve":
                 assert isinstance(command.payload, Resolve)
                 self._on_resolve(command.payload, command.at)
+            elif command.name == "rejected":
+                assert isinstance(command.payload, RejectedSignal)
+                self._on_rejected(command.payload, command.at)
 
     def _on_acknowledge(self, ack: Acknowledge, at: datetime) -> None:
         status = self._state()
@@ -420,6 +441,18 @@ class SupportTicket:
         self._log("resolved", at=at, by=resolve.by, detail=resolve.summary)
         self._record("resolved", at=at, by=resolve.by, summary=resolve.summary)
         self._sync_search_attributes()
+
+    def _on_rejected(self, rejected: RejectedSignal, at: datetime) -> None:
+        n = self._next("rejected")
+        detail = "; ".join(rejected.problems)
+        self._log(f"{rejected.signal}_rejected", at=at, detail=detail)
+        self._record(
+            f"rejected-{n}",
+            kind="signal_rejected",
+            at=at,
+            signal=rejected.signal,
+            problems=rejected.problems,
+        )
 
     def _ignored(self, what: str, by: str, at: datetime) -> None:
         state = self._state().state.value
