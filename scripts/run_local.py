@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from support.search_attributes import cli_flags  # noqa: E402
 
-DATA = ROOT / ".data"
+DATA = Path(os.environ.get("SUPPORT_DATA_DIR") or ROOT / ".data")
 PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
 UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
 
@@ -47,7 +47,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
 
 
 def main() -> None:
-    DATA.mkdir(exist_ok=True)
+    DATA.mkdir(parents=True, exist_ok=True)
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", PORT)) == 0:
             sys.exit(f"port {PORT} is already in use: is another Temporal server running?")
@@ -64,6 +64,11 @@ def main() -> None:
             str(UI_PORT),
             "--log-level",
             "error",
+            *(
+                ["--http-port", os.environ["TEMPORAL_HTTP_PORT"]]
+                if os.environ.get("TEMPORAL_HTTP_PORT")
+                else []
+            ),
             *cli_flags(),
         ],
         cwd=ROOT,
@@ -72,7 +77,11 @@ def main() -> None:
     processes = [server]
     try:
         wait_for_port(PORT, server)
-        env = {**os.environ, "TEMPORAL_ADDRESS": f"localhost:{PORT}"}
+        env = {
+            "SUPPORT_LEDGER_PATH": str(DATA / "ledger.sqlite3"),
+            **os.environ,
+            "TEMPORAL_ADDRESS": f"localhost:{PORT}",
+        }
         worker = subprocess.Popen(
             [sys.executable, "worker.py"], cwd=ROOT, env=env, start_new_session=True
         )

@@ -1,0 +1,114 @@
+"""`make run` as the README says: the dev server with its UI and the worker come up, a
+ticket opened with the intake CLI is worked (search attributes registered), and Ctrl-C
+stops everything that was started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e_cli import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPORAL = Path(sys.executable).parent / "temporal"
+
+
+def wait_for(what: str, probe, seconds: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.e2e
+def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -> None:
+    port, ui_port, http_port = free_ports(3)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SUPPORT_"))},
+        "TEMPORAL_PORT": str(port),
+        "TEMPORAL_UI_PORT": str(ui_port),
+        "TEMPORAL_HTTP_PORT": str(http_port),
+        "SUPPORT_DATA_DIR": str(tmp_path / "data"),
+    }
+    log = (tmp_path / "run.log").open("w+")
+    make = subprocess.Popen(
+        ["make", "run"], cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        wait_for("the worker", lambda: "worker started" in (tmp_path / "run.log").read_text())
+        output = (tmp_path / "run.log").read_text()
+        assert f"Temporal Web UI:  http://localhost:{ui_port}" in output
+        assert "make demo" in output
+        assert (tmp_path / "data" / "temporal.sqlite").exists()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
+            assert page.status == 200
+        client_env = {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"}
+        opened = subprocess.run(
+            [
+                sys.executable,
+                "starter.py",
+                "open",
+                "--ticket-id",
+                "RUN-1",
+                "--customer-id",
+                "example-bank",
+                "--tier",
+                "mission_critical",
+                "--severity",
+                "sev1",
+            ],
+            cwd=ROOT,
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert opened.returncode == 0, opened.stderr
+        query = [
+            str(TEMPORAL),
+            "workflow",
+            "list",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--query",
+            'TicketState="open" AND SupportTier="mission_critical"',
+            "-o",
+            "json",
+        ]
+
+        def listed() -> list[object]:
+            done = subprocess.run(query, capture_output=True, text=True, timeout=20)
+            rows = json.loads(done.stdout or "[]") if done.returncode == 0 else []
+            return [r for r in rows or [] if r["execution"]["workflowId"] == "ticket-RUN-1"]
+
+        wait_for("the ticket in visibility", listed, seconds=20)
+        wait_for(
+            "the intake notification",
+            lambda: "ticket-RUN-1/intake/duty-engineer" in (tmp_path / "run.log").read_text(),
+        )
+        assert (tmp_path / "data" / "ledger.sqlite3").exists()
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        make.wait(timeout=30)
+    output = (tmp_path / "run.log").read_text()
+    assert "stopping..." in output and "worker stopped" in output
+    wait_for("the ports to close", lambda: not listening(port) and not listening(ui_port), 20)
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True)
+    assert leftovers.stdout == b"", "a process started by make run is still running"
