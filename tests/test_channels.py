@@ -246,3 +246,34 @@ async def test_a_step_whose_delivery_keeps_failing_is_recorded_not_skipped(
     step_event = events[f"{data.workflow_id}/final-warning"]
     assert step_event.kind == "warned" and step_event.detail["delivered"] == ["duty-engineer"]
     assert events[f"{data.workflow_id}/final-warning/failed"].kind == "notification_failed"
+
+
+async def test_sow_notifications_say_why_and_what_happens_next(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def edit(policy: dict[str, Any]) -> None:
+        for target in ("advisory-services", "account-team"):
+            policy["targets"][target]["channels"] = [
+                {"type": "webhook", "url": f"{sink.url}/{target}"}
+            ]
+
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket(category="custom_engineering")
+        handle = await open_ticket_at(stack, data, t0)
+        await advance_to(env, t0 + timedelta(days=2, minutes=1))
+        status = await status_of(handle)
+    by_key = {r["key"]: r["body"]["text"] for r in sink.accepted()}
+    sow_id = f"sow-{data.ticket_id}"
+    opened = by_key[f"{sow_id}/opened/advisory-services"]
+    assert "Request outside the Premium support scope" in opened
+    assert "custom engineering is outside the subscribed service scope" in opened
+    assert "statement of work" in opened and "expires on" in opened
+    assert f"--workflow-id {sow_id} --name sow_decision" in opened
+    assert f"{sow_id}/opened/account-team" in by_key
+    reminder = by_key[f"{sow_id}/reminder/account-team"]
+    assert reminder.startswith("Statement of work") and "Reminder: no statement-of-work" in (
+        reminder
+    )
+    assert status.state.value == "routed_to_sow"
