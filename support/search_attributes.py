@@ -16,8 +16,5 @@ ALL = (SUPPORT_TIER, SUPPORT_SEVERITY, TICKET_STATE, CUSTOMER_ID, RESPONSE_DUE_A
 
 def cli_flags() -> list[str]:
     """``--search-attribute Name=Type`` flags for ``temporal server start-dev``."""
-    kinds = {"KEYWORD": "Keyword", "DATETIME": "Datetime", "BOOL": "Bool"}
-    return [
-        f"--search-attribute={key.name}={kinds[key.indexed_value_type.name.removeprefix('INDEXED_VALUE_TYPE_')]}"
-        for key in ALL
-    ]
+    # KEYWORD -> Keyword, DATETIME -> Datetime, BOOL -> Bool: the CLI's type names.
+    return [f"--search-attribute={k.name}={k.indexed_value_type.name.capitalize()}" for k in ALL]

@@ -55,17 +55,12 @@ def binary(name: str) -> str:
 async def register_search_attributes(environment: WorkflowEnvironment) -> None:
     """The time-skipping server does not take ``--search-attribute``: add them through the
     operator service, or upserting them would fail the workflow task forever."""
-    kinds = {
-        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-        "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-    }
     await environment.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=environment.client.namespace,
+            # The SDK's indexed value types are numbered like the API's enum.
             search_attributes={
-                key.name: kinds[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
-                for key in sa.ALL
+                key.name: IndexedValueType.ValueType(key.indexed_value_type.value) for key in sa.ALL
             },
         )
     )

@@ -10,26 +10,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.test_e2e_cli import free_ports
+from tests.test_e2e_cli import free_ports, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL = Path(sys.executable).parent / "temporal"
 
 
-def wait_for(what: str, probe, seconds: float = 60):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:
+    return poll(what, probe, seconds)
 
 
 def listening(port: int) -> bool:

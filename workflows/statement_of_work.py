@@ -43,7 +43,6 @@ TIER_NAMES = {
 class StatementOfWork:
     def __init__(self) -> None:
         self._result = SowResult(outcome=SowOutcome.PENDING)
-        self._repeated_decisions = 0
 
     @workflow.signal(name="sow_decision")
     def sow_decision(self, raw: RawValue) -> None:
@@ -57,7 +56,6 @@ class StatementOfWork:
             return
         if self._result.outcome is not SowOutcome.PENDING:
             # The first decision stands; later ones are logged, never applied.
-            self._repeated_decisions += 1
             workflow.logger.warning(
                 "sow decision ignored: already %s",
                 self._result.outcome.value,

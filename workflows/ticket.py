@@ -163,9 +163,7 @@ class SupportTicket:
             state=TicketState.OPEN,
             opened_at=opened_at,
         )
-        self._search = {
-            key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL
-        }
+        self._search = _current_search_attributes()
         self._log("opened", at=opened_at, detail=f"via {ticket.intake_channel}")
         plan = await self._resolve(ticket.severity)
         self._apply_plan(plan)
@@ -271,9 +269,7 @@ class SupportTicket:
         self._fired = set(carry.fired)
         self._repeat_horizon, self._repeats_sent = carry.repeat_horizon, carry.repeats_sent
         self._revision, self._counters = carry.revision, dict(carry.counters)
-        self._search = {
-            key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL
-        }
+        self._search = _current_search_attributes()
         self._log(
             "continued_as_new",
             at=workflow.now(),
@@ -593,7 +589,10 @@ class SupportTicket:
             ]
             # The activity writes the step's ledger event only when it succeeds.
             if request.event is not None:
-                self._spawn(self._write_event(request.event, delivered=delivered))
+                event = request.event
+                self._write_ledger(
+                    event.model_copy(update={"detail": {**event.detail, "delivered": delivered}})
+                )
         if record.failed:
             # Never silently skipped: the failure is on the ticket and in the ledger.
             self._log(
@@ -609,15 +608,6 @@ class SupportTicket:
                 step=record.step,
                 failed=[f.model_dump() for f in record.failed],
             )
-
-    async def _write_event(self, event: SlaEvent, **detail: Any) -> None:
-        event = event.model_copy(update={"detail": {**event.detail, **detail}})
-        await workflow.execute_activity(
-            "record_sla_events",
-            SlaEvents(events=[event], summary=self._outcome()),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
-        )
 
     def _idle_close_at(self) -> datetime | None:
         status = self._state()
@@ -790,11 +780,14 @@ class SupportTicket:
             source=f"agent:{by}" if by else "workflow",
             detail={k: v for k, v in detail.items() if v is not None},
         )
-        batch = SlaEvents(events=[event], summary=self._outcome())
+        self._write_ledger(event)
+
+    def _write_ledger(self, event: SlaEvent) -> None:
+        """The event and the ticket's row as it stands now, in the background."""
         self._spawn(
             workflow.execute_activity(
                 "record_sla_events",
-                batch,
+                SlaEvents(events=[event], summary=self._outcome()),
                 start_to_close_timeout=LEDGER_TIMEOUT,
                 retry_policy=LEDGER_RETRY,
             )
@@ -874,3 +867,8 @@ class SupportTicket:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def _current_search_attributes() -> dict[str, Any]:
+    """The search attributes this run started with (set at intake, or carried over)."""
+    return {key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL}
