@@ -19,15 +19,18 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.ledger import LedgerActivities, SlaLedger, SqliteLedger
+from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
 from activities.policy import resolve_ticket_plan
+from ledger.store import SlaLedger, SqlLedger
 from support.connection import connect, task_queue
 from support.logs import configure_logging, forward_core_logs
 from support.policy import load_policy
 from workflows import ALL_WORKFLOWS
 
 log = structlog.get_logger("support.worker")
+# "0": do not migrate the ledger at start, refuse to start unless it is at the head revision.
+MIGRATE_ENV = "SUPPORT_LEDGER_MIGRATE"
 
 
 def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient) -> Worker:
@@ -51,7 +54,11 @@ async def run(stop: asyncio.Event) -> None:
     policy = load_policy()  # fail at start, loudly, on a broken policy file
     client = await connect()
     queue = task_queue()
-    ledger = SqliteLedger.from_env()
+    ledger = SqlLedger.from_url()
+    if os.environ.get(MIGRATE_ENV, "1") == "0":
+        await ledger.check_schema()  # migrations are run by a one-shot job in production
+    else:
+        await ledger.migrate()
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
         worker = build_worker(client, queue, ledger, http)
         log.info(
@@ -59,13 +66,13 @@ async def run(stop: asyncio.Event) -> None:
             task_queue=queue,
             namespace=client.namespace,
             policy_version=policy.version,
-            ledger=str(ledger.path),
+            ledger=ledger.describe(),
             pid=os.getpid(),
         )
         async with worker:
             await stop.wait()
             log.info("worker stopping")
-    ledger.close()
+    await ledger.close()
     log.info("worker stopped")
 
 

@@ -78,7 +78,7 @@ def main() -> None:
     try:
         wait_for_port(PORT, server)
         env = {
-            "SUPPORT_LEDGER_PATH": str(DATA / "ledger.sqlite3"),
+            "SUPPORT_LEDGER_URL": f"sqlite:///{DATA / 'sla-ledger.sqlite3'}",
             **os.environ,
             "TEMPORAL_ADDRESS": f"localhost:{PORT}",
         }
@@ -89,7 +89,7 @@ def main() -> None:
         print(
             f"\nTemporal Web UI:  http://localhost:{UI_PORT}\n"
             f"Temporal server:  localhost:{PORT} (SQLite file {DATA / 'temporal.sqlite'})\n"
-            f"SLA ledger:       {DATA / 'ledger.sqlite3'}\n"
+            f"SLA ledger:       {DATA / 'sla-ledger.sqlite3'}\n"
             "Open a demo ticket (another terminal):  make demo\n"
             "Stop everything:  Ctrl-C\n",
             flush=True,

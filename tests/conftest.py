@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import uuid
@@ -31,7 +32,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.ledger import SqliteLedger
+from ledger.store import SqlLedger
 from starter import open_ticket
 from support import search_attributes as sa
 from support.models import TicketInput, TicketStatus
@@ -97,7 +98,7 @@ class Stack:
     env: WorkflowEnvironment
     client: Client
     task_queue: str
-    ledger: SqliteLedger
+    ledger: SqlLedger
     worker: Worker
     opened: list[str] = field(default_factory=list)
 
@@ -105,7 +106,7 @@ class Stack:
 @asynccontextmanager
 async def running_stack(env: WorkflowEnvironment, ledger_path: Path) -> AsyncIterator[Stack]:
     queue = f"tq-{uuid.uuid4()}"
-    ledger = SqliteLedger(ledger_path)
+    ledger = await sqlite_ledger(ledger_path)
     async with httpx.AsyncClient(timeout=5.0) as http:
         worker = build_worker(env.client, queue, ledger, http)
         async with worker:
@@ -114,7 +115,14 @@ async def running_stack(env: WorkflowEnvironment, ledger_path: Path) -> AsyncIte
                 yield stack
             finally:
                 await terminate_open(stack)
-    ledger.close()
+    await ledger.close()
+
+
+async def sqlite_ledger(path: Path) -> SqlLedger:
+    """A migrated SQLite ledger file."""
+    ledger = SqlLedger.from_url(f"sqlite:///{path}")
+    await ledger.migrate()
+    return ledger
 
 
 async def terminate_open(stack: Stack) -> None:
@@ -222,3 +230,60 @@ async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) 
     from ``get_workflow_handle`` does not unlock time skipping by itself)."""
     async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
         return await handle.result()
+
+
+# --- the SLA ledger on both backends ------------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SUPPORT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+# CI sets this so that an unreachable PostgreSQL fails the run instead of skipping.
+REQUIRE_POSTGRES = os.environ.get("SUPPORT_REQUIRE_POSTGRES") == "1"
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards; yields its URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(POSTGRES_ADMIN_URL)
+    name = f"support_test_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(
+            host=admin.host,
+            port=admin.port,
+            user=admin.username,
+            password=admin.password,
+            database=admin.database,
+            timeout=5,
+        )
+    except (OSError, asyncpg.PostgresError) as err:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is required (CI) but: {err}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {err}")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["sqlite", "postgresql"])
+async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty (unmigrated) ledger database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    else:
+        async with postgres_database() as url:
+            yield url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
+    """A migrated ledger on each backend."""
+    ledger = SqlLedger.from_url(ledger_url)
+    await ledger.migrate()
+    yield ledger
+    await ledger.close()

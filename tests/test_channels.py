@@ -17,7 +17,6 @@ import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.ledger import SqliteLedger
 from activities.notify import NotifyActivities
 from support.models import Channel, Recipient, StepDelivery
 from tests.conftest import (
@@ -25,6 +24,7 @@ from tests.conftest import (
     now_second,
     open_ticket_at,
     running_stack,
+    sqlite_ledger,
     status_of,
     ticket,
     write_policy,
@@ -177,7 +177,7 @@ async def test_delivery_falls_over_to_the_next_channel_on_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("UNSET_HOOK", raising=False)
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
         notify = NotifyActivities(ledger, http)
         request = delivery(
@@ -194,7 +194,7 @@ async def test_delivery_falls_over_to_the_next_channel_on_configuration_error(
 
 
 async def test_a_repeated_activity_does_not_send_again(tmp_path: Path, sink: Sink) -> None:
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
         notify = NotifyActivities(ledger, http)
         request = delivery(

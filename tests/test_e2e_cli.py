@@ -254,7 +254,7 @@ def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProce
     env = clean_env(
         TEMPORAL_ADDRESS=temporal_server,
         SUPPORT_TASK_QUEUE=queue,
-        SUPPORT_LEDGER_PATH=str(ledger),
+        SUPPORT_LEDGER_URL=f"sqlite:///{ledger}",
         SUPPORT_POLICY_FILE=str(policy),
         PYTHONUNBUFFERED="1",
     )

@@ -1,43 +1,68 @@
-"""The SQLite SLA ledger: idempotent appends, newest-revision-wins ticket rows."""
+"""The SLA ledger on SQLite and PostgreSQL: migrations, idempotent appends, append-only
+events, newest-revision-wins ticket rows. Every test runs on both backends."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from activities.ledger import SqliteLedger
+import pytest
+import sqlalchemy
+from sqlalchemy.exc import DBAPIError
+
+from ledger.store import LedgerSchemaError, SqlLedger, head_revision
 from support.models import SlaEvent, TicketOutcome
 
 T0 = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
 
-def event(key: str, kind: str = "opened", minutes: int = 0) -> SlaEvent:
+def event(key: str, kind: str = "opened", minutes: int = 0, ticket: str = "T1") -> SlaEvent:
     return SlaEvent(
         key=key,
-        ticket_id="T1",
+        ticket_id=ticket,
         kind=kind,
         at=T0 + timedelta(minutes=minutes),
         source="workflow",
-        detail={"n": minutes},
+        detail={"n": minutes, "targets": ["duty-engineer"], "note": "naïve ≠ 'quoted'"},
     )
 
 
-def outcome(revision: int, state: str) -> TicketOutcome:
-    return TicketOutcome(
-        ticket_id="T1",
-        workflow_id="ticket-T1",
-        revision=revision,
-        customer_id="acme",
-        tier="premium",
-        severity="sev2",
-        category="incident",
-        state=state,
-        opened_at=T0,
-    )
+def outcome(revision: int, state: str, **fields: object) -> TicketOutcome:
+    data: dict[str, object] = {
+        "ticket_id": "T1",
+        "workflow_id": "ticket-T1",
+        "revision": revision,
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "category": "incident",
+        "state": state,
+        "opened_at": T0,
+        "response_due_at": T0 + timedelta(hours=1),
+    }
+    return TicketOutcome.model_validate(data | fields)
 
 
-async def test_events_are_appended_once_per_key(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.sqlite3")
+async def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(
+    ledger_url: str,
+) -> None:
+    ledger = SqlLedger.from_url(ledger_url)
+    try:
+        with pytest.raises(LedgerSchemaError, match="python -m ledger migrate"):
+            await ledger.check_schema()
+        await ledger.migrate()
+        await ledger.migrate()  # a second run changes nothing
+        assert await ledger.schema_revision() == head_revision()
+        await ledger.check_schema()
+        async with ledger.engine.connect() as conn:
+            names = await conn.run_sync(lambda c: sqlalchemy.inspect(c).get_table_names())
+        assert {"sla_events", "tickets", "deliveries", "alembic_version"} <= set(names)
+    finally:
+        await ledger.close()
+
+
+async def test_events_are_appended_once_per_key(any_ledger: SqlLedger) -> None:
+    ledger = any_ledger
     assert (
         await ledger.append([event("ticket-T1/opened"), event("ticket-T1/intake", "notified", 1)])
         == 2
@@ -52,27 +77,116 @@ async def test_events_are_appended_once_per_key(tmp_path: Path) -> None:
         ("ticket-T1/intake", "notified", T0 + timedelta(minutes=1)),
         ("ticket-T1/ack", "acknowledged", T0 + timedelta(minutes=5)),
     ]
-    assert events[1].detail == {"n": 1}
+    assert all(e.at.tzinfo is not None for e in events)
+    assert events[1].detail == {"n": 1, "targets": ["duty-engineer"], "note": "naïve ≠ 'quoted'"}
 
 
-async def test_a_late_write_never_overwrites_a_newer_ticket_row(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "l.sqlite3")
-    assert await ledger.save_outcome(outcome(3, "acknowledged"))
+async def test_concurrent_retries_of_the_same_event_store_it_once(any_ledger: SqlLedger) -> None:
+    import asyncio
+
+    results = await asyncio.gather(
+        *(any_ledger.append([event("ticket-T1/breach", "breached", 60)]) for _ in range(8))
+    )
+    assert sum(results) == 1
+    assert [e.key for e in await any_ledger.events("T1")] == ["ticket-T1/breach"]
+
+
+async def test_events_are_append_only_in_the_database_itself(any_ledger: SqlLedger) -> None:
+    await any_ledger.append([event("ticket-T1/opened")])
+    for statement in (
+        "UPDATE sla_events SET kind = 'forged'",
+        "DELETE FROM sla_events",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with any_ledger.engine.begin() as conn:
+                await conn.execute(sqlalchemy.text(statement))
+    assert [e.kind for e in await any_ledger.events("T1")] == ["opened"]
+
+
+async def test_a_late_write_never_overwrites_a_newer_ticket_row(any_ledger: SqlLedger) -> None:
+    ledger = any_ledger
+    acked = T0 + timedelta(minutes=70)
+    assert await ledger.save_outcome(
+        outcome(
+            3,
+            "acknowledged",
+            acknowledged_at=acked,
+            acknowledged_by="ana",
+            response_breached=True,
+            overrun=timedelta(minutes=10),
+            escalations_fired=4,
+        )
+    )
     assert not await ledger.save_outcome(outcome(2, "open")), "older revision is ignored"
     assert not await ledger.save_outcome(outcome(3, "acknowledged")), "a retry is a no-op"
-    assert await ledger.save_outcome(outcome(4, "resolved"))
+    stored = await ledger.outcome("T1")
+    assert stored is not None
+    assert (stored.revision, stored.state, stored.acknowledged_at) == (3, "acknowledged", acked)
+    assert stored.overrun == timedelta(minutes=10)
+    assert await ledger.save_outcome(outcome(4, "resolved", resolved_at=T0 + timedelta(hours=2)))
     stored = await ledger.outcome("T1")
     assert stored is not None and (stored.revision, stored.state.value) == (4, "resolved")
     assert await ledger.outcome("nope") is None
+    async with ledger.engine.connect() as conn:
+        row = (
+            await conn.execute(sqlalchemy.text("SELECT state, overrun_seconds FROM tickets"))
+        ).one()
+    assert tuple(row) == ("resolved", None), "the columns follow the newest revision too"
 
 
-async def test_the_ledger_survives_reopening_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
-    first = SqliteLedger(path)
+async def test_outcomes_filter_by_open_time_customer_and_tier(any_ledger: SqlLedger) -> None:
+    for i, (customer, tier) in enumerate(
+        [("acme", "premium"), ("acme", "standard"), ("globex", "premium"), ("acme", "premium")]
+    ):
+        await any_ledger.save_outcome(
+            outcome(
+                1,
+                "open",
+                ticket_id=f"T{i}",
+                customer_id=customer,
+                tier=tier,
+                opened_at=T0 + timedelta(days=i),
+            )
+        )
+    ids = lambda found: [o.ticket_id for o in found]  # noqa: E731
+    assert ids(await any_ledger.outcomes()) == ["T0", "T1", "T2", "T3"]
+    assert ids(await any_ledger.outcomes(T0 + timedelta(days=1), T0 + timedelta(days=3))) == [
+        "T1",
+        "T2",
+    ]
+    assert ids(await any_ledger.outcomes(customer_id="acme", tier="premium")) == ["T0", "T3"]
+
+
+async def test_the_delivery_log_survives_reopening(ledger_url: str) -> None:
+    first = SqlLedger.from_url(ledger_url)
+    await first.migrate()
     await first.append([event("ticket-T1/opened")])
-    await first.mark_delivered("ticket-T1/intake/eng", "T1", "webhook")
-    first.close()
-    second = SqliteLedger(path)
-    assert [e.key for e in await second.events("T1")] == ["ticket-T1/opened"]
-    assert await second.was_delivered("ticket-T1/intake/eng")
-    assert not await second.was_delivered("ticket-T1/intake/lead")
+    await first.mark_delivered("ticket-T1/intake/eng", "T1", "chat")
+    await first.mark_delivered("ticket-T1/intake/eng", "T1", "chat")  # retried: no error
+    await first.close()
+    second = SqlLedger.from_url(ledger_url)
+    try:
+        assert [e.key for e in await second.events("T1")] == ["ticket-T1/opened"]
+        assert await second.was_delivered("ticket-T1/intake/eng")
+        assert not await second.was_delivered("ticket-T1/intake/lead")
+    finally:
+        await second.close()
+
+
+def test_ledger_urls_get_their_async_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger.url import ledger_url
+
+    monkeypatch.delenv("SUPPORT_LEDGER_URL", raising=False)
+    assert ledger_url() == "sqlite+aiosqlite:///.data/sla-ledger.sqlite3"
+    assert ledger_url("postgresql://u@db:5432/sla") == "postgresql+asyncpg://u@db:5432/sla"
+    assert ledger_url("sqlite:////var/x.db") == "sqlite+aiosqlite:////var/x.db"
+    monkeypatch.setenv("SUPPORT_LEDGER_URL", "mysql://root@localhost/x")
+    with pytest.raises(ValueError, match="SUPPORT_LEDGER_URL: 'mysql' is not supported"):
+        ledger_url()
+
+
+async def test_the_sqlite_file_goes_where_the_url_says(tmp_path: Path) -> None:
+    ledger = SqlLedger.from_url(f"sqlite:///{tmp_path / 'nested' / 'dir' / 'l.sqlite3'}")
+    await ledger.migrate()
+    await ledger.close()
+    assert (tmp_path / "nested" / "dir" / "l.sqlite3").exists()

@@ -98,7 +98,7 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
             "the intake notification",
             lambda: "ticket-RUN-1/intake/duty-engineer" in (tmp_path / "run.log").read_text(),
         )
-        assert (tmp_path / "data" / "ledger.sqlite3").exists()
+        assert (tmp_path / "data" / "sla-ledger.sqlite3").exists()
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         make.wait(timeout=30)

@@ -1,0 +1,265 @@
+"""The SLA ledger store: SQLAlchemy 2 (async) on SQLite or PostgreSQL.
+
+``SqlLedger`` implements the ``SlaLedger`` interface the activities use, plus the reads the
+reports need. Every write is idempotent: events by their unique key (``ON CONFLICT DO
+NOTHING``), the ticket row by revision (``ON CONFLICT DO UPDATE ... WHERE newer``), the
+delivery log by key. The schema is owned by Alembic (``migrate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ledger.schema import deliveries, sla_events, tickets
+from ledger.url import ledger_url, redacted
+from support.models import SlaEvent, TicketOutcome
+
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+
+
+class SlaLedger(Protocol):
+    async def append(self, events: list[SlaEvent]) -> int:
+        """Store events not stored before (by key); return how many were new."""
+        ...
+
+    async def save_outcome(self, outcome: TicketOutcome) -> bool:
+        """Store the ticket's row unless a newer revision is already there."""
+        ...
+
+    async def was_delivered(self, key: str) -> bool: ...
+
+    async def mark_delivered(self, key: str, ticket_id: str, channel: str) -> None: ...
+
+    async def events(self, ticket_id: str) -> list[SlaEvent]: ...
+
+    async def outcome(self, ticket_id: str) -> TicketOutcome | None: ...
+
+
+class LedgerSchemaError(RuntimeError):
+    """The database's schema is not at the revision this code needs."""
+
+
+def alembic_config() -> Config:
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(ALEMBIC_INI.with_name("migrations")))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+class SqlLedger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        # SQLite has one writer at a time; queue writers here rather than on its file lock.
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @classmethod
+    def from_url(cls, url: str | None = None) -> SqlLedger:
+        url = ledger_url(url)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(url, connect_args={"timeout": 30})
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return cls(engine)
+
+    def describe(self) -> str:
+        return redacted(self.engine.url.render_as_string(hide_password=False))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (Alembic upgrade); a no-op when it is there."""
+
+        def upgrade(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+
+    async def schema_revision(self) -> str | None:
+        def current(connection: Connection) -> str | None:
+            return MigrationContext.configure(connection).get_current_revision()
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(current)
+
+    async def check_schema(self) -> None:
+        found, head = await self.schema_revision(), head_revision()
+        if found != head:
+            raise LedgerSchemaError(
+                f"the SLA ledger at {self.describe()} is at schema revision {found or 'none'},"
+                f" this code needs {head}: run `python -m ledger migrate`"
+            )
+
+    # --- writes ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    async def append(self, events: Sequence[SlaEvent]) -> int:
+        now = _now()
+        added = 0
+        async with self._writing() as conn:
+            for e in events:
+                result = await conn.execute(
+                    self._insert(sla_events)
+                    .values(
+                        key=e.key,
+                        ticket_id=e.ticket_id,
+                        kind=e.kind,
+                        at=e.at,
+                        source=e.source,
+                        detail=e.model_dump(mode="json")["detail"],
+                        recorded_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["key"])
+                )
+                added += max(result.rowcount, 0)
+        return added
+
+    async def save_outcome(self, outcome: TicketOutcome) -> bool:
+        row = {
+            "ticket_id": outcome.ticket_id,
+            "workflow_id": outcome.workflow_id,
+            "revision": outcome.revision,
+            "customer_id": outcome.customer_id,
+            "tier": outcome.tier.value,
+            "severity": outcome.severity.value,
+            "category": outcome.category,
+            "state": outcome.state.value,
+            "opened_at": outcome.opened_at,
+            "response_due_at": outcome.response_due_at,
+            "acknowledged_at": outcome.acknowledged_at,
+            "acknowledged_by": outcome.acknowledged_by,
+            "response_breached": outcome.response_breached,
+            "overrun_seconds": outcome.overrun.total_seconds() if outcome.overrun else None,
+            "escalations_fired": outcome.escalations_fired,
+            "out_of_scope": outcome.out_of_scope,
+            "sow_outcome": outcome.sow_outcome.value if outcome.sow_outcome else None,
+            "resolved_at": outcome.resolved_at,
+            "closed_at": outcome.closed_at,
+            "policy_version": outcome.policy_version,
+            "outcome": outcome.model_dump(mode="json"),
+            "updated_at": _now(),
+        }
+        statement = self._insert(tickets).values(**row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["ticket_id"],
+            set_={k: statement.excluded[k] for k in row if k != "ticket_id"},
+            where=tickets.c.revision < statement.excluded.revision,
+        )
+        async with self._writing() as conn:
+            result = await conn.execute(statement)
+        return result.rowcount > 0
+
+    async def mark_delivered(self, key: str, ticket_id: str, channel: str) -> None:
+        async with self._writing() as conn:
+            await conn.execute(
+                self._insert(deliveries)
+                .values(key=key, ticket_id=ticket_id, channel=channel, delivered_at=_now())
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def was_delivered(self, key: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(deliveries.c.key).where(deliveries.c.key == key))
+        return found is not None
+
+    async def events(self, ticket_id: str) -> list[SlaEvent]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(sla_events)
+                .where(sla_events.c.ticket_id == ticket_id)
+                .order_by(sla_events.c.at, sla_events.c.id)
+            )
+            return [_event(r) for r in rows.mappings()]
+
+    async def outcome(self, ticket_id: str) -> TicketOutcome | None:
+        async with self.engine.connect() as conn:
+            data = await conn.scalar(
+                select(tickets.c.outcome).where(tickets.c.ticket_id == ticket_id)
+            )
+        return TicketOutcome.model_validate(data) if data is not None else None
+
+    async def outcomes(
+        self,
+        opened_from: datetime | None = None,
+        opened_to: datetime | None = None,
+        customer_id: str | None = None,
+        tier: str | None = None,
+    ) -> list[TicketOutcome]:
+        """Ticket rows opened in ``[opened_from, opened_to)``, oldest first."""
+        query = select(tickets.c.outcome).order_by(tickets.c.opened_at, tickets.c.ticket_id)
+        if opened_from is not None:
+            query = query.where(tickets.c.opened_at >= opened_from)
+        if opened_to is not None:
+            query = query.where(tickets.c.opened_at < opened_to)
+        if customer_id is not None:
+            query = query.where(tickets.c.customer_id == customer_id)
+        if tier is not None:
+            query = query.where(tickets.c.tier == tier)
+        async with self.engine.connect() as conn:
+            rows = await conn.scalars(query)
+            return [TicketOutcome.model_validate(data) for data in rows]
+
+
+def _event(row: Any) -> SlaEvent:
+    return SlaEvent(
+        key=row["key"],
+        ticket_id=row["ticket_id"],
+        kind=row["kind"],
+        at=row["at"],
+        source=row["source"],
+        detail=row["detail"],
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
