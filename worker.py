@@ -19,6 +19,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.channels import ChannelSender
 from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
 from activities.policy import resolve_ticket_plan
@@ -35,11 +36,12 @@ MIGRATE_ENV = "SUPPORT_LEDGER_MIGRATE"
 
 def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient) -> Worker:
     ledger_activities = LedgerActivities(ledger)
-    notify = NotifyActivities(ledger, http)
+    notify = NotifyActivities(ledger, ChannelSender(http))
     activities: Sequence[object] = [
         resolve_ticket_plan,
         ledger_activities.record_sla_events,
         notify.deliver_step,
+        notify.update_pages,
     ]
     return Worker(
         client,

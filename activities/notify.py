@@ -1,34 +1,44 @@
 """Notify an escalation step's recipients on their channels, exactly once per key.
 
-Each delivery is keyed ``<workflow id>/<step>/<recipient>``. Before sending, the ledger's
-delivery log is checked; after the sink accepted, the key is stored. Webhooks also carry
-the key as ``Idempotency-Key`` so a sink can drop the rare duplicate from a crash between
-"accepted" and "stored". Channels in this module: ``log`` (a structured log line) and
-``webhook`` (HTTP POST of Slack-compatible JSON).
+Each delivery is keyed ``<workflow id>/<step>/<recipient>``. Before sending, the attempt's
+progress (heartbeat details) and the ledger's delivery log are checked; after the sink
+accepted, the key is stored in both. Every message carries the key (``Idempotency-Key``
+header, email ``Message-ID``) so a sink can drop the duplicate that a crash between
+"accepted" and "stored" would otherwise cause.
 
-Error classes: a sink's 5xx, timeout or connection error is transient and the activity
-retries (already-delivered recipients are skipped); a configuration error (4xx, missing
-URL) is permanent for that recipient: it is reported in the result, logged loudly and
-recorded, and the other recipients still get the message.
+Channels (``channels.py`` renders and sends): ``log``, ``webhook`` (generic JSON),
+``chat`` (Slack-compatible), ``pager`` (PagerDuty Events v2), ``email`` (SMTP).
+
+Failure handling, per recipient:
+- a configuration error (4xx, missing setting) is permanent for that channel: logged
+  loudly, recorded, and the next channel is tried at once;
+- a transient error (5xx, timeout, connection) is retried by Temporal with backoff; once
+  the channel has been failing for ``failover_after`` (server time since the activity was
+  first scheduled), the next channel gets its turn, and after the last one the recipient's
+  ``fallback`` target. A recipient with nothing left is reported failed, never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from datetime import datetime
-from zoneinfo import ZoneInfo
+from dataclasses import dataclass, field
+from datetime import timedelta
 
-import httpx
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import SlaLedger
+from activities.channels import (
+    ChannelConfigError,
+    ChannelSender,
+    Notification,
+    TransientDeliveryError,
+)
+from ledger.store import SlaLedger
 from support.models import (
-    Channel,
     ChannelKind,
     DeliveryFailure,
+    PageUpdate,
     Recipient,
     StepDelivery,
     StepDeliveryResult,
@@ -36,180 +46,201 @@ from support.models import (
 
 log = structlog.get_logger("support.notify")
 
-TIER_LABELS = {
-    "community": "Community",
-    "standard": "Standard",
-    "premium": "Premium",
-    "mission_critical": "Mission Critical",
-}
-STEP_HEADLINES = {
-    "intake": "New ticket",
-    "warning": "SLA warning: response due soon",
-    "breach": "SLA BREACHED: response target missed",
-    "repeat": "SLA breached, still unacknowledged",
-    "sow": "Statement of work",
-}
+
+class RecipientUnreachable(Exception):
+    """None of the recipient's channels is left to try (misconfigured or out of time)."""
 
 
-class ChannelConfigError(Exception):
-    """A recipient's channel is misconfigured; retrying cannot help."""
+@dataclass
+class Progress:
+    """What earlier attempts of this activity achieved (kept in heartbeat details)."""
+
+    delivered: dict[str, str] = field(default_factory=dict)  # key -> channel
+    errors: dict[str, str] = field(default_factory=dict)  # key -> last error
+
+    @classmethod
+    def restore(cls) -> Progress:
+        details = activity.info().heartbeat_details
+        if details and isinstance(details[0], dict):
+            return cls(dict(details[0].get("delivered", {})), dict(details[0].get("errors", {})))
+        return cls()
+
+    def save(self) -> None:
+        activity.heartbeat({"delivered": self.delivered, "errors": self.errors})
 
 
-class TransientDeliveryError(Exception):
-    pass
-
-
-def slack_escape(text: str) -> str:
-    """Slack mrkdwn control characters; customer text must never ping or link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _when(instant: datetime, time_zone: str) -> str:
-    local = instant.astimezone(ZoneInfo(time_zone))
-    utc = instant.strftime("%Y-%m-%d %H:%M UTC")
-    if time_zone == "UTC":
-        return utc
-    return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({utc})"
-
-
-def render_text(request: StepDelivery) -> str:
-    """The notification body shared by every channel (plain text, customer text escaped)."""
-    tier = TIER_LABELS.get(request.tier.value, request.tier.value)
-    headline = STEP_HEADLINES.get(request.kind, request.kind)
-    lines = [
-        f"{headline} [{tier} {request.severity.value.upper()}] ticket {request.ticket_id}"
-        f" for customer {request.customer_id}",
-        f"Subject: {request.subject or '(none)'}",
-        f"Step: {request.step}",
-    ]
-    if request.response_due_at is not None:
-        lines.append(f"Response due: {_when(request.response_due_at, request.time_zone)}")
-    if request.message:
-        lines.append(request.message)
-    if request.kind in ("intake", "warning", "breach", "repeat"):
-        lines.append(
-            f"Acknowledge: temporal workflow signal --workflow-id {request.workflow_id}"
-            ' --name acknowledge --input \'{"agent": "<your name>"}\''
-        )
-    return "\n".join(lines)
+@dataclass
+class Outcome:
+    name: str
+    delivered_by: str | None = None  # the recipient (this one or a fallback) and channel
+    channel: str | None = None
+    failures: list[DeliveryFailure] = field(default_factory=list)
+    pending: str | None = None  # a transient error: retry
 
 
 class NotifyActivities:
-    def __init__(self, ledger: SlaLedger, http: httpx.AsyncClient) -> None:
+    def __init__(self, ledger: SlaLedger, sender: ChannelSender) -> None:
         self.ledger = ledger
-        self.http = http
+        self.sender = sender
 
     @activity.defn(name="deliver_step")
     async def deliver_step(self, request: StepDelivery) -> StepDeliveryResult:
-        text = render_text(request)
+        info = activity.info()
+        elapsed = info.current_attempt_scheduled_time - info.scheduled_time
+        progress = Progress.restore()
         outcomes = await asyncio.gather(
-            *(self._deliver_to(recipient, request, text) for recipient in request.recipients)
+            *(
+                self._deliver_chain(recipient, request, elapsed, progress)
+                for recipient in request.recipients
+            )
         )
-        delivered = [
-            r.name
-            for r, outcome in zip(request.recipients, outcomes, strict=True)
-            if outcome is None
-        ]
-        failures = [o for o in outcomes if isinstance(o, DeliveryFailure)]
-        transient = [o for o in outcomes if isinstance(o, str)]
-        if transient:
+        progress.save()
+        delivered = [o.name for o in outcomes if o.delivered_by is not None]
+        pending = [o.pending for o in outcomes if o.pending]
+        if pending:
             # Raised after trying everyone (concurrently, so one hanging sink cannot eat the
             # others' time); the retry skips those already delivered. The details tell the
-            # workflow who did get the message if every attempt fails.
+            # workflow who did get the message if the attempts run out.
             raise ApplicationError(
-                "delivery failed for " + "; ".join(transient),
+                "delivery failed for " + "; ".join(pending),
                 {"delivered": delivered},
                 type="TransientDeliveryError",
             )
+        failures = [f for o in outcomes for f in o.failures]
+        channels = {o.name: o.channel for o in outcomes if o.channel}
         if request.event is not None:
             event = request.event.model_copy(
                 update={
                     "detail": {
                         **request.event.detail,
                         "delivered": delivered,
-                        "failed": [f.model_dump() for f in failures],
+                        "channels": channels,
+                        "failed": [f.model_dump(exclude_none=True) for f in failures],
                     }
                 }
             )
             await self.ledger.append([event])
         if request.summary is not None:
             await self.ledger.save_outcome(request.summary)
-        return StepDeliveryResult(delivered=delivered, failed=failures)
+        return StepDeliveryResult(delivered=delivered, failed=failures, channels=channels)
 
-    async def _deliver_to(
-        self, recipient: Recipient, request: StepDelivery, text: str
-    ) -> DeliveryFailure | str | None:
-        """None when delivered (now or by an earlier attempt), a DeliveryFailure for a
-        configuration error, a message for a transient error."""
-        key = f"{request.workflow_id}/{request.step}/{recipient.name}"
-        if await self.ledger.was_delivered(key):
-            return None
-        try:
-            channel = await self._send_first_working(recipient, key, text, request)
-        except ChannelConfigError as err:
-            log.error(
-                "notification not deliverable: channel misconfigured",
-                ticket_id=request.ticket_id,
-                step=request.step,
-                recipient=recipient.name,
-                error=str(err),
-            )
-            return DeliveryFailure(recipient=recipient.name, channel="config", error=str(err))
-        except TransientDeliveryError as err:
-            return f"{recipient.name}: {err}"
-        await self.ledger.mark_delivered(key, request.ticket_id, channel)
-        return None
-
-    async def _send_first_working(
-        self, recipient: Recipient, key: str, text: str, request: StepDelivery
-    ) -> str:
-        """Send on the recipient's channels in order, falling over on configuration errors;
-        returns the channel that took it."""
-        errors: list[str] = []
-        for channel in recipient.channels:
+    async def _deliver_chain(
+        self,
+        first: Recipient,
+        request: StepDelivery,
+        elapsed: timedelta,
+        progress: Progress,
+    ) -> Outcome:
+        """Deliver to ``first``, or to its fallbacks once its channels have had their time."""
+        outcome = Outcome(name=first.name)
+        budget = request.failover_after
+        for recipient in first.chain():
+            key = f"{request.workflow_id}/{request.step}/{recipient.name}"
             try:
-                await self._send(channel, recipient, key, text, request)
-                return channel.type.value
-            except ChannelConfigError as err:
-                errors.append(f"{channel.type.value}: {err}")
-        raise ChannelConfigError("; ".join(errors))
+                channel = await self._deliver_one(recipient, key, request, elapsed, progress)
+            except TransientDeliveryError as err:
+                progress.errors[key] = str(err)
+                outcome.pending = f"{recipient.name}: {err}"
+                return outcome
+            except RecipientUnreachable as err:
+                error = str(err)
+                failure = DeliveryFailure(
+                    recipient=recipient.name,
+                    channel="all",
+                    error=error,
+                    fell_over_to=recipient.fallback.name if recipient.fallback else None,
+                )
+                outcome.failures.append(failure)
+                log.error(
+                    "recipient not reached" + (", falling over" if recipient.fallback else ""),
+                    ticket_id=request.ticket_id,
+                    step=request.step,
+                    recipient=recipient.name,
+                    fallback=failure.fell_over_to,
+                    error=error,
+                )
+                # The fallback starts its own channels' clock where this one's ran out.
+                elapsed = max(timedelta(0), elapsed - budget * len(recipient.channels))
+                continue
+            outcome.delivered_by, outcome.channel = recipient.name, channel
+            return outcome
+        return outcome
 
-    async def _send(
-        self, channel: Channel, recipient: Recipient, key: str, text: str, request: StepDelivery
-    ) -> None:
-        if channel.type is ChannelKind.LOG:
-            log.warning(
-                "notification",
-                channel="log",
-                recipient=recipient.name,
-                idempotency_key=key,
-                ticket_id=request.ticket_id,
-                step=request.step,
-                kind=request.kind,
-                tier=request.tier.value,
-                severity=request.severity.value,
-                response_due_at=(
-                    request.response_due_at.isoformat() if request.response_due_at else None
-                ),
-                text=text,
-            )
-            return
-        url = channel.url or (os.environ.get(channel.url_env) if channel.url_env else None)
-        if not url:
-            raise ChannelConfigError(
-                f"webhook URL missing: environment variable {channel.url_env} is not set"
-            )
-        try:
-            response = await self.http.post(
-                url,
-                json={"text": slack_escape(text)},
-                headers={"Idempotency-Key": key},
-            )
-        except httpx.HTTPError as err:
-            raise TransientDeliveryError(f"webhook {type(err).__name__}: {err}") from err
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-            raise ChannelConfigError(
-                f"webhook answered {response.status_code}: {response.text[:200]}"
-            )
-        if response.status_code >= 300:
-            raise TransientDeliveryError(f"webhook answered {response.status_code}")
+    async def _deliver_one(
+        self,
+        recipient: Recipient,
+        key: str,
+        request: StepDelivery,
+        elapsed: timedelta,
+        progress: Progress,
+    ) -> str:
+        """Send to one recipient on the channel whose turn it is; returns the channel."""
+        if key in progress.delivered:
+            await self.ledger.mark_delivered(key, request.ticket_id, progress.delivered[key])
+            return progress.delivered[key]
+        if await self.ledger.was_delivered(key):
+            return "earlier attempt"
+        turn = int(elapsed / request.failover_after)
+        message = Notification.of(request, recipient, key)
+        config_errors: list[str] = []
+        for index, channel in enumerate(recipient.channels):
+            if index < turn:
+                continue  # this channel had its time
+            try:
+                await self.sender.send(channel, message)
+            except ChannelConfigError as err:
+                log.error(
+                    "channel misconfigured, trying the next one",
+                    ticket_id=request.ticket_id,
+                    step=request.step,
+                    recipient=recipient.name,
+                    channel=channel.type.value,
+                    error=str(err),
+                )
+                config_errors.append(f"{channel.type.value}: {err}")
+                continue
+            except TransientDeliveryError as err:
+                raise TransientDeliveryError(f"{channel.type.value}: {err}") from err
+            progress.delivered[key] = channel.type.value
+            progress.save()
+            await self.ledger.mark_delivered(key, request.ticket_id, channel.type.value)
+            return channel.type.value
+        budget = request.failover_after * len(recipient.channels)
+        problems = config_errors or [
+            f"no channel delivered within {budget}; last error: "
+            + progress.errors.get(key, "unknown")
+        ]
+        raise RecipientUnreachable("; ".join(problems))
+
+    @activity.defn(name="update_pages")
+    async def update_pages(self, update: PageUpdate) -> list[str]:
+        """Acknowledge or resolve the ticket's page on every pager channel that was paged;
+        keyed ``<workflow id>/page-<action>/<recipient>``. Returns who was updated."""
+        done: list[str] = []
+        errors: list[str] = []
+        for recipient in update.recipients:
+            for target in recipient.chain():
+                key = f"{update.workflow_id}/page-{update.action}/{target.name}"
+                pagers = [c for c in target.channels if c.type is ChannelKind.PAGER]
+                if not pagers or await self.ledger.was_delivered(key):
+                    continue
+                try:
+                    for channel in pagers:
+                        await self.sender.update_page(channel, update, key)
+                except ChannelConfigError as err:
+                    log.error(
+                        "page not updated: channel misconfigured",
+                        ticket_id=update.ticket_id,
+                        recipient=target.name,
+                        action=update.action,
+                        error=str(err),
+                    )
+                    continue
+                except TransientDeliveryError as err:
+                    errors.append(f"{target.name}: {err}")
+                    continue
+                await self.ledger.mark_delivered(key, update.ticket_id, "pager")
+                done.append(target.name)
+        if errors:
+            raise ApplicationError("page update failed for " + "; ".join(errors))
+        return done

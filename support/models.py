@@ -210,22 +210,48 @@ class SowDecision(Message):
 
 
 class ChannelKind(StrEnum):
-    LOG = "log"
-    WEBHOOK = "webhook"
+    LOG = "log"  # a structured log line (always works; the last resort)
+    WEBHOOK = "webhook"  # generic JSON POST with the step's fields
+    CHAT = "chat"  # Slack-compatible incoming webhook (text + blocks)
+    PAGER = "pager"  # PagerDuty Events API v2
+    EMAIL = "email"  # SMTP
 
 
 class Channel(Message):
-    """One way of reaching a target. ``url_env`` names an environment variable read by the
-    worker at delivery time, so secrets (webhook URLs) stay out of the policy file."""
+    """One way of reaching a target. The ``*_env`` fields name environment variables read
+    by the worker at delivery time, so secrets (webhook URLs, routing keys, addresses
+    that should not sit in history) stay out of the policy file and of Temporal."""
 
     type: ChannelKind
     url: str | None = None
     url_env: str | None = None
+    # email: addresses, or a variable holding a comma-separated list
+    to: list[str] = Field(default_factory=list)
+    to_env: str | None = None
+    # pager: the PagerDuty integration's routing key, or a variable holding it
+    routing_key: str | None = None
+    routing_key_env: str | None = None
 
 
 class Recipient(Message):
     name: str
     channels: list[Channel]
+    # Deadlines in messages are shown in this zone (and in UTC); default the ticket's.
+    time_zone: str | None = None
+    # Who takes over when none of this recipient's channels delivers in time.
+    fallback: Recipient | None = None
+
+    def chain(self) -> list[Recipient]:
+        """This recipient and its fallbacks, in order."""
+        found: list[Recipient] = []
+        current: Recipient | None = self
+        while current is not None and current not in found:
+            found.append(current)
+            current = current.fallback
+        return found
+
+    def pages(self) -> bool:
+        return any(c.type is ChannelKind.PAGER for r in self.chain() for c in r.channels)
 
 
 class StepKind(StrEnum):
@@ -248,6 +274,7 @@ class SowTerms(Message):
     recipients: list[Recipient]
     remind_after: timedelta
     expire_after: timedelta
+    failover_after: timedelta = timedelta(minutes=2)
 
 
 class TicketPlan(Message):
@@ -268,6 +295,8 @@ class TicketPlan(Message):
     sow: SowTerms
     # Start a fresh run (continue-as-new, same workflow id) past this many history events.
     history_limit: int = 5000
+    # A channel that keeps failing is retried this long before the next one is tried.
+    failover_after: timedelta = timedelta(minutes=2)
 
 
 class PlanRequest(Message):
@@ -300,6 +329,7 @@ class StepDelivery(Message):
     recipients: list[Recipient]
     message: str | None = None
     time_zone: str = "UTC"
+    failover_after: timedelta = timedelta(minutes=2)
     # Ledger rows written with the delivery: the step's SLA event and the ticket's row.
     event: SlaEvent | None = None
     summary: TicketOutcome | None = None
@@ -309,11 +339,26 @@ class DeliveryFailure(Message):
     recipient: str
     channel: str
     error: str
+    # The fallback recipient that took over, if any.
+    fell_over_to: str | None = None
 
 
 class StepDeliveryResult(Message):
     delivered: list[str]
     failed: list[DeliveryFailure] = Field(default_factory=list)
+    # recipient -> the channel that delivered
+    channels: dict[str, str] = Field(default_factory=dict)
+
+
+class PageUpdate(Message):
+    """Acknowledge or resolve the ticket's page (PagerDuty ``dedup_key`` = workflow id) on
+    the pager channels of everyone paged, so an ack here also clears the page there."""
+
+    workflow_id: str
+    ticket_id: str
+    action: Literal["acknowledge", "resolve"]
+    by: str
+    recipients: list[Recipient]
 
 
 class SlaEvent(Message):
@@ -449,6 +494,8 @@ class TicketCarry(Message):
     repeats_sent: int = 0
     revision: int
     counters: dict[str, int]
+    # Recipients with a pager channel that the ticket has paged (to ack/resolve the page).
+    paged: list[Recipient] = Field(default_factory=list)
 
 
 TicketInput.model_rebuild()

@@ -123,17 +123,51 @@ def _parse_interval(text: str, day: str) -> tuple[time, time]:
     return opens, closes
 
 
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
 class ChannelSpec(Spec):
+    """``log``; ``webhook`` / ``chat`` (url or url_env); ``pager`` (routing_key or
+    routing_key_env, url defaults to PagerDuty's Events API v2); ``email`` (to or to_env,
+    the SMTP server from the worker's environment)."""
+
     type: str
     url: str | None = None
-    url_env: str | None = None
+    url_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    to: list[str] = Field(default_factory=list)
+    to_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    routing_key: str | None = Field(default=None, min_length=1)
+    routing_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.type not in ("log", "webhook"):
-            raise ValueError(f"unknown channel type {self.type!r}; use 'log' or 'webhook'")
-        if self.type == "webhook" and not (self.url or self.url_env):
-            raise ValueError("a webhook channel needs url or url_env")
+        kinds = [k.value for k in ChannelKind]
+        if self.type not in kinds:
+            raise ValueError(f"unknown channel type {self.type!r}; use one of {', '.join(kinds)}")
+        given = {
+            name
+            for name in ("url", "url_env", "to", "to_env", "routing_key", "routing_key_env")
+            if getattr(self, name)
+        }
+        allowed = {
+            "log": set(),
+            "webhook": {"url", "url_env"},
+            "chat": {"url", "url_env"},
+            "pager": {"url", "url_env", "routing_key", "routing_key_env"},
+            "email": {"to", "to_env"},
+        }[self.type]
+        if given - allowed:
+            raise ValueError(f"a {self.type} channel takes no {', '.join(sorted(given - allowed))}")
+        if self.type in ("webhook", "chat") and not (self.url or self.url_env):
+            raise ValueError(f"a {self.type} channel needs url or url_env")
+        if self.type == "pager" and not (self.routing_key or self.routing_key_env):
+            raise ValueError("a pager channel needs routing_key or routing_key_env")
+        if self.type == "email" and not (self.to or self.to_env):
+            raise ValueError("an email channel needs to (addresses) or to_env")
+        for address in self.to:
+            if not _EMAIL.match(address):
+                raise ValueError(f"to: {address!r} is not an email address")
         if self.url and not re.match(r"^https?://", self.url):
             raise ValueError(f"url {self.url!r} must start with http:// or https://")
         return self
@@ -143,8 +177,13 @@ class ChannelSpec(Spec):
 
 
 class TargetSpec(Spec):
+    """Someone to notify: channels tried in order (the next when one fails for longer
+    than ``delivery.failover_after``), then the ``fallback`` target."""
+
     description: str = ""
     channels: list[ChannelSpec] = Field(min_length=1)
+    time_zone: TimeZoneName | None = None
+    fallback: str | None = None
 
 
 class StepAt(Spec):
@@ -260,9 +299,11 @@ def _check_ladder(ladder: list[StepSpec], where: str) -> None:
 class ContactSpec(Spec):
     """A customer's named contact or direct operational channel, notified at given steps."""
 
-    name: str
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     channels: list[ChannelSpec] = Field(min_length=1)
     at_steps: list[str] = Field(default_factory=lambda: ["intake", "breach"])
+    time_zone: TimeZoneName | None = None
+    fallback: str | None = None
 
 
 class CustomerSpec(Spec):
@@ -287,6 +328,19 @@ class StatementOfWorkSpec(Spec):
         return self
 
 
+class DeliverySpec(Spec):
+    # A channel that keeps failing (5xx, timeouts) is retried with backoff this long, then
+    # the next channel of the target is tried, then its fallback target.
+    failover_after: timedelta = Field(default=timedelta(minutes=2))
+
+    @field_validator("failover_after")
+    @classmethod
+    def _bounds(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= value <= timedelta(hours=1):
+            raise ValueError("failover_after must lie between 10 seconds and 1 hour")
+        return value
+
+
 class LimitsSpec(Spec):
     # A ticket that escalates for days continues as new (same id, fresh history) past
     # this many events, well below Temporal's 50,000-event limit.
@@ -296,6 +350,7 @@ class LimitsSpec(Spec):
 class Policy(Spec):
     version: str = Field(min_length=1)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
     default_severity: Severity = Severity.SEV3
     calendars: dict[str, CalendarSpec]
     targets: dict[str, TargetSpec]
@@ -324,6 +379,8 @@ class Policy(Spec):
                             raise ValueError(
                                 f"tiers.{tier.value}.{where}.{i}.targets: unknown target {target!r}"
                             )
+        for target_name, target_spec in self.targets.items():
+            _check_fallbacks(self.targets, f"targets.{target_name}", target_spec.fallback)
         for target in self.statement_of_work.targets:
             if target not in self.targets and target != "reporter":
                 raise ValueError(f"statement_of_work.targets: unknown target {target!r}")
@@ -334,6 +391,7 @@ class Policy(Spec):
                 )
             known = self.tiers[customer.tier].step_names()
             for i, contact in enumerate(customer.contacts):
+                _check_fallbacks(self.targets, f"customers.{name}.contacts.{i}", contact.fallback)
                 for step_name in contact.at_steps:
                     if step_name not in known:
                         raise ValueError(
@@ -354,10 +412,36 @@ class Policy(Spec):
         return name, self.calendars[name].build()
 
     def recipients(self, names: list[str]) -> list[Recipient]:
-        return [
-            Recipient(name=n, channels=[c.to_channel() for c in self.targets[n].channels])
-            for n in names
-        ]
+        return [self.recipient(n) for n in names]
+
+    def recipient(self, name: str) -> Recipient:
+        target = self.targets[name]
+        return Recipient(
+            name=name,
+            channels=[c.to_channel() for c in target.channels],
+            time_zone=target.time_zone,
+            fallback=self.recipient(target.fallback) if target.fallback else None,
+        )
+
+    def contact(self, contact: ContactSpec) -> Recipient:
+        return Recipient(
+            name=contact.name,
+            channels=[c.to_channel() for c in contact.channels],
+            time_zone=contact.time_zone,
+            fallback=self.recipient(contact.fallback) if contact.fallback else None,
+        )
+
+
+def _check_fallbacks(targets: dict[str, TargetSpec], where: str, first: str | None) -> None:
+    seen: list[str] = []
+    current = first
+    while current is not None:
+        if current not in targets:
+            raise ValueError(f"{where}.fallback: unknown target {current!r}")
+        if current in seen:
+            raise ValueError(f"{where}.fallback: the fallbacks loop ({' -> '.join(seen)})")
+        seen.append(current)
+        current = targets[current].fallback
 
 
 def default_policy_path() -> Path:
@@ -449,11 +533,7 @@ def resolve_plan(
     def recipients_for(step_name: str, names: list[str]) -> list[Recipient]:
         found = policy.recipients(names)
         if customer:
-            found += [
-                Recipient(name=c.name, channels=[ch.to_channel() for ch in c.channels])
-                for c in customer.contacts
-                if step_name in c.at_steps
-            ]
+            found += [policy.contact(c) for c in customer.contacts if step_name in c.at_steps]
         return found
 
     steps: list[PlannedStep] = []
@@ -498,8 +578,14 @@ def resolve_plan(
     sow_recipients = policy.recipients([t for t in sow.targets if t != "reporter"])
     if "reporter" in sow.targets and ticket.reporter_email:
         sow_recipients.append(
-            # The address stays in the ticket; the recipient name carries no personal data.
-            Recipient(name="reporter", channels=[Channel(type=ChannelKind.LOG)])
+            # The recipient's name carries no personal data; the address is the ticket's.
+            Recipient(
+                name="reporter",
+                channels=[
+                    Channel(type=ChannelKind.EMAIL, to=[ticket.reporter_email]),
+                    Channel(type=ChannelKind.LOG),
+                ],
+            )
         )
     reason = policy.out_of_scope_categories.get(ticket.category)
     return TicketPlan(
@@ -518,9 +604,11 @@ def resolve_plan(
         ),
         idle_close_after=tier.idle_close_after,
         history_limit=policy.limits.continue_as_new_after_events,
+        failover_after=policy.delivery.failover_after,
         sow=SowTerms(
             recipients=sow_recipients,
             remind_after=sow.remind_after,
             expire_after=sow.expire_after,
+            failover_after=policy.delivery.failover_after,
         ),
     )

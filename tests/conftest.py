@@ -287,3 +287,7 @@ async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
     await ledger.migrate()
     yield ledger
     await ledger.close()
+
+
+# The loopback sinks (HTTP receiver, SMTP servers) as fixtures for every test module.
+from tests.sinks import mailbox, sink, tls_mailbox  # noqa: E402, F401

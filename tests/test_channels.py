@@ -1,15 +1,12 @@
-"""Notification channels against a real HTTP server on loopback, and delivery semantics:
-one idempotency key per workflow/step/recipient, retries that never send twice, loud
-configuration errors that do not stop the other recipients."""
+"""Notification channels against real servers on loopback (HTTP for chat / pager /
+webhook, SMTP for email), and delivery semantics: one idempotency key per
+workflow/step/recipient, retries that never produce a second message at the sink,
+fall-over to the next channel and to a fallback target, loud configuration errors, and
+customer contracts' contacts at the steps the contract names."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +14,19 @@ import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.channels import ChannelSender, Notification
 from activities.notify import NotifyActivities
-from support.models import Channel, Recipient, StepDelivery
+from support.models import (
+    Acknowledge,
+    Channel,
+    MarkOutOfScope,
+    Recipient,
+    Resolve,
+    Severity,
+    StepDelivery,
+)
 from tests.conftest import (
+    Stack,
     advance_to,
     now_second,
     open_ticket_at,
@@ -29,181 +36,555 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
+from tests.sinks import Mailbox, Sink
+
+M = timedelta(minutes=1)
 
 
-@dataclass
-class Sink:
-    """A webhook receiver: records every request; answers from a script of status codes."""
+def policy_with(tmp_path: Path, targets: dict[str, list[dict[str, Any]]], **extra: Any) -> Path:
+    """The default policy with some targets' channels replaced (``extra`` sets top-level
+    keys, or target attributes as ``target__attr``)."""
 
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-    down: set[str] = field(default_factory=set)  # paths that always answer 500
-    gone: set[str] = field(default_factory=set)  # paths that always answer 404
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answer(self, path: str) -> int:
-        with self.lock:
-            if path in self.down:
-                return 500
-            if path in self.gone:
-                return 404
-            return self.script.pop(0) if self.script else 200
-
-    def accepted(self) -> list[dict[str, Any]]:
-        return [r for r in self.received if r["status"] == 200]
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    state = Sink()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status = state.answer(self.path)
-            state.received.append(
-                {
-                    "path": self.path,
-                    "key": self.headers.get("Idempotency-Key"),
-                    "content_type": self.headers.get("Content-Type"),
-                    "body": json.loads(body),
-                    "status": status,
-                }
-            )
-            self.send_response(status)
-            self.end_headers()
-            self.wfile.write(b"ok" if status == 200 else b"no such hook")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def webhook_policy(tmp_path: Path, sink: Sink, lead_path: str = "/lead") -> Path:
     def edit(policy: dict[str, Any]) -> None:
-        policy["targets"]["duty-engineer"]["channels"] = [
-            {"type": "webhook", "url": f"{sink.url}/engineer"}
-        ]
-        policy["targets"]["support-lead"]["channels"] = [
-            {"type": "webhook", "url": f"{sink.url}{lead_path}"}
-        ]
+        for name, channels in targets.items():
+            policy["targets"][name]["channels"] = channels
+        for key, value in extra.items():
+            if "__" in key:
+                target, attr = key.split("__")
+                policy["targets"][target.replace("_", "-")][attr] = value
+            else:
+                policy[key] = value
 
     return write_policy(tmp_path, edit)
 
 
-async def test_webhook_gets_slack_json_with_idempotency_key_and_inert_customer_text(
+async def wait_until(stack: Stack, check: Any, what: str) -> None:
+    for _ in range(300):
+        if check():
+            return
+        await stack.env.sleep(timedelta(seconds=1))
+    raise AssertionError(f"not reached: {what}")
+
+
+# --- chat ----------------------------------------------------------------------------------
+
+
+async def test_chat_gets_slack_text_and_blocks_with_the_key_and_inert_customer_text(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
+    monkeypatch.setenv("ENGINEER_CHAT_URL", f"{sink.url}/engineer")
+    policy = policy_with(
+        tmp_path,
+        {
+            "duty-engineer": [{"type": "chat", "url_env": "ENGINEER_CHAT_URL"}],
+            "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
+        },
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         data = ticket(subject="<!channel> outage & <http://evil.example|click here>")
         handle = await open_ticket_at(stack, data, t0)
-        await advance_to(env, t0 + timedelta(minutes=46))
+        await advance_to(env, t0 + 46 * M)
         status = await status_of(handle)
         assert [e.step for e in status.escalations] == ["intake", "warning", "final-warning"]
-    keys = [r["key"] for r in sink.received]
     wf = data.workflow_id
-    # Steps arrive in order; one step's recipients are notified concurrently.
+    keys = [r["key"] for r in sink.messages()]
     assert keys[:2] == [f"{wf}/intake/duty-engineer", f"{wf}/warning/duty-engineer"]
     assert sorted(keys[2:]) == [
         f"{wf}/final-warning/duty-engineer",
         f"{wf}/final-warning/support-lead",
     ]
-    first = sink.received[0]
+    first = sink.messages()[0]
     assert first["path"] == "/engineer" and first["content_type"] == "application/json"
-    text = first["body"]["text"]
-    assert f"ticket {data.ticket_id} for customer acme" in text
-    assert "[Premium SEV2]" in text and "Response due:" in text
-    assert f"--workflow-id {wf} --name acknowledge" in text
-    assert "&lt;!channel&gt; outage &amp; &lt;http://evil.example|click here&gt;" in text
-    assert "<!channel>" not in text
+    body = first["body"]
+    assert f"ticket {data.ticket_id} for customer acme" in body["text"]
+    due = (t0 + 60 * M).strftime("%Y-%m-%d %H:%M UTC")
+    header, facts, subject, context = body["blocks"]
+    assert header == {
+        "type": "header",
+        "text": {
+            "type": "plain_text",
+            "text": f"New ticket [Premium SEV2] ticket {data.ticket_id} for customer acme",
+            "emoji": False,
+        },
+    }
+    assert [f["text"] for f in facts["fields"]] == [
+        f"*Ticket*\n{data.ticket_id}",
+        "*Customer*\nacme",
+        "*Tier / severity*\nPremium SEV2",
+        "*Step*\nintake",
+        f"*Response due*\n{due}",
+    ]
+    inert = "&lt;!channel&gt; outage &amp; &lt;http://evil.example|click here&gt;"
+    assert subject["text"]["text"] == f"*Subject:* {inert}"
+    assert context["elements"][0]["text"] == (
+        f"Acknowledge: `temporal workflow signal --workflow-id {wf} --name acknowledge"
+        ' --input \'{"agent": "<your name>"}\'`'
+    )
+    assert inert in body["text"]
+    assert "<!channel>" not in str(body)
 
 
-async def test_failed_delivery_is_retried_with_the_same_key_and_sent_once(
+# --- pager ---------------------------------------------------------------------------------
+
+
+async def test_pager_triggers_one_incident_per_ticket_and_ack_and_resolve_clear_it(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
-    sink.script = [503, 500]  # the intake delivery fails twice, then succeeds
+    monkeypatch.setenv("PD_ROUTING_KEY", "R0UT1NGKEY")
+    pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key_env": "PD_ROUTING_KEY"}
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+    )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
-        data = ticket()
+        data = ticket(severity="sev1")
         handle = await open_ticket_at(stack, data, t0)
-        await advance_to(env, t0 + timedelta(minutes=1))
-        for _ in range(100):
-            if sink.accepted():
-                break
-            await env.sleep(timedelta(seconds=5))
-        status = await status_of(handle)
-    key = f"{data.workflow_id}/intake/duty-engineer"
-    assert [r["status"] for r in sink.received if r["key"] == key] == [503, 500, 200]
-    assert len(sink.accepted()) == 1
-    assert status.escalations[0].failed == []
+        await advance_to(env, t0 + 31 * M)  # intake and the 30-minute warning page
+        await handle.signal("acknowledge", Acknowledge(agent="ana"))
+        await wait_until(stack, lambda: len(sink.messages()) == 3, "the acknowledge event")
+        await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
+        await handle.result()
+        events = await stack.ledger.events(data.ticket_id)
+    wf = data.workflow_id
+    bodies = [r["body"] for r in sink.messages()]
+    assert [(b["event_action"], b["dedup_key"], b["routing_key"]) for b in bodies] == [
+        ("trigger", wf, "R0UT1NGKEY"),
+        ("trigger", wf, "R0UT1NGKEY"),
+        ("acknowledge", wf, "R0UT1NGKEY"),
+        ("resolve", wf, "R0UT1NGKEY"),
+    ]
+    trigger = bodies[0]["payload"]
+    assert trigger["severity"] == "critical", "sev1 maps to PagerDuty's critical"
+    assert trigger["summary"] == (
+        f"New ticket [Premium SEV1] ticket {data.ticket_id} for customer acme:"
+        " Cluster API returns 500"
+    )
+    assert (trigger["source"], trigger["component"], trigger["group"], trigger["class"]) == (
+        "support-sla",
+        "acme",
+        "premium",
+        "intake",
+    )
+    assert trigger["custom_details"]["ticket_id"] == data.ticket_id
+    assert trigger["custom_details"]["response_due_at"] == (t0 + 60 * M).isoformat()
+    assert bodies[1]["payload"]["class"] == "warning"
+    assert [r["key"] for r in sink.messages()][2:] == [
+        f"{wf}/page-acknowledge/duty-engineer",
+        f"{wf}/page-resolve/duty-engineer",
+    ]
+    step_events = {e.key: e for e in events}
+    assert step_events[f"{wf}/intake"].detail["channels"] == {
+        "support-queue": "log",
+        "duty-engineer": "pager",
+    }
 
 
-async def test_misconfigured_channel_is_loud_not_retried_and_others_still_notified(
+async def test_routing_a_paged_ticket_to_a_statement_of_work_resolves_the_page(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
+    pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+    )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
-        data = ticket()
+        data = ticket(severity="sev4")
         handle = await open_ticket_at(stack, data, t0)
-        await advance_to(env, t0 + timedelta(minutes=44))
-        sink.gone.add("/lead")  # final warning: engineer ok, lead's hook is gone
-        await advance_to(env, t0 + timedelta(minutes=46))
-        status = await status_of(handle)
-        ledger_kinds = [e.kind for e in await stack.ledger.events(data.ticket_id)]
-    final = status.escalations[2]
-    assert final.step == "final-warning"
-    assert [(f.recipient, f.channel) for f in final.failed] == [("support-lead", "config")]
-    assert "404" in final.failed[0].error
-    lead_requests = [r for r in sink.received if r["key"].endswith("/final-warning/support-lead")]
-    assert len(lead_requests) == 1, "a 4xx is not retried"
-    assert any(r["key"].endswith("/final-warning/duty-engineer") for r in sink.accepted())
-    assert "notification_failed" in ledger_kinds
-    assert "notification_failed" in [h.kind for h in status.history]
+        await handle.signal("mark_out_of_scope", MarkOutOfScope(by="ana", reason="consulting"))
+        await wait_until(stack, lambda: len(sink.messages()) == 2, "the resolve event")
+        assert (await status_of(handle)).state.value == "routed_to_sow"
+    bodies = [r["body"] for r in sink.messages()]
+    assert [(b["event_action"], b.get("payload", {}).get("severity")) for b in bodies] == [
+        ("trigger", "info"),
+        ("resolve", None),
+    ]
 
 
-async def test_delivery_falls_over_to_the_next_channel_on_configuration_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# --- email ---------------------------------------------------------------------------------
+
+
+async def test_email_says_tier_severity_customer_deadline_in_the_recipients_zone_and_how_to_ack(
+    env: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("UNSET_HOOK", raising=False)
+    policy = policy_with(
+        tmp_path,
+        {"support-lead": [{"type": "email", "to": ["lead@support.example"]}]},
+        support_lead__time_zone="America/Chicago",
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+        if t0 <= await env.get_current_time():
+            t0 = await now_second(env)
+        data = ticket(severity="sev2")
+        await open_ticket_at(stack, data, t0)
+        await advance_to(env, t0 + 61 * M)  # final warning (45 min) and breach (60 min)
+    wf = data.workflow_id
+    by_key = {str(m["X-Support-Idempotency-Key"]): m for m in mailbox.messages()}
+    assert sorted(by_key) == [f"{wf}/breach/support-lead", f"{wf}/final-warning/support-lead"]
+    breach = by_key[f"{wf}/breach/support-lead"]
+    assert breach["Subject"] == (
+        f"[SLA BREACH] Premium SEV2 ticket {data.ticket_id} (acme): Cluster API returns 500"
+    )
+    assert breach["To"] == "lead@support.example"
+    assert breach["From"] == "Support SLA <sla@support.example>"
+    assert breach["X-Support-Ticket"] == data.ticket_id
+    assert breach["References"] == f"<{wf}@support-sla>"
+    body = breach.get_content()
+    due = t0 + 60 * M
+    local = due.astimezone(__import__("zoneinfo").ZoneInfo("America/Chicago"))
+    assert "Tier:      Premium" in body
+    assert "Severity:  SEV2" in body
+    assert "Customer:  acme" in body
+    assert "Subject:   Cluster API returns 500" in body
+    assert "Step:      breach (breach)" in body
+    assert (
+        f"Deadline:  {local.strftime('%Y-%m-%d %H:%M %Z')} ({due.strftime('%Y-%m-%d %H:%M')} UTC)"
+        in body
+    )
+    assert (
+        f"temporal workflow signal --workflow-id {wf} --name acknowledge"
+        ' --input \'{"agent": "<your name>"}\''
+    ) in body
+    assert mailbox.envelopes[0] == ["lead@support.example"]
+
+
+async def test_email_over_starttls_with_auth(tmp_path: Path, tls_mailbox: Mailbox) -> None:
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, http)
+        notify = NotifyActivities(ledger, ChannelSender(http))
+        request = delivery(
+            [Recipient(name="lead", channels=[Channel(type="email", to=["lead@support.example"])])]
+        )
+        result = await ActivityEnvironment().run(notify.deliver_step, request)
+    await ledger.close()
+    assert result.delivered == ["lead"] and result.channels == {"lead": "email"}
+    assert tls_mailbox.logins == ["sla"] and tls_mailbox.tls_sessions == 1
+    assert [m["X-Support-Idempotency-Key"] for m in tls_mailbox.received] == [
+        "ticket-X/breach/lead"
+    ]
+
+
+async def test_a_refused_address_is_a_loud_configuration_error_and_the_next_channel_is_used(
+    tmp_path: Path, mailbox: Mailbox
+) -> None:
+    mailbox.refuse.add("gone@support.example")
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient() as http:
+        notify = NotifyActivities(ledger, ChannelSender(http))
         request = delivery(
             [
                 Recipient(
                     name="lead",
-                    channels=[Channel(type="webhook", url_env="UNSET_HOOK"), Channel(type="log")],
+                    channels=[
+                        Channel(type="email", to=["gone@support.example"]),
+                        Channel(type="email", to=["lead@support.example"]),
+                    ],
                 )
             ]
         )
         result = await ActivityEnvironment().run(notify.deliver_step, request)
-    assert result.delivered == ["lead"] and result.failed == []
-    assert await ledger.was_delivered("ticket-X/breach/lead")
+    await ledger.close()
+    assert result.delivered == ["lead"]
+    assert [m["To"] for m in mailbox.received] == ["lead@support.example"]
 
 
-async def test_a_repeated_activity_does_not_send_again(tmp_path: Path, sink: Sink) -> None:
+# --- delivery semantics --------------------------------------------------------------------
+
+
+async def test_a_chat_sink_that_loses_its_answer_after_accepting_still_holds_one_message(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    sink.fail_after_accept = 1  # the intake message is stored, then the answer says 500
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket()
+        handle = await open_ticket_at(stack, data, t0)
+        await wait_until(stack, lambda: len(sink.received) == 2, "the retry")
+        status = await status_of(handle)
+    key = f"{data.workflow_id}/intake/duty-engineer"
+    assert [(r["key"], r["status"]) for r in sink.received] == [(key, 500), (key, 200)]
+    assert [r["key"] for r in sink.messages()] == [key], "one message at the sink"
+    assert sink.received[0]["body"] == sink.received[1]["body"], "the retry is the same message"
+    assert status.escalations[0].failed == []
+
+
+async def test_a_mailbox_that_loses_its_answer_after_accepting_still_holds_one_message(
+    tmp_path: Path, mailbox: Mailbox
+) -> None:
+    mailbox.fail_after_accept = 1
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, http)
+        notify = NotifyActivities(ledger, ChannelSender(http))
         request = delivery(
-            [Recipient(name="eng", channels=[Channel(type="webhook", url=f"{sink.url}/eng")])]
+            [Recipient(name="lead", channels=[Channel(type="email", to=["lead@support.example"])])]
+        )
+        with pytest.raises(Exception, match="451"):
+            await ActivityEnvironment().run(notify.deliver_step, request)
+        retried = await ActivityEnvironment().run(notify.deliver_step, request)
+        again = await ActivityEnvironment().run(notify.deliver_step, request)
+    await ledger.close()
+    assert retried.delivered == again.delivered == ["lead"]
+    assert len(mailbox.received) == 2, "the retry re-sent the message the answer was lost for"
+    first, second = mailbox.received
+    assert first["Message-ID"] == second["Message-ID"]
+    assert len(mailbox.messages()) == 1, "one message in the mailbox"
+
+
+async def test_a_replayed_activity_never_sends_again(tmp_path: Path, sink: Sink) -> None:
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient() as http:
+        notify = NotifyActivities(ledger, ChannelSender(http))
+        request = delivery(
+            [Recipient(name="eng", channels=[Channel(type="chat", url=f"{sink.url}/eng")])]
         )
         first = await ActivityEnvironment().run(notify.deliver_step, request)
         second = await ActivityEnvironment().run(notify.deliver_step, request)
+    await ledger.close()
     assert first.delivered == second.delivered == ["eng"]
-    assert len(sink.received) == 1
+    assert len(sink.received) == 1, "the ledger's delivery log stopped the second send"
+
+
+async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
+    env: WorkflowEnvironment,
+    tmp_path: Path,
+    sink: Sink,
+    mailbox: Mailbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    channels = [
+        {"type": "chat", "url": f"{sink.url}/engineer"},
+        {"type": "email", "to": ["engineer@support.example"]},
+    ]
+    policy = policy_with(
+        tmp_path, {"duty-engineer": channels}, delivery={"failover_after": "PT30S"}
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    sink.down.add("/engineer")
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket()
+        handle = await open_ticket_at(stack, data, t0)
+        await wait_until(stack, lambda: mailbox.received, "the email")
+        status = await status_of(handle)
+        for _ in range(50):
+            events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
+            if f"{data.workflow_id}/intake" in events:
+                break
+            await env.sleep(timedelta(seconds=1))
+    chat_attempts = [r for r in sink.received if r["path"] == "/engineer"]
+    # Attempts at 0 s, then after backoffs of 1, 2, 4, 8, 16 s: those within the 30 s
+    # budget (0, 0, 1, 3, 7, 15 s) stay on chat; the one at 31 s goes to email.
+    assert len(chat_attempts) == 6
+    assert [str(m["X-Support-Idempotency-Key"]) for m in mailbox.received] == [
+        f"{data.workflow_id}/intake/duty-engineer"
+    ]
+    assert status.escalations[0].failed == []
+    intake = events[f"{data.workflow_id}/intake"]
+    assert intake.detail["channels"]["duty-engineer"] == "email"
+
+
+async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failure_is_recorded(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = policy_with(
+        tmp_path,
+        {
+            "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
+            "duty-manager": [{"type": "chat", "url": f"{sink.url}/manager"}],
+        },
+        duty_engineer__fallback="duty-manager",
+        delivery={"failover_after": "PT20S"},
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    sink.down.add("/engineer")
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket()
+        handle = await open_ticket_at(stack, data, t0)
+        await wait_until(stack, lambda: sink.at("/manager"), "the fallback")
+        for _ in range(50):
+            status = await status_of(handle)
+            if status.escalations[0].failed:
+                break
+            await env.sleep(timedelta(seconds=1))
+        events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
+    wf = data.workflow_id
+    assert [r["key"] for r in sink.at("/manager")] == [f"{wf}/intake/duty-manager"]
+    [failure] = status.escalations[0].failed
+    assert (failure.recipient, failure.fell_over_to) == ("duty-engineer", "duty-manager")
+    assert "chat answered 500" in failure.error
+    assert "notification_failed" in [h.kind for h in status.history]
+    assert events[f"{wf}/intake/failed"].detail["failed"][0]["fell_over_to"] == "duty-manager"
+
+
+async def test_a_4xx_is_loud_not_retried_and_the_others_are_still_notified(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = policy_with(
+        tmp_path,
+        {
+            "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
+            "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
+        },
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket()
+        handle = await open_ticket_at(stack, data, t0)
+        await advance_to(env, t0 + 44 * M)
+        sink.gone.add("/lead")  # final warning: engineer ok, lead's hook is gone
+        await advance_to(env, t0 + 46 * M)
+        status = await status_of(handle)
+        ledger_kinds = [e.kind for e in await stack.ledger.events(data.ticket_id)]
+    final = status.escalations[2]
+    assert final.step == "final-warning"
+    [failure] = final.failed
+    assert failure.recipient == "support-lead" and "chat answered 404" in failure.error
+    lead = [r for r in sink.received if r["key"].endswith("/final-warning/support-lead")]
+    assert len(lead) == 1, "a 4xx is not retried"
+    assert sink.at("/engineer")[-1]["key"].endswith("/final-warning/duty-engineer")
+    assert "notification_failed" in ledger_kinds
+
+
+async def test_a_missing_setting_falls_over_to_the_next_channel_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UNSET_HOOK", raising=False)
+    monkeypatch.delenv("SUPPORT_SMTP_HOST", raising=False)
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient() as http:
+        notify = NotifyActivities(ledger, ChannelSender(http))
+        request = delivery(
+            [
+                Recipient(
+                    name="lead",
+                    channels=[
+                        Channel(type="chat", url_env="UNSET_HOOK"),
+                        Channel(type="email", to=["lead@support.example"]),
+                        Channel(type="log"),
+                    ],
+                )
+            ]
+        )
+        result = await ActivityEnvironment().run(notify.deliver_step, request)
+    assert result.delivered == ["lead"] and result.channels == {"lead": "log"}
+    assert await ledger.was_delivered("ticket-X/breach/lead")
+    await ledger.close()
+
+
+async def test_sow_notifications_say_why_and_what_happens_next(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = {
+        target: [{"type": "webhook", "url": f"{sink.url}/{target}"}]
+        for target in ("advisory-services", "account-team")
+    }
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, hooks)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket(category="custom_engineering")
+        handle = await open_ticket_at(stack, data, t0)
+        await advance_to(env, t0 + timedelta(days=2, minutes=1))
+        status = await status_of(handle)
+    by_key = {r["key"]: r["body"] for r in sink.messages()}
+    sow_id = f"sow-{data.ticket_id}"
+    opened = by_key[f"{sow_id}/opened/advisory-services"]
+    assert (opened["ticket_id"], opened["kind"], opened["acknowledge"]) == (
+        data.ticket_id,
+        "sow",
+        None,
+    )
+    text = opened["text"]
+    assert "Request outside the Premium support scope" in text
+    assert "custom engineering is outside the subscribed service scope" in text
+    assert "statement of work" in text and "expires on" in text
+    assert f"--workflow-id {sow_id} --name sow_decision" in text
+    assert f"{sow_id}/opened/account-team" in by_key
+    reminder = by_key[f"{sow_id}/reminder/account-team"]["text"]
+    assert reminder.startswith("Statement of work") and "Reminder: no statement-of-work" in (
+        reminder
+    )
+    assert status.state.value == "routed_to_sow"
+
+
+# --- customer contracts --------------------------------------------------------------------
+
+
+async def test_mission_critical_contract_contacts_are_reached_at_intake_and_breach_only(
+    env: WorkflowEnvironment,
+    tmp_path: Path,
+    sink: Sink,
+    mailbox: Mailbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def edit(policy: dict[str, Any]) -> None:
+        policy["customers"]["example-bank"]["contacts"] = [
+            {
+                "name": "bank-duty-officer",
+                "channels": [{"type": "email", "to": ["duty.officer@bank.example"]}],
+                "time_zone": "Europe/London",
+                "at_steps": ["intake", "breach"],
+            },
+            {
+                "name": "bank-ops-channel",
+                "channels": [{"type": "chat", "url": f"{sink.url}/bank-ops"}],
+                "at_steps": ["intake", "breach"],
+            },
+        ]
+
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket(customer_id="example-bank", tier="mission_critical", severity="sev1")
+        handle = await open_ticket_at(stack, data, t0)
+        await advance_to(env, t0 + 26 * M)  # intake, warning 10, breach 15, repeats 20, 25
+        status = await status_of(handle)
+    wf = data.workflow_id
+    assert [e.step for e in status.escalations] == [
+        "intake",
+        "warning",
+        "breach",
+        "repeat-1",
+        "repeat-2",
+    ]
+    assert [r["key"] for r in sink.at("/bank-ops")] == [
+        f"{wf}/intake/bank-ops-channel",
+        f"{wf}/breach/bank-ops-channel",
+    ]
+    mails = mailbox.messages()
+    assert [str(m["X-Support-Idempotency-Key"]) for m in mails] == [
+        f"{wf}/intake/bank-duty-officer",
+        f"{wf}/breach/bank-duty-officer",
+    ]
+    assert all(m["To"] == "duty.officer@bank.example" for m in mails)
+    assert "Mission Critical SEV1" in mails[1]["Subject"]
+    due = (t0 + 15 * M).astimezone(__import__("zoneinfo").ZoneInfo("Europe/London"))
+    assert f"Deadline:  {due.strftime('%Y-%m-%d %H:%M %Z')}" in mails[1].get_content()
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def test_pager_severity_follows_ours() -> None:
+    request = delivery([])
+    for ours, theirs in [
+        ("sev1", "critical"),
+        ("sev2", "error"),
+        ("sev3", "warning"),
+        ("sev4", "info"),
+    ]:
+        message = Notification.of(
+            request.model_copy(update={"severity": Severity(ours)}),
+            Recipient(name="x", channels=[]),
+            "k",
+        )
+        assert message.pagerduty_event("R")["payload"]["severity"] == theirs
 
 
 def delivery(recipients: list[Recipient]) -> StepDelivery:
@@ -220,60 +601,3 @@ def delivery(recipients: list[Recipient]) -> StepDelivery:
         subject="s",
         recipients=recipients,
     )
-
-
-async def test_a_step_whose_delivery_keeps_failing_is_recorded_not_skipped(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
-    sink.down.add("/lead")
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        data = ticket()
-        handle = await open_ticket_at(stack, data, t0)
-        # final warning at 45 min to engineer (works) and lead (down for good); retries
-        # back off for about 1.5 minutes of server time, then the step is recorded failed.
-        await advance_to(env, t0 + timedelta(minutes=50))
-        status = await status_of(handle)
-        events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
-    final = status.escalations[2]
-    assert final.step == "final-warning"
-    assert [f.recipient for f in final.failed] == ["support-lead"], "engineer got it"
-    lead = [r for r in sink.received if r["key"].endswith("/final-warning/support-lead")]
-    assert len(lead) == 8, "bounded retries: the policy's 8 attempts"
-    engineer = [r for r in sink.accepted() if r["key"].endswith("/final-warning/duty-engineer")]
-    assert len(engineer) == 1, "the retries never sent the engineer's message twice"
-    step_event = events[f"{data.workflow_id}/final-warning"]
-    assert step_event.kind == "warned" and step_event.detail["delivered"] == ["duty-engineer"]
-    assert events[f"{data.workflow_id}/final-warning/failed"].kind == "notification_failed"
-
-
-async def test_sow_notifications_say_why_and_what_happens_next(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def edit(policy: dict[str, Any]) -> None:
-        for target in ("advisory-services", "account-team"):
-            policy["targets"][target]["channels"] = [
-                {"type": "webhook", "url": f"{sink.url}/{target}"}
-            ]
-
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        data = ticket(category="custom_engineering")
-        handle = await open_ticket_at(stack, data, t0)
-        await advance_to(env, t0 + timedelta(days=2, minutes=1))
-        status = await status_of(handle)
-    by_key = {r["key"]: r["body"]["text"] for r in sink.accepted()}
-    sow_id = f"sow-{data.ticket_id}"
-    opened = by_key[f"{sow_id}/opened/advisory-services"]
-    assert "Request outside the Premium support scope" in opened
-    assert "custom engineering is outside the subscribed service scope" in opened
-    assert "statement of work" in opened and "expires on" in opened
-    assert f"--workflow-id {sow_id} --name sow_decision" in opened
-    assert f"{sow_id}/opened/account-team" in by_key
-    reminder = by_key[f"{sow_id}/reminder/account-team"]
-    assert reminder.startswith("Statement of work") and "Reminder: no statement-of-work" in (
-        reminder
-    )
-    assert status.state.value == "routed_to_sow"

@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from temporalio.common import RetryPolicy
+
+if TYPE_CHECKING:
+    from support.models import Recipient
 
 # Policy resolution must survive a broken policy file until someone fixes it.
 POLICY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
 )
 POLICY_TIMEOUT = timedelta(seconds=30)
-# Deliveries retry with backoff for a bounded time (about 3 minutes over 8 attempts), then
-# the step is recorded as failed on the ticket and in the ledger.
+# Deliveries retry with backoff. The activity itself moves a recipient to its next channel
+# after ``failover_after`` and to its fallback target after the last one, and returns when
+# everyone is reached or out of options; the schedule-to-close bound is the backstop, after
+# which the step is recorded as failed on the ticket and in the ledger.
+DELIVERY_RETRY_MAX_INTERVAL = timedelta(seconds=30)
 DELIVERY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=8,
+    maximum_interval=DELIVERY_RETRY_MAX_INTERVAL,
 )
 DELIVERY_TIMEOUT = timedelta(seconds=30)
+
+
+def delivery_deadline(failover_after: timedelta, recipients: list[Recipient]) -> timedelta:
+    """Schedule-to-close of a delivery: every channel of the longest fallback chain gets its
+    turn, plus one more turn and room for a last attempt (the server does not start an
+    attempt that could outlast this bound)."""
+    longest = max((sum(len(r.channels) for r in first.chain()) for first in recipients), default=1)
+    return failover_after * (longest + 1) + DELIVERY_RETRY_MAX_INTERVAL + DELIVERY_TIMEOUT
+
+
 # The ledger is the system of record: keep trying (writes are idempotent) until it is back.
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError
 
-from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT
+from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT, delivery_deadline
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -153,6 +153,7 @@ class StatementOfWork:
             subject=sow.subject,
             recipients=recipients,
             message=message,
+            failover_after=sow.terms.failover_after,
         )
         try:
             await workflow.execute_activity(
@@ -160,6 +161,7 @@ class StatementOfWork:
                 request,
                 result_type=StepDeliveryResult,
                 start_to_close_timeout=DELIVERY_TIMEOUT,
+                schedule_to_close_timeout=delivery_deadline(sow.terms.failover_after, recipients),
                 retry_policy=DELIVERY_RETRY,
             )
         except ActivityError as err:

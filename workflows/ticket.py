@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
@@ -32,6 +32,7 @@ from workflows.activity_options import (
     LEDGER_TIMEOUT,
     POLICY_RETRY,
     POLICY_TIMEOUT,
+    delivery_deadline,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -45,8 +46,10 @@ with workflow.unsafe.imports_passed_through():
         EscalationRecord,
         HistoryEntry,
         MarkOutOfScope,
+        PageUpdate,
         PlannedStep,
         PlanRequest,
+        Recipient,
         RejectedSignal,
         Resolve,
         SlaEvent,
@@ -98,6 +101,10 @@ class SupportTicket:
         self._search: dict[str, Any] = {}
         self._revision = 0
         self._counters: dict[str, int] = {}
+        # Recipients reached through a pager: their page is acknowledged / resolved with
+        # the ticket. Page updates run one after another, in order.
+        self._paged: list[Recipient] = []
+        self._page_updates: asyncio.Task[Any] | None = None
 
     # --- messages ----------------------------------------------------------------------
 
@@ -251,6 +258,7 @@ class SupportTicket:
             repeats_sent=self._repeats_sent,
             revision=self._revision,
             counters=self._counters,
+            paged=self._paged,
         )
         workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
 
@@ -269,6 +277,7 @@ class SupportTicket:
         self._fired = set(carry.fired)
         self._repeat_horizon, self._repeats_sent = carry.repeat_horizon, carry.repeats_sent
         self._revision, self._counters = carry.revision, dict(carry.counters)
+        self._paged = list(carry.paged)
         self._search = _current_search_attributes()
         self._log(
             "continued_as_new",
@@ -387,6 +396,7 @@ class SupportTicket:
             overrun_seconds=self._overrun_seconds(),
         )
         self._sync_search_attributes()
+        self._update_pages("acknowledge", ack.agent)
 
     async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> None:
         status = self._state()
@@ -437,6 +447,7 @@ class SupportTicket:
         self._log("resolved", at=at, by=resolve.by, detail=resolve.summary)
         self._record("resolved", at=at, by=resolve.by, summary=resolve.summary)
         self._sync_search_attributes()
+        self._update_pages("resolve", resolve.by)
 
     def _on_rejected(self, rejected: RejectedSignal, at: datetime) -> None:
         n = self._next("rejected")
@@ -551,6 +562,7 @@ class SupportTicket:
             subject=self._ticket.subject,
             recipients=step.recipients,
             time_zone=status.time_zone,
+            failover_after=self._current_plan().failover_after,
             event=SlaEvent(
                 key=f"{wf_id}/{name}",
                 ticket_id=status.ticket_id,
@@ -565,6 +577,7 @@ class SupportTicket:
             ),
             summary=self._outcome(),
         )
+        self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
         self._spawn(self._deliver(request, record))
 
     async def _deliver(self, request: StepDelivery, record: EscalationRecord) -> None:
@@ -574,6 +587,9 @@ class SupportTicket:
                 request,
                 result_type=StepDeliveryResult,
                 start_to_close_timeout=DELIVERY_TIMEOUT,
+                schedule_to_close_timeout=delivery_deadline(
+                    request.failover_after, request.recipients
+                ),
                 retry_policy=DELIVERY_RETRY,
             )
             record.failed = result.failed
@@ -608,6 +624,46 @@ class SupportTicket:
                 step=record.step,
                 failed=[f.model_dump() for f in record.failed],
             )
+
+    def _update_pages(self, action: Literal["acknowledge", "resolve"], by: str) -> None:
+        """Acknowledge or resolve the ticket's page where it paged someone (PagerDuty
+        ``dedup_key`` = workflow id), after any earlier update."""
+        if not self._paged:
+            return
+        update = PageUpdate(
+            workflow_id=workflow.info().workflow_id,
+            ticket_id=self._state().ticket_id,
+            action=action,
+            by=by,
+            recipients=list(self._paged),
+        )
+        previous = self._page_updates
+
+        async def run() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await workflow.execute_activity(
+                    "update_pages",
+                    update,
+                    start_to_close_timeout=DELIVERY_TIMEOUT,
+                    schedule_to_close_timeout=delivery_deadline(
+                        self._current_plan().failover_after, update.recipients
+                    ),
+                    retry_policy=DELIVERY_RETRY,
+                )
+            except ActivityError as err:
+                self._log("page_update_failed", at=workflow.now(), detail=str(err.cause or err))
+                self._record(
+                    f"page-{action}/failed",
+                    kind="page_update_failed",
+                    at=workflow.now(),
+                    action=action,
+                    error=str(err.cause or err),
+                )
+
+        self._page_updates = asyncio.ensure_future(run())
+        self._background.append(self._page_updates)
 
     def _idle_close_at(self) -> datetime | None:
         status = self._state()
@@ -648,6 +704,7 @@ class SupportTicket:
             sow_workflow_id=child_id,
         )
         self._sync_search_attributes()
+        self._update_pages("resolve", by)
         plan = self._current_plan()
         handle = await workflow.start_child_workflow(
             "StatementOfWork",

@@ -1,0 +1,417 @@
+"""The notification channels: what each message says and how it reaches its sink.
+
+``Notification`` is one step's message for one recipient (deadline in the recipient's time
+zone and in UTC, what step this is, how to acknowledge). ``ChannelSender`` sends it:
+
+- ``log``: a structured log line;
+- ``webhook``: generic JSON (every field plus the text) for any HTTP endpoint;
+- ``chat``: a Slack-compatible incoming webhook (``text`` plus ``blocks``);
+- ``pager``: a PagerDuty Events API v2 ``trigger`` (``dedup_key`` = the ticket's workflow
+  id, so every step of one ticket is one incident, and an ack or resolve clears it);
+- ``email``: SMTP, STARTTLS / implicit TLS / auth from the worker's environment.
+
+Errors are classified for the caller: ``ChannelConfigError`` (a 4xx, a missing setting,
+a refused address: retrying cannot help) or ``TransientDeliveryError`` (5xx, 408/429,
+timeouts, connection errors: retry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+import httpx
+import structlog
+
+from support.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
+
+log = structlog.get_logger("support.notify")
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+TIER_LABELS = {
+    "community": "Community",
+    "standard": "Standard",
+    "premium": "Premium",
+    "mission_critical": "Mission Critical",
+}
+STEP_HEADLINES = {
+    "intake": "New ticket",
+    "warning": "SLA warning: response due soon",
+    "breach": "SLA BREACHED: response target missed",
+    "repeat": "SLA breached, still unacknowledged",
+    "sow": "Statement of work",
+}
+EMAIL_TAGS = {
+    "intake": "New",
+    "warning": "SLA warning",
+    "breach": "SLA BREACH",
+    "repeat": "SLA BREACH, unacknowledged",
+    "sow": "Statement of work",
+}
+PAGER_SEVERITY = {"sev1": "critical", "sev2": "error", "sev3": "warning", "sev4": "info"}
+
+
+class ChannelConfigError(Exception):
+    """A recipient's channel is misconfigured; retrying cannot help."""
+
+
+class TransientDeliveryError(Exception):
+    """The sink is down, slow or busy; retry later."""
+
+
+def slack_escape(text: str) -> str:
+    """Slack mrkdwn control characters; customer text must never ping or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def when(instant: datetime, time_zone: str) -> str:
+    """``2026-11-26 09:15 CST (2026-11-26 15:15 UTC)``; UTC alone for UTC."""
+    utc = instant.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC")
+    if time_zone == "UTC":
+        return utc
+    local = instant.astimezone(ZoneInfo(time_zone))
+    return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({utc})"
+
+
+def ack_command(workflow_id: str) -> str:
+    return (
+        f"temporal workflow signal --workflow-id {workflow_id} --name acknowledge"
+        ' --input \'{"agent": "<your name>"}\''
+    )
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One step's message for one recipient, rendered per channel."""
+
+    key: str
+    request: StepDelivery
+    recipient: Recipient
+
+    @classmethod
+    def of(cls, request: StepDelivery, recipient: Recipient, key: str) -> Notification:
+        return cls(key=key, request=request, recipient=recipient)
+
+    @property
+    def time_zone(self) -> str:
+        return self.recipient.time_zone or self.request.time_zone
+
+    @property
+    def tier(self) -> str:
+        return TIER_LABELS.get(self.request.tier.value, self.request.tier.value)
+
+    @property
+    def headline(self) -> str:
+        r = self.request
+        return (
+            f"{STEP_HEADLINES.get(r.kind, r.kind)} [{self.tier} {r.severity.value.upper()}]"
+            f" ticket {r.ticket_id} for customer {r.customer_id}"
+        )
+
+    @property
+    def acknowledgeable(self) -> bool:
+        return self.request.kind in ("intake", "warning", "breach", "repeat")
+
+    @property
+    def due(self) -> str | None:
+        due = self.request.response_due_at
+        return when(due, self.time_zone) if due is not None else None
+
+    def text(self) -> str:
+        """Plain text shared by every channel (customer text is inert in plain text)."""
+        r = self.request
+        lines = [self.headline, f"Subject: {r.subject or '(none)'}", f"Step: {r.step}"]
+        if self.due is not None:
+            lines.append(f"Response due: {self.due}")
+        if r.message:
+            lines.append(r.message)
+        if self.acknowledgeable:
+            lines.append(f"Acknowledge: {ack_command(r.workflow_id)}")
+        return "\n".join(lines)
+
+    def fields(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "idempotency_key": self.key,
+            "workflow_id": r.workflow_id,
+            "ticket_id": r.ticket_id,
+            "customer_id": r.customer_id,
+            "tier": r.tier.value,
+            "severity": r.severity.value,
+            "step": r.step,
+            "kind": r.kind,
+            "due_at": r.due_at.isoformat(),
+            "response_due_at": r.response_due_at.isoformat() if r.response_due_at else None,
+            "subject": r.subject,
+            "recipient": self.recipient.name,
+            "acknowledge": ack_command(r.workflow_id) if self.acknowledgeable else None,
+        }
+
+    def webhook_payload(self) -> dict[str, Any]:
+        return {**self.fields(), "text": self.text()}
+
+    def slack_payload(self) -> dict[str, Any]:
+        r = self.request
+        facts = [
+            f"*Ticket*\n{slack_escape(r.ticket_id)}",
+            f"*Customer*\n{slack_escape(r.customer_id)}",
+            f"*Tier / severity*\n{self.tier} {r.severity.value.upper()}",
+            f"*Step*\n{slack_escape(r.step)}",
+        ]
+        if self.due is not None:
+            facts.append(f"*Response due*\n{self.due}")
+        blocks: list[dict[str, Any]] = [
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": self.headline[:150], "emoji": False},
+            },
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts]},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"*Subject:* {slack_escape(r.subject or '(none)')}",
+                },
+            },
+        ]
+        if r.message:
+            blocks.append(
+                {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(r.message)}}
+            )
+        if self.acknowledgeable:
+            blocks.append(
+                {
+                    "type": "context",
+                    "elements": [
+                        {"type": "mrkdwn", "text": f"Acknowledge: `{ack_command(r.workflow_id)}`"}
+                    ],
+                }
+            )
+        return {"text": slack_escape(self.text()), "blocks": blocks}
+
+    def pagerduty_event(self, routing_key: str) -> dict[str, Any]:
+        r = self.request
+        return {
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            # One incident per ticket: later steps add to it; an ack or resolve clears it.
+            "dedup_key": r.workflow_id,
+            "payload": {
+                "summary": f"{self.headline}: {r.subject}"[:1024],
+                "source": "support-sla",
+                "severity": PAGER_SEVERITY[r.severity.value],
+                "timestamp": r.due_at.isoformat(),
+                "component": r.customer_id,
+                "group": r.tier.value,
+                "class": r.kind,
+                "custom_details": self.fields(),
+            },
+            "client": "support-sla",
+        }
+
+    def email(self, sender: str, to: list[str]) -> EmailMessage:
+        r = self.request
+        message = EmailMessage()
+        tag = EMAIL_TAGS.get(r.kind, r.kind)
+        message["Subject"] = (
+            f"[{tag}] {self.tier} {r.severity.value.upper()} ticket {r.ticket_id}"
+            f" ({r.customer_id}): {r.subject}"
+        )[:250]
+        message["From"] = sender
+        message["To"] = ", ".join(to)
+        message["Date"] = formatdate(localtime=False)
+        # The same key always gives the same Message-ID: a mailbox that keeps one message
+        # per Message-ID drops the copy a retry after a lost "250 OK" would send.
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
+        message["Message-ID"] = f"<{digest}@support-sla>"
+        message["References"] = f"<{r.workflow_id}@support-sla>"
+        message["X-Support-Idempotency-Key"] = self.key
+        message["X-Support-Ticket"] = r.ticket_id
+        lines = [
+            self.headline,
+            "",
+            f"Tier:      {self.tier}",
+            f"Severity:  {r.severity.value.upper()}",
+            f"Customer:  {r.customer_id}",
+            f"Subject:   {r.subject or '(none)'}",
+            f"Step:      {r.step} ({r.kind})",
+        ]
+        if r.response_due_at is not None:
+            local = when(r.response_due_at, self.time_zone)
+            lines.append(f"Deadline:  {local}")
+        if r.message:
+            lines += ["", r.message]
+        if self.acknowledgeable:
+            lines += [
+                "",
+                "To acknowledge (this stops the escalation), run:",
+                f"  {ack_command(r.workflow_id)}",
+            ]
+        lines += ["", f"Delivery key: {self.key}"]
+        message.set_content("\n".join(lines) + "\n")
+        return message
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The SMTP relay, from the worker's environment (read at send time)."""
+
+    host: str
+    port: int
+    security: str  # starttls | tls | none
+    username: str | None
+    password: str | None
+    sender: str
+    timeout: float
+    ca_file: str | None
+
+    @classmethod
+    def from_env(cls) -> SmtpSettings:
+        host = os.environ.get("SUPPORT_SMTP_HOST")
+        if not host:
+            raise ChannelConfigError("SMTP not configured: SUPPORT_SMTP_HOST is not set")
+        security = os.environ.get("SUPPORT_SMTP_SECURITY", "starttls").lower()
+        if security not in ("starttls", "tls", "none"):
+            raise ChannelConfigError(
+                f"SUPPORT_SMTP_SECURITY: {security!r} is not one of starttls, tls, none"
+            )
+        default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+        try:
+            port = int(os.environ.get("SUPPORT_SMTP_PORT", default_port))
+            timeout = float(os.environ.get("SUPPORT_SMTP_TIMEOUT", "10"))
+        except ValueError as err:
+            raise ChannelConfigError(f"SUPPORT_SMTP_PORT / SUPPORT_SMTP_TIMEOUT: {err}") from err
+        return cls(
+            host=host,
+            port=port,
+            security=security,
+            username=os.environ.get("SUPPORT_SMTP_USERNAME") or None,
+            password=os.environ.get("SUPPORT_SMTP_PASSWORD") or None,
+            sender=os.environ.get("SUPPORT_SMTP_FROM", "Support SLA <support-sla@localhost>"),
+            timeout=timeout,
+            ca_file=os.environ.get("SUPPORT_SMTP_CA_FILE") or None,
+        )
+
+
+class ChannelSender:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def send(self, channel: Channel, message: Notification) -> None:
+        if channel.type is ChannelKind.LOG:
+            r = message.request
+            log.warning(
+                "notification",
+                channel="log",
+                recipient=message.recipient.name,
+                idempotency_key=message.key,
+                ticket_id=r.ticket_id,
+                step=r.step,
+                kind=r.kind,
+                tier=r.tier.value,
+                severity=r.severity.value,
+                response_due_at=r.response_due_at.isoformat() if r.response_due_at else None,
+                text=message.text(),
+            )
+        elif channel.type is ChannelKind.WEBHOOK:
+            await self._post("webhook", _url(channel), message.webhook_payload(), message.key)
+        elif channel.type is ChannelKind.CHAT:
+            await self._post("chat", _url(channel), message.slack_payload(), message.key)
+        elif channel.type is ChannelKind.PAGER:
+            event = message.pagerduty_event(_routing_key(channel))
+            await self._post("pager", _url(channel), event, message.key)
+        elif channel.type is ChannelKind.EMAIL:
+            await self._email(channel, message)
+        else:  # pragma: no cover - the enum is exhaustive
+            raise ChannelConfigError(f"unknown channel {channel.type}")
+
+    async def update_page(self, channel: Channel, update: PageUpdate, key: str) -> None:
+        event = {
+            "routing_key": _routing_key(channel),
+            "event_action": update.action,
+            "dedup_key": update.workflow_id,
+        }
+        await self._post("pager", _url(channel), event, key)
+
+    async def _post(self, kind: str, url: str, body: dict[str, Any], key: str) -> None:
+        try:
+            response = await self.http.post(url, json=body, headers={"Idempotency-Key": key})
+        except httpx.HTTPError as err:
+            raise TransientDeliveryError(f"{type(err).__name__}: {err}") from err
+        status = response.status_code
+        if 400 <= status < 500 and status not in (408, 429):
+            raise ChannelConfigError(f"{kind} answered {status}: {response.text[:200]}")
+        if status >= 300:
+            raise TransientDeliveryError(f"{kind} answered {status}")
+
+    async def _email(self, channel: Channel, message: Notification) -> None:
+        to = list(channel.to)
+        if channel.to_env:
+            value = os.environ.get(channel.to_env, "")
+            to += [a.strip() for a in value.split(",") if a.strip()]
+            if not value:
+                raise ChannelConfigError(
+                    f"email addresses missing: environment variable {channel.to_env} is not set"
+                )
+        smtp = SmtpSettings.from_env()
+        email = message.email(smtp.sender, to)
+        tls_context = None
+        if smtp.security != "none":
+            tls_context = ssl.create_default_context(cafile=smtp.ca_file)
+        try:
+            await aiosmtplib.send(
+                email,
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username,
+                password=smtp.password,
+                use_tls=smtp.security == "tls",
+                start_tls=True if smtp.security == "starttls" else False,
+                tls_context=tls_context,
+                timeout=smtp.timeout,
+            )
+        except aiosmtplib.SMTPAuthenticationError as err:
+            raise ChannelConfigError(f"SMTP authentication refused: {err.message}") from err
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            refused = "; ".join(f"{e.recipient}: {e.code} {e.message}" for e in err.recipients)
+            if all(e.code >= 500 for e in err.recipients):
+                raise ChannelConfigError(f"SMTP refused the recipients: {refused}") from err
+            raise TransientDeliveryError(f"SMTP deferred the recipients: {refused}") from err
+        except aiosmtplib.SMTPResponseException as err:
+            if err.code >= 500 and not isinstance(err, aiosmtplib.SMTPServerDisconnected):
+                raise ChannelConfigError(f"SMTP refused: {err.code} {err.message}") from err
+            raise TransientDeliveryError(f"SMTP answered {err.code} {err.message}") from err
+        except aiosmtplib.SMTPNotSupported as err:
+            raise ChannelConfigError(f"SMTP server: {err}") from err
+        except (aiosmtplib.SMTPException, OSError) as err:
+            raise TransientDeliveryError(f"SMTP {type(err).__name__}: {err}") from err
+
+
+def _url(channel: Channel) -> str:
+    url = channel.url or (os.environ.get(channel.url_env) if channel.url_env else None)
+    if url:
+        return url
+    if channel.type is ChannelKind.PAGER:
+        return PAGERDUTY_EVENTS_URL
+    raise ChannelConfigError(
+        f"{channel.type.value} URL missing: environment variable {channel.url_env} is not set"
+    )
+
+
+def _routing_key(channel: Channel) -> str:
+    key = channel.routing_key or (
+        os.environ.get(channel.routing_key_env) if channel.routing_key_env else None
+    )
+    if not key:
+        raise ChannelConfigError(
+            f"pager routing key missing: environment variable {channel.routing_key_env} is not set"
+        )
+    return key

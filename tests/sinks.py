@@ -1,0 +1,244 @@
+"""Real sinks on loopback for the channel tests: an HTTP receiver (chat, pager, webhook)
+and an SMTP server (aiosmtpd), each recording exactly what arrived.
+
+Both sinks keep every delivery they were handed (``received``) and, like a sink that
+honours idempotency keys (or a mailbox that keeps one message per Message-ID), the
+distinct messages (``messages``). ``fail_after_accept`` makes a sink take a message and
+then answer with an error, as when the response is lost after the sink stored it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import ipaddress
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+
+@dataclass
+class Sink:
+    """An HTTP receiver: records every request; answers from a script of status codes."""
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+    script: list[int] = field(default_factory=list)
+    down: set[str] = field(default_factory=set)  # paths that always answer 500
+    gone: set[str] = field(default_factory=set)  # paths that always answer 404
+    fail_after_accept: int = 0  # store the next N messages, then answer 500 anyway
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, path: str) -> tuple[int, bool]:
+        """(status, stored)"""
+        with self.lock:
+            if path in self.down:
+                return 500, False
+            if path in self.gone:
+                return 404, False
+            if self.fail_after_accept:
+                self.fail_after_accept -= 1
+                return 500, True
+            status = self.script.pop(0) if self.script else 202 if "pager" in path else 200
+            return status, status < 300
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [r for r in self.received if r["stored"]]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """What the sink holds: one message per idempotency key."""
+        seen: dict[str, dict[str, Any]] = {}
+        for r in self.accepted():
+            seen.setdefault(r["key"], r)
+        return list(seen.values())
+
+    def at(self, path: str) -> list[dict[str, Any]]:
+        return [r for r in self.messages() if r["path"] == path]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    state = Sink()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            status, stored = state.answer(self.path)
+            state.received.append(
+                {
+                    "path": self.path,
+                    "key": self.headers.get("Idempotency-Key"),
+                    "content_type": self.headers.get("Content-Type"),
+                    "body": json.loads(body),
+                    "status": status,
+                    "stored": stored,
+                }
+            )
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"ok" if status < 300 else b"no such hook")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Mailbox:
+    """An SMTP server's mail store."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[list[str]] = field(default_factory=list)
+    fail_after_accept: int = 0
+    refuse: set[str] = field(default_factory=set)  # addresses answered 550
+    logins: list[str] = field(default_factory=list)
+    tls_sessions: int = 0
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.received.append(message)
+        self.envelopes.append(list(envelope.rcpt_tos))
+        if session.ssl is not None:
+            self.tls_sessions += 1
+        if self.fail_after_accept:
+            self.fail_after_accept -= 1
+            return "451 4.3.0 stored, but the answer is lost"
+        return "250 OK: queued"
+
+    def messages(self) -> list[EmailMessage]:
+        """One per Message-ID, as a mailbox keeps them."""
+        seen: dict[str, EmailMessage] = {}
+        for m in self.received:
+            seen.setdefault(str(m["Message-ID"]), m)
+        return list(seen.values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
+    """A plain SMTP server on loopback, and the worker's SMTP settings pointing at it."""
+    box = Mailbox(port=free_port())
+    controller = Controller(box, hostname=box.host, port=box.port)
+    controller.start()
+    monkeypatch.setenv("SUPPORT_SMTP_HOST", box.host)
+    monkeypatch.setenv("SUPPORT_SMTP_PORT", str(box.port))
+    monkeypatch.setenv("SUPPORT_SMTP_SECURITY", "none")
+    monkeypatch.setenv("SUPPORT_SMTP_FROM", "Support SLA <sla@support.example>")
+    yield box
+    controller.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the test's own CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "smtp.crt", directory / "smtp.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_mailbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Mailbox]:
+    """An SMTP server that requires STARTTLS and then AUTH (user ``sla``, password ``s3cret``)."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    box = Mailbox(port=free_port())
+
+    def authenticate(
+        server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"sla",
+            b"s3cret",
+        )
+        if ok:
+            box.logins.append(data.login.decode())
+        return AuthResult(success=ok)
+
+    controller = Controller(
+        box,
+        hostname=box.host,
+        port=box.port,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=True,
+    )
+    controller.start()
+    monkeypatch.setenv("SUPPORT_SMTP_HOST", box.host)
+    monkeypatch.setenv("SUPPORT_SMTP_PORT", str(box.port))
+    monkeypatch.setenv("SUPPORT_SMTP_SECURITY", "starttls")
+    monkeypatch.setenv("SUPPORT_SMTP_CA_FILE", str(cert))
+    monkeypatch.setenv("SUPPORT_SMTP_USERNAME", "sla")
+    monkeypatch.setenv("SUPPORT_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("SUPPORT_SMTP_FROM", "Support SLA <sla@support.example>")
+    yield box
+    controller.stop()
