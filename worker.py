@@ -54,6 +54,12 @@ def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.Asyn
 
 async def run(stop: asyncio.Event) -> None:
     policy = load_policy()  # fail at start, loudly, on a broken policy file
+    missing = policy.missing_settings(os.environ)
+    if missing:
+        log.warning(
+            "channels not configured: deliveries on them fall over to the next channel",
+            missing=missing,
+        )
     client = await connect()
     queue = task_queue()
     ledger = SqlLedger.from_url()

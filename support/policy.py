@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Self
@@ -410,6 +410,26 @@ class Policy(Spec):
         if name is None:
             return None, BusinessCalendar.twenty_four_seven()
         return name, self.calendars[name].build()
+
+    def missing_settings(self, environ: Mapping[str, str]) -> list[str]:
+        """Environment variables the policy's channels need that are not set (the worker
+        warns at start; a delivery on such a channel falls over to the next one)."""
+        channels = [
+            (f"targets.{name}", c) for name, t in self.targets.items() for c in t.channels
+        ] + [
+            (f"customers.{name}.{contact.name}", c)
+            for name, customer in self.customers.items()
+            for contact in customer.contacts
+            for c in contact.channels
+        ]
+        missing: list[str] = []
+        for where, channel in channels:
+            for variable in (channel.url_env, channel.to_env, channel.routing_key_env):
+                if variable and not environ.get(variable):
+                    missing.append(f"{variable} ({where}, {channel.type})")
+            if channel.type == "email" and not environ.get("SUPPORT_SMTP_HOST"):
+                missing.append(f"SUPPORT_SMTP_HOST ({where}, email)")
+        return missing
 
     def recipients(self, names: list[str]) -> list[Recipient]:
         return [self.recipient(n) for n in names]

@@ -592,3 +592,128 @@ def test_non_commercial_step_measured_as_a_share_is_rejected_at_load(tmp_path):
 
     message = policy_error(write_policy(tmp_path, share_intake))
     assert "tiers.community" in message
+
+
+# --- channels, fallbacks and delivery ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channel", "problem"),
+    [
+        (
+            {"type": "sms"},
+            "unknown channel type 'sms'; use one of log, webhook, chat, pager, email",
+        ),
+        ({"type": "chat"}, "a chat channel needs url or url_env"),
+        ({"type": "chat", "url": "ftp://x"}, "url 'ftp://x' must start with http:// or https://"),
+        ({"type": "pager", "url": "https://e.example"}, "a pager channel needs routing_key"),
+        ({"type": "email"}, "an email channel needs to (addresses) or to_env"),
+        ({"type": "email", "to": ["not-an-address"]}, "to: 'not-an-address' is not an email"),
+        ({"type": "email", "to": ["a@b.example"], "url": "https://x"}, "takes no url"),
+        ({"type": "log", "routing_key": "k"}, "a log channel takes no routing_key"),
+        ({"type": "chat", "url_env": "lower-case"}, "url_env"),
+    ],
+)
+def test_channel_settings_are_checked_per_type(tmp_path, channel, problem):
+    def bad(data: dict[str, Any]) -> None:
+        data["targets"]["duty-engineer"]["channels"] = [channel]
+
+    message = policy_error(write_policy(tmp_path, bad))
+    assert "targets.duty-engineer.channels.0" in message
+    assert problem in message
+
+
+def test_a_fallback_must_be_a_known_target_and_must_not_loop(tmp_path):
+    def unknown(data: dict[str, Any]) -> None:
+        data["targets"]["duty-engineer"]["fallback"] = "nobody"
+
+    assert "targets.duty-engineer.fallback: unknown target 'nobody'" in policy_error(
+        write_policy(tmp_path, unknown)
+    )
+
+    def loop(data: dict[str, Any]) -> None:
+        data["targets"]["duty-engineer"]["fallback"] = "support-lead"
+        data["targets"]["support-lead"]["fallback"] = "duty-engineer"
+
+    assert "the fallbacks loop (support-lead -> duty-engineer)" in policy_error(
+        write_policy(tmp_path, loop)
+    )
+
+
+def test_failover_after_is_bounded(tmp_path):
+    def fast(data: dict[str, Any]) -> None:
+        data["delivery"] = {"failover_after": "PT1S"}
+
+    assert "delivery.failover_after: failover_after must lie between 10 seconds and 1 hour" in (
+        policy_error(write_policy(tmp_path, fast))
+    )
+
+
+def test_recipients_carry_their_time_zone_channels_and_fallback_chain(tmp_path):
+    def edit(data: dict[str, Any]) -> None:
+        data["targets"]["duty-engineer"] = {
+            "time_zone": "Europe/Berlin",
+            "channels": [
+                {"type": "pager", "routing_key_env": "PD_KEY"},
+                {"type": "chat", "url_env": "ENG_CHAT"},
+            ],
+            "fallback": "support-lead",
+        }
+        data["targets"]["support-lead"]["fallback"] = "duty-manager"
+        data["delivery"] = {"failover_after": "PT90S"}
+
+    policy = load_policy(write_policy(tmp_path, edit))
+    plan = resolve_plan(policy, ticket(Tier.PREMIUM), Severity.SEV2, T0)
+    engineer = step(plan, "warning").recipients[0]
+    assert engineer.time_zone == "Europe/Berlin"
+    assert [c.type.value for c in engineer.channels] == ["pager", "chat"]
+    assert [r.name for r in engineer.chain()] == ["duty-engineer", "support-lead", "duty-manager"]
+    assert engineer.pages()
+    assert plan.failover_after == timedelta(seconds=90) == plan.sow.failover_after
+
+
+def test_the_reporter_is_emailed_about_a_statement_of_work_with_a_log_fallback(policy):
+    plan = resolve_plan(
+        policy, ticket(Tier.PREMIUM, reporter_email="ops@bank.example"), Severity.SEV3, T0
+    )
+    reporter = plan.sow.recipients[-1]
+    assert [(c.type.value, c.to) for c in reporter.channels] == [
+        ("email", ["ops@bank.example"]),
+        ("log", []),
+    ]
+
+
+def test_the_production_example_policy_is_valid_and_uses_every_channel():
+    path = Path(__file__).parent.parent / "examples" / "policy.production.yaml"
+    policy = load_policy(path)
+    kinds = {c.type for t in policy.targets.values() for c in t.channels}
+    assert kinds == {"log", "chat", "pager", "email", "webhook"}
+    bank = policy.customers["example-bank"]
+    assert {c.name for c in bank.contacts} >= {"bank-duty-officer", "bank-ops-channel"}
+    assert all(c.at_steps == ["intake", "breach"] for c in bank.contacts)
+
+
+def test_missing_channel_settings_are_listed_for_the_worker_to_warn_about():
+    policy = load_policy(Path(__file__).parent.parent / "examples" / "policy.production.yaml")
+    everything = {
+        "COMMUNITY_FORUM_WEBHOOK_URL": "https://forum.example/hook",
+        "SUPPORT_QUEUE_SLACK_URL": "https://hooks.slack.com/x",
+        "SUPPORT_LEADS_SLACK_URL": "https://hooks.slack.com/y",
+        "INCIDENTS_SLACK_URL": "https://hooks.slack.com/z",
+        "PAGERDUTY_DUTY_ENGINEER_KEY": "k1",
+        "PAGERDUTY_DUTY_MANAGER_KEY": "k2",
+        "PAGERDUTY_INCIDENT_COMMAND_KEY": "k3",
+        "ACCOUNT_TEAM_EMAILS": "am@support.example",
+        "EXAMPLE_BANK_OPS_SLACK_URL": "https://hooks.slack.com/bank",
+        "SUPPORT_SMTP_HOST": "smtp.support.example",
+    }
+    assert policy.missing_settings(everything) == []
+    without = {
+        k: v
+        for k, v in everything.items()
+        if k not in ("PAGERDUTY_DUTY_MANAGER_KEY", "SUPPORT_SMTP_HOST")
+    }
+    missing = policy.missing_settings(without)
+    assert "PAGERDUTY_DUTY_MANAGER_KEY (targets.duty-manager, pager)" in missing
+    assert "SUPPORT_SMTP_HOST (customers.example-bank.bank-duty-officer, email)" in missing
+    assert load_policy(default_policy_path()).missing_settings({}) == []
