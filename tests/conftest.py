@@ -104,9 +104,18 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(env: WorkflowEnvironment, ledger_path: Path) -> AsyncIterator[Stack]:
+async def running_stack(
+    env: WorkflowEnvironment, ledger_path: Path | None = None, *, ledger_url: str | None = None
+) -> AsyncIterator[Stack]:
+    """A worker on a fresh task queue with its own ledger: a SQLite file at
+    ``ledger_path``, or the migrated database at ``ledger_url``."""
     queue = f"tq-{uuid.uuid4()}"
-    ledger = await sqlite_ledger(ledger_path)
+    if ledger_url is not None:
+        ledger = SqlLedger.from_url(ledger_url)
+        await ledger.migrate()
+    else:
+        assert ledger_path is not None
+        ledger = await sqlite_ledger(ledger_path)
     async with httpx.AsyncClient(timeout=5.0) as http:
         worker = build_worker(env.client, queue, ledger, http)
         async with worker:

@@ -9,9 +9,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from sqlalchemy.exc import DBAPIError
+from temporalio.testing import WorkflowEnvironment
 
 from ledger.store import LedgerSchemaError, SqlLedger, head_revision
-from support.models import SlaEvent, TicketOutcome
+from support.models import Acknowledge, Resolve, SlaEvent, TicketOutcome
+from tests.conftest import (
+    advance_to,
+    now_second,
+    open_ticket_at,
+    postgres_database,
+    running_stack,
+    ticket,
+)
 
 T0 = datetime(2026, 11, 26, 12, tzinfo=UTC)
 
@@ -190,3 +199,78 @@ async def test_the_sqlite_file_goes_where_the_url_says(tmp_path: Path) -> None:
     await ledger.migrate()
     await ledger.close()
     assert (tmp_path / "nested" / "dir" / "l.sqlite3").exists()
+
+
+async def test_a_ticket_run_leaves_the_same_ledger_on_sqlite_and_postgresql(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """The same scenario, run by the real workflow on the time-skipping server, once per
+    backend: the events (kinds, keys, sources, instants relative to opening, details) and
+    the ticket's row are identical."""
+    runs = {}
+    async with postgres_database() as pg_url:
+        for backend, url in (("sqlite", f"sqlite:///{tmp_path / 'l.sqlite3'}"), ("pg", pg_url)):
+            async with running_stack(env, ledger_url=url) as stack:
+                t0 = await now_second(env)
+                data = ticket()
+                handle = await open_ticket_at(stack, data, t0)
+                await advance_to(env, t0 + timedelta(minutes=61))  # warnings and the breach
+                await handle.signal("acknowledge", Acknowledge(agent="ana"))
+                await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
+                await handle.result()
+                outcome = await stack.ledger.outcome(data.ticket_id)
+                runs[backend] = (
+                    normalise(await stack.ledger.events(data.ticket_id), data.ticket_id, t0),
+                    outcome,
+                    t0,
+                )
+    (sqlite_events, sqlite_row, t_sqlite), (pg_events, pg_row, t_pg) = runs.values()
+    assert sqlite_events == pg_events
+    assert [kind for kind, *_ in sqlite_events] == [
+        "opened",
+        "notified",
+        "warned",
+        "warned",
+        "breached",
+        "acknowledged",
+        "resolved",
+    ]
+    assert sqlite_row is not None and pg_row is not None
+    fields = ("state", "response_breached", "escalations_fired", "acknowledged_by", "revision")
+    assert [getattr(sqlite_row, f) for f in fields] == [getattr(pg_row, f) for f in fields]
+    assert (
+        sqlite_row.response_due_at - t_sqlite == pg_row.response_due_at - t_pg == timedelta(hours=1)
+    )
+    assert (sqlite_row.state, sqlite_row.response_breached) == ("resolved", True)
+
+
+def normalise(events: list[SlaEvent], ticket_id: str, t0: datetime) -> list[tuple[object, ...]]:
+    """Events with the ticket id and absolute instants taken out."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            value = value.replace(ticket_id, "<id>")
+            try:
+                return round((datetime.fromisoformat(value) - t0).total_seconds())
+            except ValueError:
+                return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k != "overrun_seconds"}
+        return value
+
+    # A step's event is stamped when it fired (milliseconds after its instant, and up to a
+    # second after opening for intake): compare its exact due instant instead.
+    return [
+        (
+            e.kind,
+            clean(e.key),
+            e.source,
+            clean(e.detail["due_at"])
+            if "due_at" in e.detail
+            else round((e.at - t0).total_seconds()),
+            clean(e.detail),
+        )
+        for e in events
+    ]
