@@ -1,6 +1,6 @@
 """Record the committed workflow histories that ``test_replay.py`` replays.
 
-    make replay-histories      # python -m tests.record_histories
+    make replay-histories      # python -m tests.record_histories [path ...]
 
 Runs each main path of a ticket on the time-skipping server with the current workflow code
 and writes its history (and the SOW child's) to ``tests/histories/``, overwriting files of
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -42,6 +43,7 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
+from tests.sinks import serve_sink
 
 HISTORIES = Path(__file__).with_name("histories")
 M = timedelta(minutes=1)
@@ -130,6 +132,18 @@ async def long_escalation_continued(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def paged_ack_resolve(stack: Stack) -> list[str]:
+    """The duty engineer is paged; the ack and the resolve are sent to the pager too."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-paged", severity="sev1"), t0)
+    await advance_to(stack.env, t0 + 31 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="gina"))
+    await advance_to(stack.env, t0 + 33 * M)
+    await handle.signal("resolve", Resolve(by="gina"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -138,10 +152,14 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "marked_out_of_scope_expired": marked_out_of_scope_expired,
     "community_idle": community_idle,
     "long_escalation_continued": long_escalation_continued,
+    "paged_ack_resolve": paged_ack_resolve,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "long_escalation_continued": lambda p: p.update(limits={"continue_as_new_after_events": 60}),
+    "paged_ack_resolve": lambda p: p["targets"]["duty-engineer"].update(
+        channels=[{"type": "pager", "url_env": "RECORDING_PAGER_URL", "routing_key": "rk"}]
+    ),
 }
 
 
@@ -158,7 +176,10 @@ async def runs_of(env: WorkflowEnvironment, workflow_id: str) -> list[WorkflowHi
             return histories
 
 
-async def main() -> None:
+async def main(names: list[str]) -> None:
+    unknown = set(names) - set(PATHS)
+    if unknown:
+        raise SystemExit(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
@@ -166,8 +187,11 @@ async def main() -> None:
     await register_search_attributes(env)
     HISTORIES.mkdir(exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, serve_sink() as pager:
+            os.environ["RECORDING_PAGER_URL"] = f"{pager.url}/pager"
             for name, path in PATHS.items():
+                if names and name not in names:
+                    continue
                 if name in POLICY_EDITS:
                     os.environ[POLICY_FILE_ENV] = str(write_policy(Path(tmp), POLICY_EDITS[name]))
                 else:
@@ -188,4 +212,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

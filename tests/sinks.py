@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,13 @@ class Sink:
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
+    with serve_sink() as state:
+        yield state
+
+
+@contextmanager
+def serve_sink() -> Iterator[Sink]:
+    """An HTTP sink on a free loopback port, for as long as the block runs."""
     state = Sink()
 
     class Handler(BaseHTTPRequestHandler):

@@ -33,6 +33,7 @@ def test_the_main_paths_are_committed() -> None:
         "marked_out_of_scope_expired",
         "community_idle",
         "long_escalation_continued",
+        "paged_ack_resolve",
     }
 
 
