@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint replay-histories demo clean
+.PHONY: run test lint replay-histories demo clean migrate report
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The SLA ledger (SUPPORT_LEDGER_URL, default .data/sla-ledger.sqlite3): schema migrations
+# and the compliance report, e.g. make report ARGS="--from 2026-11-01 --format html --output r.html"
+migrate: $(STAMP)
+	$(BIN)/python -m ledger migrate
+
+report: $(STAMP)
+	$(BIN)/python -m ledger report $(ARGS)
 
 # Re-record the committed workflow histories that the replay test checks (see README).
 replay-histories: $(STAMP)

@@ -6,6 +6,7 @@ customer contracts' contacts at the steps the contract names."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.channels import ChannelSender, Notification
 from activities.notify import NotifyActivities
+from ledger.store import SqlLedger
 from support.models import (
     Acknowledge,
     Channel,
@@ -37,6 +39,7 @@ from tests.conftest import (
     write_policy,
 )
 from tests.sinks import Mailbox, Sink
+from worker import build_worker
 
 M = timedelta(minutes=1)
 
@@ -601,3 +604,39 @@ def delivery(recipients: list[Recipient]) -> StepDelivery:
         subject="s",
         recipients=recipients,
     )
+
+
+class LedgerThatFailsOnce(SqlLedger):
+    """The real ledger, except that recording the first delivery fails (a database blip
+    right after the sink accepted the message)."""
+
+    failed = False
+
+    async def mark_delivered(self, key: str, ticket_id: str, channel: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("ledger unavailable")
+        await super().mark_delivered(key, ticket_id, channel)
+
+
+async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_resend(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    ledger = LedgerThatFailsOnce.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    await ledger.migrate()
+    queue = f"tq-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
+        stack = Stack(env, env.client, queue, ledger, None)  # type: ignore[arg-type]
+        data = ticket()
+        handle = await open_ticket_at(stack, data)
+        await wait_until(stack, lambda: ledger.failed, "the failed ledger write")
+        for _ in range(50):
+            if await ledger.was_delivered(f"{data.workflow_id}/intake/duty-engineer"):
+                break
+            await env.sleep(timedelta(seconds=1))
+        await handle.signal("resolve", Resolve(by="ana"))
+        await handle.result()
+    await ledger.close()
+    assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
