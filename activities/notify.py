@@ -108,6 +108,29 @@ class NotifyActivities:
             )
         failures = [f for o in outcomes for f in o.failures]
         channels = {o.name: o.channel for o in outcomes if o.channel}
+        try:
+            await self._record(request, progress, delivered, failures, channels)
+        except Exception as err:
+            # Everyone who could be reached was; only the ledger is behind. The retry sends
+            # nothing again (heartbeat details) and writes the rows; if the ledger stays
+            # down, the workflow writes the step's event itself once it is back.
+            raise ApplicationError(
+                f"SLA ledger unavailable: {err}",
+                {"delivered": delivered},
+                type="LedgerUnavailable",
+            ) from err
+        return StepDeliveryResult(delivered=delivered, failed=failures, channels=channels)
+
+    async def _record(
+        self,
+        request: StepDelivery,
+        progress: Progress,
+        delivered: list[str],
+        failures: list[DeliveryFailure],
+        channels: dict[str, str],
+    ) -> None:
+        for key, channel in progress.delivered.items():
+            await self.ledger.mark_delivered(key, request.ticket_id, channel)
         if request.event is not None:
             event = request.event.model_copy(
                 update={
@@ -122,7 +145,6 @@ class NotifyActivities:
             await self.ledger.append([event])
         if request.summary is not None:
             await self.ledger.save_outcome(request.summary)
-        return StepDeliveryResult(delivered=delivered, failed=failures, channels=channels)
 
     async def _deliver_chain(
         self,
@@ -176,9 +198,8 @@ class NotifyActivities:
     ) -> str:
         """Send to one recipient on the channel whose turn it is; returns the channel."""
         if key in progress.delivered:
-            await self.ledger.mark_delivered(key, request.ticket_id, progress.delivered[key])
             return progress.delivered[key]
-        if await self.ledger.was_delivered(key):
+        if await self._was_delivered(key):
             return "earlier attempt"
         turn = int(elapsed / request.failover_after)
         message = Notification.of(request, recipient, key)
@@ -201,9 +222,9 @@ class NotifyActivities:
                 continue
             except TransientDeliveryError as err:
                 raise TransientDeliveryError(f"{channel.type.value}: {err}") from err
+            # Recorded in the heartbeat at once; in the ledger when the step is done.
             progress.delivered[key] = channel.type.value
             progress.save()
-            await self.ledger.mark_delivered(key, request.ticket_id, channel.type.value)
             return channel.type.value
         budget = request.failover_after * len(recipient.channels)
         problems = config_errors or [
@@ -211,6 +232,15 @@ class NotifyActivities:
             + progress.errors.get(key, "unknown")
         ]
         raise RecipientUnreachable("; ".join(problems))
+
+    async def _was_delivered(self, key: str) -> bool:
+        """The ledger's delivery log; when the ledger is down, escalating on time wins over
+        the rare duplicate (which the sink can still drop by the message's key)."""
+        try:
+            return await self.ledger.was_delivered(key)
+        except Exception as err:
+            log.warning("delivery log unavailable, sending anyway", key=key, error=str(err))
+            return False
 
     @activity.defn(name="update_pages")
     async def update_pages(self, update: PageUpdate) -> list[str]:
@@ -222,7 +252,7 @@ class NotifyActivities:
             for target in recipient.chain():
                 key = f"{update.workflow_id}/page-{update.action}/{target.name}"
                 pagers = [c for c in target.channels if c.type is ChannelKind.PAGER]
-                if not pagers or await self.ledger.was_delivered(key):
+                if not pagers or await self._was_delivered(key):
                     continue
                 try:
                     for channel in pagers:
