@@ -13,12 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -27,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ledger.schema import deliveries, sla_events, tickets
 from ledger.url import ledger_url, redacted
 from support.models import SlaEvent, TicketOutcome
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
@@ -53,13 +52,20 @@ class LedgerSchemaError(RuntimeError):
     """The database's schema is not at the revision this code needs."""
 
 
+# Alembic is imported where it is used: reports and the worker's hot path never need it.
+
+
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("script_location", str(ALEMBIC_INI.with_name("migrations")))
     return config
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -96,6 +102,8 @@ class SqlLedger:
     async def migrate(self, revision: str = "head") -> None:
         """Bring the schema to ``revision`` (Alembic upgrade); a no-op when it is there."""
 
+        from alembic import command
+
         def upgrade(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
@@ -105,6 +113,8 @@ class SqlLedger:
             await conn.run_sync(upgrade)
 
     async def schema_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         def current(connection: Connection) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
 

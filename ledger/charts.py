@@ -1,0 +1,142 @@
+"""The report's charts as inline SVG (matplotlib, Agg/SVG canvases, no pyplot state).
+
+Output is deterministic for a given report: a fixed ``svg.hashsalt`` per chart (so ids
+never collide when both charts sit in one HTML page), no date in the metadata, and text
+kept as text (``svg.fonttype: none``), which also keeps the page small and searchable.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from ledger.report import Report
+from support.models import Tier
+
+TIER_COLOURS = {
+    Tier.MISSION_CRITICAL: "#b2182b",
+    Tier.PREMIUM: "#2166ac",
+    Tier.STANDARD: "#1b7837",
+    Tier.COMMUNITY: "#767676",
+}
+TIER_LABELS = {
+    Tier.MISSION_CRITICAL: "Mission Critical",
+    Tier.PREMIUM: "Premium",
+    Tier.STANDARD: "Standard",
+    Tier.COMMUNITY: "Community",
+}
+MAX_TICK_LABELS = 12
+
+
+STYLE: dict[Any, Any] = {
+    "font.size": 9,
+    "svg.fonttype": "none",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _svg(figure: Figure, salt: str) -> str:
+    out = io.StringIO()
+    with rc_context({"svg.hashsalt": salt}):
+        figure.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
+    text = out.getvalue()
+    # Inline in HTML: drop the XML declaration and DOCTYPE, keep the <svg> element, and
+    # prefix its ids (matplotlib numbers them per figure: figure_1, axes_1, ...) so the two
+    # charts of one page never share an id.
+    text = text[text.index("<svg") :].strip()
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{salt}-\1"', text)
+    return re.sub(r"(href=\"#|url\(#)", rf"\1{salt}-", text)
+
+
+def _figure() -> Figure:
+    return Figure(figsize=(8, 3.4), layout="constrained")
+
+
+def _empty(figure: Figure, message: str) -> None:
+    axes = figure.add_subplot()
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, message, ha="center", va="center", color="#555555")
+
+
+def attainment_chart(report: Report) -> str:
+    """Attainment per tier per bucket of opened_at (day or ISO week), as SVG."""
+    with rc_context(STYLE):
+        return _svg(attainment_figure(report), "sla-report-attainment")
+
+
+def acknowledge_chart(report: Report) -> str:
+    """The time to acknowledge per tier (box plot, every ticket a dot), as SVG."""
+    with rc_context(STYLE):
+        return _svg(acknowledge_figure(report), "sla-report-acknowledge")
+
+
+def attainment_figure(report: Report) -> Figure:
+    figure = _figure()
+    series = report.series
+    if not series.tiers:
+        _empty(figure, "no ticket met or breached its response target in this range")
+        return figure
+    axes = figure.add_subplot()
+    positions = list(range(len(series.buckets)))
+    for tier, points in series.tiers.items():
+        values = [p.attainment if p.attainment is not None else math.nan for p in points]
+        axes.plot(
+            positions,
+            values,
+            marker="o",
+            markersize=4,
+            linewidth=1.5,
+            color=TIER_COLOURS[tier],
+            label=TIER_LABELS[tier],
+        )
+    every = max(1, math.ceil(len(positions) / MAX_TICK_LABELS))
+    axes.set_xticks(positions[::every], [label for _, label in series.buckets][::every])
+    axes.tick_params(axis="x", labelrotation=30)
+    axes.set_xlim(-0.5, len(positions) - 0.5)
+    axes.set_ylim(-5, 105)
+    axes.yaxis.set_major_formatter(PercentFormatter(100))
+    axes.set_ylabel("response target met")
+    axes.set_xlabel("opened (UTC " + ("day" if series.unit == "day" else "ISO week") + ")")
+    axes.grid(axis="y", color="#dddddd")
+    figure.legend(loc="outside right upper", frameon=False)
+    return figure
+
+
+def acknowledge_figure(report: Report) -> Figure:
+    figure = _figure()
+    if not report.ack_times:
+        _empty(figure, "no acknowledged ticket in this range")
+        return figure
+    axes = figure.add_subplot()
+    tiers = list(report.ack_times)
+    positions = list(range(1, len(tiers) + 1))
+    longest = max(max(times) for times in report.ack_times.values())
+    unit, size = ("hours", 3600) if longest.total_seconds() > 3 * 3600 else ("minutes", 60)
+    values_per_tier = [[t.total_seconds() / size for t in report.ack_times[t]] for t in tiers]
+    boxes: dict[str, Any] = axes.boxplot(
+        values_per_tier,
+        positions=positions,
+        showfliers=False,
+        widths=0.5,
+        medianprops={"color": "#000"},
+    )
+    for box, tier in zip(boxes["boxes"], tiers, strict=True):
+        box.set_color(TIER_COLOURS[tier])
+    for position, tier, values in zip(positions, tiers, values_per_tier, strict=True):
+        axes.scatter([position] * len(values), values, s=12, color=TIER_COLOURS[tier], zorder=3)
+    axes.set_xticks(positions, [TIER_LABELS[t] for t in tiers])
+    axes.set_ylim(bottom=0)
+    axes.set_ylabel(f"time to acknowledge ({unit}, wall clock)")
+    axes.grid(axis="y", color="#dddddd")
+    return figure

@@ -1,0 +1,357 @@
+"""Renderers of an SLA compliance report: ``table`` (rich), ``csv``, ``json`` and ``html``.
+
+Machine formats carry timestamps in ISO 8601 (UTC, ``Z``) and durations in seconds;
+attainment is a percentage rounded to two decimals, ``null`` / empty when undefined.
+The HTML page is self-contained (inline CSS and SVG charts) and rendered with autoescaping,
+so whatever a customer or ticket id holds is shown as text, never run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from ledger.report import Figures, Report, Row
+
+CSV_COLUMNS = (
+    "scope",
+    "tier",
+    "severity",
+    "tickets",
+    "with_sla",
+    "met",
+    "breached",
+    "pending",
+    "out_of_scope",
+    "attainment_pct",
+    "acknowledged",
+    "ack_p50_seconds",
+    "ack_p90_seconds",
+    "ack_max_seconds",
+    "overrun_total_seconds",
+    "overrun_max_seconds",
+)
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def iso(instant: datetime | None) -> str | None:
+    if instant is None:
+        return None
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def seconds(duration: timedelta | None) -> int | float | None:
+    """Seconds, as an integer when whole, else to the millisecond."""
+    if duration is None:
+        return None
+    value = round(duration.total_seconds(), 3)
+    return int(value) if value.is_integer() else value
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def human(duration: timedelta | None) -> str:
+    """``1h 10m``, ``20m``, ``4m 30s``, ``2d 3h`` (to the nearest second); ``-`` for none."""
+    if duration is None:
+        return "-"
+    left = round(duration.total_seconds())
+    if left == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, left = divmod(left, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return " ".join(parts)
+
+
+def human_percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} %"
+
+
+def human_instant(instant: datetime | None) -> str:
+    return "-" if instant is None else instant.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def figures_record(figures: Figures) -> dict[str, Any]:
+    """The figures under the same names as the CSV columns."""
+    return {
+        "tickets": figures.tickets,
+        "with_sla": figures.with_sla,
+        "met": figures.met,
+        "breached": figures.breached,
+        "pending": figures.pending,
+        "out_of_scope": figures.out_of_scope,
+        "attainment_pct": percent(figures.attainment),
+        "acknowledged": figures.acknowledged,
+        "ack_p50_seconds": seconds(figures.ack_p50),
+        "ack_p90_seconds": seconds(figures.ack_p90),
+        "ack_max_seconds": seconds(figures.ack_max),
+        "overrun_total_seconds": seconds(figures.overrun_total),
+        "overrun_max_seconds": seconds(figures.overrun_max),
+    }
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    return {
+        "scope": row.scope,
+        "tier": row.tier.value if row.tier else None,
+        "severity": row.severity.value if row.severity else None,
+        **figures_record(row.figures),
+    }
+
+
+def describe_scope(report: Report) -> str:
+    f = report.filters
+    opened = (
+        f"opened {human_instant(f.opened_from) if f.opened_from else 'any time'}"
+        f" .. {human_instant(f.opened_to) + ' (exclusive)' if f.opened_to else 'now'}"
+    )
+    return (
+        f"SLA compliance: {opened}; customer {f.customer_id or 'all'};"
+        f" tier {f.tier.value if f.tier else 'all'}; as of {human_instant(report.as_of)} UTC"
+    )
+
+
+# --- json ---------------------------------------------------------------------------------
+
+
+def report_record(report: Report) -> dict[str, Any]:
+    f = report.filters
+    return {
+        "report": "sla-compliance",
+        "as_of": iso(report.as_of),
+        "filters": {
+            "opened_from": iso(f.opened_from),
+            "opened_to": iso(f.opened_to),
+            "customer_id": f.customer_id,
+            "tier": f.tier.value if f.tier else None,
+        },
+        "rows": [row_record(r) for r in report.rows],
+        "total": figures_record(report.total),
+        "breaches": [
+            {
+                "ticket_id": b.ticket_id,
+                "customer_id": b.customer_id,
+                "tier": b.tier.value,
+                "severity": b.severity.value,
+                "state": b.state.value,
+                "response_due_at": iso(b.response_due_at),
+                "acknowledged_at": iso(b.acknowledged_at),
+                "overrun_seconds": seconds(b.overrun),
+                "recorded": b.recorded,
+            }
+            for b in report.breaches
+        ],
+        "series": {
+            "unit": report.series.unit,
+            "buckets": [label for _, label in report.series.buckets],
+            "tiers": {
+                tier.value: [
+                    {
+                        "bucket": p.label,
+                        "met": p.met,
+                        "breached": p.breached,
+                        "attainment_pct": percent(p.attainment),
+                    }
+                    for p in points
+                ]
+                for tier, points in report.series.tiers.items()
+            },
+        },
+    }
+
+
+def render_json(report: Report, out: TextIO) -> None:
+    json.dump(report_record(report), out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+# --- csv ----------------------------------------------------------------------------------
+
+
+def render_csv(report: Report, out: TextIO) -> None:
+    """One row per (tier, severity) group, a ``tier`` subtotal row after each tier's groups,
+    and a ``total`` row last; empty cells where a value does not apply."""
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow({k: "" if v is None else v for k, v in row_record(row).items()})
+
+
+# --- table --------------------------------------------------------------------------------
+
+
+def render_table(report: Report, out: TextIO) -> None:
+    """Rich tables; plain (no colour, no width limit) when ``out`` is not a terminal."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    terminal = out.isatty()
+    # Markup and emoji off: ids are data, "[bold]" or ":fire:" in one is printed as is.
+    # Not a terminal: render plain text without a width limit, trailing blanks trimmed.
+    target = out if terminal else io.StringIO()
+    console = Console(
+        file=target,
+        width=None if terminal else 1000,
+        no_color=not terminal,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+    console.print(Text(describe_scope(report), style="bold"))
+    summary = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    summary.add_column("tier")
+    summary.add_column("severity")
+    for name in (
+        "tickets",
+        "with SLA",
+        "met",
+        "breached",
+        "pending",
+        "out of scope",
+        "attainment",
+        "ack p50",
+        "ack p90",
+        "ack max",
+        "overrun total",
+        "overrun max",
+    ):
+        summary.add_column(name, justify="right")
+    for row in report.rows:
+        f = row.figures
+        cells = [
+            row.tier.value if row.tier else "all tiers",
+            row.severity.value if row.severity else "all",
+            str(f.tickets),
+            str(f.with_sla),
+            str(f.met),
+            str(f.breached),
+            str(f.pending),
+            str(f.out_of_scope),
+            human_percent(f.attainment),
+            human(f.ack_p50),
+            human(f.ack_p90),
+            human(f.ack_max),
+            human(f.overrun_total) if f.breached else "-",
+            human(f.overrun_max),
+        ]
+        summary.add_row(
+            *(Text(c) for c in cells),
+            style="bold" if row.scope != "group" else None,
+            end_section=row.scope != "group",
+        )
+    console.print(summary)
+    console.print()
+    if report.breaches:
+        console.print(breach_table(report))
+    else:
+        console.print(Text("No breaches."))
+    if isinstance(target, io.StringIO):
+        out.write("".join(line.rstrip() + "\n" for line in target.getvalue().splitlines()))
+
+
+def breach_table(report: Report) -> Any:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    breaches = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, title="Breaches (UTC)", title_justify="left"
+    )
+    for name in ("ticket", "customer", "tier", "severity", "state", "due", "acknowledged"):
+        breaches.add_column(name)
+    breaches.add_column("overrun", justify="right")
+    for b in report.breaches:
+        breaches.add_row(
+            *(
+                Text(c)
+                for c in (
+                    b.ticket_id,
+                    b.customer_id,
+                    b.tier.value,
+                    b.severity.value,
+                    b.state.value,
+                    human_instant(b.response_due_at),
+                    human_instant(b.acknowledged_at) if b.acknowledged_at else "not yet",
+                    human(b.overrun),
+                )
+            )
+        )
+    return breaches
+
+
+# --- html ---------------------------------------------------------------------------------
+
+
+def render_html(report: Report) -> str:
+    """One self-contained page: the tables and two inline SVG charts."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    from markupsafe import Markup
+
+    from ledger.charts import acknowledge_chart, attainment_chart
+
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"], default=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    rows = []
+    for row in report.rows:
+        f = row.figures
+        rows.append(
+            {
+                "scope": row.scope,
+                "tier": row.tier.value if row.tier else "total",
+                "severity": row.severity.value if row.severity else "all",
+                "tickets": f.tickets,
+                "with_sla": f.with_sla,
+                "met": f.met,
+                "breached": f.breached,
+                "pending": f.pending,
+                "out_of_scope": f.out_of_scope,
+                "attainment": human_percent(f.attainment),
+                "ack_p50": human(f.ack_p50),
+                "ack_p90": human(f.ack_p90),
+                "ack_max": human(f.ack_max),
+                "overrun_total": human(f.overrun_total) if f.breached else "-",
+                "overrun_max": human(f.overrun_max),
+            }
+        )
+    breaches = [
+        {
+            "ticket_id": b.ticket_id,
+            "customer_id": b.customer_id,
+            "tier": b.tier.value,
+            "severity": b.severity.value,
+            "state": b.state.value,
+            "due": human_instant(b.response_due_at),
+            "acknowledged": human_instant(b.acknowledged_at) if b.acknowledged_at else "not yet",
+            "overrun": human(b.overrun),
+            "overrun_seconds": seconds(b.overrun),
+        }
+        for b in report.breaches
+    ]
+    template = environment.get_template("report.html")
+    return template.render(
+        title=describe_scope(report),
+        as_of=iso(report.as_of),
+        rows=rows,
+        breaches=breaches,
+        series_unit=report.series.unit,
+        # Our own SVG (no customer data in it): the only markup let through unescaped.
+        attainment_svg=Markup(attainment_chart(report)),
+        acknowledge_svg=Markup(acknowledge_chart(report)),
+    )

@@ -1,0 +1,339 @@
+"""SLA compliance figures from the ledger's ticket rows (pure: no I/O, no clock).
+
+``build_report(outcomes, as_of)`` groups tickets per (tier, severity), with a subtotal per
+tier and an overall total, and lists every breach. Definitions (also in the README):
+
+- *with SLA*: the ticket has a response deadline (``response_due_at``); Community has none.
+- *met*: acknowledged at or before the deadline, and no breach on record.
+- *breached*: the workflow recorded a breach (``response_breached``), or the ticket was
+  acknowledged after its deadline, or it is still open, unacknowledged and past its deadline
+  at ``as_of`` (the workflow's breach write has not reached the ledger yet, e.g. while every
+  worker is down: a compliance report never hides an overdue ticket).
+- *pending*: with SLA, not acknowledged, not breached, not out of scope, ``as_of <= due``.
+- *out of scope*: routed to a statement of work. Such a ticket still counts as met or
+  breached if it was acknowledged or breached before it left the SLA path.
+- *attainment* = met / (met + breached), as a percentage; None ("n/a") when both are zero.
+- *time to acknowledge* = ``acknowledged_at - opened_at`` in wall-clock time, over the
+  acknowledged tickets (any tier). Percentiles use the nearest-rank method: the p-th
+  percentile of n sorted values is the value at rank ``ceil(p / 100 * n)`` (1-based), i.e.
+  the smallest value with at least p % of the values at or below it. It is always one of
+  the observed values, never an interpolation.
+- *overrun* of a breach: ``acknowledged_at - response_due_at`` when acknowledged late;
+  ``as_of - response_due_at`` when still open and unacknowledged; otherwise (closed or
+  routed without an acknowledgement, or a breach that stays on record after the deadline
+  was moved later by a severity change) the overrun the workflow stored.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from support.models import Severity, TicketOutcome, TicketState, Tier
+
+TIER_ORDER: tuple[Tier, ...] = (
+    Tier.MISSION_CRITICAL,
+    Tier.PREMIUM,
+    Tier.STANDARD,
+    Tier.COMMUNITY,
+)
+SEVERITY_ORDER: tuple[Severity, ...] = (
+    Severity.SEV1,
+    Severity.SEV2,
+    Severity.SEV3,
+    Severity.SEV4,
+)
+# Up to this many days of opened_at the chart has one point per day, beyond it per ISO week.
+DAILY_BUCKETS_UP_TO = timedelta(days=31)
+
+Scope = Literal["group", "tier", "total"]
+BucketUnit = Literal["day", "week"]
+
+
+def nearest_rank(values: Sequence[timedelta], percent: int) -> timedelta | None:
+    """The ``percent``-th percentile of ``values`` by the nearest-rank method (see above)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = -(-percent * len(ordered) // 100)  # ceil(percent * n / 100), in integers
+    return ordered[max(rank, 1) - 1]
+
+
+def attainment(met: int, breached: int) -> float | None:
+    """Response-target attainment in percent, or None when no ticket was decided."""
+    decided = met + breached
+    return 100.0 * met / decided if decided else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one ticket contributes to the figures."""
+
+    has_sla: bool
+    met: bool
+    breached: bool
+    pending: bool
+    out_of_scope: bool
+    time_to_acknowledge: timedelta | None
+    overrun: timedelta | None  # set when breached
+
+
+def judge(ticket: TicketOutcome, as_of: datetime) -> Verdict:
+    due, acked = ticket.response_due_at, ticket.acknowledged_at
+    to_ack = acked - ticket.opened_at if acked is not None else None
+    if due is None:
+        return Verdict(False, False, False, False, ticket.out_of_scope, to_ack, None)
+    still_open = ticket.state is TicketState.OPEN
+    late_ack = acked is not None and acked > due
+    overdue = acked is None and still_open and not ticket.out_of_scope and as_of > due
+    breached = ticket.response_breached or late_ack or overdue
+    overrun: timedelta | None = None
+    if breached:
+        if late_ack:
+            assert acked is not None
+            overrun = acked - due
+        elif acked is None and still_open:
+            overrun = max(as_of - due, timedelta(0))
+        else:
+            overrun = ticket.overrun or timedelta(0)
+    return Verdict(
+        has_sla=True,
+        met=acked is not None and not breached,
+        breached=breached,
+        pending=acked is None and not breached and not ticket.out_of_scope and as_of <= due,
+        out_of_scope=ticket.out_of_scope,
+        time_to_acknowledge=to_ack,
+        overrun=overrun,
+    )
+
+
+@dataclass(frozen=True)
+class Figures:
+    tickets: int = 0
+    with_sla: int = 0
+    met: int = 0
+    breached: int = 0
+    pending: int = 0
+    out_of_scope: int = 0
+    acknowledged: int = 0
+    ack_p50: timedelta | None = None
+    ack_p90: timedelta | None = None
+    ack_max: timedelta | None = None
+    overrun_total: timedelta = timedelta(0)
+    overrun_max: timedelta | None = None
+
+    @property
+    def attainment(self) -> float | None:
+        return attainment(self.met, self.breached)
+
+    @classmethod
+    def of(cls, verdicts: Sequence[Verdict]) -> Figures:
+        acks = [v.time_to_acknowledge for v in verdicts if v.time_to_acknowledge is not None]
+        overruns = [v.overrun for v in verdicts if v.overrun is not None]
+        return cls(
+            tickets=len(verdicts),
+            with_sla=sum(v.has_sla for v in verdicts),
+            met=sum(v.met for v in verdicts),
+            breached=sum(v.breached for v in verdicts),
+            pending=sum(v.pending for v in verdicts),
+            out_of_scope=sum(v.out_of_scope for v in verdicts),
+            acknowledged=len(acks),
+            ack_p50=nearest_rank(acks, 50),
+            ack_p90=nearest_rank(acks, 90),
+            ack_max=max(acks, default=None),
+            overrun_total=sum(overruns, timedelta(0)),
+            overrun_max=max(overruns, default=None),
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: a (tier, severity) group, a tier's subtotal or the total."""
+
+    scope: Scope
+    tier: Tier | None
+    severity: Severity | None
+    figures: Figures
+
+
+@dataclass(frozen=True)
+class Breach:
+    ticket_id: str
+    customer_id: str
+    tier: Tier
+    severity: Severity
+    state: TicketState
+    response_due_at: datetime
+    acknowledged_at: datetime | None
+    overrun: timedelta
+    # Whether the ledger row carries the breach flag; False for a breach found only here
+    # (acknowledged late, or open past its deadline at as_of, without the flag).
+    recorded: bool
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    bucket: date  # the day, or the Monday of the ISO week
+    label: str
+    met: int
+    breached: int
+
+    @property
+    def attainment(self) -> float | None:
+        return attainment(self.met, self.breached)
+
+
+@dataclass(frozen=True)
+class Series:
+    """Attainment per tier per bucket of ``opened_at`` (every bucket of the range, so the
+    chart's time axis has no holes; a bucket without decided tickets has no attainment)."""
+
+    unit: BucketUnit
+    buckets: list[tuple[date, str]]
+    tiers: dict[Tier, list[SeriesPoint]]
+
+
+@dataclass(frozen=True)
+class Filters:
+    opened_from: datetime | None = None
+    opened_to: datetime | None = None  # exclusive
+    customer_id: str | None = None
+    tier: Tier | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    as_of: datetime
+    filters: Filters
+    rows: list[Row]
+    breaches: list[Breach]
+    series: Series
+    # Raw times to acknowledge per tier, for the distribution chart.
+    ack_times: dict[Tier, list[timedelta]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Figures:
+        return self.rows[-1].figures
+
+    def group(self, tier: Tier, severity: Severity) -> Figures | None:
+        return next(
+            (
+                r.figures
+                for r in self.rows
+                if r.scope == "group" and (r.tier, r.severity) == (tier, severity)
+            ),
+            None,
+        )
+
+    def subtotal(self, tier: Tier) -> Figures | None:
+        return next((r.figures for r in self.rows if r.scope == "tier" and r.tier == tier), None)
+
+
+def build_report(
+    outcomes: Iterable[TicketOutcome], as_of: datetime, filters: Filters | None = None
+) -> Report:
+    """The report for ``outcomes`` (already filtered by the store) as of ``as_of``."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    as_of = as_of.astimezone(UTC)
+    filters = filters or Filters()
+    tickets = list(outcomes)
+    judged = [(t, judge(t, as_of)) for t in tickets]
+    by_group: dict[tuple[Tier, Severity], list[Verdict]] = defaultdict(list)
+    for t, v in judged:
+        by_group[(t.tier, t.severity)].append(v)
+
+    rows: list[Row] = []
+    for tier in TIER_ORDER:
+        tier_verdicts: list[Verdict] = []
+        for severity in SEVERITY_ORDER:
+            verdicts = by_group.get((tier, severity))
+            if verdicts:
+                rows.append(Row("group", tier, severity, Figures.of(verdicts)))
+                tier_verdicts += verdicts
+        if tier_verdicts:
+            rows.append(Row("tier", tier, None, Figures.of(tier_verdicts)))
+    rows.append(Row("total", None, None, Figures.of([v for _, v in judged])))
+
+    breaches = sorted(
+        (
+            Breach(
+                ticket_id=t.ticket_id,
+                customer_id=t.customer_id,
+                tier=t.tier,
+                severity=t.severity,
+                state=t.state,
+                response_due_at=t.response_due_at,
+                acknowledged_at=t.acknowledged_at,
+                overrun=v.overrun or timedelta(0),
+                recorded=t.response_breached,
+            )
+            for t, v in judged
+            if v.breached and t.response_due_at is not None
+        ),
+        key=lambda b: (b.response_due_at, b.ticket_id),
+    )
+    ack_times: dict[Tier, list[timedelta]] = {}
+    for tier in TIER_ORDER:
+        times = sorted(
+            v.time_to_acknowledge
+            for t, v in judged
+            if t.tier is tier and v.time_to_acknowledge is not None
+        )
+        if times:
+            ack_times[tier] = times
+    return Report(
+        as_of=as_of,
+        filters=filters,
+        rows=rows,
+        breaches=breaches,
+        series=build_series(judged, filters),
+        ack_times=ack_times,
+    )
+
+
+def build_series(judged: Sequence[tuple[TicketOutcome, Verdict]], filters: Filters) -> Series:
+    opened = [t.opened_at for t, _ in judged]
+    start = filters.opened_from or min(opened, default=None)
+    # The range's last instant: --to is exclusive; without it, the newest ticket.
+    end = (
+        filters.opened_to - timedelta(microseconds=1)
+        if filters.opened_to is not None
+        else max(opened, default=None)
+    )
+    if start is None or end is None or end < start:
+        return Series("day", [], {})
+    unit: BucketUnit = "day" if end - start <= DAILY_BUCKETS_UP_TO else "week"
+    step = timedelta(days=1 if unit == "day" else 7)
+    buckets: list[tuple[date, str]] = []
+    current, last = bucket_of(start, unit), bucket_of(end, unit)
+    while current <= last:
+        buckets.append((current, bucket_label(current, unit)))
+        current += step
+    counts: dict[tuple[Tier, date], list[int]] = defaultdict(lambda: [0, 0])
+    decided_tiers: set[Tier] = set()
+    for t, v in judged:
+        if v.met or v.breached:
+            decided_tiers.add(t.tier)
+            counts[(t.tier, bucket_of(t.opened_at, unit))][0 if v.met else 1] += 1
+    tiers = {
+        tier: [SeriesPoint(day, label, *counts.get((tier, day), (0, 0))) for day, label in buckets]
+        for tier in TIER_ORDER
+        if tier in decided_tiers
+    }
+    return Series(unit, buckets, tiers)
+
+
+def bucket_of(instant: datetime, unit: BucketUnit) -> date:
+    day = instant.astimezone(UTC).date()
+    return day if unit == "day" else day - timedelta(days=day.weekday())
+
+
+def bucket_label(bucket: date, unit: BucketUnit) -> str:
+    if unit == "day":
+        return bucket.isoformat()
+    year, week, _ = bucket.isocalendar()
+    return f"{year}-W{week:02d}"

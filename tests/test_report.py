@@ -1,0 +1,803 @@
+"""SLA compliance reports and evidence export: the figures of a hand-written scenario in
+every format, the ``python -m ledger`` command line as a separate process, and a report on
+a ledger filled by real workflow runs on the time-skipping server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from ledger.evidence import collect_evidence, evidence_record
+from ledger.render import CSV_COLUMNS, render_csv, render_html, render_table, report_record
+from ledger.report import Filters, Report, bucket_of, build_report, judge, nearest_rank
+from ledger.store import SqlLedger
+from support.models import (
+    Acknowledge,
+    MarkOutOfScope,
+    Resolve,
+    Severity,
+    SlaEvent,
+    SowDecision,
+    TicketOutcome,
+    Tier,
+)
+from tests.conftest import ROOT, Stack, advance_to, now_second, open_ticket_at, status_of, ticket
+
+M, H = timedelta(minutes=1), timedelta(hours=1)
+SCRIPT_CUSTOMER = '<script>alert("x")</script>'
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
+
+
+def outcome(
+    ticket_id: str,
+    tier: str,
+    severity: str,
+    customer: str,
+    opened: datetime,
+    due: datetime | None,
+    acked: datetime | None,
+    state: str,
+    **fields: object,
+) -> TicketOutcome:
+    data: dict[str, object] = {
+        "ticket_id": ticket_id,
+        "workflow_id": f"ticket-{ticket_id}",
+        "revision": 4,
+        "customer_id": customer,
+        "tier": tier,
+        "severity": severity,
+        "category": "incident",
+        "state": state,
+        "opened_at": opened,
+        "response_due_at": due,
+        "acknowledged_at": acked,
+        "acknowledged_by": "ana" if acked else None,
+        "policy_version": "2026.11.1",
+    }
+    return TicketOutcome.model_validate(data | fields)
+
+
+# The scenario: Monday 2 to Thursday 5 November 2026, judged at Thursday 12:00 UTC.
+AS_OF = at(5, 12)
+# fmt: off
+SCENARIO = [
+    # premium sev2, acked after 20 min of a 1 h target: met.
+    outcome("P1", "premium", "sev2", "acme", at(2, 9), at(2, 10), at(2, 9, 20), "resolved"),
+    # premium sev2, acked at 70 min: breached, overrun 10 min.
+    outcome("P2", "premium", "sev2", "globex", at(3, 9), at(3, 10), at(3, 10, 10),
+            "acknowledged", response_breached=True, overrun=10 * M),
+    # premium sev2, still open, breach recorded (stored overrun 15 min is stale): overrun is
+    # as_of - due = 12:00 - 11:00 = 1 h. Its customer id tries to inject a script.
+    outcome("P3", "premium", "sev2", SCRIPT_CUSTOMER, at(5, 10), at(5, 11), None, "open",
+            response_breached=True, overrun=15 * M),
+    # premium sev3, due 12:30 after as_of: pending.
+    outcome("P4", "premium", "sev3", "acme", at(5, 11, 30), at(5, 12, 30), None, "open"),
+    # premium sev3, routed to a statement of work before its deadline, declined: out of scope.
+    outcome("P5", "premium", "sev3", "acme", at(3, 14), at(3, 15), None, "closed",
+            out_of_scope=True, sow_outcome="declined"),
+    # premium sev2, open past due but the breach write has not landed: breached anyway,
+    # overrun 12:00 - 10:00 = 2 h, not "recorded".
+    outcome("P6", "premium", "sev2", "acme", at(5, 9), at(5, 10), None, "open"),
+    # mission_critical sev1 (15 min): acked after 5 min: met.
+    outcome("M1", "mission_critical", "sev1", "example-bank", at(2, 12), at(2, 12, 15),
+            at(2, 12, 5), "resolved"),
+    # mission_critical sev1 acked after 45 min: breached, overrun 30 min.
+    outcome("M2", "mission_critical", "sev1", "example-bank", at(3, 12), at(3, 12, 15),
+            at(3, 12, 45), "resolved", response_breached=True, overrun=30 * M),
+    # standard sev3 (business hours), acked after 2 h: met.
+    outcome("S1", "standard", "sev3", "initech", at(2, 15), at(2, 19), at(2, 17), "resolved"),
+    # standard sev4 acked exactly at the deadline (4 h): met.
+    outcome("S2", "standard", "sev4", "initech", at(4, 9), at(4, 13), at(4, 13), "resolved"),
+    # community: no SLA; acked after 1 h 30 min (counts for the time to acknowledge only).
+    outcome("C1", "community", "sev3", "hobbyist", at(4, 8), None, at(4, 9, 30), "resolved"),
+]
+# fmt: on
+
+# Hand-computed figures. Times to acknowledge in seconds: M1 300, P1 1200, M2 2700, P2 4200,
+# C1 5400, S1 7200, S2 14400. Nearest rank: p50 of n values is the ceil(n/2)-th, p90 the
+# ceil(0.9 n)-th. Overruns: P2 600, P3 3600, P6 7200, M2 1800.
+#   mission_critical sev1: M1 met, M2 breached -> 1/2 = 50 %; acks [300, 2700]: p50 rank 1
+#     = 300, p90 rank ceil(1.8) = 2 = 2700; overrun 1800.
+#   premium sev2: P1 met; P2, P3, P6 breached -> 1/4 = 25 %; acks [1200, 4200]: p50 1200,
+#     p90 4200; overrun 600 + 3600 + 7200 = 11400, max 7200.
+#   premium sev3: P4 pending, P5 out of scope; nothing decided -> n/a.
+#   standard: S1, S2 met -> 100 %; acks [7200, 14400]: p50 7200, p90 14400.
+#   community: no SLA -> n/a; ack 5400.
+#   total: 11 tickets, 10 with SLA, met 4 (P1 M1 S1 S2), breached 4 (P2 P3 P6 M2) -> 50 %;
+#     7 acks: p50 rank ceil(3.5) = 4 -> 4200, p90 rank ceil(6.3) = 7 -> 14400;
+#     overrun 600 + 3600 + 7200 + 1800 = 13200, max 7200.
+# scope, tier, severity, tickets, with_sla, met, breached, pending, out_of_scope, attainment,
+# acknowledged, ack p50, p90, max, overrun total, overrun max
+EXPECTED_ROWS: list[tuple[Any, ...]] = [
+    ("group", "mission_critical", "sev1", 2, 2, 1, 1, 0, 0, 50.0, 2, 300, 2700, 2700, 1800, 1800),
+    ("tier", "mission_critical", None, 2, 2, 1, 1, 0, 0, 50.0, 2, 300, 2700, 2700, 1800, 1800),
+    ("group", "premium", "sev2", 4, 4, 1, 3, 0, 0, 25.0, 2, 1200, 4200, 4200, 11400, 7200),
+    ("group", "premium", "sev3", 2, 2, 0, 0, 1, 1, None, 0, None, None, None, 0, None),
+    ("tier", "premium", None, 6, 6, 1, 3, 1, 1, 25.0, 2, 1200, 4200, 4200, 11400, 7200),
+    ("group", "standard", "sev3", 1, 1, 1, 0, 0, 0, 100.0, 1, 7200, 7200, 7200, 0, None),
+    ("group", "standard", "sev4", 1, 1, 1, 0, 0, 0, 100.0, 1, 14400, 14400, 14400, 0, None),
+    ("tier", "standard", None, 2, 2, 2, 0, 0, 0, 100.0, 2, 7200, 14400, 14400, 0, None),
+    ("group", "community", "sev3", 1, 0, 0, 0, 0, 0, None, 1, 5400, 5400, 5400, 0, None),
+    ("tier", "community", None, 1, 0, 0, 0, 0, 0, None, 1, 5400, 5400, 5400, 0, None),
+    ("total", None, None, 11, 10, 4, 4, 1, 1, 50.0, 7, 4200, 14400, 14400, 13200, 7200),
+]
+# Breaches by deadline: P2 (3rd 10:00), M2 (3rd 12:15), P6 (5th 10:00), P3 (5th 11:00).
+EXPECTED_BREACHES = [
+    {
+        "ticket_id": "P2",
+        "customer_id": "globex",
+        "tier": "premium",
+        "severity": "sev2",
+        "state": "acknowledged",
+        "response_due_at": "2026-11-03T10:00:00Z",
+        "acknowledged_at": "2026-11-03T10:10:00Z",
+        "overrun_seconds": 600,
+        "recorded": True,
+    },
+    {
+        "ticket_id": "M2",
+        "customer_id": "example-bank",
+        "tier": "mission_critical",
+        "severity": "sev1",
+        "state": "resolved",
+        "response_due_at": "2026-11-03T12:15:00Z",
+        "acknowledged_at": "2026-11-03T12:45:00Z",
+        "overrun_seconds": 1800,
+        "recorded": True,
+    },
+    {
+        "ticket_id": "P6",
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "state": "open",
+        "response_due_at": "2026-11-05T10:00:00Z",
+        "acknowledged_at": None,
+        "overrun_seconds": 7200,
+        "recorded": False,
+    },
+    {
+        "ticket_id": "P3",
+        "customer_id": SCRIPT_CUSTOMER,
+        "tier": "premium",
+        "severity": "sev2",
+        "state": "open",
+        "response_due_at": "2026-11-05T11:00:00Z",
+        "acknowledged_at": None,
+        "overrun_seconds": 3600,
+        "recorded": True,
+    },
+]
+# Day buckets 2..5 November; decided tickets per opening day:
+#   mission_critical: 2nd M1 met, 3rd M2 breached; premium: 2nd P1 met, 3rd P2 breached,
+#   5th P3 and P6 breached; standard: 2nd S1 met, 4th S2 met.
+DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
+
+
+def point(bucket: str, met: int, breached: int, pct: float | None) -> dict[str, Any]:
+    return {"bucket": bucket, "met": met, "breached": breached, "attainment_pct": pct}
+
+
+EXPECTED_SERIES = {
+    "unit": "day",
+    "buckets": DAYS,
+    "tiers": {
+        "mission_critical": [
+            point(DAYS[0], 1, 0, 100.0),
+            point(DAYS[1], 0, 1, 0.0),
+            point(DAYS[2], 0, 0, None),
+            point(DAYS[3], 0, 0, None),
+        ],
+        "premium": [
+            point(DAYS[0], 1, 0, 100.0),
+            point(DAYS[1], 0, 1, 0.0),
+            point(DAYS[2], 0, 0, None),
+            point(DAYS[3], 0, 2, 0.0),
+        ],
+        "standard": [
+            point(DAYS[0], 1, 0, 100.0),
+            point(DAYS[1], 0, 0, None),
+            point(DAYS[2], 1, 0, 100.0),
+            point(DAYS[3], 0, 0, None),
+        ],
+    },
+}
+
+
+def expected_row(values: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(CSV_COLUMNS, values, strict=True))
+
+
+def expected_json() -> dict[str, Any]:
+    rows = [expected_row(v) for v in EXPECTED_ROWS]
+    return {
+        "report": "sla-compliance",
+        "as_of": "2026-11-05T12:00:00Z",
+        "filters": {"opened_from": None, "opened_to": None, "customer_id": None, "tier": None},
+        "rows": rows,
+        "total": {k: v for k, v in rows[-1].items() if k not in ("scope", "tier", "severity")},
+        "breaches": EXPECTED_BREACHES,
+        "series": EXPECTED_SERIES,
+    }
+
+
+def scenario_report() -> Report:
+    return build_report(SCENARIO, AS_OF)
+
+
+def table_text(report: Report) -> str:
+    out = io.StringIO()  # not a terminal: plain text
+    render_table(report, out)
+    return out.getvalue()
+
+
+def csv_text(report: Report) -> str:
+    out = io.StringIO()
+    render_csv(report, out)
+    return out.getvalue()
+
+
+# --- the figures ------------------------------------------------------------------------------
+
+
+def test_nearest_rank_percentile_is_the_smallest_value_covering_p_percent() -> None:
+    ten = [timedelta(seconds=s) for s in range(10, 0, -1)]  # unsorted on purpose
+    assert nearest_rank(ten, 50) == timedelta(seconds=5)  # rank ceil(5) = 5
+    assert nearest_rank(ten, 90) == timedelta(seconds=9)  # rank ceil(9) = 9
+    assert nearest_rank(ten, 91) == timedelta(seconds=10)  # rank ceil(9.1) = 10
+    four = [timedelta(seconds=s) for s in (10, 20, 30, 40)]
+    assert nearest_rank(four, 50) == timedelta(seconds=20)  # rank 2, no interpolation
+    assert nearest_rank(four, 90) == timedelta(seconds=40)  # rank ceil(3.6) = 4
+    assert nearest_rank([timedelta(seconds=7)], 50) == timedelta(seconds=7)
+    assert nearest_rank([], 50) is None
+
+
+def test_scenario_figures_per_group_tier_and_total_as_json() -> None:
+    assert report_record(scenario_report()) == expected_json()
+
+
+def test_scenario_as_csv_has_one_row_per_group_with_subtotals_and_total() -> None:
+    rows = list(csv.reader(io.StringIO(csv_text(scenario_report()))))
+    assert rows[0] == list(CSV_COLUMNS)
+    assert rows[1:] == [["" if v is None else str(v) for v in values] for values in EXPECTED_ROWS]
+
+
+def test_scenario_as_a_table_shows_the_figures_without_colour() -> None:
+    text = table_text(scenario_report())
+    assert "\x1b[" not in text, "no ANSI escapes when the output is not a terminal"
+    assert all(line == line.rstrip() for line in text.splitlines())
+    assert text.startswith(
+        "SLA compliance: opened any time .. now; customer all; tier all;"
+        " as of 2026-11-05 12:00:00 UTC\n"
+    )
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines() if line}
+    # tickets, with SLA, met, breached, pending, out of scope, attainment, p50, p90, max,
+    # overrun total, overrun max
+    assert lines[("mission_critical", "sev1")] == "2 2 1 1 0 0 50.0 % 5m 45m 45m 30m 30m".split()
+    assert lines[("premium", "sev2")] == "4 4 1 3 0 0 25.0 % 20m 1h 10m 1h 10m 3h 10m 2h".split()
+    assert lines[("premium", "sev3")] == "2 2 0 0 1 1 n/a - - - - -".split()
+    assert lines[("premium", "all")] == "6 6 1 3 1 1 25.0 % 20m 1h 10m 1h 10m 3h 10m 2h".split()
+    assert lines[("standard", "sev4")] == "1 1 1 0 0 0 100.0 % 4h 4h 4h - -".split()
+    assert lines[("community", "sev3")] == "1 0 0 0 0 0 n/a 1h 30m 1h 30m 1h 30m - -".split()
+    assert lines[("all", "tiers")] == "all 11 10 4 4 1 1 50.0 % 1h 10m 4h 4h 3h 40m 2h".split()
+    breaches = text[text.index("Breaches (UTC)") :].splitlines()[3:]
+    assert [line.split()[0] for line in breaches] == ["P2", "M2", "P6", "P3"]
+    assert "2026-11-05 11:00:00   not yet" in breaches[3] and breaches[3].endswith("1h")
+    assert SCRIPT_CUSTOMER in breaches[3], "a terminal shows the id as it is (no markup)"
+
+
+def test_scenario_as_html_is_self_contained_escaped_and_deterministic() -> None:
+    report = scenario_report()
+    html = render_html(report)
+    assert html == render_html(report), "same report, same bytes (charts included)"
+    # The figures.
+    for figure in ("50.0 %", "25.0 %", "100.0 %", "n/a", "1h 10m", "3h 40m", "3h 10m", "4h"):
+        assert f"<td>{figure}</td>" in html, figure
+    assert '<tr class="total">' in html and html.count('<tr class="tier">') == 4
+    # Both charts, inline, with ids that never clash between them.
+    charts = re.findall(r'<figure id="([a-z-]+)">\s*<svg', html)
+    assert charts == ["attainment-chart", "acknowledge-chart"]
+    assert html.count("<svg") == 2
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    assert "Mission Critical" in html and "2026-11-03" in html  # chart text stays text
+    # Nothing from the ledger runs: the injected customer id is shown as text.
+    assert "<script" not in html
+    assert '<td class="text">&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</td>' in html
+    assert not re.search(r'\b(src|href)="(?!#)', html), "self-contained: no external resource"
+    assert "<link" not in html
+
+
+def test_an_empty_report_renders_in_every_format() -> None:
+    report = build_report([], AS_OF)
+    assert report_record(report)["total"]["tickets"] == 0
+    assert report_record(report)["total"]["attainment_pct"] is None
+    assert report_record(report)["series"] == {"unit": "day", "buckets": [], "tiers": {}}
+    assert csv_text(report).splitlines()[1] == "total,,,0,0,0,0,0,0,,0,,,,0,"
+    assert "No breaches." in table_text(report)
+    assert render_html(report).count("<svg") == 2
+
+
+def test_long_ranges_are_charted_per_iso_week() -> None:
+    window = Filters(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    series = report_record(build_report(SCENARIO, AS_OF, window))["series"]
+    # 1 October (Thursday, week 40) to 30 November (Monday, week 49): 61 days -> weeks.
+    assert series["unit"] == "week"
+    assert series["buckets"] == [f"2026-W{w}" for w in range(40, 50)]
+    week45 = {tier: points[5] for tier, points in series["tiers"].items()}
+    assert week45 == {
+        "mission_critical": point("2026-W45", 1, 1, 50.0),
+        "premium": point("2026-W45", 1, 3, 25.0),
+        "standard": point("2026-W45", 2, 0, 100.0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "fields", "verdict"),
+    [
+        # A breach stays on record after a severity change moved the deadline past the ack:
+        # breached, with the overrun the workflow measured from the breach instant.
+        (
+            "breach-then-deadline-moved",
+            {"acknowledged_at": at(2, 9, 50), "response_breached": True, "overrun": 5 * M},
+            ("breached", 5 * M),
+        ),
+        # Acknowledged in time, then routed to a statement of work: still met.
+        (
+            "met-then-routed",
+            {"acknowledged_at": at(2, 9, 30), "state": "routed_to_sow", "out_of_scope": True},
+            ("met", None),
+        ),
+        # Breached, then routed without an ack: the stored overrun, not as_of - due.
+        (
+            "breached-then-routed",
+            {
+                "state": "routed_to_sow",
+                "out_of_scope": True,
+                "response_breached": True,
+                "overrun": 20 * M,
+            },
+            ("breached", 20 * M),
+        ),
+        # Routed before the deadline: neither met, breached nor pending.
+        ("routed-in-time", {"state": "closed", "out_of_scope": True}, ("none", None)),
+    ],
+)
+def test_verdicts_of_tickets_that_changed_course(
+    case: str, fields: dict[str, object], verdict: tuple[str, timedelta | None]
+) -> None:
+    base = outcome("X", "premium", "sev2", "acme", at(2, 9), at(2, 10), None, "acknowledged")
+    judged = judge(TicketOutcome.model_validate(base.model_dump() | fields), AS_OF)
+    name = "met" if judged.met else "breached" if judged.breached else "none"
+    assert (name, judged.overrun) == verdict, case
+    assert not judged.pending
+
+
+async def test_reports_read_back_from_the_ledger_on_both_backends(any_ledger: SqlLedger) -> None:
+    for row in SCENARIO:
+        await any_ledger.save_outcome(row)
+    assert report_record(build_report(await any_ledger.outcomes(), AS_OF)) == expected_json()
+    # Filters are applied by the store: acme's premium tickets opened on the 3rd to 5th.
+    window = Filters(at(3, 0), at(6, 0), "acme", Tier.PREMIUM)
+    rows = await any_ledger.outcomes(at(3, 0), at(6, 0), "acme", "premium")
+    assert [r.ticket_id for r in rows] == ["P5", "P6", "P4"]
+    report = build_report(rows, AS_OF, window)
+    sev2 = report.group(Tier.PREMIUM, Severity.SEV2)
+    assert sev2 is not None and (sev2.tickets, sev2.breached, sev2.overrun_total) == (1, 1, 2 * H)
+    assert report_record(report)["filters"] == {
+        "opened_from": "2026-11-03T00:00:00Z",
+        "opened_to": "2026-11-06T00:00:00Z",
+        "customer_id": "acme",
+        "tier": "premium",
+    }
+
+
+# --- the command line, as a separate process ----------------------------------------------------
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """``python -m ledger ...`` as a separate process: (exit code, stdout, stderr)."""
+    environment = {k: v for k, v in os.environ.items() if k != "SUPPORT_LEDGER_URL"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ledger",
+        *args,
+        cwd=ROOT,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def cli_in_process(*args: str) -> tuple[int, str, str]:
+    """The same entry point in this process (in a thread: it runs its own event loop), for
+    the input checks that need no fresh interpreter."""
+    from ledger.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(main, list(args), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+P2_EVENTS = [
+    SlaEvent(
+        key="ticket-P2/opened",
+        ticket_id="P2",
+        kind="opened",
+        at=at(3, 9),
+        source="workflow",
+        detail={"tier": "premium", "response_due_at": "2026-11-03T10:00:00Z"},
+    ),
+    SlaEvent(
+        key="ticket-P2/breach",
+        ticket_id="P2",
+        kind="breached",
+        at=at(3, 10),
+        source="timer",
+        detail={"step": "breach", "targets": ["support-lead", "duty-manager"]},
+    ),
+    SlaEvent(
+        key="ticket-P2/acknowledged",
+        ticket_id="P2",
+        kind="acknowledged",
+        at=at(3, 10, 10),
+        source="agent:ana",
+        detail={"response_breached": True, "overrun_seconds": 600.0, "note": 'a "quoted", note'},
+    ),
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def scenario_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite ledger file holding the scenario and the events of one ticket (read only)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('scenario') / 'ledger.sqlite3'}"
+    ledger = SqlLedger.from_url(url)
+    await ledger.migrate()
+    for row in SCENARIO:
+        await ledger.save_outcome(row)
+    await ledger.append(P2_EVENTS)
+    await ledger.close()
+    return url
+
+
+async def test_cli_migrates_a_new_ledger_and_reports_the_revision(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "ledger.sqlite3"
+    code, out, err = await cli_in_process("migrate", "--url", f"sqlite:///{path}")
+    assert (code, err) == (0, "")
+    assert out == f"SLA ledger at sqlite+aiosqlite:///{path}: schema at revision 0001 (head)\n"
+    ledger = SqlLedger.from_url(f"sqlite:///{path}")
+    try:
+        await ledger.check_schema()
+    finally:
+        await ledger.close()
+
+
+def error_cases(url: str) -> dict[str, tuple[list[str], int, str]]:
+    """Bad input and an unusable ledger: (arguments, exit code, start of the message)."""
+    return {
+        "bad-date": (
+            ["report", "--url", url, "--from", "2026-13-01"],
+            2,
+            "error: --from: '2026-13-01' is not a date or date-time"
+            " (YYYY-MM-DD, or ISO 8601 such as 2026-11-01T09:30:00Z)\n",
+        ),
+        "unknown-tier": (
+            ["report", "--url", url, "--tier", "gold"],
+            2,
+            "error: --tier: 'gold' is not a tier;"
+            " valid: mission_critical, premium, standard, community\n",
+        ),
+        "from-after-to": (
+            ["report", "--url", url, "--from", "2026-11-05", "--to", "2026-11-01"],
+            2,
+            "error: --from: 2026-11-05 is not before --to 2026-11-01 (--to is exclusive)\n",
+        ),
+        "unknown-ticket": (
+            ["evidence", "T-404", "--url", url],
+            1,
+            "error: no ticket 'T-404' in the SLA ledger at sqlite+aiosqlite:///"
+            f"{url.removeprefix('sqlite:///')}\n",
+        ),
+        "unreachable": (
+            ["report", "--url", "postgresql://reporter:s3cret@127.0.0.1:1/ledger"],
+            1,
+            "error: cannot use the SLA ledger at"
+            " postgresql+asyncpg://reporter:***@127.0.0.1:1/ledger: ",
+        ),
+    }
+
+
+@dataclass
+class CliRuns:
+    results: dict[str, tuple[int, str, str]]
+    page: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def cli_runs(scenario_url: str, tmp_path_factory: pytest.TempPathFactory) -> CliRuns:
+    """Every ``python -m ledger`` process of these tests, run at once (each one spends about
+    a second importing; side by side they keep the suite fast). The slowest first."""
+    page = tmp_path_factory.mktemp("html") / "report.html"
+    as_of = ["--url", scenario_url, "--as-of", "2026-11-05T13:00:00+01:00"]  # = 12:00 UTC
+    runs = {
+        "html": ["report", *as_of, "--format", "html", "--output", str(page)],
+        "table": ["report", *as_of],
+        "csv": ["report", *as_of, "--format", "csv"],
+        "json": ["report", *as_of, "--format", "json"],
+        "evidence": ["evidence", "P2", "--url", scenario_url],
+        "bad-format": ["report", "--format", "xml"],
+    } | {name: args for name, (args, _, _) in error_cases(scenario_url).items()}
+    results = await asyncio.gather(*(cli(*args) for args in runs.values()))
+    return CliRuns(dict(zip(runs, results, strict=True)), page)
+
+
+async def test_cli_reports_in_every_format(cli_runs: CliRuns) -> None:
+    report = scenario_report()
+    assert cli_runs.results["table"] == (0, table_text(report), "")
+    assert cli_runs.results["csv"] == (0, csv_text(report), "")
+    code, out, err = cli_runs.results["json"]
+    assert (code, err) == (0, "") and json.loads(out) == expected_json()
+    assert cli_runs.results["html"] == (0, "", "")
+    assert cli_runs.page.read_text(encoding="utf-8") == render_html(report)
+
+
+async def test_cli_filters_by_open_time_customer_and_tier(scenario_url: str) -> None:
+    code, out, err = await cli_in_process(
+        "report", "--url", scenario_url, "--as-of", "2026-11-05T12:00:00Z", "--format", "json",
+        "--from", "2026-11-03", "--to", "2026-11-05", "--customer", "acme", "--tier", "premium",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["filters"] == {
+        "opened_from": "2026-11-03T00:00:00Z",
+        "opened_to": "2026-11-05T00:00:00Z",
+        "customer_id": "acme",
+        "tier": "premium",
+    }
+    # acme's premium tickets opened on the 3rd and 4th: only P5 (out of scope).
+    assert [(r["scope"], r["severity"], r["tickets"], r["out_of_scope"]) for r in data["rows"]] == [
+        ("group", "sev3", 1, 1),
+        ("tier", None, 1, 1),
+        ("total", None, 1, 1),
+    ]
+
+
+async def test_cli_exports_the_evidence_of_a_ticket(cli_runs: CliRuns, scenario_url: str) -> None:
+    code, out, err = cli_runs.results["evidence"]
+    csv_code, csv_out, _ = await cli_in_process(
+        "evidence", "P2", "--url", scenario_url, "--format", "csv"
+    )
+    assert (code, err, csv_code) == (0, "", 0)
+    evidence = json.loads(out)
+    assert evidence["ticket_id"] == "P2"
+    assert evidence["ticket"]["acknowledged_at"] == "2026-11-03T10:10:00Z"
+    assert evidence["ticket"]["overrun_seconds"] == 600
+    assert evidence["ticket"]["response_breached"] is True
+    assert evidence["events"] == [
+        {
+            "at": e.at.isoformat().replace("+00:00", "Z"),
+            "kind": e.kind,
+            "source": e.source,
+            "key": e.key,
+            "detail": e.detail,
+        }
+        for e in P2_EVENTS
+    ]
+    rows = list(csv.DictReader(io.StringIO(csv_out)))
+    assert [(r["record"], r["at"], r["kind"], r["source"], r["key"]) for r in rows] == [
+        ("ticket", "2026-11-03T09:00:00Z", "ticket", "ledger", "ticket-P2"),
+        ("event", "2026-11-03T09:00:00Z", "opened", "workflow", "ticket-P2/opened"),
+        ("event", "2026-11-03T10:00:00Z", "breached", "timer", "ticket-P2/breach"),
+        ("event", "2026-11-03T10:10:00Z", "acknowledged", "agent:ana", "ticket-P2/acknowledged"),
+    ]
+    assert json.loads(rows[0]["detail"]) == evidence["ticket"]
+    assert json.loads(rows[3]["detail"])["note"] == 'a "quoted", note'
+
+
+async def test_cli_errors_name_the_flag_and_set_the_exit_code(
+    cli_runs: CliRuns, scenario_url: str
+) -> None:
+    for name, (args, code, message) in error_cases(scenario_url).items():
+        got_code, out, err = cli_runs.results[name]
+        assert (got_code, out) == (code, ""), (args, err)
+        assert err.startswith(message) and err.count("\n") == 1, (args, err)
+    assert "s3cret" not in cli_runs.results["unreachable"][2], "the password is never printed"
+    # argparse's own checks exit 2 with its usage line.
+    code, _, err = cli_runs.results["bad-format"]
+    assert code == 2 and "argument --format: invalid choice: 'xml'" in err
+
+
+async def test_cli_input_checks(scenario_url: str, tmp_path: Path) -> None:
+    url = ["--url", scenario_url]
+    missing, unmigrated = tmp_path / "missing.sqlite3", tmp_path / "empty.sqlite3"
+    unmigrated.touch()
+    cases: list[tuple[list[str], int, str]] = [
+        (
+            ["report", *url, "--as-of", "yesterday"],
+            2,
+            "error: --as-of: 'yesterday' is not a date or date-time",
+        ),
+        (["report", *url, "--to", "2026-02-30"], 2, "error: --to: '2026-02-30' is not a date"),
+        (["report", *url, "--customer", " "], 2, "error: --customer: must not be empty\n"),
+        (
+            ["report", *url, "--output", str(tmp_path / "no" / "such" / "r.html")],
+            2,
+            f"error: --output: directory '{tmp_path / 'no' / 'such'}' does not exist\n",
+        ),
+        (
+            ["report", "--url", "mysql://reports@db/ledger"],
+            2,
+            "error: --url: 'mysql' is not supported; use postgresql://... or sqlite:///path\n",
+        ),
+        (
+            ["evidence", "T 1", *url],
+            2,
+            "error: TICKET_ID: 'T 1' is not a ticket id ([A-Za-z0-9._-]{1,64})\n",
+        ),
+        (
+            ["evidence", "T-1", "--url", f"sqlite:///{missing}"],
+            1,
+            f"error: no SLA ledger at sqlite+aiosqlite:///{missing}: {missing} does not exist"
+            " (`python -m ledger migrate` creates it)\n",
+        ),
+        (
+            ["report", "--url", f"sqlite:///{unmigrated}"],
+            1,
+            f"error: the SLA ledger at sqlite+aiosqlite:///{unmigrated} is at schema revision"
+            " none, this code needs 0001: run `python -m ledger migrate`\n",
+        ),
+    ]
+    for args, code, message in cases:
+        got_code, out, err = await cli_in_process(*args)
+        assert (got_code, out) == (code, ""), (args, err)
+        assert err.startswith(message), (args, err)
+    assert not missing.exists(), "a report never creates an empty ledger"
+
+
+# --- on a ledger filled by real workflow runs -------------------------------------------------
+
+
+async def ledger_row(stack: Stack, ticket_id: str, done: Any) -> TicketOutcome:
+    """Wait (real time, at most 10 s) until the ticket's ledger row satisfies ``done``: the
+    ledger writes run as background activities."""
+    row = None
+    for _ in range(500):
+        row = await stack.ledger.outcome(ticket_id)
+        if row is not None and done(row):
+            return row
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{ticket_id}: ledger row not as expected within 10 s: {row}")
+
+
+async def test_report_on_a_ledger_filled_by_real_workflow_runs(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    met = await open_ticket_at(stack, ticket("R-met"), t0)  # premium sev2: 1 h
+    late = await open_ticket_at(stack, ticket("R-late"), t0)
+    await open_ticket_at(stack, ticket("R-waiting"), t0)  # never acknowledged
+    mission = await open_ticket_at(
+        stack,
+        ticket("R-mc", customer_id="example-bank", tier="mission_critical", severity="sev1"),
+        t0,
+    )
+    routed = await open_ticket_at(stack, ticket("R-sow", severity="sev3"), t0)
+    community = await open_ticket_at(stack, ticket("R-community", tier="community"), t0)
+
+    await advance_to(stack.env, t0 + 5 * M)
+    await mission.signal("acknowledge", Acknowledge(agent="mia"))
+    await advance_to(stack.env, t0 + 10 * M)
+    await routed.signal("mark_out_of_scope", MarkOutOfScope(by="bob", reason="custom operator"))
+    await advance_to(stack.env, t0 + 20 * M)
+    await met.signal("acknowledge", Acknowledge(agent="ana"))
+    await advance_to(stack.env, t0 + 30 * M)
+    await community.signal("acknowledge", Acknowledge(agent="cole"))
+    await advance_to(stack.env, t0 + 70 * M)
+    await late.signal("acknowledge", Acknowledge(agent="ben"))
+    await open_ticket_at(stack, ticket("R-pending"), t0 + 75 * M)  # due t0 + 135 min
+    await advance_to(stack.env, t0 + 80 * M)
+
+    # Finish what can finish; the rest stays open (the fixture terminates it).
+    for handle in (met, mission, community):
+        await handle.signal("resolve", Resolve(by="ana"))
+        await handle.result()
+    sow = stack.client.get_workflow_handle("sow-R-sow")
+    await sow.signal("sow_decision", SowDecision(decision="declined", by="account-manager"))
+    await routed.result()
+
+    # Acknowledgement instants are when the workflow processed the signal.
+    acked = {
+        name: (await status_of(handle)).acknowledged_at
+        for name, handle in (("met", met), ("late", late), ("mc", mission), ("c", community))
+    }
+    to_ack = {name: instant - t0 for name, instant in acked.items() if instant is not None}
+    assert 20 * M <= to_ack["met"] < 21 * M and 70 * M <= to_ack["late"] < 71 * M
+    assert 5 * M <= to_ack["mc"] < 6 * M and 30 * M <= to_ack["c"] < 31 * M
+
+    await ledger_row(stack, "R-met", lambda r: r.state.value == "resolved")
+    await ledger_row(stack, "R-late", lambda r: r.state.value == "acknowledged")
+    await ledger_row(stack, "R-waiting", lambda r: r.response_breached)
+    await ledger_row(stack, "R-mc", lambda r: r.state.value == "resolved")
+    await ledger_row(stack, "R-sow", lambda r: r.state.value == "closed")
+    await ledger_row(stack, "R-community", lambda r: r.state.value == "resolved")
+    await ledger_row(stack, "R-pending", lambda r: r.response_due_at == t0 + 135 * M)
+
+    as_of = t0 + 90 * M
+    report = build_report(await stack.ledger.outcomes(), as_of)
+    late_overrun = to_ack["late"] - H  # acknowledged at ~70 min of a 60 min target
+    # The still-open breached ticket: as_of - due = 90 - 60 = 30 min.
+    waiting_overrun = 30 * M
+
+    def figures(tier: Tier, severity: Severity | None = None) -> tuple[Any, ...]:
+        f = report.group(tier, severity) if severity else report.subtotal(tier)
+        assert f is not None, (tier, severity)
+        return (
+            f.tickets, f.with_sla, f.met, f.breached, f.pending, f.out_of_scope,
+            f.attainment, f.ack_p50, f.ack_p90, f.ack_max, f.overrun_total, f.overrun_max,
+        )  # fmt: skip
+
+    # premium sev2: met, late, waiting, pending -> met 1, breached 2 (late, waiting),
+    # pending 1 -> 1/3; acks [20, 70] min: p50 rank 1 = met's, p90 rank 2 = late's.
+    assert figures(Tier.PREMIUM, Severity.SEV2) == (
+        4, 4, 1, 2, 1, 0, 100 / 3, to_ack["met"], to_ack["late"], to_ack["late"],
+        late_overrun + waiting_overrun, waiting_overrun,
+    )  # fmt: skip
+    # premium sev3: routed to a statement of work at 10 min, before its deadline.
+    assert figures(Tier.PREMIUM, Severity.SEV3) == (
+        1, 1, 0, 0, 0, 1, None, None, None, None, timedelta(0), None,
+    )  # fmt: skip
+    assert figures(Tier.PREMIUM)[:7] == (5, 5, 1, 2, 1, 1, 100 / 3)
+    assert figures(Tier.MISSION_CRITICAL, Severity.SEV1) == (
+        1, 1, 1, 0, 0, 0, 100.0, to_ack["mc"], to_ack["mc"], to_ack["mc"], timedelta(0), None,
+    )  # fmt: skip
+    # community (default severity of the helper: sev2): no SLA, acked after 30 min.
+    assert figures(Tier.COMMUNITY, Severity.SEV2) == (
+        1, 0, 0, 0, 0, 0, None, to_ack["c"], to_ack["c"], to_ack["c"], timedelta(0), None,
+    )  # fmt: skip
+    # total: acks [5, 20, 30, 70] min: p50 rank 2 = met's, p90 rank ceil(3.6) = 4 = late's.
+    total = report.total
+    assert (total.tickets, total.with_sla, total.met, total.breached, total.pending) == (
+        7, 6, 2, 2, 1,
+    )  # fmt: skip
+    assert (total.out_of_scope, total.attainment) == (1, 50.0)
+    assert (total.ack_p50, total.ack_p90, total.ack_max) == (
+        to_ack["met"], to_ack["late"], to_ack["late"],
+    )  # fmt: skip
+    assert total.overrun_total == late_overrun + waiting_overrun
+    assert [
+        (b.ticket_id, b.state.value, b.response_due_at, b.acknowledged_at, b.overrun, b.recorded)
+        for b in report.breaches
+    ] == [
+        ("R-late", "acknowledged", t0 + H, acked["late"], late_overrun, True),
+        ("R-waiting", "open", t0 + H, None, waiting_overrun, True),
+    ]
+    day = report.series.tiers[Tier.PREMIUM][
+        [b for b, _ in report.series.buckets].index(bucket_of(t0, "day"))
+    ]
+    assert (day.met, day.breached) == (1, 2)
+
+    evidence = await collect_evidence(stack.ledger, "R-late")
+    assert evidence is not None
+    record = evidence_record(evidence)
+    kinds = [e["kind"] for e in record["events"]]
+    assert kinds[0] == "opened" and "breached" in kinds and kinds[-1] == "acknowledged"
+    assert record["ticket"]["response_breached"] is True
+    instants = [datetime.fromisoformat(e["at"]) for e in record["events"]]
+    assert instants == sorted(instants), "events in time order"
