@@ -640,3 +640,29 @@ async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_res
         await handle.result()
     await ledger.close()
     assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
+
+
+@pytest.mark.parametrize("kind", ["chat", "pager", "webhook"])
+async def test_every_http_channel_resends_the_same_message_once_after_a_lost_answer(
+    tmp_path: Path, sink: Sink, kind: str
+) -> None:
+    """The sink stores the message and answers 500: the retry carries the same key and the
+    same body (so the sink holds one message), and a further run sends nothing."""
+    sink.fail_after_accept = 1
+    channel = Channel(
+        type=kind, url=f"{sink.url}/{kind}", routing_key="rk" if kind == "pager" else None
+    )
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient() as http:
+        notify = NotifyActivities(ledger, ChannelSender(http))
+        request = delivery([Recipient(name="eng", channels=[channel])])
+        with pytest.raises(Exception, match=f"{kind} answered 500"):
+            await ActivityEnvironment().run(notify.deliver_step, request)
+        retried = await ActivityEnvironment().run(notify.deliver_step, request)
+        again = await ActivityEnvironment().run(notify.deliver_step, request)
+    await ledger.close()
+    assert retried.channels == {"eng": kind} and again.delivered == ["eng"]
+    first, second = sink.received
+    assert first["key"] == second["key"] == "ticket-X/breach/eng"
+    assert first["body"] == second["body"]
+    assert len(sink.messages()) == 1
