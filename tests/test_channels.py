@@ -666,3 +666,27 @@ async def test_every_http_channel_resends_the_same_message_once_after_a_lost_ans
     assert first["key"] == second["key"] == "ticket-X/breach/eng"
     assert first["body"] == second["body"]
     assert len(sink.messages()) == 1
+
+
+async def test_an_ack_that_overtakes_a_retrying_page_is_sent_after_the_trigger(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+    )
+    sink.script = [503, 503]  # PagerDuty is briefly unavailable for the intake trigger
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        data = ticket()
+        handle = await open_ticket_at(stack, data)
+        await handle.signal("acknowledge", Acknowledge(agent="ana"))  # at once
+        await wait_until(stack, lambda: len(sink.messages()) == 2, "the acknowledge event")
+        await handle.signal("resolve", Resolve(by="ana"))
+        await handle.result()
+    assert [(r["body"]["event_action"], r["status"]) for r in sink.received] == [
+        ("trigger", 503),
+        ("trigger", 503),
+        ("trigger", 202),
+        ("acknowledge", 202),
+        ("resolve", 202),
+    ]

@@ -105,6 +105,7 @@ class SupportTicket:
         # the ticket. Page updates run one after another, in order.
         self._paged: list[Recipient] = []
         self._page_updates: asyncio.Task[Any] | None = None
+        self._deliveries: list[asyncio.Task[Any]] = []
 
     # --- messages ----------------------------------------------------------------------
 
@@ -578,7 +579,8 @@ class SupportTicket:
             summary=self._outcome(),
         )
         self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
-        self._spawn(self._deliver(request, record))
+        self._deliveries = [d for d in self._deliveries if not d.done()]
+        self._deliveries.append(self._spawn(self._deliver(request, record)))
 
     async def _deliver(self, request: StepDelivery, record: EscalationRecord) -> None:
         try:
@@ -637,11 +639,14 @@ class SupportTicket:
             by=by,
             recipients=list(self._paged),
         )
-        previous = self._page_updates
+        # After the triggers still in flight (an acknowledge that overtook its trigger
+        # would leave the incident open) and after any earlier update.
+        before = [d for d in self._deliveries if not d.done()]
+        if self._page_updates is not None:
+            before.append(self._page_updates)
 
         async def run() -> None:
-            if previous is not None:
-                await previous
+            await asyncio.gather(*before)
             try:
                 await workflow.execute_activity(
                     "update_pages",
@@ -662,8 +667,7 @@ class SupportTicket:
                     error=str(err.cause or err),
                 )
 
-        self._page_updates = asyncio.ensure_future(run())
-        self._background.append(self._page_updates)
+        self._page_updates = self._spawn(run())
 
     def _idle_close_at(self) -> datetime | None:
         status = self._state()
@@ -882,8 +886,10 @@ class SupportTicket:
         end = status.acknowledged_at or workflow.now()
         return max(0.0, (end - status.breached_at).total_seconds())
 
-    def _spawn(self, work: Any) -> None:
-        self._background.append(asyncio.ensure_future(work))
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._background.append(task)
+        return task
 
     async def _finish(self) -> None:
         # Let queued signals be recorded, and every notification / ledger write land.
