@@ -91,6 +91,8 @@ def main() -> None:
             f"Temporal server:  localhost:{PORT} (SQLite file {DATA / 'temporal.sqlite'})\n"
             f"SLA ledger:       {DATA / 'sla-ledger.sqlite3'}\n"
             "Open a demo ticket (another terminal):  make demo\n"
+            "SLA compliance report:  make report  (evidence: .venv/bin/python -m ledger"
+            " evidence <ticket id>)\n"
             "Stop everything:  Ctrl-C\n",
             flush=True,
         )
