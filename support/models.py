@@ -190,6 +190,17 @@ class Resolve(Message):
     summary: Note | None = None
 
 
+class CustomerReply(Message):
+    """The customer wrote again about an open ticket (e.g. a reply to the support mailbox):
+    recorded on the ticket, never a new ticket. ``reference`` identifies the message (its
+    Message-ID) so a redelivered reply is recorded once."""
+
+    received_at: UtcDatetime
+    subject: Annotated[Note, StringConstraints(max_length=300)] = ""
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    via: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "email"
+
+
 class RejectedSignal(Message):
     """A signal whose payload did not validate: recorded on the ticket, never applied."""
 

@@ -20,6 +20,7 @@ from support import search_attributes as sa
 from support.models import (
     Acknowledge,
     ChangeSeverity,
+    CustomerReply,
     EscalationRecord,
     MarkOutOfScope,
     Resolve,
@@ -636,3 +637,28 @@ async def test_a_malformed_sow_decision_is_recorded_and_not_applied(stack: Stack
     assert result.sow is not None and result.sow.outcome.value == "declined"
     sow_result = await sow.result()
     assert sow_result["rejected"] == ["decision: Input should be 'accepted' or 'declined'"]
+
+
+async def test_a_customer_reply_is_recorded_once_per_message_and_changes_no_clock(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    data = ticket()
+    handle = await open_ticket_at(stack, data, t0)
+    reply = CustomerReply(
+        received_at=t0 + 5 * M, subject="Re: still failing", reference="<m1@acme.example>"
+    )
+    await handle.signal("customer_reply", reply)
+    await handle.signal("customer_reply", reply)  # the mailbox delivered it twice
+    await handle.signal(
+        "customer_reply", {"received_at": "yesterday", "reference": "<m2@acme.example>"}
+    )
+    await advance_to(stack.env, t0 + 10 * M)
+    status = await status_of(handle)
+    replies = [h for h in status.history if h.kind == "customer_reply"]
+    assert [(h.by, h.detail) for h in replies] == [("customer", "via email: Re: still failing")]
+    assert "customer_reply_rejected" in [h.kind for h in status.history]
+    assert (status.state, status.response_due_at) == (TicketState.OPEN, t0 + H)
+    await finish(handle)
+    events = [e for e in await stack.ledger.events(data.ticket_id) if e.kind == "customer_reply"]
+    assert len(events) == 1 and events[0].detail["subject"] == "Re: still failing"

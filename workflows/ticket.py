@@ -17,6 +17,7 @@ ledger outage never delays the next escalation. They are awaited before the work
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from support.models import (
         Acknowledge,
         ChangeSeverity,
+        CustomerReply,
         DeliveryFailure,
         EscalationRecord,
         HistoryEntry,
@@ -106,6 +108,7 @@ class SupportTicket:
         self._paged: list[Recipient] = []
         self._page_updates: asyncio.Task[Any] | None = None
         self._deliveries: list[asyncio.Task[Any]] = []
+        self._replies: set[str] = set()
 
     # --- messages ----------------------------------------------------------------------
 
@@ -128,6 +131,10 @@ class SupportTicket:
     @workflow.signal(name="resolve")
     def resolve(self, resolve: RawValue) -> None:
         self._receive("resolve", Resolve, resolve)
+
+    @workflow.signal(name="customer_reply")
+    def customer_reply(self, reply: RawValue) -> None:
+        self._receive("customer_reply", CustomerReply, reply)
 
     def _receive(self, name: str, model: type[BaseModel], raw: RawValue) -> None:
         try:
@@ -354,6 +361,9 @@ class SupportTicket:
             elif command.name == "resolve":
                 assert isinstance(command.payload, Resolve)
                 self._on_resolve(command.payload, command.at)
+            elif command.name == "customer_reply":
+                assert isinstance(command.payload, CustomerReply)
+                self._on_customer_reply(command.payload, command.at)
             elif command.name == "rejected":
                 assert isinstance(command.payload, RejectedSignal)
                 self._on_rejected(command.payload, command.at)
@@ -449,6 +459,24 @@ class SupportTicket:
         self._record("resolved", at=at, by=resolve.by, summary=resolve.summary)
         self._sync_search_attributes()
         self._update_pages("resolve", resolve.by)
+
+    def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
+        # Keyed by the message's reference: the same reply delivered twice is one event.
+        digest = hashlib.sha256(reply.reference.encode()).hexdigest()[:16]
+        if digest in self._replies:
+            return
+        self._replies.add(digest)
+        self._log(
+            "customer_reply", at=at, by="customer", detail=f"via {reply.via}: {reply.subject}"
+        )
+        self._record(
+            f"customer-reply-{digest}",
+            kind="customer_reply",
+            at=at,
+            via=reply.via,
+            subject=reply.subject,
+            received_at=reply.received_at.isoformat(),
+        )
 
     def _on_rejected(self, rejected: RejectedSignal, at: datetime) -> None:
         n = self._next("rejected")
