@@ -1,0 +1,97 @@
+"""The HTTP service: one ASGI app with the JSON API, the web contact form and the agent
+board. ``python -m service`` serves it with uvicorn (``SUPPORT_HTTP_HOST``, default
+127.0.0.1, and ``SUPPORT_HTTP_PORT``, default 8000); ``make run`` starts it beside the
+worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from temporalio.client import Client
+
+from service.api import ApiError, router
+from service.auth import Settings
+from support.connection import connect, task_queue
+
+log = structlog.get_logger("support.service")
+
+
+def create_app(
+    client: Client | None = None, settings: Settings | None = None, queue: str | None = None
+) -> FastAPI:
+    """The app; without ``client`` it connects through Temporal's environment config."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.client = client or await connect()
+        yield
+
+    app = FastAPI(
+        title="Support SLA service",
+        description="Ticket intake, status, agent actions and the agent board.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or Settings.from_env()
+    app.state.task_queue = queue or task_queue()
+    if client is not None:
+        app.state.client = client
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")),
+                "message": str(e["msg"]).removeprefix("Value error, "),
+            }
+            for e in err.errors()
+        ]
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return ApiError(422, "invalid", f"the request is invalid: {message}", errors).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "error")
+        return ApiError(err.status_code, code, str(err.detail)).response()
+
+    @app.get("/healthz")
+    async def health(request: Request) -> JSONResponse:
+        client: Client = request.app.state.client
+        try:
+            ok = await client.service_client.check_health(timeout=timedelta(seconds=3))
+        except Exception as err:  # unreachable server: report, do not raise
+            log.warning("health check failed", error=str(err))
+            ok = False
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "temporal": ok}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    app.include_router(router)
+    return app
+
+
+def main() -> None:
+    import os
+
+    import uvicorn
+
+    from support.logs import configure_logging
+
+    configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+    uvicorn.run(
+        create_app(),
+        host=os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1"),
+        port=int(os.environ.get("SUPPORT_HTTP_PORT", "8000")),
+        log_config=None,
+    )
