@@ -20,6 +20,7 @@ from temporalio.client import Client
 
 from service.api import ApiError, router
 from service.auth import Settings
+from service.pages import router as pages
 from support.connection import connect, task_queue
 
 log = structlog.get_logger("support.service")
@@ -78,6 +79,7 @@ def create_app(
         return JSONResponse(body, status_code=200 if ok else 503)
 
     app.include_router(router)
+    app.include_router(pages)
     return app
 
 

@@ -411,6 +411,16 @@ class Policy(Spec):
             return None, BusinessCalendar.twenty_four_seven()
         return name, self.calendars[name].build()
 
+    def customer_for_email(self, address: str) -> str | None:
+        """The customer whose contract lists the address's domain (or a parent domain)."""
+        domain = address.rpartition("@")[2].strip().lower()
+        for name, customer in self.customers.items():
+            for known in customer.email_domains:
+                known = known.lower()
+                if domain == known or domain.endswith("." + known):
+                    return name
+        return None
+
     def missing_settings(self, environ: Mapping[str, str]) -> list[str]:
         """Environment variables the policy's channels need that are not set (the worker
         warns at start; a delivery on such a channel falls over to the next one)."""

@@ -717,3 +717,10 @@ def test_missing_channel_settings_are_listed_for_the_worker_to_warn_about():
     assert "PAGERDUTY_DUTY_MANAGER_KEY (targets.duty-manager, pager)" in missing
     assert "SUPPORT_SMTP_HOST (customers.example-bank.bank-duty-officer, email)" in missing
     assert load_policy(default_policy_path()).missing_settings({}) == []
+
+
+def test_a_customer_is_found_by_the_domain_of_an_address(policy):
+    assert policy.customer_for_email("ops@bank.example") == "example-bank"
+    assert policy.customer_for_email("Ops@EU.Bank.Example") == "example-bank"
+    assert policy.customer_for_email("ops@notbank.example") is None
+    assert policy.customer_for_email("ops@bank.example.evil") is None

@@ -1,0 +1,362 @@
+"""The HTML pages: the customers' contact form, and the agents' board with acknowledge /
+resolve, login, and the confirm step of a signed acknowledge link.
+
+Pages are rendered on the server (jinja2, autoescaped). Agents log in with their token;
+the session is a signed, HttpOnly, SameSite=Strict cookie, and every form on the board
+carries a CSRF token tied to that session. A signed link is its own authorisation: it
+names one ticket and one agent and expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from service.api import ApiError, act, intake, status_of
+from service.auth import AckLinks, LinkError, Settings
+from support.models import Acknowledge, Resolve, Severity, TicketState, Tier
+from support.policy import load_policy
+
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+router = APIRouter()
+
+SESSION_COOKIE = "support_agent"
+SESSION_MAX_AGE = timedelta(hours=12)
+SEVERITY_LABELS = {
+    "sev1": "SEV1: production down, no workaround",
+    "sev2": "SEV2: production impaired, business affected",
+    "sev3": "SEV3: partial loss of function, workaround exists",
+    "sev4": "SEV4: question, cosmetic issue or request",
+}
+ISSUE_KINDS = {
+    "incident": "Something is broken or unavailable",
+    "defect": "A feature does not work as documented",
+    "question": "A how-to question about the product",
+    "consulting": "Advice on architecture or best practice",
+    "custom_engineering": "Custom development or integration work",
+}
+TIER_LABELS = {
+    "community": "Community",
+    "standard": "Standard",
+    "premium": "Premium",
+    "mission_critical": "Mission Critical",
+}
+# Form field -> the contract's field (for placing validation errors next to the input).
+FORM_FIELDS = {
+    "email": "reporter_email",
+    "severity": "severity",
+    "category": "category",
+    "subject": "subject",
+    "description": "description",
+}
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def links(request: Request) -> AckLinks:
+    s = _settings(request)
+    return AckLinks(s.link_secret, s.link_ttl, s.public_url)
+
+
+def _sessions(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_settings(request).link_secret, salt="support-board-session")
+
+
+def current_agent(request: Request) -> str | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    try:
+        data = _sessions(request).loads(cookie, max_age=int(SESSION_MAX_AGE.total_seconds()))
+    except BadSignature:
+        return None
+    agent = data.get("agent") if isinstance(data, dict) else None
+    # A token removed from the configuration ends its sessions too.
+    if agent not in _settings(request).agent_tokens.values():
+        return None
+    return str(agent)
+
+
+def csrf_token(request: Request, agent: str) -> str:
+    key = _settings(request).link_secret.encode()
+    return hmac.new(key, f"csrf:{agent}".encode(), hashlib.sha256).hexdigest()
+
+
+def human(duration: timedelta | None) -> str:
+    if duration is None:
+        return "no guaranteed response time (Community support, best effort)"
+    minutes = int(duration.total_seconds() // 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [
+        f"{hours} hour{'s' if hours != 1 else ''}" if hours else "",
+        f"{minutes} minutes" if minutes else "",
+    ]
+    return " ".join(p for p in parts if p)
+
+
+# --- the contact form ------------------------------------------------------------------------
+
+
+def form_page(
+    request: Request, values: dict[str, str], errors: dict[str, str], status_code: int = 200
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        "contact.html",
+        {
+            "values": values,
+            "errors": errors,
+            "severities": SEVERITY_LABELS,
+            "kinds": ISSUE_KINDS,
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/", include_in_schema=False)
+async def home() -> RedirectResponse:
+    return RedirectResponse("/support/new", status_code=303)
+
+
+@router.get("/support/new", response_class=HTMLResponse)
+async def contact_form(request: Request) -> HTMLResponse:
+    return form_page(
+        request,
+        {"form_id": uuid.uuid4().hex, "severity": load_policy().default_severity.value},
+        {},
+    )
+
+
+@router.post("/support/new", response_class=HTMLResponse)
+async def contact_submit(
+    request: Request,
+    form_id: Annotated[str, Form()] = "",
+    email: Annotated[str, Form()] = "",
+    severity: Annotated[str, Form()] = "",
+    category: Annotated[str, Form()] = "",
+    subject: Annotated[str, Form()] = "",
+    description: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    values = {
+        "form_id": form_id,
+        "email": email,
+        "severity": severity,
+        "category": category,
+        "subject": subject,
+        "description": description,
+    }
+    errors: dict[str, str] = {}
+    if not email.strip():
+        errors["email"] = "Enter the email address we should reply to."
+    if not subject.strip():
+        errors["subject"] = "Tell us in a line what is wrong."
+    if category not in ISSUE_KINDS:
+        errors["category"] = "Choose what kind of issue this is."
+    if severity not in SEVERITY_LABELS:
+        errors["severity"] = "Choose how badly you are affected."
+    if not form_id or len(form_id) != 32 or not all(c in "0123456789abcdef" for c in form_id):
+        form_id = values["form_id"] = uuid.uuid4().hex
+    if errors:
+        return form_page(request, values, errors, 422)
+    policy = load_policy()
+    customer = policy.customer_for_email(email)
+    tier = policy.customers[customer].tier if customer else Tier.COMMUNITY
+    data: dict[str, Any] = {
+        # One form, one ticket: submitting the same form twice opens nothing new.
+        "ticket_id": f"W-{form_id[:16]}",
+        "customer_id": customer or "community",
+        "tier": tier.value,
+        "severity": severity,
+        "category": category,
+        "subject": subject.strip(),
+        "description": description,
+        "reporter_email": email.strip(),
+        "intake_channel": "web_form",
+    }
+    try:
+        _, result = await intake(request.app.state.client, data, request.app.state.task_queue)
+    except ApiError as err:
+        if err.status != 422 or not err.errors:
+            raise
+        reverse = {v: k for k, v in FORM_FIELDS.items()}
+        for problem in err.errors:
+            field = reverse.get(problem["field"], "subject")
+            errors.setdefault(field, problem["message"])
+        return form_page(request, values, errors, 422)
+    return templates.TemplateResponse(
+        request,
+        "contact_done.html",
+        {
+            "result": result,
+            "tier": TIER_LABELS[result.tier.value],
+            "target": human(result.response_target),
+            "due": result.response_due_at,
+        },
+        status_code=201 if result.created else 200,
+    )
+
+
+# --- the agent board -------------------------------------------------------------------------
+
+
+@router.get("/board/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/board") -> HTMLResponse:
+    return templates.TemplateResponse(request, "login.html", {"error": None, "next": next})
+
+
+@router.post("/board/login", response_model=None)
+async def login(
+    request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/board"
+) -> Response:
+    agent = _settings(request).agent(token.strip()) if token.strip() else None
+    if agent is None:
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"error": "That agent token is not valid.", "next": next},
+            status_code=401,
+        )
+    target = next if next.startswith("/board") else "/board"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        _sessions(request).dumps({"agent": agent}),
+        max_age=int(SESSION_MAX_AGE.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=_settings(request).public_url.startswith("https://"),
+    )
+    return response
+
+
+@router.post("/board/logout")
+async def logout() -> RedirectResponse:
+    response = RedirectResponse("/board/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/board", response_class=HTMLResponse, response_model=None)
+async def board(request: Request, notice: str | None = None) -> Response:
+    agent = current_agent(request)
+    if agent is None:
+        return RedirectResponse("/board/login", status_code=303)
+    from support import visibility
+
+    client = request.app.state.client
+    tickets = [
+        t
+        for t in await visibility.list_tickets(client, limit=500)
+        if t.state in (TicketState.OPEN, TicketState.ACKNOWLEDGED) and not t.closed
+    ]
+    now = datetime.now(UTC)
+    far = datetime.max.replace(tzinfo=UTC)
+    tickets.sort(key=lambda t: (t.state is not TicketState.OPEN, t.response_due_at or far))
+    return templates.TemplateResponse(
+        request,
+        "board.html",
+        {
+            "agent": agent,
+            "tickets": tickets,
+            "now": now,
+            "csrf": csrf_token(request, agent),
+            "notice": notice,
+            "tiers": TIER_LABELS,
+        },
+    )
+
+
+@router.post("/board/tickets/{ticket_id}/{action}", response_model=None)
+async def board_action(
+    request: Request, ticket_id: str, action: str, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    agent = current_agent(request)
+    if agent is None:
+        return RedirectResponse("/board/login", status_code=303)
+    if not hmac.compare_digest(csrf, csrf_token(request, agent)):
+        raise ApiError(403, "forbidden", "the form has expired; reload the board")
+    if action == "ack":
+        payload: Acknowledge | Resolve = Acknowledge(agent=agent, note="from the board")
+    elif action == "resolve":
+        payload = Resolve(by=agent, summary="resolved from the board")
+    else:
+        raise ApiError(404, "not_found", f"no action {action!r}")
+    try:
+        await act(request.app.state.client, ticket_id, action, payload)
+        notice = f"{'Acknowledged' if action == 'ack' else 'Resolved'} {ticket_id}."
+    except ApiError as err:
+        if err.status not in (404, 409):
+            raise
+        notice = err.message
+    from urllib.parse import quote
+
+    return RedirectResponse(f"/board?notice={quote(notice)}", status_code=303)
+
+
+# --- signed acknowledge links ----------------------------------------------------------------
+
+
+@router.get("/board/ack/{token}", response_class=HTMLResponse)
+async def ack_link(request: Request, token: str) -> HTMLResponse:
+    try:
+        ticket_id, agent = links(request).read(token)
+    except LinkError as err:
+        return templates.TemplateResponse(
+            request, "message.html", {"title": "Link refused", "text": str(err)}, status_code=403
+        )
+    try:
+        status = await status_of(request.app.state.client, ticket_id)
+    except ApiError as err:
+        return templates.TemplateResponse(
+            request, "message.html", {"title": "No such ticket", "text": err.message}, 404
+        )
+    return templates.TemplateResponse(
+        request,
+        "ack_confirm.html",
+        {"status": status, "agent": agent, "token": token, "tiers": TIER_LABELS},
+    )
+
+
+@router.post("/board/ack/{token}", response_class=HTMLResponse)
+async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
+    try:
+        ticket_id, agent = links(request).read(token)
+    except LinkError as err:
+        return templates.TemplateResponse(
+            request, "message.html", {"title": "Link refused", "text": str(err)}, status_code=403
+        )
+    try:
+        await act(
+            request.app.state.client, ticket_id, "ack", Acknowledge(agent=agent, note="from a link")
+        )
+    except ApiError as err:
+        return templates.TemplateResponse(
+            request,
+            "message.html",
+            {"title": "Not acknowledged", "text": err.message},
+            status_code=err.status,
+        )
+    return templates.TemplateResponse(
+        request,
+        "message.html",
+        {
+            "title": "Acknowledged",
+            "text": f"Ticket {ticket_id} is acknowledged by {agent}. The escalation stops.",
+        },
+    )
+
+
+def severity_label(severity: Severity) -> str:
+    return SEVERITY_LABELS[severity.value]

@@ -1,0 +1,324 @@
+"""The contact form and the agent board in a real headless Chromium (Debian's package,
+driven by Playwright), against the service on uvicorn, the real dev server and a worker.
+
+Screenshots of each step are saved under ``test-artifacts/`` (CI keeps them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from playwright.async_api import Browser, Page, async_playwright
+from temporalio.testing import WorkflowEnvironment
+
+from service.app import create_app
+from service.auth import AckLinks, LinkError, Settings
+from support.models import TicketState, TicketStatus
+from tests.conftest import ROOT, Stack, running_stack
+
+CHROMIUM = os.environ.get("SUPPORT_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+ARTIFACTS = ROOT / "test-artifacts"
+INTAKE = "intake-token-0123456789"
+AGENTS = {"ana": "agent-ana-0123456789", "bob": "agent-bob-0123456789"}
+SETTINGS = Settings(
+    intake_tokens={INTAKE: "web-tests"},
+    agent_tokens={token: name for name, token in AGENTS.items()},
+    link_secret="web-test-secret",
+)
+
+
+@dataclass
+class Web:
+    url: str
+    stack: Stack
+    http: httpx.AsyncClient
+    links: AckLinks
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def web(
+    dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Web]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(**{**SETTINGS.__dict__, "public_url": url})
+    async with running_stack(dev_server, tmp_path_factory.mktemp("web") / "l.sqlite3") as stack:
+        app = create_app(client=stack.client, settings=settings, queue=stack.task_queue)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+        task = asyncio.create_task(server.serve())
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield Web(url, stack, http, AckLinks(settings.link_secret, settings.link_ttl, url))
+        server.should_exit = True
+        await task
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        message = f"Chromium not found at {CHROMIUM} (Debian package 'chromium')"
+        if os.environ.get("SUPPORT_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    yield page
+    await context.close()
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def status(web: Web, ticket_id: str) -> TicketStatus:
+    handle = web.stack.client.get_workflow_handle(f"ticket-{ticket_id}")
+    return await handle.query("status", result_type=TicketStatus)
+
+
+async def until_status(web: Web, ticket_id: str, check: Any) -> TicketStatus:
+    for _ in range(300):
+        try:
+            found = await status(web, ticket_id)
+            if check(found):
+                return found
+        except Exception:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ticket_id} never reached the expected state")
+
+
+async def open_via_api(web: Web, **fields: Any) -> str:
+    ticket_id = f"B-{uuid.uuid4().hex[:10]}"
+    data = {
+        "ticket_id": ticket_id,
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "subject": "Dashboard <b>not</b> loading",
+    } | fields
+    response = await web.http.post(
+        "/api/tickets", json=data, headers={"Authorization": f"Bearer {INTAKE}"}
+    )
+    assert response.status_code == 201, response.text
+    web.stack.opened.append(f"ticket-{ticket_id}")
+    await until_status(web, ticket_id, lambda s: s.policy_version is not None)
+    return ticket_id
+
+
+async def sign_in(page: Page, web: Web, agent: str) -> None:
+    await page.goto(f"{web.url}/board")
+    assert page.url.endswith("/board/login")
+    await page.fill("#token", AGENTS[agent])
+    await page.click("#sign-in")
+    await page.wait_for_url(f"{web.url}/board")
+
+
+async def row_on_board(page: Page, web: Web, ticket_id: str) -> Any:
+    """The ticket's row, reloading while visibility catches up."""
+    for _ in range(100):
+        row = page.locator(f"#row-{ticket_id}")
+        if await row.count():
+            return row
+        await asyncio.sleep(0.1)
+        await page.goto(f"{web.url}/board")
+    raise AssertionError(f"{ticket_id} never appeared on the board")
+
+
+# --- the contact form ------------------------------------------------------------------------
+
+
+async def test_contact_form_shows_errors_by_the_fields_then_opens_one_ticket(
+    web: Web, page: Page
+) -> None:
+    await page.goto(f"{web.url}/support/new")
+    await page.click("#submit")
+    assert await page.text_content("#email-error") == "Enter the email address we should reply to."
+    assert await page.text_content("#subject-error") == "Tell us in a line what is wrong."
+    assert await page.text_content("#category-error") == "Choose what kind of issue this is."
+    assert await page.get_attribute("#email", "aria-invalid") == "true"
+    await shot(page, "contact-form-errors")
+
+    await page.fill("#email", "not an address")
+    await page.select_option("#category", "incident")
+    await page.fill("#subject", "Payments API down")
+    await page.click("#submit")
+    assert "String should match pattern" in (await page.text_content("#email-error") or "")
+    assert await page.input_value("#subject") == "Payments API down", "input is kept"
+
+    await page.fill("#email", "noc@eu.bank.example")
+    await page.select_option("#severity", "sev1")
+    await page.fill("#description", "Every payment fails with 503 since 09:12.")
+    before = datetime.now(UTC).replace(microsecond=0)
+    await page.click("#submit")
+    ticket_id = await page.text_content("#ticket-id")
+    assert ticket_id and re.fullmatch(r"W-[0-9a-f]{16}", ticket_id)
+    web.stack.opened.append(f"ticket-{ticket_id}")
+    assert await page.text_content("#tier") == "Mission Critical"
+    promise = await page.text_content("#promise") or ""
+    assert "within 15 minutes" in promise
+    await shot(page, "contact-form-done")
+
+    opened = await until_status(web, ticket_id, lambda s: s.policy_version is not None)
+    assert (opened.customer_id, opened.tier.value, opened.severity.value) == (
+        "example-bank",
+        "mission_critical",
+        "sev1",
+    )
+    assert before <= opened.opened_at <= before + timedelta(seconds=5)
+    assert opened.response_due_at == opened.opened_at + timedelta(minutes=15)
+    due = opened.response_due_at.strftime("%Y-%m-%d %H:%M UTC")
+    assert due in promise
+
+    # The same form sent again (back, then submit) opens nothing new.
+    await page.go_back()
+    await page.click("#submit")
+    assert await page.text_content("#ticket-id") == ticket_id
+    assert "already sent this form" in (await page.content())
+
+
+async def test_contact_form_from_an_unknown_domain_is_community_with_no_promise(
+    web: Web, page: Page
+) -> None:
+    await page.goto(f"{web.url}/support/new")
+    await page.fill("#email", "someone@example.org")
+    await page.select_option("#category", "question")
+    await page.fill("#subject", "How do I rotate keys?")
+    await page.click("#submit")
+    ticket_id = await page.text_content("#ticket-id")
+    web.stack.opened.append(f"ticket-{ticket_id}")
+    assert await page.text_content("#tier") == "Community"
+    assert "No guaranteed response time" in (await page.text_content("#promise") or "")
+
+
+# --- the agent board -------------------------------------------------------------------------
+
+
+async def test_board_lists_open_tickets_by_time_to_breach_and_acknowledges(
+    web: Web, page: Page
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    late = await open_via_api(web, opened_at=(now - timedelta(hours=2)).isoformat())
+    soon = await open_via_api(
+        web, severity="sev1", opened_at=(now - timedelta(minutes=50)).isoformat()
+    )
+
+    page_bad = page
+    await page_bad.goto(f"{web.url}/board/login")
+    await page_bad.fill("#token", "wrong-token-0123456789")
+    await page_bad.click("#sign-in")
+    assert await page_bad.text_content("#token-error") == "That agent token is not valid."
+
+    await sign_in(page, web, "ana")
+    late_row = await row_on_board(page, web, late)
+    soon_row = await row_on_board(page, web, soon)
+    ids = [
+        await r.get_attribute("data-ticket") for r in await page.locator("#tickets tbody tr").all()
+    ]
+    assert ids.index(late) < ids.index(soon), "the breached ticket comes first"
+    assert "breached" in (await late_row.get_attribute("class") or "")
+    assert re.fullmatch(
+        r"breached \d+:\d\d:\d\d ago", await late_row.locator(".countdown").text_content() or ""
+    )
+    countdown = await soon_row.locator(".countdown").text_content() or ""
+    assert re.fullmatch(r"0:(0\d|1\d):\d\d", countdown), countdown
+    await shot(page, "board")
+
+    await soon_row.locator("button.ack").click()
+    await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
+    assert await page.text_content("#notice") == f"Acknowledged {soon}."
+    acked = await until_status(web, soon, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    assert acked.acknowledged_by == "ana"
+    await shot(page, "board-acknowledged")
+
+    row = await row_on_board(page, web, late)
+    await row.locator("button.resolve").click()
+    await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
+    resolved = await until_status(web, late, lambda s: s.state is TicketState.RESOLVED)
+    assert resolved.resolved_by == "ana" and resolved.response_breached
+
+
+async def test_a_signed_link_acknowledges_as_its_agent_after_confirming(
+    web: Web, page: Page
+) -> None:
+    ticket_id = await open_via_api(web)
+    await page.goto(web.links.url(ticket_id, "bob"))
+    assert await page.text_content("#state") == "open"
+    assert await page.text_content("#confirm") == "Acknowledge as bob"
+    await shot(page, "link-confirm")
+    assert (await status(web, ticket_id)).state is TicketState.OPEN, (
+        "opening the link changes nothing"
+    )
+    await page.click("#confirm")
+    assert await page.text_content("#title") == "Acknowledged"
+    acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    assert acked.acknowledged_by == "bob"
+    await shot(page, "link-acknowledged")
+
+    # The same link again: the ticket is already acknowledged.
+    await page.goto(web.links.url(ticket_id, "bob"))
+    await page.click("#confirm")
+    assert await page.text_content("#title") == "Not acknowledged"
+    assert "is acknowledged (by bob at" in (await page.text_content("#text") or "")
+
+
+async def test_tampered_and_expired_links_are_refused(web: Web) -> None:
+    ticket_id = await open_via_api(web)
+    good = web.links.token(ticket_id, "ana")
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    response = await web.http.get(f"/board/ack/{tampered}")
+    assert response.status_code == 403 and "not valid" in response.text
+    await asyncio.sleep(1.1)
+    with pytest.raises(LinkError, match="this acknowledge link has expired"):
+        AckLinks(SETTINGS.link_secret, timedelta(seconds=0), web.url).read(good)
+    response = await web.http.post(f"/board/ack/{tampered}")
+    assert response.status_code == 403
+    assert (await status(web, ticket_id)).state is TicketState.OPEN
+
+
+async def test_board_actions_need_a_session_and_its_csrf_token(web: Web) -> None:
+    ticket_id = await open_via_api(web)
+    response = await web.http.post(f"/board/tickets/{ticket_id}/ack", data={"csrf": "x"})
+    assert response.status_code == 303 and response.headers["location"] == "/board/login"
+    login = await web.http.post("/board/login", data={"token": AGENTS["ana"]})
+    assert login.status_code == 303
+    forged = await web.http.post(f"/board/tickets/{ticket_id}/ack", data={"csrf": "forged"})
+    assert forged.status_code == 403
+    assert (await status(web, ticket_id)).state is TicketState.OPEN
+    web.http.cookies.clear()
