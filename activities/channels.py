@@ -21,7 +21,8 @@ import hashlib
 import os
 import ssl
 from dataclasses import dataclass
-from datetime import datetime
+from functools import cached_property
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
@@ -120,6 +121,20 @@ class Notification:
     def acknowledgeable(self) -> bool:
         return self.request.kind in ("intake", "warning", "breach", "repeat")
 
+    @cached_property
+    def ack_link(self) -> str | None:
+        """A signed link to the board's acknowledge step, bound to this ticket and this
+        recipient, when the worker knows the service (SUPPORT_PUBLIC_URL and
+        SUPPORT_LINK_SECRET, shared with the HTTP service)."""
+        secret, public = os.environ.get("SUPPORT_LINK_SECRET"), os.environ.get("SUPPORT_PUBLIC_URL")
+        if not (self.acknowledgeable and secret and public):
+            return None
+        from service.auth import AckLinks
+
+        hours = float(os.environ.get("SUPPORT_LINK_TTL_HOURS", "24"))
+        links = AckLinks(secret, timedelta(hours=hours), public)
+        return links.url(self.request.ticket_id, self.recipient.name)
+
     @property
     def due(self) -> str | None:
         due = self.request.response_due_at
@@ -134,6 +149,8 @@ class Notification:
         if r.message:
             lines.append(r.message)
         if self.acknowledgeable:
+            if self.ack_link:
+                lines.append(f"Acknowledge in the browser: {self.ack_link}")
             lines.append(f"Acknowledge: {ack_command(r.workflow_id)}")
         return "\n".join(lines)
 
@@ -153,6 +170,7 @@ class Notification:
             "subject": r.subject,
             "recipient": self.recipient.name,
             "acknowledge": ack_command(r.workflow_id) if self.acknowledgeable else None,
+            "acknowledge_url": self.ack_link,
         }
 
     def webhook_payload(self) -> dict[str, Any]:
@@ -185,6 +203,20 @@ class Notification:
         if r.message:
             blocks.append(
                 {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(r.message)}}
+            )
+        if self.ack_link:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "text": {"type": "plain_text", "text": "Acknowledge"},
+                            "style": "primary",
+                            "url": self.ack_link,
+                        }
+                    ],
+                }
             )
         if self.acknowledgeable:
             blocks.append(
@@ -252,6 +284,7 @@ class Notification:
         if self.acknowledgeable:
             lines += [
                 "",
+                *([f"To acknowledge in the browser: {self.ack_link}", ""] if self.ack_link else []),
                 "To acknowledge (this stops the escalation), run:",
                 f"  {ack_command(r.workflow_id)}",
             ]

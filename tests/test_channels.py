@@ -690,3 +690,29 @@ async def test_an_ack_that_overtakes_a_retrying_page_is_sent_after_the_trigger(
         ("acknowledge", 202),
         ("resolve", 202),
     ]
+
+
+def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.auth import AckLinks
+
+    request = delivery([])
+    recipient = Recipient(name="duty-engineer", channels=[])
+    assert Notification.of(request, recipient, "k").ack_link is None
+    monkeypatch.setenv("SUPPORT_LINK_SECRET", "s3cret")
+    monkeypatch.setenv("SUPPORT_PUBLIC_URL", "https://support.example")
+    message = Notification.of(request, recipient, "k")
+    link = message.ack_link
+    assert link is not None and link.startswith("https://support.example/board/ack/")
+    token = link.rsplit("/", 1)[1]
+    links = AckLinks("s3cret", timedelta(hours=1), "https://support.example")
+    assert links.read(token) == ("X", "duty-engineer")
+    assert f"Acknowledge in the browser: {link}" in message.text()
+    assert (
+        f"To acknowledge in the browser: {link}"
+        in message.email("a@b.example", ["c@d.example"]).get_content()
+    )
+    button = next(b for b in message.slack_payload()["blocks"] if b["type"] == "actions")
+    assert button["elements"][0]["url"] == link
+    assert message.pagerduty_event("rk")["payload"]["custom_details"]["acknowledge_url"] == link

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 from service.app import create_app
 from service.auth import AckLinks, LinkError, Settings
 from support.models import TicketState, TicketStatus
-from tests.conftest import ROOT, Stack, running_stack
+from tests.conftest import ROOT, Stack, running_stack, write_policy
+from tests.sinks import Mailbox
 
 CHROMIUM = os.environ.get("SUPPORT_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
@@ -322,3 +324,37 @@ async def test_board_actions_need_a_session_and_its_csrf_token(web: Web) -> None
     assert forged.status_code == 403
     assert (await status(web, ticket_id)).state is TicketState.OPEN
     web.http.cookies.clear()
+
+
+async def test_an_agent_acknowledges_straight_from_the_link_in_an_email(
+    web: Web,
+    page: Page,
+    mailbox: Mailbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker signs a link into the notification; the agent follows it from the mail."""
+    monkeypatch.setenv("SUPPORT_LINK_SECRET", SETTINGS.link_secret)
+    monkeypatch.setenv("SUPPORT_PUBLIC_URL", web.url)
+    policy = write_policy(
+        tmp_path,
+        lambda p: p["targets"]["duty-engineer"].update(
+            channels=[{"type": "email", "to": ["engineer@support.example"]}]
+        ),
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = await open_via_api(web)
+    for _ in range(100):
+        if mailbox.messages():
+            break
+        await asyncio.sleep(0.05)
+    [mail] = mailbox.messages()
+    match = re.search(r"To acknowledge in the browser: (\S+)", mail.get_content())
+    assert match, mail.get_content()
+    await page.goto(match.group(1))
+    assert await page.text_content("#confirm") == "Acknowledge as duty-engineer"
+    await page.click("#confirm")
+    assert await page.text_content("#title") == "Acknowledged"
+    acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    assert acked.acknowledged_by == "duty-engineer"
+    await shot(page, "email-link-acknowledged")
