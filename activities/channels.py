@@ -21,10 +21,10 @@ import hashlib
 import os
 import ssl
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 

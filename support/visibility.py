@@ -1,0 +1,349 @@
+"""Tickets as ops see them: lists from Temporal visibility (the contract's search
+attributes), one ticket's ``status``, and the agents' ``acknowledge`` / ``resolve`` signals.
+
+Used by the ops CLI and the HTTP API alike, so nothing here prints or parses flags. Every
+value that goes into a visibility query is checked first (enum members, booleans, a
+customer id of safe characters): a filter can narrow a list, never rewrite the query.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from support import search_attributes as sa
+from support.models import (
+    TICKET_ID_PATTERN,
+    TICKET_WORKFLOW_PREFIX,
+    Acknowledge,
+    Resolve,
+    Severity,
+    TicketState,
+    TicketStatus,
+    Tier,
+    ticket_workflow_id,
+)
+
+WORKFLOW_TYPE = "SupportTicket"
+# Letters, digits and . _ : @ + - in words separated by single spaces: no quote, backslash
+# or control character can reach the query. Ids outside this set cannot be filtered on.
+CUSTOMER_FILTER_PATTERN = r"^[A-Za-z0-9._:@+-]+( [A-Za-z0-9._:@+-]+)*$"
+MAX_CUSTOMER = 128
+MAX_LIMIT = 10_000
+# A running ticket answers ``status`` within milliseconds while a worker runs; without one
+# the query would wait for a worker indefinitely.
+QUERY_TIMEOUT = timedelta(seconds=10)
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class InvalidArgument(ValueError):
+    """A filter value or ticket id that cannot be used; the message names it."""
+
+
+class TicketError(Exception):
+    """A ticket operation that cannot be done; the message says why, in one line."""
+
+
+class TicketNotFound(TicketError):
+    def __init__(self, ticket_id: str) -> None:
+        super().__init__(f"no ticket {ticket_id} (no workflow {ticket_workflow_id(ticket_id)})")
+        self.ticket_id = ticket_id
+
+
+class TicketClosed(TicketError):
+    def __init__(self, ticket_id: str, state: str | None, execution: str, action: str) -> None:
+        shown = f"{state}; " if state else ""
+        super().__init__(
+            f"ticket {ticket_id} is closed ({shown}workflow {execution}): {action} not sent"
+        )
+        self.ticket_id = ticket_id
+        self.state = state
+
+
+class TicketUnavailable(TicketError):
+    """The ticket exists but its status cannot be read now (no worker, still starting)."""
+
+
+class TicketSummary(BaseModel):
+    """One ticket as visibility knows it. The search attributes may be missing on a
+    workflow that failed at start (invalid input): those fields are then None."""
+
+    ticket_id: str
+    workflow_id: str
+    customer_id: str | None = None
+    tier: Tier | None = None
+    severity: Severity | None = None
+    state: TicketState | None = None
+    response_due_at: datetime | None = None
+    # None when the tier has no commercial SLA (Community) or before the plan is applied.
+    breached: bool | None = None
+    # The workflow's start time. A ticket opened retroactively (intake's ``opened_at``) was
+    # opened earlier: its ``status`` has the ticket's own open time.
+    opened_at: datetime
+    closed: bool
+    execution_status: str
+
+    @property
+    def clock_running(self) -> bool:
+        """Unacknowledged, with a response deadline, on a running workflow."""
+        return (
+            not self.closed and self.state is TicketState.OPEN and self.response_due_at is not None
+        )
+
+    def time_to_breach(self, now: datetime) -> timedelta | None:
+        """Time left until the response deadline (negative once past), while the clock runs."""
+        if not self.clock_running or self.response_due_at is None:
+            return None
+        return self.response_due_at - now
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def _member(enum: type[E], value: E | str, field: str) -> E:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise InvalidArgument(f"{field}: {value!r} is not one of {allowed}") from None
+
+
+def check_customer(customer: str) -> str:
+    if (
+        not isinstance(customer, str)
+        or len(customer) > MAX_CUSTOMER
+        or not re.fullmatch(CUSTOMER_FILTER_PATTERN, customer)
+    ):
+        raise InvalidArgument(
+            f"customer: {customer!r} is not a customer id (letters, digits, . _ : @ + -"
+            f" and single inner spaces, at most {MAX_CUSTOMER} characters)"
+        )
+    return customer
+
+
+def check_ticket_id(ticket_id: str) -> str:
+    if not isinstance(ticket_id, str) or not re.fullmatch(TICKET_ID_PATTERN, ticket_id):
+        raise InvalidArgument(
+            f"ticket id: {ticket_id!r} is not a ticket id ([A-Za-z0-9._-], 1 to 64 characters)"
+        )
+    return ticket_id
+
+
+def build_query(
+    *,
+    state: TicketState | str | None = None,
+    tier: Tier | str | None = None,
+    severity: Severity | str | None = None,
+    breached: bool | None = None,
+    customer: str | None = None,
+    running: bool | None = None,
+) -> str:
+    """The visibility query for tickets matching every given filter (None: any).
+
+    ``running`` True keeps running workflows only, False closed ones only. Raises
+    ``InvalidArgument`` for a value that is not a member of its enum, a non-boolean
+    ``breached`` / ``running`` or a customer id outside the safe pattern."""
+    clauses = [
+        f"WorkflowType = '{WORKFLOW_TYPE}'",
+        # A ticket that continued as new is listed once, by its latest run.
+        "ExecutionStatus != 'ContinuedAsNew'",
+    ]
+    if state is not None:
+        clauses.append(f"{sa.TICKET_STATE.name} = '{_member(TicketState, state, 'state')}'")
+    if tier is not None:
+        clauses.append(f"{sa.SUPPORT_TIER.name} = '{_member(Tier, tier, 'tier')}'")
+    if severity is not None:
+        clauses.append(f"{sa.SUPPORT_SEVERITY.name} = '{_member(Severity, severity, 'severity')}'")
+    if breached is not None:
+        if not isinstance(breached, bool):
+            raise InvalidArgument(f"breached: {breached!r} is not true or false")
+        clauses.append(f"{sa.SLA_BREACHED.name} = {'true' if breached else 'false'}")
+    if customer is not None:
+        clauses.append(f"{sa.CUSTOMER_ID.name} = '{check_customer(customer)}'")
+    if running is not None:
+        if not isinstance(running, bool):
+            raise InvalidArgument(f"running: {running!r} is not true or false")
+        clauses.append(f"ExecutionStatus {'=' if running else '!='} 'Running'")
+    return " AND ".join(clauses)
+
+
+def _enum_or_none(enum: type[E], value: Any) -> E | None:
+    # A value set by some other client that is not in the contract is shown as unknown.
+    try:
+        return enum(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def summary_of(execution: WorkflowExecution) -> TicketSummary:
+    attributes = execution.typed_search_attributes
+    status = execution.status or WorkflowExecutionStatus.RUNNING
+    return TicketSummary(
+        ticket_id=execution.id.removeprefix(TICKET_WORKFLOW_PREFIX),
+        workflow_id=execution.id,
+        customer_id=attributes.get(sa.CUSTOMER_ID),
+        tier=_enum_or_none(Tier, attributes.get(sa.SUPPORT_TIER)),
+        severity=_enum_or_none(Severity, attributes.get(sa.SUPPORT_SEVERITY)),
+        state=_enum_or_none(TicketState, attributes.get(sa.TICKET_STATE)),
+        response_due_at=attributes.get(sa.RESPONSE_DUE_AT),
+        breached=attributes.get(sa.SLA_BREACHED),
+        opened_at=execution.start_time,
+        closed=status is not WorkflowExecutionStatus.RUNNING,
+        execution_status=status.name.lower(),
+    )
+
+
+def by_time_to_breach(tickets: list[TicketSummary]) -> list[TicketSummary]:
+    """Tickets whose SLA clock runs first, soonest (or longest overdue) deadline first;
+    then the other running tickets, then closed ones, newest first."""
+
+    def key(ticket: TicketSummary) -> tuple[int, float, str]:
+        if ticket.clock_running and ticket.response_due_at is not None:
+            return (0, ticket.response_due_at.timestamp(), ticket.ticket_id)
+        return (1 if not ticket.closed else 2, -ticket.opened_at.timestamp(), ticket.ticket_id)
+
+    return sorted(tickets, key=key)
+
+
+async def list_tickets(
+    client: Client,
+    *,
+    state: TicketState | str | None = None,
+    tier: Tier | str | None = None,
+    severity: Severity | str | None = None,
+    breached: bool | None = None,
+    customer: str | None = None,
+    running: bool | None = None,
+    limit: int = 500,
+) -> list[TicketSummary]:
+    """Tickets matching the filters (see ``build_query``), sorted by time to breach.
+
+    At most ``limit`` executions are read, newest first as visibility returns them, and
+    then sorted. Visibility is eventually consistent: a ticket opened or changed a moment
+    ago may show its previous state for a moment."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit: {limit!r} is not a number from 1 to {MAX_LIMIT}")
+    query = build_query(
+        state=state,
+        tier=tier,
+        severity=severity,
+        breached=breached,
+        customer=customer,
+        running=running,
+    )
+    found = [summary_of(execution) async for execution in client.list_workflows(query, limit=limit)]
+    return by_time_to_breach(found)
+
+
+# --- one ticket ---------------------------------------------------------------------------
+
+
+def _workflow_missing(err: RPCError) -> bool:
+    """NOT_FOUND for the workflow itself (a missing namespace is also NOT_FOUND)."""
+    if err.status is not RPCStatusCode.NOT_FOUND:
+        return False
+    details = err.grpc_status.details
+    return not any(d.type_url.endswith("NamespaceNotFoundFailure") for d in details)
+
+
+class TicketDetails(BaseModel):
+    """A ticket's ``status`` and the state of its workflow (``running``, ``completed``,
+    ``terminated``, ...): a terminated ticket's status still says what it was doing."""
+
+    status: TicketStatus
+    execution_status: str
+
+    @property
+    def closed(self) -> bool:
+        return self.execution_status != "running"
+
+
+async def ticket_status(client: Client, ticket_id: str) -> TicketStatus | None:
+    """The ticket's ``status``, or None when there is no such ticket (see ``ticket_details``)."""
+    details = await ticket_details(client, ticket_id)
+    return None if details is None else details.status
+
+
+async def ticket_details(client: Client, ticket_id: str) -> TicketDetails | None:
+    """The ticket's ``status`` and workflow state, or None when there is no such ticket.
+
+    A running ticket answers the query; a completed one is read from its result (the same
+    object in its final state, no worker needed); a terminated or failed one is queried,
+    which a worker answers by replaying its history. TicketUnavailable when it cannot
+    answer (no worker within ``QUERY_TIMEOUT``, still starting)."""
+    handle = client.get_workflow_handle(
+        ticket_workflow_id(check_ticket_id(ticket_id)), result_type=TicketStatus
+    )
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if _workflow_missing(err):
+            return None
+        raise
+    execution = description.status or WorkflowExecutionStatus.RUNNING
+    if execution is WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result(follow_runs=False)
+        return TicketDetails(status=result, execution_status=execution.name.lower())
+    which = f"ticket {ticket_id}" + (
+        ""
+        if execution is WorkflowExecutionStatus.RUNNING
+        else f" (workflow {execution.name.lower()})"
+    )
+    try:
+        status = await handle.query("status", result_type=TicketStatus, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as err:
+        if err.status is RPCStatusCode.DEADLINE_EXCEEDED or "Timeout" in err.message:
+            raise TicketUnavailable(
+                f"{which} did not answer the status query within"
+                f" {QUERY_TIMEOUT.total_seconds():.0f} s: is a worker running?"
+            ) from err
+        raise TicketUnavailable(f"{which}: status not available: {err.message}") from err
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as err:
+        # e.g. a ticket still starting, or one that failed before it had a status
+        raise TicketUnavailable(f"{which}: status not available: {err}") from err
+    return TicketDetails(status=status, execution_status=execution.name.lower())
+
+
+async def _signal(client: Client, ticket_id: str, name: str, payload: BaseModel) -> None:
+    handle = client.get_workflow_handle(ticket_workflow_id(check_ticket_id(ticket_id)))
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if _workflow_missing(err):
+            raise TicketNotFound(ticket_id) from err
+        raise
+    if description.status is not WorkflowExecutionStatus.RUNNING:
+        state = description.typed_search_attributes.get(sa.TICKET_STATE)
+        execution = (description.status or WorkflowExecutionStatus.COMPLETED).name.lower()
+        raise TicketClosed(ticket_id, state, execution, name)
+    try:
+        await handle.signal(name, payload)
+    except RPCError as err:
+        # Closed between the describe and the signal.
+        if _workflow_missing(err):
+            raise TicketClosed(ticket_id, None, "completed", name) from err
+        raise
+
+
+async def send_acknowledge(client: Client, ticket_id: str, ack: Acknowledge) -> None:
+    """Send ``acknowledge``; TicketNotFound / TicketClosed when there is no running ticket.
+    The ticket applies it when its workflow processes the signal (milliseconds)."""
+    await _signal(client, ticket_id, "acknowledge", ack)
+
+
+async def send_resolve(client: Client, ticket_id: str, resolve: Resolve) -> None:
+    """Send ``resolve``; TicketNotFound / TicketClosed when there is no running ticket."""
+    await _signal(client, ticket_id, "resolve", resolve)

@@ -1,0 +1,518 @@
+"""The ops CLI: visibility queries that no filter value can rewrite, and ``ops.py`` as its
+own process against the real dev server: lists (table and JSON, filtered, soonest breach
+first), a ticket's state and timeline, ack and resolve, refusals with exit code 1 and one
+line on stderr, and the live watch table."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+import ops
+from starter import open_ticket
+from support.models import Severity, TicketState, TicketStatus, Tier
+from support.visibility import (
+    InvalidArgument,
+    TicketSummary,
+    build_query,
+    by_time_to_breach,
+    check_ticket_id,
+    list_tickets,
+    ticket_status,
+)
+from tests.conftest import ROOT, Stack, sqlite_ledger, terminate_open, ticket
+from worker import build_worker
+
+BASE = "WorkflowType = 'SupportTicket' AND ExecutionStatus != 'ContinuedAsNew'"
+
+
+# --- the query ------------------------------------------------------------------------------
+
+
+def test_build_query_without_filters_lists_every_ticket_once() -> None:
+    assert build_query() == BASE
+
+
+def test_build_query_combines_every_filter() -> None:
+    query = build_query(
+        state=TicketState.OPEN,
+        tier="premium",
+        severity=Severity.SEV1,
+        breached=False,
+        customer="acme-corp.eu",
+        running=True,
+    )
+    assert query == (
+        f"{BASE} AND TicketState = 'open' AND SupportTier = 'premium'"
+        " AND SupportSeverity = 'sev1' AND SlaBreached = false"
+        " AND CustomerId = 'acme-corp.eu' AND ExecutionStatus = 'Running'"
+    )
+    assert build_query(breached=True, running=False) == (
+        f"{BASE} AND SlaBreached = true AND ExecutionStatus != 'Running'"
+    )
+    assert build_query(tier=Tier.MISSION_CRITICAL, customer="Example Bank") == (
+        f"{BASE} AND SupportTier = 'mission_critical' AND CustomerId = 'Example Bank'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"customer": "x' OR 1=1"}, "customer"),
+        ({"customer": "x' OR CustomerId != '"}, "customer"),
+        ({"customer": 'x" OR "1"="1'}, "customer"),
+        ({"customer": "acme\\"}, "customer"),
+        ({"customer": "acme') OR (WorkflowType = 'StatementOfWork"}, "customer"),
+        ({"customer": "acme\nAND 1=1"}, "customer"),
+        ({"customer": ""}, "customer"),
+        ({"customer": " acme"}, "customer"),
+        ({"customer": "acme  corp"}, "customer"),
+        ({"customer": "a" * 129}, "customer"),
+        ({"tier": "gold"}, "tier"),
+        ({"tier": "premium' OR 1=1 OR SupportTier = '"}, "tier"),
+        ({"state": "OPEN"}, "state"),
+        ({"severity": "sev1 "}, "severity"),
+        ({"breached": "true"}, "breached"),
+        ({"breached": 1}, "breached"),
+        ({"running": "yes"}, "running"),
+    ],
+)
+def test_build_query_refuses_values_that_could_rewrite_it(
+    filters: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^{field}: "):
+        build_query(**filters)
+
+
+def test_ticket_ids_are_checked_before_any_call() -> None:
+    assert check_ticket_id("T-1001_a.b") == "T-1001_a.b"
+    for bad in ("", "has space", "x" * 65, "T'1", "ticket/1"):
+        with pytest.raises(InvalidArgument, match="ticket id"):
+            check_ticket_id(bad)
+
+
+async def test_list_tickets_refuses_a_limit_out_of_range_without_calling_temporal() -> None:
+    for limit in (0, -1, 10_001):
+        with pytest.raises(InvalidArgument, match="limit"):
+            await list_tickets(cast(Client, None), limit=limit)
+
+
+def summary(ticket_id: str, **fields: Any) -> TicketSummary:
+    data: dict[str, Any] = {
+        "ticket_id": ticket_id,
+        "workflow_id": f"ticket-{ticket_id}",
+        "state": "open",
+        "opened_at": datetime(2026, 11, 26, 9, tzinfo=UTC),
+        "closed": False,
+        "execution_status": "running",
+    }
+    data.update(fields)
+    return TicketSummary.model_validate(data)
+
+
+def test_tickets_are_sorted_by_time_to_breach() -> None:
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    tickets = [
+        summary("closed", state="resolved", closed=True, response_due_at=at),
+        summary("acked", state="acknowledged", response_due_at=at - timedelta(hours=1)),
+        summary("later", response_due_at=at + timedelta(hours=3)),
+        summary("community", opened_at=at),
+        summary("overdue", response_due_at=at - timedelta(minutes=5), breached=True),
+        summary("soon", response_due_at=at + timedelta(minutes=10)),
+        summary("terminated", closed=True, execution_status="terminated", response_due_at=at),
+    ]
+    ordered = [t.ticket_id for t in by_time_to_breach(tickets)]
+    # Running clocks by deadline; then other running tickets newest first; then closed ones.
+    assert ordered[:3] == ["overdue", "soon", "later"]
+    assert ordered[3:5] == ["community", "acked"]
+    assert set(ordered[5:]) == {"closed", "terminated"}
+    assert tickets[4].time_to_breach(at) == timedelta(minutes=-5)
+    assert tickets[1].time_to_breach(at) is None  # acknowledged: the clock stopped
+    assert tickets[6].time_to_breach(at) is None  # terminated: nothing runs any more
+
+
+def test_durations_read_like_a_countdown() -> None:
+    assert ops.duration(timedelta(hours=1)) == "1h"
+    assert ops.duration(timedelta(minutes=45, seconds=10)) == "45m 10s"
+    assert ops.duration(timedelta(hours=1, minutes=5, seconds=59)) == "1h 05m"
+    assert ops.duration(timedelta(days=4, hours=3, minutes=12)) == "4d 03h"
+    assert ops.duration(timedelta(seconds=-125)) == "2m 05s"
+    assert ops.duration(timedelta(0)) == "0s"
+
+
+# --- the CLI against the dev server -----------------------------------------------------
+
+
+@dataclass
+class Tickets:
+    client: Client
+    address: str
+    run: str
+    premium: str  # premium sev2, acme
+    standard: str  # standard sev3, globex
+    community: str  # community sev4, acme
+    breached: str  # premium sev1, initech, opened 70 min ago: breached at once
+    to_resolve: str  # premium sev1, umbrella: acknowledged and resolved by a test
+
+    def customer(self, name: str) -> str:
+        return f"{name}-{self.run}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tickets(
+    dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Tickets]:
+    """A worker on a fresh task queue with five tickets of different tiers and customers,
+    visible (with their deadlines) in visibility."""
+    client = dev_server.client
+    queue = f"tq-{uuid.uuid4()}"
+    run = uuid.uuid4().hex[:6]
+    ledger = await sqlite_ledger(tmp_path_factory.mktemp("ops") / "ledger.sqlite3")
+    opened_70_min_ago = (datetime.now(UTC) - timedelta(minutes=70)).replace(microsecond=0)
+    inputs = {
+        "premium": ticket(f"OPS-P-{run}", customer_id=f"acme-{run}"),
+        "standard": ticket(
+            f"OPS-S-{run}", customer_id=f"globex-{run}", tier="standard", severity="sev3"
+        ),
+        "community": ticket(
+            f"OPS-C-{run}", customer_id=f"acme-{run}", tier="community", severity="sev4"
+        ),
+        "breached": ticket(
+            f"OPS-B-{run}",
+            customer_id=f"initech-{run}",
+            severity="sev1",
+            opened_at=opened_70_min_ago,
+        ),
+        "to_resolve": ticket(f"OPS-R-{run}", customer_id=f"umbrella-{run}", severity="sev1"),
+    }
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        worker = build_worker(client, queue, ledger, http)
+        async with worker:
+            stack = Stack(dev_server, client, queue, ledger, worker)
+            try:
+                for data in inputs.values():
+                    assert (await open_ticket(client, data, queue)).created
+                    stack.opened.append(data.workflow_id)
+                ids = {name: data.ticket_id for name, data in inputs.items()}
+
+                def ready(found: list[TicketSummary]) -> bool:
+                    by_id = {t.ticket_id: t for t in found}
+                    return (
+                        set(ids.values()) <= set(by_id)
+                        and all(
+                            by_id[i].tier is Tier.COMMUNITY or by_id[i].response_due_at is not None
+                            for i in ids.values()
+                        )
+                        and by_id[ids["breached"]].breached is True
+                    )
+
+                await until(lambda: list_tickets(client), ready, "the tickets in visibility")
+                address = client.service_client.config.target_host
+                yield Tickets(client, address, run, **ids)
+            finally:
+                await terminate_open(stack)
+    await ledger.close()
+
+
+async def until(probe: Callable[[], Any], done: Callable[[Any], bool], what: str) -> Any:
+    """Await ``probe()`` until ``done`` says so (visibility is eventually consistent)."""
+    last = None
+    for _ in range(200):
+        last = await probe()
+        if done(last):
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after 10 s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Ops:
+    """Runs the CLI. ``process``: ``ops.py`` as its own process, as ops run it (exit code,
+    the ``os._exit`` path). ``inline``: the same ``ops.cli`` in a thread of this process,
+    cheaper, for the variants. Both in threads: the worker shares this event loop."""
+
+    tickets: Tickets
+
+    async def process(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SUPPORT_"))
+        }
+        environment["TEMPORAL_ADDRESS"] = self.tickets.address
+        environment.update(env)
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "ops.py", *args],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    async def inline(self, *args: str) -> subprocess.CompletedProcess[str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(ops.cli, list(args), out, err)
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def run_ops(tickets: Tickets, monkeypatch: pytest.MonkeyPatch) -> Ops:
+    for name in list(os.environ):
+        if name.startswith(("TEMPORAL_", "SUPPORT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", tickets.address)
+    return Ops(tickets)
+
+
+def ids_of(done: subprocess.CompletedProcess[str]) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    return [t["ticket_id"] for t in json.loads(done.stdout)]
+
+
+def header_of(text: str) -> dict[str, str]:
+    """``show``'s header (the lines before the first blank one): label -> value."""
+    lines = text.split("\n\n")[0].splitlines()
+    return dict(cast(tuple[str, str], tuple(re.split(r"\s{2,}", s, maxsplit=1))) for s in lines)
+
+
+async def test_list_filters_and_sorts_by_time_to_breach(tickets: Tickets, run_ops: Ops) -> None:
+    everything, table, premium, acme, breached, not_breached = await asyncio.gather(
+        run_ops.process("list", "--json"),
+        run_ops.process("list", "--customer", tickets.customer("acme")),
+        run_ops.inline("list", "--tier", "premium", "--state", "open", "--json"),
+        run_ops.inline("list", "--customer", tickets.customer("acme"), "--json"),
+        run_ops.inline("list", "--breached", "--json"),
+        run_ops.inline("list", "--not-breached", "--json"),
+    )
+    listed = [i for i in ids_of(everything) if i.endswith(tickets.run)]
+    order = [tickets.breached, tickets.premium, tickets.standard, tickets.community]
+    assert [i for i in listed if i in order] == order
+    rows = {t["ticket_id"]: t for t in json.loads(everything.stdout)}
+    premium_row = rows[tickets.premium]
+    assert premium_row["workflow_id"] == f"ticket-{tickets.premium}"
+    assert premium_row["customer_id"] == tickets.customer("acme")
+    assert (premium_row["tier"], premium_row["severity"], premium_row["state"]) == (
+        "premium",
+        "sev2",
+        "open",
+    )
+    assert premium_row["breached"] is False and premium_row["closed"] is False
+    assert premium_row["execution_status"] == "running"
+    due = datetime.fromisoformat(premium_row["response_due_at"])
+    opened = datetime.fromisoformat(premium_row["opened_at"])
+    assert abs((due - opened) - timedelta(hours=1)) < timedelta(seconds=5)
+    assert rows[tickets.community]["response_due_at"] is None
+    assert rows[tickets.community]["breached"] is None
+    assert rows[tickets.breached]["breached"] is True
+
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == (
+        "ticket customer tier severity state started (UTC) response due (UTC) to breach"
+        " breached".split()
+    )
+    [premium_line] = [line for line in lines if tickets.premium in line]
+    assert re.search(r" premium .* in (59m \d\ds|1h) +no$", premium_line)
+    [community_line] = [line for line in lines if tickets.community in line]
+    assert re.search(r" community +sev4 +open .* - +- +-$", community_line)
+    assert len(lines) == 4  # the header, its rule and the two acme tickets
+
+    assert {tickets.premium, tickets.breached} <= set(ids_of(premium))
+    assert not {tickets.standard, tickets.community} & set(ids_of(premium))
+    assert ids_of(acme) == [tickets.premium, tickets.community]
+    assert ids_of(breached) == [tickets.breached]
+    assert {tickets.premium, tickets.standard} <= set(ids_of(not_breached))
+    assert not {tickets.breached, tickets.community} & set(ids_of(not_breached))
+
+
+async def test_show_prints_state_deadlines_and_the_sla_timeline(
+    tickets: Tickets, run_ops: Ops
+) -> None:
+    as_json, breached, standard = await asyncio.gather(
+        run_ops.process("show", tickets.premium, "--json"),
+        run_ops.process("show", tickets.breached),
+        run_ops.inline("show", tickets.standard),
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    status = TicketStatus.model_validate_json(as_json.stdout)
+    assert (status.ticket_id, status.state, status.tier) == (
+        tickets.premium,
+        TicketState.OPEN,
+        Tier.PREMIUM,
+    )
+    assert status.response_target == timedelta(hours=1)
+    assert [h.kind for h in status.history][:1] == ["opened"]
+
+    assert breached.returncode == 0, breached.stderr
+    header = header_of(breached.stdout)
+    assert header["ticket"] == f"{tickets.breached} (workflow ticket-{tickets.breached}, running)"
+    assert header["state"] == "open"
+    assert (header["tier"], header["severity"]) == ("premium", "sev1")
+    assert header["customer"] == tickets.customer("initech")
+    assert header["response target"] == "1h"
+    assert re.fullmatch(r"\S+ \S+ UTC \(overdue 1[01]m \d\ds\)", header["response due"])
+    assert header["acknowledged"] == "no"
+    assert header["breached"].startswith("yes ")
+    assert header["next step"].startswith("repeat-1 at ")
+    text = breached.stdout
+    history = text.split("History (UTC)")[1].split("Escalations (UTC)")[0]
+    assert "response_target_missed" in history and " breached " in history
+    escalations = text.split("Escalations (UTC)")[1]
+    assert any(line.split()[:2] == ["breach", "breach"] for line in escalations.splitlines())
+
+    # The standard tier runs on business hours in Chicago: both zones are shown.
+    assert standard.returncode == 0, standard.stderr
+    due = header_of(standard.stdout)["response due"]
+    assert re.fullmatch(r"\S+ \S+ C[SD]T \(America/Chicago\) = \S+ \S+ UTC \(in .+\)", due)
+
+
+async def test_ack_then_resolve_and_show_follows(tickets: Tickets, run_ops: Ops) -> None:
+    ticket_id = tickets.to_resolve
+    ack = await run_ops.process("ack", ticket_id, "--agent", "alice", "--note", "on it")
+    assert ack.returncode == 0, ack.stderr
+    assert ack.stdout == (
+        f"acknowledge sent to ticket {ticket_id} (workflow ticket-{ticket_id}) as alice\n"
+    )
+    status = await until(
+        lambda: ticket_status(tickets.client, ticket_id),
+        lambda s: s.state is TicketState.ACKNOWLEDGED,
+        "the acknowledgement",
+    )
+    assert status.acknowledged_by == "alice"
+
+    resolve = await run_ops.process(
+        "resolve", ticket_id, "--summary", "restarted", "--json", SUPPORT_AGENT="bob"
+    )
+    assert resolve.returncode == 0, resolve.stderr
+    assert json.loads(resolve.stdout) == {
+        "ticket_id": ticket_id,
+        "workflow_id": f"ticket-{ticket_id}",
+        "signal": "resolve",
+        "payload": {"by": "bob", "summary": "restarted"},
+    }
+    handle = tickets.client.get_workflow_handle(f"ticket-{ticket_id}", result_type=TicketStatus)
+    assert (await asyncio.wait_for(handle.result(), 10)).state is TicketState.RESOLVED
+
+    # A closed ticket is shown from its result; signals to it are refused.
+    again, shown, table = await asyncio.gather(
+        run_ops.process("ack", ticket_id, "--agent", "alice"),
+        run_ops.inline("show", ticket_id, "--json"),
+        run_ops.inline("show", ticket_id),
+    )
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr == (
+        f"error: ticket {ticket_id} is closed (resolved; workflow completed):"
+        " acknowledge not sent\n"
+    )
+    assert shown.returncode == 0, shown.stderr
+    final = TicketStatus.model_validate_json(shown.stdout)
+    assert (final.state, final.acknowledged_by, final.resolved_by) == (
+        TicketState.RESOLVED,
+        "alice",
+        "bob",
+    )
+    assert [h.kind for h in final.history][-2:] == ["acknowledged", "resolved"]
+    header = header_of(table.stdout)
+    assert header["state"] == "resolved"
+    assert header["ticket"] == f"{ticket_id} (workflow ticket-{ticket_id}, completed)"
+    assert header["acknowledged"].endswith(" UTC by alice")
+    assert header["resolved"].endswith(" UTC by bob")
+
+
+async def test_unknown_tickets_and_an_unreachable_server_exit_1_with_one_line(
+    tickets: Tickets, run_ops: Ops
+) -> None:
+    unreachable, unknown, ack_unknown = await asyncio.gather(
+        run_ops.process("list", TEMPORAL_ADDRESS="127.0.0.1:1"),
+        run_ops.inline("show", f"NOPE-{tickets.run}"),
+        run_ops.inline("ack", f"NOPE-{tickets.run}", "--agent", "alice"),
+    )
+    assert (unreachable.returncode, unreachable.stdout) == (1, "")
+    [line] = unreachable.stderr.splitlines()
+    assert line.startswith("error: cannot connect to Temporal:") and "127.0.0.1:1" in line
+    expected = f"error: no ticket NOPE-{tickets.run} (no workflow ticket-NOPE-{tickets.run})\n"
+    for done in (unknown, ack_unknown):
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["resolve", "T-1"], "resolve: no agent given: pass --agent NAME (or set SUPPORT_AGENT)"),
+        (["ack", "T-1", "--agent", " "], "--agent: String should have at least 1 character"),
+        (["ack", "T-1", "--agent", "a", "--note", "x" * 2001], "--note: String should have at"),
+        (["show", "T 1"], "argument TICKET_ID: 'T 1' is not a ticket id"),
+        (["list", "--customer", "x' OR 1=1"], 'argument --customer: "x\' OR 1=1" is not a'),
+        (["list", "--tier", "gold"], "argument --tier: invalid choice: 'gold'"),
+        (["list", "--breached", "--not-breached"], "not allowed with argument --breached"),
+        (["watch", "--interval", "0"], "--interval: must be more than 0"),
+        (["list", "--limit", "0"], "--limit: must be from 1 to 10000"),
+    ],
+)
+def test_bad_arguments_exit_2_before_connecting(
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("SUPPORT_AGENT", raising=False)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens: never reached
+    with pytest.raises(SystemExit) as exited:
+        ops.cli(argv)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err
+
+
+async def test_watch_prints_running_tickets_with_their_countdowns(
+    tickets: Tickets, run_ops: Ops
+) -> None:
+    done = await run_ops.process("watch", "--iterations", "1", "--interval", "0.1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Running tickets: ") and "refresh every 0.1 s" in lines[0]
+    [overdue] = [line for line in lines if tickets.breached in line]
+    assert re.search(r" overdue 1[01]m \d\ds +yes$", overdue)
+    [premium] = [line for line in lines if tickets.premium in line]
+    assert re.search(r" in (59m \d\ds|1h) +no$", premium)
+    assert any(tickets.community in line for line in lines)
+    # Running tickets only: a resolved ticket's workflow has completed.
+    assert " resolved " not in done.stdout
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_watch_on_a_terminal_is_a_live_table(
+    tickets: Tickets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ops.build_parser().parse_args(
+        ["watch", "--iterations", "2", "--interval", "0.2", "--breached"]
+    )
+    out = Terminal()
+    assert await ops.watch_command(tickets.client, args, out) == 0
+    screen = out.getvalue()
+    assert "\x1b[" in screen  # drawn with colours and cursor moves, redrawn in place
+    assert screen.count("Running tickets: ") >= 2
+    assert tickets.breached in screen and tickets.premium not in screen
+    assert re.search(r"overdue 1[01]m", screen)
