@@ -358,3 +358,34 @@ async def test_an_agent_acknowledges_straight_from_the_link_in_an_email(
     acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
     assert acked.acknowledged_by == "duty-engineer"
     await shot(page, "email-link-acknowledged")
+
+
+async def test_the_api_lists_tickets_from_visibility_with_validated_filters(web: Web) -> None:
+    mc = await open_via_api(
+        web, customer_id="example-bank", tier="mission_critical", severity="sev1"
+    )
+    premium = await open_via_api(web)
+    agent = {"Authorization": f"Bearer {AGENTS['ana']}"}
+    for _ in range(100):
+        response = await web.http.get(
+            "/api/tickets", params={"state": "open", "tier": "mission_critical"}, headers=agent
+        )
+        found = [t["ticket_id"] for t in response.json()["tickets"]]
+        if mc in found:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status_code == 200
+    assert mc in found and premium not in found
+    listed = next(t for t in response.json()["tickets"] if t["ticket_id"] == mc)
+    assert (listed["customer_id"], listed["severity"], listed["breached"]) == (
+        "example-bank",
+        "sev1",
+        False,
+    )
+    bad = await web.http.get("/api/tickets", params={"tier": "gold"}, headers=agent)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "tier"
+    injected = await web.http.get("/api/tickets", params={"customer": "x' OR 1=1"}, headers=agent)
+    assert injected.status_code == 422
+    assert injected.json()["errors"][0]["field"] == "customer"
+    assert (await web.http.get("/api/tickets")).status_code == 401
