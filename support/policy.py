@@ -412,14 +412,18 @@ class Policy(Spec):
         return name, self.calendars[name].build()
 
     def customer_for_email(self, address: str) -> str | None:
-        """The customer whose contract lists the address's domain (or a parent domain)."""
+        """The customer whose contract lists the address's domain (or a parent domain);
+        the most specific domain wins when several contracts match."""
         domain = address.rpartition("@")[2].strip().lower()
+        best: tuple[int, str] | None = None
         for name, customer in self.customers.items():
             for known in customer.email_domains:
-                known = known.lower()
-                if domain == known or domain.endswith("." + known):
-                    return name
-        return None
+                known = known.lower().strip(".")
+                if (domain == known or domain.endswith("." + known)) and (
+                    best is None or len(known) > best[0]
+                ):
+                    best = (len(known), name)
+        return best[1] if best else None
 
     def missing_settings(self, environ: Mapping[str, str]) -> list[str]:
         """Environment variables the policy's channels need that are not set (the worker

@@ -34,13 +34,15 @@ def listening(port: int) -> bool:
 
 @pytest.mark.e2e
 def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -> None:
-    port, ui_port, http_port = free_ports(3)
+    port, ui_port, http_port, service_port, mailbox_port = free_ports(5)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SUPPORT_"))},
         "TEMPORAL_PORT": str(port),
         "TEMPORAL_UI_PORT": str(ui_port),
         "TEMPORAL_HTTP_PORT": str(http_port),
         "SUPPORT_DATA_DIR": str(tmp_path / "data"),
+        "SUPPORT_HTTP_PORT": str(service_port),
+        "SUPPORT_MAILBOX_PORT": str(mailbox_port),
     }
     log = (tmp_path / "run.log").open("w+")
     make = subprocess.Popen(
@@ -54,6 +56,19 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         assert (tmp_path / "data" / "temporal.sqlite").exists()
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
             assert page.status == 200
+        # The HTTP service (form, board, API) and the support mailbox run beside the worker.
+        wait_for("the HTTP service", lambda: listening(service_port))
+        base = f"http://127.0.0.1:{service_port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as page:
+            assert json.loads(page.read()) == {"status": "ok", "temporal": True}
+        with urllib.request.urlopen(f"{base}/support/new", timeout=10) as page:
+            assert "Contact support" in page.read().decode()
+        wait_for("the support mailbox", lambda: listening(mailbox_port))
+        assert (
+            f"Agent board:      http://localhost:{service_port}/board"
+            in (tmp_path / "run.log").read_text()
+        )
+        assert "SUPPORT_AGENT_TOKENS=demo-agent:" in (tmp_path / "data" / "service.env").read_text()
         client_env = {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"}
         opened = subprocess.run(
             [

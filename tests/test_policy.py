@@ -724,3 +724,13 @@ def test_a_customer_is_found_by_the_domain_of_an_address(policy):
     assert policy.customer_for_email("Ops@EU.Bank.Example") == "example-bank"
     assert policy.customer_for_email("ops@notbank.example") is None
     assert policy.customer_for_email("ops@bank.example.evil") is None
+
+
+def test_the_most_specific_contract_domain_wins(tmp_path):
+    def edit(data: dict[str, Any]) -> None:
+        data["customers"]["bank-eu"] = {"tier": "premium", "email_domains": ["eu.bank.example"]}
+
+    policy = load_policy(write_policy(tmp_path, edit))
+    assert policy.customer_for_email("ops@eu.bank.example") == "bank-eu"
+    assert policy.customer_for_email("ops@x.eu.bank.example") == "bank-eu"
+    assert policy.customer_for_email("ops@us.bank.example") == "example-bank"

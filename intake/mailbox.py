@@ -1,0 +1,929 @@
+"""The support mailbox: an SMTP listener that turns customers' email into tickets.
+
+    SUPPORT_MAILBOX_ADDRESS=support@support.example python -m intake.mailbox
+
+It takes mail for one address (``SUPPORT_MAILBOX_ADDRESS``; other recipients get 550) on
+``SUPPORT_MAILBOX_HOST``:``SUPPORT_MAILBOX_PORT`` (default 127.0.0.1:2525), behind the
+organisation's MTA, and decides for each message:
+
+- **a reply to a ticket**: the subject carries a ticket id (``[T-1001]``, ``ticket T-1001``,
+  ``ticket #T-1001``) or ``In-Reply-To`` / ``References`` carry ``<ticket-T-1001@support-sla>``,
+  and the sender belongs to that ticket (its reporter, or the domain of its customer's
+  contract). An open ticket gets a ``customer_reply`` signal (recorded once per
+  Message-ID); a closed one gets nothing, and the sender a note on how to open a new one.
+- **a new ticket** from a customer's domain (``email_domains`` of the contract, or a
+  subdomain): tier from the contract, severity from a ``[SEV1]``..``[SEV4]`` subject tag or
+  the policy's default, ``opened_at`` = when this listener received the message. The ticket
+  id, ``E-`` + 16 hex digits of the Message-ID's SHA-256, is the same for a redelivered
+  message, so it opens nothing twice. The customer gets an acknowledgement with the id and
+  the response target.
+- **an unknown sender**: a polite reply on how to open a ticket, and no ticket.
+
+The SMTP answer is 250 once the message is taken, 451 when Temporal (or the policy file)
+is unavailable so the sending server retries later, 552 above the size limit. Bounces,
+out-of-office replies and other automatic mail never get an answer (no mail loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import signal
+import ssl
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses
+from html.parser import HTMLParser
+from typing import Any
+
+import aiosmtplib
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic import TypeAdapter, ValidationError
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, when
+from starter import open_ticket
+from support.connection import connect, task_queue
+from support.logs import configure_logging, forward_core_logs
+from support.models import (
+    MAX_DESCRIPTION,
+    MAX_SUBJECT,
+    CustomerReply,
+    EmailAddress,
+    Severity,
+    TicketInput,
+    TicketPlan,
+    ticket_workflow_id,
+)
+from support.policy import CustomerSpec, Policy, PolicyError, load_policy, resolve_plan
+
+log = structlog.get_logger("support.mailbox")
+
+DEFAULT_ADDRESS = "support@support.example"
+DEFAULT_MAX_BYTES = 1024 * 1024
+REPLY_SUBJECT_LIMIT = 300  # CustomerReply.subject
+REFERENCE_LIMIT = 300  # CustomerReply.reference
+TRUNCATED = "\n\n[message truncated]"
+
+OK = "250 2.0.0 OK"
+TOO_BIG = "552 5.3.4 message too big for the support mailbox"
+RETRY_LATER = "451 4.3.0 the support system is temporarily unavailable, please retry later"
+
+# A subject's severity tag, e.g. "[SEV1]" or "[sev 2]".
+SEVERITY_TAG = re.compile(r"\[\s*sev\s*-?\s*([1-4])\s*\]", re.IGNORECASE)
+# Ticket ids in a subject: "[T-1001]", "ticket T-1001", "ticket #T-1001", "ticket: T-1001".
+SUBJECT_BRACKET = re.compile(r"\[\s*([A-Za-z0-9._-]{1,64})\s*\]")
+SUBJECT_WORD = re.compile(r"\bticket\s*(?:#|no\.?|:)?\s*([A-Za-z0-9._-]{1,64})", re.IGNORECASE)
+# Our own mail carries References: <ticket-<id>@support-sla> (notifications, acknowledgements).
+HEADER_REFERENCE = re.compile(r"<ticket-([A-Za-z0-9._-]{1,64})@support-sla>")
+MAX_CANDIDATES = 5
+# Addresses that are machines: never answer them (mail loops, bounces).
+ROBOT_LOCAL_PART = re.compile(
+    r"^(mailer-daemon|postmaster|no-?reply|no_reply|do-?not-?reply|donotreply|bounces?"
+    r"|owner-.+|.+-request)([+.-].*)?$",
+    re.IGNORECASE,
+)
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_EMAIL = TypeAdapter(EmailAddress)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- reading a message -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    """What the mailbox needs from one message; no other part of it is kept."""
+
+    key: str  # 16 hex digits: of the Message-ID, or of the raw bytes without one
+    message_id: str | None
+    envelope_sender: str  # "" for the null sender <> (bounces)
+    sender: str | None  # the From address, normalised; None when unusable
+    subject: str  # decoded, one line
+    body: str  # text/plain, or a text rendition of text/html
+    references: tuple[str, ...]  # ticket ids from In-Reply-To / References
+    auto_submitted: str | None  # the Auto-Submitted keyword, None for absent or "no"
+    bulk: bool  # Precedence bulk/junk/list or a mailing list
+    report: bool  # a delivery or read report (multipart/report)
+
+    @property
+    def ticket_id(self) -> str:
+        return f"E-{self.key}"
+
+    @property
+    def reference(self) -> str:
+        """Identifies the message for ``customer_reply`` (recorded once per reference)."""
+        if self.message_id and len(self.message_id) <= REFERENCE_LIMIT:
+            return self.message_id
+        return f"<{self.key}@support-mailbox>"
+
+    def ticket_candidates(self) -> list[str]:
+        """Ticket ids this message may answer, most reliable first (headers, then subject).
+        Subject candidates need a digit, so tags like ``[EXTERNAL]`` cost no lookup."""
+        found = list(self.references)
+        subject = SEVERITY_TAG.sub(" ", self.subject)
+        for pattern in (SUBJECT_BRACKET, SUBJECT_WORD):
+            for match in pattern.finditer(subject):
+                candidate = match.group(1).rstrip(".")
+                if candidate and any(c.isdigit() for c in candidate):
+                    found.append(candidate)
+        return list(dict.fromkeys(found))[:MAX_CANDIDATES]
+
+
+def message_key(raw: bytes, message_id: str | None) -> str:
+    """Deterministic per message, so a redelivery maps to the same ticket."""
+    source = message_id.encode("utf-8", "surrogateescape") if message_id else raw
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+def parse_mail(raw: bytes, envelope_sender: str | None) -> InboundMail:
+    message = message_from_bytes(raw, policy=email_policy.default)
+    assert isinstance(message, EmailMessage)
+    message_id = _header(message, "Message-ID").strip() or None
+    if message_id is not None and (CONTROL.search(message_id) or " " in message_id):
+        message_id = None
+    refs = " ".join(_header(message, name) for name in ("In-Reply-To", "References"))
+    auto = _header(message, "Auto-Submitted").split(";")[0].strip().lower()
+    precedence = _header(message, "Precedence").strip().lower()
+    return InboundMail(
+        key=message_key(raw, message_id),
+        message_id=message_id,
+        envelope_sender=(envelope_sender or "").strip("<>"),
+        sender=_sender(message),
+        subject=one_line(_header(message, "Subject")),
+        body=body_text(message),
+        references=tuple(dict.fromkeys(HEADER_REFERENCE.findall(refs))),
+        auto_submitted=auto if auto and auto != "no" else None,
+        bulk=precedence in ("bulk", "junk", "list") or bool(_header(message, "List-Id")),
+        report=message.get_content_type() == "multipart/report",
+    )
+
+
+def _header(message: EmailMessage, name: str) -> str:
+    try:
+        value = message.get(name)
+        return "" if value is None else str(value)
+    except Exception:  # a header the parser cannot make sense of is as good as absent
+        return ""
+
+
+def _sender(message: EmailMessage) -> str | None:
+    try:
+        header = message.get("From")
+        addresses = getattr(header, "addresses", None)
+        if addresses:
+            spec = str(addresses[0].addr_spec)
+        else:
+            spec = getaddresses([str(header or "")])[0][1]
+    except Exception:
+        return None
+    return normalise_address(spec)
+
+
+def normalise_address(spec: str) -> str | None:
+    """``Local@Example.COM`` -> ``Local@example.com`` (IDNA domain), or None if unusable."""
+    local, at, domain = spec.strip().rpartition("@")
+    if not at or not local or not domain:
+        return None
+    try:
+        domain = domain.encode("idna").decode("ascii").lower()
+        return str(_EMAIL.validate_python(f"{local}@{domain}"))
+    except (UnicodeError, ValidationError):
+        return None
+
+
+def one_line(text: str) -> str:
+    return " ".join(CONTROL.sub(" ", text).split())
+
+
+class _HtmlText(HTMLParser):
+    """Text of an HTML body: block elements become line breaks; scripts and styles go."""
+
+    BLOCKS = frozenset(
+        "p div br li tr h1 h2 h3 h4 h5 h6 blockquote pre table ul ol hr section".split()
+    )
+    SKIP = frozenset(("script", "style", "head", "title"))
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def body_text(message: EmailMessage) -> str:
+    """The message's text for the ticket's description, within the contract's limit."""
+    try:
+        part = message.get_body(preferencelist=("plain", "html"))
+    except Exception:
+        part = None
+    text = ""
+    if isinstance(part, EmailMessage):
+        text = _content(part)
+        if part.get_content_subtype() == "html":
+            text = html_to_text(text)
+    text = CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    try:
+        attachments = sum(1 for _ in message.iter_attachments()) if message.is_multipart() else 0
+    except Exception:
+        attachments = 0
+    note = f"\n\n[{attachments} attachment(s) not included]" if attachments else ""
+    if len(text) + len(note) > MAX_DESCRIPTION:
+        text = text[: MAX_DESCRIPTION - len(note) - len(TRUNCATED)] + TRUNCATED
+    return text + note
+
+
+def _content(part: EmailMessage) -> str:
+    try:
+        content = part.get_content()
+        if isinstance(content, str):
+            return content
+    except (LookupError, UnicodeError, ValueError, AssertionError):
+        pass
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+
+
+def severity_tag(subject: str) -> tuple[Severity | None, str]:
+    """(the severity of the first ``[SEVn]`` tag or None, the subject without tags)."""
+    match = SEVERITY_TAG.search(subject)
+    severity = Severity(f"sev{match.group(1)}") if match else None
+    return severity, one_line(SEVERITY_TAG.sub(" ", subject))
+
+
+def customer_for_sender(policy: Policy, sender: str | None) -> tuple[str, CustomerSpec] | None:
+    """The contract whose ``email_domains`` cover the sender's domain (equal or a
+    subdomain); the most specific domain wins when several contracts match."""
+    name = policy.customer_for_email(sender) if sender is not None else None
+    return (name, policy.customers[name]) if name is not None else None
+
+
+def is_robot(address: str | None) -> bool:
+    """A machine's address (mailer-daemon, noreply, list owners): never answered."""
+    return address is not None and bool(ROBOT_LOCAL_PART.match(address.rpartition("@")[0]))
+
+
+# --- what we send back -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    host: str
+    port: int
+    address: str
+    max_bytes: int
+    contact_form_url: str | None
+
+    @classmethod
+    def from_env(cls) -> MailboxSettings:
+        address = normalise_address(os.environ.get("SUPPORT_MAILBOX_ADDRESS", DEFAULT_ADDRESS))
+        if address is None:
+            raise ValueError("SUPPORT_MAILBOX_ADDRESS: not an email address")
+        try:
+            port = int(os.environ.get("SUPPORT_MAILBOX_PORT", "2525"))
+            max_bytes = int(os.environ.get("SUPPORT_MAILBOX_MAX_BYTES", str(DEFAULT_MAX_BYTES)))
+        except ValueError as err:
+            raise ValueError(f"SUPPORT_MAILBOX_PORT / SUPPORT_MAILBOX_MAX_BYTES: {err}") from None
+        return cls(
+            host=os.environ.get("SUPPORT_MAILBOX_HOST", "127.0.0.1"),
+            port=port,
+            address=address,
+            max_bytes=max_bytes,
+            contact_form_url=contact_form_url(),
+        )
+
+
+def contact_form_url() -> str | None:
+    """Named in replies: ``SUPPORT_CONTACT_FORM_URL``, else the HTTP service's form under
+    ``SUPPORT_PUBLIC_URL``."""
+    if os.environ.get("SUPPORT_CONTACT_FORM_URL"):
+        return os.environ["SUPPORT_CONTACT_FORM_URL"]
+    public = os.environ.get("SUPPORT_PUBLIC_URL", "").rstrip("/")
+    return f"{public}/support/new" if public else None
+
+
+def _reply(
+    mail: InboundMail, sender: str, support: str, subject: str, kind: str, text: str
+) -> EmailMessage:
+    """An automatic reply (RFC 3834): threaded on the message, marked auto-replied so the
+    customer's own autoresponder stays quiet, replies going to the support address."""
+    assert mail.sender is not None
+    message = EmailMessage()
+    message["Subject"] = subject[:250]
+    message["From"] = sender
+    message["To"] = mail.sender
+    message["Reply-To"] = support
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = f"<{kind}-{mail.key}@support-sla>"
+    if mail.message_id:
+        message["In-Reply-To"] = mail.message_id
+    message["Auto-Submitted"] = "auto-replied"
+    message["X-Auto-Response-Suppress"] = "All"
+    message.set_content(text)
+    return message
+
+
+def acknowledgement(
+    mail: InboundMail,
+    ticket: TicketInput,
+    plan: TicketPlan,
+    policy: Policy,
+    smtp: SmtpSettings,
+    support: str,
+) -> EmailMessage:
+    tier = TIER_LABELS.get(ticket.tier.value, ticket.tier.value)
+    assert ticket.opened_at is not None
+    if plan.response_due_at is not None and plan.response_target is not None:
+        target = duration_text(plan.response_target)
+        calendar = policy.calendars.get(plan.calendar or "")
+        if calendar is not None and not calendar.always_open:
+            target = f"{target} of business hours ({plan.time_zone})"
+        promise = (
+            f"Initial response target: {target}, that is by"
+            f" {when(plan.response_due_at, plan.time_zone)}."
+        )
+    else:
+        promise = (
+            "Community support has no guaranteed response time and no commercial SLA;"
+            " we answer on a best-effort basis."
+        )
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"we have opened ticket {ticket.ticket_id} for your message.",
+            "",
+            f"  Ticket:    {ticket.ticket_id}",
+            f"  Subject:   {ticket.subject or '(none)'}",
+            f"  Tier:      {tier}",
+            f"  Severity:  {ticket.severity.value.upper()}",
+            f"  Received:  {when(ticket.opened_at, 'UTC')}",
+            "",
+            promise,
+            "",
+            f"To add information, reply to this message and keep [{ticket.ticket_id}] in the"
+            " subject. For an urgent new issue, put its severity in the subject of a new"
+            " message, e.g. [SEV1] for a production outage.",
+            "",
+            "This message was sent automatically by the support system.",
+        ]
+    )
+    message = _reply(
+        mail,
+        smtp.sender,
+        support,
+        f"[{ticket.ticket_id}] We received your request: {ticket.subject or '(no subject)'}",
+        "ack",
+        text + "\n",
+    )
+    # A reply to this message names the ticket in its References as well as its subject.
+    chain = [mail.message_id] if mail.message_id else []
+    message["References"] = " ".join(
+        [*chain, f"<{ticket_workflow_id(ticket.ticket_id)}@support-sla>"]
+    )
+    return message
+
+
+def unknown_sender_reply(
+    mail: InboundMail, smtp: SmtpSettings, support: str, form_url: str | None
+) -> EmailMessage:
+    form = "the contact form on our website" + (f" ({form_url})" if form_url else "")
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"thank you for writing to {support}. We could not match your email address to"
+            " a support contract, so no ticket was opened.",
+            "",
+            "To open a ticket:",
+            f"- use {form}, or",
+            f"- write to {support} from an address at your organisation's registered email domain.",
+            "",
+            "If your organisation has a support contract and you think this is a mistake,"
+            " please ask your account team to register your email domain.",
+            "",
+            "This message was sent automatically by the support system.",
+        ]
+    )
+    return _reply(
+        mail,
+        smtp.sender,
+        support,
+        "Your message to support: no ticket opened",
+        "unknown",
+        text + "\n",
+    )
+
+
+def closed_ticket_reply(
+    mail: InboundMail, ticket_id: str, smtp: SmtpSettings, support: str, form_url: str | None
+) -> EmailMessage:
+    form = f" ({form_url})" if form_url else ""
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"ticket {ticket_id} is closed, so your message was not added to it.",
+            "",
+            "If the issue is back or you need more help, please open a new ticket: write a"
+            f" new message to {support} (keep the old ticket number out of the subject;"
+            f" mention it in the text), or use the contact form on our website{form}.",
+            "",
+            "This message was sent automatically by the support system.",
+        ]
+    )
+    return _reply(
+        mail,
+        smtp.sender,
+        support,
+        "Your message was not added: the ticket is closed",
+        "closed",
+        text + "\n",
+    )
+
+
+def duration_text(value: timedelta) -> str:
+    minutes = int(value.total_seconds() // 60)
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    text = f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{text} {rest} minute{'s' if rest != 1 else ''}" if rest else text
+
+
+async def send_mail(message: EmailMessage, smtp: SmtpSettings) -> None:
+    """Send through the same relay, with the same security settings, as the email channel."""
+    context = ssl.create_default_context(cafile=smtp.ca_file) if smtp.security != "none" else None
+    await aiosmtplib.send(
+        message,
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username,
+        password=smtp.password,
+        use_tls=smtp.security == "tls",
+        start_tls=smtp.security == "starttls",
+        tls_context=context,
+        timeout=smtp.timeout,
+    )
+
+
+def _send_error(err: BaseException) -> dict[str, Any]:
+    """What to log about a failed send: the kind of failure, never the addresses."""
+    fields: dict[str, Any] = {"error": type(err).__name__}
+    code = getattr(err, "code", None)
+    if isinstance(code, int):
+        fields["smtp_code"] = code
+    return fields
+
+
+class _Recent:
+    """Keys seen within ``window`` (bounded): at most one automatic reply per sender and
+    reason a day, so a redelivery or a chatty sender never gets a stream of replies."""
+
+    def __init__(self, window: float = 86_400.0, size: int = 10_000) -> None:
+        self.window, self.size = window, size
+        self.seen: OrderedDict[str, float] = OrderedDict()
+
+    def first(self, key: str) -> bool:
+        now = time.monotonic()
+        at = self.seen.get(key)
+        if at is not None and now - at < self.window:
+            return False
+        self.seen[key] = now
+        self.seen.move_to_end(key)
+        while len(self.seen) > self.size:
+            self.seen.popitem(last=False)
+        return True
+
+    def forget(self, key: str) -> None:
+        self.seen.pop(key, None)
+
+
+# --- the handler -------------------------------------------------------------------------
+
+
+class TemporalUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TicketOnFile:
+    ticket_id: str
+    customer_id: str | None
+    reporter_email: str | None
+
+
+ClientSource = Client | Callable[[], Awaitable[Client]]
+
+
+class MailboxHandler:
+    """aiosmtpd handler. ``client`` is a Temporal client or a function that connects one
+    (called when first needed, again after a failure); ``clock`` gives receipt times."""
+
+    def __init__(
+        self,
+        client: ClientSource,
+        *,
+        address: str,
+        queue: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        policy: Callable[[], Policy] = load_policy,
+        contact_form_url: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        timeout: float = 60.0,
+    ) -> None:
+        support = normalise_address(address)
+        if support is None:
+            raise ValueError(f"not an email address: {address!r}")
+        self.address = support
+        self.queue = queue
+        self.clock = clock
+        self.policy = policy
+        self.contact_form_url = contact_form_url
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self._client = client if isinstance(client, Client) else None
+        self._connect = None if isinstance(client, Client) else client
+        self._connecting = asyncio.Lock()
+        self._received: OrderedDict[str, datetime] = OrderedDict()
+        self._replied = _Recent()
+
+    # aiosmtpd hooks
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if normalise_address(address) != self.address:
+            log.info("mail refused", reason="unknown_recipient")
+            return "550 5.1.1 no such mailbox: this server takes mail for the support address"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content
+        if raw is None:
+            raw = envelope.content if isinstance(envelope.content, bytes) else b""
+        if len(raw) > self.max_bytes:
+            log.info("mail refused", reason="too_big", size=len(raw))
+            return TOO_BIG
+        key = "?"
+        try:
+            mail = parse_mail(raw, envelope.mail_from)
+            key = mail.key
+            received = self._receipt(mail.key)
+            async with asyncio.timeout(self.timeout):
+                answer = await self.take(mail, received)
+            self._received.pop(mail.key, None)
+            return answer
+        except (TemporalUnavailable, RPCError, TimeoutError) as err:
+            log.warning("mail deferred: temporal unavailable", message_key=key, error=_name(err))
+        except PolicyError:
+            log.error("mail deferred: the policy file is invalid", message_key=key)
+        except Exception as err:
+            log.error("mail deferred: unexpected error", message_key=key, error=_name(err))
+        return RETRY_LATER
+
+    def _receipt(self, key: str) -> datetime:
+        """When this listener first received the message: a retry after our own outage
+        (451) keeps the first receipt time, so the customer's SLA clock is not delayed."""
+        first = self._received.get(key)
+        if first is None:
+            first = self.clock().astimezone(UTC).replace(microsecond=0)
+            self._received[key] = first
+            while len(self._received) > 10_000:
+                self._received.popitem(last=False)
+        return first
+
+    async def client(self) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._connecting:
+            if self._client is None:
+                assert self._connect is not None
+                try:
+                    self._client = await self._connect()
+                except Exception as err:
+                    raise TemporalUnavailable(str(err)) from err
+        return self._client
+
+    # the decision
+
+    async def take(self, mail: InboundMail, received: datetime) -> str:
+        """Decide what the message is and act on it; the SMTP answer."""
+        ignored = self._ignored(mail)
+        if ignored:
+            log.info("mail ignored", reason=ignored, message_key=mail.key)
+            return f"{OK}: automatic mail, not processed"
+        policy = self.policy()
+        for candidate in mail.ticket_candidates():
+            found = await self._ticket(candidate)
+            if found is not None and self._belongs(policy, mail.sender, found):
+                return await self._reply_to_ticket(mail, received, found)
+        customer = customer_for_sender(policy, mail.sender)
+        if customer is not None:
+            return await self._open(mail, received, policy, *customer)
+        return await self._unknown_sender(mail)
+
+    def _ignored(self, mail: InboundMail) -> str | None:
+        """Mail that is never a ticket, a reply or answered: bounces, read reports,
+        out-of-office replies, our own mail coming back."""
+        if not mail.envelope_sender:
+            return "null_sender"
+        if mail.report:
+            return "delivery_report"
+        if mail.auto_submitted is not None and mail.auto_submitted.startswith("auto-replied"):
+            return "auto_replied"
+        if mail.envelope_sender.lower().startswith("mailer-daemon@"):
+            return "mailer_daemon"
+        if mail.sender is None:
+            return "no_usable_sender"
+        if mail.sender == self.address:
+            return "own_address"
+        return None
+
+    def _no_reply(self, mail: InboundMail) -> str | None:
+        """Why an automatic reply must not be sent (it could start a mail loop)."""
+        if mail.auto_submitted is not None:
+            return "auto_submitted"
+        if mail.bulk:
+            return "bulk"
+        if is_robot(mail.sender) or is_robot(mail.envelope_sender):
+            return "robot_address"
+        return None
+
+    async def _ticket(self, ticket_id: str) -> TicketOnFile | None:
+        """The ticket with this id (open or closed), or None if there is none."""
+        client = await self.client()
+        handle = client.get_workflow_handle(ticket_workflow_id(ticket_id))
+        try:
+            description = await handle.describe()
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if description.workflow_type != "SupportTicket":
+            return None
+        # Who the ticket belongs to, from its input (closed tickets answer no query).
+        run = client.get_workflow_handle(handle.id, run_id=description.run_id)
+        async for event in run.fetch_history_events(page_size=1):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            try:
+                [ticket] = await client.data_converter.decode(list(payloads), [TicketInput])
+            except Exception:
+                return TicketOnFile(ticket_id, None, None)
+            return TicketOnFile(ticket_id, ticket.customer_id, ticket.reporter_email)
+        return None
+
+    @staticmethod
+    def _belongs(policy: Policy, sender: str | None, ticket: TicketOnFile) -> bool:
+        """Only the ticket's reporter or someone at its customer's domains may add to it."""
+        if sender is None:
+            return False
+        if ticket.reporter_email and ticket.reporter_email.lower() == sender.lower():
+            return True
+        customer = customer_for_sender(policy, sender)
+        return customer is not None and customer[0] == ticket.customer_id
+
+    async def _reply_to_ticket(
+        self, mail: InboundMail, received: datetime, ticket: TicketOnFile
+    ) -> str:
+        handle = (await self.client()).get_workflow_handle(ticket_workflow_id(ticket.ticket_id))
+        reply = CustomerReply(
+            received_at=received,
+            subject=mail.subject[:REPLY_SUBJECT_LIMIT],
+            reference=mail.reference,
+            via="email",
+        )
+        try:
+            await handle.signal("customer_reply", reply)
+            log.info("mail reply recorded", ticket_id=ticket.ticket_id, message_key=mail.key)
+            return f"{OK}: added to ticket {ticket.ticket_id}"
+        except RPCError as err:
+            if err.status is not RPCStatusCode.NOT_FOUND:
+                raise
+        # The workflow has completed: the ticket is closed, and a reply never reopens it.
+        outcome = self._no_reply(mail) or "sent"
+        once = f"closed:{ticket.ticket_id}:{mail.sender}"
+        if outcome == "sent" and not self._replied.first(once):
+            outcome = "replied_recently"
+        if outcome == "sent":
+            try:
+                smtp = SmtpSettings.from_env()
+                note = closed_ticket_reply(
+                    mail, ticket.ticket_id, smtp, self.address, self.contact_form_url
+                )
+                await send_mail(note, smtp)
+            except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
+                # Nobody would learn that the message went nowhere: let the sender retry.
+                self._replied.forget(once)
+                log.error(
+                    "mail deferred: closed-ticket note not sent",
+                    ticket_id=ticket.ticket_id,
+                    **_send_error(err),
+                )
+                return RETRY_LATER
+        log.info("mail to a closed ticket", ticket_id=ticket.ticket_id, reply=outcome)
+        return f"{OK}: ticket {ticket.ticket_id} is closed"
+
+    async def _open(
+        self,
+        mail: InboundMail,
+        received: datetime,
+        policy: Policy,
+        customer_id: str,
+        contract: CustomerSpec,
+    ) -> str:
+        assert mail.sender is not None
+        severity, subject = severity_tag(mail.subject)
+        ticket = TicketInput(
+            ticket_id=mail.ticket_id,
+            customer_id=customer_id,
+            tier=contract.tier,
+            severity=severity or policy.default_severity,
+            subject=subject[:MAX_SUBJECT],
+            description=mail.body,
+            reporter_email=mail.sender,
+            intake_channel="email",
+            opened_at=received,
+        )
+        result = await open_ticket(await self.client(), ticket, self.queue)
+        fields = {
+            "ticket_id": ticket.ticket_id,
+            "customer_id": customer_id,
+            "tier": ticket.tier.value,
+            "severity": ticket.severity.value,
+        }
+        if not result.created:
+            log.info("mail ticket already open", status=result.status, **fields)
+            return f"{OK}: ticket {ticket.ticket_id} exists"
+        log.info("mail ticket opened", **fields)
+        await self._acknowledge(mail, ticket, policy)
+        return f"{OK}: ticket {ticket.ticket_id} opened"
+
+    async def _acknowledge(self, mail: InboundMail, ticket: TicketInput, policy: Policy) -> None:
+        """Tell the customer the ticket id and the response they are owed. A failure is
+        logged and changes nothing: the ticket is open and its clock runs."""
+        why = self._no_reply(mail)
+        if why is not None:
+            log.info("acknowledgement not sent", ticket_id=ticket.ticket_id, reason=why)
+            return
+        try:
+            assert ticket.opened_at is not None
+            plan = resolve_plan(policy, ticket, ticket.severity, ticket.opened_at)
+            smtp = SmtpSettings.from_env()
+            await send_mail(acknowledgement(mail, ticket, plan, policy, smtp, self.address), smtp)
+        except Exception as err:
+            log.error("acknowledgement not sent", ticket_id=ticket.ticket_id, **_send_error(err))
+            return
+        log.info("acknowledgement sent", ticket_id=ticket.ticket_id)
+
+    async def _unknown_sender(self, mail: InboundMail) -> str:
+        why = self._no_reply(mail)
+        if why is None and not self._replied.first(f"unknown:{mail.sender}"):
+            why = "replied_recently"
+        if why is not None:
+            log.info("mail from an unknown sender", reply=why, message_key=mail.key)
+            return f"{OK}: no support contract for this sender"
+        try:
+            smtp = SmtpSettings.from_env()
+            await send_mail(
+                unknown_sender_reply(mail, smtp, self.address, self.contact_form_url), smtp
+            )
+        except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
+            self._replied.forget(f"unknown:{mail.sender}")
+            log.error(
+                "mail from an unknown sender: reply not sent",
+                message_key=mail.key,
+                **_send_error(err),
+            )
+        else:
+            log.info("mail from an unknown sender", reply="sent", message_key=mail.key)
+        return f"{OK}: no support contract for this sender"
+
+
+def _name(err: BaseException) -> str:
+    if isinstance(err, RPCError):
+        return f"RPCError({err.status.name if err.status else 'unknown'})"
+    return type(err).__name__
+
+
+# --- the listener ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def listening(
+    handler: MailboxHandler, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[asyncio.Server]:
+    """An SMTP server for ``handler`` on this event loop (the Temporal client's loop);
+    ``port=0`` takes a free port (``server.sockets[0].getsockname()[1]``)."""
+    loop = asyncio.get_running_loop()
+    hostname = handler.address.rpartition("@")[2]
+    server = await loop.create_server(
+        lambda: SMTP(
+            handler,
+            data_size_limit=handler.max_bytes,
+            enable_SMTPUTF8=True,
+            hostname=hostname,
+            ident="support mailbox",
+            loop=loop,
+        ),
+        host=host,
+        port=port,
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
+    handler = MailboxHandler(
+        connect,
+        address=settings.address,
+        queue=task_queue(),
+        contact_form_url=settings.contact_form_url,
+        max_bytes=settings.max_bytes,
+    )
+    try:
+        await handler.client()
+    except TemporalUnavailable:
+        # Keep listening: mail gets 451 (the sender retries) until Temporal is back.
+        log.warning("temporal unavailable at start; mail is deferred until it is back")
+    async with listening(handler, settings.host, settings.port):
+        log.info(
+            "mailbox listening",
+            host=settings.host,
+            port=settings.port,
+            task_queue=handler.queue,
+            max_bytes=settings.max_bytes,
+        )
+        await stop.wait()
+    log.info("mailbox stopped")
+
+
+def main() -> None:
+    configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+    # aiosmtpd logs every command line (addresses included) at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    forward_core_logs()
+    try:
+        settings = MailboxSettings.from_env()
+        load_policy()  # refuse to start on a broken policy file, loudly
+    except (ValueError, PolicyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()
