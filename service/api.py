@@ -173,6 +173,16 @@ async def intake(
                 "conflict",
                 f"ticket_id {ticket.ticket_id!r} already belongs to another ticket",
             )
+        if existing.policy_version is None:
+            # A retry right after the first request: the ticket has not applied its plan
+            # yet; the promise is the same computation from its own open time.
+            target, due = promise(
+                ticket.model_copy(
+                    update={"opened_at": existing.opened_at, "severity": existing.severity}
+                )
+            )
+        else:
+            target, due = existing.response_target, existing.response_due_at
         return 200, IntakeResponse(
             ticket_id=existing.ticket_id,
             workflow_id=result.workflow_id,
@@ -180,8 +190,8 @@ async def intake(
             state=existing.state.value,
             tier=existing.tier,
             severity=existing.severity,
-            response_target=existing.response_target,
-            response_due_at=existing.response_due_at,
+            response_target=target,
+            response_due_at=due,
         )
     return 201, IntakeResponse(
         ticket_id=ticket.ticket_id,

@@ -67,8 +67,10 @@ async def register_search_attributes(environment: WorkflowEnvironment) -> None:
     )
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server per test module (it starts in well under a second): a
+    module that leaves its clock locked (see terminate_open) cannot stall the others."""
     environment = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
@@ -146,7 +148,7 @@ async def terminate_open(stack: Stack) -> None:
             await handle.describe()
         except RPCError:
             continue  # no such workflow (a ticket without a statement of work)
-        for _ in range(250):
+        for _ in range(500):
             # Terminating while an activity is in flight leaves the test server's time
             # skipping locked for good: let in-flight work (policy, ledger) land first.
             description = await handle.describe()
