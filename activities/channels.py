@@ -333,6 +333,23 @@ class SmtpSettings:
             ca_file=os.environ.get("SUPPORT_SMTP_CA_FILE") or None,
         )
 
+    async def send(self, message: EmailMessage) -> None:
+        """Send through the relay with its security settings (aiosmtplib's errors pass)."""
+        context = (
+            ssl.create_default_context(cafile=self.ca_file) if self.security != "none" else None
+        )
+        await aiosmtplib.send(
+            message,
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=context,
+            timeout=self.timeout,
+        )
+
 
 class ChannelSender:
     def __init__(self, http: httpx.AsyncClient) -> None:
@@ -395,22 +412,8 @@ class ChannelSender:
                     f"email addresses missing: environment variable {channel.to_env} is not set"
                 )
         smtp = SmtpSettings.from_env()
-        email = message.email(smtp.sender, to)
-        tls_context = None
-        if smtp.security != "none":
-            tls_context = ssl.create_default_context(cafile=smtp.ca_file)
         try:
-            await aiosmtplib.send(
-                email,
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username,
-                password=smtp.password,
-                use_tls=smtp.security == "tls",
-                start_tls=True if smtp.security == "starttls" else False,
-                tls_context=tls_context,
-                timeout=smtp.timeout,
-            )
+            await smtp.send(message.email(smtp.sender, to))
         except aiosmtplib.SMTPAuthenticationError as err:
             raise ChannelConfigError(f"SMTP authentication refused: {err.message}") from err
         except aiosmtplib.SMTPRecipientsRefused as err:

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import signal
-import ssl
 import sys
 import time
 from collections import OrderedDict
@@ -494,18 +493,7 @@ def duration_text(value: timedelta) -> str:
 
 async def send_mail(message: EmailMessage, smtp: SmtpSettings) -> None:
     """Send through the same relay, with the same security settings, as the email channel."""
-    context = ssl.create_default_context(cafile=smtp.ca_file) if smtp.security != "none" else None
-    await aiosmtplib.send(
-        message,
-        hostname=smtp.host,
-        port=smtp.port,
-        username=smtp.username,
-        password=smtp.password,
-        use_tls=smtp.security == "tls",
-        start_tls=smtp.security == "starttls",
-        tls_context=context,
-        timeout=smtp.timeout,
-    )
+    await smtp.send(message)
 
 
 def _send_error(err: BaseException) -> dict[str, Any]:
