@@ -8,6 +8,7 @@ token, agent actions an agent token (the agent's name is recorded on the ticket)
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from service.auth import Settings
 from starter import InvalidTicket, open_ticket, parse_ticket
+from support import visibility
 from support.models import (
     TICKET_ID_PATTERN,
     Acknowledge,
@@ -218,8 +220,6 @@ async def status_of(client: Client, ticket_id: str) -> TicketStatus:
 
 
 def _valid_id(ticket_id: str) -> bool:
-    import re
-
     return re.match(TICKET_ID_PATTERN, ticket_id) is not None
 
 
@@ -324,8 +324,6 @@ async def list_tickets(
     customer: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> JSONResponse:
-    from support import visibility
-
     found = await visibility.list_tickets(
         _client(request),
         state=state,

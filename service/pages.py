@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,7 +24,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from service.api import ApiError, act, intake, status_of
 from service.auth import AckLinks, LinkError, Settings
-from support.models import Acknowledge, Resolve, Severity, TicketState, Tier
+from support import visibility
+from support.models import Acknowledge, Resolve, TicketState, Tier
 from support.policy import load_policy
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -253,8 +255,6 @@ async def board(request: Request, notice: str | None = None) -> Response:
     agent = current_agent(request)
     if agent is None:
         return RedirectResponse("/board/login", status_code=303)
-    from support import visibility
-
     client = request.app.state.client
     tickets = [
         t
@@ -300,12 +300,16 @@ async def board_action(
         if err.status not in (404, 409):
             raise
         notice = err.message
-    from urllib.parse import quote
-
     return RedirectResponse(f"/board?notice={quote(notice)}", status_code=303)
 
 
 # --- signed acknowledge links ----------------------------------------------------------------
+
+
+def message(request: Request, title: str, text: str, status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, "message.html", {"title": title, "text": text}, status_code=status_code
+    )
 
 
 @router.get("/board/ack/{token}", response_class=HTMLResponse)
@@ -313,15 +317,11 @@ async def ack_link(request: Request, token: str) -> HTMLResponse:
     try:
         ticket_id, agent = links(request).read(token)
     except LinkError as err:
-        return templates.TemplateResponse(
-            request, "message.html", {"title": "Link refused", "text": str(err)}, status_code=403
-        )
+        return message(request, "Link refused", str(err), 403)
     try:
         status = await status_of(request.app.state.client, ticket_id)
     except ApiError as err:
-        return templates.TemplateResponse(
-            request, "message.html", {"title": "No such ticket", "text": err.message}, 404
-        )
+        return message(request, "No such ticket", err.message, 404)
     return templates.TemplateResponse(
         request,
         "ack_confirm.html",
@@ -334,29 +334,15 @@ async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
     try:
         ticket_id, agent = links(request).read(token)
     except LinkError as err:
-        return templates.TemplateResponse(
-            request, "message.html", {"title": "Link refused", "text": str(err)}, status_code=403
-        )
+        return message(request, "Link refused", str(err), 403)
     try:
         await act(
             request.app.state.client, ticket_id, "ack", Acknowledge(agent=agent, note="from a link")
         )
     except ApiError as err:
-        return templates.TemplateResponse(
-            request,
-            "message.html",
-            {"title": "Not acknowledged", "text": err.message},
-            status_code=err.status,
-        )
-    return templates.TemplateResponse(
+        return message(request, "Not acknowledged", err.message, err.status)
+    return message(
         request,
-        "message.html",
-        {
-            "title": "Acknowledged",
-            "text": f"Ticket {ticket_id} is acknowledged by {agent}. The escalation stops.",
-        },
+        "Acknowledged",
+        f"Ticket {ticket_id} is acknowledged by {agent}. The escalation stops.",
     )
-
-
-def severity_label(severity: Severity) -> str:
-    return SEVERITY_LABELS[severity.value]
