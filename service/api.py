@@ -8,7 +8,6 @@ token, agent actions an agent token (the agent's name is recorded on the ticket)
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,14 +15,12 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from service.auth import Settings
 from starter import InvalidTicket, open_ticket, parse_ticket
 from support import visibility
 from support.models import (
-    TICKET_ID_PATTERN,
     Acknowledge,
     ChangeSeverity,
     MarkOutOfScope,
@@ -86,42 +83,45 @@ def _client(request: Request) -> Client:
     return client
 
 
-def integration(request: Request, credentials: Credentials) -> str:
-    """The intake integration the bearer token belongs to."""
+# kind -> (who is refused with 403, and why)
+WRONG_KIND = {
+    "intake": ("agent", "an agent token cannot open tickets; use an intake token"),
+    "agent": ("intake", "an intake token cannot act on tickets; use an agent token"),
+}
+
+
+def _authenticate(request: Request, credentials: Credentials, kind: str) -> str:
+    """The name behind the bearer token, if it is of ``kind`` (intake, agent or any)."""
     settings = _settings(request)
     token = _token(credentials)
-    name = settings.integration(token)
+    names = {"intake": settings.integration(token), "agent": settings.agent(token)}
+    if kind == "any":
+        name = names["agent"] or names["intake"]
+        if name is None:
+            raise ApiError(401, "unauthenticated", "the token is not valid")
+        return name
+    name = names[kind]
     if name is None:
-        if settings.agent(token) is not None:
-            raise ApiError(
-                403, "forbidden", "an agent token cannot open tickets; use an intake token"
-            )
-        raise ApiError(401, "unauthenticated", "the intake token is not valid")
+        other, why = WRONG_KIND[kind]
+        if names[other] is not None:
+            raise ApiError(403, "forbidden", why)
+        raise ApiError(401, "unauthenticated", f"the {kind} token is not valid")
     return name
+
+
+def integration(request: Request, credentials: Credentials) -> str:
+    """The intake integration the bearer token belongs to."""
+    return _authenticate(request, credentials, "intake")
 
 
 def agent(request: Request, credentials: Credentials) -> str:
     """The agent the bearer token belongs to."""
-    settings = _settings(request)
-    token = _token(credentials)
-    name = settings.agent(token)
-    if name is None:
-        if settings.integration(token) is not None:
-            raise ApiError(
-                403, "forbidden", "an intake token cannot act on tickets; use an agent token"
-            )
-        raise ApiError(401, "unauthenticated", "the agent token is not valid")
-    return name
+    return _authenticate(request, credentials, "agent")
 
 
 def reader(request: Request, credentials: Credentials) -> str:
     """Anyone with a token: agents, and integrations reading their tickets' status."""
-    settings = _settings(request)
-    token = _token(credentials)
-    name = settings.agent(token) or settings.integration(token)
-    if name is None:
-        raise ApiError(401, "unauthenticated", "the token is not valid")
-    return name
+    return _authenticate(request, credentials, "any")
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -207,25 +207,22 @@ async def intake(
     )
 
 
-async def status_of(client: Client, ticket_id: str) -> TicketStatus:
-    if not _valid_id(ticket_id):
-        raise ApiError(404, "not_found", f"no ticket {ticket_id!r}")
-    handle = client.get_workflow_handle(ticket_workflow_id(ticket_id))
+async def details_of(client: Client, ticket_id: str) -> visibility.TicketDetails:
+    """The ticket's status and whether its workflow still runs; 404 when there is none,
+    503 when it cannot answer (no worker)."""
     try:
-        return await handle.query("status", result_type=TicketStatus)
-    except RPCError as err:
-        if err.status is RPCStatusCode.NOT_FOUND:
-            raise ApiError(404, "not_found", f"no ticket {ticket_id!r}") from None
-        raise
+        details = await visibility.ticket_details(client, ticket_id)
+    except visibility.InvalidArgument:
+        details = None
+    except visibility.TicketUnavailable as err:
+        raise ApiError(503, "unavailable", str(err)) from err
+    if details is None:
+        raise ApiError(404, "not_found", f"no ticket {ticket_id!r}")
+    return details
 
 
-def _valid_id(ticket_id: str) -> bool:
-    return re.match(TICKET_ID_PATTERN, ticket_id) is not None
-
-
-async def is_running(client: Client, ticket_id: str) -> bool:
-    description = await client.get_workflow_handle(ticket_workflow_id(ticket_id)).describe()
-    return description.status is WorkflowExecutionStatus.RUNNING
+async def status_of(client: Client, ticket_id: str) -> TicketStatus:
+    return (await details_of(client, ticket_id)).status
 
 
 # What each action needs, and the signal it sends.
@@ -240,8 +237,9 @@ ACTIONS: dict[str, tuple[str, tuple[TicketState, ...]]] = {
 async def act(client: Client, ticket_id: str, action: str, payload: Message) -> dict[str, Any]:
     """Send an agent action to an open ticket; 404 unknown, 409 when it cannot apply."""
     signal, allowed = ACTIONS[action]
-    status = await status_of(client, ticket_id)
-    if status.state not in allowed or not await is_running(client, ticket_id):
+    details = await details_of(client, ticket_id)
+    status = details.status
+    if status.state not in allowed or details.closed:
         detail = f"ticket {ticket_id} is {status.state.value}"
         if status.state is TicketState.ACKNOWLEDGED and status.acknowledged_at:
             detail += f" (by {status.acknowledged_by} at {status.acknowledged_at.isoformat()})"
