@@ -36,6 +36,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from support.codec import CodecConfigError, DecryptionError
 from support.connection import connect
 from support.models import (
     Acknowledge,
@@ -516,6 +517,8 @@ async def _connect() -> Client:
         return await connect()
     except RuntimeError as err:
         raise Failed(f"cannot connect to Temporal: {err}") from err
+    except CodecConfigError as err:
+        raise Failed(f"payload encryption: {err}") from err
 
 
 async def run(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) -> int:
@@ -535,6 +538,8 @@ async def run(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) 
         raise Failed(str(problem)) from problem
     except RPCError as problem:
         raise Failed(f"Temporal: {problem.message}") from problem
+    except DecryptionError as problem:
+        raise Failed(str(problem)) from problem
 
 
 def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

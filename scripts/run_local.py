@@ -53,7 +53,11 @@ def service_settings() -> dict[str, str]:
         if "=" in line and not line.startswith("#")
     )
     stored["SUPPORT_PUBLIC_URL"] = f"http://localhost:{HTTP_PORT}"
-    return {key: os.environ.get(key) or value for key, value in stored.items()}
+    settings = {key: os.environ.get(key) or value for key, value in stored.items()}
+    for key in ("SUPPORT_CODEC_KEYS", "SUPPORT_CODEC_KEYS_FILE"):
+        if os.environ.get(key):
+            settings[key] = os.environ[key]
+    return settings
 
 
 def temporal_binary() -> str:
@@ -86,6 +90,14 @@ def main() -> None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 sys.exit(f"port {port} is already in use: is another {what} running?")
+    service = service_settings()
+    encrypted = any(service.get(k) for k in ("SUPPORT_CODEC_KEYS", "SUPPORT_CODEC_KEYS_FILE"))
+    if encrypted:
+        # The Web UI decrypts through the service's codec endpoint (agents only).
+        service.setdefault(
+            "SUPPORT_CODEC_CORS_ORIGINS",
+            os.environ.get("SUPPORT_CODEC_CORS_ORIGINS") or f"http://localhost:{UI_PORT}",
+        )
     server = subprocess.Popen(
         [
             temporal_binary(),
@@ -105,6 +117,7 @@ def main() -> None:
                 else []
             ),
             *cli_flags(),
+            *(["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []),
         ],
         cwd=ROOT,
         start_new_session=True,
@@ -112,7 +125,6 @@ def main() -> None:
     processes = [server]
     try:
         wait_for_port(PORT, server)
-        service = service_settings()
         env = {
             "SUPPORT_LEDGER_URL": f"sqlite:///{DATA / 'sla-ledger.sqlite3'}",
             **os.environ,
@@ -127,9 +139,15 @@ def main() -> None:
                     [sys.executable, *command], cwd=ROOT, env=env, start_new_session=True
                 )
             )
+        ui_note = (
+            f"  (payloads encrypted: it decodes through http://localhost:{HTTP_PORT}/codec"
+            " for agents signed in to the board)"
+            if encrypted
+            else ""
+        )
         agent = service["SUPPORT_AGENT_TOKENS"].split(",")[0].partition(":")[2]
         print(
-            f"\nTemporal Web UI:  http://localhost:{UI_PORT}\n"
+            f"\nTemporal Web UI:  http://localhost:{UI_PORT}{ui_note}\n"
             f"Temporal server:  localhost:{PORT} (SQLite file {DATA / 'temporal.sqlite'})\n"
             f"SLA ledger:       {DATA / 'sla-ledger.sqlite3'}\n"
             f"Contact form:     http://localhost:{HTTP_PORT}/support/new\n"

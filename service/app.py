@@ -20,16 +20,22 @@ from temporalio.client import Client
 
 from service.api import ApiError, router
 from service.auth import Settings
+from service.codec import codec_app
 from service.pages import router as pages
+from support.codec import DecryptionError, EncryptionCodec, codec_from_env
 from support.connection import connect, task_queue
 
 log = structlog.get_logger("support.service")
 
 
 def create_app(
-    client: Client | None = None, settings: Settings | None = None, queue: str | None = None
+    client: Client | None = None,
+    settings: Settings | None = None,
+    queue: str | None = None,
+    codec: EncryptionCodec | None = None,
 ) -> FastAPI:
-    """The app; without ``client`` it connects through Temporal's environment config."""
+    """The app; without ``client`` it connects through Temporal's environment config, and
+    without ``codec`` its codec server uses the configured keys (``SUPPORT_CODEC_KEYS``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +55,11 @@ def create_app(
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         return err.response()
+
+    @app.exception_handler(DecryptionError)
+    async def undecryptable(request: Request, err: DecryptionError) -> JSONResponse:
+        log.error("cannot decrypt ticket data", error=str(err))
+        return ApiError(503, "encrypted", f"ticket data cannot be read: {err}").response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -80,6 +91,7 @@ def create_app(
 
     app.include_router(router)
     app.include_router(pages)
+    app.mount("/codec", codec_app(app.state.settings, codec or codec_from_env()))
     return app
 
 

@@ -1,0 +1,109 @@
+"""The codec server for Temporal's Web UI: ``POST /codec/decode`` and ``/codec/encode``.
+
+With payload encryption on, the Web UI shows ciphertext unless it is pointed at this
+endpoint (``temporal server start-dev --ui-codec-endpoint http://localhost:8000/codec``, or
+the UI's "Data Encoder" setting). The UI posts Temporal's JSON form of ``Payloads``; the
+reply is the same shape, decrypted (or encrypted).
+
+Only agents may decode: with ``Authorization: Bearer <agent token>`` or, from a browser
+signed in to the agent board, its session cookie (turn on "Include cross-origin
+credentials" in the UI's Data Encoder settings). Cross-origin requests are allowed only
+from the Web UI's origin(s) in ``SUPPORT_CODEC_CORS_ORIGINS`` (default
+``http://localhost:8233``), never ``*``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+
+from service.api import ApiError
+from service.auth import Settings
+from service.pages import current_agent
+from support.codec import DecryptionError, EncryptionCodec
+
+log = structlog.get_logger("support.service")
+
+CORS_ENV = "SUPPORT_CODEC_CORS_ORIGINS"
+DEFAULT_UI_ORIGIN = "http://localhost:8233"
+
+
+def cors_origins() -> list[str]:
+    value = os.environ.get(CORS_ENV) or DEFAULT_UI_ORIGIN
+    return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+
+
+def _caller(request: Request, settings: Settings) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return settings.agent(token.strip())
+    return current_agent(request)
+
+
+def codec_app(
+    settings: Settings, codec: EncryptionCodec | None, origins: list[str] | None = None
+) -> FastAPI:
+    """The codec server as an app to mount at ``/codec``."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=cors_origins() if origins is None else origins,
+        allow_methods=["POST"],
+        allow_headers=["authorization", "content-type", "x-namespace"],
+        allow_credentials=True,
+        max_age=600,
+    )
+
+    async def run(request: Request, operation: str) -> Response:
+        agent = _caller(request, settings)
+        if agent is None:
+            return ApiError(
+                401,
+                "unauthenticated",
+                "send an agent token as 'Authorization: Bearer <token>', or sign in to the board",
+            ).response()
+        if codec is None:
+            return ApiError(
+                404,
+                "codec_not_configured",
+                "payload encryption is off on this service (SUPPORT_CODEC_KEYS is not set)",
+            ).response()
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as err:
+            return ApiError(
+                400, "invalid", f"the body is not Temporal's JSON Payloads: {err}"
+            ).response()
+        try:
+            if operation == "decode":
+                result = await codec.decode(payloads.payloads)
+            else:
+                result = await codec.encode(payloads.payloads)
+        except DecryptionError as err:
+            return ApiError(422, "undecryptable", str(err)).response()
+        log.info(
+            "codec request",
+            operation=operation,
+            agent=agent,
+            namespace=request.headers.get("x-namespace"),
+            payloads=len(result),
+        )
+        body = json_format.MessageToJson(Payloads(payloads=result))
+        return Response(body, media_type="application/json")
+
+    @app.post("/decode")
+    async def decode(request: Request) -> Response:
+        return await run(request, "decode")
+
+    @app.post("/encode")
+    async def encode(request: Request) -> Response:
+        return await run(request, "encode")
+
+    return app

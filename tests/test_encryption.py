@@ -1,0 +1,417 @@
+"""Payload encryption: the AES-GCM codec and its key rotation, histories on the real dev
+server that hold no personal data in clear while the worker, the CLI and the ledger still
+read it, search attributes and workflow ids free of personal data, and the Web UI's codec
+server (agent auth, CORS limited to the UI's origin)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from subprocess import PIPE
+
+import httpx
+import pytest
+import pytest_asyncio
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.history.v1 import History
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from ledger.store import SqlLedger
+from service.app import create_app
+from service.auth import Settings
+from support.codec import (
+    CodecConfigError,
+    DecryptionError,
+    EncryptionCodec,
+    codec_from_env,
+    data_converter,
+    new_key,
+    parse_keys,
+)
+from support.models import Acknowledge, Resolve, TicketInput, TicketState, TicketStatus
+from tests.conftest import sqlite_ledger
+from tests.sinks import Sink
+from tests.test_channels import policy_with
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_TOKEN = "agent-token-0123456789"
+INTAKE_TOKEN = "intake-token-0123456789"
+UI = "http://localhost:8233"
+
+# Personal data a ticket carries; none of it may reach the server in clear.
+EMAIL = "jane.roe@acme-payroll.example"
+NAME = "Jane Roe-Quixotic"
+DESCRIPTION = f"{NAME} (phone +1 555 0100) cannot export payroll since 09:00."
+SUBJECT = f"Payroll export fails for {NAME}"
+NOTE = f"Called {NAME} back on +1 555 0100"
+RESOLUTION = f"Export fixed for {NAME}"
+PERSONAL = (EMAIL, NAME, "555 0100")
+
+
+def codec_of(*entries: str) -> EncryptionCodec:
+    return parse_keys(",".join(entries))
+
+
+def plain_payload(text: str) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(text).encode())
+
+
+# --- the codec ----------------------------------------------------------------------------
+
+
+async def test_round_trip_hides_the_data_and_names_the_key() -> None:
+    codec = codec_of(new_key("k1"))
+    [sealed] = await codec.encode([plain_payload(DESCRIPTION)])
+    assert sealed.metadata["encoding"] == b"binary/encrypted"
+    assert sealed.metadata["encryption-key-id"] == b"k1"
+    assert NAME.encode() not in sealed.SerializeToString()
+    [opened] = await codec.decode([sealed])
+    assert opened == plain_payload(DESCRIPTION)
+    # A fresh nonce every time: the same payload never encrypts to the same bytes.
+    [again] = await codec.encode([plain_payload(DESCRIPTION)])
+    assert again.data != sealed.data
+
+
+async def test_key_rotation_reads_old_payloads_until_the_old_key_is_dropped() -> None:
+    k1, k2 = new_key("k1"), new_key("k2")
+    [old] = await codec_of(k1).encode([plain_payload("written under k1")])
+    rotated = codec_of(k2, k1)  # k2 now encrypts; k1 still decrypts
+    [new] = await rotated.encode([plain_payload("written under k2")])
+    assert new.metadata["encryption-key-id"] == b"k2"
+    assert await rotated.decode([old, new]) == [
+        plain_payload("written under k1"),
+        plain_payload("written under k2"),
+    ]
+    with pytest.raises(DecryptionError, match="encrypted with key 'k1', which is not configured"):
+        await codec_of(k2).decode([old])
+
+
+async def test_tampering_and_key_substitution_fail_authentication() -> None:
+    k1 = new_key("k1")
+    codec = codec_of(k1)
+    [sealed] = await codec.encode([plain_payload("amount: 100")])
+    flipped = Payload()
+    flipped.CopyFrom(sealed)
+    flipped.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
+    with pytest.raises(DecryptionError, match="failed authentication"):
+        await codec.decode([flipped])
+    # The same key material under another id: the key id is authenticated data.
+    relabelled = codec_of(k1, "k9:" + k1.partition(":")[2])
+    moved = Payload()
+    moved.CopyFrom(sealed)
+    moved.metadata["encryption-key-id"] = b"k9"
+    with pytest.raises(DecryptionError, match="failed authentication"):
+        await relabelled.decode([moved])
+
+
+async def test_payloads_written_before_encryption_stay_readable() -> None:
+    codec = codec_of(new_key("k1"))
+    assert await codec.decode([plain_payload("old")]) == [plain_payload("old")]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "SUPPORT_CODEC_KEYS: no keys given"),
+        ("k1", "SUPPORT_CODEC_KEYS: entry 1 must be key_id:base64_key"),
+        ("bad id:AAAA", "SUPPORT_CODEC_KEYS: entry 1 must be key_id:base64_key"),
+        ("k1:%%%", "SUPPORT_CODEC_KEYS: entry 1 (k1): the key is not valid base64"),
+        ("k1:" + base64.b64encode(b"short").decode(), "the key must be 32 bytes (AES-256), not 5"),
+        (f"{new_key('k1')},{new_key('k1')}", "entry 2: key id 'k1' is given twice"),
+    ],
+)
+def test_malformed_key_configuration_is_refused_precisely(value: str, message: str) -> None:
+    with pytest.raises(CodecConfigError, match=re.escape(message)):
+        parse_keys(value)
+
+
+def test_configuration_from_env_or_a_key_file(tmp_path: Path) -> None:
+    assert codec_from_env({}) is None
+    keys = tmp_path / "keys"
+    keys.write_text(f"# rotated 2026-11-30\n{new_key('k2')}\n{new_key('k1')}\n")
+    codec = codec_from_env({"SUPPORT_CODEC_KEYS_FILE": str(keys)})
+    assert codec is not None and codec.active == "k2" and codec.key_ids == ["k2", "k1"]
+    with pytest.raises(CodecConfigError, match="SUPPORT_CODEC_KEYS_FILE: cannot read"):
+        codec_from_env({"SUPPORT_CODEC_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_new_key_command_prints_a_usable_entry() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "support.codec", "new-key", "k2026"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert codec_of(done.stdout.strip()).key_ids == ["k2026"]
+
+
+# --- histories on the real dev server -----------------------------------------------------
+
+
+class Encrypted:
+    """A worker and a client that encrypt, beside the dev server's plain client."""
+
+    def __init__(self, server: WorkflowEnvironment, keys: str, queue: str, ledger: SqlLedger):
+        self.keys = keys
+        self.plain = server.client
+        self.client = Client(
+            server.client.service_client,
+            namespace=server.client.namespace,
+            data_converter=data_converter(parse_keys(keys)),
+        )
+        self.queue = queue
+        self.ledger = ledger
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def encrypted(
+    dev_server: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Encrypted]:
+    webhook = [{"type": "webhook", "url": f"{sink.url}/hook"}]
+    targets = ["support-queue", "duty-engineer", "support-lead", "duty-manager"]
+    policy = policy_with(tmp_path, dict.fromkeys(targets, webhook))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    setup = Encrypted(dev_server, new_key("k1"), f"tq-{uuid.uuid4()}", ledger)
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        async with build_worker(setup.client, setup.queue, ledger, http):
+            yield setup
+    await ledger.close()
+
+
+def personal_ticket(ticket_id: str) -> TicketInput:
+    return TicketInput(
+        ticket_id=ticket_id,
+        customer_id="acme",
+        tier="premium",
+        severity="sev2",
+        subject=SUBJECT,
+        description=DESCRIPTION,
+        reporter_email=EMAIL,
+    )
+
+
+async def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def raw_history(client: Client, workflow_id: str) -> tuple[bytes, str]:
+    """The history as the server holds it (no codec): protobuf bytes and its JSON."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return History(events=history.events).SerializeToString(), history.to_json()
+
+
+async def run_ticket(client: Client, setup: Encrypted, sink: Sink, ticket_id: str) -> str:
+    """Open with ``client``, acknowledge (with a personal note) and resolve; returns the
+    workflow id."""
+    ticket = personal_ticket(ticket_id)
+    await client.start_workflow(
+        "SupportTicket", ticket, id=ticket.workflow_id, task_queue=setup.queue
+    )
+    # Signals and the result go through the encrypting client whoever started the ticket.
+    handle = setup.client.get_workflow_handle(ticket.workflow_id, result_type=TicketStatus)
+    for _ in range(200):
+        if any(ticket_id in json.dumps(m) for m in sink.messages()):
+            break
+        await asyncio.sleep(0.05)
+    await handle.signal("acknowledge", Acknowledge(agent="ana", note=NOTE))
+    await handle.signal("resolve", Resolve(by="ana", summary=RESOLUTION))
+    status = await handle.result()
+    assert status.state == TicketState.RESOLVED
+    return ticket.workflow_id
+
+
+async def test_encrypted_history_holds_no_personal_data_yet_everyone_reads_it(
+    encrypted: Encrypted, sink: Sink, dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    ticket_id = f"ENC-{uuid.uuid4().hex[:8]}"
+    workflow_id = await run_ticket(encrypted.client, encrypted, sink, ticket_id)
+
+    raw, as_json = await raw_history(encrypted.plain, workflow_id)
+    for secret in (*PERSONAL, DESCRIPTION, SUBJECT, NOTE, RESOLUTION):
+        assert secret.encode() not in raw, secret
+        assert secret not in as_json, secret
+    assert b"binary/encrypted" in raw
+
+    # Search attributes and the workflow id carry no personal data.
+    description = await encrypted.plain.get_workflow_handle(workflow_id).describe()
+    exposed = [workflow_id, *map(str, description.search_attributes.values())]
+    assert not [s for s in PERSONAL if any(s.lower() in e.lower() for e in exposed)]
+    assert not any("jane" in e.lower() for e in exposed)
+
+    # The worker read them: the intake notification reached the sink with the subject.
+    delivered = [json.dumps(m) for m in sink.messages() if ticket_id in json.dumps(m)]
+    assert delivered and all(SUBJECT in m for m in delivered)
+
+    # The CLI reads them with the keys, and says plainly what is missing without them.
+    address = dev_server.client.service_client.config.target_host
+    base = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default"}
+    base.pop("SUPPORT_CODEC_KEYS", None)
+    show = ["ops.py", "show", ticket_id, "--json"]
+    code, out, err = await run_cli(show, {**base, "SUPPORT_CODEC_KEYS": encrypted.keys})
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["state"] == "resolved" and status["acknowledged_by"] == "ana"
+    assert RESOLUTION in [entry.get("detail") for entry in status["history"]]
+    code, out, err = await run_cli(show, base)
+    assert code == 1
+    assert err.strip() == (
+        "error: payloads are encrypted (key 'k1'): set SUPPORT_CODEC_KEYS or"
+        " SUPPORT_CODEC_KEYS_FILE to the keys the workers use"
+    )
+
+    # The HTTP API too; without the keys it answers 503 naming what to configure.
+    keyless = Client(
+        encrypted.plain.service_client,
+        namespace=encrypted.plain.namespace,
+        data_converter=data_converter(None),
+    )
+    for client, expected in ((encrypted.client, 200), (keyless, 503)):
+        app = create_app(client, Settings(agent_tokens={AGENT_TOKEN: "ana"}), encrypted.queue)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as http:
+            reply = await http.get(
+                f"/api/tickets/{ticket_id}", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}
+            )
+        assert reply.status_code == expected, reply.text
+    assert reply.json()["error"] == "encrypted"
+    assert "set SUPPORT_CODEC_KEYS" in reply.json()["message"]
+
+    # The ledger (and so the reports) got the ticket's SLA events from the worker.
+    outcome = await encrypted.ledger.outcome(ticket_id)
+    assert outcome is not None and outcome.acknowledged_by == "ana"
+
+
+async def test_a_plain_history_shows_what_the_check_would_catch(
+    encrypted: Encrypted, sink: Sink
+) -> None:
+    """Control: a ticket started by a client without the codec (as before encryption was
+    turned on) is in clear in its input, and the encrypting worker still runs it."""
+    workflow_id = await run_ticket(
+        encrypted.plain, encrypted, sink, f"PLAIN-{uuid.uuid4().hex[:8]}"
+    )
+    raw, _ = await raw_history(encrypted.plain, workflow_id)
+    assert EMAIL.encode() in raw
+    # Everything the worker wrote afterwards (activity inputs, results) is encrypted.
+    assert b"binary/encrypted" in raw
+
+
+# --- the codec server ---------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def codec_server(dev_server: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(intake_tokens={INTAKE_TOKEN: "portal"}, agent_tokens={AGENT_TOKEN: "ana"})
+    codec = codec_of(new_key("k1"))
+    app = create_app(dev_server.client, settings, "unused", codec=codec)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        http.headers["x-codec-test"] = "1"
+        yield http
+
+
+def payloads_json(*payloads: Payload) -> str:
+    return json_format.MessageToJson(Payloads(payloads=list(payloads)))
+
+
+def payloads_of(body: str) -> list[Payload]:
+    return list(json_format.Parse(body, Payloads()).payloads)
+
+
+async def test_codec_server_decodes_for_agents_only(codec_server: httpx.AsyncClient) -> None:
+    agent = {"Authorization": f"Bearer {AGENT_TOKEN}", "X-Namespace": "default"}
+    encoded = await codec_server.post(
+        "/codec/encode", content=payloads_json(plain_payload(EMAIL)), headers=agent
+    )
+    assert encoded.status_code == 200
+    [sealed] = payloads_of(encoded.text)
+    assert sealed.metadata["encoding"] == b"binary/encrypted" and EMAIL not in encoded.text
+    decoded = await codec_server.post("/codec/decode", content=encoded.text, headers=agent)
+    assert decoded.status_code == 200 and payloads_of(decoded.text) == [plain_payload(EMAIL)]
+
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": f"Bearer {INTAKE_TOKEN}"}, 401),
+        ({"Authorization": "Bearer not-a-token-at-all"}, 401),
+    ):
+        refused = await codec_server.post("/codec/decode", content=encoded.text, headers=headers)
+        assert refused.status_code == status
+        assert refused.json()["error"] == "unauthenticated"
+
+    bad = await codec_server.post("/codec/decode", content="{not json", headers=agent)
+    assert bad.status_code == 400
+    assert "the body is not Temporal's JSON Payloads" in bad.json()["message"]
+
+    foreign = (await codec_of(new_key("k7")).encode([plain_payload("x")]))[0]
+    unknown = await codec_server.post(
+        "/codec/decode", content=payloads_json(foreign), headers=agent
+    )
+    assert unknown.status_code == 422
+    assert "key 'k7', which is not configured" in unknown.json()["message"]
+
+
+async def test_codec_server_accepts_a_board_session(codec_server: httpx.AsyncClient) -> None:
+    login = await codec_server.post(
+        "/board/login", data={"token": AGENT_TOKEN}, follow_redirects=False
+    )
+    assert login.status_code == 303, login.text
+    sealed = await codec_server.post("/codec/encode", content=payloads_json(plain_payload("hi")))
+    assert sealed.status_code == 200, sealed.text
+    codec_server.cookies.clear()
+
+
+async def test_codec_server_cors_allows_only_the_web_ui(codec_server: httpx.AsyncClient) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-namespace",
+    }
+    allowed = await codec_server.options("/codec/decode", headers={"Origin": UI, **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == UI
+    assert allowed.headers["access-control-allow-credentials"] == "true"
+    assert "x-namespace" in allowed.headers["access-control-allow-headers"].lower()
+
+    evil = await codec_server.options(
+        "/codec/decode", headers={"Origin": "https://evil.example", **preflight}
+    )
+    assert evil.status_code == 400
+    assert "access-control-allow-origin" not in evil.headers
+
+    actual = await codec_server.post(
+        "/codec/encode",
+        content=payloads_json(plain_payload("x")),
+        headers={"Origin": UI, "Authorization": f"Bearer {AGENT_TOKEN}"},
+    )
+    assert actual.headers["access-control-allow-origin"] == UI
+
+
+async def test_codec_server_says_when_encryption_is_off(dev_server: WorkflowEnvironment) -> None:
+    app = create_app(dev_server.client, Settings(agent_tokens={AGENT_TOKEN: "ana"}), "unused")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        reply = await http.post(
+            "/codec/decode",
+            content=payloads_json(plain_payload("x")),
+            headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
+        )
+    assert reply.status_code == 404
+    assert reply.json()["error"] == "codec_not_configured"
