@@ -34,7 +34,13 @@ log = structlog.get_logger("support.worker")
 MIGRATE_ENV = "SUPPORT_LEDGER_MIGRATE"
 
 
-def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.AsyncClient) -> Worker:
+def build_worker(
+    client: Client,
+    queue: str,
+    ledger: SlaLedger,
+    http: httpx.AsyncClient,
+    workflows: Sequence[type] = ALL_WORKFLOWS,
+) -> Worker:
     ledger_activities = LedgerActivities(ledger)
     notify = NotifyActivities(ledger, ChannelSender(http))
     activities: Sequence[object] = [
@@ -46,7 +52,7 @@ def build_worker(client: Client, queue: str, ledger: SlaLedger, http: httpx.Asyn
     return Worker(
         client,
         task_queue=queue,
-        workflows=ALL_WORKFLOWS,
+        workflows=workflows,
         activities=activities,  # type: ignore[arg-type]
         graceful_shutdown_timeout=timedelta(seconds=10),
     )

@@ -4,8 +4,9 @@
 
 Runs each main path of a ticket on the time-skipping server with the current workflow code
 and writes its history (and the SOW child's) to ``tests/histories/``, overwriting files of
-the same name. Re-record only for a deliberate, versioned change, and keep a copy of the
-old histories under another name: in-flight tickets still have them.
+the same name. Re-record only for a deliberate, versioned change (``workflow.patched``),
+after moving the current files to ``tests/histories/before-<change>/``: tickets in flight
+from the previous release still have those histories, and they must keep replaying.
 """
 
 from __future__ import annotations

@@ -79,6 +79,11 @@ with workflow.unsafe.imports_passed_through():
 CARRIED_ENTRIES = 200
 TERMINAL = (TicketState.RESOLVED, TicketState.CLOSED)
 
+# Workflow changes that alter commands, by patch id (README: "Changing workflow code while
+# tickets are in flight"). Tickets that started before a change keep its old branch for the
+# rest of their run; remove a branch only once no open ticket's history lacks the marker.
+BATCHED_LEDGER_WRITES = "ledger-writes-batched-per-activation"
+
 
 @dataclass
 class _Command:
@@ -109,6 +114,7 @@ class SupportTicket:
         self._page_updates: asyncio.Task[Any] | None = None
         self._deliveries: list[asyncio.Task[Any]] = []
         self._replies: set[str] = set()
+        self._unwritten: list[SlaEvent] = []
 
     # --- messages ----------------------------------------------------------------------
 
@@ -872,14 +878,37 @@ class SupportTicket:
         self._write_ledger(event)
 
     def _write_ledger(self, event: SlaEvent) -> None:
-        """The event and the ticket's row as it stands now, in the background."""
-        self._spawn(
-            workflow.execute_activity(
-                "record_sla_events",
-                SlaEvents(events=[event], summary=self._outcome()),
-                start_to_close_timeout=LEDGER_TIMEOUT,
-                retry_policy=LEDGER_RETRY,
+        """The event and the ticket's row, in the background: since the
+        ``BATCHED_LEDGER_WRITES`` change, one activity (one billed Action) carries every
+        event of a workflow activation (an acknowledgement and a resolution that arrive
+        together, a step and its failure record) instead of one activity per event."""
+        if not self._batch_ledger_writes():
+            # Tickets whose history predates the change replay their one-per-event writes.
+            self._spawn(
+                workflow.execute_activity(
+                    "record_sla_events",
+                    SlaEvents(events=[event], summary=self._outcome()),
+                    start_to_close_timeout=LEDGER_TIMEOUT,
+                    retry_policy=LEDGER_RETRY,
+                )
             )
+            return
+        self._unwritten.append(event)
+        if len(self._unwritten) == 1:
+            self._spawn(self._write_unwritten())
+
+    def _batch_ledger_writes(self) -> bool:
+        return workflow.patched(BATCHED_LEDGER_WRITES)
+
+    async def _write_unwritten(self) -> None:
+        # A task starts once the code that spawned it yields, so by then it takes every
+        # event the activation recorded; later events start the next batch.
+        events, self._unwritten = self._unwritten, []
+        await workflow.execute_activity(
+            "record_sla_events",
+            SlaEvents(events=events, summary=self._outcome()),
+            start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
         )
 
     def _outcome(self) -> TicketOutcome:

@@ -1,0 +1,31 @@
+"""The ticket workflow as the previous release ran it, for the versioning test and replay:
+the branch before each ``workflow.patched`` change, without the patch call (what a worker
+still on that release executes). Kept apart from the tests so the workflow sandbox
+validates it with workflow-safe imports only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from support.models import TicketInput, TicketStatus
+    from workflows.statement_of_work import StatementOfWork
+    from workflows.ticket import SupportTicket
+
+
+@workflow.defn(name="SupportTicket", failure_exception_types=[ValidationError])
+class TicketBeforeBatching(SupportTicket):
+    """Before ``BATCHED_LEDGER_WRITES``: one ledger activity per SLA event."""
+
+    @workflow.run
+    async def run(self, ticket: TicketInput) -> TicketStatus:
+        return await super().run(ticket)
+
+    def _batch_ledger_writes(self) -> bool:
+        return False
+
+
+PREVIOUS_RELEASE: Sequence[type] = [TicketBeforeBatching, StatementOfWork]

@@ -1,0 +1,120 @@
+"""Changing the ticket workflow while tickets are in flight (README: "Changing workflow code
+while tickets are in flight"), on the real dev server.
+
+A ticket opened by the previous release keeps the previous branch after the new worker
+takes over (it replays its history, finds no patch marker and stays on the old path for
+the rest of its run); a ticket opened afterwards takes the new branch and is marked with
+``TemporalChangeVersion``, which is how operators find the tickets still on the old code.
+Both histories replay against the current code; the new one does not replay against the
+old release, which is why a rollback is unsafe once new tickets have started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+
+from ledger.store import SqlLedger
+from support.models import Resolve, TicketState, TicketStatus
+from tests.conftest import sqlite_ledger, ticket
+from tests.previous_release import PREVIOUS_RELEASE
+from worker import build_worker
+from workflows import ALL_WORKFLOWS
+from workflows.ticket import BATCHED_LEDGER_WRITES
+
+
+async def settled(client: Client, workflow_id: str) -> None:
+    """Wait until the ticket has no activity or workflow task in flight."""
+    handle = client.get_workflow_handle(workflow_id)
+    for _ in range(200):
+        raw = (await handle.describe()).raw_description
+        if not raw.pending_activities and not raw.pending_workflow_task.ByteSize():
+            history = await handle.fetch_history()
+            if any(e.activity_task_completed_event_attributes.ByteSize() for e in history.events):
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{workflow_id} did not settle")
+
+
+def ledger_writes(history: WorkflowHistory) -> int:
+    return sum(
+        1
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "record_sla_events"
+    )
+
+
+def patch_markers(history: WorkflowHistory) -> int:
+    return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+
+
+async def running_without_the_change(client: Client, queue: str) -> set[str]:
+    query = (
+        f"WorkflowType = 'SupportTicket' AND ExecutionStatus = 'Running'"
+        f" AND TaskQueue = '{queue}' AND TemporalChangeVersion IS NULL"
+    )
+    return {w.id async for w in client.list_workflows(query)}
+
+
+async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    client = dev_server.client
+    queue = f"tq-{uuid.uuid4()}"
+    ledger: SqlLedger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    old, new = ticket(f"V-OLD-{uuid.uuid4().hex[:6]}"), ticket(f"V-NEW-{uuid.uuid4().hex[:6]}")
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        # The previous release opens a ticket, then is replaced while the ticket waits.
+        async with build_worker(client, queue, ledger, http, workflows=PREVIOUS_RELEASE):
+            await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
+            await settled(client, old.workflow_id)
+        deploy: Worker = build_worker(client, queue, ledger, http)
+        async with deploy:
+            await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
+            await settled(client, new.workflow_id)
+
+            # Operators can list the tickets still on the old branch.
+            for _ in range(100):
+                if await running_without_the_change(client, queue) == {old.workflow_id}:
+                    break
+                await asyncio.sleep(0.1)
+            assert await running_without_the_change(client, queue) == {old.workflow_id}
+
+            # Resolving an open ticket also acknowledges it: two ledger events at once.
+            for t in (old, new):
+                handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
+                await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
+                assert (await handle.result()).state is TicketState.RESOLVED
+
+    old_history = await client.get_workflow_handle(old.workflow_id).fetch_history()
+    new_history = await client.get_workflow_handle(new.workflow_id).fetch_history()
+    # The old ticket wrote one activity per event (opened, acknowledged, resolved) all its
+    # run, under the new worker too; the new one wrote acknowledged + resolved together.
+    assert (ledger_writes(old_history), patch_markers(old_history)) == (3, 0)
+    assert (ledger_writes(new_history), patch_markers(new_history)) == (2, 1)
+    marker = next(
+        e for e in new_history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    )
+    assert BATCHED_LEDGER_WRITES.encode() in marker.SerializeToString()
+    # Either way the ledger holds the same events.
+    for t in (old, new):
+        kinds = sorted(e.kind for e in await ledger.events(t.ticket_id))
+        assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
+    await ledger.close()
+
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    for history in (old_history, new_history):
+        await current.replay_workflow(history)
+    previous = Replayer(workflows=PREVIOUS_RELEASE, data_converter=pydantic_data_converter)
+    rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
+    assert rollback.replay_failure is not None
+    assert "nondetermin" in str(rollback.replay_failure).lower()
