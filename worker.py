@@ -2,6 +2,7 @@
 
 Registers the ``SupportTicket`` and ``StatementOfWork`` workflows and the activities
 (policy resolution, notification delivery, SLA ledger), logs JSON lines through structlog,
+serves Prometheus metrics and exports traces when configured (``support.telemetry``),
 and shuts down cleanly on SIGINT / SIGTERM: in-flight activities finish (up to a grace
 period) and timers stay with the server, so no escalation is lost while it is down.
 """
@@ -17,6 +18,7 @@ from datetime import timedelta
 import httpx
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.channels import ChannelSender
@@ -25,8 +27,16 @@ from activities.notify import NotifyActivities
 from activities.policy import resolve_ticket_plan
 from ledger.store import SlaLedger, SqlLedger
 from support.connection import connect, task_queue
-from support.logs import configure_logging, forward_core_logs
+from support.logs import configure_logging
 from support.policy import load_policy
+from support.telemetry import (
+    configure_tracing,
+    install_runtime,
+    poll_interval,
+    report_open_tickets,
+    shutdown_tracing,
+    tracing_enabled,
+)
 from workflows import ALL_WORKFLOWS
 
 log = structlog.get_logger("support.worker")
@@ -58,7 +68,7 @@ def build_worker(
     )
 
 
-async def run(stop: asyncio.Event) -> None:
+async def run(stop: asyncio.Event, metrics: str | None = None) -> None:
     policy = load_policy()  # fail at start, loudly, on a broken policy file
     missing = policy.missing_settings(os.environ)
     if missing:
@@ -66,7 +76,7 @@ async def run(stop: asyncio.Event) -> None:
             "channels not configured: deliveries on them fall over to the next channel",
             missing=missing,
         )
-    client = await connect()
+    client = await connect(configure_tracing("support-worker"))
     queue = task_queue()
     ledger = SqlLedger.from_url()
     if os.environ.get(MIGRATE_ENV, "1") == "0":
@@ -81,25 +91,37 @@ async def run(stop: asyncio.Event) -> None:
             namespace=client.namespace,
             policy_version=policy.version,
             ledger=ledger.describe(),
+            metrics=f"http://{metrics}/metrics" if metrics else "off",
+            tracing="otlp" if tracing_enabled() else "off",
             pid=os.getpid(),
         )
         async with worker:
+            reporter = (
+                asyncio.create_task(
+                    report_open_tickets(client, Runtime.default().metric_meter, poll_interval())
+                )
+                if metrics
+                else None
+            )
             await stop.wait()
             log.info("worker stopping")
+            if reporter is not None:
+                reporter.cancel()
     await ledger.close()
+    shutdown_tracing()
     log.info("worker stopped")
 
 
 def main() -> None:
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
-    forward_core_logs()
+    metrics = install_runtime()
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(stop)
+        await run(stop, metrics)
 
     asyncio.run(runner())
 

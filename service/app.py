@@ -24,6 +24,7 @@ from service.codec import codec_app
 from service.pages import router as pages
 from support.codec import DecryptionError, EncryptionCodec, codec_from_env
 from support.connection import connect, task_queue
+from support.telemetry import configure_tracing
 
 log = structlog.get_logger("support.service")
 
@@ -39,7 +40,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.client = client or await connect()
+        app.state.client = client or await connect(configure_tracing("support-service"))
         yield
 
     app = FastAPI(

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.envconfig import ClientConfig
 
 from support.codec import codec_from_env, data_converter
@@ -18,7 +19,7 @@ def task_queue() -> str:
     return os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
 
 
-async def connect() -> Client:
+async def connect(interceptors: Sequence[Interceptor] = ()) -> Client:
     """Connect as Temporal's environment configuration says (``TEMPORAL_ADDRESS``,
     ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS settings, or a profile in
     ``TEMPORAL_CONFIG_FILE``); defaults to ``localhost:7233`` / ``default``. Payloads are
@@ -28,4 +29,4 @@ async def connect() -> Client:
     config = ClientConfig.load_client_connect_config()
     config.setdefault("target_host", "localhost:7233")
     config.setdefault("namespace", "default")
-    return await Client.connect(**config, data_converter=converter)
+    return await Client.connect(**config, data_converter=converter, interceptors=list(interceptors))

@@ -13,10 +13,12 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from temporalio import activity, workflow
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
+    PrometheusConfig,
     Runtime,
     TelemetryConfig,
     TelemetryFilter,
@@ -39,6 +41,16 @@ def _flatten_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[st
     return event
 
 
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The current OpenTelemetry span's ids, as hex, when tracing is on and a span is
+    current (a traced activity, a client call), so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -47,6 +59,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
         _flatten_temporal_context,
+        add_trace_ids,
     ]
     structlog.configure(
         processors=[
@@ -77,15 +90,21 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level)
 
 
-def forward_core_logs() -> None:
-    """Send the SDK core's (Rust) warnings through Python logging, so they are JSON lines
-    like everything else instead of plain text on the console. Call before connecting."""
-    runtime = Runtime(
+def core_runtime(metrics: PrometheusConfig | None = None) -> Runtime:
+    """A Temporal runtime that sends the SDK core's (Rust) warnings through Python logging,
+    so they are JSON lines like everything else; with ``metrics``, it also serves them
+    (``support.telemetry``)."""
+    return Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
                 filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
                 forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-            )
+            ),
+            metrics=metrics,
         )
     )
-    Runtime.set_default(runtime, error_if_already_set=False)
+
+
+def forward_core_logs(metrics: PrometheusConfig | None = None) -> None:
+    """Make :func:`core_runtime` the default. Call before connecting."""
+    Runtime.set_default(core_runtime(metrics), error_if_already_set=False)

@@ -26,6 +26,7 @@ from temporalio import workflow
 from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
+from workflows import sla_metrics
 from workflows.activity_options import (
     DELIVERY_RETRY,
     DELIVERY_TIMEOUT,
@@ -188,6 +189,7 @@ class SupportTicket:
         self._log("opened", at=opened_at, detail=f"via {ticket.intake_channel}")
         plan = await self._resolve(ticket.severity)
         self._apply_plan(plan)
+        sla_metrics.ticket_opened(ticket.tier.value, ticket.severity.value)
         self._record(
             "opened",
             at=opened_at,
@@ -397,6 +399,9 @@ class SupportTicket:
         self._check_breach(at, at_due_counts=False)
         status.state = TicketState.ACKNOWLEDGED
         status.acknowledged_at, status.acknowledged_by = at, ack.agent
+        sla_metrics.acknowledged(
+            status.tier.value, at - status.opened_at, breached=status.response_breached
+        )
         verdict = "breached" if status.response_breached else "met"
         self._log(
             "acknowledged",
@@ -515,6 +520,7 @@ class SupportTicket:
         ):
             status.response_breached = True
             status.breached_at = status.response_due_at
+            sla_metrics.sla_breached(status.tier.value, status.severity.value)
             self._log(
                 "response_target_missed",
                 at=due,
@@ -575,6 +581,7 @@ class SupportTicket:
             targets=[r.name for r in step.recipients],
         )
         status.escalations.append(record)
+        sla_metrics.escalation_fired(status.tier.value, status.severity.value, step.kind.value)
         kind = {
             StepKind.INTAKE: "notified",
             StepKind.WARNING: "warned",
