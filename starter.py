@@ -126,17 +126,30 @@ async def open_ticket(
         return IntakeResult(ticket.ticket_id, workflow_id, description.run_id, False, state)
 
 
+def load_json(raw: bytes, where: str) -> Any:
+    """``raw`` (UTF-8 JSON) parsed, or InvalidTicket saying what is wrong with ``where``
+    (``(body)``, ``(file)``, ``(line)``)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        problem = f"not valid UTF-8 at byte {err.start}"
+    except json.JSONDecodeError as err:
+        problem = f"not valid JSON: {err.msg} at character {err.pos}"
+    except RecursionError:
+        problem = "not valid JSON: nested too deeply"
+    except ValueError:  # the only other: an integer beyond Python's digit limit
+        problem = f"not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+    raise InvalidTicket([f"{where}: {problem}"])
+
+
 def read_batch(data: bytes) -> Iterable[tuple[int, Any]]:
     """(line number, parsed JSON or an InvalidTicket) for a JSON array or JSONL input.
     Lines are decoded one by one so one bad line never hides the good ones."""
     if data.lstrip().startswith(b"["):
         try:
-            items = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            yield 1, InvalidTicket([f"(file): not valid UTF-8 at byte {err.start}"])
-            return
-        except json.JSONDecodeError as err:
-            yield err.lineno, InvalidTicket([f"(file): not valid JSON: {err.msg}"])
+            items = load_json(data, "(file)")
+        except InvalidTicket as problem:
+            yield 1, problem
             return
         yield from enumerate(items, start=1)
         return
@@ -144,11 +157,10 @@ def read_batch(data: bytes) -> Iterable[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            yield number, InvalidTicket([f"(line): not valid UTF-8 at byte {err.start}"])
-        except json.JSONDecodeError as err:
-            yield number, InvalidTicket([f"(line): not valid JSON: {err.msg}"])
+            item: Any = load_json(raw, "(line)")
+        except InvalidTicket as problem:
+            item = problem
+        yield number, item
 
 
 async def run_batch(

@@ -73,6 +73,13 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def header_text(text: str) -> str:
+    """Customer text made inert for a mail header: one line (a line break would end the
+    header), and no RFC 2047 encoded word, which the email package decodes when the header
+    is set: ``=?utf-8?q?=0D=0ABcc:_x@evil.example?=`` would become a Bcc header."""
+    return " ".join(text.split()).replace("=?", "=\N{ZERO WIDTH SPACE}?")
+
+
 def when(instant: datetime, time_zone: str) -> str:
     """``2026-11-26 09:15 CST (2026-11-26 15:15 UTC)``; UTC alone for UTC."""
     utc = instant.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC")
@@ -253,7 +260,7 @@ class Notification:
         r = self.request
         message = EmailMessage()
         tag = EMAIL_TAGS.get(r.kind, r.kind)
-        message["Subject"] = (
+        message["Subject"] = header_text(
             f"[{tag}] {self.tier} {r.severity.value.upper()} ticket {r.ticket_id}"
             f" ({r.customer_id}): {r.subject}"
         )[:250]

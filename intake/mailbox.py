@@ -53,11 +53,12 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, when
+from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, header_text, when
 from starter import open_ticket
 from support.connection import connect, task_queue
 from support.logs import configure_logging, forward_core_logs
 from support.models import (
+    CONTROL_CHARACTERS,
     MAX_DESCRIPTION,
     MAX_SUBJECT,
     CustomerReply,
@@ -95,7 +96,6 @@ ROBOT_LOCAL_PART = re.compile(
     r"|owner-.+|.+-request)([+.-].*)?$",
     re.IGNORECASE,
 )
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _EMAIL = TypeAdapter(EmailAddress)
 
 
@@ -155,7 +155,10 @@ def parse_mail(raw: bytes, envelope_sender: str | None) -> InboundMail:
     message = message_from_bytes(raw, policy=email_policy.default)
     assert isinstance(message, EmailMessage)
     message_id = _header(message, "Message-ID").strip() or None
-    if message_id is not None and (CONTROL.search(message_id) or " " in message_id):
+    # Unusable as a reference, and our replies' In-Reply-To must not carry an encoded word.
+    if message_id is not None and (
+        CONTROL_CHARACTERS.search(message_id) or " " in message_id or "=?" in message_id
+    ):
         message_id = None
     refs = " ".join(_header(message, name) for name in ("In-Reply-To", "References"))
     auto = _header(message, "Auto-Submitted").split(";")[0].strip().lower()
@@ -208,7 +211,7 @@ def normalise_address(spec: str) -> str | None:
 
 
 def one_line(text: str) -> str:
-    return " ".join(CONTROL.sub(" ", text).split())
+    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 class _HtmlText(HTMLParser):
@@ -260,7 +263,7 @@ def body_text(message: EmailMessage) -> str:
         text = _content(part)
         if part.get_content_subtype() == "html":
             text = html_to_text(text)
-    text = CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    text = CONTROL_CHARACTERS.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
     try:
         attachments = sum(1 for _ in message.iter_attachments()) if message.is_multipart() else 0
     except Exception:
@@ -281,7 +284,10 @@ def _content(part: EmailMessage) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know: read it as UTF-8
+        return payload.decode("utf-8", errors="replace")
 
 
 def severity_tag(subject: str) -> tuple[Severity | None, str]:
@@ -289,6 +295,26 @@ def severity_tag(subject: str) -> tuple[Severity | None, str]:
     match = SEVERITY_TAG.search(subject)
     severity = Severity(f"sev{match.group(1)}") if match else None
     return severity, one_line(SEVERITY_TAG.sub(" ", subject))
+
+
+def ticket_from_mail(
+    mail: InboundMail, received: datetime, policy: Policy, customer_id: str, contract: CustomerSpec
+) -> TicketInput:
+    """The ticket a customer's new message opens: the contract's tier, the severity of a
+    ``[SEVn]`` subject tag or the policy's default, opened when the message was received."""
+    assert mail.sender is not None
+    severity, subject = severity_tag(mail.subject)
+    return TicketInput(
+        ticket_id=mail.ticket_id,
+        customer_id=customer_id,
+        tier=contract.tier,
+        severity=severity or policy.default_severity,
+        subject=subject[:MAX_SUBJECT],
+        description=mail.body,
+        reporter_email=mail.sender,
+        intake_channel="email",
+        opened_at=received,
+    )
 
 
 def customer_for_sender(policy: Policy, sender: str | None) -> tuple[str, CustomerSpec] | None:
@@ -349,7 +375,7 @@ def _reply(
     customer's own autoresponder stays quiet, replies going to the support address."""
     assert mail.sender is not None
     message = EmailMessage()
-    message["Subject"] = subject[:250]
+    message["Subject"] = header_text(subject)[:250]
     message["From"] = sender
     message["To"] = mail.sender
     message["Reply-To"] = support
@@ -642,7 +668,7 @@ class MailboxHandler:
         ignored = self._ignored(mail)
         if ignored:
             log.info("mail ignored", reason=ignored, message_key=mail.key)
-            return f"{OK}: automatic mail, not processed"
+            return f"{OK}: not processed ({ignored.replace('_', ' ')})"
         policy = self.policy()
         for candidate in mail.ticket_candidates():
             found = await self._ticket(candidate)
@@ -762,19 +788,7 @@ class MailboxHandler:
         customer_id: str,
         contract: CustomerSpec,
     ) -> str:
-        assert mail.sender is not None
-        severity, subject = severity_tag(mail.subject)
-        ticket = TicketInput(
-            ticket_id=mail.ticket_id,
-            customer_id=customer_id,
-            tier=contract.tier,
-            severity=severity or policy.default_severity,
-            subject=subject[:MAX_SUBJECT],
-            description=mail.body,
-            reporter_email=mail.sender,
-            intake_channel="email",
-            opened_at=received,
-        )
+        ticket = ticket_from_mail(mail, received, policy, customer_id, contract)
         result = await open_ticket(await self.client(), ticket, self.queue)
         fields = {
             "ticket_id": ticket.ticket_id,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from service.auth import Settings
-from starter import InvalidTicket, open_ticket, parse_ticket
+from starter import InvalidTicket, load_json, open_ticket, parse_ticket
 from support import visibility
 from support.models import (
     Acknowledge,
@@ -39,6 +39,9 @@ from support.policy import PolicyError, load_policy, resolve_plan
 
 bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+# The largest request body: a ticket at every limit (20,000 characters of description) fits
+# even with each character escaped as JSON's 12-byte surrogate pair.
+MAX_REQUEST_BYTES = 256 * 1024
 
 
 class ApiError(Exception):
@@ -263,10 +266,42 @@ router = APIRouter(prefix="/api")
 Body_ = Annotated[dict[str, Any], Body(default_factory=dict)]
 
 
-@router.post("/tickets", status_code=201)
-async def post_ticket(
-    request: Request, name: Annotated[str, Depends(integration)], data: Annotated[Any, Body()]
-) -> JSONResponse:
+async def json_body(request: Request) -> Any:
+    """The request's JSON, read here so every way it can be wrong is a precise refusal:
+    415 when it is not JSON, 413 above the size limit, 422 naming what is wrong with it."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        message = "send the ticket as JSON (Content-Type: application/json)"
+        raise ApiError(415, "unsupported_media_type", message)
+    too_large = ApiError(
+        413, "too_large", f"the request body is larger than {MAX_REQUEST_BYTES} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():  # a chunked body declares no length
+        raw += chunk
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise too_large
+    try:
+        return load_json(bytes(raw), "(body)")
+    except InvalidTicket as err:
+        raise invalid(err.problems) from None
+
+
+TICKET_BODY = {"type": "object", "description": "the workflow contract's input (TicketInput)"}
+
+
+@router.post(
+    "/tickets",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": TICKET_BODY}}}
+    },
+)
+async def post_ticket(request: Request, name: Annotated[str, Depends(integration)]) -> JSONResponse:
+    data = await json_body(request)
     status, result = await intake(_client(request), data, request.app.state.task_queue)
     return JSONResponse(result.model_dump(mode="json"), status_code=status)
 

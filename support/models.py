@@ -66,9 +66,16 @@ class SowOutcome(StrEnum):
     EXPIRED = "expired"
 
 
+# Never meant in text: C0 controls other than tab, line feed and carriage return, DEL, C1
+# controls, and the bidirectional overrides and isolates that make text display in another
+# order than it is stored (a customer id that reads differently on the board). Intake
+# refuses them; the mailbox strips them from what it reads.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+LINE_BREAKS = re.compile(r"[\n\r\u2028\u2029]")
+
+
 def _no_control_chars(value: str) -> str:
-    # Tab and newline are fine in free text; other control characters are never meant.
-    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -76,12 +83,23 @@ def _no_control_chars(value: str) -> str:
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be an aware timestamp with a UTC offset, e.g. 2026-11-26T09:30:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise ValueError("lies outside the years 1 to 9999 in UTC") from None
 
 
 def _single_line(value: str) -> str:
-    if "\n" in value or "\r" in value:
+    if LINE_BREAKS.search(value):
         raise ValueError("must be a single line")
+    return value
+
+
+def _no_encoded_word(value: str) -> str:
+    # Mail software decodes "=?charset?q?...?=" in headers, into a line break or another
+    # address: an address is only ever meant literally.
+    if "=?" in value:
+        raise ValueError("must not contain an RFC 2047 encoded word ('=?')")
     return value
 
 
@@ -94,13 +112,16 @@ Name = Annotated[
 Note = Annotated[str, StringConstraints(max_length=MAX_NOTE), AfterValidator(_no_control_chars)]
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
 TicketId = Annotated[str, StringConstraints(pattern=TICKET_ID_PATTERN)]
+# The local part excludes RFC 5322's specials: "a:b@x.example" is a group that mails b,
+# "[a](http://x)@x.example" no address at all.
 EmailAddress = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True,
         max_length=254,
-        pattern=r"^[^@\s<>\"',;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        pattern=r"^[^@\s<>()\[\]:;\\\"',]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
     ),
+    AfterValidator(_no_encoded_word),
 ]
 
 
