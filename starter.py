@@ -43,6 +43,7 @@ from support.models import (
     describe_validation_error,
     opened_at_problem,
 )
+from support.policy import PolicyError, load_policy, resolve_plan
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 1
@@ -91,6 +92,38 @@ class IntakeResult:
         )
 
 
+def intake_search_attributes(ticket: TicketInput) -> TypedSearchAttributes:
+    """The search attributes known at intake, so ops can find the ticket before the
+    workflow's first task: attributes set at start are free, while each later upsert is a
+    billed Action. With ``opened_at`` stamped, that includes the deadline the policy
+    promises; the workflow resolves the plan itself and upserts only what differs (a
+    policy file changed in between, or none readable here)."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.SUPPORT_TIER, ticket.tier.value),
+        SearchAttributePair(sa.SUPPORT_SEVERITY, ticket.severity.value),
+        SearchAttributePair(sa.TICKET_STATE, TicketState.OPEN.value),
+        SearchAttributePair(sa.CUSTOMER_ID, ticket.customer_id),
+    ]
+    if ticket.opened_at is not None:
+        try:
+            plan = resolve_plan(load_policy(), ticket, ticket.severity, ticket.opened_at)
+        except PolicyError:
+            plan = None
+        if plan is not None and plan.commercial_sla and plan.response_due_at is not None:
+            pairs += [
+                SearchAttributePair(sa.RESPONSE_DUE_AT, plan.response_due_at),
+                SearchAttributePair(sa.SLA_BREACHED, False),
+            ]
+    return TypedSearchAttributes(pairs)
+
+
+def stamped(ticket: TicketInput) -> TicketInput:
+    """The ticket opened now (to the second) unless it says when it was opened."""
+    if ticket.opened_at is not None:
+        return ticket
+    return ticket.model_copy(update={"opened_at": datetime.now(UTC).replace(microsecond=0)})
+
+
 async def open_ticket(
     client: Client, ticket: TicketInput, queue: str | None = None
 ) -> IntakeResult:
@@ -104,16 +137,7 @@ async def open_ticket(
             task_queue=queue or task_queue(),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            # Known at intake, so ops can find the ticket before the workflow's first task;
-            # the workflow only upserts what changes later.
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.SUPPORT_TIER, ticket.tier.value),
-                    SearchAttributePair(sa.SUPPORT_SEVERITY, ticket.severity.value),
-                    SearchAttributePair(sa.TICKET_STATE, TicketState.OPEN.value),
-                    SearchAttributePair(sa.CUSTOMER_ID, ticket.customer_id),
-                ]
-            ),
+            search_attributes=intake_search_attributes(ticket),
         )
         return IntakeResult(
             ticket.ticket_id, workflow_id, handle.first_execution_run_id, True, "open"
@@ -193,7 +217,7 @@ async def run_batch(
         async with semaphore:
             assert isinstance(client, Client)
             try:
-                result: IntakeResult | None = await open_ticket(client, ticket)
+                result: IntakeResult | None = await open_ticket(client, stamped(ticket))
             except RPCError as problem:
                 # Reported with its line; the rest of the batch goes on.
                 failed += 1
@@ -272,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: {text}", file=sys.stderr)
                 return EXIT_INVALID
             try:
-                result = await open_ticket(await connect_or_explain(), ticket)
+                result = await open_ticket(await connect_or_explain(), stamped(ticket))
             except RPCError as problem:
                 print(f"error: not opened: {problem}", file=sys.stderr)
                 return EXIT_UNREACHABLE

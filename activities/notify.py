@@ -2,9 +2,10 @@
 
 Each delivery is keyed ``<workflow id>/<step>/<recipient>``. Before sending, the attempt's
 progress (heartbeat details) and the ledger's delivery log are checked; after the sink
-accepted, the key is stored in both. Every message carries the key (``Idempotency-Key``
-header, email ``Message-ID``) so a sink can drop the duplicate that a crash between
-"accepted" and "stored" would otherwise cause.
+accepted, the key goes into the delivery log at once (into the heartbeat only when the
+ledger cannot take it, or before the attempt fails: heartbeats are billed Actions). Every
+message carries the key (``Idempotency-Key`` header, email ``Message-ID``) so a sink can
+drop the duplicate that a crash between "accepted" and "stored" would otherwise cause.
 
 Channels (``channels.py`` renders and sends): ``log``, ``webhook`` (generic JSON),
 ``chat`` (Slack-compatible), ``pager`` (PagerDuty Events v2), ``email`` (SMTP).
@@ -94,10 +95,10 @@ class NotifyActivities:
                 for recipient in request.recipients
             )
         )
-        progress.save()
         delivered = [o.name for o in outcomes if o.delivered_by is not None]
         pending = [o.pending for o in outcomes if o.pending]
         if pending:
+            progress.save()
             # Raised after trying everyone (concurrently, so one hanging sink cannot eat the
             # others' time); the retry skips those already delivered. The details tell the
             # workflow who did get the message if the attempts run out.
@@ -114,6 +115,7 @@ class NotifyActivities:
             # Everyone who could be reached was; only the ledger is behind. The retry sends
             # nothing again (heartbeat details) and writes the rows; if the ledger stays
             # down, the workflow writes the step's event itself once it is back.
+            progress.save()
             raise ApplicationError(
                 f"SLA ledger unavailable: {err}",
                 {"delivered": delivered},
@@ -131,18 +133,22 @@ class NotifyActivities:
     ) -> None:
         for key, channel in progress.delivered.items():
             await self.ledger.mark_delivered(key, request.ticket_id, channel)
+        events = list(request.earlier_events)
         if request.event is not None:
-            event = request.event.model_copy(
-                update={
-                    "detail": {
-                        **request.event.detail,
-                        "delivered": delivered,
-                        "channels": channels,
-                        "failed": [f.model_dump(exclude_none=True) for f in failures],
+            events.append(
+                request.event.model_copy(
+                    update={
+                        "detail": {
+                            **request.event.detail,
+                            "delivered": delivered,
+                            "channels": channels,
+                            "failed": [f.model_dump(exclude_none=True) for f in failures],
+                        }
                     }
-                }
+                )
             )
-            await self.ledger.append([event])
+        if events:
+            await self.ledger.append(events)
         if request.summary is not None:
             await self.ledger.save_outcome(request.summary)
 
@@ -188,6 +194,18 @@ class NotifyActivities:
             return outcome
         return outcome
 
+    async def _remember(self, key: str, ticket_id: str, channel: str, progress: Progress) -> None:
+        """Record a delivery at once in the ledger's delivery log, so no later attempt
+        sends it again. Only when the ledger cannot take it does the attempt heartbeat
+        its progress instead: a heartbeat is a billed Action, a ledger row is not."""
+        try:
+            await self.ledger.mark_delivered(key, ticket_id, channel)
+        except Exception as err:
+            log.warning(
+                "delivery log unavailable, keeping progress in the heartbeat", error=str(err)
+            )
+            progress.save()
+
     async def _deliver_one(
         self,
         recipient: Recipient,
@@ -222,9 +240,8 @@ class NotifyActivities:
                 continue
             except TransientDeliveryError as err:
                 raise TransientDeliveryError(f"{channel.type.value}: {err}") from err
-            # Recorded in the heartbeat at once; in the ledger when the step is done.
             progress.delivered[key] = channel.type.value
-            progress.save()
+            await self._remember(key, request.ticket_id, channel.type.value, progress)
             return channel.type.value
         budget = request.failover_after * len(recipient.channels)
         problems = config_errors or [

@@ -8,7 +8,7 @@ token, agent actions an agent token (the agent's name is recorded on the ticket)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from service.auth import Settings
-from starter import InvalidTicket, load_json, open_ticket, parse_ticket
+from starter import InvalidTicket, load_json, open_ticket, parse_ticket, stamped
 from support import visibility
 from support.models import (
     Acknowledge,
@@ -163,8 +163,7 @@ async def intake(
         ticket = parse_ticket(data)
     except InvalidTicket as err:
         raise invalid(err.problems) from None
-    if ticket.opened_at is None:
-        ticket = ticket.model_copy(update={"opened_at": datetime.now(UTC).replace(microsecond=0)})
+    ticket = stamped(ticket)
     try:
         target, due = promise(ticket)
     except PolicyError as err:

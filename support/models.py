@@ -362,7 +362,9 @@ class StepDelivery(Message):
     message: str | None = None
     time_zone: str = "UTC"
     failover_after: timedelta = timedelta(minutes=2)
-    # Ledger rows written with the delivery: the step's SLA event and the ticket's row.
+    # Ledger rows written with the delivery: events the ticket recorded just before the
+    # step (e.g. "opened" with the intake step), the step's SLA event and the ticket's row.
+    earlier_events: list[SlaEvent] = Field(default_factory=list)
     event: SlaEvent | None = None
     summary: TicketOutcome | None = None
 

@@ -461,7 +461,7 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
         for e in upserts
     ]
     assert changed == [
-        ["ResponseDueAt", "SlaBreached"],  # set after the policy resolved (tier etc. at start)
+        # Tier, severity, state, customer and the promised deadline were set at intake.
         # The SDK marks a ticket with each workflow.patched() id it takes, once per run:
         # that is how open tickets still on an old branch are found (README: versioning).
         ["TemporalChangeVersion"],

@@ -605,6 +605,9 @@ class SupportTicket:
             recipients=step.recipients,
             time_zone=status.time_zone,
             failover_after=self._current_plan().failover_after,
+            # Events this activation recorded before the step ride on its delivery
+            # instead of an activity of their own (the "opened" event with the intake).
+            earlier_events=self._claim_unwritten(),
             event=SlaEvent(
                 key=f"{wf_id}/{name}",
                 ticket_id=status.ticket_id,
@@ -646,7 +649,9 @@ class SupportTicket:
                 for r in request.recipients
                 if r.name not in delivered
             ]
-            # The activity writes the step's ledger event only when it succeeds.
+            # The activity writes the step's ledger events only when it succeeds.
+            for earlier in request.earlier_events:
+                self._write_ledger(earlier)
             if request.event is not None:
                 event = request.event
                 self._write_ledger(
@@ -888,7 +893,8 @@ class SupportTicket:
         """The event and the ticket's row, in the background: since the
         ``BATCHED_LEDGER_WRITES`` change, one activity (one billed Action) carries every
         event of a workflow activation (an acknowledgement and a resolution that arrive
-        together, a step and its failure record) instead of one activity per event."""
+        together, a step and its failure record) instead of one activity per event, and
+        when the activation fires a step, its delivery carries them (``_fire``)."""
         if not self._batch_ledger_writes():
             # Tickets whose history predates the change replay their one-per-event writes.
             self._spawn(
@@ -907,10 +913,21 @@ class SupportTicket:
     def _batch_ledger_writes(self) -> bool:
         return workflow.patched(BATCHED_LEDGER_WRITES)
 
+    def _claim_unwritten(self) -> list[SlaEvent]:
+        """The events waiting for this activation's ledger write, for a delivery to carry
+        (none on the old branch, which wrote each one at once)."""
+        if not self._batch_ledger_writes():
+            return []
+        events, self._unwritten = self._unwritten, []
+        return events
+
     async def _write_unwritten(self) -> None:
         # A task starts once the code that spawned it yields, so by then it takes every
-        # event the activation recorded; later events start the next batch.
+        # event the activation recorded; later events start the next batch. A step fired
+        # meanwhile may have taken them to write with its delivery.
         events, self._unwritten = self._unwritten, []
+        if not events:
+            return
         await workflow.execute_activity(
             "record_sla_events",
             SlaEvents(events=events, summary=self._outcome()),
