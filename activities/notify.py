@@ -58,16 +58,23 @@ class Progress:
 
     delivered: dict[str, str] = field(default_factory=dict)  # key -> channel
     errors: dict[str, str] = field(default_factory=dict)  # key -> last error
+    tried: dict[str, int] = field(default_factory=dict)  # key -> last channel index tried
 
     @classmethod
     def restore(cls) -> Progress:
         details = activity.info().heartbeat_details
         if details and isinstance(details[0], dict):
-            return cls(dict(details[0].get("delivered", {})), dict(details[0].get("errors", {})))
+            return cls(
+                dict(details[0].get("delivered", {})),
+                dict(details[0].get("errors", {})),
+                dict(details[0].get("tried", {})),
+            )
         return cls()
 
     def save(self) -> None:
-        activity.heartbeat({"delivered": self.delivered, "errors": self.errors})
+        activity.heartbeat(
+            {"delivered": self.delivered, "errors": self.errors, "tried": self.tried}
+        )
 
 
 @dataclass
@@ -219,12 +226,16 @@ class NotifyActivities:
             return progress.delivered[key]
         if await self._was_delivered(key):
             return "earlier attempt"
-        turn = int(elapsed / request.failover_after)
+        # A channel's turn comes from the time spent on the step, but a channel whose time
+        # ran out while an attempt hung or backed off still gets one try: never skip a
+        # channel that was not tried.
+        turn = min(int(elapsed / request.failover_after), progress.tried.get(key, -1) + 1)
         message = Notification.of(request, recipient, key)
         config_errors: list[str] = []
         for index, channel in enumerate(recipient.channels):
             if index < turn:
                 continue  # this channel had its time
+            progress.tried[key] = max(index, progress.tried.get(key, -1))
             try:
                 await self.sender.send(channel, message)
             except ChannelConfigError as err:

@@ -1,5 +1,6 @@
-"""Real sinks on loopback for the channel tests: an HTTP receiver (chat, pager, webhook)
-and an SMTP server (aiosmtpd), each recording exactly what arrived.
+"""Real sinks on loopback for the channel tests: an HTTP receiver (chat, pager, webhook;
+``drills/sink.py``, shared with the fault drills) and an SMTP server (aiosmtpd), each
+recording exactly what arrived.
 
 Both sinks keep every delivery they were handed (``received``) and, like a sink that
 honours idempotency keys (or a mailbox that keeps one message per Message-ID), the
@@ -13,15 +14,11 @@ import datetime as dt
 import email
 import email.policy
 import ipaddress
-import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,85 +27,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-
-@dataclass
-class Sink:
-    """An HTTP receiver: records every request; answers from a script of status codes."""
-
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
-    down: set[str] = field(default_factory=set)  # paths that always answer 500
-    gone: set[str] = field(default_factory=set)  # paths that always answer 404
-    fail_after_accept: int = 0  # store the next N messages, then answer 500 anyway
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answer(self, path: str) -> tuple[int, bool]:
-        """(status, stored)"""
-        with self.lock:
-            if path in self.down:
-                return 500, False
-            if path in self.gone:
-                return 404, False
-            if self.fail_after_accept:
-                self.fail_after_accept -= 1
-                return 500, True
-            status = self.script.pop(0) if self.script else 202 if "pager" in path else 200
-            return status, status < 300
-
-    def accepted(self) -> list[dict[str, Any]]:
-        return [r for r in self.received if r["stored"]]
-
-    def messages(self) -> list[dict[str, Any]]:
-        """What the sink holds: one message per idempotency key."""
-        seen: dict[str, dict[str, Any]] = {}
-        for r in self.accepted():
-            seen.setdefault(r["key"], r)
-        return list(seen.values())
-
-    def at(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.messages() if r["path"] == path]
+from drills.sink import Sink, serve_sink
 
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
     with serve_sink() as state:
         yield state
-
-
-@contextmanager
-def serve_sink() -> Iterator[Sink]:
-    """An HTTP sink on a free loopback port, for as long as the block runs."""
-    state = Sink()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status, stored = state.answer(self.path)
-            state.received.append(
-                {
-                    "path": self.path,
-                    "key": self.headers.get("Idempotency-Key"),
-                    "content_type": self.headers.get("Content-Type"),
-                    "body": json.loads(body),
-                    "status": status,
-                    "stored": stored,
-                }
-            )
-            self.send_response(status)
-            self.end_headers()
-            self.wfile.write(b"ok" if status < 300 else b"no such hook")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
 
 
 @dataclass

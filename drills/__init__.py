@@ -1,0 +1,17 @@
+"""Fault drills against the real stack: the Temporal dev server, ``worker.py`` as its own
+process, loopback sinks, the SLA ledger on SQLite or PostgreSQL.
+
+Each drill is a module with ``main(argv)``, run as ``python -m drills.<name>`` (``--help``,
+``--tickets N``, ``--short`` for the test suite's size, ``--keep`` to keep its temporary
+directory) and prints one verdict line; it exits 1 on FAIL.
+
+- ``worker_kill``: kill -9 the worker while escalations fall due, then restart it;
+- ``server_restart``: stop (SIGTERM, then SIGKILL) and restart the dev server;
+- ``chat_outage``: the chat webhook answers 500, then times out, then recovers;
+- ``ledger_outage``: the ledger's PostgreSQL goes away, then comes back;
+- ``races``: acknowledgements racing the breach timer, duplicates, closed tickets.
+
+Shared: ``stack`` (processes and faults), ``tickets``, ``sink`` (the HTTP sink, also used
+by the channel tests), ``policy`` (the drill policy), ``postgres`` (scratch database and a
+TCP proxy to cut), ``verdict`` (counting and the verdict line).
+"""

@@ -1,0 +1,421 @@
+"""Fault drill: racing and invalid agent actions.
+
+Against the real dev server, worker, HTTP service and CLIs:
+
+- **ack vs breach**: ``--tickets`` tickets are acknowledged within a fraction of a second
+  of their deadline (spread evenly before and after it), so acknowledgements and breach
+  timers land together. Each ticket ends with one consistent outcome: acknowledged in
+  time (not breached, no breach notification) or late (breached, and at most one breach
+  notification per recipient: exactly one when the breach step ran before the
+  acknowledgement was applied, none when the acknowledgement was applied first); the
+  status, the ledger's ticket row and the ``SlaBreached`` search attribute agree.
+- **duplicate acks**: the same ticket acknowledged five times at once (three raw signals,
+  two through the HTTP API): one ``acknowledged``, the rest ``acknowledge_repeated``;
+  an API call that sees the ticket already acknowledged is refused with 409 and who
+  acknowledged it.
+- **ack vs resolve**: both at once: resolved, acknowledged exactly once.
+- **closed tickets**: ack / resolve of a resolved ticket through ``ops.py``, the HTTP API
+  and the ``temporal`` CLI, a second intake through ``starter.py``, and an unknown ticket:
+  each refused (or reported) with a clear message, which is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (drills/races.py): the project's imports
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from drills.policy import DrillPolicy
+from drills.stack import (
+    ROOT,
+    TEMPORAL,
+    DrillError,
+    ServiceProcess,
+    Stack,
+    clean_env,
+    running_stack,
+    say,
+)
+from drills.tickets import (
+    bounded,
+    final_statuses,
+    handle,
+    open_tickets,
+    planned_status,
+    resolve,
+)
+from drills.verdict import Verdict, count_deliveries, count_ledger, parser
+from ledger.store import SqlLedger
+from support import search_attributes as sa
+from support.models import Acknowledge, Resolve, StepKind, TicketStatus
+
+NAME = "races"
+RAW_ACKS, API_ACKS = 3, 2
+
+
+@dataclass(frozen=True)
+class Profile:
+    tickets: int  # acknowledged at their deadline
+    others: int  # tickets for duplicate acks, and as many for ack vs resolve
+    response_target: timedelta
+    spread: float  # acknowledgements land within this many seconds of the deadline
+
+    @property
+    def policy(self) -> DrillPolicy:
+        return DrillPolicy(response_target=self.response_target)
+
+
+FULL = Profile(100, 20, timedelta(seconds=20), 0.3)
+SHORT = Profile(12, 3, timedelta(seconds=10), 0.3)
+
+
+# --- ack vs breach ------------------------------------------------------------------------
+
+
+async def ack_at_deadline(stack: Stack, ticket_id: str, offset: float) -> None:
+    """Acknowledge ``offset`` seconds after the ticket's response deadline."""
+    status = await planned_status(stack, ticket_id)
+    assert status.response_due_at is not None
+    await asyncio.sleep(max(0.0, status.response_due_at.timestamp() + offset - time.time()))
+    await handle(stack, ticket_id).signal("acknowledge", Acknowledge(agent="racer"))
+
+
+async def race_outcome(
+    stack: Stack, ledger: SqlLedger, status: TicketStatus, breach_sent: int
+) -> tuple[str, list[str]]:
+    """The ticket's outcome (met, breached_notified, breached_unnotified) and any
+    inconsistency between status, sink, ledger row and search attribute."""
+    ticket, due, acked = status.ticket_id, status.response_due_at, status.acknowledged_at
+    fired = sum(1 for e in status.escalations if e.kind is StepKind.BREACH)
+    problems = []
+    if due is None or acked is None:
+        return "unacknowledged", [f"{ticket}: never acknowledged"]
+    if status.response_breached:
+        outcome = "breached_notified" if fired else "breached_unnotified"
+        if acked <= due:
+            problems.append(f"{ticket}: breached, yet acknowledged in time ({acked} <= {due})")
+    else:
+        outcome = "met"
+        if acked > due or fired:
+            problems.append(
+                f"{ticket}: met, yet acknowledged {acked} (due {due}), breach fired {fired}"
+            )
+    if breach_sent != fired or fired > 1:
+        problems.append(f"{ticket}: breach fired {fired} times, {breach_sent} at the sink")
+    row = await ledger.outcome(ticket)
+    if row is None or row.response_breached != status.response_breached:
+        problems.append(f"{ticket}: ledger row says breached={row and row.response_breached}")
+    attribute = (await handle(stack, ticket).describe()).typed_search_attributes.get(
+        sa.SLA_BREACHED
+    )
+    if attribute != status.response_breached:
+        problems.append(f"{ticket}: SlaBreached={attribute}, status {status.response_breached}")
+    return outcome, problems
+
+
+def around_zero(count: int, spread: float) -> list[float]:
+    """``count`` offsets evenly from ``-spread`` to ``+spread`` seconds."""
+    steps = max(1, count - 1)
+    return [-spread + 2 * spread * i / steps for i in range(count)]
+
+
+async def judge_races(stack: Stack, statuses: list[TicketStatus]) -> list[tuple[str, list[str]]]:
+    sent = stack.sink.stored_per_key()
+    ledger = SqlLedger.from_url(stack.ledger_url)
+    try:
+        return [
+            await race_outcome(stack, ledger, s, sent[f"ticket-{s.ticket_id}/breach/duty-manager"])
+            for s in statuses
+        ]
+    finally:
+        await ledger.close()
+
+
+# --- duplicate acks, ack vs resolve ---------------------------------------------------------
+
+
+async def api_ack(
+    http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str
+) -> httpx.Response:
+    return await http.post(
+        f"{service.url}/api/tickets/{ticket_id}/ack",
+        headers={"Authorization": f"Bearer {service.token}"},
+        json={"note": "drill"},
+    )
+
+
+@dataclass
+class AckBurst:
+    ticket_id: str
+    sent: int  # acknowledgements the ticket was sent (raw, and API calls not refused)
+    refused: int  # API calls refused with 409: the ticket was already acknowledged
+    problems: list[str]
+
+
+async def duplicate_acks(
+    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str
+) -> AckBurst:
+    """Five acknowledgements at once: three raw signals, two through the API (which
+    refuses with 409 once it sees the ticket acknowledged)."""
+    raw = [
+        handle(stack, ticket_id).signal("acknowledge", Acknowledge(agent=f"raw-{i}"))
+        for i in range(RAW_ACKS)
+    ]
+    api = [api_ack(http, service, ticket_id) for _ in range(API_ACKS)]
+    results = await asyncio.gather(*raw, *api)
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    accepted = sum(r.status_code == 202 for r in responses)
+    refused_409 = sum(r.status_code == 409 for r in responses)
+    burst = AckBurst(ticket_id, RAW_ACKS + accepted, refused_409, [])
+    refused = f"cannot ack: ticket {ticket_id} is acknowledged (by "
+    for response in responses:
+        body = response.json()
+        if response.status_code == 409 and not body["message"].startswith(refused):
+            burst.problems.append(f"{ticket_id}: 409 says {body['message']!r}")
+        elif response.status_code not in (202, 409):
+            burst.problems.append(f"{ticket_id}: API ack answered {response.status_code} {body}")
+    return burst
+
+
+def acks_recorded(burst: AckBurst, status: TicketStatus) -> list[str]:
+    """One ``acknowledged``; every other acknowledgement sent is ``acknowledge_repeated``."""
+    kinds = Counter(h.kind for h in status.history)
+    if kinds["acknowledged"] != 1 or kinds["acknowledge_repeated"] != burst.sent - 1:
+        return [
+            f"{burst.ticket_id}: {burst.sent} acks sent, history has {kinds['acknowledged']}"
+            f" acknowledged and {kinds['acknowledge_repeated']} repeated"
+        ]
+    return []
+
+
+async def ack_and_resolve(stack: Stack, ticket_id: str) -> None:
+    ticket = handle(stack, ticket_id)
+    await asyncio.gather(
+        ticket.signal("acknowledge", Acknowledge(agent="acker")),
+        ticket.signal("resolve", Resolve(by="resolver")),
+    )
+
+
+def resolved_once(status: TicketStatus) -> list[str]:
+    kinds = Counter(h.kind for h in status.history)
+    if status.state.value != "resolved" or kinds["acknowledged"] != 1 or kinds["resolved"] != 1:
+        return [f"{status.ticket_id}: {status.state.value}, history {dict(kinds)}"]
+    return []
+
+
+# --- closed and unknown tickets -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An invalid action and what its caller must be told."""
+
+    what: str
+    run: Callable[[], Awaitable[tuple[int, str]]]  # (exit code or HTTP status, message)
+    expected_code: int
+    expected_text: str
+
+
+async def command(stack: Stack, *argv: str) -> tuple[int, str]:
+    env = clean_env(TEMPORAL_ADDRESS=stack.server.address, SUPPORT_TASK_QUEUE=stack.queue)
+    done = await asyncio.to_thread(
+        subprocess.run, list(argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+async def api(
+    http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str, action: str
+) -> tuple[int, str]:
+    response = await http.post(
+        f"{service.url}/api/tickets/{ticket_id}/{action}",
+        headers={"Authorization": f"Bearer {service.token}"},
+        json={},
+    )
+    return response.status_code, json.dumps(response.json())
+
+
+def refusals(
+    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, closed: str
+) -> list[Refusal]:
+    python, unknown = sys.executable, "NOPE-1"
+    ack = json.dumps({"agent": "drill"})
+    closed_note = f"ticket {closed} is closed (resolved; workflow completed)"
+    return [
+        Refusal(
+            "ops.py ack (closed)",
+            lambda: command(stack, python, "ops.py", "ack", closed, "--agent", "drill"),
+            1,
+            f"error: {closed_note}: acknowledge not sent",
+        ),
+        Refusal(
+            "ops.py resolve (closed)",
+            lambda: command(stack, python, "ops.py", "resolve", closed, "--agent", "drill"),
+            1,
+            f"error: {closed_note}: resolve not sent",
+        ),
+        Refusal(
+            "ops.py ack (unknown)",
+            lambda: command(stack, python, "ops.py", "ack", unknown, "--agent", "drill"),
+            1,
+            f"error: no ticket {unknown} (no workflow ticket-{unknown})",
+        ),
+        Refusal(
+            "starter.py open (closed)",
+            lambda: command(
+                stack,
+                python,
+                "starter.py",
+                "open",
+                "--ticket-id",
+                closed,
+                "--customer-id",
+                "drill-co",
+                "--tier",
+                "premium",
+            ),
+            0,
+            f"ticket {closed} already exists (workflow ticket-{closed}, completed);"
+            " nothing new was started",
+        ),
+        Refusal(
+            "temporal workflow signal (closed)",
+            lambda: command(
+                stack,
+                str(TEMPORAL),
+                "workflow",
+                "signal",
+                "--address",
+                stack.server.address,
+                "--workflow-id",
+                f"ticket-{closed}",
+                "--name",
+                "acknowledge",
+                "--input",
+                ack,
+            ),
+            1,
+            "workflow execution already completed",
+        ),
+        Refusal(
+            "API ack (closed)",
+            lambda: api(http, service, closed, "ack"),
+            409,
+            f'"message": "cannot ack: ticket {closed} is resolved"',
+        ),
+        Refusal(
+            "API resolve (closed)",
+            lambda: api(http, service, closed, "resolve"),
+            409,
+            f'"message": "cannot resolve: ticket {closed} is resolved"',
+        ),
+        Refusal(
+            "API ack (unknown)",
+            lambda: api(http, service, unknown, "ack"),
+            404,
+            f'"message": "no ticket \'{unknown}\'"',
+        ),
+    ]
+
+
+async def check_refusals(checks: list[Refusal]) -> list[str]:
+    problems = []
+    for check in checks:
+        code, text = await check.run()
+        if code != check.expected_code or check.expected_text not in text:
+            problems.append(
+                f"{check.what}: got {code} {text.strip()[-300:]!r}; expected"
+                f" {check.expected_code} with {check.expected_text!r}"
+            )
+    return problems
+
+
+# --- the drill ------------------------------------------------------------------------------
+
+
+async def drill(profile: Profile, keep: bool) -> Verdict:
+    verdict = Verdict(NAME)
+    racing = [f"RA-{i:05d}" for i in range(profile.tickets)]
+    dupes = [f"DA-{i:05d}" for i in range(profile.others)]
+    pairs = [f"AR-{i:05d}" for i in range(profile.others)]
+    every = racing + dupes + pairs
+    async with running_stack(NAME, profile.policy, keep=keep) as stack:
+        service = ServiceProcess(stack)
+        try:
+            await service.start()
+            await open_tickets(stack, every, per_second=20)
+            say(f"opened {len(every)} tickets")
+            offsets = around_zero(len(racing), profile.spread)
+            races = asyncio.gather(
+                *(ack_at_deadline(stack, t, o) for t, o in zip(racing, offsets, strict=True))
+            )
+            async with httpx.AsyncClient(timeout=30) as http:
+                bursts = [await duplicate_acks(stack, http, service, t) for t in dupes]
+                await bounded(ack_and_resolve(stack, t) for t in pairs)
+                await races
+                say("acknowledgements sent; letting breach steps land")
+                await asyncio.sleep(3)
+                await resolve(stack, racing + dupes)
+                statuses = await final_statuses(stack, every, seconds=120)
+                checks = refusals(stack, http, service, dupes[0])
+                refused = await check_refusals(checks)
+            deliveries = count_deliveries(statuses, stack.sink)
+            ledger = await count_ledger(statuses, stack.ledger_url)
+            judged = await judge_races(stack, [statuses[t] for t in racing])
+        finally:
+            service.stop()
+    outcomes = Counter(outcome for outcome, _ in judged)
+    dupe_problems = [
+        p for b in bursts for p in b.problems + acks_recorded(b, statuses[b.ticket_id])
+    ]
+    pair_problems = [p for t in pairs for p in resolved_once(statuses[t])]
+    verdict.figures = {
+        "tickets": len(every),
+        "met": outcomes["met"],
+        "breached_notified": outcomes["breached_notified"],
+        "breached_unnotified": outcomes["breached_unnotified"],
+        "duplicate_acks": len(dupes) * (RAW_ACKS + API_ACKS),
+        "api_409": sum(b.refused for b in bursts),
+        "ack_resolve_pairs": len(pairs),
+        "refused_ok": f"{len(checks) - len(refused)}/{len(checks)}",
+        "lost": len(deliveries.lost) + ledger.lost,
+        "duplicated": deliveries.duplicated + ledger.duplicated,
+    }
+    verdict.problems = (
+        [p for _, problems in judged for p in problems]
+        + dupe_problems
+        + pair_problems
+        + refused
+        + deliveries.problems()
+        + ledger.problems
+    )
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
+    profile = SHORT if args.short else FULL
+    if args.tickets:
+        profile = dataclasses.replace(profile, tickets=args.tickets)
+    try:
+        verdict = asyncio.run(drill(profile, args.keep))
+    except DrillError as err:
+        verdict = Verdict(NAME, problems=[str(err)])
+    return verdict.report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Counting what a drill left behind, and its one-line verdict.
+
+What the tickets say happened (their final ``status``) is compared with what the sink
+received and what the SLA ledger holds:
+
+- deliveries: every escalation a ticket fired to a sink recipient is one delivery key
+  ``<workflow id>/<step>/<recipient>`` (the key the notify activity sends as
+  ``Idempotency-Key``). ``lost`` = keys the sink never stored, ``duplicated`` = extra
+  times the sink stored a key (what a sink that ignores the key would show twice),
+  ``unexpected`` = keys stored that no ticket fired;
+- the ledger: every event the ticket's history reports is in ``sla_events`` exactly
+  once (by kind, per ticket): ``lost`` = missing, ``duplicated`` = more than reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+
+from drills.policy import SINK_TARGETS
+from drills.sink import Sink
+from ledger.schema import sla_events
+from ledger.store import SqlLedger
+from support.models import TicketStatus
+
+# History entries the workflow also writes to the ledger, under the same kind.
+LEDGER_KINDS = {
+    "opened",
+    "notified",
+    "warned",
+    "breached",
+    "escalated",
+    "step_superseded",
+    "acknowledged",
+    "acknowledge_repeated",
+    "resolved",
+    "notification_failed",
+    "page_update_failed",
+    "severity_changed",
+    "out_of_scope",
+    "closed_idle",
+    "customer_reply",
+}
+
+
+def delivery_keys(statuses: Mapping[str, TicketStatus]) -> dict[str, TicketStatus]:
+    """Every delivery key the tickets fired to a sink recipient, with its ticket."""
+    keys: dict[str, TicketStatus] = {}
+    for ticket_id, status in statuses.items():
+        for escalation in status.escalations:
+            for target in escalation.targets:
+                if target in SINK_TARGETS:
+                    keys[f"ticket-{ticket_id}/{escalation.step}/{target}"] = status
+    return keys
+
+
+@dataclass
+class Deliveries:
+    expected: int
+    delivered: int
+    lost: list[str]
+    duplicated: int
+    unexpected: list[str]
+
+    def problems(self) -> list[str]:
+        found = [f"lost delivery {key}" for key in self.lost[:10]]
+        found += [f"unexpected delivery {key}" for key in self.unexpected[:10]]
+        if self.duplicated:
+            found.append(f"{self.duplicated} duplicate deliveries at the sink")
+        return found
+
+
+def count_deliveries(statuses: Mapping[str, TicketStatus], sink: Sink) -> Deliveries:
+    expected = delivery_keys(statuses)
+    stored = sink.stored_per_key()
+    return Deliveries(
+        expected=len(expected),
+        delivered=sum(1 for key in expected if key in stored),
+        lost=sorted(key for key in expected if key not in stored),
+        duplicated=sum(n - 1 for n in stored.values()),
+        unexpected=sorted(key for key in stored if key not in expected),
+    )
+
+
+def superseded(statuses: Mapping[str, TicketStatus]) -> int:
+    """Steps recorded as superseded instead of sent (a later step was already due when the
+    ticket caught up: by design, nobody gets a burst of stale warnings)."""
+    return sum(1 for s in statuses.values() for h in s.history if h.kind == "step_superseded")
+
+
+def recovery_delays(sink: Sink, fault_at: float, recovered_at: float) -> list[float]:
+    """For each key first stored after the fault that was due before the recovery (it fell
+    due during the outage, or was in flight when it began): delivery instant minus
+    max(due instant, recovery instant), in seconds (wall clock)."""
+    delays = []
+    for message in sink.messages():  # each key's first stored arrival
+        arrived = message["arrived"]
+        due = datetime.fromisoformat(message["body"]["due_at"]).timestamp()
+        if arrived >= fault_at and due < recovered_at:
+            delays.append(arrived - max(due, recovered_at))
+    return delays
+
+
+def reported_events(status: TicketStatus) -> Counter[str]:
+    """The ledger kinds the ticket's history says were recorded, with their counts."""
+    kinds: Counter[str] = Counter()
+    for entry in status.history:
+        if entry.kind in LEDGER_KINDS or entry.kind.endswith("_ignored"):
+            kinds[entry.kind] += 1
+        elif entry.kind.endswith("_rejected"):
+            kinds["signal_rejected"] += 1
+    return kinds
+
+
+async def ledger_kinds(url: str) -> dict[str, Counter[str]]:
+    """Every ticket's event kinds in the ledger's ``sla_events``, with their counts."""
+    ledger = SqlLedger.from_url(url)
+    try:
+        async with ledger.engine.connect() as conn:
+            rows = await conn.execute(select(sla_events.c.ticket_id, sla_events.c.kind))
+            found: dict[str, Counter[str]] = {}
+            for ticket_id, kind in rows:
+                found.setdefault(ticket_id, Counter())[kind] += 1
+            return found
+    finally:
+        await ledger.close()
+
+
+@dataclass
+class LedgerCount:
+    events: int
+    lost: int
+    duplicated: int
+    problems: list[str] = field(default_factory=list)
+
+
+async def count_ledger(statuses: Mapping[str, TicketStatus], url: str) -> LedgerCount:
+    stored = await ledger_kinds(url)
+    count = LedgerCount(events=sum(sum(c.values()) for c in stored.values()), lost=0, duplicated=0)
+    for ticket_id, status in statuses.items():
+        reported, held = reported_events(status), stored.get(ticket_id, Counter())
+        missing, extra = reported - held, held - reported
+        count.lost += sum(missing.values())
+        count.duplicated += sum(extra.values())
+        if missing or extra:
+            count.problems.append(
+                f"ledger of {ticket_id}: missing {dict(missing)}, more than reported {dict(extra)}"
+            )
+    return count
+
+
+def percentile(values: Iterable[float], p: float) -> float:
+    """Nearest-rank percentile (the README's definition); 0 for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def seconds(value: float) -> str:
+    return f"{value:.1f}s"
+
+
+@dataclass
+class Verdict:
+    """A drill's outcome: named figures, and the problems that make it FAIL."""
+
+    drill: str
+    figures: dict[str, object] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        outcome = "FAIL" if self.problems else "PASS"
+        figures = " ".join(f"{name}={value}" for name, value in self.figures.items())
+        return f"DRILL {self.drill}: {outcome} {figures}".rstrip()
+
+    def report(self) -> int:
+        """Problems on stderr, the verdict line on stdout; the exit code."""
+        for problem in self.problems[:40]:
+            print(f"  problem: {problem}", file=sys.stderr)
+        if len(self.problems) > 40:
+            print(f"  ... and {len(self.problems) - 40} more", file=sys.stderr)
+        print(self.line(), flush=True)
+        return 1 if self.problems else 0
+
+
+def parser(
+    drill: str, doc: str | None, tickets: int, short_tickets: int
+) -> argparse.ArgumentParser:
+    """The options every drill takes: its size, the short profile, keeping the workdir."""
+    summary = (doc or drill).strip()
+    result = argparse.ArgumentParser(
+        prog=f"python -m drills.{drill.replace('-', '_')}",
+        description=summary,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    result.add_argument(
+        "--tickets",
+        type=int,
+        help=f"how many tickets (default {tickets}; {short_tickets} with --short)",
+    )
+    result.add_argument(
+        "--short", action="store_true", help="the short profile the test suite runs"
+    )
+    result.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (logs, databases)"
+    )
+    return result

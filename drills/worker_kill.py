@@ -1,0 +1,140 @@
+"""Fault drill: kill -9 the worker while tickets are open and escalations fall due.
+
+Opens ``--tickets`` Premium tickets (paced, so their warnings and breaches fall due spread
+over about a minute), kills ``worker.py`` with SIGKILL while warnings and breaches are
+falling due, leaves it down, then starts a new worker process. Each ticket is resolved once
+its breach reached the sink. Proves, against the real dev server, worker process and sink:
+
+- every warning and breach the tickets fired reached the sink exactly once per delivery
+  key (ticket + step + recipient): none lost, none duplicated, none unexpected;
+- the SLA ledger holds each event the tickets report exactly once;
+- how long escalations that fell due while the worker was down (or were in flight when
+  it died) waited after the restart: delivery instant - max(due instant, restart instant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (drills/worker_kill.py): the project's imports
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from drills.policy import DrillPolicy
+from drills.stack import (
+    DrillError,
+    Stack,
+    running_stack,
+    say,
+)
+from drills.tickets import (
+    final_statuses,
+    open_tickets,
+    resolve_when_breached,
+)
+from drills.verdict import (
+    Verdict,
+    count_deliveries,
+    count_ledger,
+    parser,
+    percentile,
+    recovery_delays,
+    seconds,
+    superseded,
+)
+
+NAME = "worker-kill"
+
+
+@dataclass(frozen=True)
+class Profile:
+    tickets: int
+    response_target: timedelta
+    open_seconds: float  # intake is spread over this long
+    warning_share: float
+    kill_after: float  # seconds after the first ticket opened
+    down_seconds: float
+
+    @property
+    def policy(self) -> DrillPolicy:
+        return DrillPolicy(response_target=self.response_target, warning_share=self.warning_share)
+
+
+# Intake is paced within what one worker sustains on 2 cores; the kill comes while
+# warnings (of the tickets opened last) and breaches (of the first) fall due, far enough
+# apart that a restart does not make one supersede the other.
+FULL = Profile(1000, timedelta(seconds=150), 100, 0.6, 160, 10)
+SHORT = Profile(20, timedelta(seconds=12), 3, 0.5, 10, 3)
+
+
+async def kill_and_restart(stack: Stack, at: float, down: float) -> tuple[float, float]:
+    """SIGKILL the worker at monotonic instant ``at``, start a new one ``down`` seconds
+    later; (kill instant, restart instant) on the wall clock."""
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    stack.worker.stop(signal.SIGKILL)
+    killed = time.time()
+    say(f"worker killed (SIGKILL); {len(stack.sink.accepted())} deliveries so far")
+    await asyncio.sleep(down)
+    restarted = await stack.worker.start()
+    say(f"worker restarted after {restarted - killed:.1f} s")
+    return killed, restarted
+
+
+async def drill(profile: Profile, keep: bool) -> Verdict:
+    verdict = Verdict(NAME)
+    ids = [f"WK-{i:05d}" for i in range(profile.tickets)]
+    async with running_stack("worker-kill", profile.policy, keep=keep) as stack:
+        began = time.monotonic()
+        outage = asyncio.create_task(
+            kill_and_restart(stack, began + profile.kill_after, profile.down_seconds)
+        )
+        await open_tickets(stack, ids, per_second=profile.tickets / profile.open_seconds)
+        say(f"opened {len(ids)} tickets in {time.monotonic() - began:.1f} s")
+        killed, restarted = await outage
+        last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
+        await resolve_when_breached(stack, ids, deadline=last_breach + 120)
+        statuses = await final_statuses(stack, ids, seconds=300)
+        deliveries = count_deliveries(statuses, stack.sink)
+        ledger = await count_ledger(statuses, stack.ledger_url)
+        delays = recovery_delays(stack.sink, killed, restarted)
+    verdict.figures = {
+        "tickets": len(ids),
+        "escalations": deliveries.expected,
+        "delivered": deliveries.delivered,
+        "lost": len(deliveries.lost) + ledger.lost,
+        "duplicated": deliveries.duplicated + ledger.duplicated,
+        "superseded": superseded(statuses),
+        "ledger_events": ledger.events,
+        "down": seconds(restarted - killed),
+        "overdue_at_restart": len(delays),
+        "restart_delay_p50": seconds(percentile(delays, 50)),
+        "max": seconds(max(delays, default=0.0)),
+    }
+    verdict.problems = deliveries.problems() + ledger.problems
+    unresolved = [t for t, s in statuses.items() if s.state.value != "resolved"]
+    verdict.problems += [f"ticket {t} ended {statuses[t].state.value}" for t in unresolved]
+    if not delays:
+        verdict.problems.append("no escalation fell due while the worker was down")
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
+    profile = SHORT if args.short else FULL
+    if args.tickets:
+        profile = dataclasses.replace(profile, tickets=args.tickets)
+    try:
+        verdict = asyncio.run(drill(profile, args.keep))
+    except DrillError as err:
+        verdict = Verdict(NAME, problems=[str(err)])
+    return verdict.report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
