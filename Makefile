@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint replay-histories demo clean migrate report
+.PHONY: run test lint replay-histories demo clean migrate report bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ report: $(STAMP)
 # Re-record the committed workflow histories that the replay test checks (see README).
 replay-histories: $(STAMP)
 	$(BIN)/python -m tests.record_histories
+
+# Benchmarks (about 35 minutes on 2 cores): writes bench/results/latest.md and .json;
+# smaller runs with e.g. make bench ARGS="--tickets 2000 --window 120".
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python starter.py open --ticket-id DEMO-$$(date +%s) --customer-id example-bank \

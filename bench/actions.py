@@ -695,7 +695,8 @@ def to_json(costs: Sequence[PathCost]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-async def _measure_on_own_server() -> list[PathCost]:
+async def measure_on_own_server() -> list[PathCost]:
+    """The four paths on a time-skipping server of their own."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
@@ -713,7 +714,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the costs as JSON here")
     json_path: Path | None = parser.parse_args().json
     configure_logging("ERROR")  # on stderr: stdout is the report
-    costs = asyncio.run(_measure_on_own_server())
+    costs = asyncio.run(measure_on_own_server())
     print(markdown(costs), end="")
     if json_path is not None:
         json_path.write_text(to_json(costs))

@@ -1,0 +1,94 @@
+"""The engine floor: what the bare engine does on the same server and worker settings, so
+every ticket figure is reported beside what Temporal itself achieves in the same run.
+
+- ``BenchFloor``: sleeps until an instant, then runs one activity that posts to the same
+  HTTP sink the tickets' webhook notifications reach (lateness floor); with no instant it
+  runs the activity at once and ends (throughput floor: a trivial workflow, one activity).
+
+``python -m bench.floor`` runs its worker as a process, like ``worker.py`` for tickets:
+default ``Worker`` settings, task queue ``SUPPORT_TASK_QUEUE``, server ``TEMPORAL_ADDRESS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    import httpx
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+
+@dataclass
+class FloorInput:
+    key: str
+    due_at: datetime | None  # None: no timer (throughput floor)
+    sink_url: str | None  # None: the activity posts nothing
+
+
+class Poster:
+    """The floor's one activity: the same HTTP post a webhook notification makes."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    @activity.defn(name="bench_floor_post")
+    async def post(self, request: FloorInput) -> None:
+        if request.sink_url is None:
+            return
+        due = request.due_at.isoformat() if request.due_at else None
+        response = await self.http.post(
+            f"{request.sink_url}/floor",
+            json={"idempotency_key": request.key, "due_at": due},
+            headers={"Idempotency-Key": request.key},
+        )
+        response.raise_for_status()
+
+
+@workflow.defn(name="BenchFloor")
+class BenchFloor:
+    @workflow.run
+    async def run(self, request: FloorInput) -> None:
+        if request.due_at is not None:
+            delay = request.due_at - workflow.now()
+            if delay > timedelta(0):
+                await workflow.sleep(delay)
+        await workflow.execute_activity(
+            "bench_floor_post", request, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+async def serve(stop: asyncio.Event) -> None:
+    client = await Client.connect(os.environ["TEMPORAL_ADDRESS"])
+    queue = os.environ["SUPPORT_TASK_QUEUE"]
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        worker = Worker(
+            client,
+            task_queue=queue,
+            workflows=[BenchFloor],
+            activities=[Poster(http).post],
+        )
+        async with worker:
+            print('{"event": "worker started"}', flush=True)
+            await stop.wait()
+
+
+def main() -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()
