@@ -32,7 +32,6 @@ from sqlalchemy import select
 from drills.policy import DrillPolicy
 from drills.sink import Sink
 from drills.stack import (
-    DrillError,
     running_stack,
     say,
 )
@@ -41,13 +40,7 @@ from drills.tickets import (
     open_tickets,
     resolve_when_breached,
 )
-from drills.verdict import (
-    Verdict,
-    count_deliveries,
-    count_ledger,
-    parser,
-    seconds,
-)
+from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 
@@ -210,15 +203,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
-    profile = SHORT if args.short else FULL
-    if args.tickets:
-        profile = dataclasses.replace(profile, tickets=args.tickets)
-    try:
-        verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
-        verdict = Verdict(NAME, problems=[str(err)])
-    return verdict.report()
+    return run_drill(NAME, __doc__, (FULL, SHORT), drill, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ new ones refused) while tickets open, warn and breach, then restores it. Proves:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from sqlalchemy import func, select
 from drills.policy import DrillPolicy
 from drills.postgres import TcpProxy, scratch_database
 from drills.stack import (
-    DrillError,
     running_stack,
     say,
 )
@@ -38,14 +36,7 @@ from drills.tickets import (
     open_tickets,
     resolve_when_breached,
 )
-from drills.verdict import (
-    Verdict,
-    count_deliveries,
-    count_ledger,
-    parser,
-    seconds,
-    superseded,
-)
+from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds, superseded
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 
@@ -151,15 +142,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
-    profile = SHORT if args.short else FULL
-    if args.tickets:
-        profile = dataclasses.replace(profile, tickets=args.tickets)
-    try:
-        verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
-        verdict = Verdict(NAME, problems=[str(err)])
-    return verdict.report()
+    return run_drill(NAME, __doc__, (FULL, SHORT), drill, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Against the real dev server, worker, HTTP service and CLIs:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import subprocess
 import sys
@@ -42,7 +41,6 @@ from drills.policy import DrillPolicy
 from drills.stack import (
     ROOT,
     TEMPORAL,
-    DrillError,
     ServiceProcess,
     Stack,
     clean_env,
@@ -57,7 +55,7 @@ from drills.tickets import (
     planned_status,
     resolve,
 )
-from drills.verdict import Verdict, count_deliveries, count_ledger, parser
+from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill
 from ledger.store import SqlLedger
 from support import search_attributes as sa
 from support.models import Acknowledge, Resolve, StepKind, TicketStatus
@@ -406,15 +404,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
-    profile = SHORT if args.short else FULL
-    if args.tickets:
-        profile = dataclasses.replace(profile, tickets=args.tickets)
-    try:
-        verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
-        verdict = Verdict(NAME, problems=[str(err)])
-    return verdict.report()
+    return run_drill(NAME, __doc__, (FULL, SHORT), drill, argv)
 
 
 if __name__ == "__main__":

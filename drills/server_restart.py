@@ -15,7 +15,6 @@ and ports. The worker process runs throughout. Proves:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import sys
 import time
@@ -44,9 +43,9 @@ from drills.verdict import (
     Verdict,
     count_deliveries,
     count_ledger,
-    parser,
     percentile,
     recovery_delays,
+    run_drill,
     seconds,
     superseded,
 )
@@ -170,15 +169,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
-    profile = SHORT if args.short else FULL
-    if args.tickets:
-        profile = dataclasses.replace(profile, tickets=args.tickets)
-    try:
-        verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
-        verdict = Verdict(NAME, problems=[str(err)])
-    return verdict.report()
+    return run_drill(NAME, __doc__, (FULL, SHORT), drill, argv)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,21 @@ received and what the SLA ledger holds:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 
 from drills.policy import SINK_TARGETS
 from drills.sink import Sink
+from drills.stack import DrillError
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 from support.models import TicketStatus
@@ -213,3 +217,32 @@ def parser(
         "--keep", action="store_true", help="keep the temporary directory (logs, databases)"
     )
     return result
+
+
+class Profile(Protocol):
+    @property
+    def tickets(self) -> int: ...
+
+
+P = TypeVar("P", bound=Profile)
+
+
+def run_drill(
+    name: str,
+    doc: str | None,
+    profiles: tuple[P, P],
+    drill: Callable[[P, bool], Coroutine[Any, Any, Verdict]],
+    argv: list[str] | None,
+) -> int:
+    """A drill's command line: parse its options, run it at the chosen size (``profiles``:
+    full, short) and report; a drill that could not run is a FAIL naming why."""
+    full, short = profiles
+    args = parser(name, doc, full.tickets, short.tickets).parse_args(argv)
+    profile = short if args.short else full
+    if args.tickets:
+        profile = dataclasses.replace(profile, tickets=args.tickets)  # type: ignore[type-var]
+    try:
+        verdict = asyncio.run(drill(profile, args.keep))
+    except DrillError as err:
+        verdict = Verdict(name, problems=[str(err)])
+    return verdict.report()

@@ -15,7 +15,6 @@ its breach reached the sink. Proves, against the real dev server, worker process
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import sys
 import time
@@ -28,7 +27,6 @@ if __package__ in (None, ""):  # run as a file (drills/worker_kill.py): the proj
 
 from drills.policy import DrillPolicy
 from drills.stack import (
-    DrillError,
     Stack,
     running_stack,
     say,
@@ -42,9 +40,9 @@ from drills.verdict import (
     Verdict,
     count_deliveries,
     count_ledger,
-    parser,
     percentile,
     recovery_delays,
+    run_drill,
     seconds,
     superseded,
 )
@@ -125,15 +123,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(NAME, __doc__, FULL.tickets, SHORT.tickets).parse_args(argv)
-    profile = SHORT if args.short else FULL
-    if args.tickets:
-        profile = dataclasses.replace(profile, tickets=args.tickets)
-    try:
-        verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
-        verdict = Verdict(NAME, problems=[str(err)])
-    return verdict.report()
+    return run_drill(NAME, __doc__, (FULL, SHORT), drill, argv)
 
 
 if __name__ == "__main__":
