@@ -35,8 +35,8 @@ report: $(STAMP)
 replay-histories: $(STAMP)
 	$(BIN)/python -m tests.record_histories
 
-# Benchmarks (about 35 minutes on 2 cores): writes bench/results/latest.md and .json;
-# smaller runs with e.g. make bench ARGS="--tickets 2000 --window 120".
+# Benchmarks (about 25 minutes on 2 cores): writes bench/results/latest.md and .json;
+# smaller runs with e.g. make bench ARGS="--tickets 1000 --window 120".
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 

@@ -42,6 +42,11 @@ from workflows import ALL_WORKFLOWS
 log = structlog.get_logger("support.worker")
 # "0": do not migrate the ledger at start, refuse to start unless it is at the head revision.
 MIGRATE_ENV = "SUPPORT_LEDGER_MIGRATE"
+CACHE_ENV = "SUPPORT_WORKFLOW_CACHE"
+# Measured with bench/memory.py (README: Performance): the SDK's default of 1,000 kept
+# ~535 MB with 1,500 tickets open; 250 stays under 250 MB whatever the number open, at the
+# cost of replaying a ticket's short history when it wakes outside the cache.
+DEFAULT_WORKFLOW_CACHE = 250
 
 
 def build_worker(
@@ -65,7 +70,17 @@ def build_worker(
         workflows=workflows,
         activities=activities,  # type: ignore[arg-type]
         graceful_shutdown_timeout=timedelta(seconds=10),
+        max_cached_workflows=workflow_cache(),
     )
+
+
+def workflow_cache() -> int:
+    """How many tickets a worker keeps in memory between their tasks
+    (``SUPPORT_WORKFLOW_CACHE``; README: Performance, worker memory)."""
+    value = os.environ.get(CACHE_ENV) or str(DEFAULT_WORKFLOW_CACHE)
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"{CACHE_ENV}: expected a positive whole number, got {value!r}")
+    return int(value)
 
 
 async def run(stop: asyncio.Event, metrics: str | None = None) -> None:

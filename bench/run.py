@@ -204,14 +204,22 @@ def ticket(ticket_id: str, opened_at: datetime) -> TicketInput:
 
 
 async def open_due(
-    bench: Bench, dues: list[datetime], prefix: str, on_progress: Callable[[int], None]
+    bench: Bench,
+    dues: list[datetime],
+    prefix: str,
+    rate: float,
+    on_progress: Callable[[int], None],
 ) -> list[str]:
-    """Open one ticket per due instant (opened one target earlier), in due order."""
+    """Open one ticket per due instant (opened one target earlier), in due order, paced
+    at ``rate`` per second: faster than the worker takes them, the backlog of opening
+    work would still be draining when the steps fall due."""
     ids = [f"{prefix}-{i:05d}" for i in range(len(dues))]
     done = 0
+    began = time.monotonic()
 
-    async def one(ticket_id: str, due: datetime) -> None:
+    async def one(index: int, ticket_id: str, due: datetime) -> None:
         nonlocal done
+        await asyncio.sleep(max(0.0, began + index / rate - time.monotonic()))
         result = await open_ticket(
             bench.client, ticket(ticket_id, due - TARGET), bench.tickets_queue
         )
@@ -219,7 +227,7 @@ async def open_due(
         done += 1
         on_progress(done)
 
-    await bounded((one(t, d) for t, d in zip(ids, dues, strict=True)), limit=64)
+    await bounded((one(i, t, d) for i, (t, d) in enumerate(zip(ids, dues, strict=True))), 64)
     return ids
 
 
@@ -253,8 +261,7 @@ def spread(start: datetime, count: int, window: float) -> list[datetime]:
 async def steady(
     bench: Bench, report: Report, count: int, window: float, rate: float, poll: float
 ) -> None:
-    margin = count / rate + 30
-    start = datetime.now(UTC) + timedelta(seconds=margin)
+    start = datetime.now(UTC) + timedelta(seconds=count / rate + 60)
     dues = spread(start, count, window)
     checker = PollingChecker(bench.workdir / "polling.sqlite3", bench.sink.url, poll)
     checker.load([(f"P-{i:05d}", d) for i, d in enumerate(dues)])
@@ -268,7 +275,7 @@ async def steady(
             if done % 1000 == 0:
                 report.rss_mb[done] = rss_mb(pid)
 
-        await open_due(bench, dues, "S", progress)
+        await open_due(bench, dues, "S", rate, progress)
     polling = asyncio.create_task(checker.run_until_done())
     got = await wait_for_deliveries(
         bench.sink, "/bench", count, dues[-1].timestamp(), "steady: breaches delivered"
@@ -293,9 +300,9 @@ async def steady_floor(
 
 
 async def burst(bench: Bench, report: Report, count: int, rate: float) -> None:
-    due = (datetime.now(UTC) + timedelta(seconds=count / rate + 30)).replace(microsecond=0)
+    due = (datetime.now(UTC) + timedelta(seconds=count / rate + 60)).replace(microsecond=0)
     with tqdm(total=count, desc="opening burst tickets", unit="ticket", file=sys.stderr) as bar:
-        await open_due(bench, [due] * count, "B", lambda n: bar.update(n - bar.n))
+        await open_due(bench, [due] * count, "B", rate, lambda n: bar.update(n - bar.n))
     before = {k for k, _, _ in lateness_at(bench.sink, "/bench")}
     got = await wait_for_deliveries(
         bench.sink, "/bench", len(before) + count, due.timestamp(), "burst: breaches delivered"
@@ -539,21 +546,21 @@ async def run(args: argparse.Namespace) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--tickets", type=int, default=10_000, help="steady: tickets (0: skip)")
+    parser.add_argument("--tickets", type=int, default=5_000, help="steady: tickets (0: skip)")
     parser.add_argument(
-        "--window", type=float, default=600, help="steady: seconds the breaches spread over"
+        "--window", type=float, default=300, help="steady: seconds the breaches spread over"
     )
     parser.add_argument(
         "--burst", type=int, default=1_000, help="burst: steps due at one instant (0: skip)"
     )
     parser.add_argument(
-        "--throughput", type=int, default=1_000, help="tickets opened, acked and resolved (0: skip)"
+        "--throughput", type=int, default=500, help="tickets opened, acked and resolved (0: skip)"
     )
     parser.add_argument(
         "--poll-interval", type=float, default=30, help="the polling baseline's interval, s"
     )
     parser.add_argument(
-        "--open-rate", type=float, default=25, help="tickets/s assumed when planning due instants"
+        "--open-rate", type=float, default=15, help="tickets/s assumed when planning due instants"
     )
     parser.add_argument(
         "--no-actions", dest="actions", action="store_false", help="skip Actions per ticket"
