@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tickets", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=15, help="tickets opened per second")
     parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--name", default="memory", help="results file name (.md / .json)")
     args = parser.parse_args(argv)
     results = {
         int(c): asyncio.run(measure(int(c), args.tickets, args.rate, args.every))
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     return 0
 
 

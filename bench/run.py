@@ -52,6 +52,7 @@ from drills.tickets import bounded
 from starter import open_ticket
 from support.models import Acknowledge, Resolve, Severity, TicketInput, Tier
 from support.policy import default_policy_path, parse_policy
+from worker import DEFAULT_WORKFLOW_CACHE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -462,7 +463,7 @@ def render(report: Report) -> str:
         top = max(report.rss_mb)
         lines += [
             "",
-            "## Worker memory (RSS, default worker settings)",
+            f"## Worker memory (RSS, workflow cache {cfg['workflow_cache']:,})",
             "",
             "| tickets open | " + " | ".join(f"{n:,}" for n in sorted(report.rss_mb)) + " |",
             "|---|" + "---|" * len(report.rss_mb),
@@ -495,7 +496,8 @@ def write(report: Report, directory: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> Report:
-    report = Report(machine(), {k: v for k, v in vars(args).items() if k != "out"})
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    report = Report(machine(), {**settings, "workflow_cache": DEFAULT_WORKFLOW_CACHE})
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     with serve_sink() as sink:
         policy = workdir / "policy.yaml"
