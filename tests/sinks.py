@@ -10,10 +10,8 @@ then answer with an error, as when the response is lost after the sink stored it
 
 from __future__ import annotations
 
-import datetime as dt
 import email
 import email.policy
-import ipaddress
 import socket
 import ssl
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from drills.sink import Sink, serve_sink
+from tests.certs import Authority
 
 
 @pytest.fixture
@@ -99,49 +98,13 @@ def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
     controller.stop()
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (the test's own CA)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "smtp.crt", directory / "smtp.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_mailbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Mailbox]:
     """An SMTP server that requires STARTTLS and then AUTH (user ``sla``, password ``s3cret``)."""
-    cert, key = self_signed(tmp_path)
+    authority = Authority(tmp_path)
+    server = authority.issue("smtp", "localhost", server=True)  # also valid for 127.0.0.1
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(server.cert, server.key)
     box = Mailbox(port=free_port())
 
     def authenticate(
@@ -169,7 +132,7 @@ def tls_mailbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Mai
     monkeypatch.setenv("SUPPORT_SMTP_HOST", box.host)
     monkeypatch.setenv("SUPPORT_SMTP_PORT", str(box.port))
     monkeypatch.setenv("SUPPORT_SMTP_SECURITY", "starttls")
-    monkeypatch.setenv("SUPPORT_SMTP_CA_FILE", str(cert))
+    monkeypatch.setenv("SUPPORT_SMTP_CA_FILE", str(authority.pem))
     monkeypatch.setenv("SUPPORT_SMTP_USERNAME", "sla")
     monkeypatch.setenv("SUPPORT_SMTP_PASSWORD", "s3cret")
     monkeypatch.setenv("SUPPORT_SMTP_FROM", "Support SLA <sla@support.example>")
