@@ -24,12 +24,15 @@ ADMIN_URL = os.environ.get(
 
 
 @asynccontextmanager
-async def scratch_database(admin_url: str = ADMIN_URL) -> AsyncIterator[URL]:
-    """A fresh database on the server, dropped afterwards; yields its URL."""
+async def scratch_database(
+    admin_url: str = ADMIN_URL, prefix: str = "support_drill"
+) -> AsyncIterator[URL]:
+    """A fresh database on the server, dropped afterwards; yields its URL (DrillError when
+    the server cannot be reached)."""
     import asyncpg
 
     admin = make_url(admin_url)
-    name = f"support_drill_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         conn = await asyncpg.connect(
             host=admin.host,

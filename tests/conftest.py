@@ -9,7 +9,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,8 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from drills.postgres import ADMIN_URL, scratch_database
+from drills.stack import DrillError
 from ledger.store import SqlLedger
 from starter import open_ticket
 from support import search_attributes as sa
@@ -245,9 +247,7 @@ async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) 
 
 # --- the SLA ledger on both backends ------------------------------------------------------
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SUPPORT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = ADMIN_URL
 # CI sets this so that an unreachable PostgreSQL fails the run instead of skipping.
 REQUIRE_POSTGRES = os.environ.get("SUPPORT_REQUIRE_POSTGRES") == "1"
 
@@ -255,30 +255,16 @@ REQUIRE_POSTGRES = os.environ.get("SUPPORT_REQUIRE_POSTGRES") == "1"
 @asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
     """A fresh database on the PostgreSQL server, dropped afterwards; yields its URL."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(POSTGRES_ADMIN_URL)
-    name = f"support_test_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = await asyncpg.connect(
-            host=admin.host,
-            port=admin.port,
-            user=admin.username,
-            password=admin.password,
-            database=admin.database,
-            timeout=5,
-        )
-    except (OSError, asyncpg.PostgresError) as err:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is required (CI) but: {err}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {err}")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+    async with AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(
+                scratch_database(POSTGRES_ADMIN_URL, prefix="support_test")
+            )
+        except DrillError as err:
+            if REQUIRE_POSTGRES:
+                pytest.fail(f"PostgreSQL is required (CI) but: {err}")
+            pytest.skip(str(err))
+        yield url.render_as_string(hide_password=False)
 
 
 @pytest_asyncio.fixture(loop_scope="session", params=["sqlite", "postgresql"])
