@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest_asyncio
 import yaml
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -191,11 +192,28 @@ async def now_second(env: WorkflowEnvironment) -> datetime:
     return (await env.get_current_time()).replace(microsecond=0)
 
 
+# How long, in real time, one skip may wait. The test server holds its clock while an
+# activity runs, so a skip over many escalation steps waits for every delivery on the way;
+# the SDK's default bound for such a call is 30 s, which a loaded 2-core CI machine can
+# exceed (it did, failing two channel tests with "Timeout expired").
+SKIP_REAL_TIME_LIMIT = timedelta(minutes=3)
+
+
+async def skip(env: WorkflowEnvironment, duration: timedelta) -> None:
+    """Sleep on the test server's clock for ``duration`` (``env.sleep`` with a real-time
+    bound of ``SKIP_REAL_TIME_LIMIT`` instead of the SDK's 30 s)."""
+    request = SleepRequest()
+    request.duration.FromTimedelta(duration)
+    await env.client.test_service.unlock_time_skipping_with_sleep(
+        request, timeout=SKIP_REAL_TIME_LIMIT
+    )
+
+
 async def advance_to(env: WorkflowEnvironment, instant: datetime) -> None:
     """Skip the test server's clock forward to ``instant`` (timers on the way fire)."""
     current = await env.get_current_time()
     if instant > current:
-        await env.sleep(instant - current)
+        await skip(env, instant - current)
 
 
 async def open_ticket_at(

@@ -33,6 +33,7 @@ from tests.conftest import (
     now_second,
     open_ticket_at,
     running_stack,
+    skip,
     sqlite_ledger,
     status_of,
     ticket,
@@ -65,7 +66,7 @@ async def wait_until(stack: Stack, check: Any, what: str) -> None:
     for _ in range(300):
         if check():
             return
-        await stack.env.sleep(timedelta(seconds=1))
+        await skip(stack.env, timedelta(seconds=1))
     raise AssertionError(f"not reached: {what}")
 
 
@@ -378,7 +379,7 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
             events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
             if f"{data.workflow_id}/intake" in events:
                 break
-            await env.sleep(timedelta(seconds=1))
+            await skip(env, timedelta(seconds=1))
     chat_attempts = [r for r in sink.received if r["path"] == "/engineer"]
     # Attempts at 0 s, then after backoffs of 1, 2, 4, 8, 16 s: those within the 30 s
     # budget (0, 0, 1, 3, 7, 15 s) stay on chat; the one at 31 s goes to email.
@@ -414,7 +415,7 @@ async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failur
             status = await status_of(handle)
             if status.escalations[0].failed:
                 break
-            await env.sleep(timedelta(seconds=1))
+            await skip(env, timedelta(seconds=1))
         events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
     wf = data.workflow_id
     assert [r["key"] for r in sink.at("/manager")] == [f"{wf}/intake/duty-manager"]
@@ -635,7 +636,7 @@ async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_res
         for _ in range(50):
             if await ledger.was_delivered(f"{data.workflow_id}/intake/duty-engineer"):
                 break
-            await env.sleep(timedelta(seconds=1))
+            await skip(env, timedelta(seconds=1))
         await handle.signal("resolve", Resolve(by="ana"))
         await handle.result()
     await ledger.close()
