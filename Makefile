@@ -35,7 +35,7 @@ report: $(STAMP)
 replay-histories: $(STAMP)
 	$(BIN)/python -m tests.record_histories
 
-# Benchmarks (about 25 minutes on 2 cores): writes bench/results/latest.md and .json;
+# Benchmarks (about 50 minutes on 2 cores): writes bench/results/latest.md and .json;
 # smaller runs with e.g. make bench ARGS="--tickets 1000 --window 120".
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -548,9 +548,9 @@ async def run(args: argparse.Namespace) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--tickets", type=int, default=5_000, help="steady: tickets (0: skip)")
+    parser.add_argument("--tickets", type=int, default=10_000, help="steady: tickets (0: skip)")
     parser.add_argument(
-        "--window", type=float, default=300, help="steady: seconds the breaches spread over"
+        "--window", type=float, default=600, help="steady: seconds the breaches spread over"
     )
     parser.add_argument(
         "--burst", type=int, default=1_000, help="burst: steps due at one instant (0: skip)"
