@@ -532,4 +532,10 @@ class TicketCarry(Message):
     paged: list[Recipient] = Field(default_factory=list)
 
 
-TicketInput.model_rebuild()
+# Finish every model whose annotations name a class defined after it (StepDelivery names
+# SlaEvent): built lazily, pydantic would resolve those names through ``sys.modules`` on
+# first use, and inside the workflow sandbox that lookup can miss this module.
+for _model in list(globals().values()):
+    if isinstance(_model, type) and issubclass(_model, Message):
+        _model.model_rebuild()
+del _model

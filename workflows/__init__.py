@@ -3,6 +3,6 @@
 from workflows.statement_of_work import StatementOfWork
 from workflows.ticket import SupportTicket
 
-ALL_WORKFLOWS = [SupportTicket, StatementOfWork]
+ALL_WORKFLOWS = (SupportTicket, StatementOfWork)
 
 __all__ = ["ALL_WORKFLOWS", "StatementOfWork", "SupportTicket"]

@@ -9,6 +9,7 @@ expires after ``expire_after`` (both from the policy).
 from __future__ import annotations
 
 from datetime import timedelta
+from types import MappingProxyType
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -31,12 +32,14 @@ with workflow.unsafe.imports_passed_through():
         describe_validation_error,
     )
 
-TIER_NAMES = {
-    Tier.COMMUNITY: "Community",
-    Tier.STANDARD: "Standard",
-    Tier.PREMIUM: "Premium",
-    Tier.MISSION_CRITICAL: "Mission Critical",
-}
+TIER_NAMES = MappingProxyType(
+    {
+        Tier.COMMUNITY: "Community",
+        Tier.STANDARD: "Standard",
+        Tier.PREMIUM: "Premium",
+        Tier.MISSION_CRITICAL: "Mission Critical",
+    }
+)
 
 
 @workflow.defn(name="StatementOfWork", failure_exception_types=[ValidationError])
