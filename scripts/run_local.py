@@ -32,6 +32,9 @@ PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))
 UI_PORT = int(os.environ.get("TEMPORAL_UI_PORT", "8233"))
 HTTP_PORT = int(os.environ.get("SUPPORT_HTTP_PORT", "8000"))
 MAILBOX_PORT = int(os.environ.get("SUPPORT_MAILBOX_PORT", "2525"))
+# How long Ctrl-C waits for all the processes together before killing what is left (the
+# worker alone may take its 10 s graceful shutdown).
+STOP_GRACE_SECONDS = 15
 
 
 def service_settings() -> dict[str, str]:
@@ -178,11 +181,15 @@ def main() -> None:
         for process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        # One deadline for all of them: waiting 15 s for each in turn could add up to a
+        # minute when Ctrl-C stops the server under a worker that is still shutting down.
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in reversed(processes):
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 if __name__ == "__main__":
