@@ -83,7 +83,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
     sys.exit(f"the Temporal dev server did not listen on :{port} within {seconds:.0f} s")
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM both stop everything cleanly. SIGINT is set explicitly:
+    a process started in the background by a non-interactive shell inherits it ignored,
+    and Python then leaves it ignored (Ctrl-C, or CI's killpg, would do nothing)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
+    stop_on_signals()
     DATA.mkdir(parents=True, exist_ok=True)
     for port, what in (
         (PORT, "Temporal server"),
