@@ -121,6 +121,7 @@ EmailAddress = Annotated[
         max_length=254,
         pattern=r"^[^@\s<>()\[\]:;\\\"',]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
     ),
+    AfterValidator(_no_control_chars),
     AfterValidator(_no_encoded_word),
 ]
 

@@ -324,6 +324,12 @@ API_CASES = [
     case("description-bell", {"description": "ring\x07"}, [f"description: {CONTROL}"]),
     case("subject-c1-nel", {"subject": "next\x85line"}, [f"subject: {CONTROL}"]),
     case("customer-id-bidi", {"customer_id": "acme\u202egnp.exe"}, [f"customer_id: {CONTROL}"]),
+    # the pattern's \s does not cover the C0 separators U+001C-U+001F (found by the fuzz test)
+    case(
+        "email-unit-separator",
+        {"reporter_email": "a\x1fb@acme.example"},
+        [f"reporter_email: {CONTROL}"],
+    ),
     case("customer-id-newline", {"customer_id": "acme\nBcc: x"}, [f"customer_id: {ONE_LINE}"]),
     case("customer-id-u2028", {"customer_id": "acme\u2028x"}, [f"customer_id: {ONE_LINE}"]),
     case("subject-lone-surrogate", {"subject": "\ud800"}, [f"subject: {NOT_UNICODE}"]),
@@ -541,6 +547,11 @@ CLI_CASES = [
     # control characters, line breaks and invalid UTF-8 in arguments
     case("customer-id-newline", flag("customer_id", "acme\nBcc: x"), [f"customer_id: {ONE_LINE}"]),
     case("subject-escape", flag("subject", "\x1b[2Jwiped"), [f"subject: {CONTROL}"]),
+    case(
+        "email-unit-separator",
+        flag("reporter_email", "a\x1fb@acme.example"),
+        [f"reporter_email: {CONTROL}"],
+    ),
     case("subject-latin1", flag("subject", b"caf\xe9"), [f"subject: {NOT_UNICODE}"]),
     case("customer-id-0xff", flag("customer_id", b"ac\xffme"), [f"customer_id: {NOT_UNICODE}"]),
     # injection strings in the fields of safe characters
