@@ -8,6 +8,7 @@ clients in other languages use: snake_case JSON, aware UTC timestamps in ISO 860
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -80,6 +81,16 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
+def _no_invisible_chars(value: str) -> str:
+    # Identifiers are compared and shown as they are: "acme\u200b" would be another
+    # customer that reads as "acme" on the board and in reports.
+    for char in value:
+        if unicodedata.category(char) == "Cf":
+            code = f"U+{ord(char):04X}"
+            raise ValueError(f"must not contain invisible formatting characters ({code})")
+    return value
+
+
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be an aware timestamp with a UTC offset, e.g. 2026-11-26T09:30:00Z")
@@ -107,6 +118,7 @@ Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
     AfterValidator(_no_control_chars),
+    AfterValidator(_no_invisible_chars),
     AfterValidator(_single_line),
 ]
 Note = Annotated[str, StringConstraints(max_length=MAX_NOTE), AfterValidator(_no_control_chars)]
@@ -122,6 +134,7 @@ EmailAddress = Annotated[
         pattern=r"^[^@\s<>()\[\]:;\\\"',]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
     ),
     AfterValidator(_no_control_chars),
+    AfterValidator(_no_invisible_chars),
     AfterValidator(_no_encoded_word),
 ]
 

@@ -80,6 +80,7 @@ EMAIL = (
     r""" '^[^@\s<>()\[\]:;\\\"',]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$'"""
 )
 CONTROL = "must not contain control characters"
+INVISIBLE = "must not contain invisible formatting characters"
 ONE_LINE = "must be a single line"
 NAIVE = "opened_at: must be an aware timestamp with a UTC offset, e.g. 2026-11-26T09:30:00Z"
 PAST = "is more than 30 days in the past"
@@ -324,6 +325,16 @@ API_CASES = [
     case("description-bell", {"description": "ring\x07"}, [f"description: {CONTROL}"]),
     case("subject-c1-nel", {"subject": "next\x85line"}, [f"subject: {CONTROL}"]),
     case("customer-id-bidi", {"customer_id": "acme\u202egnp.exe"}, [f"customer_id: {CONTROL}"]),
+    case(
+        "customer-id-zero-width",
+        {"customer_id": "acme\u200b"},
+        [f"customer_id: {INVISIBLE} (U+200B)"],
+    ),
+    case(
+        "email-direction-mark",
+        {"reporter_email": "ops\u200e@acme.example"},
+        [f"reporter_email: {INVISIBLE} (U+200E)"],
+    ),
     # the pattern's \s does not cover the C0 separators U+001C-U+001F (found by the fuzz test)
     case(
         "email-unit-separator",

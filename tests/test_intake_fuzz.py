@@ -105,6 +105,9 @@ def assert_within_limits(ticket: TicketInput) -> None:
     assert len(ticket.subject) <= 200 and len(ticket.description) <= 20_000
     for text in (ticket.customer_id, ticket.subject, ticket.description):
         assert not any(forbidden(c) for c in text), text
+    # identifiers hold nothing invisible (zero-width, direction marks, soft hyphen)
+    for text in (ticket.customer_id, ticket.reporter_email or ""):
+        assert not any(unicodedata.category(c) == "Cf" for c in text), text
     if ticket.reporter_email is not None:
         local, _, domain = ticket.reporter_email.rpartition("@")
         assert len(ticket.reporter_email) <= 254 and "=?" not in ticket.reporter_email
