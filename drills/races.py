@@ -9,10 +9,11 @@ Against the real dev server, worker, HTTP service and CLIs:
   notification per recipient: exactly one when the breach step ran before the
   acknowledgement was applied, none when the acknowledgement was applied first); the
   status, the ledger's ticket row and the ``SlaBreached`` search attribute agree.
-- **duplicate acks**: the same ticket acknowledged five times at once (three raw signals,
-  two through the HTTP API): one ``acknowledged``, the rest ``acknowledge_repeated``;
-  an API call that sees the ticket already acknowledged is refused with 409 and who
-  acknowledged it.
+- **duplicate acks**: the same ticket acknowledged five times at once, on half of the
+  tickets as three raw signals and two HTTP API calls, on the other half as five API
+  calls (the API reads the ticket before it signals, so raw signals usually overtake it):
+  one ``acknowledged``, the rest ``acknowledge_repeated``; an API call that sees the
+  ticket already acknowledged is refused with 409 and who acknowledged it.
 - **ack vs resolve**: both at once: resolved, acknowledged exactly once.
 - **closed tickets**: ack / resolve of a resolved ticket through ``ops.py``, the HTTP API
   and the ``temporal`` CLI, a second intake through ``starter.py``, and an unknown ticket:
@@ -159,25 +160,26 @@ async def api_ack(
 class AckBurst:
     ticket_id: str
     sent: int  # acknowledgements the ticket was sent (raw, and API calls not refused)
+    accepted: int  # API calls answered 202
     refused: int  # API calls refused with 409: the ticket was already acknowledged
     problems: list[str]
 
 
 async def duplicate_acks(
-    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str
+    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str, raw: int
 ) -> AckBurst:
-    """Five acknowledgements at once: three raw signals, two through the API (which
-    refuses with 409 once it sees the ticket acknowledged)."""
-    raw = [
+    """Five acknowledgements at once: ``raw`` raw signals, the rest through the API
+    (which refuses with 409 once it sees the ticket acknowledged)."""
+    signals = [
         handle(stack, ticket_id).signal("acknowledge", Acknowledge(agent=f"raw-{i}"))
-        for i in range(RAW_ACKS)
+        for i in range(raw)
     ]
-    api = [api_ack(http, service, ticket_id) for _ in range(API_ACKS)]
-    results = await asyncio.gather(*raw, *api)
+    api = [api_ack(http, service, ticket_id) for _ in range(RAW_ACKS + API_ACKS - raw)]
+    results = await asyncio.gather(*signals, *api)
     responses = [r for r in results if isinstance(r, httpx.Response)]
     accepted = sum(r.status_code == 202 for r in responses)
     refused_409 = sum(r.status_code == 409 for r in responses)
-    burst = AckBurst(ticket_id, RAW_ACKS + accepted, refused_409, [])
+    burst = AckBurst(ticket_id, raw + accepted, accepted, refused_409, [])
     refused = f"cannot ack: ticket {ticket_id} is acknowledged (by "
     for response in responses:
         body = response.json()
@@ -361,7 +363,10 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
                 *(ack_at_deadline(stack, t, o) for t, o in zip(racing, offsets, strict=True))
             )
             async with httpx.AsyncClient(timeout=30) as http:
-                bursts = [await duplicate_acks(stack, http, service, t) for t in dupes]
+                bursts = [
+                    await duplicate_acks(stack, http, service, t, RAW_ACKS if i % 2 else 0)
+                    for i, t in enumerate(dupes)
+                ]
                 await bounded(ack_and_resolve(stack, t) for t in pairs)
                 await races
                 say("acknowledgements sent; letting breach steps land")
@@ -386,6 +391,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "breached_notified": outcomes["breached_notified"],
         "breached_unnotified": outcomes["breached_unnotified"],
         "duplicate_acks": len(dupes) * (RAW_ACKS + API_ACKS),
+        "api_202": sum(b.accepted for b in bursts),
         "api_409": sum(b.refused for b in bursts),
         "ack_resolve_pairs": len(pairs),
         "refused_ok": f"{len(checks) - len(refused)}/{len(checks)}",
