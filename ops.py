@@ -6,6 +6,7 @@
     python ops.py ack TICKET_ID [--agent NAME] [--note TEXT] [--json]
     python ops.py resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
     python ops.py watch [filters] [--interval SECONDS] [--iterations N]
+    python ops.py replay [--limit N] [--json]
 
 Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists come
 from visibility (search attributes), sorted by time to breach; ``show`` reads the ticket's
@@ -34,7 +35,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError
+from temporalio.worker import Replayer
 
 from support.codec import CodecConfigError, DecryptionError
 from support.connection import connect
@@ -62,6 +65,7 @@ from support.visibility import (
     send_resolve,
     ticket_details,
 )
+from workflows import ALL_WORKFLOWS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,6 +73,11 @@ EXIT_USAGE = 2
 AGENT_ENV = "SUPPORT_AGENT"
 # The countdown turns yellow this close to the deadline.
 SOON = timedelta(minutes=15)
+# `replay`: running executions of this project's workflow types, newest first.
+REPLAY_DEFAULT = 200
+REPLAY_QUERY = (
+    "WorkflowType IN ('SupportTicket', 'StatementOfWork') AND ExecutionStatus = 'Running'"
+)
 
 
 class Failed(Exception):
@@ -155,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between reads of visibility (default 5); countdowns tick every second",
     )
     watch.add_argument("--iterations", metavar="N", type=int, help="stop after N reads")
+
+    replay = sub.add_parser(
+        "replay",
+        help="replay running tickets' histories with this release's workflow code"
+        " (before deploying it)",
+    )
+    replay.add_argument(
+        "--limit",
+        metavar="N",
+        type=int,
+        default=REPLAY_DEFAULT,
+        help=f"at most N running executions, newest first (default {REPLAY_DEFAULT})",
+    )
+    replay.add_argument("--json", action="store_true")
     return parser
 
 
@@ -473,6 +496,38 @@ def watch_title(now: datetime, interval: float, count: int) -> str:
     )
 
 
+async def replay_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """Replay the histories of running tickets (and their statements of work) with the
+    workflow code of this checkout: what a worker of this release would do with them. A
+    nondeterminism error here is a change that needs ``workflow.patched``. The histories
+    are decoded with the client's converter, so encrypted ones replay where keys are set."""
+    replayer = Replayer(
+        workflows=ALL_WORKFLOWS,
+        data_converter=client.data_converter,
+        # The failures are reported below; the SDK core would also log them on stdout.
+        runtime=Runtime(telemetry=TelemetryConfig(logging=None)),
+    )
+    histories = client.list_workflows(REPLAY_QUERY, limit=args.limit).map_histories()
+    replayed: list[str] = []
+    failed: dict[str, str] = {}
+    async with replayer.workflow_replay_iterator(histories) as results:
+        async for result in results:
+            replayed.append(result.history.workflow_id)
+            if result.replay_failure is not None:
+                failed[result.history.workflow_id] = " ".join(str(result.replay_failure).split())
+    if args.json:
+        print_json({"replayed": len(replayed), "failed": failed}, out)
+    else:
+        for workflow_id, problem in sorted(failed.items()):
+            print(f"FAILED {workflow_id}: {problem}", file=out)
+        print(
+            f"replayed {len(replayed)} running executions with this release:"
+            f" {len(replayed) - len(failed)} ok, {len(failed)} failed",
+            file=out,
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 async def watch_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     console = make_console(out)
     filters = _filters(args)
@@ -530,6 +585,8 @@ async def run(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) 
             return await show_command(client, args, out)
         if args.command == "watch":
             return await watch_command(client, args, out)
+        if args.command == "replay":
+            return await replay_command(client, args, out)
         assert payload is not None
         return await signal_command(client, args, payload, out)
     except TicketError as problem:

@@ -21,8 +21,10 @@ from typing import Any, cast
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 import ops
 from starter import open_ticket
@@ -516,3 +518,41 @@ async def test_watch_on_a_terminal_is_a_live_table(
     assert screen.count("Running tickets: ") >= 2
     assert tickets.breached in screen and tickets.premium not in screen
     assert re.search(r"overdue 1[01]m", screen)
+
+
+@workflow.defn(name="SupportTicket", sandboxed=False)
+class DriftedTicket:
+    """A "SupportTicket" whose code differs from this release's: it starts with a timer
+    where the real one schedules its policy activity."""
+
+    @workflow.run
+    async def run(self, data: Any) -> None:
+        await workflow.sleep(timedelta(hours=1))
+
+
+async def test_replay_checks_running_tickets_against_this_release(
+    tickets: Tickets, run_ops: Ops
+) -> None:
+    client = tickets.client
+    queue = f"tq-drift-{uuid.uuid4()}"
+    drifted = f"ticket-DRIFT-{tickets.run}"
+    async with Worker(client, task_queue=queue, workflows=[DriftedTicket]):
+        handle = await client.start_workflow(
+            "SupportTicket", {"ticket_id": "DRIFT"}, id=drifted, task_queue=queue
+        )
+        try:
+            await until(handle.fetch_history, lambda h: len(h.events) >= 5, "the drifted timer")
+            done = await run_ops.process("replay", "--json")
+            assert done.returncode == 1, done.stderr
+            report = json.loads(done.stdout)
+            # The module's running tickets replay; the drifted one is named with the error.
+            assert report["replayed"] >= 4
+            assert list(report["failed"]) == [drifted]
+            assert "Nondeterminism" in report["failed"][drifted]
+        finally:
+            await handle.terminate("test over")
+    done = await run_ops.process("replay")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.fullmatch(
+        r"replayed (\d+) running executions with this release: \1 ok, 0 failed\n", done.stdout
+    )

@@ -60,7 +60,10 @@ def patch_markers(history: WorkflowHistory) -> int:
 async def running_without_the_change(client: Client, queue: str) -> set[str]:
     query = (
         f"WorkflowType = 'SupportTicket' AND ExecutionStatus = 'Running'"
-        f" AND TaskQueue = '{queue}' AND TemporalChangeVersion IS NULL"
+        f" AND TaskQueue = '{queue}'"
+        # The README's query: a run without this change's id (another patch's id, or none).
+        " AND (TemporalChangeVersion IS NULL"
+        f" OR TemporalChangeVersion != '{BATCHED_LEDGER_WRITES}')"
     )
     return {w.id async for w in client.list_workflows(query)}
 
