@@ -21,6 +21,7 @@ from temporalio.client import Client
 from service.api import ApiError, router
 from service.auth import Settings
 from service.codec import codec_app
+from service.limits import BodyLimit
 from service.pages import router as pages
 from support.codec import DecryptionError, EncryptionCodec, codec_from_env
 from support.connection import connect, task_queue
@@ -93,6 +94,7 @@ def create_app(
     app.include_router(router)
     app.include_router(pages)
     app.mount("/codec", codec_app(app.state.settings, codec or codec_from_env()))
+    app.add_middleware(BodyLimit)
     return app
 
 

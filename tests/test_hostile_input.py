@@ -19,6 +19,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from email.header import Header
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiosmtplib
 import httpx
@@ -44,9 +46,9 @@ from temporalio.testing import WorkflowEnvironment
 from intake.mailbox import DEFAULT_MAX_BYTES, MailboxHandler, listening, parse_mail
 from ledger.render import render_html, render_table
 from ledger.report import build_report
-from service.api import MAX_REQUEST_BYTES
 from service.app import create_app
 from service.auth import AckLinks, Settings
+from service.limits import MAX_REQUEST_BYTES
 from support.models import TicketInput, ticket_workflow_id
 from tests.conftest import ROOT, Stack, running_stack, write_policy
 from tests.sinks import Mailbox, Sink, free_port, serve_sink
@@ -467,6 +469,79 @@ async def test_api_refuses_what_is_not_a_json_ticket_of_bounded_size(
     status, code, message = refusal
     assert (response.status_code, response.json()) == (status, {"error": code, "message": message})
     await assert_untouched(rig, RAW_ID)
+
+
+# --- the public contact form (/support/new) --------------------------------------------------
+
+FORM = {
+    "email": "reporter@unknown-domain.example",
+    "severity": "sev3",
+    "category": "incident",
+    "subject": "Dashboard is blank",
+    "description": "Since this morning.",
+}
+FORM_CASES = [
+    case("form-no-subject", {"subject": "  "}, ("subject", "Tell us in a line what is wrong.")),
+    case("form-no-email", {"email": ""}, ("email", "Enter the email address we should reply to.")),
+    case(
+        "form-severity-sev9",
+        {"severity": "sev9"},
+        ("severity", "Choose how badly you are affected."),
+    ),
+    case(
+        "form-category-unknown",
+        {"category": "refund"},
+        ("category", "Choose what kind of issue this is."),
+    ),
+    case("form-subject-escape", {"subject": "x\x1b[2J"}, ("subject", CONTROL)),
+    case(
+        "form-subject-201",
+        {"subject": "s" * 201},
+        ("subject", "String should have at most 200 characters"),
+    ),
+    case(
+        "form-description-20001",
+        {"description": "d" * 20_001},
+        ("description", "String should have at most 20000 characters"),
+    ),
+    case(
+        "form-email-no-domain",
+        {"email": "reporter@localhost"},
+        ("email", "String should match pattern"),
+    ),
+    case("form-email-zero-width", {"email": "ops\u200b@acme.example"}, ("email", INVISIBLE)),
+    case(
+        "form-email-header-injection",
+        {"email": "a@b.example\nBcc: c@d.example"},
+        ("email", "String should match pattern"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "refusal"), FORM_CASES)
+async def test_contact_form_shows_the_error_at_its_field_and_starts_nothing(
+    rig: Rig, change: dict[str, str], refusal: tuple[str, str]
+) -> None:
+    form_id = uuid.uuid4().hex
+    response = await rig.http.post("/support/new", data={**FORM, **change, "form_id": form_id})
+    field, message = refusal
+    assert response.status_code == 422, response.text
+    shown = re.search(rf'<div class="error" id="{field}-error">([^<]*)</div>', response.text)
+    assert shown is not None and str(escape(message)) in shown.group(1), response.text
+    assert len(re.findall(r'class="error"', response.text)) == 1, "the error at its field only"
+    await assert_untouched(rig, f"W-{form_id[:16]}")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared-length", "chunked"])
+async def test_contact_form_refuses_a_body_over_the_limit_unread(rig: Rig, chunked: bool) -> None:
+    form_id = uuid.uuid4().hex
+    body = urlencode({**FORM, "form_id": form_id, "description": "d" * MAX_REQUEST_BYTES})
+    content = chunks(body.encode()) if chunked else body.encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = await rig.http.post("/support/new", content=content, headers=headers)
+    assert response.status_code == 413
+    assert "The form can take at most 256 KiB" in response.text
+    await assert_untouched(rig, f"W-{form_id[:16]}")
 
 
 # --- CLI: starter.py open / batch ----------------------------------------------------------
