@@ -66,6 +66,13 @@ REQUIRED = {
     "SUPPORT_AGENT_TOKENS": "ana:agent-token-0123456789",
     "SUPPORT_LINK_SECRET": "link-secret-0123456789",
 }
+REMOTE_COMPOSE_FILE = ROOT / "docker-compose.remote.yml"
+REMOTE_REQUIRED = {
+    "TEMPORAL_ADDRESS": "support.acct.tmprl.cloud:7233",
+    "TEMPORAL_NAMESPACE": "support.acct",
+    "SUPPORT_LEDGER_URL": "postgresql://sla:secret@db.internal:5432/sla_ledger",
+    **{k: v for k, v in REQUIRED.items() if k.startswith("SUPPORT_") and "_DB_" not in k},
+}
 ONE_SHOTS = {"temporal-schema", "temporal-setup", "ledger-migrate"}
 LONG_RUNNING = {"postgresql", "temporal", "temporal-ui", "worker", "service", "mailbox"}
 PINNED_TAG = re.compile(r"^[a-z0-9./_-]+:(?P<tag>[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*)$")
@@ -135,16 +142,19 @@ def docker_compose() -> str:
 
 
 def run_compose_config(
-    tmp_path: Path, settings: dict[str, str], *args: str
+    tmp_path: Path, settings: dict[str, str], *args: str, file: Path = COMPOSE_FILE
 ) -> subprocess.CompletedProcess[str]:
-    """``docker-compose config`` on the repository's file, with exactly ``settings``: no
-    .env file of a developer's and no COMPOSE_* or required variable from outside."""
+    """``docker-compose config`` on one of the repository's files, with exactly
+    ``settings``: no .env file of a developer's and no COMPOSE_*, TEMPORAL_* or required
+    variable from outside."""
     empty_env_file = tmp_path / "empty.env"
     empty_env_file.write_text("")
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in REQUIRED
+        if not k.startswith(("COMPOSE_", "DOCKER_", "TEMPORAL_"))
+        and k not in REQUIRED
+        and k not in REMOTE_REQUIRED
     }
     env.update(settings)
     return subprocess.run(
@@ -155,7 +165,7 @@ def run_compose_config(
             "--env-file",
             str(empty_env_file),
             "-f",
-            str(COMPOSE_FILE),
+            str(file),
             *args,
         ],
         cwd=tmp_path,
@@ -189,6 +199,73 @@ def test_the_required_settings_are_documented() -> None:
     example = (DEPLOY / "env.example").read_text(encoding="utf-8").splitlines()
     listed = {line.split("=", 1)[0] for line in example if re.match(r"^[A-Z0-9_]+=$", line)}
     assert required == listed == set(REQUIRED)
+
+
+# --- compose against a remote cluster (docker-compose.remote.yml) ---------------------------
+
+# Temporal's environment configuration, as the SDK reads it (README: Temporal Cloud or a
+# remote cluster); TEMPORAL_TLS_DISABLE_HOST_VERIFICATION is left out on purpose.
+ENV_CONFIG = {
+    "TEMPORAL_ADDRESS",
+    "TEMPORAL_NAMESPACE",
+    "TEMPORAL_API_KEY",
+    "TEMPORAL_TLS",
+    "TEMPORAL_TLS_CLIENT_CERT_PATH",
+    "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+    "TEMPORAL_TLS_SERVER_NAME",
+    "TEMPORAL_TLS_CLIENT_CERT_DATA",
+    "TEMPORAL_TLS_CLIENT_KEY_DATA",
+    "TEMPORAL_TLS_SERVER_CA_CERT_DATA",
+    "TEMPORAL_CONFIG_FILE",
+    "TEMPORAL_PROFILE",
+}
+
+
+def test_remote_compose_config_accepts_the_file_and_names_a_missing_setting(
+    tmp_path: Path,
+) -> None:
+    kind = {"file": REMOTE_COMPOSE_FILE}
+    result = run_compose_config(tmp_path, REMOTE_REQUIRED, "config", "-q", **kind)
+    assert result.returncode == 0, result.stderr
+    listed = run_compose_config(
+        tmp_path, REMOTE_REQUIRED, "--profile", "setup", "config", "--services", **kind
+    )
+    assert set(listed.stdout.split()) == {"temporal-setup", "ledger-migrate", *ROLES}
+    for missing in sorted(REMOTE_REQUIRED):
+        settings = {k: v for k, v in REMOTE_REQUIRED.items() if k != missing}
+        refused = run_compose_config(tmp_path, settings, "config", "-q", **kind)
+        assert refused.returncode != 0 and f"set {missing}" in refused.stderr, missing
+    # What the file says to set is what it requires.
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", REMOTE_COMPOSE_FILE.read_text("utf-8")))
+    example = (DEPLOY / "remote.env.example").read_text(encoding="utf-8").splitlines()
+    listed_example = {line.split("=", 1)[0] for line in example if re.match(r"^[A-Z0-9_]+=$", line)}
+    assert required == listed_example == set(REMOTE_REQUIRED)
+
+
+ROLES = {"worker", "service", "mailbox"}
+
+
+def test_remote_compose_runs_nothing_of_temporal_and_passes_its_configuration() -> None:
+    remote = yaml.safe_load(REMOTE_COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
+    local = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
+    # Registering search attributes needs rights a worker's key may lack: by hand only.
+    assert remote["temporal-setup"]["profiles"] == ["setup"]
+    for name, service in remote.items():
+        # The same image and commands as the full stack; no Temporal, UI or database.
+        assert service["image"] == local[name]["image"]
+        assert service["command"] == local[name]["command"]
+        assert set(service.get("depends_on", {})) <= {"ledger-migrate"}, name
+        assert "/run/secrets/temporal:ro" in service["volumes"][0], name
+        if name != "ledger-migrate":
+            environment = service["environment"]
+            assert ENV_CONFIG <= set(environment), (name, ENV_CONFIG - set(environment))
+            assert "temporal:7233" not in json.dumps(environment), name
+    assert remote["worker"]["environment"]["SUPPORT_LEDGER_URL"].startswith(
+        "${SUPPORT_LEDGER_URL:?"
+    )
+    assert "deploy" not in remote["worker"] and "container_name" not in remote["worker"]
+    assert (DEPLOY / "no-tls").is_dir()
 
 
 # --- compose: structure -------------------------------------------------------------------
