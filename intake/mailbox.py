@@ -69,6 +69,7 @@ from support.models import (
     ticket_workflow_id,
 )
 from support.policy import CustomerSpec, Policy, PolicyError, load_policy, resolve_plan
+from support.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.mailbox")
 
@@ -881,8 +882,11 @@ async def listening(
 
 
 async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
+    # With an OTLP endpoint set, a ticket opened by mail is traced from here through the
+    # worker, like one opened through the API.
+    interceptors = configure_tracing("support-mailbox")
     handler = MailboxHandler(
-        connect,
+        lambda: connect(interceptors),
         address=settings.address,
         queue=task_queue(),
         contact_form_url=settings.contact_form_url,
@@ -902,6 +906,7 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
             max_bytes=settings.max_bytes,
         )
         await stop.wait()
+    shutdown_tracing()
     log.info("mailbox stopped")
 
 

@@ -25,7 +25,7 @@ from service.limits import BodyLimit
 from service.pages import router as pages
 from support.codec import DecryptionError, EncryptionCodec, codec_from_env
 from support.connection import connect, task_queue
-from support.telemetry import configure_tracing
+from support.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.service")
 
@@ -43,6 +43,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.client = client or await connect(configure_tracing("support-service"))
         yield
+        shutdown_tracing()  # flush the spans still queued
 
     app = FastAPI(
         title="Support SLA service",

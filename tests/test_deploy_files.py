@@ -74,7 +74,15 @@ REMOTE_REQUIRED = {
     **{k: v for k, v in REQUIRED.items() if k.startswith("SUPPORT_") and "_DB_" not in k},
 }
 ONE_SHOTS = {"temporal-schema", "temporal-setup", "ledger-migrate"}
-LONG_RUNNING = {"postgresql", "temporal", "temporal-ui", "worker", "service", "mailbox"}
+LONG_RUNNING = {
+    "postgresql",
+    "temporal",
+    "temporal-ui",
+    "worker",
+    "service",
+    "mailbox",
+    "prometheus",
+}
 PINNED_TAG = re.compile(r"^[a-z0-9./_-]+:(?P<tag>[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*)$")
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?(?P<op>[-?])(?P<arg>[^}]*))?\}")
 
@@ -266,6 +274,29 @@ def test_remote_compose_runs_nothing_of_temporal_and_passes_its_configuration() 
     )
     assert "deploy" not in remote["worker"] and "container_name" not in remote["worker"]
     assert (DEPLOY / "no-tls").is_dir()
+
+
+# --- compose: metrics ----------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_every_worker_replica_and_the_server(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # Workers by DNS (every replica of the service), on the port each binds by default.
+    bind = services["worker"]["environment"]["SUPPORT_METRICS_BIND"]
+    assert bind == "${SUPPORT_METRICS_BIND:-0.0.0.0:9464}"
+    [workers] = jobs["support-worker"]["dns_sd_configs"]
+    assert (workers["names"], workers["type"], workers["port"]) == (["worker"], "A", 9464)
+    # The server's own metrics, on the endpoint it is told to serve.
+    server = services["temporal"]["environment"]
+    assert server["PROMETHEUS_ENDPOINT"] == "0.0.0.0:8000"
+    assert jobs["temporal-server"]["static_configs"] == [{"targets": ["temporal:8000"]}]
+    mounted = services["prometheus"]["volumes"][0]
+    assert mounted == "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    # The shard count is set on purpose (fixed at the cluster's first start).
+    assert server["NUM_HISTORY_SHARDS"] == "${TEMPORAL_HISTORY_SHARDS:-512}"
 
 
 # --- compose: structure -------------------------------------------------------------------
