@@ -1,7 +1,9 @@
 """Payload encryption: the AES-GCM codec and its key rotation, histories on the real dev
 server that hold no personal data in clear while the worker, the CLI and the ledger still
-read it, search attributes and workflow ids free of personal data, and the Web UI's codec
-server (agent auth, CORS limited to the UI's origin)."""
+read it (signals of every kind, a continue-as-new, the statement-of-work child, and a failed
+delivery's error message and stack trace), search attributes and workflow ids free of
+personal data, and the Web UI's codec server (agent auth, CORS limited to the UI's
+origin)."""
 
 from __future__ import annotations
 
@@ -13,23 +15,32 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History
+from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from ledger.store import SqlLedger
 from service.app import create_app
 from service.auth import Settings
 from support.codec import (
+    ENCODING,
     CodecConfigError,
     DecryptionError,
     EncryptionCodec,
@@ -38,9 +49,22 @@ from support.codec import (
     new_key,
     parse_keys,
 )
-from support.models import Acknowledge, Resolve, TicketInput, TicketState, TicketStatus
+from support.models import (
+    Acknowledge,
+    ChangeSeverity,
+    CustomerReply,
+    MarkOutOfScope,
+    Resolve,
+    SowDecision,
+    SowOutcome,
+    TicketInput,
+    TicketState,
+    TicketStatus,
+    sow_workflow_id,
+    ticket_workflow_id,
+)
 from tests.conftest import sqlite_ledger
-from tests.sinks import Sink
+from tests.sinks import Mailbox, Sink
 from tests.test_channels import policy_with
 from worker import build_worker
 
@@ -56,7 +80,17 @@ DESCRIPTION = f"{NAME} (phone +1 555 0100) cannot export payroll since 09:00."
 SUBJECT = f"Payroll export fails for {NAME}"
 NOTE = f"Called {NAME} back on +1 555 0100"
 RESOLUTION = f"Export fixed for {NAME}"
+REASON = f"{NAME} says nobody at her firm was paid"
+REPLY = f"Re: payroll export - {NAME} still locked out"
+SOW_REASON = f"{NAME} asks for a custom payroll connector"
+SOW_REFERENCE = f"SOW-2026-17 signed by {NAME}"
 PERSONAL = (EMAIL, NAME, "555 0100")
+# What a failed webhook delivery's error carries: its message and its stack trace.
+DELIVERY_ERROR = ("webhook answered 500", "delivery failed for", "notify.py")
+# The SDK's stand-in for a failure's message once the real one is in encoded_attributes.
+ENCODED_FAILURE = "Encoded failure"
+
+ProtoMessage = TypeVar("ProtoMessage", bound=Message)
 
 
 def codec_of(*entries: str) -> EncryptionCodec:
@@ -175,14 +209,18 @@ class Encrypted:
         self.ledger = ledger
 
 
+def webhook_policy(directory: Path, sink: Sink, **extra: Any) -> Path:
+    """The default policy with the SLA ladder's targets posting to ``sink`` at ``/hook``."""
+    webhook = [{"type": "webhook", "url": f"{sink.url}/hook"}]
+    targets = ["support-queue", "duty-engineer", "support-lead", "duty-manager"]
+    return policy_with(directory, dict.fromkeys(targets, webhook), **extra)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def encrypted(
     dev_server: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Encrypted]:
-    webhook = [{"type": "webhook", "url": f"{sink.url}/hook"}]
-    targets = ["support-queue", "duty-engineer", "support-lead", "duty-manager"]
-    policy = policy_with(tmp_path, dict.fromkeys(targets, webhook))
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     setup = Encrypted(dev_server, new_key("k1"), f"tq-{uuid.uuid4()}", ledger)
     async with httpx.AsyncClient(timeout=5.0) as http:
@@ -212,10 +250,66 @@ async def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def raw_history(client: Client, workflow_id: str) -> tuple[bytes, str]:
-    """The history as the server holds it (no codec): protobuf bytes and its JSON."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
+async def raw_history(
+    client: Client, workflow_id: str, run_id: str | None = None
+) -> tuple[bytes, str]:
+    """The history as the server holds it (no codec): protobuf bytes and its JSON; the
+    latest run unless ``run_id`` names another."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     return History(events=history.events).SerializeToString(), history.to_json()
+
+
+def assert_not_in_clear(raw: bytes, as_json: str, secrets: tuple[str, ...]) -> None:
+    for secret in secrets:
+        assert secret.encode() not in raw, secret
+        assert secret not in as_json, secret
+    assert ENCODING in raw
+
+
+def nested(message: Message, kind: type[ProtoMessage]) -> Iterator[ProtoMessage]:
+    """Every protobuf message of type ``kind`` in ``message`` (itself included), at any
+    depth: a failure's cause, a payload in a map or a list."""
+    if isinstance(message, kind):
+        yield message
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            is_message = field.message_type.fields_by_name["value"].message_type is not None
+            items = list(value.values()) if is_message else []
+        else:
+            items = list(value) if field.is_repeated else [value]
+        for item in items:
+            yield from nested(item, kind)
+
+
+def sealed_failures(message: Message) -> list[Failure]:
+    """Every failure in ``message``, each asserted to hold its message and stack trace only
+    encrypted (DefaultFailureConverterWithEncodedAttributes, then the codec)."""
+    failures = list(nested(message, Failure))
+    for failure in failures:
+        assert (failure.message, failure.stack_trace) == (ENCODED_FAILURE, ""), failure
+        assert failure.encoded_attributes.metadata["encoding"] == ENCODING, failure
+    return failures
+
+
+def revealed(raw: bytes, keys: str) -> str:
+    """Every payload of a raw history decrypted with ``keys``: what the server holds, read."""
+    codec = parse_keys(keys)
+    payloads = nested(History.FromString(raw), Payload)
+    return "\n".join(codec.decrypt(p).data.decode() for p in payloads)
+
+
+async def settled(client: Client, workflow_id: str) -> None:
+    """Wait (real time, bounded) until the workflow's latest run has no task in flight: the
+    last signal was handled and what it started (ledger writes, a new run) has landed."""
+    handle = client.get_workflow_handle(workflow_id)
+    for _ in range(500):
+        raw = (await handle.describe()).raw_description
+        if not raw.pending_activities and not raw.pending_workflow_task.ByteSize():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{workflow_id}: still busy after 10 s")
 
 
 async def run_ticket(client: Client, setup: Encrypted, sink: Sink, ticket_id: str) -> str:
@@ -245,10 +339,7 @@ async def test_encrypted_history_holds_no_personal_data_yet_everyone_reads_it(
     workflow_id = await run_ticket(encrypted.client, encrypted, sink, ticket_id)
 
     raw, as_json = await raw_history(encrypted.plain, workflow_id)
-    for secret in (*PERSONAL, DESCRIPTION, SUBJECT, NOTE, RESOLUTION):
-        assert secret.encode() not in raw, secret
-        assert secret not in as_json, secret
-    assert b"binary/encrypted" in raw
+    assert_not_in_clear(raw, as_json, (*PERSONAL, DESCRIPTION, SUBJECT, NOTE, RESOLUTION))
 
     # Search attributes and the workflow id carry no personal data.
     description = await encrypted.plain.get_workflow_handle(workflow_id).describe()
@@ -312,6 +403,171 @@ async def test_a_plain_history_shows_what_the_check_would_catch(
     assert EMAIL.encode() in raw
     # Everything the worker wrote afterwards (activity inputs, results) is encrypted.
     assert b"binary/encrypted" in raw
+
+
+async def failed_attempt(client: Client, workflow_id: str) -> PendingActivityInfo:
+    """Wait (real time, bounded) until an activity of the workflow failed an attempt and
+    waits to retry; returns it as the server holds it."""
+    handle = client.get_workflow_handle(workflow_id)
+    for _ in range(500):
+        try:
+            description = await handle.describe()
+        except RPCError:  # not started yet
+            await asyncio.sleep(0.02)
+            continue
+        for activity in description.raw_description.pending_activities:
+            if activity.HasField("last_failure"):
+                return activity
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{workflow_id}: no failed activity attempt within 10 s")
+
+
+async def test_a_failed_delivery_keeps_its_error_and_stack_trace_encrypted(
+    encrypted: Encrypted, sink: Sink
+) -> None:
+    """A webhook answering 500 fails a delivery attempt. The failure the server keeps (on
+    the pending activity while it backs off, then in history on the attempt that
+    succeeded) has the SDK's placeholder for a message, no stack trace and the real ones
+    encrypted; the keys read them back. Deliveries retry until their deadline (never an
+    ActivityTaskFailed event), so the server records the failure as the retried attempt's
+    ActivityTaskStarted ``last_failure``: the worker's failure converter wrote it, as it
+    would an ActivityTaskFailed's."""
+    ticket_id = f"FAIL-{uuid.uuid4().hex[:8]}"
+    workflow_id = ticket_workflow_id(ticket_id)
+    with sink.lock:
+        sink.down.add("/hook")
+    ticket = asyncio.create_task(run_ticket(encrypted.client, encrypted, sink, ticket_id))
+    try:
+        pending = await failed_attempt(encrypted.plain, workflow_id)
+    finally:
+        with sink.lock:
+            sink.down.discard("/hook")  # the retry (1 s later) delivers
+    await ticket
+
+    assert pending.activity_type.name == "deliver_step"
+    assert sealed_failures(pending)
+    # Its heartbeat details (the attempt's progress, with the error) are encrypted too.
+    stored = list(nested(pending, Payload))
+    assert stored and all(p.metadata["encoding"] == ENCODING for p in stored)
+    for marker in (*DELIVERY_ERROR, *PERSONAL):
+        assert marker.encode() not in pending.SerializeToString(), marker
+
+    raw, as_json = await raw_history(encrypted.plain, workflow_id)
+    assert_not_in_clear(raw, as_json, (*DELIVERY_ERROR, *PERSONAL, DESCRIPTION, SUBJECT))
+    history = History.FromString(raw)
+    retried = [
+        e.activity_task_started_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.attempt > 1
+    ]
+    assert retried and all(a.HasField("last_failure") for a in retried)
+    assert sealed_failures(history), "no failure in history: the check proved nothing"
+
+    # The worker's keys read the error back: it was there, encrypted.
+    failure = Failure()
+    failure.CopyFrom(retried[0].last_failure)
+    error = await encrypted.client.data_converter.decode_failure(failure)
+    assert isinstance(error, ApplicationError) and error.type == "TransientDeliveryError"
+    assert "delivery failed for" in error.message and "webhook answered 500" in error.message
+    assert error.failure is not None and "notify.py" in error.failure.stack_trace
+    first_try = next(r for r in sink.received if ticket_id in json.dumps(r["body"]))
+    assert first_try["status"] == 500
+
+
+async def test_severity_reply_continue_as_new_and_sow_child_hold_no_personal_data(
+    encrypted: Encrypted,
+    sink: Sink,
+    mailbox: Mailbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other way personal data reaches the server: a severity change's reason,
+    customer replies' subjects, the state a long ticket carries into its next run
+    (continue-as-new, after the policy's smallest history limit) and the statement of work
+    child (its input holds the reporter's address). No raw history holds any in clear; the
+    keys reveal every one, and the worker acted on them."""
+    (tmp_path / "short-history").mkdir()
+    policy = webhook_policy(
+        tmp_path / "short-history", sink, limits={"continue_as_new_after_events": 50}
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = f"LONG-{uuid.uuid4().hex[:8]}"
+    ticket = personal_ticket(ticket_id)
+    started = await encrypted.client.start_workflow(
+        "SupportTicket", ticket, id=ticket.workflow_id, task_queue=encrypted.queue
+    )
+    first_run = started.result_run_id
+    handle = encrypted.client.get_workflow_handle(ticket.workflow_id, result_type=TicketStatus)
+    await handle.signal(
+        "change_severity", ChangeSeverity(severity="sev1", by="triage", reason=REASON)
+    )
+    await settled(encrypted.plain, ticket.workflow_id)
+    # Each reply adds a handful of events (signal, workflow task, ledger write): a few take
+    # the run past 50 events, and the ticket continues as new once they have landed.
+    for n in range(15):
+        if (await handle.describe()).run_id != first_run:
+            break
+        reply = CustomerReply(
+            received_at=datetime.now(UTC),
+            subject=REPLY,
+            reference=f"<reply-{n}.{ticket_id}@mail.example>",
+        )
+        await handle.signal("customer_reply", reply)
+        await settled(encrypted.plain, ticket.workflow_id)
+    second_run = (await handle.describe()).run_id
+    assert second_run != first_run, "the ticket did not continue as new"
+
+    await handle.signal("mark_out_of_scope", MarkOutOfScope(by="ana", reason=SOW_REASON))
+    sow = encrypted.client.get_workflow_handle(sow_workflow_id(ticket_id))
+    for _ in range(500):
+        try:
+            await sow.describe()
+            break
+        except RPCError:
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"{sow.id} not started within 10 s")
+    decision = SowDecision(decision="accepted", by="advisor", reference=SOW_REFERENCE)
+    await sow.signal("sow_decision", decision)
+    status = await handle.result()
+    assert status.state is TicketState.CLOSED and status.sow is not None
+    assert status.sow.outcome is SowOutcome.ACCEPTED
+
+    secrets = (*PERSONAL, DESCRIPTION, SUBJECT, REASON, REPLY, SOW_REASON, SOW_REFERENCE)
+    # What each history holds once decrypted, so the check looked where the data is: the
+    # second run has the reason and the reply only in the state carried over to it.
+    expected = {
+        (ticket.workflow_id, first_run): (DESCRIPTION, REASON, REPLY),
+        (ticket.workflow_id, second_run): (DESCRIPTION, REASON, REPLY, SOW_REASON),
+        (sow.id, None): (EMAIL, SUBJECT, SOW_REASON, SOW_REFERENCE),
+    }
+    for (workflow_id, run_id), inside in expected.items():
+        raw, as_json = await raw_history(encrypted.plain, workflow_id, run_id)
+        assert_not_in_clear(raw, as_json, secrets)
+        history = History.FromString(raw)
+        sealed_failures(history)
+        read = revealed(raw, encrypted.keys)
+        assert [s for s in inside if s not in read] == [], (workflow_id, run_id)
+        if run_id == first_run:
+            ended = history.events[-1].event_type
+            assert ended == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+
+    # The child's id and search attributes carry none either.
+    description = await encrypted.plain.get_workflow_handle(sow.id).describe()
+    exposed = [sow.id, *map(str, description.search_attributes.values())]
+    assert not [s for s in PERSONAL if any(s.lower() in e.lower() for e in exposed)]
+
+    # The worker read them all: the ledger has the reason and the replies, the reporter the
+    # statement-of-work mail with its reason.
+    events = await encrypted.ledger.events(ticket_id)
+    assert [e.detail["reason"] for e in events if e.kind == "severity_changed"] == [REASON]
+    assert {e.detail["subject"] for e in events if e.kind == "customer_reply"} == {REPLY}
+    to_reporter = [
+        m for m, to in zip(mailbox.received, mailbox.envelopes, strict=True) if EMAIL in to
+    ]
+    bodies = [m.get_body() for m in to_reporter]
+    assert any(b is not None and SOW_REASON in b.get_content() for b in bodies)
 
 
 # --- the codec server ---------------------------------------------------------------------
