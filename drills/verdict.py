@@ -196,9 +196,10 @@ class Verdict:
 
 
 def parser(
-    drill: str, doc: str | None, tickets: int, short_tickets: int
+    drill: str, doc: str | None, tickets: int, short_tickets: int, down: float | None = None
 ) -> argparse.ArgumentParser:
-    """The options every drill takes: its size, the short profile, keeping the workdir."""
+    """The options every drill takes: its size, the short profile, keeping the workdir;
+    and how long the fault lasts, for drills whose profile has ``down_seconds``."""
     summary = (doc or drill).strip()
     result = argparse.ArgumentParser(
         prog=f"python -m drills.{drill.replace('-', '_')}",
@@ -216,6 +217,13 @@ def parser(
     result.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (logs, databases)"
     )
+    if down is not None:
+        result.add_argument(
+            "--down",
+            type=float,
+            metavar="SECONDS",
+            help=f"how long the fault lasts (default {down:g})",
+        )
     return result
 
 
@@ -237,10 +245,13 @@ def run_drill(
     """A drill's command line: parse its options, run it at the chosen size (``profiles``:
     full, short) and report; a drill that could not run is a FAIL naming why."""
     full, short = profiles
-    args = parser(name, doc, full.tickets, short.tickets).parse_args(argv)
+    down = getattr(full, "down_seconds", None)
+    args = parser(name, doc, full.tickets, short.tickets, down).parse_args(argv)
     profile = short if args.short else full
     if args.tickets:
         profile = dataclasses.replace(profile, tickets=args.tickets)  # type: ignore[type-var]
+    if getattr(args, "down", None) is not None:
+        profile = dataclasses.replace(profile, down_seconds=args.down)  # type: ignore[type-var]
     try:
         verdict = asyncio.run(drill(profile, args.keep))
     except DrillError as err:

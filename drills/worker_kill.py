@@ -96,7 +96,8 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         say(f"opened {len(ids)} tickets in {time.monotonic() - began:.1f} s")
         killed, restarted = await outage
         last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
-        await resolve_when_breached(stack, ids, deadline=last_breach + 120)
+        back = began + profile.kill_after + profile.down_seconds
+        await resolve_when_breached(stack, ids, deadline=max(last_breach, back) + 120)
         statuses = await final_statuses(stack, ids, seconds=300)
         deliveries = count_deliveries(statuses, stack.sink)
         ledger = await count_ledger(statuses, stack.ledger_url)
