@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.channels import ChannelSender, Notification
+from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
+from activities.policy import resolve_ticket_plan
 from ledger.store import SqlLedger
 from support.models import (
     Acknowledge,
@@ -36,11 +39,13 @@ from tests.conftest import (
     skip,
     sqlite_ledger,
     status_of,
+    terminate_open,
     ticket,
     write_policy,
 )
 from tests.sinks import Mailbox, Sink
-from worker import build_worker
+from worker import WORKFLOW_RUNNER, build_worker
+from workflows import ALL_WORKFLOWS
 
 M = timedelta(minutes=1)
 
@@ -717,3 +722,55 @@ def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
     button = next(b for b in message.slack_payload()["blocks"] if b["type"] == "actions")
     assert button["elements"][0]["url"] == link
     assert message.pagerduty_event("rk")["payload"]["custom_details"]["acknowledge_url"] == link
+
+
+async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_failing(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For ten minutes no worker can run ``deliver_step`` (the only worker on the queue
+    lacks it, so every attempt fails at once): the intake notification is delivered when
+    a full worker is back, late, and not recorded as failed. Before, its schedule-to-close
+    (5 min here) counted the wait and dropped it."""
+    policy = policy_with(tmp_path, {"duty-engineer": [{"type": "webhook", "url": f"{sink.url}/e"}]})
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    queue = f"tq-{uuid.uuid4()}"
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    data = ticket()
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        without_delivery = Worker(
+            env.client,
+            task_queue=queue,
+            workflows=ALL_WORKFLOWS,
+            activities=[resolve_ticket_plan, LedgerActivities(ledger).record_sla_events],
+            workflow_runner=WORKFLOW_RUNNER,
+            # No sticky queue: the test server never hands a gone worker's sticky tasks on.
+            max_cached_workflows=0,
+        )
+        async with without_delivery:
+            t0 = await now_second(env)
+            await advance_to(env, t0)
+            opened = data.model_copy(update={"opened_at": t0})
+            handle = await env.client.start_workflow(
+                "SupportTicket", opened, id=data.workflow_id, task_queue=queue
+            )
+            await skip(env, timedelta(minutes=10))
+            assert sink.at("/e") == []
+        worker = build_worker(env.client, queue, ledger, http)
+        async with worker:
+            stack = Stack(env, env.client, queue, ledger, worker, opened=[data.workflow_id])
+            try:
+                await wait_until(stack, lambda: sink.at("/e"), "the intake notification")
+                for _ in range(50):
+                    status = await status_of(handle)
+                    if status.escalations and status.escalations[0].failed is not None:
+                        break
+                    await skip(env, timedelta(seconds=1))
+                assert not (await env.get_current_time()) < t0 + timedelta(minutes=10)
+                assert [r["key"] for r in sink.at("/e")] == [
+                    f"{data.workflow_id}/intake/duty-engineer"
+                ]
+                assert status.escalations[0].failed == []
+                assert "notification_failed" not in [h.kind for h in status.history]
+            finally:
+                await terminate_open(stack)
+    await ledger.close()

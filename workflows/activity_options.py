@@ -18,7 +18,9 @@ POLICY_TIMEOUT = timedelta(seconds=30)
 # Deliveries retry with backoff. The activity itself moves a recipient to its next channel
 # after ``failover_after`` and to its fallback target after the last one, and returns when
 # everyone is reached or out of options; the schedule-to-close bound is the backstop, after
-# which the step is recorded as failed on the ticket and in the ledger.
+# which the step is recorded as failed on the ticket and in the ledger. The bound counts
+# from when the step was scheduled, so it also covers waiting for a worker: every worker
+# down, or a backlog, delays an escalation but must not drop it.
 DELIVERY_RETRY_MAX_INTERVAL = timedelta(seconds=30)
 DELIVERY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -26,14 +28,19 @@ DELIVERY_RETRY = RetryPolicy(
     maximum_interval=DELIVERY_RETRY_MAX_INTERVAL,
 )
 DELIVERY_TIMEOUT = timedelta(seconds=30)
+# How long a scheduled delivery may wait for a worker before it counts as failed. A step
+# more than a day late is superseded by the ticket's later steps (repeats go on until it is
+# acknowledged); anything shorter would drop escalations in an outage of workers.
+DELIVERY_OUTAGE_ALLOWANCE = timedelta(days=1)
 
 
 def delivery_deadline(failover_after: timedelta, recipients: list[Recipient]) -> timedelta:
     """Schedule-to-close of a delivery: every channel of the longest fallback chain gets its
     turn, plus one more turn and room for a last attempt (the server does not start an
-    attempt that could outlast this bound)."""
+    attempt that could outlast this bound), plus a day of waiting for a worker."""
     longest = max((sum(len(r.channels) for r in first.chain()) for first in recipients), default=1)
-    return failover_after * (longest + 1) + DELIVERY_RETRY_MAX_INTERVAL + DELIVERY_TIMEOUT
+    attempts = failover_after * (longest + 1) + DELIVERY_RETRY_MAX_INTERVAL + DELIVERY_TIMEOUT
+    return attempts + DELIVERY_OUTAGE_ALLOWANCE
 
 
 # The ledger is the system of record: keep trying (writes are idempotent) until it is back.
