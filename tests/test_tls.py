@@ -1,14 +1,20 @@
-"""A remote cluster over mutual TLS, configured purely by Temporal's environment
-configuration: nginx's ``stream`` module (Debian's nginx-light + libnginx-mod-stream)
-terminates TLS in front of the dev server and requires a client certificate from the CA
-made in the test; the real worker, intake CLI and ops CLI run as processes with nothing
-but ``TEMPORAL_*`` variables (or a TOML profile) and drive a ticket through it."""
+"""A remote cluster configured purely by Temporal's environment configuration, two ways:
+
+- mutual TLS: nginx's ``stream`` module (Debian's nginx-light + libnginx-mod-stream)
+  terminates TLS in front of the dev server and requires a client certificate from the CA
+  made in the test;
+- an API key: nginx's gRPC proxy (HTTP/2 over TLS) lets through only requests carrying
+  ``authorization: Bearer <the test's key>``, as Temporal Cloud checks API keys.
+
+The real worker, intake CLI, ops CLI (and the HTTP service) run as processes with nothing
+but ``TEMPORAL_*`` variables (or a TOML profile) and drive a ticket through the front."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,10 +23,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
 
+import httpx
 import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
@@ -43,13 +51,26 @@ class TlsFront:
     access_log: Path
 
 
-NGINX_CONF = """
-load_module {module};
+@dataclass
+class ApiKeyFront:
+    address: str
+    ca: Path
+    key: str
+    access_log: Path
+
+
+NGINX_MAIN = """
 daemon off;
 master_process off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log notice;
 events {{ worker_connections 256; }}
+"""
+
+MTLS_CONF = (
+    "load_module {module};\n"
+    + NGINX_MAIN
+    + """
 stream {{
     log_format tls '$remote_addr client="$ssl_client_s_dn" verify=$ssl_client_verify';
     access_log {dir}/access.log tls;
@@ -65,47 +86,117 @@ stream {{
     }}
 }}
 """
+)
+
+# The key is matched by a case-sensitive regex (a plain map string ignores case) and
+# logged only as valid / wrong / missing, never itself. A refusal carries gRPC's own
+# UNAUTHENTICATED in its headers (the client reads those before the HTML body of a bare
+# 401); long polls outlive nginx's 60 s default timeout. The temp paths move out of
+# /var/lib/nginx, which needs root. (nginx >= 1.25.1 prefers `http2 on;`; this still works.)
+API_KEY_CONF = (
+    NGINX_MAIN
+    + """
+http {{
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_authorization $api_key {{
+        "~^Bearer {key}$" valid;
+        "" missing;
+        default wrong;
+    }}
+    log_format grpc '$request_uri $status key=$api_key';
+    access_log {dir}/access.log grpc;
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {server.cert};
+        ssl_certificate_key {server.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            if ($api_key != valid) {{
+                add_header grpc-status 16 always;
+                add_header grpc-message "API key missing or not valid" always;
+                return 401;
+            }}
+            grpc_pass grpc://{upstream};
+            grpc_read_timeout 5m;
+            grpc_send_timeout 5m;
+        }}
+    }}
+}}
+"""
+)
 
 
-@pytest.fixture
-def tls_front(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[TlsFront]:
-    if not (Path(NGINX).exists() and STREAM_MODULE.exists()):
-        message = (
-            "nginx with the stream module is not installed (apt: nginx-light libnginx-mod-stream)"
-        )
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
-    authority = Authority(tmp_path)
-    server = authority.issue("server", "localhost", server=True)
-    client = authority.issue("client", "support-worker", server=False)
-    rogue = Authority(tmp_path, "Someone else CA").issue("rogue", "intruder", server=False)
-    port = free_port()
-    upstream = dev_server.client.service_client.config.target_host.replace("localhost", "127.0.0.1")
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            module=STREAM_MODULE,
-            dir=tmp_path,
-            port=port,
-            server=server,
-            ca=authority.pem,
-            upstream=upstream,
-        )
-    )
+def require_nginx(missing: str, *modules: Path) -> None:
+    if Path(NGINX).exists() and all(module.exists() for module in modules):
+        return
+    if REQUIRED:
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
+def dev_upstream(dev_server: WorkflowEnvironment) -> str:
+    return dev_server.client.service_client.config.target_host.replace("localhost", "127.0.0.1")
+
+
+@contextmanager
+def nginx(directory: Path, conf: str, port: int) -> Iterator[None]:
+    """nginx in the foreground with ``conf``, until the block ends."""
+    path = directory / "nginx.conf"
+    path.write_text(conf)
     process = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        [NGINX, "-p", str(directory), "-c", str(path), "-e", str(directory / "error.log")],
         stderr=PIPE,
     )
     try:
         wait_for_port(port, process)
-        yield TlsFront(f"localhost:{port}", authority.pem, client, rogue, tmp_path / "access.log")
+        yield
     finally:
         process.send_signal(signal.SIGQUIT)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def tls_front(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[TlsFront]:
+    require_nginx(
+        "nginx with the stream module is not installed (apt: nginx-light libnginx-mod-stream)",
+        STREAM_MODULE,
+    )
+    authority = Authority(tmp_path)
+    server = authority.issue("server", "localhost", server=True)
+    client = authority.issue("client", "support-worker", server=False)
+    rogue = Authority(tmp_path, "Someone else CA").issue("rogue", "intruder", server=False)
+    port = free_port()
+    conf = MTLS_CONF.format(
+        module=STREAM_MODULE,
+        dir=tmp_path,
+        port=port,
+        server=server,
+        ca=authority.pem,
+        upstream=dev_upstream(dev_server),
+    )
+    with nginx(tmp_path, conf, port):
+        yield TlsFront(f"localhost:{port}", authority.pem, client, rogue, tmp_path / "access.log")
+
+
+@pytest.fixture
+def api_key_front(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[ApiKeyFront]:
+    require_nginx("nginx is not installed (apt: nginx-light)")
+    authority = Authority(tmp_path)
+    server = authority.issue("server", "localhost", server=True)
+    key = secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: literal in the regex above
+    port = free_port()
+    conf = API_KEY_CONF.format(
+        dir=tmp_path, port=port, server=server, key=key, upstream=dev_upstream(dev_server)
+    )
+    with nginx(tmp_path, conf, port):
+        yield ApiKeyFront(f"localhost:{port}", authority.pem, key, tmp_path / "access.log")
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -141,6 +232,26 @@ def mtls_env(front: TlsFront, client: Issued | None, **extra: str) -> dict[str, 
     return clean_env(**settings, **extra)
 
 
+def api_key_env(front: ApiKeyFront, key: str | None, **extra: str) -> dict[str, str]:
+    """An API key turns TLS on by itself; the CA path is only there because the front's
+    CA is private (a CA path alone turns TLS on too, so "no key" is still TLS)."""
+    settings = {
+        "TEMPORAL_ADDRESS": front.address,
+        "TEMPORAL_NAMESPACE": "default",
+        "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(front.ca),
+    }
+    if key is not None:
+        settings["TEMPORAL_API_KEY"] = key
+    return clean_env(**settings, **extra)
+
+
+def worker_settings(tmp_path: Path) -> dict[str, str]:
+    return {
+        "SUPPORT_TASK_QUEUE": f"tls-{uuid.uuid4()}",
+        "SUPPORT_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+    }
+
+
 async def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE
@@ -150,32 +261,40 @@ async def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+@asynccontextmanager
+async def background(args: list[str], env: dict[str, str], log: Path) -> AsyncIterator[None]:
+    """``python <args>`` as a process (output to ``log``) until the block ends."""
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def worker_over_mtls(tls_front: TlsFront, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """``worker.py`` as a process, connected through the TLS front; yields the env the
     CLIs share with it (same task queue)."""
-    env = mtls_env(
-        tls_front,
-        tls_front.client,
-        SUPPORT_TASK_QUEUE=f"tls-{uuid.uuid4()}",
-        SUPPORT_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "worker.py",
-        cwd=ROOT,
-        env=env,
-        stdout=PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
+    env = mtls_env(tls_front, tls_front.client, **worker_settings(tmp_path))
+    async with background(["worker.py"], env, tmp_path / "worker.log"):
         yield env
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worker_over_api_key(
+    api_key_front: ApiKeyFront, tmp_path: Path
+) -> AsyncIterator[dict[str, str]]:
+    """``worker.py`` through the API-key front; yields the env the CLIs share with it."""
+    env = api_key_env(api_key_front, api_key_front.key, **worker_settings(tmp_path))
+    async with background(["worker.py"], env, tmp_path / "worker.log"):
+        yield env
 
 
 async def show(ticket_id: str, env: dict[str, str]) -> dict[str, object]:
@@ -185,11 +304,21 @@ async def show(ticket_id: str, env: dict[str, str]) -> dict[str, object]:
     return status
 
 
-async def test_a_ticket_runs_through_mutual_tls_from_environment_configuration(
-    tls_front: TlsFront, worker_over_mtls: dict[str, str], tmp_path: Path
-) -> None:
-    env = worker_over_mtls
-    ticket_id = f"TLS-{uuid.uuid4().hex[:8]}"
+def sessions(access_log: Path, at_least: int) -> list[str]:
+    """The stream front's log once it has ``at_least`` lines: nginx logs a session when
+    the connection closes, a moment after the client process has exited."""
+    for _ in range(50):
+        lines = access_log.read_text().splitlines()
+        if len(lines) >= at_least:
+            break
+        time.sleep(0.1)
+    return lines
+
+
+async def open_and_acknowledge(env: dict[str, str], prefix: str) -> str:
+    """``starter.py open``, then ``ops.py ack`` once the worker has set the deadline, all
+    with ``env``; returns the ticket id."""
+    ticket_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
     code, _, err = await run(
         [
             "starter.py",
@@ -208,7 +337,7 @@ async def test_a_ticket_runs_through_mutual_tls_from_environment_configuration(
         env,
     )
     assert code == 0, err
-    for _ in range(100):  # the worker (over mTLS) resolves the policy and sets the deadline
+    for _ in range(100):  # the worker (through the front) resolves the policy and sets the deadline
         status = await show(ticket_id, env)
         if status.get("response_due_at"):
             break
@@ -223,6 +352,13 @@ async def test_a_ticket_runs_through_mutual_tls_from_environment_configuration(
             break
         await asyncio.sleep(0.1)
     assert status["state"] == "acknowledged" and status["acknowledged_by"] == "ana"
+    return ticket_id
+
+
+async def test_a_ticket_runs_through_mutual_tls_from_environment_configuration(
+    tls_front: TlsFront, worker_over_mtls: dict[str, str], tmp_path: Path
+) -> None:
+    ticket_id = await open_and_acknowledge(worker_over_mtls, "TLS")
 
     # The same settings as a TOML profile (TEMPORAL_CONFIG_FILE + TEMPORAL_PROFILE).
     profile = tmp_path / "temporal.toml"
@@ -239,11 +375,12 @@ async def test_a_ticket_runs_through_mutual_tls_from_environment_configuration(
     from_profile = clean_env(TEMPORAL_CONFIG_FILE=str(profile), TEMPORAL_PROFILE="cluster")
     assert (await show(ticket_id, from_profile))["acknowledged_by"] == "ana"
 
-    # Every connection went through TLS with the client certificate verified.
-    # (The first line is the fixture's readiness probe: a bare TCP connect.)
-    probe, *connections = tls_front.access_log.read_text().splitlines()
+    # Every connection went through TLS with the client certificate verified. (The first
+    # line is the fixture's readiness probe, a bare TCP connect; then the starter and at
+    # least four ops commands. The worker's connection is still open, so not logged yet.)
+    probe, *connections = sessions(tls_front.access_log, 6)
     assert probe.endswith('client="-" verify=NONE')
-    assert len(connections) >= 6, connections  # worker, starter, four ops commands
+    assert len(connections) >= 5, connections
     assert all(line.endswith('client="CN=support-worker" verify=SUCCESS') for line in connections)
 
 
@@ -259,3 +396,80 @@ async def test_the_front_refuses_clients_without_a_trusted_certificate(
     assert code == 1, (out, err)
     assert err.startswith("error: cannot connect to Temporal:"), err
     assert "verify=SUCCESS" not in tls_front.access_log.read_text()
+
+
+async def test_the_http_service_opens_a_ticket_over_mutual_tls(
+    tls_front: TlsFront, dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    port, token, ticket_id = free_port(), "tls-intake-0123456789", f"WEB-{uuid.uuid4().hex[:8]}"
+    env = mtls_env(
+        tls_front,
+        tls_front.client,
+        SUPPORT_TASK_QUEUE=f"tls-{uuid.uuid4()}",
+        SUPPORT_HTTP_PORT=str(port),
+        SUPPORT_INTAKE_TOKENS=f"portal:{token}",
+        SUPPORT_LINK_SECRET="tls-link-secret-0123456789",
+    )
+    log = tmp_path / "service.log"
+    async with (
+        background(["-m", "service"], env, log),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+    ):
+        for _ in range(200):  # the service connects (through the front) before it listens
+            try:
+                health = await http.get("/healthz")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the service did not start: {log.read_text()}")
+        assert health.json() == {"status": "ok", "temporal": True}
+        body = {
+            "ticket_id": ticket_id,
+            "customer_id": "acme",
+            "tier": "premium",
+            "severity": "sev2",
+        }
+        response = await http.post(
+            "/api/tickets", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 201, response.text
+    started = await dev_server.client.get_workflow_handle(f"ticket-{ticket_id}").describe()
+    assert started.workflow_type == "SupportTicket"
+    _probe, *connections = sessions(tls_front.access_log, 2)
+    assert connections, "the service's connection is not in the front's log"
+    assert all(line.endswith('client="CN=support-worker" verify=SUCCESS') for line in connections)
+
+
+async def test_a_ticket_runs_through_an_api_key_front_from_environment_configuration(
+    api_key_front: ApiKeyFront, worker_over_api_key: dict[str, str]
+) -> None:
+    await open_and_acknowledge(worker_over_api_key, "KEY")
+
+    # Every request the worker and the CLIs made went through the front with the key,
+    # the very first one (GetSystemInfo, at connect) included.
+    requests = api_key_front.access_log.read_text().splitlines()
+    assert requests and all(line.endswith(" 200 key=valid") for line in requests), requests
+    methods = {line.split()[0].rsplit("/", 1)[-1] for line in requests}
+    assert {
+        "GetSystemInfo",
+        "StartWorkflowExecution",
+        "PollWorkflowTaskQueue",
+        "RespondWorkflowTaskCompleted",
+        "RespondActivityTaskCompleted",
+        "SignalWorkflowExecution",
+        "QueryWorkflow",
+    } <= methods, methods
+
+
+@pytest.mark.parametrize("case", ["wrong", "missing"])
+async def test_the_front_refuses_a_wrong_or_missing_api_key(
+    api_key_front: ApiKeyFront, case: str
+) -> None:
+    env = api_key_env(api_key_front, secrets.token_urlsafe(24) if case == "wrong" else None)
+    code, out, err = await run(["ops.py", "list"], env)
+    assert code == 1, (out, err)
+    assert err.startswith("error: cannot connect to Temporal:"), err
+    assert "Unauthenticated" in err and "API key missing or not valid" in err, err
+    log = api_key_front.access_log.read_text()
+    assert f"GetSystemInfo 401 key={case}" in log and "key=valid" not in log, log
