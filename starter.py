@@ -41,6 +41,7 @@ from support.models import (
     TicketInput,
     TicketState,
     describe_validation_error,
+    intake_problems,
     opened_at_problem,
 )
 from support.policy import PolicyError, load_policy, resolve_plan
@@ -68,10 +69,13 @@ def parse_ticket(data: Any, now: datetime | None = None) -> TicketInput:
         ticket = TicketInput.model_validate(data)
     except ValidationError as err:
         raise InvalidTicket(describe_validation_error(err)) from None
+    problems = intake_problems(ticket)
     if ticket.opened_at is not None:
         problem = opened_at_problem(ticket.opened_at, now or datetime.now(UTC))
         if problem:
-            raise InvalidTicket([problem])
+            problems.append(problem)
+    if problems:
+        raise InvalidTicket(problems)
     return ticket
 
 

@@ -66,6 +66,7 @@ from support.models import (
     Severity,
     TicketInput,
     TicketPlan,
+    new_address_problem,
     ticket_workflow_id,
 )
 from support.policy import CustomerSpec, Policy, PolicyError, load_policy, resolve_plan
@@ -206,9 +207,10 @@ def normalise_address(spec: str) -> str | None:
         return None
     try:
         domain = domain.encode("idna").decode("ascii").lower()
-        return str(_EMAIL.validate_python(f"{local}@{domain}"))
+        address = str(_EMAIL.validate_python(f"{local}@{domain}"))
     except (UnicodeError, ValidationError):
         return None
+    return None if new_address_problem(address) else address
 
 
 def one_line(text: str) -> str:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from intake.mailbox import parse_mail, ticket_from_mail
 from starter import InvalidTicket, load_json, parse_ticket
-from support.models import TicketInput
+from support.models import Acknowledge, TicketInput
 from support.policy import default_policy_path, load_policy
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -190,3 +190,21 @@ def test_any_customer_message_makes_a_valid_ticket(
     assert mail.sender == SENDER
     contract = POLICY.customers["example-bank"]
     assert_within_limits(ticket_from_mail(mail, NOW, POLICY, "example-bank", contract))
+
+
+def test_rules_added_for_new_tickets_leave_live_tickets_decodable() -> None:
+    """The rules added while tickets were in flight refuse new tickets at intake, but the
+    contract's types, which decode live tickets' histories on replay, still accept them."""
+    live = VALID | {"customer_id": "acme\u200b", "reporter_email": "a\x1fb@acme.example"}
+    assert TicketInput.model_validate(live).customer_id == "acme\u200b"
+    try:
+        parse_ticket(live)
+    except InvalidTicket as err:
+        assert err.problems == [
+            "customer_id: must not contain invisible formatting characters (U+200B)",
+            "reporter_email: must not contain control characters",
+        ]
+    else:
+        raise AssertionError("intake accepted a new ticket the rules refuse")
+    # Names in scripts that need joiners (ZWNJ in Persian) stay valid in agents' signals.
+    assert Acknowledge(agent="\u0645\u200c\u0646").agent == "\u0645\u200c\u0646"
