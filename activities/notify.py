@@ -119,14 +119,19 @@ class NotifyActivities:
         try:
             await self._record(request, progress, delivered, failures, channels)
         except Exception as err:
-            # Everyone who could be reached was; only the ledger is behind. The retry sends
-            # nothing again (heartbeat details) and writes the rows; if the ledger stays
-            # down, the workflow writes the step's event itself once it is back.
-            progress.save()
+            # Everyone who could be reached was; only the ledger is behind. Not retried:
+            # the workflow writes the step's events itself (its ledger writes retry until
+            # the ledger is back), so nothing waiting on this delivery, such as a page's
+            # acknowledgement, waits for the ledger.
             raise ApplicationError(
                 f"SLA ledger unavailable: {err}",
-                {"delivered": delivered},
+                {
+                    "delivered": delivered,
+                    "failed": [f.model_dump(mode="json") for f in failures],
+                    "channels": channels,
+                },
                 type="LedgerUnavailable",
+                non_retryable=True,
             ) from err
         return StepDeliveryResult(delivered=delivered, failed=failures, channels=channels)
 

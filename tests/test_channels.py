@@ -648,6 +648,61 @@ async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_res
     assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
 
 
+class LedgerThatRefusesEventsOnce(SqlLedger):
+    """The real ledger, except that the first batch of events fails (the database is away
+    between a delivery and the write of its step's events)."""
+
+    refused = False
+
+    async def append(self, events: Any) -> None:
+        if not self.refused:
+            self.refused = True
+            raise ConnectionError("ledger unavailable")
+        await super().append(events)
+
+
+async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_at_once(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery is not retried for the ledger's sake: the workflow writes the step's
+    events itself (retrying until the ledger takes them), each once, with who was reached
+    on which channel, and nothing is recorded as failed."""
+    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    ledger = LedgerThatRefusesEventsOnce.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    await ledger.migrate()
+    queue = f"tq-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
+        stack = Stack(env, env.client, queue, ledger, None)  # type: ignore[arg-type]
+        data = ticket()
+        handle = await open_ticket_at(stack, data)
+        key = f"{data.workflow_id}/intake"
+        for _ in range(50):
+            events = {e.key: e for e in await ledger.events(data.ticket_id)}
+            if key in events:
+                break
+            await skip(env, timedelta(seconds=1))
+        status = await status_of(handle)
+        await handle.signal("resolve", Resolve(by="ana"))
+        await handle.result()
+        history = await handle.fetch_history()
+    await ledger.close()
+    assert ledger.refused
+    assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
+    assert sorted(events[key].detail["delivered"]) == ["duty-engineer", "support-queue"]
+    assert events[key].detail["channels"]["duty-engineer"] == "chat"
+    assert f"{data.workflow_id}/opened" in events
+    assert status.escalations[0].failed == []
+    # One attempt: the failure was final, not retried.
+    [failed] = [
+        e.activity_task_failed_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_failed_event_attributes")
+    ]
+    assert failed.failure.application_failure_info.type == "LedgerUnavailable"
+    assert failed.failure.application_failure_info.non_retryable
+
+
 @pytest.mark.parametrize("kind", ["chat", "pager", "webhook"])
 async def test_every_http_channel_resends_the_same_message_once_after_a_lost_answer(
     tmp_path: Path, sink: Sink, kind: str

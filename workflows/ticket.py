@@ -641,21 +641,29 @@ class SupportTicket:
             record.failed = result.failed
         except ActivityError as err:
             cause = err.cause
-            delivered: list[str] = []
+            details: dict[str, Any] = {}
             if isinstance(cause, ApplicationError) and cause.details:
-                delivered = list(cause.details[0].get("delivered", []))
-            record.failed = [
-                DeliveryFailure(recipient=r.name, channel="all", error=str(cause or err))
-                for r in request.recipients
-                if r.name not in delivered
-            ]
+                details = dict(cause.details[0])
+            delivered: list[str] = list(details.get("delivered", []))
+            if "failed" in details:  # only the ledger was behind: the activity's own outcome
+                record.failed = [DeliveryFailure.model_validate(f) for f in details["failed"]]
+            else:
+                record.failed = [
+                    DeliveryFailure(recipient=r.name, channel="all", error=str(cause or err))
+                    for r in request.recipients
+                    if r.name not in delivered
+                ]
             # The activity writes the step's ledger events only when it succeeds.
             for earlier in request.earlier_events:
                 self._write_ledger(earlier)
             if request.event is not None:
                 event = request.event
+                outcome = {"delivered": delivered}
+                for key in ("channels", "failed"):
+                    if key in details:
+                        outcome[key] = details[key]
                 self._write_ledger(
-                    event.model_copy(update={"detail": {**event.detail, "delivered": delivered}})
+                    event.model_copy(update={"detail": {**event.detail, **outcome}})
                 )
         if record.failed:
             # Never silently skipped: the failure is on the ticket and in the ledger.
