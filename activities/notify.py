@@ -22,6 +22,8 @@ Failure handling, per recipient:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -90,6 +92,26 @@ class NotifyActivities:
     def __init__(self, ledger: SlaLedger, sender: ChannelSender) -> None:
         self.ledger = ledger
         self.sender = sender
+        # Keys being sent in this worker, and how many attempts want each.
+        self._sending: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def _exclusive(self, key: str) -> AsyncIterator[None]:
+        """One send per delivery key at a time in this worker. An attempt that outlived its
+        start-to-close timeout on a busy worker is still running when Temporal starts the
+        retry; the retry waits for it and then finds its delivery in the log, instead of
+        sending the same message again."""
+        lock, users = self._sending.get(key, (asyncio.Lock(), 0))
+        self._sending[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._sending[key]
+            if users == 1:
+                del self._sending[key]
+            else:
+                self._sending[key] = (lock, users - 1)
 
     @activity.defn(name="deliver_step")
     async def deliver_step(self, request: StepDelivery) -> StepDeliveryResult:
@@ -227,6 +249,17 @@ class NotifyActivities:
         progress: Progress,
     ) -> str:
         """Send to one recipient on the channel whose turn it is; returns the channel."""
+        async with self._exclusive(key):
+            return await self._send_one(recipient, key, request, elapsed, progress)
+
+    async def _send_one(
+        self,
+        recipient: Recipient,
+        key: str,
+        request: StepDelivery,
+        elapsed: timedelta,
+        progress: Progress,
+    ) -> str:
         if key in progress.delivered:
             return progress.delivered[key]
         if await self._was_delivered(key):

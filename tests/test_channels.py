@@ -6,6 +6,7 @@ customer contracts' contacts at the steps the contract names."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -301,6 +302,35 @@ async def test_a_refused_address_is_a_loud_configuration_error_and_the_next_chan
 
 
 # --- delivery semantics --------------------------------------------------------------------
+
+
+class SlowSender(ChannelSender):
+    """Sends for real, after holding each send a while (a worker too busy to finish an
+    attempt within its start-to-close timeout)."""
+
+    async def send(self, channel: Channel, message: Notification) -> None:
+        await asyncio.sleep(0.5)
+        await super().send(channel, message)
+
+
+async def test_a_retry_that_overlaps_a_slow_attempt_in_the_same_worker_sends_nothing_again(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Temporal starts the retry of an attempt that outlived its timeout while that attempt
+    is still running in the worker: the retry waits for it and finds its delivery."""
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient() as http:
+        notify = NotifyActivities(ledger, SlowSender(http))
+        request = delivery(
+            [Recipient(name="eng", channels=[Channel(type="chat", url=f"{sink.url}/eng")])]
+        )
+        timed_out, retry = await asyncio.gather(
+            ActivityEnvironment().run(notify.deliver_step, request),
+            ActivityEnvironment().run(notify.deliver_step, request),
+        )
+    await ledger.close()
+    assert timed_out.delivered == retry.delivered == ["eng"]
+    assert [r["key"] for r in sink.received] == ["ticket-X/breach/eng"]
 
 
 async def test_a_chat_sink_that_loses_its_answer_after_accepting_still_holds_one_message(
