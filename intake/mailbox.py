@@ -899,16 +899,18 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
     except TemporalUnavailable:
         # Keep listening: mail gets 451 (the sender retries) until Temporal is back.
         log.warning("temporal unavailable at start; mail is deferred until it is back")
-    async with listening(handler, settings.host, settings.port):
-        log.info(
-            "mailbox listening",
-            host=settings.host,
-            port=settings.port,
-            task_queue=handler.queue,
-            max_bytes=settings.max_bytes,
-        )
-        await stop.wait()
-    shutdown_tracing()
+    try:
+        async with listening(handler, settings.host, settings.port):
+            log.info(
+                "mailbox listening",
+                host=settings.host,
+                port=settings.port,
+                task_queue=handler.queue,
+                max_bytes=settings.max_bytes,
+            )
+            await stop.wait()
+    finally:
+        shutdown_tracing()
     log.info("mailbox stopped")
 
 

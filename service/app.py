@@ -41,9 +41,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.client = client or await connect(configure_tracing("support-service"))
-        yield
-        shutdown_tracing()  # flush the spans still queued
+        if client is not None:
+            yield
+            return
+        app.state.client = await connect(configure_tracing("support-service"))
+        try:
+            yield
+        finally:
+            shutdown_tracing()  # flush the spans still queued
 
     app = FastAPI(
         title="Support SLA service",

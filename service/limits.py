@@ -4,8 +4,12 @@ contact form, the board's forms and the codec server. A body over its limit, dec
 
 from __future__ import annotations
 
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import ApiError
+from service.pages import message
 
 # A ticket at every limit (20,000 characters of description) fits even with each character
 # escaped as JSON's 12-byte surrogate pair, or percent-encoded in a form (9 bytes).
@@ -14,20 +18,22 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_CODEC_BYTES = 4 * 1024 * 1024
 
 
+def is_codec(path: str) -> bool:
+    return path == "/codec" or path.startswith("/codec/")
+
+
 def limit_for(path: str) -> int:
-    return MAX_CODEC_BYTES if path == "/codec" or path.startswith("/codec/") else MAX_REQUEST_BYTES
+    return MAX_CODEC_BYTES if is_codec(path) else MAX_REQUEST_BYTES
 
 
-def too_large(path: str, limit: int) -> Response:
-    message = f"the request body is larger than {limit} bytes"
-    if path.startswith(("/api/", "/codec")):
-        return JSONResponse({"error": "too_large", "message": message}, status_code=413)
-    return HTMLResponse(
-        "<!doctype html><title>Too large</title><h1>That is too much text</h1>"
-        f"<p>The form can take at most {limit // 1024} KiB. Shorten the description and"
-        " send it again.</p>",
-        status_code=413,
-    )
+def too_large(scope: Scope, limit: int) -> Response:
+    """The API's and the codec server's JSON refusal, or a page for people's forms."""
+    path: str = scope["path"]
+    if path.startswith("/api/") or is_codec(path):
+        error = ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
+        return error.response()
+    text = f"The form can take at most {limit // 1024} KiB. Shorten it and send it again."
+    return message(Request(scope), "That is too much text", text, status_code=413)
 
 
 class BodyLimit:
@@ -45,7 +51,7 @@ class BodyLimit:
         limit = limit_for(path)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await too_large(path, limit)(scope, receive, send)
+            await too_large(scope, limit)(scope, receive, send)
             return
         body = bytearray()
         while True:
@@ -54,7 +60,7 @@ class BodyLimit:
                 return
             body += message.get("body", b"")
             if len(body) > limit:
-                await too_large(path, limit)(scope, receive, send)
+                await too_large(scope, limit)(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
