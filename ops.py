@@ -35,9 +35,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client
-from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError
-from temporalio.worker import Replayer
 
 from support.codec import CodecConfigError, DecryptionError
 from support.connection import connect
@@ -65,7 +63,6 @@ from support.visibility import (
     send_resolve,
     ticket_details,
 )
-from workflows import ALL_WORKFLOWS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -501,6 +498,12 @@ async def replay_command(client: Client, args: argparse.Namespace, out: TextIO) 
     workflow code of this checkout: what a worker of this release would do with them. A
     nondeterminism error here is a change that needs ``workflow.patched``. The histories
     are decoded with the client's converter, so encrypted ones replay where keys are set."""
+    # Imported here: the workflow code and the replayer are for this command only.
+    from temporalio.runtime import Runtime, TelemetryConfig
+    from temporalio.worker import Replayer
+
+    from workflows import ALL_WORKFLOWS
+
     replayer = Replayer(
         workflows=ALL_WORKFLOWS,
         data_converter=client.data_converter,
