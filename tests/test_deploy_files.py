@@ -262,9 +262,10 @@ def test_remote_compose_runs_nothing_of_temporal_and_passes_its_configuration() 
     # Registering search attributes needs rights a worker's key may lack: by hand only.
     assert remote["temporal-setup"]["profiles"] == ["setup"]
     for name, service in remote.items():
-        # The same image and commands as the full stack; no Temporal, UI or database.
-        assert service["image"] == local[name]["image"]
-        assert service["command"] == local[name]["command"]
+        # The same roles as the full stack (image, command, health check, ports, stop
+        # grace, restart policy); no Temporal, UI or database.
+        for key in ("image", "command", "healthcheck", "ports", "stop_grace_period", "restart"):
+            assert service.get(key) == local[name].get(key), (name, key)
         assert set(service.get("depends_on", {})) <= {"ledger-migrate"}, name
         assert "/run/secrets/temporal:ro" in service["volumes"][0], name
         if name != "ledger-migrate":
