@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from subprocess import DEVNULL, PIPE, STDOUT
+from subprocess import PIPE, STDOUT
 from typing import Any
 
 import httpx
@@ -46,6 +46,7 @@ from tests.conftest import (
     running_stack,
     ticket,
 )
+from tests.processes import service_process
 from tests.sinks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,23 +204,14 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
         sys.executable, "worker.py", cwd=ROOT, env=env, stdout=PIPE, stderr=STDOUT
     )
     # The HTTP service traces the tickets it opens too (its own process).
-    port, intake_token = free_port(), "obs-intake-token-0123456789"
-    service = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        cwd=ROOT,
-        env={
-            **env,
-            "OTEL_SERVICE_NAME": "support-service-test",
-            "SUPPORT_HTTP_PORT": str(port),
-            "SUPPORT_INTAKE_TOKENS": f"obs:{intake_token}",
-            "SUPPORT_AGENT_TOKENS": "ana:obs-agent-token-0123456789",
-            "SUPPORT_LINK_SECRET": "obs-link-secret-0123456789",
-        },
-        stdout=DEVNULL,
-        stderr=DEVNULL,
-    )
+    intake_token = "obs-intake-token-0123456789"
+    service_env = {
+        **env,
+        "OTEL_SERVICE_NAME": "support-service-test",
+        "SUPPORT_INTAKE_TOKENS": f"obs:{intake_token}",
+        "SUPPORT_AGENT_TOKENS": "ana:obs-agent-token-0123456789",
+        "SUPPORT_LINK_SECRET": "obs-link-secret-0123456789",
+    }
     # The caller traces too: the ticket's spans in the worker join the caller's trace.
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "intake-test"}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{otlp.url}/v1/traces")))
@@ -237,14 +229,8 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
         ]
         for t in opened[:2]:
             await client.start_workflow("SupportTicket", t, id=t.workflow_id, task_queue=queue)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            for _ in range(150):
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        # Stopped (SIGTERM) at the block's end, which flushes its spans.
+        async with service_process(service_env, tmp_path / "service.log") as http:
             response = await http.post(
                 "/api/tickets",
                 json=opened[2].model_dump(mode="json", exclude_none=True),
@@ -280,10 +266,8 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
             handle = client.get_workflow_handle(t.workflow_id)
             await handle.terminate(reason="test finished")
     finally:
-        service.send_signal(signal.SIGTERM)
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), 30)
-        await asyncio.wait_for(service.wait(), 30)
 
     provider.shutdown()
     by_trace: dict[str, set[str]] = {}

@@ -23,17 +23,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
 
-import httpx
 import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from tests.certs import Authority, Issued
+from tests.processes import background, service_process
 from tests.sinks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,23 +261,6 @@ async def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-@asynccontextmanager
-async def background(args: list[str], env: dict[str, str], log: Path) -> AsyncIterator[None]:
-    """``python <args>`` as a process (output to ``log``) until the block ends."""
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, *args, cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-        try:
-            yield
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def worker_over_mtls(tls_front: TlsFront, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """``worker.py`` as a process, connected through the TLS front; yields the env the
@@ -401,28 +384,16 @@ async def test_the_front_refuses_clients_without_a_trusted_certificate(
 async def test_the_http_service_opens_a_ticket_over_mutual_tls(
     tls_front: TlsFront, dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    port, token, ticket_id = free_port(), "tls-intake-0123456789", f"WEB-{uuid.uuid4().hex[:8]}"
+    token, ticket_id = "tls-intake-0123456789", f"WEB-{uuid.uuid4().hex[:8]}"
     env = mtls_env(
         tls_front,
         tls_front.client,
         SUPPORT_TASK_QUEUE=f"tls-{uuid.uuid4()}",
-        SUPPORT_HTTP_PORT=str(port),
         SUPPORT_INTAKE_TOKENS=f"portal:{token}",
         SUPPORT_LINK_SECRET="tls-link-secret-0123456789",
     )
-    log = tmp_path / "service.log"
-    async with (
-        background(["-m", "service"], env, log),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
-    ):
-        for _ in range(200):  # the service connects (through the front) before it listens
-            try:
-                health = await http.get("/healthz")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"the service did not start: {log.read_text()}")
+    async with service_process(env, tmp_path / "service.log") as http:
+        health = await http.get("/healthz")
         assert health.json() == {"status": "ok", "temporal": True}
         body = {
             "ticket_id": ticket_id,
