@@ -72,6 +72,10 @@ class Deliveries:
     lost: list[str]
     duplicated: int
     unexpected: list[str]
+    # Sent again after a crash: the sink stored the message before the worker died and
+    # the new worker sent it once more with the same Idempotency-Key (a kill -9 between
+    # the sink's answer and the delivery log's write; a sink honouring the key keeps one).
+    resent: int = 0
 
     def problems(self) -> list[str]:
         found = [f"lost delivery {key}" for key in self.lost[:10]]
@@ -81,15 +85,33 @@ class Deliveries:
         return found
 
 
-def count_deliveries(statuses: Mapping[str, TicketStatus], sink: Sink) -> Deliveries:
+def count_deliveries(
+    statuses: Mapping[str, TicketStatus],
+    sink: Sink,
+    crash: tuple[float, float] | None = None,
+) -> Deliveries:
+    """Expected delivery keys against what the sink stored. With ``crash`` (the instants
+    a worker was killed and a new one started), a key stored once before the kill and once
+    more after the restart counts as ``resent``; every other extra copy is ``duplicated``."""
     expected = delivery_keys(statuses)
     stored = sink.stored_per_key()
+    resent = 0
+    if crash is not None:
+        killed, restarted = crash
+        arrivals: dict[str, list[float]] = {}
+        for record in sink.accepted():
+            arrivals.setdefault(record["key"], []).append(record["arrived"])
+        for times in arrivals.values():
+            first, *later = sorted(times)
+            if len(later) == 1 and first <= killed and later[0] >= restarted:
+                resent += 1
     return Deliveries(
         expected=len(expected),
         delivered=sum(1 for key in expected if key in stored),
         lost=sorted(key for key in expected if key not in stored),
-        duplicated=sum(n - 1 for n in stored.values()),
+        duplicated=sum(n - 1 for n in stored.values()) - resent,
         unexpected=sorted(key for key in stored if key not in expected),
+        resent=resent,
     )
 
 

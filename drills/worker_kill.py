@@ -6,7 +6,11 @@ falling due, leaves it down, then starts a new worker process. Each ticket is re
 its breach reached the sink. Proves, against the real dev server, worker process and sink:
 
 - every warning and breach the tickets fired reached the sink exactly once per delivery
-  key (ticket + step + recipient): none lost, none duplicated, none unexpected;
+  key (ticket + step + recipient): none lost, none duplicated, none unexpected; except
+  that a message the sink stored just before the kill, whose delivery the dying worker
+  had not yet logged, is sent once more by the new worker with the same key
+  (``resent_after_kill``: a sink honouring ``Idempotency-Key`` keeps one; any other
+  repeat is a duplicate and fails the drill);
 - the SLA ledger holds each event the tickets report exactly once;
 - how long escalations that fell due while the worker was down (or were in flight when
   it died) waited after the restart: delivery instant - max(due instant, restart instant).
@@ -99,7 +103,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         back = began + profile.kill_after + profile.down_seconds
         await resolve_when_breached(stack, ids, deadline=max(last_breach, back) + 120)
         statuses = await final_statuses(stack, ids, seconds=300)
-        deliveries = count_deliveries(statuses, stack.sink)
+        deliveries = count_deliveries(statuses, stack.sink, crash=(killed, restarted))
         ledger = await count_ledger(statuses, stack.ledger_url)
         delays = recovery_delays(stack.sink, killed, restarted)
     verdict.figures = {
@@ -108,6 +112,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "delivered": deliveries.delivered,
         "lost": len(deliveries.lost) + ledger.lost,
         "duplicated": deliveries.duplicated + ledger.duplicated,
+        "resent_after_kill": deliveries.resent,
         "superseded": superseded(statuses),
         "ledger_events": ledger.events,
         "down": seconds(restarted - killed),
