@@ -662,9 +662,7 @@ class SupportTicket:
                 for key in ("channels", "failed"):
                     if key in details:
                         outcome[key] = details[key]
-                self._write_ledger(
-                    event.model_copy(update={"detail": {**event.detail, **outcome}})
-                )
+                self._write_ledger(event.model_copy(update={"detail": {**event.detail, **outcome}}))
         if record.failed:
             # Never silently skipped: the failure is on the ticket and in the ledger.
             self._log(
