@@ -199,7 +199,8 @@ class NotifyActivities:
         for recipient in first.chain():
             key = f"{request.workflow_id}/{request.step}/{recipient.name}"
             try:
-                channel = await self._deliver_one(recipient, key, request, elapsed, progress)
+                async with self._exclusive(key):
+                    channel = await self._deliver_one(recipient, key, request, elapsed, progress)
             except TransientDeliveryError as err:
                 progress.errors[key] = str(err)
                 outcome.pending = f"{recipient.name}: {err}"
@@ -248,18 +249,8 @@ class NotifyActivities:
         elapsed: timedelta,
         progress: Progress,
     ) -> str:
-        """Send to one recipient on the channel whose turn it is; returns the channel."""
-        async with self._exclusive(key):
-            return await self._send_one(recipient, key, request, elapsed, progress)
-
-    async def _send_one(
-        self,
-        recipient: Recipient,
-        key: str,
-        request: StepDelivery,
-        elapsed: timedelta,
-        progress: Progress,
-    ) -> str:
+        """Send to one recipient on the channel whose turn it is; returns the channel.
+        The caller holds ``_exclusive(key)``."""
         if key in progress.delivered:
             return progress.delivered[key]
         if await self._was_delivered(key):
