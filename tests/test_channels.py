@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -642,6 +644,24 @@ def delivery(recipients: list[Recipient]) -> StepDelivery:
     )
 
 
+@asynccontextmanager
+async def chat_engineer_stack(
+    env: WorkflowEnvironment,
+    ledger: SqlLedger,
+    tmp_path: Path,
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Stack]:
+    """A worker over ``ledger`` (a ledger subclass that fails on purpose, migrated here),
+    with the duty engineer on chat at the sink."""
+    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    await ledger.migrate()
+    queue = f"tq-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
+        yield Stack(env, env.client, queue, ledger, None)  # type: ignore[arg-type]
+
+
 class LedgerThatFailsOnce(SqlLedger):
     """The real ledger, except that recording the first delivery fails (a database blip
     right after the sink accepted the message)."""
@@ -658,13 +678,8 @@ class LedgerThatFailsOnce(SqlLedger):
 async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_resend(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
     ledger = LedgerThatFailsOnce.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
-    await ledger.migrate()
-    queue = f"tq-{uuid.uuid4()}"
-    async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
-        stack = Stack(env, env.client, queue, ledger, None)  # type: ignore[arg-type]
+    async with chat_engineer_stack(env, ledger, tmp_path, sink, monkeypatch) as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
         await wait_until(stack, lambda: ledger.failed, "the failed ledger write")
@@ -697,13 +712,8 @@ async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_
     """The delivery is not retried for the ledger's sake: the workflow writes the step's
     events itself (retrying until the ledger takes them), each once, with who was reached
     on which channel, and nothing is recorded as failed."""
-    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
     ledger = LedgerThatRefusesEventsOnce.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
-    await ledger.migrate()
-    queue = f"tq-{uuid.uuid4()}"
-    async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
-        stack = Stack(env, env.client, queue, ledger, None)  # type: ignore[arg-type]
+    async with chat_engineer_stack(env, ledger, tmp_path, sink, monkeypatch) as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
         key = f"{data.workflow_id}/intake"
