@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from support.models import (
     Acknowledge,
     ChangeSeverity,
+    CustomerReply,
     MarkOutOfScope,
     Resolve,
     SowDecision,
@@ -41,6 +42,7 @@ from tests.conftest import (
     register_search_attributes,
     result_of,
     running_stack,
+    status_of,
     ticket,
     write_policy,
 )
@@ -145,6 +147,44 @@ async def paged_ack_resolve(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def ack_while_delivery_pending(stack: Stack) -> list[str]:
+    """The breach step's webhook is down (its delivery retries) when the ticket is
+    acknowledged: the delivery is still pending at the acknowledgement."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-ack-pending"), t0)
+    await advance_to(stack.env, t0 + 60 * M)
+    for _ in range(500):
+        if any(e.kind == "breach" for e in (await status_of(handle)).escalations):
+            break
+        await asyncio.sleep(0.02)
+    await handle.signal("acknowledge", Acknowledge(agent="hana"))
+    await handle.signal("resolve", Resolve(by="hana"))
+    await result_of(stack.env, handle)
+    return [handle.id]
+
+
+async def customer_replies(stack: Stack) -> list[str]:
+    """The customer writes while the ticket is open, and again once it is acknowledged."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-replies"), t0)
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 10 * M, subject="more logs", reference="<m1@acme.example>"),
+    )
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.signal("acknowledge", Acknowledge(agent="ivan"))
+    await advance_to(stack.env, t0 + 25 * M)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 25 * M, subject="still down", reference="<m2@acme.example>"),
+    )
+    await advance_to(stack.env, t0 + 30 * M)
+    await handle.signal("resolve", Resolve(by="ivan"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -154,12 +194,17 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "community_idle": community_idle,
     "long_escalation_continued": long_escalation_continued,
     "paged_ack_resolve": paged_ack_resolve,
+    "ack_while_delivery_pending": ack_while_delivery_pending,
+    "customer_replies": customer_replies,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "long_escalation_continued": lambda p: p.update(limits={"continue_as_new_after_events": 60}),
     "paged_ack_resolve": lambda p: p["targets"]["duty-engineer"].update(
         channels=[{"type": "pager", "url_env": "RECORDING_PAGER_URL", "routing_key": "rk"}]
+    ),
+    "ack_while_delivery_pending": lambda p: p["targets"]["duty-manager"].update(
+        channels=[{"type": "webhook", "url_env": "RECORDING_DOWN_URL"}]
     ),
 }
 
@@ -190,6 +235,8 @@ async def main(names: list[str]) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp, serve_sink() as pager:
             os.environ["RECORDING_PAGER_URL"] = f"{pager.url}/pager"
+            pager.down.add("/down")
+            os.environ["RECORDING_DOWN_URL"] = f"{pager.url}/down"
             for name, path in PATHS.items():
                 if names and name not in names:
                     continue
