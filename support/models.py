@@ -65,6 +65,8 @@ class SowOutcome(StrEnum):
     ACCEPTED = "accepted"
     DECLINED = "declined"
     EXPIRED = "expired"
+    # The statement-of-work child itself failed (not a decision, not a time-out).
+    FAILED = "failed"
 
 
 # Never meant in text: C0 controls other than tab, line feed and carriage return, DEL, C1
@@ -123,6 +125,7 @@ Name = Annotated[
 Note = Annotated[str, StringConstraints(max_length=MAX_NOTE), AfterValidator(_no_control_chars)]
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
 TicketId = Annotated[str, StringConstraints(pattern=TICKET_ID_PATTERN)]
+IntegrationName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 # The local part excludes RFC 5322's specials: "a:b@x.example" is a group that mails b,
 # "[a](http://x)@x.example" no address at all.
 EmailAddress = Annotated[
@@ -143,12 +146,16 @@ class Message(BaseModel):
 
 
 class TicketInput(Message):
-    """Workflow input of ``SupportTicket``."""
+    """Workflow input of ``SupportTicket``.
+
+    ``tier`` is what the caller claims: a customer with a contract runs at its contracted
+    tier whatever is claimed (the ticket records a correction), and may omit it. Without
+    ``severity`` the policy's ``default_severity`` applies."""
 
     ticket_id: TicketId
     customer_id: Name
-    tier: Tier
-    severity: Severity = Severity.SEV3
+    tier: Tier | None = None
+    severity: Severity | None = None
     subject: Annotated[
         str, StringConstraints(max_length=MAX_SUBJECT), AfterValidator(_no_control_chars)
     ] = ""
@@ -159,6 +166,8 @@ class TicketInput(Message):
     reporter_email: EmailAddress | None = None
     intake_channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "api"
     opened_at: UtcDatetime | None = None
+    # The intake integration (API token) that opened the ticket; None for raw starts.
+    integration: IntegrationName | None = None
     # Internal: set only by the workflow itself when a long-lived ticket continues as new
     # (same workflow id, fresh history). Intake clients never send it.
     continued: TicketCarry | None = None
@@ -232,8 +241,14 @@ def opened_at_problem(opened_at: datetime, now: datetime) -> str | None:
 
 
 class Acknowledge(Message):
+    """``at``: when the agent acted, stamped by the surface that received it. The ticket
+    counts the acknowledgement at that instant (never later than its own clock, never
+    before it opened) and records when it processed it; without ``at`` it counts when
+    processed."""
+
     agent: Name
     note: Note | None = None
+    at: UtcDatetime | None = None
 
 
 class ChangeSeverity(Message):
@@ -250,6 +265,18 @@ class MarkOutOfScope(Message):
 class Resolve(Message):
     by: Name
     summary: Note | None = None
+    # As for Acknowledge: resolving an open ticket is also its first response.
+    at: UtcDatetime | None = None
+
+
+class AdoptPolicy(Message):
+    """Move a ticket to another policy version (an explicit, recorded operation; see
+    ``support-ops policy adopt``): its deadlines and ladder are recomputed under that
+    version from the original open time."""
+
+    version: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+    by: Name
+    reason: Note | None = None
 
 
 class CustomerReply(Message):
@@ -309,6 +336,9 @@ class Channel(Message):
 class Recipient(Message):
     name: str
     channels: list[Channel]
+    # ``responder``: the vendor's own people, who may acknowledge (they get acknowledge
+    # links); ``customer``: a customer's contact, told of the ticket and its deadline only.
+    role: Literal["responder", "customer"] = "responder"
     # Deadlines in messages are shown in this zone (and in UTC); default the ticket's.
     time_zone: str | None = None
     # Who takes over when none of this recipient's channels delivers in time.
@@ -352,8 +382,12 @@ class SowTerms(Message):
 
 class TicketPlan(Message):
     policy_version: str
+    # The tier the ticket runs at: the contracted tier for a customer with a contract,
+    # otherwise the claimed one (Community when none was claimed).
     tier: Tier
     severity: Severity
+    # Why the tier differs from the claim, e.g. "contract example-bank" (None: as claimed).
+    entitlement: str | None = None
     commercial_sla: bool
     calendar: str | None
     time_zone: str
@@ -374,12 +408,16 @@ class TicketPlan(Message):
 
 class PlanRequest(Message):
     ticket: TicketInput
-    severity: Severity
+    # None: the policy's default severity.
+    severity: Severity | None
     opened_at: UtcDatetime
     # Expand repeats falling due after this instant (the last repeat already sent).
     repeats_after: UtcDatetime | None = None
-    # The version the ticket pinned; a different loaded version is reported, not hidden.
+    # The version the ticket pinned: the plan is resolved under that version's rules
+    # (kept in the policy archive), whatever file is loaded now. None at intake.
     pinned_version: str | None = None
+    # The tier the ticket runs at (after the entitlement check at intake); None at intake.
+    tier: Tier | None = None
 
 
 # --- notifications and the ledger --------------------------------------------------------
@@ -470,6 +508,9 @@ class TicketOutcome(Message):
     acknowledged_at: UtcDatetime | None = None
     acknowledged_by: str | None = None
     response_breached: bool = False
+    # The deadline in force when the breach happened (a later re-triage may move
+    # ``response_due_at``; the overrun counts from this one).
+    breached_at: UtcDatetime | None = None
     overrun: timedelta | None = None
     escalations_fired: int = 0
     out_of_scope: bool = False
@@ -477,6 +518,10 @@ class TicketOutcome(Message):
     resolved_at: UtcDatetime | None = None
     closed_at: UtcDatetime | None = None
     policy_version: str | None = None
+    # False for tickets without an SLA clock (Community, out of scope at intake).
+    commercial_sla: bool = True
+    claimed_tier: Tier | None = None
+    integration: str | None = None
 
 
 # --- query result ------------------------------------------------------------------------
@@ -489,6 +534,8 @@ class EscalationRecord(Message):
     fired_at: UtcDatetime
     targets: list[str]
     failed: list[DeliveryFailure] = Field(default_factory=list)
+    # Set when an acknowledgement cancelled the delivery before it was sent.
+    superseded_at: UtcDatetime | None = None
 
 
 class HistoryEntry(Message):
@@ -533,6 +580,16 @@ class TicketStatus(Message):
     closed_at: UtcDatetime | None = None
     policy_version: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    # Entitlement: the tier the caller claimed when the ticket runs at another one, and why.
+    claimed_tier: Tier | None = None
+    entitlement: str | None = None
+    # The intake integration that opened the ticket (None: a raw start).
+    integration: str | None = None
+    # When the ticket processed its acknowledgement (``acknowledged_at`` is when the agent
+    # acted, as stamped by the surface).
+    acknowledged_received_at: UtcDatetime | None = None
+    # The last time the ticket could not resolve its policy (it keeps its last good plan).
+    policy_problem: str | None = None
 
 
 # --- statement of work -------------------------------------------------------------------
@@ -557,6 +614,9 @@ class SowResult(Message):
     reminded_at: UtcDatetime | None = None
     # Decisions that did not validate, with what was wrong; never applied.
     rejected: list[str] = Field(default_factory=list)
+    # Notifications of the statement of work that did not reach someone
+    # (``<step>: <recipient>: <error>``), recorded on the ticket and in the ledger.
+    failed_notifications: list[str] = Field(default_factory=list)
 
 
 class TicketCarry(Message):
@@ -571,6 +631,8 @@ class TicketCarry(Message):
     counters: dict[str, int]
     # Recipients with a pager channel that the ticket has paged (to ack/resolve the page).
     paged: list[Recipient] = Field(default_factory=list)
+    # Names of everyone a step has been sent to (re-triage tells only those who have not).
+    notified: list[str] = Field(default_factory=list)
 
 
 # Finish every model whose annotations name a class defined after it (StepDelivery names

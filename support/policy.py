@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Self
@@ -460,6 +461,7 @@ class Policy(Spec):
     def contact(self, contact: ContactSpec) -> Recipient:
         return Recipient(
             name=contact.name,
+            role="customer",
             channels=[c.to_channel() for c in contact.channels],
             time_zone=contact.time_zone,
             fallback=self.recipient(contact.fallback) if contact.fallback else None,
@@ -544,25 +546,65 @@ def _first_repeat_after(
     return n
 
 
+@dataclass(frozen=True)
+class Entitlement:
+    """The tier a customer is entitled to: a contract's tier, else what was claimed."""
+
+    tier: Tier
+    contracted: bool
+    # Why: "contract <customer>" for a contracted customer, None otherwise.
+    reason: str | None = None
+
+    def refusal(self, customer_id: str, claimed: Tier | None) -> str | None:
+        """Why intake refuses ``claimed`` (a tier other than the contracted one), or None."""
+        if self.contracted and claimed is not None and claimed is not self.tier:
+            return (
+                f"tier: customer {customer_id!r} has a {self.tier.value} contract; open the"
+                f" ticket at {self.tier.value} (or leave tier out), not {claimed.value}"
+            )
+        return None
+
+
+def entitlement(policy: Policy, customer_id: str, claimed: Tier | None) -> Entitlement:
+    """A customer with a contract gets its contracted tier on every path; anyone else the
+    tier claimed (Community when none was claimed). Who may claim what for uncontracted
+    customers is the intake path's business (integration tokens; raw starts are trusted)."""
+    contract = policy.customers.get(customer_id)
+    if contract is not None:
+        return Entitlement(contract.tier, True, f"contract {customer_id}")
+    return Entitlement(claimed or Tier.COMMUNITY, False, None)
+
+
 def resolve_plan(
     policy: Policy,
     ticket: TicketInput,
-    severity: Severity,
+    severity: Severity | None,
     opened_at: datetime,
     repeats_after: datetime | None = None,
+    tier: Tier | None = None,
 ) -> TicketPlan:
     """Every deadline of one ticket at one severity, computed from its original open time.
+
+    The tier is ``tier`` when given (the one the ticket already runs at), else the
+    customer's entitlement; the severity ``severity``, else the ticket's, else the policy's
+    ``default_severity``. A ticket whose category is out of scope has no SLA clock: no
+    response target, no deadline, no ladder (it goes to a statement of work).
 
     Repeat steps are expanded ``REPEAT_WINDOW`` at a time: the first window, or, given
     ``repeats_after``, the repeats falling due after that instant (the last repeat the
     ticket already sent, whatever severity it was at then). ``more_steps`` tells the
     workflow to ask for the next window once these have fired.
     """
-    tier = policy.tiers[ticket.tier]
-    target, ladder = tier.rule_for(severity)
-    calendar_name, calendar = policy.calendar_for(ticket.tier, ticket.customer_id)
+    entitled = entitlement(policy, ticket.customer_id, ticket.tier)
+    tier_name = tier or entitled.tier
+    severity = severity or ticket.severity or policy.default_severity
+    spec = policy.tiers[tier_name]
+    target, ladder = spec.rule_for(severity)
+    calendar_name, calendar = policy.calendar_for(tier_name, ticket.customer_id)
     customer = policy.customers.get(ticket.customer_id)
-    commercial = tier.commercial_sla and target is not None
+    reason = policy.out_of_scope_categories.get(ticket.category)
+    # Out of scope at intake: no clock at all, so never breached (not even retroactively).
+    commercial = spec.commercial_sla and target is not None and reason is None
 
     def recipients_for(step_name: str, names: list[str]) -> list[Recipient]:
         found = policy.recipients(names)
@@ -572,7 +614,7 @@ def resolve_plan(
 
     steps: list[PlannedStep] = []
     more = False
-    for step in ladder:
+    for step in ladder if reason is None else []:
         if not commercial and step.kind is not StepKind.INTAKE:
             continue
         base = step.at.amount(target)
@@ -621,11 +663,11 @@ def resolve_plan(
                 ],
             )
         )
-    reason = policy.out_of_scope_categories.get(ticket.category)
     return TicketPlan(
         policy_version=policy.version,
-        tier=ticket.tier,
+        tier=tier_name,
         severity=severity,
+        entitlement=entitled.reason if tier_name is not ticket.tier else None,
         commercial_sla=commercial,
         calendar=calendar_name,
         time_zone=calendar.time_zone,
@@ -636,7 +678,7 @@ def resolve_plan(
         out_of_scope_reason=(
             f"category '{ticket.category}': {reason}" if reason is not None else None
         ),
-        idle_close_after=tier.idle_close_after,
+        idle_close_after=spec.idle_close_after,
         history_limit=policy.limits.continue_as_new_after_events,
         failover_after=policy.delivery.failover_after,
         sow=SowTerms(

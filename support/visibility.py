@@ -9,6 +9,7 @@ customer id of safe characters): a filter can narrow a list, never rewrite the q
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -317,33 +320,92 @@ async def ticket_details(client: Client, ticket_id: str) -> TicketDetails | None
     return TicketDetails(status=status, execution_status=execution.name.lower())
 
 
-async def _signal(client: Client, ticket_id: str, name: str, payload: BaseModel) -> None:
-    handle = client.get_workflow_handle(ticket_workflow_id(check_ticket_id(ticket_id)))
+# The agent actions, by the name of their update (and of the signal raw clients send).
+ACTIONS = ("acknowledge", "change_severity", "mark_out_of_scope", "resolve", "adopt_policy")
+# How long an action waits for a worker to apply it before it is queued as a signal.
+UPDATE_WAIT = timedelta(seconds=10)
+
+
+class ActionRefused(TicketError):
+    """The ticket's validator refused the action: it cannot apply (the message says why)."""
+
+
+@dataclass
+class ActionResult:
+    """What became of an agent action: ``status`` is the ticket after it; ``queued`` when no
+    worker answered in time and it was sent as a signal instead (the ticket applies it, at
+    the instant stamped in the payload, when a worker is back)."""
+
+    ticket_id: str
+    action: str
+    status: TicketStatus | None
+    queued: bool = False
+
+
+async def apply_action(
+    client: Client,
+    ticket_id: str,
+    action: str,
+    payload: BaseModel,
+    *,
+    wait: timedelta = UPDATE_WAIT,
+) -> ActionResult:
+    """Apply an agent action to a ticket through its Update (the one way every surface
+    acts: API, board, signed links, ops CLI). The workflow's validator refuses what cannot
+    apply (``ActionRefused``, nothing reaches the history) and the result is the status
+    after the action. When no worker answers within ``wait`` the same payload is sent as
+    the signal of the same name, which Temporal keeps until a worker applies it: payloads
+    carry the instant the agent acted (``at``), so an outage never turns an in-time ack
+    into a breach. TicketNotFound / TicketClosed when there is no running ticket."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    workflow_id = ticket_workflow_id(check_ticket_id(ticket_id))
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        status = await handle.execute_update(
+            action, payload, result_type=TicketStatus, rpc_timeout=wait
+        )
+        return ActionResult(ticket_id, action, status)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = getattr(cause, "message", None) or str(cause or err)
+        raise ActionRefused(message) from err
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        pass  # no worker took it in time: queue it as a signal below
+    except RPCError as err:
+        if err.status is RPCStatusCode.DEADLINE_EXCEEDED:
+            pass
+        elif _workflow_missing(err) or "already completed" in err.message:
+            raise await _not_running(client, ticket_id, action) from err
+        else:
+            raise
+    try:
+        await handle.signal(action, payload)
+    except RPCError as err:
+        if _workflow_missing(err):
+            raise await _not_running(client, ticket_id, action) from err
+        raise
+    return ActionResult(ticket_id, action, None, queued=True)
+
+
+async def _not_running(client: Client, ticket_id: str, action: str) -> TicketError:
+    handle = client.get_workflow_handle(ticket_workflow_id(ticket_id))
     try:
         description = await handle.describe()
     except RPCError as err:
         if _workflow_missing(err):
-            raise TicketNotFound(ticket_id) from err
+            return TicketNotFound(ticket_id)
         raise
-    if description.status is not WorkflowExecutionStatus.RUNNING:
-        state = description.typed_search_attributes.get(sa.TICKET_STATE)
-        execution = (description.status or WorkflowExecutionStatus.COMPLETED).name.lower()
-        raise TicketClosed(ticket_id, state, execution, name)
-    try:
-        await handle.signal(name, payload)
-    except RPCError as err:
-        # Closed between the describe and the signal.
-        if _workflow_missing(err):
-            raise TicketClosed(ticket_id, None, "completed", name) from err
-        raise
+    state = description.typed_search_attributes.get(sa.TICKET_STATE)
+    execution = (description.status or WorkflowExecutionStatus.COMPLETED).name.lower()
+    return TicketClosed(ticket_id, state, execution, action)
 
 
-async def send_acknowledge(client: Client, ticket_id: str, ack: Acknowledge) -> None:
-    """Send ``acknowledge``; TicketNotFound / TicketClosed when there is no running ticket.
-    The ticket applies it when its workflow processes the signal (milliseconds)."""
-    await _signal(client, ticket_id, "acknowledge", ack)
+async def send_acknowledge(client: Client, ticket_id: str, ack: Acknowledge) -> ActionResult:
+    """``acknowledge`` through ``apply_action``."""
+    return await apply_action(client, ticket_id, "acknowledge", ack)
 
 
-async def send_resolve(client: Client, ticket_id: str, resolve: Resolve) -> None:
-    """Send ``resolve``; TicketNotFound / TicketClosed when there is no running ticket."""
-    await _signal(client, ticket_id, "resolve", resolve)
+async def send_resolve(client: Client, ticket_id: str, resolve: Resolve) -> ActionResult:
+    """``resolve`` through ``apply_action``."""
+    return await apply_action(client, ticket_id, "resolve", resolve)

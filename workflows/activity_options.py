@@ -10,11 +10,16 @@ from temporalio.common import RetryPolicy
 if TYPE_CHECKING:
     from support.models import Recipient
 
-# Policy resolution must survive a broken policy file until someone fixes it.
+# Policy resolution: a policy problem (a broken file for a new ticket, a version missing
+# from the archive) fails at once (non-retryable); anything else (the archive's database
+# down) is retried for a bounded time. Either way the ticket keeps its last good plan,
+# records the failure, and tries again ``POLICY_RETRY_AFTER`` later where it needs a plan.
 POLICY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
 POLICY_TIMEOUT = timedelta(seconds=30)
+POLICY_SCHEDULE_TIMEOUT = timedelta(minutes=2)
+POLICY_RETRY_AFTER = timedelta(minutes=1)
 # Deliveries retry with backoff. The activity itself moves a recipient to its next channel
 # after ``failover_after`` and to its fallback target after the last one, and returns when
 # everyone is reached or out of options; the schedule-to-close bound is the backstop, after

@@ -72,6 +72,7 @@ class StatementOfWork:
             reference=decision.reference,
             reminded_at=self._result.reminded_at,
             rejected=self._result.rejected,
+            failed_notifications=self._result.failed_notifications,
         )
 
     @workflow.query(name="status")
@@ -114,6 +115,7 @@ class StatementOfWork:
                 decided_at=workflow.now(),
                 reminded_at=self._result.reminded_at,
                 rejected=self._result.rejected,
+                failed_notifications=self._result.failed_notifications,
             )
         await self._notify(
             sow,
@@ -159,7 +161,7 @@ class StatementOfWork:
             failover_after=sow.terms.failover_after,
         )
         try:
-            await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 "deliver_step",
                 request,
                 result_type=StepDeliveryResult,
@@ -167,7 +169,10 @@ class StatementOfWork:
                 schedule_to_close_timeout=delivery_deadline(sow.terms.failover_after, recipients),
                 retry_policy=DELIVERY_RETRY,
             )
+            failed = [f"{step}: {f.recipient}: {f.error}" for f in result.failed]
         except ActivityError as err:
-            workflow.logger.error(
-                "sow notification failed", extra={"step": step, "error": str(err.cause)}
-            )
+            failed = [f"{step}: {r.name}: {err.cause or err}" for r in recipients]
+        for failure in failed:
+            # Never silently lost: the ticket and the ledger record it (SowResult).
+            workflow.logger.error("sow notification failed", extra={"failure": failure})
+        self._result.failed_notifications += failed

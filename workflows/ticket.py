@@ -24,7 +24,13 @@ from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
+from temporalio.workflow import ActivityCancellationType
 
 from workflows import sla_metrics
 from workflows.activity_options import (
@@ -33,6 +39,8 @@ from workflows.activity_options import (
     LEDGER_RETRY,
     LEDGER_TIMEOUT,
     POLICY_RETRY,
+    POLICY_RETRY_AFTER,
+    POLICY_SCHEDULE_TIMEOUT,
     POLICY_TIMEOUT,
     delivery_deadline,
 )
@@ -43,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from support import search_attributes as sa
     from support.models import (
         Acknowledge,
+        AdoptPolicy,
         ChangeSeverity,
         CustomerReply,
         DeliveryFailure,
@@ -55,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         Recipient,
         RejectedSignal,
         Resolve,
+        Severity,
         SlaEvent,
         SlaEvents,
         SowInput,
@@ -70,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         TicketPlan,
         TicketState,
         TicketStatus,
+        Tier,
         describe_validation_error,
         opened_at_problem,
         sow_workflow_id,
@@ -84,6 +95,23 @@ TERMINAL = (TicketState.RESOLVED, TicketState.CLOSED)
 # tickets are in flight"). Tickets that started before a change keep its old branch for the
 # rest of their run; remove a branch only once no open ticket's history lacks the marker.
 BATCHED_LEDGER_WRITES = "ledger-writes-batched-per-activation"
+# An acknowledgement cancels the warnings, breaches and repeats not yet delivered.
+ACK_SUPERSEDES_DELIVERIES = "ack-supersedes-pending-deliveries"
+# Raising the severity tells the new severity's first responders who have not heard yet.
+RETRIAGE_NOTIFIES = "retriage-notifies-new-responders"
+# A customer reply on an acknowledged ticket is sent to whoever acknowledged it.
+REPLY_NOTIFIES = "customer-reply-notifies"
+
+# The agent actions and the states each may apply in (updates are refused otherwise).
+ACTION_STATES: dict[str, tuple[TicketState, ...]] = {
+    "acknowledge": (TicketState.OPEN,),
+    "change_severity": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+    "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+    "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+    "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+}
+# Steps an acknowledgement makes moot (intake notifications still go out).
+MOOT_ON_ACK = (StepKind.WARNING, StepKind.BREACH, StepKind.REPEAT)
 
 
 @dataclass
@@ -91,6 +119,11 @@ class _Command:
     name: str
     payload: BaseModel
     at: datetime
+    # Set once the loop has applied it: an update waits for this, and fails with
+    # ``refused`` when the command turned out not to apply (e.g. a second ack queued in
+    # the same instant as the first).
+    done: bool = False
+    refused: str | None = None
 
 
 @workflow.defn(name="SupportTicket", failure_exception_types=[ValidationError])
@@ -116,12 +149,26 @@ class SupportTicket:
         self._deliveries: list[asyncio.Task[Any]] = []
         self._replies: set[str] = set()
         self._unwritten: list[SlaEvent] = []
+        # Why the first plan could not be resolved yet (shown by the status query).
+        self._planning_problem: str | None = None
+        # When to try again to extend the ladder after the policy could not be resolved.
+        self._plan_retry_at: datetime | None = None
+        # Everyone a step has been sent to (re-triage tells only those who have not heard).
+        self._notified: set[str] = set()
+        # Customer replies on an open ticket, told with its next step.
+        self._unannounced_replies: list[str] = []
+        # Deliveries in flight, with their step's kind (an ack makes some moot).
+        self._delivery_kinds: dict[asyncio.Task[Any], StepKind] = {}
+        # The command the loop is applying (an update waiting for it is told when done).
+        self._current: _Command | None = None
 
     # --- messages ----------------------------------------------------------------------
 
-    # Handlers take the raw payload and validate it themselves: a malformed signal from a
-    # client in any language is recorded on the ticket with what was wrong (the SDK would
-    # otherwise drop it with nothing but a worker log line).
+    # Signal handlers take the raw payload and validate it themselves: a malformed signal
+    # from a client in any language is recorded on the ticket with what was wrong (the SDK
+    # would otherwise drop it with nothing but a worker log line). Agent surfaces use the
+    # updates of the same names: their validators refuse what cannot apply before anything
+    # reaches the history, and they answer with the status after the action.
 
     @workflow.signal(name="acknowledge")
     def acknowledge(self, ack: RawValue) -> None:
@@ -139,9 +186,84 @@ class SupportTicket:
     def resolve(self, resolve: RawValue) -> None:
         self._receive("resolve", Resolve, resolve)
 
+    @workflow.signal(name="adopt_policy")
+    def adopt_policy(self, adopt: RawValue) -> None:
+        self._receive("adopt_policy", AdoptPolicy, adopt)
+
     @workflow.signal(name="customer_reply")
     def customer_reply(self, reply: RawValue) -> None:
         self._receive("customer_reply", CustomerReply, reply)
+
+    @workflow.update(name="acknowledge")
+    async def acknowledge_update(self, ack: Acknowledge) -> TicketStatus:
+        return await self._act("acknowledge", ack)
+
+    @acknowledge_update.validator
+    def _validate_acknowledge(self, ack: Acknowledge) -> None:
+        self._check_action("acknowledge")
+
+    @workflow.update(name="change_severity")
+    async def change_severity_update(self, change: ChangeSeverity) -> TicketStatus:
+        return await self._act("change_severity", change)
+
+    @change_severity_update.validator
+    def _validate_change_severity(self, change: ChangeSeverity) -> None:
+        self._check_action("change_severity")
+        if self._status is not None and change.severity is self._status.severity:
+            raise ValueError(
+                f"cannot change_severity: ticket {self._status.ticket_id} is already"
+                f" {change.severity.value}"
+            )
+
+    @workflow.update(name="mark_out_of_scope")
+    async def mark_out_of_scope_update(self, mark: MarkOutOfScope) -> TicketStatus:
+        return await self._act("mark_out_of_scope", mark)
+
+    @mark_out_of_scope_update.validator
+    def _validate_mark_out_of_scope(self, mark: MarkOutOfScope) -> None:
+        self._check_action("mark_out_of_scope")
+
+    @workflow.update(name="resolve")
+    async def resolve_update(self, resolve: Resolve) -> TicketStatus:
+        return await self._act("resolve", resolve)
+
+    @resolve_update.validator
+    def _validate_resolve(self, resolve: Resolve) -> None:
+        self._check_action("resolve")
+
+    @workflow.update(name="adopt_policy")
+    async def adopt_policy_update(self, adopt: AdoptPolicy) -> TicketStatus:
+        return await self._act("adopt_policy", adopt)
+
+    @adopt_policy_update.validator
+    def _validate_adopt_policy(self, adopt: AdoptPolicy) -> None:
+        self._check_action("adopt_policy")
+        if self._status is not None and adopt.version == self._status.policy_version:
+            raise ValueError(
+                f"cannot adopt_policy: ticket {self._status.ticket_id} already runs under"
+                f" policy {adopt.version}"
+            )
+
+    def _check_action(self, action: str) -> None:
+        """Refuse an update whose action cannot apply to the ticket as it stands (a ticket
+        still planning its SLA is open)."""
+        status = self._status
+        if status is None or status.state in ACTION_STATES[action]:
+            return
+        detail = f"ticket {status.ticket_id} is {status.state.value}"
+        if status.state is TicketState.ACKNOWLEDGED and status.acknowledged_at:
+            detail += f" (by {status.acknowledged_by} at {status.acknowledged_at.isoformat()})"
+        raise ValueError(f"cannot {action}: {detail}")
+
+    async def _act(self, name: str, payload: BaseModel) -> TicketStatus:
+        """Queue an update's command for the loop, wait until it is applied, and answer
+        with the status after it (or fail with why it did not apply)."""
+        command = _Command(name, payload, workflow.now())
+        self._inbox.append(command)
+        await workflow.wait_condition(lambda: command.done)
+        if command.refused:
+            raise ApplicationError(command.refused, type="ActionRefused", non_retryable=True)
+        return self._state().model_copy(deep=True)
 
     def _receive(self, name: str, model: type[BaseModel], raw: RawValue) -> None:
         try:
@@ -157,8 +279,13 @@ class SupportTicket:
 
     @workflow.query(name="status")
     def status(self) -> TicketStatus:
+        # The status exists once the SLA plan is applied, so its first answer already has
+        # the deadline (never a "no SLA" null that only means "not planned yet").
         if self._status is None:
-            raise RuntimeError("the ticket is still starting; query again in a moment")
+            problem = f": {self._planning_problem}" if self._planning_problem else ""
+            raise RuntimeError(
+                f"the ticket is still planning its SLA{problem}; query again in a moment"
+            )
         return self._status
 
     # --- the ticket's life ---------------------------------------------------------------
@@ -176,26 +303,39 @@ class SupportTicket:
         if problem:
             raise ApplicationError(problem, type="InvalidTicket", non_retryable=True)
         self._ticket = ticket
+        self._search = _current_search_attributes()
+        plan = await self._first_plan(opened_at)
         self._status = TicketStatus(
             ticket_id=ticket.ticket_id,
             customer_id=ticket.customer_id,
-            tier=ticket.tier,
-            severity=ticket.severity,
+            tier=plan.tier,
+            severity=plan.severity,
             category=ticket.category,
             state=TicketState.OPEN,
             opened_at=opened_at,
+            integration=ticket.integration,
         )
-        self._search = _current_search_attributes()
         self._log("opened", at=opened_at, detail=f"via {ticket.intake_channel}")
-        plan = await self._resolve(ticket.severity)
+        if ticket.tier is not None and plan.tier is not ticket.tier:
+            # A raw start that claimed another tier than the customer's contract.
+            self._status.claimed_tier, self._status.entitlement = ticket.tier, plan.entitlement
+            self._log(
+                "tier_corrected",
+                at=opened_at,
+                detail=f"claimed {ticket.tier.value}; runs at {plan.tier.value}"
+                f" ({plan.entitlement})",
+            )
         self._apply_plan(plan)
-        sla_metrics.ticket_opened(ticket.tier.value, ticket.severity.value)
+        sla_metrics.ticket_opened(plan.tier.value, plan.severity.value)
         self._record(
             "opened",
             at=opened_at,
             intake_channel=ticket.intake_channel,
             policy_version=plan.policy_version,
             response_due_at=_iso(plan.response_due_at),
+            claimed_tier=self._status.claimed_tier.value if self._status.claimed_tier else None,
+            entitlement=self._status.entitlement,
+            integration=ticket.integration,
         )
 
         if plan.out_of_scope_reason:
@@ -204,6 +344,19 @@ class SupportTicket:
             await self._sla_loop()
         await self._finish()
         return self._status
+
+    async def _first_plan(self, opened_at: datetime) -> TicketPlan:
+        """The ticket's plan under the policy loaded now. Without one there is no promise to
+        keep: the ticket retries (a raw start while the policy file is broken; intake paths
+        refuse new tickets then) and says why to anyone who asks for its status."""
+        delay = POLICY_RETRY_AFTER
+        while True:
+            plan = await self._resolve(None, opened_at=opened_at, pinned_version=None, tier=None)
+            if plan is not None:
+                self._planning_problem = None
+                return plan
+            await workflow.sleep(delay)
+            delay = min(delay * 2, POLICY_RETRY_AFTER * 16)
 
     async def _sla_loop(self) -> None:
         status = self._state()
@@ -275,6 +428,7 @@ class SupportTicket:
             revision=self._revision,
             counters=self._counters,
             paged=self._paged,
+            notified=sorted(self._notified),
         )
         workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
 
@@ -294,6 +448,7 @@ class SupportTicket:
         self._repeat_horizon, self._repeats_sent = carry.repeat_horizon, carry.repeats_sent
         self._revision, self._counters = carry.revision, dict(carry.counters)
         self._paged = list(carry.paged)
+        self._notified = set(carry.notified)
         self._search = _current_search_attributes()
         self._log(
             "continued_as_new",
@@ -324,6 +479,8 @@ class SupportTicket:
         idle_at = self._idle_close_at()
         if idle_at:
             candidates.append(idle_at)
+        if self._plan_retry_at is not None and status.state is TicketState.OPEN:
+            candidates.append(self._plan_retry_at)
         return min(candidates) if candidates else None
 
     def _refresh_next_step(self) -> None:
@@ -338,15 +495,21 @@ class SupportTicket:
         plan = self._current_plan()
         if self._pending_steps() or not plan.more_steps:
             return False
+        if self._plan_retry_at is not None and workflow.now() < self._plan_retry_at:
+            return False
         after = self._repeat_horizon or max(
             (s.due_at for s in plan.steps if s.kind is StepKind.REPEAT), default=None
         )
         more = await self._resolve(self._state().severity, repeats_after=after)
+        if more is None:
+            # The policy could not be resolved (recorded): try again a little later.
+            self._plan_retry_at = workflow.now() + POLICY_RETRY_AFTER
+            return False
+        self._plan_retry_at = None
         repeats = [s for s in more.steps if s.kind is StepKind.REPEAT]
         # Done repeats are dropped, so a ladder that runs for days stays small.
         plan.steps = [s for s in plan.steps if s.kind is not StepKind.REPEAT] + repeats
         plan.more_steps = more.more_steps and bool(repeats)
-        self._note_policy_version(more.policy_version)
         return bool(self._pending_steps())
 
     # --- commands --------------------------------------------------------------------------
@@ -354,61 +517,90 @@ class SupportTicket:
     async def _drain_inbox(self) -> None:
         while self._inbox:
             command = self._inbox.pop(0)
-            if command.name == "acknowledge":
-                assert isinstance(command.payload, Acknowledge)
-                self._on_acknowledge(command.payload, command.at)
-            elif command.name == "change_severity":
-                assert isinstance(command.payload, ChangeSeverity)
-                await self._on_change_severity(command.payload, command.at)
-            elif command.name == "mark_out_of_scope":
-                assert isinstance(command.payload, MarkOutOfScope)
-                if self._state().state in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
-                    await self._route_to_sow(command.payload.reason, command.payload.by, command.at)
-                else:
-                    self._ignored("mark_out_of_scope", command.payload.by, command.at)
-            elif command.name == "resolve":
-                assert isinstance(command.payload, Resolve)
-                self._on_resolve(command.payload, command.at)
-            elif command.name == "customer_reply":
-                assert isinstance(command.payload, CustomerReply)
-                self._on_customer_reply(command.payload, command.at)
-            elif command.name == "rejected":
-                assert isinstance(command.payload, RejectedSignal)
-                self._on_rejected(command.payload, command.at)
+            self._current = command
+            try:
+                command.refused = await self._apply(command)
+            finally:
+                self._settle(command)
 
-    def _on_acknowledge(self, ack: Acknowledge, at: datetime) -> None:
+    def _settle(self, command: _Command | None = None) -> None:
+        """Tell an update waiting for ``command`` (default: the one being applied) that the
+        ticket's status now reflects it."""
+        command = command or self._current
+        if command is not None:
+            command.done = True
+        if command is self._current:
+            self._current = None
+
+    async def _apply(self, command: _Command) -> str | None:
+        """Apply one command; None when it applied, else why it did not."""
+        payload = command.payload
+        if isinstance(payload, Acknowledge):
+            return self._on_acknowledge(payload, command.at)
+        if isinstance(payload, ChangeSeverity):
+            return await self._on_change_severity(payload, command.at)
+        if isinstance(payload, MarkOutOfScope):
+            if self._state().state in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+                await self._route_to_sow(payload.reason, payload.by, command.at)
+                return None
+            return self._ignored("mark_out_of_scope", payload.by, command.at)
+        if isinstance(payload, Resolve):
+            return self._on_resolve(payload, command.at)
+        if isinstance(payload, AdoptPolicy):
+            return await self._on_adopt_policy(payload, command.at)
+        if isinstance(payload, CustomerReply):
+            self._on_customer_reply(payload, command.at)
+            return None
+        assert isinstance(payload, RejectedSignal)
+        self._on_rejected(payload, command.at)
+        return None
+
+    def _acted_at(self, stamped: datetime | None, received: datetime) -> datetime:
+        """When an agent's action counts: the instant the surface stamped, but never later
+        than the ticket's own clock and never before the ticket opened."""
+        if stamped is None:
+            return received
+        return max(min(stamped, received), self._state().opened_at)
+
+    def _on_acknowledge(self, ack: Acknowledge, received: datetime) -> str | None:
         status = self._state()
+        at = self._acted_at(ack.at, received)
         if status.state is not TicketState.OPEN:
             n = self._next("ack-repeat")
             self._log(
                 "acknowledge_repeated",
-                at=at,
+                at=received,
                 by=ack.agent,
                 detail=f"ticket already {status.state.value}; nothing changed",
             )
             self._record(
                 f"acknowledge-repeated-{n}",
                 kind="acknowledge_repeated",
-                at=at,
+                at=received,
                 by=ack.agent,
                 state=status.state.value,
             )
-            return
+            why = f"ticket {status.ticket_id} is {status.state.value}"
+            if status.acknowledged_at:
+                why += f" (by {status.acknowledged_by} at {status.acknowledged_at.isoformat()})"
+            return f"cannot acknowledge: {why}"
         # An acknowledgement at the due instant itself is in time (the queued signal is
         # applied before the breach timer of the same instant).
         self._check_breach(at, at_due_counts=False)
+        withdrawn = self._withdraw_breach_before(at)
         status.state = TicketState.ACKNOWLEDGED
         status.acknowledged_at, status.acknowledged_by = at, ack.agent
+        status.acknowledged_received_at = received
         sla_metrics.acknowledged(
             status.tier.value, at - status.opened_at, breached=status.response_breached
         )
         verdict = "breached" if status.response_breached else "met"
-        self._log(
-            "acknowledged",
-            at=at,
-            by=ack.agent,
-            detail=f"response target {verdict}" if status.commercial_sla else ack.note,
-        )
+        detail: str | None = f"response target {verdict}" if status.commercial_sla else ack.note
+        if at != received:
+            detail = f"{detail or 'acknowledged'}; acted at {at.isoformat()}, processed at" + (
+                f" {received.isoformat()}"
+            )
+        self._log("acknowledged", at=at, by=ack.agent, detail=detail)
         self._record(
             "acknowledged",
             at=at,
@@ -416,26 +608,63 @@ class SupportTicket:
             note=ack.note,
             response_breached=status.response_breached,
             overrun_seconds=self._overrun_seconds(),
+            received_at=_iso(received) if at != received else None,
+            breach_withdrawn=withdrawn or None,
         )
         self._sync_search_attributes()
+        self._supersede_pending_deliveries(at)
         self._update_pages("acknowledge", ack.agent)
+        return None
 
-    async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> None:
+    def _withdraw_breach_before(self, at: datetime) -> bool:
+        """An acknowledgement stamped before the deadline that was processed after the
+        breach was recorded (the surface's message waited out an outage): the response was
+        in time, so the breach is withdrawn and the record says so."""
+        status = self._state()
+        if not status.response_breached or status.breached_at is None or at > status.breached_at:
+            return False
+        status.response_breached, status.breached_at = False, None
+        self._log(
+            "breach_withdrawn",
+            at=at,
+            detail="acknowledged before the deadline; the breach was recorded before the"
+            " acknowledgement was processed",
+        )
+        return True
+
+    def _supersede_pending_deliveries(self, at: datetime) -> None:
+        """An acknowledgement makes the warnings, breaches and repeats not yet delivered
+        moot: their deliveries are cancelled (recorded as superseded when they had not been
+        sent; one already being sent finishes)."""
+        moot = [
+            task
+            for task, kind in self._delivery_kinds.items()
+            if kind in MOOT_ON_ACK and not task.done()
+        ]
+        if moot and workflow.patched(ACK_SUPERSEDES_DELIVERIES):
+            for task in moot:
+                task.cancel()
+
+    async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> str | None:
         status = self._state()
         n = self._next("severity")
         before = status.severity
         if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
-            self._ignored("change_severity", change.by, at)
-            return
+            return self._ignored("change_severity", change.by, at)
         if change.severity == before:
             self._log("severity_unchanged", at=at, by=change.by, detail=before.value)
-            return
-        status.severity = change.severity
+            return f"cannot change_severity: ticket {status.ticket_id} is already {before.value}"
         if status.state is TicketState.OPEN:
-            # Deadlines are recomputed from the original open time: a re-triage does not
-            # give the support team a fresh clock.
+            # Deadlines are recomputed from the original open time under the ticket's own
+            # policy version: a re-triage does not give the support team a fresh clock. The
+            # new severity and its deadline are applied together, or neither.
             plan = await self._resolve(change.severity, repeats_after=self._repeat_horizon)
+            if plan is None:
+                problem = status.policy_problem or "the policy could not be resolved"
+                self._log("severity_change_failed", at=at, by=change.by, detail=problem)
+                return f"cannot change_severity: {problem}"
             self._apply_plan(plan)
+        status.severity = change.severity
         self._log(
             "severity_changed",
             at=at,
@@ -454,15 +683,35 @@ class SupportTicket:
             response_due_at=_iso(status.response_due_at),
         )
         self._sync_search_attributes()
+        if _rank(change.severity) < _rank(before):
+            self._tell_new_responders(before, change, at)
+        return None
 
-    def _on_resolve(self, resolve: Resolve, at: datetime) -> None:
+    def _tell_new_responders(self, before: Severity, change: ChangeSeverity, at: datetime) -> None:
+        """Raising the severity tells the new severity's first responders (its intake step)
+        who have not heard of the ticket yet, once."""
+        intake = next((s for s in self._current_plan().steps if s.kind is StepKind.INTAKE), None)
+        if intake is None:
+            return
+        fresh = [r for r in intake.recipients if r.name not in self._notified]
+        if not fresh or not workflow.patched(RETRIAGE_NOTIFIES):
+            return
+        n = self._next("retriage")
+        message = f"Severity raised {before.value} -> {change.severity.value} by {change.by}" + (
+            f": {change.reason}" if change.reason else ""
+        )
+        self._send(f"retriage-{n}", "retriage", fresh, at, message, due_at=at)
+
+    def _on_resolve(self, resolve: Resolve, received: datetime) -> str | None:
         status = self._state()
         if status.state is TicketState.OPEN:
             # Resolving is also the first response: record it as the acknowledgement.
-            self._on_acknowledge(Acknowledge(agent=resolve.by, note="resolved"), at)
+            self._on_acknowledge(
+                Acknowledge(agent=resolve.by, note="resolved", at=resolve.at), received
+            )
         if status.state is not TicketState.ACKNOWLEDGED:
-            self._ignored("resolve", resolve.by, at)
-            return
+            return self._ignored("resolve", resolve.by, received)
+        at = self._acted_at(resolve.at, received)
         status.state = TicketState.RESOLVED
         status.resolved_at, status.resolved_by = at, resolve.by
         status.next_step, status.next_step_due_at = None, None
@@ -470,6 +719,55 @@ class SupportTicket:
         self._record("resolved", at=at, by=resolve.by, summary=resolve.summary)
         self._sync_search_attributes()
         self._update_pages("resolve", resolve.by)
+        return None
+
+    async def _on_adopt_policy(self, adopt: AdoptPolicy, at: datetime) -> str | None:
+        """Move the ticket to another policy version: an explicit, recorded operation (its
+        deadlines and ladder are recomputed under that version from the original open
+        time; steps already sent stay sent, a breach stays on record)."""
+        status = self._state()
+        if status.state not in ACTION_STATES["adopt_policy"]:
+            return self._ignored("adopt_policy", adopt.by, at)
+        before, due_before = status.policy_version, status.response_due_at
+        if adopt.version == before:
+            return f"cannot adopt_policy: ticket {status.ticket_id} already runs under {before}"
+        plan = await self._resolve(
+            status.severity, repeats_after=self._repeat_horizon, pinned_version=adopt.version
+        )
+        if plan is None:
+            problem = status.policy_problem or f"policy {adopt.version} could not be resolved"
+            self._log("policy_adoption_failed", at=at, by=adopt.by, detail=problem)
+            return f"cannot adopt_policy: {problem}"
+        if status.state is not TicketState.OPEN:
+            # Only the version moves: an acknowledged ticket's deadline is history.
+            plan = plan.model_copy(
+                update={
+                    "response_due_at": status.response_due_at,
+                    "response_target": status.response_target,
+                }
+            )
+        self._apply_plan(plan, adopted=True)
+        n = self._next("adopt")
+        self._log(
+            "policy_adopted",
+            at=at,
+            by=adopt.by,
+            detail=f"{before} -> {plan.policy_version}; response due"
+            f" {_iso(due_before)} -> {_iso(status.response_due_at)}"
+            + (f": {adopt.reason}" if adopt.reason else ""),
+        )
+        self._record(
+            f"policy-adopted-{n}",
+            kind="policy_adopted",
+            at=at,
+            by=adopt.by,
+            before=before,
+            after=plan.policy_version,
+            reason=adopt.reason,
+            response_due_at_before=_iso(due_before),
+            response_due_at=_iso(status.response_due_at),
+        )
+        return None
 
     def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
         # Keyed by the message's reference: the same reply delivered twice is one event.
@@ -488,6 +786,37 @@ class SupportTicket:
             subject=reply.subject,
             received_at=reply.received_at.isoformat(),
         )
+        self._tell_of_reply(reply, digest, at)
+
+    def _tell_of_reply(self, reply: CustomerReply, digest: str, at: datetime) -> None:
+        """A reply reaches people: on an acknowledged ticket, whoever acknowledged it (a
+        responder the policy knows by that name, else the ticket's first responders); on an
+        open ticket it rides with the next step."""
+        status = self._state()
+        if status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+            return
+        if not workflow.patched(REPLY_NOTIFIES):
+            return
+        text = f"Customer replied via {reply.via} at {reply.received_at.isoformat()}" + (
+            f": {reply.subject}" if reply.subject else ""
+        )
+        if status.state is TicketState.OPEN:
+            self._unannounced_replies.append(text)
+            return
+        recipients = self._reply_recipients()
+        if recipients:
+            self._send(f"customer-reply-{digest}", "customer_reply", recipients, at, text, at)
+
+    def _reply_recipients(self) -> list[Recipient]:
+        """Whoever acknowledged the ticket, when a step reached them by that name; else the
+        first responders (the intake step's responders)."""
+        status = self._state()
+        steps = self._current_plan().steps
+        known = {r.name: r for s in steps for r in s.recipients if r.role == "responder"}
+        if status.acknowledged_by in known:
+            return [known[status.acknowledged_by]]
+        intake = next((s for s in steps if s.kind is StepKind.INTAKE), None)
+        return [r for r in (intake.recipients if intake else []) if r.role == "responder"]
 
     def _on_rejected(self, rejected: RejectedSignal, at: datetime) -> None:
         n = self._next("rejected")
@@ -501,11 +830,12 @@ class SupportTicket:
             problems=rejected.problems,
         )
 
-    def _ignored(self, what: str, by: str, at: datetime) -> None:
+    def _ignored(self, what: str, by: str, at: datetime) -> str:
         state = self._state().state.value
         n = self._next("ignored")
         self._log(f"{what}_ignored", at=at, by=by, detail=f"ticket is {state}")
         self._record(f"ignored-{n}", kind=f"{what}_ignored", at=at, by=by, state=state)
+        return f"cannot {what}: ticket {self._state().ticket_id} is {state}"
 
     # --- steps and the clock ---------------------------------------------------------------
 
@@ -605,6 +935,8 @@ class SupportTicket:
             recipients=step.recipients,
             time_zone=status.time_zone,
             failover_after=self._current_plan().failover_after,
+            # Customer replies received since the last step ride with this one.
+            message="\n".join(self._unannounced_replies) or None,
             # Events this activation recorded before the step ride on its delivery
             # instead of an activity of their own (the "opened" event with the intake).
             earlier_events=self._claim_unwritten(),
@@ -622,7 +954,61 @@ class SupportTicket:
             ),
             summary=self._outcome(),
         )
+        self._unannounced_replies = []
+        self._notified |= {r.name for r in step.recipients}
         self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
+        self._deliveries = [d for d in self._deliveries if not d.done()]
+        task = self._spawn(self._deliver(request, record))
+        self._deliveries.append(task)
+        self._delivery_kinds = {t: k for t, k in self._delivery_kinds.items() if not t.done()}
+        self._delivery_kinds[task] = step.kind
+
+    def _send(
+        self,
+        name: str,
+        kind: str,
+        recipients: list[Recipient],
+        at: datetime,
+        message: str,
+        due_at: datetime,
+    ) -> None:
+        """Deliver a message outside the ladder (a re-triage, a customer's reply) to
+        ``recipients``, keyed like a step (``<workflow id>/<name>/<recipient>``)."""
+        status = self._state()
+        targets = [r.name for r in recipients]
+        self._log(kind, at=at, detail=f"{message} (to {', '.join(targets)})")
+        self._revision += 1
+        wf_id = workflow.info().workflow_id
+        request = StepDelivery(
+            workflow_id=wf_id,
+            ticket_id=status.ticket_id,
+            customer_id=status.customer_id,
+            tier=status.tier,
+            severity=status.severity,
+            step=name,
+            kind=kind,
+            due_at=due_at,
+            response_due_at=status.response_due_at,
+            subject=self._ticket.subject,
+            recipients=recipients,
+            message=message,
+            time_zone=status.time_zone,
+            failover_after=self._current_plan().failover_after,
+            earlier_events=self._claim_unwritten(),
+            event=SlaEvent(
+                key=f"{wf_id}/{name}",
+                ticket_id=status.ticket_id,
+                kind=kind,
+                at=at,
+                source="workflow",
+                detail={"step": name, "targets": targets, "message": message},
+            ),
+            summary=self._outcome(),
+        )
+        self._notified |= set(targets)
+        record = EscalationRecord(
+            step=name, kind=StepKind.INTAKE, due_at=due_at, fired_at=at, targets=targets
+        )
         self._deliveries = [d for d in self._deliveries if not d.done()]
         self._deliveries.append(self._spawn(self._deliver(request, record)))
 
@@ -637,9 +1023,14 @@ class SupportTicket:
                     request.failover_after, request.recipients
                 ),
                 retry_policy=DELIVERY_RETRY,
+                # A delivery an acknowledgement cancels reports whether it had been sent.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             record.failed = result.failed
-        except ActivityError as err:
+        except (ActivityError, asyncio.CancelledError) as err:
+            if isinstance(err, asyncio.CancelledError) or isinstance(err.cause, CancelledError):
+                self._superseded_by_ack(request, record)
+                return
             cause = err.cause
             details: dict[str, Any] = {}
             if isinstance(cause, ApplicationError) and cause.details:
@@ -678,6 +1069,33 @@ class SupportTicket:
                 step=record.step,
                 failed=[f.model_dump() for f in record.failed],
             )
+
+    def _superseded_by_ack(self, request: StepDelivery, record: EscalationRecord) -> None:
+        """A delivery the acknowledgement cancelled before it was sent: recorded as
+        superseded on the ticket and in the ledger (with the events it carried)."""
+        now = workflow.now()
+        record.superseded_at = now
+        self._log(
+            "step_superseded",
+            at=now,
+            detail=f"step {record.step} (due {record.due_at.isoformat()}) not sent: the ticket"
+            " was acknowledged before it was delivered",
+        )
+        for earlier in request.earlier_events:
+            self._write_ledger(earlier)
+        if request.event is not None:
+            event = request.event
+            self._write_ledger(
+                event.model_copy(update={"detail": {**event.detail, "delivered": []}})
+            )
+        self._record(
+            f"superseded/{record.due_at.isoformat()}/{record.step}",
+            kind="step_superseded",
+            at=now,
+            step=record.step,
+            due_at=record.due_at.isoformat(),
+            reason="acknowledged",
+        )
 
     def _update_pages(self, action: Literal["acknowledge", "resolve"], by: str) -> None:
         """Acknowledge or resolve the ticket's page where it paged someone (PagerDuty
@@ -761,6 +1179,9 @@ class SupportTicket:
         )
         self._sync_search_attributes()
         self._update_pages("resolve", by)
+        # An update that marked the ticket out of scope answers now, not when the
+        # statement of work is decided (days later).
+        self._settle()
         plan = self._current_plan()
         handle = await workflow.start_child_workflow(
             "StatementOfWork",
@@ -783,11 +1204,21 @@ class SupportTicket:
         try:
             result = await handle
         except ChildWorkflowError as err:
+            # The child itself failed: that is neither a decision nor a time-out.
             result = SowResult(
-                outcome=SowOutcome.EXPIRED,
+                outcome=SowOutcome.FAILED,
                 decided_by="system",
                 decided_at=workflow.now(),
                 reference=f"failed: {err.cause}",
+            )
+        for failure in result.failed_notifications:
+            self._log("sow_notification_failed", at=workflow.now(), detail=failure)
+        if result.failed_notifications:
+            self._record(
+                "sow/notification-failed",
+                kind="sow_notification_failed",
+                at=workflow.now(),
+                failed=result.failed_notifications,
             )
         now = workflow.now()
         status.sow.outcome = result.outcome
@@ -808,32 +1239,70 @@ class SupportTicket:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _resolve(self, severity: Any, repeats_after: datetime | None = None) -> TicketPlan:
-        status = self._state()
-        return await workflow.execute_activity(
-            "resolve_ticket_plan",
-            PlanRequest(
-                ticket=self._ticket,
-                severity=severity,
-                opened_at=status.opened_at,
-                repeats_after=repeats_after,
-                pinned_version=status.policy_version,
-            ),
-            result_type=TicketPlan,
-            start_to_close_timeout=POLICY_TIMEOUT,
-            retry_policy=POLICY_RETRY,
+    async def _resolve(
+        self,
+        severity: Severity | None,
+        repeats_after: datetime | None = None,
+        *,
+        opened_at: datetime | None = None,
+        pinned_version: str | None = None,
+        tier: Tier | None = None,
+    ) -> TicketPlan | None:
+        """The ticket's plan at ``severity``, under its pinned policy version (or
+        ``pinned_version`` when adopting another), from its original open time. None when
+        the policy cannot be resolved: the failure is recorded on the ticket and logged at
+        error level, and the caller keeps the last good plan."""
+        status = self._status
+        request = PlanRequest(
+            ticket=self._ticket,
+            severity=severity,
+            opened_at=opened_at or self._state().opened_at,
+            repeats_after=repeats_after,
+            pinned_version=pinned_version or (status.policy_version if status else None),
+            tier=tier or (status.tier if status else None),
         )
+        try:
+            return await workflow.execute_activity(
+                "resolve_ticket_plan",
+                request,
+                result_type=TicketPlan,
+                start_to_close_timeout=POLICY_TIMEOUT,
+                schedule_to_close_timeout=POLICY_SCHEDULE_TIMEOUT,
+                retry_policy=POLICY_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            problem = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        workflow.logger.error(
+            "ticket policy could not be resolved",
+            extra={"ticket_id": self._ticket.ticket_id, "problem": problem},
+        )
+        if status is None:
+            self._planning_problem = problem
+            return None
+        status.policy_problem = problem
+        n = self._next("policy-problem")
+        now = workflow.now()
+        self._log(
+            "policy_unavailable",
+            at=now,
+            detail=f"{problem}; the ticket keeps its plan under policy {status.policy_version}",
+        )
+        self._record(f"policy-unavailable-{n}", kind="policy_unavailable", at=now, problem=problem)
+        return None
 
-    def _apply_plan(self, plan: TicketPlan) -> None:
+    def _apply_plan(self, plan: TicketPlan, adopted: bool = False) -> None:
         status = self._state()
         previous = self._plan
         self._plan = plan
+        status.tier = plan.tier
         status.severity = plan.severity
-        self._note_policy_version(plan.policy_version)
+        self._note_policy_version(plan.policy_version, adopted)
         status.commercial_sla = plan.commercial_sla
         status.response_target = plan.response_target
         status.response_due_at = plan.response_due_at
         status.time_zone = plan.time_zone
+        status.policy_problem = None
         if previous is not None:
             self._log(
                 "plan_resolved",
@@ -842,15 +1311,16 @@ class SupportTicket:
             )
         self._sync_search_attributes()
 
-    def _note_policy_version(self, version: str) -> None:
+    def _note_policy_version(self, version: str, adopted: bool = False) -> None:
         status = self._state()
-        if status.policy_version is not None and status.policy_version != version:
-            # Only the loaded policy can be resolved; the change is on the ticket's record.
+        if status.policy_version is not None and status.policy_version != version and not adopted:
+            # Only an explicit adoption moves a ticket to another version; anything else
+            # is a fault worth seeing on the ticket's record.
             self._log(
                 "policy_version_changed",
                 at=workflow.now(),
-                detail=f"{status.policy_version} -> {version} (re-resolved under the loaded"
-                " policy)",
+                detail=f"{status.policy_version} -> {version} (resolved under another version"
+                " than the ticket's)",
             )
         status.policy_version = version
 
@@ -957,6 +1427,10 @@ class SupportTicket:
             acknowledged_at=status.acknowledged_at,
             acknowledged_by=status.acknowledged_by,
             response_breached=status.response_breached,
+            breached_at=status.breached_at,
+            commercial_sla=status.commercial_sla,
+            claimed_tier=status.claimed_tier,
+            integration=status.integration,
             overrun=timedelta(seconds=s) if (s := self._overrun_seconds()) else None,
             escalations_fired=len(status.escalations),
             out_of_scope=status.out_of_scope,
@@ -1013,6 +1487,11 @@ class SupportTicket:
     def _current_plan(self) -> TicketPlan:
         assert self._plan is not None
         return self._plan
+
+
+def _rank(severity: Severity) -> int:
+    """sev1 = 1 (highest) ... sev4 = 4."""
+    return int(severity.value.removeprefix("sev"))
 
 
 def _iso(value: datetime | None) -> str | None:
