@@ -49,6 +49,8 @@ STEP_HEADLINES = {
     "breach": "SLA BREACHED: response target missed",
     "repeat": "SLA breached, still unacknowledged",
     "sow": "Statement of work",
+    "retriage": "Severity raised",
+    "customer_reply": "Customer replied",
 }
 EMAIL_TAGS = {
     "intake": "New",
@@ -56,6 +58,8 @@ EMAIL_TAGS = {
     "breach": "SLA BREACH",
     "repeat": "SLA BREACH, unacknowledged",
     "sow": "Statement of work",
+    "retriage": "Severity raised",
+    "customer_reply": "Customer reply",
 }
 PAGER_SEVERITY = {"sev1": "critical", "sev2": "error", "sev3": "warning", "sev4": "info"}
 
@@ -126,7 +130,7 @@ class Notification:
 
     @property
     def acknowledgeable(self) -> bool:
-        return self.request.kind in ("intake", "warning", "breach", "repeat")
+        return self.request.kind in ("intake", "warning", "breach", "repeat", "retriage")
 
     @cached_property
     def ack_link(self) -> str | None:
