@@ -1,24 +1,40 @@
-"""The JSON API: intake (``POST /api/tickets``), a ticket's status, agent actions (the
-workflow's signals) and the list of tickets from Temporal visibility.
+"""The JSON API: intake (``POST /api/tickets``, through the intake core), a ticket's
+status, agent actions (the workflow's updates, through ``visibility.apply_action``) and the
+list of tickets from Temporal visibility (docs/intake.md).
 
 Every refusal is JSON ``{"error": <code>, "message": <text>}``; a 422 also carries
 ``"errors": [{"field": ..., "message": ...}]``. Intake authenticates an integration
-token, agent actions an agent token (the agent's name is recorded on the ticket).
+token (its scope says which customers and tiers it may assert, and which tickets it
+reads), agent actions an agent token (the agent's name is recorded on the ticket).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.service import RPCError
 
+from intake.core import (
+    IntakeRefused,
+    InvalidTicket,
+    PolicyUnavailable,
+    Promise,
+    Scope,
+    TicketConflict,
+    api_source,
+    intake,
+    load_json,
+    policy_or_refuse,
+)
 from service.auth import Settings
-from starter import InvalidTicket, load_json, open_ticket, parse_ticket, stamped
+from support import search_attributes as sa
 from support import visibility
 from support.models import (
     Acknowledge,
@@ -28,14 +44,13 @@ from support.models import (
     Note,
     Resolve,
     Severity,
-    TicketInput,
     TicketState,
     TicketStatus,
     Tier,
     describe_validation_error,
     ticket_workflow_id,
 )
-from support.policy import PolicyError, load_policy, resolve_plan
+from support.policy import Policy
 
 bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -90,37 +105,53 @@ WRONG_KIND = {
 }
 
 
-def _authenticate(request: Request, credentials: Credentials, kind: str) -> str:
-    """The name behind the bearer token, if it is of ``kind`` (intake, agent or any)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: an agent, or an intake integration with its scope."""
+
+    name: str
+    kind: str  # "agent" | "intake"
+    scope: Scope | None = None
+
+
+def _authenticate(request: Request, credentials: Credentials, kind: str) -> Caller:
+    """The caller behind the bearer token, if it is of ``kind`` (intake, agent or any)."""
     settings = _settings(request)
     token = _token(credentials)
     names = {"intake": settings.integration(token), "agent": settings.agent(token)}
+
+    def caller(found_kind: str) -> Caller:
+        name = names[found_kind]
+        assert name is not None
+        scope = settings.scope(name) if found_kind == "intake" else None
+        return Caller(name=name, kind=found_kind, scope=scope)
+
     if kind == "any":
-        name = names["agent"] or names["intake"]
-        if name is None:
-            raise ApiError(401, "unauthenticated", "the token is not valid")
-        return name
-    name = names[kind]
-    if name is None:
+        if names["agent"] is not None:
+            return caller("agent")
+        if names["intake"] is not None:
+            return caller("intake")
+        raise ApiError(401, "unauthenticated", "the token is not valid")
+    if names[kind] is None:
         other, why = WRONG_KIND[kind]
         if names[other] is not None:
             raise ApiError(403, "forbidden", why)
         raise ApiError(401, "unauthenticated", f"the {kind} token is not valid")
-    return name
+    return caller(kind)
 
 
-def integration(request: Request, credentials: Credentials) -> str:
+def integration(request: Request, credentials: Credentials) -> Caller:
     """The intake integration the bearer token belongs to."""
     return _authenticate(request, credentials, "intake")
 
 
 def agent(request: Request, credentials: Credentials) -> str:
     """The agent the bearer token belongs to."""
-    return _authenticate(request, credentials, "agent")
+    return _authenticate(request, credentials, "agent").name
 
 
-def reader(request: Request, credentials: Credentials) -> str:
-    """Anyone with a token: agents, and integrations reading their tickets' status."""
+def reader(request: Request, credentials: Credentials) -> Caller:
+    """Anyone with a token: agents (every ticket), integrations (their scope's tickets)."""
     return _authenticate(request, credentials, "any")
 
 
@@ -133,83 +164,54 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 # --- tickets ---------------------------------------------------------------------------------
 
 
-class IntakeResponse(BaseModel):
-    ticket_id: str
-    workflow_id: str
-    created: bool
-    state: str
-    tier: Tier
-    severity: Severity
-    response_target: timedelta | None
-    response_due_at: datetime | None
-
-
-def promise(ticket: TicketInput) -> tuple[timedelta | None, datetime | None]:
-    """The response target and deadline the policy promises this ticket."""
-    assert ticket.opened_at is not None
-    plan = resolve_plan(load_policy(), ticket, ticket.severity, ticket.opened_at)
-    return plan.response_target, plan.response_due_at
-
-
-async def intake(
-    client: Client, data: Any, task_queue: str | None = None
-) -> tuple[int, IntakeResponse]:
-    """Validate and open a ticket (idempotent on ``ticket_id``): 201 when started, 200 when
-    the same ticket already exists, 409 when the id belongs to a different ticket."""
-    try:
-        ticket = parse_ticket(data)
-    except InvalidTicket as err:
-        raise invalid(err.problems) from None
-    ticket = stamped(ticket)
-    try:
-        target, due = promise(ticket)
-    except PolicyError as err:
-        raise ApiError(503, "policy_unavailable", str(err)) from err
-    result = await open_ticket(client, ticket, task_queue)
-    if not result.created:
-        existing = await status_of(client, ticket.ticket_id)
-        if existing.customer_id != ticket.customer_id or existing.tier is not ticket.tier:
-            raise ApiError(
-                409,
-                "conflict",
-                f"ticket_id {ticket.ticket_id!r} already belongs to another ticket",
-            )
-        if existing.policy_version is None:
-            # A retry right after the first request: the ticket has not applied its plan
-            # yet; the promise is the same computation from its own open time.
-            target, due = promise(
-                ticket.model_copy(
-                    update={"opened_at": existing.opened_at, "severity": existing.severity}
-                )
-            )
-        else:
-            target, due = existing.response_target, existing.response_due_at
-        return 200, IntakeResponse(
-            ticket_id=existing.ticket_id,
-            workflow_id=result.workflow_id,
-            created=False,
-            state=existing.state.value,
-            tier=existing.tier,
-            severity=existing.severity,
-            response_target=target,
-            response_due_at=due,
+def refusal(err: InvalidTicket | IntakeRefused | PolicyUnavailable | TicketConflict) -> ApiError:
+    """The intake core's refusal as the API answers it."""
+    if isinstance(err, InvalidTicket):
+        return invalid(err.problems)
+    if isinstance(err, IntakeRefused):
+        if err.forbidden:
+            return ApiError(403, "forbidden", str(err), field_errors(err.problems))
+        return ApiError(
+            422, "refused", "the ticket is refused: " + str(err), field_errors(err.problems)
         )
-    return 201, IntakeResponse(
-        ticket_id=ticket.ticket_id,
-        workflow_id=result.workflow_id,
-        created=True,
-        state="open",
-        tier=ticket.tier,
-        severity=ticket.severity,
-        response_target=target,
-        response_due_at=due,
-    )
+    if isinstance(err, PolicyUnavailable):
+        return ApiError(503, "policy_unavailable", f"{err}; no ticket is opened until it loads")
+    return ApiError(409, "conflict", str(err))
 
 
-async def details_of(client: Client, ticket_id: str) -> visibility.TicketDetails:
-    """The ticket's status and whether its workflow still runs; 404 when there is none,
-    503 when it cannot answer (no worker)."""
+async def open_for(
+    client: Client, data: Any, caller: Caller, task_queue: str | None = None
+) -> tuple[int, Promise]:
+    """Open a ticket for an integration (idempotent on ``ticket_id``): 201 when started,
+    200 when the same ticket already exists, 409 when the id belongs to another ticket."""
+    assert caller.scope is not None
     try:
+        promise = await intake(
+            client, data, api_source(caller.name, caller.scope), queue=task_queue
+        )
+    except (InvalidTicket, IntakeRefused, PolicyUnavailable, TicketConflict) as err:
+        raise refusal(err) from None
+    except RPCError as err:
+        raise ApiError(503, "unavailable", f"Temporal is unavailable: {err.message}") from err
+    return (201 if promise.created else 200), promise
+
+
+def _policy() -> Policy:
+    try:
+        return policy_or_refuse()
+    except PolicyUnavailable as err:
+        raise refusal(err) from None
+
+
+async def details_of(
+    client: Client, ticket_id: str, caller: Caller | None = None
+) -> visibility.TicketDetails:
+    """The ticket's status and whether its workflow still runs; 404 when there is none
+    (or, for an integration, when it is not one of its customers' tickets: ids outside its
+    scope do not leak), 503 when it cannot answer (no worker)."""
+    try:
+        if caller is not None and caller.scope is not None:
+            await _in_scope(client, ticket_id, caller.scope)
         details = await visibility.ticket_details(client, ticket_id)
     except visibility.InvalidArgument:
         details = None
@@ -220,31 +222,64 @@ async def details_of(client: Client, ticket_id: str) -> visibility.TicketDetails
     return details
 
 
+async def _in_scope(client: Client, ticket_id: str, scope: Scope) -> None:
+    """404 unless the ticket's customer (its search attribute, no worker needed) is one
+    the integration serves."""
+    handle = client.get_workflow_handle(ticket_workflow_id(visibility.check_ticket_id(ticket_id)))
+    try:
+        customer = (await handle.describe()).typed_search_attributes.get(sa.CUSTOMER_ID)
+    except RPCError:
+        customer = None
+    if not scope.serves(_policy(), customer):
+        raise ApiError(404, "not_found", f"no ticket {ticket_id!r}")
+
+
 async def status_of(client: Client, ticket_id: str) -> TicketStatus:
     return (await details_of(client, ticket_id)).status
 
 
-# What each action needs, and the signal it sends.
-ACTIONS: dict[str, tuple[str, tuple[TicketState, ...]]] = {
-    "ack": ("acknowledge", (TicketState.OPEN,)),
-    "severity": ("change_severity", (TicketState.OPEN, TicketState.ACKNOWLEDGED)),
-    "out-of-scope": ("mark_out_of_scope", (TicketState.OPEN, TicketState.ACKNOWLEDGED)),
-    "resolve": ("resolve", (TicketState.OPEN, TicketState.ACKNOWLEDGED)),
+# How long an action waits for a worker to apply it before it is queued as a signal.
+ACTION_WAIT = visibility.UPDATE_WAIT
+# The API's action paths -> the update (and signal) each one is.
+ACTIONS = {
+    "ack": "acknowledge",
+    "severity": "change_severity",
+    "out-of-scope": "mark_out_of_scope",
+    "resolve": "resolve",
 }
 
 
-async def act(client: Client, ticket_id: str, action: str, payload: Message) -> dict[str, Any]:
-    """Send an agent action to an open ticket; 404 unknown, 409 when it cannot apply."""
-    signal, allowed = ACTIONS[action]
-    details = await details_of(client, ticket_id)
-    status = details.status
-    if status.state not in allowed or details.closed:
-        detail = f"ticket {ticket_id} is {status.state.value}"
-        if status.state is TicketState.ACKNOWLEDGED and status.acknowledged_at:
-            detail += f" (by {status.acknowledged_by} at {status.acknowledged_at.isoformat()})"
-        raise ApiError(409, "conflict", f"cannot {action}: {detail}")
-    await client.get_workflow_handle(ticket_workflow_id(ticket_id)).signal(signal, payload)
-    return {"ticket_id": ticket_id, "action": action, "accepted": True}
+def received_now() -> datetime:
+    """The instant an agent's action is received: stamped on acknowledge and resolve."""
+    return datetime.now(UTC)
+
+
+async def act(
+    client: Client, ticket_id: str, action: str, payload: Message
+) -> tuple[int, dict[str, Any]]:
+    """Apply an agent action through the ticket's update (``visibility.apply_action``):
+    200 with the status after it; 202 when no worker answered and it was queued as a
+    signal; 404 unknown; 409 when the ticket refuses it (the validator's reason)."""
+    update = ACTIONS[action]
+    try:
+        result = await visibility.apply_action(client, ticket_id, update, payload, wait=ACTION_WAIT)
+    except (visibility.InvalidArgument, visibility.TicketNotFound):
+        raise ApiError(404, "not_found", f"no ticket {ticket_id!r}") from None
+    except (visibility.ActionRefused, visibility.TicketClosed) as err:
+        raise ApiError(409, "conflict", str(err)) from err
+    except RPCError as err:
+        raise ApiError(503, "unavailable", f"Temporal is unavailable: {err.message}") from err
+    if result.queued or result.status is None:
+        at = getattr(payload, "at", None)
+        when = f" at {at.isoformat()}, when it was received" if at is not None else ""
+        return 202, {
+            "ticket_id": ticket_id,
+            "action": action,
+            "queued": True,
+            "message": f"no worker answered within {ACTION_WAIT.total_seconds():.0f}"
+            f" s: the {update} is queued and the ticket applies it{when} once a worker is back",
+        }
+    return 200, result.status.model_dump(mode="json")
 
 
 def _model(model: type[Message], data: dict[str, Any], what: str) -> Any:
@@ -254,8 +289,12 @@ def _model(model: type[Message], data: dict[str, Any], what: str) -> Any:
         raise invalid(describe_validation_error(err, top="(body)"), what) from None
 
 
-class AckBody(BaseModel):
+class AckBody(Message):
     note: Note | None = None
+
+
+class ResolveBody(Message):
+    summary: Note | None = None
 
 
 router = APIRouter(prefix="/api")
@@ -286,56 +325,90 @@ TICKET_BODY = {"type": "object", "description": "the workflow contract's input (
         "requestBody": {"required": True, "content": {"application/json": {"schema": TICKET_BODY}}}
     },
 )
-async def post_ticket(request: Request, name: Annotated[str, Depends(integration)]) -> JSONResponse:
+async def post_ticket(
+    request: Request, caller: Annotated[Caller, Depends(integration)]
+) -> JSONResponse:
     data = await json_body(request)
-    status, result = await intake(_client(request), data, request.app.state.task_queue)
-    return JSONResponse(result.model_dump(mode="json"), status_code=status)
+    status, promise = await open_for(_client(request), data, caller, request.app.state.task_queue)
+    return JSONResponse(promise.model_dump(mode="json"), status_code=status)
 
 
 @router.get("/tickets/{ticket_id}")
 async def get_ticket(
-    request: Request, ticket_id: str, name: Annotated[str, Depends(reader)]
+    request: Request, ticket_id: str, caller: Annotated[Caller, Depends(reader)]
 ) -> JSONResponse:
-    status = await status_of(_client(request), ticket_id)
-    return JSONResponse(status.model_dump(mode="json"))
+    details = await details_of(_client(request), ticket_id, caller)
+    return JSONResponse(details.status.model_dump(mode="json"))
 
 
-@router.post("/tickets/{ticket_id}/ack", status_code=202)
+def _answer(result: tuple[int, dict[str, Any]]) -> JSONResponse:
+    status, body = result
+    return JSONResponse(body, status_code=status)
+
+
+@router.post("/tickets/{ticket_id}/ack")
 async def post_ack(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
-) -> dict[str, Any]:
-    body = _model(AckBody, data, "acknowledgement")  # type: ignore[arg-type]
-    return await act(_client(request), ticket_id, "ack", Acknowledge(agent=who, note=body.note))
+) -> JSONResponse:
+    at = received_now()
+    body = _model(AckBody, data, "acknowledgement")
+    ack = Acknowledge(agent=who, note=body.note, at=at)
+    return _answer(await act(_client(request), ticket_id, "ack", ack))
 
 
-@router.post("/tickets/{ticket_id}/severity", status_code=202)
+@router.post("/tickets/{ticket_id}/severity")
 async def post_severity(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
-) -> dict[str, Any]:
+) -> JSONResponse:
     change = _model(ChangeSeverity, {**data, "by": who}, "severity change")
-    return await act(_client(request), ticket_id, "severity", change)
+    return _answer(await act(_client(request), ticket_id, "severity", change))
 
 
-@router.post("/tickets/{ticket_id}/out-of-scope", status_code=202)
+@router.post("/tickets/{ticket_id}/out-of-scope")
 async def post_out_of_scope(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
-) -> dict[str, Any]:
+) -> JSONResponse:
     mark = _model(MarkOutOfScope, {**data, "by": who}, "out-of-scope mark")
-    return await act(_client(request), ticket_id, "out-of-scope", mark)
+    return _answer(await act(_client(request), ticket_id, "out-of-scope", mark))
 
 
-@router.post("/tickets/{ticket_id}/resolve", status_code=202)
+@router.post("/tickets/{ticket_id}/resolve")
 async def post_resolve(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
-) -> dict[str, Any]:
-    resolve = _model(Resolve, {**data, "by": who}, "resolution")
-    return await act(_client(request), ticket_id, "resolve", resolve)
+) -> JSONResponse:
+    at = received_now()
+    body = _model(ResolveBody, data, "resolution")
+    resolve = Resolve(by=who, summary=body.summary, at=at)
+    return _answer(await act(_client(request), ticket_id, "resolve", resolve))
+
+
+def scope_clause(policy: Policy, scope: Scope) -> str | None:
+    """The visibility clause that keeps an integration's list to its customers' tickets:
+    its listed customers, or everyone but the contracted customers it does not list.
+    Ids that cannot go into a query safely are left to the check after the query."""
+
+    def quoted(ids: set[str] | frozenset[str]) -> str:
+        safe = sorted(c for c in ids if _safe_customer(c))
+        return ", ".join(f"'{visibility.check_customer(c)}'" for c in safe)
+
+    if scope.others:
+        excluded = set(policy.customers) - scope.customers
+        return f"{sa.CUSTOMER_ID.name} NOT IN ({quoted(excluded)})" if quoted(excluded) else None
+    return f"{sa.CUSTOMER_ID.name} IN ({quoted(scope.customers)})"
+
+
+def _safe_customer(customer: str) -> bool:
+    try:
+        visibility.check_customer(customer)
+    except visibility.InvalidArgument:
+        return False
+    return True
 
 
 @router.get("/tickets")
 async def list_tickets(
     request: Request,
-    name: Annotated[str, Depends(reader)],
+    caller: Annotated[Caller, Depends(reader)],
     state: Annotated[TicketState | None, Query()] = None,
     tier: Annotated[Tier | None, Query()] = None,
     severity: Annotated[Severity | None, Query()] = None,
@@ -343,13 +416,29 @@ async def list_tickets(
     customer: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> JSONResponse:
-    found = await visibility.list_tickets(
-        _client(request),
-        state=state,
-        tier=tier,
-        severity=severity,
-        breached=breached,
-        customer=customer,
-        limit=limit,
-    )
+    client = _client(request)
+    filters: dict[str, Any] = {
+        "state": state,
+        "tier": tier,
+        "severity": severity,
+        "breached": breached,
+        "customer": customer,
+    }
+    if caller.scope is None:
+        found = await visibility.list_tickets(client, **filters, limit=limit)
+    else:
+        # An integration lists its own customers' tickets only: filtered in the query,
+        # and checked again on what comes back.
+        policy = _policy()
+        query = visibility.build_query(**filters)
+        clause = scope_clause(policy, caller.scope)
+        if clause:
+            query += f" AND {clause}"
+        summaries = [
+            visibility.summary_of(execution)
+            async for execution in client.list_workflows(query, limit=limit)
+        ]
+        found = visibility.by_time_to_breach(
+            [t for t in summaries if caller.scope.serves(policy, t.customer_id)]
+        )
     return JSONResponse({"tickets": [t.model_dump(mode="json") for t in found]})

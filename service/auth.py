@@ -1,11 +1,17 @@
 """Who may call the HTTP service, and the signed acknowledge links.
 
 - Intake integrations (web form back ends, a customer's portal, scripts) authenticate with
-  a per-integration API token: ``SUPPORT_INTAKE_TOKENS="acme-portal:<token>,..."``.
+  a per-integration API token: ``SUPPORT_INTAKE_TOKENS="acme-portal:<token>,..."``. What
+  each may assert and read is its scope (``intake.core.Scope``), from
+  ``SUPPORT_INTAKE_SCOPES="acme-portal=customers:acme|acme-eu;max_tier:premium,..."``
+  (``parse_scopes``; docs/intake.md). Without an entry: any customer without a contract,
+  at Community only.
 - Agents authenticate with their own token: ``SUPPORT_AGENT_TOKENS="ana:<token>,..."``; the
   agent's name is what the ticket records as who acknowledged or resolved.
 - Acknowledge links in notifications are signed (``SUPPORT_LINK_SECRET``), bound to one
-  ticket and one agent, and expire (``SUPPORT_LINK_TTL_HOURS``, default 24).
+  ticket and one agent, carry a unique id, and expire (``SUPPORT_LINK_TTL_HOURS``, default
+  24). A link acknowledges at most once: only an open ticket can be acknowledged, and a
+  ticket is acknowledged once (docs/intake.md says why no store of used links is needed).
 
 Tokens are compared in constant time. A missing link secret is replaced by a random one
 (links then stop working when the service restarts; the service warns).
@@ -19,9 +25,14 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 import structlog
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from intake.core import DEFAULT_SCOPE, Scope
+from support.models import Tier
+from support.visibility import CUSTOMER_FILTER_PATTERN
 
 log = structlog.get_logger("support.service")
 
@@ -46,10 +57,65 @@ def parse_tokens(variable: str, value: str | None) -> dict[str, str]:
     return tokens
 
 
+SCOPE_KEYS = ("customers", "max_tier")
+
+
+def parse_scopes(variable: str, value: str | None, integrations: set[str]) -> dict[str, Scope]:
+    """``name=customers:a|b|*;max_tier:premium,...`` -> {integration: Scope}.
+
+    ``customers``: the customer ids the integration serves, ``|``-separated; ``*`` stands
+    for every customer without a contract (default: ``*`` alone). ``max_tier``: the highest
+    tier it may claim for a customer without a contract (default: community). Every name
+    must be an integration of ``SUPPORT_INTAKE_TOKENS``; errors name the variable and the
+    entry."""
+    scopes: dict[str, Scope] = {}
+    for i, entry in enumerate(filter(None, (e.strip() for e in (value or "").split(",")))):
+        name, sep, rest = (part.strip() for part in entry.partition("="))
+        where = f"{variable}: entry {i + 1}" + (f" ({name})" if name else "")
+
+        def refuse(why: str, where: str = where) -> TokenConfigError:
+            return TokenConfigError(f"{where}: {why}")
+
+        if not sep or not _NAME.match(name):
+            raise refuse("must be name=customers:a|b;max_tier:<tier> with a lower-case name")
+        if name not in integrations:
+            raise refuse(f"{name!r} is not an integration of SUPPORT_INTAKE_TOKENS")
+        if name in scopes:
+            raise refuse(f"{name!r} has a scope already")
+        given: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in rest.split(";"))):
+            key, colon, setting = (x.strip() for x in part.partition(":"))
+            if not colon or key not in SCOPE_KEYS:
+                raise refuse(f"{part!r} is not one of customers:<ids> or max_tier:<tier>")
+            if key in given:
+                raise refuse(f"{key} is given twice")
+            given[key] = setting
+        customers = [c.strip() for c in given.get("customers", "*").split("|")]
+        for customer in customers:
+            if customer != "*" and not re.fullmatch(CUSTOMER_FILTER_PATTERN, customer):
+                raise refuse(
+                    f"customers: {customer!r} is not a customer id (letters, digits,"
+                    " . _ : @ + -) or *"
+                )
+        try:
+            max_tier = Tier(given.get("max_tier", Tier.COMMUNITY.value))
+        except ValueError:
+            tiers = ", ".join(t.value for t in Tier)
+            raise refuse(f"max_tier: {given['max_tier']!r} is not one of {tiers}") from None
+        scopes[name] = Scope(
+            customers=frozenset(c for c in customers if c != "*"),
+            others="*" in customers,
+            max_tier=max_tier,
+        )
+    return scopes
+
+
 @dataclass(frozen=True)
 class Settings:
     intake_tokens: dict[str, str] = field(default_factory=dict)
     agent_tokens: dict[str, str] = field(default_factory=dict)
+    # integration name -> what it may assert and read (DEFAULT_SCOPE when not listed)
+    intake_scopes: dict[str, Scope] = field(default_factory=dict)
     link_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     link_ttl: timedelta = timedelta(hours=24)
     public_url: str = "http://localhost:8000"
@@ -60,9 +126,15 @@ class Settings:
         if not secret:
             log.warning("SUPPORT_LINK_SECRET not set: acknowledge links last until a restart")
             secret = secrets.token_urlsafe(32)
+        intake_tokens = parse_tokens(
+            "SUPPORT_INTAKE_TOKENS", os.environ.get("SUPPORT_INTAKE_TOKENS")
+        )
         return cls(
-            intake_tokens=parse_tokens(
-                "SUPPORT_INTAKE_TOKENS", os.environ.get("SUPPORT_INTAKE_TOKENS")
+            intake_tokens=intake_tokens,
+            intake_scopes=parse_scopes(
+                "SUPPORT_INTAKE_SCOPES",
+                os.environ.get("SUPPORT_INTAKE_SCOPES"),
+                set(intake_tokens.values()),
             ),
             agent_tokens=parse_tokens(
                 "SUPPORT_AGENT_TOKENS", os.environ.get("SUPPORT_AGENT_TOKENS")
@@ -78,6 +150,9 @@ class Settings:
     def agent(self, token: str) -> str | None:
         return _lookup(self.agent_tokens, token)
 
+    def scope(self, integration: str) -> Scope:
+        return self.intake_scopes.get(integration, DEFAULT_SCOPE)
+
 
 def _lookup(tokens: dict[str, str], presented: str) -> str | None:
     found = None
@@ -87,8 +162,17 @@ def _lookup(tokens: dict[str, str], presented: str) -> str | None:
     return found
 
 
+class AckLink(NamedTuple):
+    ticket_id: str
+    agent: str
+    # The link's unique id: recorded with the acknowledgement it makes ("" for a link
+    # made before links carried one).
+    nonce: str
+
+
 class AckLinks:
-    """Expiring, signed acknowledge links bound to a ticket and an agent."""
+    """Expiring, signed acknowledge links bound to a ticket and an agent, each with its own
+    unique id."""
 
     SALT = "support-ack-link"
 
@@ -98,13 +182,13 @@ class AckLinks:
         self.public_url = public_url.rstrip("/")
 
     def token(self, ticket_id: str, agent: str) -> str:
-        return self._serializer.dumps({"t": ticket_id, "a": agent})
+        return self._serializer.dumps({"t": ticket_id, "a": agent, "n": secrets.token_hex(8)})
 
     def url(self, ticket_id: str, agent: str) -> str:
         return f"{self.public_url}/board/ack/{self.token(ticket_id, agent)}"
 
-    def read(self, token: str) -> tuple[str, str]:
-        """(ticket_id, agent); raises LinkError saying why the link is refused."""
+    def read(self, token: str) -> AckLink:
+        """The link's ticket, agent and id; raises LinkError saying why it is refused."""
         try:
             data = self._serializer.loads(token, max_age=int(self.ttl.total_seconds()))
         except SignatureExpired as err:
@@ -113,7 +197,7 @@ class AckLinks:
             raise LinkError("this acknowledge link is not valid") from err
         if not isinstance(data, dict) or not {"t", "a"} <= set(data):
             raise LinkError("this acknowledge link is not valid")
-        return str(data["t"]), str(data["a"])
+        return AckLink(str(data["t"]), str(data["a"]), str(data.get("n", "")))
 
 
 class LinkError(ValueError):

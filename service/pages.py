@@ -1,10 +1,13 @@
 """The HTML pages: the customers' contact form, and the agents' board with acknowledge /
 resolve, login, and the confirm step of a signed acknowledge link.
 
-Pages are rendered on the server (jinja2, autoescaped). Agents log in with their token;
-the session is a signed, HttpOnly, SameSite=Strict cookie, and every form on the board
-carries a CSRF token tied to that session. A signed link is its own authorisation: it
-names one ticket and one agent and expires.
+Pages are rendered on the server (jinja2, autoescaped). The form opens tickets through
+the intake core (``intake.core``, the same rules as every intake path) and claims no tier:
+the contract found by the email's domain decides it. Agents log in with their token; the
+session is a signed, HttpOnly, SameSite=Strict cookie, and every form on the board carries
+a CSRF token tied to that session. A signed link is its own authorisation: it names one
+ticket and one agent, expires, and acknowledges at most once. Board actions and links act
+through the ticket's updates (``service.api.act``), stamped with the instant received.
 """
 
 from __future__ import annotations
@@ -17,16 +20,28 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from temporalio.service import RPCError
 
-from service.api import ApiError, act, intake, status_of
+from intake.core import (
+    WEB_FORM,
+    IntakeRefused,
+    InvalidTicket,
+    PolicyUnavailable,
+    TicketConflict,
+    intake,
+)
+from service.api import ApiError, act, received_now, status_of
 from service.auth import AckLinks, LinkError, Settings
 from support import visibility
-from support.models import Acknowledge, Resolve, TicketState, Tier
-from support.policy import load_policy
+from support.models import Acknowledge, Resolve, TicketState, TicketStatus
+from support.policy import PolicyError, load_policy
+
+log = structlog.get_logger("support.service")
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 router = APIRouter()
@@ -112,7 +127,11 @@ def human(duration: timedelta | None) -> str:
 
 
 def form_page(
-    request: Request, values: dict[str, str], errors: dict[str, str], status_code: int = 200
+    request: Request,
+    values: dict[str, str],
+    errors: dict[str, str],
+    status_code: int = 200,
+    problem: str | None = None,
 ) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
@@ -122,9 +141,16 @@ def form_page(
             "errors": errors,
             "severities": SEVERITY_LABELS,
             "kinds": ISSUE_KINDS,
+            "problem": problem,
         },
         status_code=status_code,
     )
+
+
+UNAVAILABLE = (
+    "We cannot open tickets at this moment. Nothing was sent: please try again in a few"
+    " minutes (what you wrote is kept below)."
+)
 
 
 @router.get("/", include_in_schema=False)
@@ -134,11 +160,13 @@ async def home() -> RedirectResponse:
 
 @router.get("/support/new", response_class=HTMLResponse)
 async def contact_form(request: Request) -> HTMLResponse:
-    return form_page(
-        request,
-        {"form_id": uuid.uuid4().hex, "severity": load_policy().default_severity.value},
-        {},
-    )
+    values = {"form_id": uuid.uuid4().hex}
+    try:
+        values["severity"] = load_policy().default_severity.value
+    except PolicyError as err:
+        log.error("contact form: the policy is unavailable", error=str(err))
+        return form_page(request, values, {}, 503, UNAVAILABLE)
+    return form_page(request, values, {})
 
 
 @router.post("/support/new", response_class=HTMLResponse)
@@ -166,37 +194,56 @@ async def contact_submit(
         errors["subject"] = "Tell us in a line what is wrong."
     if category not in ISSUE_KINDS:
         errors["category"] = "Choose what kind of issue this is."
-    if severity not in SEVERITY_LABELS:
+    if severity and severity not in SEVERITY_LABELS:
         errors["severity"] = "Choose how badly you are affected."
     if not form_id or len(form_id) != 32 or not all(c in "0123456789abcdef" for c in form_id):
         form_id = values["form_id"] = uuid.uuid4().hex
     if errors:
         return form_page(request, values, errors, 422)
-    policy = load_policy()
+    try:
+        policy = load_policy()
+    except PolicyError as err:
+        log.error("contact form: the policy is unavailable", error=str(err))
+        return form_page(request, values, {}, 503, UNAVAILABLE)
     customer = policy.customer_for_email(email)
-    tier = policy.customers[customer].tier if customer else Tier.COMMUNITY
     data: dict[str, Any] = {
         # One form, one ticket: submitting the same form twice opens nothing new.
         "ticket_id": f"W-{form_id[:16]}",
+        # No tier claimed: the contract found by the email's domain decides, else Community.
         "customer_id": customer or "community",
-        "tier": tier.value,
-        "severity": severity,
         "category": category,
         "subject": subject.strip(),
         "description": description,
         "reporter_email": email.strip(),
-        "intake_channel": "web_form",
     }
+    if severity:
+        data["severity"] = severity  # else the policy's default severity
     try:
-        _, result = await intake(request.app.state.client, data, request.app.state.task_queue)
-    except ApiError as err:
-        if err.status != 422 or not err.errors:
-            raise
+        result = await intake(
+            request.app.state.client,
+            data,
+            WEB_FORM,
+            queue=request.app.state.task_queue,
+            policy=policy,
+        )
+    except InvalidTicket as err:
         reverse = {v: k for k, v in FORM_FIELDS.items()}
-        for problem in err.errors:
-            field = reverse.get(problem["field"], "subject")
-            errors.setdefault(field, problem["message"])
+        for problem in err.problems:
+            name, _, message = problem.partition(": ")
+            errors.setdefault(reverse.get(name, "subject"), message or name)
         return form_page(request, values, errors, 422)
+    except IntakeRefused as err:
+        return form_page(request, values, {}, 422, form_refusal(err))
+    except PolicyUnavailable as err:
+        log.error("contact form: the policy is unavailable", error=str(err))
+        return form_page(request, values, {}, 503, UNAVAILABLE)
+    except TicketConflict:
+        values["form_id"] = uuid.uuid4().hex
+        problem = "This form could not be sent as it was. Please send it again."
+        return form_page(request, values, {}, 409, problem)
+    except RPCError as err:
+        log.error("contact form: Temporal unavailable", error=str(err))
+        return form_page(request, values, {}, 503, UNAVAILABLE)
     return templates.TemplateResponse(
         request,
         "contact_done.html",
@@ -208,6 +255,25 @@ async def contact_submit(
         },
         status_code=201 if result.created else 200,
     )
+
+
+CHANNEL_NAMES = {
+    "web_form": "this contact form",
+    "email": "email to the support address",
+    "api": "your organisation's integration with our API",
+    "named_contact": "your named contacts",
+}
+
+
+def form_refusal(err: IntakeRefused) -> str:
+    """Why the form cannot open the ticket, for the customer: the agreed intake path."""
+    if err.agreed_channels:
+        paths = ", ".join(CHANNEL_NAMES.get(c, c.replace("_", " ")) for c in err.agreed_channels)
+        return (
+            "Your organisation's support contract has an agreed way to open tickets, and it is"
+            f" not this form: please use {paths}."
+        )
+    return "This request cannot be opened here: " + "; ".join(err.problems)
 
 
 # --- the agent board -------------------------------------------------------------------------
@@ -287,15 +353,22 @@ async def board_action(
         return RedirectResponse("/board/login", status_code=303)
     if not hmac.compare_digest(csrf, csrf_token(request, agent)):
         raise ApiError(403, "forbidden", "the form has expired; reload the board")
+    at = received_now()
     if action == "ack":
-        payload: Acknowledge | Resolve = Acknowledge(agent=agent, note="from the board")
+        payload: Acknowledge | Resolve = Acknowledge(agent=agent, note="from the board", at=at)
     elif action == "resolve":
-        payload = Resolve(by=agent, summary="resolved from the board")
+        payload = Resolve(by=agent, summary="resolved from the board", at=at)
     else:
         raise ApiError(404, "not_found", f"no action {action!r}")
     try:
-        await act(request.app.state.client, ticket_id, action, payload)
-        notice = f"{'Acknowledged' if action == 'ack' else 'Resolved'} {ticket_id}."
+        code, _ = await act(request.app.state.client, ticket_id, action, payload)
+        done = "Acknowledged" if action == "ack" else "Resolved"
+        notice = f"{done} {ticket_id}."
+        if code == 202:
+            notice = (
+                f"{done} {ticket_id} as of {at.strftime('%H:%M:%S UTC')}: no worker answered,"
+                " so the ticket applies it when one is back."
+            )
     except ApiError as err:
         if err.status not in (404, 409):
             raise
@@ -312,37 +385,77 @@ def message(request: Request, title: str, text: str, status_code: int = 200) -> 
     )
 
 
+def spent(request: Request, status: TicketStatus, status_code: int) -> HTMLResponse | None:
+    """The page for a link whose ticket is no longer open (None while it is): a ticket is
+    acknowledged once, so a link that acknowledged it, or any other, is spent."""
+    if status.state is TicketState.OPEN:
+        return None
+    if status.acknowledged_by and status.acknowledged_at:
+        at = status.acknowledged_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        text = (
+            f"Ticket {status.ticket_id} was acknowledged by {status.acknowledged_by} at {at}:"
+            " this link is used up (an acknowledge link acknowledges once, while the ticket"
+            " is open)."
+        )
+        return message(request, "Already acknowledged", text, status_code)
+    text = f"Ticket {status.ticket_id} is {status.state.value}: there is nothing to acknowledge."
+    return message(request, "Nothing to acknowledge", text, status_code)
+
+
 @router.get("/board/ack/{token}", response_class=HTMLResponse)
 async def ack_link(request: Request, token: str) -> HTMLResponse:
     try:
-        ticket_id, agent = links(request).read(token)
+        link = links(request).read(token)
     except LinkError as err:
         return message(request, "Link refused", str(err), 403)
     try:
-        status = await status_of(request.app.state.client, ticket_id)
+        status = await status_of(request.app.state.client, link.ticket_id)
     except ApiError as err:
-        return message(request, "No such ticket", err.message, 404)
+        return message(request, "No such ticket", err.message, err.status)
+    page = spent(request, status, 409)
+    if page is not None:
+        return page
     return templates.TemplateResponse(
         request,
         "ack_confirm.html",
-        {"status": status, "agent": agent, "token": token, "tiers": TIER_LABELS},
+        {"status": status, "agent": link.agent, "token": token, "tiers": TIER_LABELS},
     )
 
 
 @router.post("/board/ack/{token}", response_class=HTMLResponse)
 async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
+    # The acknowledgement counts when the confirm arrived, whatever happens to it after.
+    at = received_now()
     try:
-        ticket_id, agent = links(request).read(token)
+        link = links(request).read(token)
     except LinkError as err:
         return message(request, "Link refused", str(err), 403)
+    note = "from an acknowledge link" + (f" ({link.nonce})" if link.nonce else "")
+    ack = Acknowledge(agent=link.agent, note=note, at=at)
     try:
-        await act(
-            request.app.state.client, ticket_id, "ack", Acknowledge(agent=agent, note="from a link")
-        )
+        code, _ = await act(request.app.state.client, link.ticket_id, "ack", ack)
     except ApiError as err:
+        if err.status == 409:
+            try:
+                status = await status_of(request.app.state.client, link.ticket_id)
+            except ApiError:
+                status = None
+            page = spent(request, status, 409) if status is not None else None
+            if page is not None:
+                return page
         return message(request, "Not acknowledged", err.message, err.status)
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if code == 202:
+        return message(
+            request,
+            "Acknowledgement queued",
+            f"No worker answered just now: ticket {link.ticket_id} records the acknowledgement"
+            f" by {link.agent} as of {stamp} as soon as one is back.",
+            202,
+        )
     return message(
         request,
         "Acknowledged",
-        f"Ticket {ticket_id} is acknowledged by {agent}. The escalation stops.",
+        f"Ticket {link.ticket_id} is acknowledged by {link.agent} at {stamp}. The escalation"
+        " stops.",
     )

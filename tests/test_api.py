@@ -1,12 +1,13 @@
 """The HTTP API served by uvicorn on loopback, in front of the time-skipping server: intake
-(idempotent, validated, authenticated), status, agent actions and their refusals."""
+(idempotent, validated, authenticated, entitled, scoped to the token's integration),
+status, agent actions through the ticket's updates and their refusals."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,19 +17,31 @@ import uvicorn
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+import intake.core
+from intake.core import Scope
 from service.app import create_app
-from service.auth import Settings, TokenConfigError, parse_tokens
-from tests.conftest import Stack, now_second
+from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
+from support import search_attributes as sa
+from support.models import Tier
+from tests.conftest import Stack, now_second, write_policy
 
-INTAKE = "intake-token-0123456789"
+INTAKE = "intake-token-0123456789"  # acme-portal: acme and globex, up to premium
+BANK = "intake-bank-0123456789"  # bank-portal: example-bank (contracted) and anyone else
+ANYONE = "intake-any-01234567890"  # no scope entry: any uncontracted customer, Community
 AGENT_ANA = "agent-ana-0123456789"
 AGENT_BOB = "agent-bob-0123456789"
 
 
 def settings() -> Settings:
     return Settings(
-        intake_tokens={INTAKE: "acme-portal"},
+        intake_tokens={INTAKE: "acme-portal", BANK: "bank-portal", ANYONE: "any-portal"},
         agent_tokens={AGENT_ANA: "ana", AGENT_BOB: "bob"},
+        intake_scopes=parse_scopes(
+            "SUPPORT_INTAKE_SCOPES",
+            "acme-portal=customers:acme|globex;max_tier:premium,"
+            " bank-portal=customers:example-bank|*",
+            {"acme-portal", "bank-portal", "any-portal"},
+        ),
         link_secret="test-secret",
     )
 
@@ -92,6 +105,16 @@ def tid() -> str:
     return f"API-{uuid.uuid4().hex[:10]}"
 
 
+async def started(api: httpx.AsyncClient, ticket_id: str) -> bool:
+    client: Client = api.stack.client  # type: ignore[attr-defined]
+    try:
+        await client.get_workflow_handle(f"ticket-{ticket_id}").describe()
+    except RPCError:
+        return False
+    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
+    return True
+
+
 async def test_intake_opens_a_ticket_and_answers_the_promised_deadline(
     api: httpx.AsyncClient,
 ) -> None:
@@ -107,10 +130,12 @@ async def test_intake_opens_a_ticket_and_answers_the_promised_deadline(
         "severity": "sev2",
         "response_target": "PT1H",
         "response_due_at": (t0 + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+        "entitlement": None,
     }
     status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
     assert datetime.fromisoformat(status["response_due_at"]) == t0 + timedelta(hours=1)
     assert status["state"] == "open" and status["escalations"][0]["step"] == "intake"
+    assert status["integration"] == "acme-portal", "the ticket records who opened it"
 
 
 async def test_intake_is_idempotent_on_ticket_id_and_refuses_a_reused_id(
@@ -193,36 +218,54 @@ async def test_refusals_are_401_403_404_with_a_json_body(api: httpx.AsyncClient)
             assert response.json()["error"] == code
 
 
-async def test_agents_acknowledge_and_resolve_and_a_second_ack_is_a_409(
+async def test_an_action_answers_200_with_the_status_after_it_and_a_refused_one_409(
     api: httpx.AsyncClient,
 ) -> None:
     ticket_id = tid()
     await opened(api, ticket_id)
     await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    before = datetime.now(UTC)
     ack = await api.post(
         f"/api/tickets/{ticket_id}/ack", json={"note": "looking"}, headers=auth(AGENT_ANA)
     )
-    assert (ack.status_code, ack.json()) == (
-        202,
-        {"ticket_id": ticket_id, "action": "ack", "accepted": True},
-    )
-    status = await until(api, ticket_id, lambda s: s["state"] == "acknowledged")
-    assert status["acknowledged_by"] == "ana", "the agent is who the token says"
+    after = datetime.now(UTC)
+    assert ack.status_code == 200, ack.text
+    status = ack.json()
+    assert (status["ticket_id"], status["state"], status["acknowledged_by"]) == (
+        ticket_id,
+        "acknowledged",
+        "ana",
+    ), "the status after the ack, the agent being who the token says"
+    # The ack counts at the instant the API received it (stamped ``at``).
+    assert before <= datetime.fromisoformat(status["acknowledged_at"]) <= after
     again = await api.post(f"/api/tickets/{ticket_id}/ack", headers=auth(AGENT_BOB))
     assert again.status_code == 409
+    assert again.json()["error"] == "conflict"
     assert again.json()["message"].startswith(
-        f"cannot ack: ticket {ticket_id} is acknowledged (by ana at "
-    )
+        f"cannot acknowledge: ticket {ticket_id} is acknowledged (by ana at "
+    ), "the workflow's validator says why"
     resolved = await api.post(
         f"/api/tickets/{ticket_id}/resolve", json={"summary": "fixed"}, headers=auth(AGENT_BOB)
     )
-    assert resolved.status_code == 202
-    status = await until(api, ticket_id, lambda s: s["state"] == "resolved")
-    assert status["resolved_by"] == "bob"
+    assert resolved.status_code == 200
+    assert (resolved.json()["state"], resolved.json()["resolved_by"]) == ("resolved", "bob")
     late = await api.post(
         f"/api/tickets/{ticket_id}/severity", json={"severity": "sev1"}, headers=auth(AGENT_ANA)
     )
     assert late.status_code == 409 and "is resolved" in late.json()["message"]
+
+
+async def test_an_agent_cannot_choose_the_instant_of_an_action(api: httpx.AsyncClient) -> None:
+    ticket_id = tid()
+    await opened(api, ticket_id)
+    for action in ("ack", "resolve"):
+        backdated = await api.post(
+            f"/api/tickets/{ticket_id}/{action}",
+            json={"at": "2020-01-01T00:00:00Z"},
+            headers=auth(AGENT_ANA),
+        )
+        assert backdated.status_code == 422
+        assert backdated.json()["errors"] == [{"field": "at", "message": "unknown field"}]
 
 
 async def test_severity_and_out_of_scope_take_validated_bodies(api: httpx.AsyncClient) -> None:
@@ -244,24 +287,274 @@ async def test_severity_and_out_of_scope_take_validated_bodies(api: httpx.AsyncC
         json={"severity": "sev1", "reason": "outage"},
         headers=auth(AGENT_ANA),
     )
-    assert up.status_code == 202
-    status = await until(
-        api, ticket_id, lambda s: "severity_changed" in [h["kind"] for h in s["history"]]
+    assert up.status_code == 200
+    assert up.json()["severity"] == "sev1"
+    assert "severity_changed" in [h["kind"] for h in up.json()["history"]]
+    same = await api.post(
+        f"/api/tickets/{ticket_id}/severity", json={"severity": "sev1"}, headers=auth(AGENT_ANA)
     )
-    assert status["severity"] == "sev1"
+    assert same.status_code == 409 and "is already sev1" in same.json()["message"]
     out = await api.post(
         f"/api/tickets/{ticket_id}/out-of-scope",
         json={"reason": "custom integration work"},
         headers=auth(AGENT_ANA),
     )
-    assert out.status_code == 202
+    assert out.status_code == 200
     status = await until(api, ticket_id, lambda s: s["state"] == "routed_to_sow")
     assert status["sow"]["reason"] == "custom integration work"
+
+
+# --- entitlement and scopes -------------------------------------------------------------------
+
+
+async def test_a_contracted_customer_claiming_another_tier_is_refused_naming_both(
+    api: httpx.AsyncClient,
+) -> None:
+    ticket_id = tid()
+    response = await api.post(
+        "/api/tickets",
+        json=body(ticket_id, customer_id="example-bank", tier="premium"),
+        headers=auth(BANK),
+    )
+    assert response.status_code == 422
+    reply = response.json()
+    assert reply["error"] == "refused"
+    assert reply["errors"] == [
+        {
+            "field": "tier",
+            "message": "customer 'example-bank' has a mission_critical contract; open the"
+            " ticket at mission_critical (or leave tier out), not premium",
+        }
+    ]
+    assert not await started(api, ticket_id), "nothing is started"
+
+
+async def test_an_omitted_tier_is_the_contracted_tier(api: httpx.AsyncClient) -> None:
+    ticket_id = tid()
+    data = {k: v for k, v in body(ticket_id, customer_id="example-bank").items() if k != "tier"}
+    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
+    assert response.status_code == 201, response.text
+    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
+    promise = response.json()
+    assert (promise["tier"], promise["entitlement"]) == (
+        "mission_critical",
+        "contract example-bank",
+    )
+    assert promise["response_target"] == "PT1H"  # Mission Critical sev2
+    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    assert status["tier"] == "mission_critical"
+    assert status["response_due_at"].replace("+00:00", "Z") == promise["response_due_at"]
+
+
+async def test_a_token_asserts_at_most_its_tier_for_customers_without_a_contract(
+    api: httpx.AsyncClient,
+) -> None:
+    above = tid()
+    response = await api.post(
+        "/api/tickets",
+        json=body(above, customer_id="initech", tier="standard"),
+        headers=auth(ANYONE),
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "field": "tier",
+            "message": "integration 'any-portal' may assert at most community for a customer"
+            " without a contract, not standard",
+        }
+    ]
+    assert not await started(api, above)
+    community = tid()
+    response = await api.post(
+        "/api/tickets",
+        json=body(community, customer_id="initech", tier="community"),
+        headers=auth(ANYONE),
+    )
+    assert response.status_code == 201, response.text
+    api.stack.opened.append(f"ticket-{community}")  # type: ignore[attr-defined]
+    assert (response.json()["tier"], response.json()["response_due_at"]) == ("community", None)
+    # Left out, the tier of a customer without a contract is Community.
+    omitted = tid()
+    data = {k: v for k, v in body(omitted, customer_id="initech").items() if k != "tier"}
+    response = await api.post("/api/tickets", json=data, headers=auth(ANYONE))
+    assert (response.status_code, response.json()["tier"]) == (201, "community")
+    api.stack.opened.append(f"ticket-{omitted}")  # type: ignore[attr-defined]
+
+
+async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
+    api: httpx.AsyncClient,
+) -> None:
+    # A contracted customer needs a token that lists it, whatever the tier.
+    bank = tid()
+    data = {k: v for k, v in body(bank, customer_id="example-bank").items() if k != "tier"}
+    for token in (ANYONE, INTAKE):
+        response = await api.post("/api/tickets", json=data, headers=auth(token))
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "forbidden"
+        assert response.json()["errors"][0]["field"] == "customer_id"
+        assert "has a support contract" in response.json()["message"]
+    # A token that lists its customers serves no one else.
+    other = tid()
+    response = await api.post(
+        "/api/tickets", json=body(other, customer_id="initech"), headers=auth(INTAKE)
+    )
+    assert response.status_code == 403
+    assert response.json()["message"] == (
+        "customer_id: integration 'acme-portal' does not open tickets for customer 'initech'"
+        " (it serves: acme, globex)"
+    )
+    assert not await started(api, bank) and not await started(api, other)
+
+
+async def test_an_integration_reads_only_its_customers_tickets(api: httpx.AsyncClient) -> None:
+    mine = (await opened(api, tid()))["ticket_id"]  # acme, by acme-portal
+    data = {k: v for k, v in body(tid(), customer_id="example-bank").items() if k != "tier"}
+    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
+    assert response.status_code == 201, response.text
+    bank = response.json()["ticket_id"]
+    api.stack.opened.append(f"ticket-{bank}")  # type: ignore[attr-defined]
+    await until(api, mine, lambda s: s["policy_version"] is not None)
+    await until(api, bank, lambda s: s["policy_version"] is not None)
+    assert (await api.get(f"/api/tickets/{mine}", headers=auth(INTAKE))).status_code == 200
+    outside = await api.get(f"/api/tickets/{bank}", headers=auth(INTAKE))
+    missing = await api.get("/api/tickets/API-none", headers=auth(INTAKE))
+    # Outside its scope a ticket is as missing as one that does not exist: ids do not leak.
+    assert (outside.status_code, outside.json()) == (
+        404,
+        {"error": "not_found", "message": f"no ticket '{bank}'"},
+    )
+    assert missing.status_code == 404
+    # A contracted customer's tickets are for the integrations that list it (and agents).
+    assert (await api.get(f"/api/tickets/{bank}", headers=auth(BANK))).status_code == 200
+    assert (await api.get(f"/api/tickets/{bank}", headers=auth(ANYONE))).status_code == 404
+    assert (await api.get(f"/api/tickets/{bank}", headers=auth(AGENT_ANA))).status_code == 200
+    # "*" serves every customer without a contract: acme's ticket too.
+    assert (await api.get(f"/api/tickets/{mine}", headers=auth(ANYONE))).status_code == 200
+
+
+# --- the promise: one plan, the policy's rules --------------------------------------------
+
+
+async def test_the_promise_comes_from_one_plan_and_is_the_tickets_deadline(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = intake.core.resolve_plan
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1].ticket_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(intake.core, "resolve_plan", counted)
+    ticket_id = tid()
+    promise = await opened(api, ticket_id)
+    assert calls == [ticket_id], "intake resolves the plan once"
+    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    assert datetime.fromisoformat(status["response_due_at"]) == datetime.fromisoformat(
+        promise["response_due_at"]
+    )
+    client: Client = api.stack.client  # type: ignore[attr-defined]
+    attributes = (
+        await client.get_workflow_handle(f"ticket-{ticket_id}").describe()
+    ).typed_search_attributes
+    assert attributes.get(sa.RESPONSE_DUE_AT) == datetime.fromisoformat(promise["response_due_at"])
+    assert attributes.get(sa.SLA_BREACHED) is False
+    assert (attributes.get(sa.SUPPORT_TIER), attributes.get(sa.SUPPORT_SEVERITY)) == (
+        "premium",
+        "sev2",
+    )
+
+
+async def test_an_out_of_scope_category_has_no_clock_in_the_promise(
+    api: httpx.AsyncClient,
+) -> None:
+    promise = await opened(api, tid(), category="consulting")
+    assert (promise["response_target"], promise["response_due_at"]) == (None, None)
+
+
+async def test_the_default_severity_applies_when_none_is_given(
+    api: httpx.AsyncClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev1"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = tid()
+    data = {k: v for k, v in body(ticket_id).items() if k != "severity"}
+    response = await api.post("/api/tickets", json=data, headers=auth(INTAKE))
+    assert response.status_code == 201, response.text
+    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
+    assert response.json()["severity"] == "sev1"
+    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    assert status["severity"] == "sev1"
+
+
+async def test_a_broken_policy_is_503_and_starts_nothing(
+    api: httpx.AsyncClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: x\ntiers: [\n")
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(broken))
+    ticket_id = tid()
+    response = await api.post("/api/tickets", json=body(ticket_id), headers=auth(INTAKE))
+    assert response.status_code == 503
+    assert response.json()["error"] == "policy_unavailable"
+    assert (
+        str(broken) in response.json()["message"] and "not valid YAML" in response.json()["message"]
+    )
+    assert not await started(api, ticket_id)
+
+
+async def test_a_contracts_intake_channels_are_the_only_way_in(
+    api: httpx.AsyncClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(
+        tmp_path,
+        lambda p: p["customers"]["example-bank"].update(intake_channels=["named_contact"]),
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = tid()
+    data = {k: v for k, v in body(ticket_id, customer_id="example-bank").items() if k != "tier"}
+    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "field": "intake_channel",
+            "message": "customer 'example-bank' has agreed to open tickets through"
+            " named_contact, not api",
+        }
+    ]
+    assert not await started(api, ticket_id)
+    agreed = await api.post(
+        "/api/tickets", json=data | {"intake_channel": "named_contact"}, headers=auth(BANK)
+    )
+    assert agreed.status_code == 201
+    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
 
 
 async def test_health_reports_the_temporal_connection(api: httpx.AsyncClient) -> None:
     response = await api.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok", "temporal": True})
+
+
+def test_scope_settings_name_the_variable_and_entry() -> None:
+    scopes = parse_scopes(
+        "V",
+        "portal=customers:acme|acme-eu;max_tier:premium, demo=customers:example-bank|*",
+        {"portal", "demo", "other"},
+    )
+    assert scopes == {
+        "portal": Scope(frozenset({"acme", "acme-eu"}), others=False, max_tier=Tier.PREMIUM),
+        "demo": Scope(frozenset({"example-bank"}), others=True, max_tier=Tier.COMMUNITY),
+    }
+    assert Settings(intake_scopes=scopes).scope("other") == Scope(), "default: anyone, Community"
+    for value, message in [
+        ("nobody=customers:a", "V: entry 1 (nobody): 'nobody' is not an integration of"),
+        ("portal=colour:red", "V: entry 1 (portal): 'colour:red' is not one of customers:"),
+        ("portal=max_tier:gold", "V: entry 1 (portal): max_tier: 'gold' is not one of"),
+        ("portal=customers:a'b", 'V: entry 1 (portal): customers: "a\'b" is not a customer id'),
+        ("portal=customers:a, portal=customers:b", "V: entry 2 (portal): 'portal' has a scope"),
+    ]:
+        with pytest.raises(TokenConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_scopes("V", value, {"portal"})
 
 
 def test_token_settings_name_the_variable_and_entry() -> None:

@@ -1,5 +1,7 @@
 """The contact form and the agent board in a real headless Chromium (Debian's package,
-driven by Playwright), against the service on uvicorn, the real dev server and a worker.
+driven by Playwright), against the service on uvicorn, the real dev server and a worker;
+and what needs the dev server's visibility or a missing worker: lists scoped to an
+integration, an action queued while no worker answers.
 
 Screenshots of each step are saved under ``test-artifacts/`` (CI keeps them)."""
 
@@ -23,20 +25,30 @@ import uvicorn
 from playwright.async_api import Browser, Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
+import service.api
+from intake.core import CLI, intake
 from service.app import create_app
-from service.auth import AckLinks, LinkError, Settings
+from service.auth import AckLinks, LinkError, Settings, parse_scopes
 from support.models import TicketState, TicketStatus
-from tests.conftest import ROOT, Stack, running_stack, write_policy
+from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, write_policy
 from tests.sinks import Mailbox
+from worker import build_worker
 
 CHROMIUM = os.environ.get("SUPPORT_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 ARTIFACTS = ROOT / "test-artifacts"
-INTAKE = "intake-token-0123456789"
+INTAKE = "intake-token-0123456789"  # web-tests: acme and example-bank, up to premium
+GLOBEX = "intake-globex-012345678"  # globex-portal: globex only
 AGENTS = {"ana": "agent-ana-0123456789", "bob": "agent-bob-0123456789"}
 SETTINGS = Settings(
-    intake_tokens={INTAKE: "web-tests"},
+    intake_tokens={INTAKE: "web-tests", GLOBEX: "globex-portal"},
     agent_tokens={token: name for name, token in AGENTS.items()},
+    intake_scopes=parse_scopes(
+        "SUPPORT_INTAKE_SCOPES",
+        "web-tests=customers:acme|example-bank;max_tier:premium,"
+        "globex-portal=customers:globex;max_tier:premium",
+        {"web-tests", "globex-portal"},
+    ),
     link_secret="web-test-secret",
 )
 
@@ -126,7 +138,7 @@ async def until_status(web: Web, ticket_id: str, check: Any) -> TicketStatus:
     raise AssertionError(f"{ticket_id} never reached the expected state")
 
 
-async def open_via_api(web: Web, **fields: Any) -> str:
+async def open_via_api(web: Web, token: str = INTAKE, **fields: Any) -> str:
     ticket_id = f"B-{uuid.uuid4().hex[:10]}"
     data = {
         "ticket_id": ticket_id,
@@ -136,7 +148,7 @@ async def open_via_api(web: Web, **fields: Any) -> str:
         "subject": "Dashboard <b>not</b> loading",
     } | fields
     response = await web.http.post(
-        "/api/tickets", json=data, headers={"Authorization": f"Bearer {INTAKE}"}
+        "/api/tickets", json=data, headers={"Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 201, response.text
     web.stack.opened.append(f"ticket-{ticket_id}")
@@ -293,11 +305,34 @@ async def test_a_signed_link_acknowledges_as_its_agent_after_confirming(
     assert acked.acknowledged_by == "bob"
     await shot(page, "link-acknowledged")
 
-    # The same link again: the ticket is already acknowledged.
-    await page.goto(web.links.url(ticket_id, "bob"))
-    await page.click("#confirm")
-    assert await page.text_content("#title") == "Not acknowledged"
-    assert "is acknowledged (by bob at" in (await page.text_content("#text") or "")
+    # The same link again: it has been used (the ticket is acknowledged), and says by whom.
+    await page.go_back()
+    await page.reload()
+    assert await page.text_content("#title") == "Already acknowledged"
+    assert await page.locator("#confirm").count() == 0
+    text = await page.text_content("#text") or ""
+    at = acked.acknowledged_at
+    assert at is not None
+    assert f"acknowledged by bob at {at.strftime('%Y-%m-%d %H:%M:%S UTC')}" in text
+    assert "this link is used up (an acknowledge link acknowledges once" in text
+    await shot(page, "link-used")
+    # Its confirm step, sent again, acknowledges nothing.
+    token = page.url.rsplit("/", 1)[1]
+    again = await web.http.post(f"/board/ack/{token}")
+    assert again.status_code == 409 and "this link is used up" in again.text
+    assert (await status(web, ticket_id)).acknowledged_at == at
+
+
+async def test_a_links_acknowledgement_counts_when_it_was_confirmed(web: Web) -> None:
+    ticket_id = await open_via_api(web)
+    link = web.links.token(ticket_id, "ana")
+    assert web.links.read(link).nonce != web.links.read(web.links.token(ticket_id, "ana")).nonce
+    before = datetime.now(UTC)
+    confirmed = await web.http.post(f"/board/ack/{link}")
+    after = datetime.now(UTC)
+    assert confirmed.status_code == 200 and "acknowledged by ana" in confirmed.text
+    acked = await status(web, ticket_id)
+    assert acked.acknowledged_at is not None and before <= acked.acknowledged_at <= after
 
 
 async def test_tampered_and_expired_links_are_refused(web: Web) -> None:
@@ -361,9 +396,7 @@ async def test_an_agent_acknowledges_straight_from_the_link_in_an_email(
 
 
 async def test_the_api_lists_tickets_from_visibility_with_validated_filters(web: Web) -> None:
-    mc = await open_via_api(
-        web, customer_id="example-bank", tier="mission_critical", severity="sev1"
-    )
+    mc = await open_via_api(web, customer_id="example-bank", tier=None, severity="sev1")
     premium = await open_via_api(web)
     agent = {"Authorization": f"Bearer {AGENTS['ana']}"}
     for _ in range(100):
@@ -389,3 +422,132 @@ async def test_the_api_lists_tickets_from_visibility_with_validated_filters(web:
     assert injected.status_code == 422
     assert injected.json()["errors"][0]["field"] == "customer"
     assert (await web.http.get("/api/tickets")).status_code == 401
+
+
+async def listed(web: Web, token: str, expect: str, **params: str) -> list[str]:
+    """Ticket ids the list shows ``token``, once ``expect`` is in visibility (agents)."""
+    agent = {"Authorization": f"Bearer {AGENTS['ana']}"}
+    for _ in range(100):
+        response = await web.http.get("/api/tickets", params=params, headers=agent)
+        if expect in [t["ticket_id"] for t in response.json()["tickets"]]:
+            break
+        await asyncio.sleep(0.1)
+    response = await web.http.get(
+        "/api/tickets", params=params, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    return [t["ticket_id"] for t in response.json()["tickets"]]
+
+
+async def test_an_integration_lists_only_its_customers_tickets(web: Web) -> None:
+    ours = await open_via_api(web)
+    bank = await open_via_api(web, customer_id="example-bank", tier=None)
+    theirs = await open_via_api(web, token=GLOBEX, customer_id="globex")
+    found = await listed(web, INTAKE, theirs)
+    assert ours in found and bank in found and theirs not in found
+    found = await listed(web, GLOBEX, theirs)
+    assert theirs in found and ours not in found and bank not in found
+    # A filter for a customer outside the scope finds nothing, rather than an error.
+    assert await listed(web, GLOBEX, ours, customer="acme") == []
+
+
+async def test_an_action_no_worker_answers_is_queued_and_applies_at_its_instant(
+    web: Web, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """202 when no worker takes the update in time: the ack is queued as a signal and
+    counts, once a worker is back, at the instant the API received it."""
+    monkeypatch.setattr(service.api, "ACTION_WAIT", timedelta(seconds=1))
+    queue = f"tq-idle-{uuid.uuid4()}"
+    client = web.stack.client
+    promise = await intake(
+        client,
+        {"ticket_id": f"Q-{uuid.uuid4().hex[:10]}", "customer_id": "acme", "tier": "premium"},
+        CLI,
+        queue=queue,
+    )
+    ticket_id = promise.ticket_id
+    web.stack.opened.append(f"ticket-{ticket_id}")
+    before = datetime.now(UTC)
+    response = await web.http.post(
+        f"/api/tickets/{ticket_id}/ack", headers={"Authorization": f"Bearer {AGENTS['ana']}"}
+    )
+    assert response.status_code == 202, response.text
+    queued = response.json()
+    assert (queued["ticket_id"], queued["action"], queued["queued"]) == (ticket_id, "ack", True)
+    assert "no worker answered within 1 s" in queued["message"]
+    await asyncio.sleep(1.5)
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    async with httpx.AsyncClient(timeout=5.0) as http, build_worker(client, queue, ledger, http):
+        acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    await ledger.close()
+    assert acked.acknowledged_by == "ana"
+    assert acked.acknowledged_at is not None and acked.acknowledged_received_at is not None
+    assert before <= acked.acknowledged_at < before + timedelta(seconds=1)
+    assert acked.acknowledged_received_at > acked.acknowledged_at + timedelta(seconds=1)
+    assert acked.response_due_at == promise.response_due_at
+
+
+# --- the contact form, without a browser --------------------------------------------------
+
+
+def form(email: str, **fields: str) -> dict[str, str]:
+    return {
+        "form_id": uuid.uuid4().hex,
+        "email": email,
+        "category": "incident",
+        "subject": "Payments API down",
+        "description": "Every payment fails.",
+    } | fields
+
+
+async def test_the_form_without_a_severity_gets_the_policys_default(
+    web: Web, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev2"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    page = await web.http.get("/support/new")
+    assert '<option value="sev2" selected>' in page.text
+    response = await web.http.post("/support/new", data=form("noc@bank.example"))
+    assert response.status_code == 201, response.text
+    ticket_id = re.search(r'id="ticket-id">([^<]+)<', response.text)
+    assert ticket_id
+    web.stack.opened.append(f"ticket-{ticket_id.group(1)}")
+    opened = await until_status(web, ticket_id.group(1), lambda s: s.policy_version is not None)
+    assert (opened.tier.value, opened.severity.value) == ("mission_critical", "sev2")
+    assert "within <strong>1 hour</strong>" in response.text  # Mission Critical SEV2
+
+
+async def test_the_form_names_the_agreed_path_of_a_contract_that_excludes_it(
+    web: Web, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(
+        tmp_path,
+        lambda p: p["customers"]["example-bank"].update(intake_channels=["email", "named_contact"]),
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    data = form("noc@bank.example", severity="sev1")
+    response = await web.http.post("/support/new", data=data)
+    assert response.status_code == 422
+    assert "please use email to the support address, your named contacts" in response.text, (
+        response.text
+    )
+    assert 'value="Payments API down"' in response.text, "the input is kept"
+    with pytest.raises(Exception, match="not found"):
+        await web.stack.client.get_workflow_handle(f"ticket-W-{data['form_id'][:16]}").describe()
+
+
+async def test_the_form_says_it_cannot_open_tickets_while_the_policy_is_broken(
+    web: Web, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: [\n")
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(broken))
+    assert (await web.http.get("/support/new")).status_code == 503
+    data = form("someone@example.org", severity="sev3")
+    response = await web.http.post("/support/new", data=data)
+    assert response.status_code == 503
+    assert "We cannot open tickets at this moment" in response.text
+    assert str(broken) not in response.text, "the customer is not shown the server's files"
+    assert 'value="Payments API down"' in response.text
+    with pytest.raises(Exception, match="not found"):
+        await web.stack.client.get_workflow_handle(f"ticket-W-{data['form_id'][:16]}").describe()
