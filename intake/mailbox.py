@@ -12,16 +12,20 @@ organisation's MTA, and decides for each message:
   contract). An open ticket gets a ``customer_reply`` signal (recorded once per
   Message-ID); a closed one gets nothing, and the sender a note on how to open a new one.
 - **a new ticket** from a customer's domain (``email_domains`` of the contract, or a
-  subdomain): tier from the contract, severity from a ``[SEV1]``..``[SEV4]`` subject tag or
-  the policy's default, ``opened_at`` = when this listener received the message. The ticket
-  id, ``E-`` + 16 hex digits of the Message-ID's SHA-256, is the same for a redelivered
-  message, so it opens nothing twice. The customer gets an acknowledgement with the id and
-  the response target.
+  subdomain), opened through the intake core (``intake.core``: every intake rule, the
+  contract's tier, its agreed intake channels, the one plan): severity from a
+  ``[SEV1]``..``[SEV4]`` subject tag or the policy's default, ``opened_at`` = when this
+  listener received the message. The ticket id, ``E-`` + 16 hex digits of the
+  Message-ID's SHA-256, is the same for a redelivered message, so it opens nothing twice.
+  The customer gets an acknowledgement with the id and the response target. A contract
+  whose agreed intake path is not email gets a polite reply naming the agreed path, and
+  no ticket.
 - **an unknown sender**: a polite reply on how to open a ticket, and no ticket.
 
 The SMTP answer is 250 once the message is taken, 451 when Temporal (or the policy file)
-is unavailable so the sending server retries later, 552 above the size limit. Bounces,
-out-of-office replies and other automatic mail never get an answer (no mail loops).
+is unavailable so the sending server retries later, 552 above the size limit, 554 when
+the message cannot become a ticket (the reason is in the answer). Bounces, out-of-office
+replies and other automatic mail never get an answer (no mail loops).
 """
 
 from __future__ import annotations
@@ -54,7 +58,16 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, header_text, when
-from starter import open_ticket
+from intake.core import (
+    MAILBOX,
+    IntakeRefused,
+    InvalidTicket,
+    PolicyUnavailable,
+    Prepared,
+    TicketConflict,
+    prepare,
+    start,
+)
 from support.connection import connect, task_queue
 from support.logs import configure_logging, forward_core_logs
 from support.models import (
@@ -69,7 +82,7 @@ from support.models import (
     new_address_problem,
     ticket_workflow_id,
 )
-from support.policy import CustomerSpec, Policy, PolicyError, load_policy, resolve_plan
+from support.policy import CustomerSpec, Policy, PolicyError, load_policy
 from support.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.mailbox")
@@ -83,6 +96,7 @@ TRUNCATED = "\n\n[message truncated]"
 OK = "250 2.0.0 OK"
 TOO_BIG = "552 5.3.4 message too big for the support mailbox"
 RETRY_LATER = "451 4.3.0 the support system is temporarily unavailable, please retry later"
+NOT_A_TICKET = "554 5.6.0 this message cannot become a ticket"
 
 # A subject's severity tag, e.g. "[SEV1]" or "[sev 2]".
 SEVERITY_TAG = re.compile(r"\[\s*sev\s*-?\s*([1-4])\s*\]", re.IGNORECASE)
@@ -99,6 +113,13 @@ ROBOT_LOCAL_PART = re.compile(
     re.IGNORECASE,
 )
 _EMAIL = TypeAdapter(EmailAddress)
+
+
+def not_a_ticket(why: str) -> str:
+    """The permanent refusal, with the reason on one ASCII line (the sender's server puts
+    it in the bounce it sends back)."""
+    reason = one_line(why).encode("ascii", "backslashreplace").decode("ascii")
+    return f"{NOT_A_TICKET}: {reason}"[:500]
 
 
 def utc_now() -> datetime:
@@ -300,24 +321,24 @@ def severity_tag(subject: str) -> tuple[Severity | None, str]:
     return severity, one_line(SEVERITY_TAG.sub(" ", subject))
 
 
-def ticket_from_mail(
-    mail: InboundMail, received: datetime, policy: Policy, customer_id: str, contract: CustomerSpec
-) -> TicketInput:
-    """The ticket a customer's new message opens: the contract's tier, the severity of a
-    ``[SEVn]`` subject tag or the policy's default, opened when the message was received."""
+def ticket_from_mail(mail: InboundMail, received: datetime, customer_id: str) -> dict[str, Any]:
+    """What a customer's new message asks the intake core to open: no tier claimed (the
+    contract decides), the severity of a ``[SEVn]`` subject tag (else the policy's
+    default), opened when the message was received."""
     assert mail.sender is not None
     severity, subject = severity_tag(mail.subject)
-    return TicketInput(
-        ticket_id=mail.ticket_id,
-        customer_id=customer_id,
-        tier=contract.tier,
-        severity=severity or policy.default_severity,
-        subject=subject[:MAX_SUBJECT],
-        description=mail.body,
-        reporter_email=mail.sender,
-        intake_channel="email",
-        opened_at=received,
-    )
+    data: dict[str, Any] = {
+        "ticket_id": mail.ticket_id,
+        "customer_id": customer_id,
+        "subject": subject[:MAX_SUBJECT],
+        "description": mail.body,
+        "reporter_email": mail.sender,
+        "intake_channel": "email",
+        "opened_at": received,
+    }
+    if severity is not None:
+        data["severity"] = severity.value
+    return data
 
 
 def customer_for_sender(policy: Policy, sender: str | None) -> tuple[str, CustomerSpec] | None:
@@ -400,7 +421,8 @@ def acknowledgement(
     smtp: SmtpSettings,
     support: str,
 ) -> EmailMessage:
-    tier = TIER_LABELS.get(ticket.tier.value, ticket.tier.value)
+    """The promise of ``plan`` (the one intake resolved) told to the customer."""
+    tier = TIER_LABELS.get(plan.tier.value, plan.tier.value)
     assert ticket.opened_at is not None
     if plan.response_due_at is not None and plan.response_target is not None:
         target = duration_text(plan.response_target)
@@ -425,7 +447,7 @@ def acknowledgement(
             f"  Ticket:    {ticket.ticket_id}",
             f"  Subject:   {ticket.subject or '(none)'}",
             f"  Tier:      {tier}",
-            f"  Severity:  {ticket.severity.value.upper()}",
+            f"  Severity:  {plan.severity.value.upper()}",
             f"  Received:  {when(ticket.opened_at, 'UTC')}",
             "",
             promise,
@@ -507,6 +529,54 @@ def closed_ticket_reply(
         support,
         "Your message was not added: the ticket is closed",
         "closed",
+        text + "\n",
+    )
+
+
+CHANNEL_PATHS = {
+    "web_form": "the contact form on our website",
+    "api": "your organisation's integration with our support API",
+    "named_contact": "your organisation's named contacts, through the channel in your contract",
+    "email": "email to this address",
+}
+
+
+def agreed_path_reply(
+    mail: InboundMail,
+    agreed: tuple[str, ...],
+    smtp: SmtpSettings,
+    support: str,
+    form_url: str | None,
+) -> EmailMessage:
+    """To a customer whose contract agreed another intake path than email: which one."""
+    paths = []
+    for channel in agreed:
+        text = CHANNEL_PATHS.get(channel, channel.replace("_", " "))
+        if channel == "web_form" and form_url:
+            text += f" ({form_url})"
+        paths.append(f"- {text}")
+    text = "\n".join(
+        [
+            "Hello,",
+            "",
+            f"thank you for writing to {support}. Your organisation's support contract has"
+            " an agreed way to open tickets, and email is not part of it, so no ticket was"
+            " opened for this message.",
+            "",
+            "Please open your ticket through:",
+            *paths,
+            "",
+            "If you think this is a mistake, please ask your account team.",
+            "",
+            "This message was sent automatically by the support system.",
+        ]
+    )
+    return _reply(
+        mail,
+        smtp.sender,
+        support,
+        "Your message to support: please use your agreed support path",
+        "path",
         text + "\n",
     )
 
@@ -635,7 +705,7 @@ class MailboxHandler:
             return answer
         except (TemporalUnavailable, RPCError, TimeoutError) as err:
             log.warning("mail deferred: temporal unavailable", message_key=key, error=_name(err))
-        except PolicyError:
+        except (PolicyError, PolicyUnavailable):
             log.error("mail deferred: the policy file is invalid", message_key=key)
         except Exception as err:
             log.error("mail deferred: unexpected error", message_key=key, error=_name(err))
@@ -791,33 +861,78 @@ class MailboxHandler:
         customer_id: str,
         contract: CustomerSpec,
     ) -> str:
-        ticket = ticket_from_mail(mail, received, policy, customer_id, contract)
-        result = await open_ticket(await self.client(), ticket, self.queue)
+        data = ticket_from_mail(mail, received, customer_id)
+        try:
+            # The receipt time is the mailbox's clock: the open time is checked against it.
+            prepared = prepare(data, MAILBOX, policy=policy, now=received)
+        except (IntakeRefused, InvalidTicket) as err:
+            if isinstance(err, IntakeRefused) and err.agreed_channels:
+                return await self._agreed_path(mail, customer_id, err.agreed_channels)
+            # The message's text is made valid when it is read: what fails here is the
+            # contract's data (e.g. its customer id), which the sender must learn about.
+            log.error("mail not opened", message_key=mail.key, problems=err.problems)
+            return not_a_ticket("; ".join(err.problems))
+        try:
+            promise = await start(await self.client(), prepared, self.queue)
+        except TicketConflict as err:
+            log.error("mail not opened: ticket id in use", message_key=mail.key)
+            return not_a_ticket(str(err))
         fields = {
-            "ticket_id": ticket.ticket_id,
+            "ticket_id": promise.ticket_id,
             "customer_id": customer_id,
-            "tier": ticket.tier.value,
-            "severity": ticket.severity.value,
+            "tier": promise.tier.value,
+            "severity": promise.severity.value,
         }
-        if not result.created:
-            log.info("mail ticket already open", status=result.status, **fields)
-            return f"{OK}: ticket {ticket.ticket_id} exists"
+        if not promise.created:
+            log.info("mail ticket already open", state=promise.state, **fields)
+            return f"{OK}: ticket {promise.ticket_id} exists"
         log.info("mail ticket opened", **fields)
-        await self._acknowledge(mail, ticket, policy)
-        return f"{OK}: ticket {ticket.ticket_id} opened"
+        await self._acknowledge(mail, prepared, policy)
+        return f"{OK}: ticket {promise.ticket_id} opened"
 
-    async def _acknowledge(self, mail: InboundMail, ticket: TicketInput, policy: Policy) -> None:
-        """Tell the customer the ticket id and the response they are owed. A failure is
-        logged and changes nothing: the ticket is open and its clock runs."""
+    async def _agreed_path(
+        self, mail: InboundMail, customer_id: str, agreed: tuple[str, ...]
+    ) -> str:
+        """A contract whose agreed intake path is not email: a polite reply naming it (at
+        most once a day per sender), and no ticket."""
+        answer = f"{OK}: not opened (the customer's agreed intake path is not email)"
+        key = f"path:{customer_id}:{mail.sender}"
+        why = self._no_reply(mail)
+        if why is None and not self._replied.first(key):
+            why = "replied_recently"
+        if why is not None:
+            log.info("mail not opened: another agreed path", reply=why, message_key=mail.key)
+            return answer
+        try:
+            smtp = SmtpSettings.from_env()
+            await send_mail(
+                agreed_path_reply(mail, agreed, smtp, self.address, self.contact_form_url), smtp
+            )
+        except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
+            # Nobody would learn that the message went nowhere: let the sender retry.
+            self._replied.forget(key)
+            log.error(
+                "mail deferred: agreed-path reply not sent",
+                message_key=mail.key,
+                **_send_error(err),
+            )
+            return RETRY_LATER
+        log.info("mail not opened: another agreed path", reply="sent", message_key=mail.key)
+        return answer
+
+    async def _acknowledge(self, mail: InboundMail, prepared: Prepared, policy: Policy) -> None:
+        """Tell the customer the ticket id and the response they are owed (the promise of
+        the plan intake resolved). A failure is logged and changes nothing: the ticket is
+        open and its clock runs."""
+        ticket = prepared.ticket
         why = self._no_reply(mail)
         if why is not None:
             log.info("acknowledgement not sent", ticket_id=ticket.ticket_id, reason=why)
             return
         try:
-            assert ticket.opened_at is not None
-            plan = resolve_plan(policy, ticket, ticket.severity, ticket.opened_at)
             smtp = SmtpSettings.from_env()
-            await send_mail(acknowledgement(mail, ticket, plan, policy, smtp, self.address), smtp)
+            message = acknowledgement(mail, ticket, prepared.plan, policy, smtp, self.address)
+            await send_mail(message, smtp)
         except Exception as err:
             log.error("acknowledgement not sent", ticket_id=ticket.ticket_id, **_send_error(err))
             return

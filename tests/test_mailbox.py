@@ -1,9 +1,11 @@
 """The support mailbox against real servers: the listener on loopback, mail sent to it as a
 customer's server would (aiosmtplib), tickets started on the time-skipping server, and the
-replies caught by an SMTP sink. A customer's email opens exactly one ticket with the
-contract's tier and the receipt time as its open time; a reply lands on its ticket; an
-unknown sender gets a polite answer and no ticket; automatic mail is never answered; the
-mailbox says 451 while Temporal is unreachable, so no customer's email is lost."""
+replies caught by an SMTP sink. A customer's email opens exactly one ticket through the
+intake core, with the contract's tier and the receipt time as its open time; every intake
+rule applies; a contract whose agreed path is not email gets a polite reply naming it; a
+reply lands on its ticket; an unknown sender gets a polite answer and no ticket; automatic
+mail is never answered; the mailbox says 451 while Temporal or the policy is unavailable,
+so no customer's email is lost."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -46,6 +49,7 @@ from tests.conftest import (
     policy_resolved,
     status_of,
     ticket,
+    write_policy,
 )
 from tests.sinks import Mailbox, free_port
 
@@ -308,6 +312,82 @@ async def test_a_message_over_the_size_limit_is_refused_with_552(listener: Liste
             await smtp.data(bytes(message))
     assert refused.value.code == 552
     assert not await exists(listener.stack, ticket_id_of(message))
+
+
+async def test_a_contract_whose_agreed_path_is_not_email_gets_a_polite_reply_and_no_ticket(
+    listener: Listener, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(
+        tmp_path,
+        lambda p: p["customers"]["example-bank"].update(intake_channels=["web_form", "api"]),
+    )
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    message = mail("dana@bank.example", "[SEV1] Payments down")
+    code, text = await listener.send(message)
+    assert (code, text) == (
+        250,
+        "2.0.0 OK: not opened (the customer's agreed intake path is not email)",
+    )
+    assert not await exists(listener.stack, ticket_id_of(message))
+    [reply] = mailbox.received
+    assert reply["To"] == "dana@bank.example" and reply["Auto-Submitted"] == "auto-replied"
+    assert reply["Subject"] == "Your message to support: please use your agreed support path"
+    body = text_of(reply)
+    assert "email is not part of it, so no ticket was opened" in body
+    assert f"- the contact form on our website ({FORM})" in body
+    assert "- your organisation's integration with our support API" in body
+    # Written again the same day: still no ticket, and no second reply.
+    assert (await listener.send(mail("dana@bank.example", "[SEV1] still down")))[0] == 250
+    assert len(mailbox.received) == 1
+
+
+async def test_every_intake_rule_applies_to_mail_e_g_an_invisible_character_in_the_customer(
+    listener: Listener, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contract whose id hides a zero-width space ("bank\u200b" reads as "bank") opens
+    nothing from mail either: the sender's server is told why, permanently (554)."""
+
+    def edit(policy: dict[str, Any]) -> None:
+        policy["customers"]["bank\u200b"] = {"tier": "standard", "email_domains": ["zw.example"]}
+
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
+    message = mail("dana@zw.example", "[SEV2] Backups failing")
+    code, text = await listener.send(message)
+    assert code == 554
+    assert text == (
+        "5.6.0 this message cannot become a ticket: customer_id: must not contain invisible"
+        " formatting characters (U+200B)"
+    )
+    assert not await exists(listener.stack, ticket_id_of(message))
+    assert mailbox.received == []
+
+
+async def test_without_a_tag_the_policys_default_severity_applies(
+    listener: Listener, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev2"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    message = mail("dana@bank.example", "Latency is up")
+    assert (await listener.send(message))[0] == 250
+    handle = listener.ticket(ticket_id_of(message))
+    await policy_resolved(handle)
+    status = await status_of(handle)
+    assert (status.tier, status.severity) == (Tier.MISSION_CRITICAL, Severity.SEV2)
+    assert "Severity:  SEV2" in text_of(mailbox.received[0])
+
+
+async def test_a_broken_policy_defers_mail_with_451(
+    listener: Listener, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: [\n")
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(broken))
+    message = mail("dana@bank.example", "[SEV1] Payments down")
+    code, _ = await listener.send(message)
+    assert code == 451, "the sending server retries: the mail is not lost"
+    assert not await exists(listener.stack, ticket_id_of(message))
+    monkeypatch.delenv("SUPPORT_POLICY_FILE")
+    assert await listener.send(message) == (250, f"2.0.0 OK: ticket {ticket_id_of(message)} opened")
 
 
 # --- replies ----------------------------------------------------------------------------
