@@ -78,7 +78,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import ActivityInboundInterceptor, ActivityOutboundInterceptor
 
-from starter import open_ticket
+from intake.core import open_ticket
 from support.logs import configure_logging, core_runtime
 from support.models import (
     Acknowledge,

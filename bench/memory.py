@@ -26,7 +26,7 @@ from tqdm import tqdm
 from bench.run import RESULTS, rss_mb, ticket
 from drills.stack import DevServer, WorkerProcess, clean_env, connect
 from drills.tickets import bounded
-from starter import open_ticket
+from intake.core import open_ticket
 
 
 async def measure(cache: int, tickets: int, rate: float, every: int) -> dict[int, float]:

@@ -49,7 +49,7 @@ from bench.polling import PollingChecker
 from drills.sink import Sink, serve_sink
 from drills.stack import TEMPORAL, DevServer, WorkerProcess, clean_env, connect
 from drills.tickets import bounded
-from starter import open_ticket
+from intake.core import open_ticket
 from support.models import Acknowledge, Resolve, Severity, TicketInput, Tier
 from support.policy import default_policy_path, parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 
 from drills.stack import DrillError, Stack, say
-from starter import open_ticket
+from intake.core import open_ticket
 from support.models import Resolve, Severity, TicketInput, TicketStatus, Tier
 
 CUSTOMER = "drill-co"
@@ -46,7 +46,7 @@ async def bounded(jobs: Iterable[Awaitable[T]], limit: int = 32) -> list[T]:
 
 
 async def open_tickets(stack: Stack, ids: list[str], per_second: float) -> dict[str, float]:
-    """Open ``ids`` through the intake code (``starter.open_ticket``), paced at
+    """Open ``ids`` through the intake code (``intake.core.open_ticket``), paced at
     ``per_second``; returns each ticket's wall-clock open instant."""
     began = time.monotonic()
     opened: dict[str, float] = {}

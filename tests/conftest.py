@@ -35,8 +35,8 @@ from temporalio.worker import Worker
 
 from drills.postgres import ADMIN_URL, scratch_database
 from drills.stack import DrillError
+from intake.core import open_ticket
 from ledger.store import SqlLedger
-from starter import open_ticket
 from support import search_attributes as sa
 from support.models import TicketInput, TicketStatus
 from support.policy import default_policy_path
