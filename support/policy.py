@@ -10,13 +10,15 @@ worker's time-zone database.
 
 from __future__ import annotations
 
+import calendar as _weeks
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -26,11 +28,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from support.calendar import WEEKDAYS, BusinessCalendar
+from support.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
 from support.models import (
     Channel,
     ChannelKind,
@@ -70,12 +73,179 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Date = date  # a field below is called ``date``
+
+
+@lru_cache(maxsize=1)
+def _holiday_countries() -> dict[str, list[str]]:
+    import holidays as package
+
+    return package.list_supported_countries(include_aliases=True)
+
+
+def _holiday_country(code: str) -> Any:
+    """The ``holidays`` package's class for a country code (its subdivisions, categories)."""
+    import holidays as package
+
+    if code not in _holiday_countries():
+        raise ValueError(
+            f"unknown country {code!r}: give an ISO 3166-1 code the holidays package knows,"
+            " such as US, CA, GB, DE"
+        )
+    return getattr(package, code)
+
+
+class HolidaysSpec(Spec):
+    """Public holidays of a ``country`` (and ``subdivision``) from the maintained
+    ``holidays`` package, for any year; ``observed``: a holiday on a weekend also closes
+    the weekday it is observed on; ``categories``: the package's holiday categories
+    (default: public). ``dates`` lists further holiday dates; the older form of the field,
+    a plain list of dates, means exactly that (and no country)."""
+
+    country: str | None = None
+    subdivision: str | None = None
+    observed: bool = True
+    categories: list[str] | None = Field(default=None, min_length=1)
+    dates: list[_Date] = Field(default_factory=list)
+
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, value: str | None) -> str | None:
+        if value is not None:
+            _holiday_country(value)
+        return value
+
+    @field_validator("subdivision")
+    @classmethod
+    def _known_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        country = info.data.get("country")
+        if value is None or country is None:
+            return value
+        rules = _holiday_country(country)
+        known = tuple(rules.subdivisions)
+        if value not in known and value not in getattr(rules, "subdivisions_aliases", {}):
+            listed = ", ".join(known) if known else "none"
+            raise ValueError(f"{country} has no subdivision {value!r}; it has: {listed}")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        country = info.data.get("country")
+        if value is None or country is None:
+            return value
+        known = tuple(_holiday_country(country).supported_categories)
+        for category in value:
+            if category not in known:
+                raise ValueError(
+                    f"{country} has no holiday category {category!r}; use {', '.join(known)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _country_for_rules(self) -> Self:
+        if self.country is None and (self.subdivision is not None or self.categories):
+            raise ValueError("subdivision and categories need a country")
+        return self
+
+    def rules(self) -> CountryHolidays | None:
+        if self.country is None:
+            return None
+        return CountryHolidays(
+            country=self.country,
+            subdivision=self.subdivision,
+            observed=self.observed,
+            categories=tuple(self.categories) if self.categories else ("public",),
+        )
+
+
+class ClosureSpec(Spec):
+    """A day the calendar is closed besides its holidays: a one-off ``date``, or every
+    year on ``month`` + ``day`` (24 December), or on the ``nth`` (1-5, or ``last``)
+    ``weekday`` of ``month``, moved by ``days_after`` days (the day after Thanksgiving:
+    the 4th Thursday of November, 1 day after). A plain date is short for ``{date: ...}``."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=80)
+    date: _Date | None = None
+    month: int | None = Field(default=None, ge=1, le=12)
+    day: int | None = Field(default=None, ge=1, le=31)
+    weekday: str | None = None
+    nth: int | Literal["last"] | None = None
+    days_after: int = Field(default=0, ge=-7, le=7)
+
+    @field_validator("weekday")
+    @classmethod
+    def _known_weekday(cls, value: str | None) -> str | None:
+        if value is not None and value not in WEEKDAYS:
+            raise ValueError(f"unknown weekday {value!r}; use one of {', '.join(WEEKDAYS)}")
+        return value
+
+    @field_validator("nth")
+    @classmethod
+    def _nth(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 5:
+            raise ValueError("nth must be 1 to 5, or last")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        yearly = {
+            key for key in ("month", "day", "weekday", "nth") if getattr(self, key) is not None
+        }
+        if self.date is not None:
+            if yearly or self.days_after:
+                raise ValueError(
+                    f"a closure on a date takes no {', '.join(sorted(yearly) or ['days_after'])}"
+                    " (those describe a yearly closure)"
+                )
+            return self
+        forms = "give a date, or month with day, or month with weekday and nth"
+        if self.month is None:
+            raise ValueError(f"a closure needs a date or a month: {forms}")
+        if self.day is not None:
+            if self.weekday is not None or self.nth is not None:
+                raise ValueError(f"day and weekday/nth exclude each other: {forms}")
+            longest = _weeks.monthrange(2024, self.month)[1]  # 2024: a leap year
+            if self.day > longest:
+                name = _weeks.month_name[self.month]
+                raise ValueError(f"day: {name} has at most {longest} days, not {self.day}")
+        elif self.weekday is None or self.nth is None:
+            raise ValueError(f"a yearly closure needs day, or weekday and nth: {forms}")
+        return self
+
+    def rule(self) -> YearlyClosure:
+        assert self.month is not None
+        return YearlyClosure(
+            month=self.month,
+            day=self.day,
+            weekday=WEEKDAYS.index(self.weekday) if self.weekday is not None else None,
+            nth=-1 if self.nth == "last" else self.nth if isinstance(self.nth, int) else None,
+            days_after=self.days_after,
+            name=self.name or "",
+        )
+
+
 class CalendarSpec(Spec):
     time_zone: TimeZoneName
     always_open: bool = False
     # weekday -> list of "HH:MM-HH:MM" local intervals ("24:00" closes at midnight)
     hours: dict[str, list[str]] = Field(default_factory=dict)
-    holidays: list[date] = Field(default_factory=list)
+    # Closed all day: a country's holidays (or, the older form, a list of dates) ...
+    holidays: HolidaysSpec | None = None
+    # ... and the policy's own closures: one-off dates and yearly rules.
+    closures: list[ClosureSpec] = Field(default_factory=list)
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _dates_only(cls, value: Any) -> Any:
+        return {"dates": value} if isinstance(value, list | tuple) else value
+
+    @field_validator("closures", mode="before")
+    @classmethod
+    def _plain_dates(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        return [{"date": item} if isinstance(item, date | str) else item for item in value]
 
     @field_validator("hours")
     @classmethod
@@ -95,18 +265,28 @@ class CalendarSpec(Spec):
     def _has_hours(self) -> Self:
         if not self.always_open and not any(self.hours.values()):
             raise ValueError("a calendar needs opening hours unless always_open is true")
+        if self.always_open and (
+            self.closures or (self.holidays and (self.holidays.country or self.holidays.dates))
+        ):
+            raise ValueError(
+                "an always_open (24x7) calendar is never closed: remove its holidays and closures"
+            )
         return self
 
     def build(self) -> BusinessCalendar:
         if self.always_open:
             return BusinessCalendar.twenty_four_seven(self.time_zone)
+        dates = set(self.holidays.dates) if self.holidays else set()
+        dates |= {c.date for c in self.closures if c.date is not None}
         return BusinessCalendar(
             time_zone=self.time_zone,
             hours={
                 WEEKDAYS.index(day): tuple(_parse_interval(text, day) for text in intervals)
                 for day, intervals in self.hours.items()
             },
-            holidays=frozenset(self.holidays),
+            holidays=frozenset(dates),
+            country_holidays=self.holidays.rules() if self.holidays else None,
+            yearly_closures=tuple(c.rule() for c in self.closures if c.date is None),
         )
 
 

@@ -2,20 +2,24 @@
 
 Exact expectations are aware UTC instants; the local wall-clock time each one stands for is
 given next to it. The calendar under test is built like the default policy's
-``us-business-hours`` (America/Chicago, Mon-Fri 08:00-18:00) through ``CalendarSpec``.
+``us-business-hours`` (America/Chicago, Mon-Fri 08:00-18:00) through ``CalendarSpec``: with
+listed holiday dates (the older form), and with US federal holidays from the ``holidays``
+package plus yearly closures (the default policy's form).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
 
+import holidays as holidays_package
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.calendar import WEEKDAYS, BusinessCalendar
+import support.calendar as calendar_module
+from support.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
 from support.policy import CalendarSpec
 
 CHICAGO = ZoneInfo("America/Chicago")
@@ -362,7 +366,7 @@ PROPERTY = settings(
 
 def open_day(calendar: BusinessCalendar, instant: datetime) -> bool:
     local = instant.astimezone(calendar.zone).date()
-    return local not in calendar.holidays and bool(calendar.hours.get(local.weekday()))
+    return not calendar.is_holiday(local) and bool(calendar.hours.get(local.weekday()))
 
 
 @PROPERTY
@@ -440,3 +444,238 @@ def test_property_open_intervals_are_ordered_and_disjoint(scenario):
 
 def test_templates_use_only_known_weekdays():
     assert all(day in WEEKDAYS for hours in TEMPLATES.values() for day in hours)
+
+
+# --- holidays from the `holidays` package, yearly closures: any year --------------------------
+
+# The default policy's us-business-hours: US federal holidays (observed) and the vendor's own
+# closures every year (the day after Thanksgiving, 24 December).
+FEDERAL = CalendarSpec.model_validate(
+    {
+        "time_zone": "America/Chicago",
+        "hours": {day: ["08:00-18:00"] for day in WORKDAYS},
+        "holidays": {"country": "US", "subdivision": None, "observed": True},
+        "closures": [
+            {"name": "Day after Thanksgiving", "month": 11, "weekday": "thu", "nth": 4,
+             "days_after": 1},
+            {"name": "Christmas Eve", "month": 12, "day": 24},
+        ],
+    }
+).build()  # fmt: skip
+
+
+def federal(**holidays: object) -> BusinessCalendar:
+    return CalendarSpec.model_validate(
+        {
+            "time_zone": "America/Chicago",
+            "hours": {day: ["08:00-18:00"] for day in WORKDAYS},
+            "holidays": {"country": "US", **holidays},
+        }
+    ).build()
+
+
+def test_spec_builds_country_holidays_and_yearly_closures():
+    assert FEDERAL.holidays == frozenset()
+    assert FEDERAL.country_holidays == CountryHolidays("US", None, True, ("public",))
+    assert FEDERAL.yearly_closures == (
+        YearlyClosure(month=11, weekday=3, nth=4, days_after=1, name="Day after Thanksgiving"),
+        YearlyClosure(month=12, day=24, name="Christmas Eve"),
+    )
+
+
+def test_the_default_closed_days_of_2026_and_2027_are_the_federal_holidays_and_closures():
+    assert sorted(FEDERAL.holidays_in(2026)) == [
+        date(2026, 1, 1), date(2026, 1, 19), date(2026, 2, 16), date(2026, 5, 25),
+        date(2026, 6, 19),
+        date(2026, 7, 3),  # Independence Day (observed): July 4 is a Saturday
+        date(2026, 7, 4), date(2026, 9, 7), date(2026, 10, 12), date(2026, 11, 11),
+        date(2026, 11, 26),
+        date(2026, 11, 27),  # the day after Thanksgiving (closure)
+        date(2026, 12, 24),  # Christmas Eve (closure)
+        date(2026, 12, 25),
+    ]  # fmt: skip
+    assert sorted(FEDERAL.holidays_in(2027)) == [
+        date(2027, 1, 1), date(2027, 1, 18), date(2027, 2, 15), date(2027, 5, 31),
+        date(2027, 6, 18),  # Juneteenth (observed): June 19 is a Saturday
+        date(2027, 6, 19), date(2027, 7, 4),
+        date(2027, 7, 5),  # Independence Day (observed): July 4 is a Sunday
+        date(2027, 9, 6), date(2027, 10, 11), date(2027, 11, 11), date(2027, 11, 25),
+        date(2027, 11, 26),
+        date(2027, 12, 24),  # Christmas Eve and Christmas (observed): the 25th is a Saturday
+        date(2027, 12, 25),
+        date(2027, 12, 31),  # New Year's Day 2028 (observed): January 1 is a Saturday
+    ]  # fmt: skip
+
+
+def test_standard_ticket_opened_friday_before_christmas_2028_is_due_tuesday_11_00():
+    # Fri 2028-12-22 17:00 CST: one business hour left on Friday (17:00-18:00); Sun 24 and
+    # Mon 25 (Christmas) closed; three more from Tue 08:00 -> Tue 2028-12-26 11:00 CST.
+    opened = chicago(2028, 12, 22, 17)
+    due = FEDERAL.add(opened, 4 * H)
+    assert due == utc(2028, 12, 26, 17)
+    assert due == chicago(2028, 12, 26, 11)
+    assert FEDERAL.is_holiday(date(2028, 12, 25))
+    assert FEDERAL.open_time_between(opened, due) == 4 * H
+
+
+def test_a_holiday_on_a_saturday_closes_the_friday_before_when_observed():
+    # July 4 2026 is a Saturday: observed on Friday July 3.
+    thursday = chicago(2026, 7, 2, 16)
+    assert FEDERAL.add(thursday, 4 * H) == chicago(2026, 7, 6, 10)  # Thu 2 h, Mon 2 h
+    assert not FEDERAL.is_open(chicago(2026, 7, 3, 12))
+    # Without observed rules only the day itself (a Saturday) is a holiday.
+    actual = federal(observed=False)
+    assert actual.add(thursday, 4 * H) == chicago(2026, 7, 3, 10)
+    assert actual.is_open(chicago(2026, 7, 3, 12))
+
+
+def test_a_holiday_on_a_sunday_closes_the_monday_after_when_observed():
+    # July 4 2027 is a Sunday: observed on Monday July 5.
+    friday = chicago(2027, 7, 2, 16)
+    assert FEDERAL.add(friday, 4 * H) == chicago(2027, 7, 6, 10)
+    assert federal(observed=False).add(friday, 4 * H) == chicago(2027, 7, 5, 10)
+
+
+def test_new_years_day_on_a_saturday_is_observed_on_the_last_friday_of_the_year_before():
+    # 2028-01-01 is a Saturday: Friday 2027-12-31 is closed (a rule of next year's holiday).
+    assert FEDERAL.is_holiday(date(2027, 12, 31))
+    assert FEDERAL.add(chicago(2027, 12, 30, 16), 4 * H) == chicago(2028, 1, 3, 10)
+
+
+def test_a_year_far_in_the_future_has_its_holidays_and_closures():
+    # 2045: New Year's Day is a Sunday (observed Monday 2 January); Thanksgiving Thursday
+    # 23 November; Christmas Eve a Sunday, Christmas a Monday.
+    assert {date(2045, 1, 1), date(2045, 1, 2), date(2045, 11, 23), date(2045, 11, 24),
+            date(2045, 12, 24), date(2045, 12, 25)} <= FEDERAL.holidays_in(2045)  # fmt: skip
+    # Fri 2045-12-22 16:00 CST: 2 h on Friday, Monday 25 closed -> Tue 26 10:00 CST.
+    assert FEDERAL.add(chicago(2045, 12, 22, 16), 4 * H) == chicago(2045, 12, 26, 10)
+    # Wed 2045-11-22 16:00: Thanksgiving and the day after -> Mon 27 10:00 CST.
+    assert FEDERAL.add(chicago(2045, 11, 22, 16), 4 * H) == chicago(2045, 11, 27, 10)
+    # Monday 2045-01-02 (observed New Year) is closed: Fri 2044-12-30 16:00 -> Tue 10:00.
+    assert FEDERAL.add(chicago(2044, 12, 30, 16), 4 * H) == chicago(2045, 1, 3, 10)
+    # DST ends on Sunday 2045-11-05: Fri 16:00 CDT (21:00 UTC) -> Mon 10:00 CST (16:00 UTC).
+    assert FEDERAL.add(utc(2045, 11, 3, 21), 4 * H) == utc(2045, 11, 6, 16)
+
+
+def test_a_subdivision_adds_its_own_holidays():
+    # Texas Independence Day, Mon 2026-03-02, is a Texas holiday, not a federal one.
+    texas = federal(subdivision="TX")
+    assert texas.is_holiday(date(2026, 3, 2))
+    assert not FEDERAL.is_holiday(date(2026, 3, 2))
+    assert texas.add(chicago(2026, 2, 27, 16), 4 * H) == chicago(2026, 3, 3, 10)
+
+
+def test_categories_choose_which_of_the_packages_holidays_close_the_calendar():
+    # The unofficial category holds Christmas Eve and Good Friday, not the federal holidays.
+    unofficial = federal(categories=["unofficial"])
+    assert unofficial.is_holiday(date(2026, 12, 24))
+    assert unofficial.is_holiday(date(2026, 4, 3))
+    assert not unofficial.is_holiday(date(2026, 12, 25))
+    assert not FEDERAL.is_holiday(date(2026, 4, 3))
+    both = federal(categories=["public", "unofficial"])
+    assert both.is_holiday(date(2026, 12, 24)) and both.is_holiday(date(2026, 12, 25))
+
+
+@pytest.mark.parametrize(
+    ("closure", "expected"),
+    [
+        # The 4th Thursday of November, 1 day after: the day after Thanksgiving.
+        (
+            YearlyClosure(month=11, weekday=3, nth=4, days_after=1),
+            [
+                date(2026, 11, 27),
+                date(2027, 11, 26),
+                date(2028, 11, 24),
+                date(2029, 11, 23),
+                date(2030, 11, 29),
+            ],
+        ),
+        # A fixed day: 24 December, whatever the weekday.
+        (YearlyClosure(month=12, day=24), [date(y, 12, 24) for y in range(2026, 2031)]),
+        # The last Monday of May (Memorial Day), 3 days before: the Friday before it.
+        (
+            YearlyClosure(month=5, weekday=0, nth=-1, days_after=-3),
+            [
+                date(2026, 5, 22),
+                date(2027, 5, 28),
+                date(2028, 5, 26),
+                date(2029, 5, 25),
+                date(2030, 5, 24),
+            ],
+        ),
+        # 29 February exists in leap years only.
+        (YearlyClosure(month=2, day=29), [None, None, date(2028, 2, 29), None, None]),
+        # The 5th Friday of January exists in some years only.
+        (
+            YearlyClosure(month=1, weekday=4, nth=5),
+            [date(2026, 1, 30), date(2027, 1, 29), None, None, None],
+        ),
+    ],
+    ids=["day-after-thanksgiving", "christmas-eve", "before-memorial-day", "leap-day", "5th"],
+)
+def test_yearly_closures_fall_on_their_day_every_year(closure, expected):
+    assert [closure.date_in(year) for year in range(2026, 2031)] == expected
+
+
+def test_a_yearly_closure_moved_into_the_next_year_closes_that_year():
+    # 31 December, 1 day after: 1 January of the next year, as a closure of that year.
+    cal = BusinessCalendar(
+        time_zone="UTC",
+        hours={day: ((time(8), time(18)),) for day in range(7)},
+        yearly_closures=(YearlyClosure(month=12, day=31, days_after=1),),
+    )
+    assert cal.is_holiday(date(2030, 1, 1))
+    assert not cal.is_holiday(date(2030, 12, 31))
+    assert cal.holidays_in(2030) == {date(2030, 1, 1)}
+
+
+def test_holidays_are_computed_once_per_year_and_shared_by_equal_calendars(monkeypatch):
+    calls: list[int] = []
+    original = CountryHolidays.dates
+
+    def counting(self: CountryHolidays, year: int) -> frozenset[date]:
+        calls.append(year)
+        return original(self, year)
+
+    monkeypatch.setattr(CountryHolidays, "dates", counting)
+    calendar_module._closed_in_year.cache_clear()
+    first = federal(subdivision="CA")
+    # A year of deadlines, one every business day, each counted day by day.
+    for day in range(0, 365, 1):
+        first.add(chicago(2031, 1, 1, 9) + timedelta(days=day), 4 * H)
+    assert calls == [2031], "the package is asked once for the year"
+    second = federal(subdivision="CA")  # a new, equal calendar (as calendar_for builds)
+    assert second == first
+    second.add(chicago(2031, 7, 2, 16), 40 * H)
+    assert calls == [2031]
+    second.add(chicago(2031, 12, 31, 16), 4 * H)  # into 2032
+    assert calls == [2031, 2032]
+
+
+# A property against an independent oracle: the `holidays` package asked directly, the day
+# after Thanksgiving from the package's Thanksgiving, and 24 December.
+def closed_by_the_default(day: date) -> bool:
+    us = holidays_package.country_holidays("US", years=[day.year, day.year + 1], observed=True)
+    thanksgiving = next(d for d, name in us.items() if name == "Thanksgiving Day" and
+                        d.year == day.year)  # fmt: skip
+    return day in us or day == thanksgiving + timedelta(days=1) or (day.month, day.day) == (12, 24)
+
+
+@PROPERTY
+@given(
+    st.datetimes(
+        min_value=datetime(2026, 1, 1),
+        max_value=datetime(2060, 12, 31, 23, 59, 59),
+        timezones=st.just(UTC),
+    ),
+    st.integers(min_value=1, max_value=120 * 60).map(lambda m: timedelta(minutes=m)),
+)
+def test_property_no_deadline_falls_on_a_holiday_or_closure(start, amount):
+    due = FEDERAL.add(start, amount)
+    # The open time just before the deadline lies on an open local day...
+    counted = (due - TICK).astimezone(CHICAGO).date()
+    assert not closed_by_the_default(counted), (start, amount, due)
+    assert counted.weekday() < 5
+    # ...and so does the deadline itself (08:00-18:00 never closes at midnight).
+    assert not closed_by_the_default(due.astimezone(CHICAGO).date())
+    assert FEDERAL.open_time_between(start, due) == amount

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+from support.calendar import CountryHolidays
 from support.models import Severity, StepKind, TicketInput, TicketPlan, Tier
 from support.policy import (
     POLICY_FILE_ENV,
@@ -100,7 +101,7 @@ def test_default_policy_loads_and_is_the_configured_file_when_no_override(monkey
     monkeypatch.delenv(POLICY_FILE_ENV, raising=False)
     assert policy_path() == default_policy_path()
     loaded = load_policy()
-    assert loaded.version == "2026.11.1"
+    assert loaded.version == "2026.12.1"
     assert loaded.default_severity is Severity.SEV3
     assert set(loaded.tiers) == set(Tier)
 
@@ -120,7 +121,12 @@ def test_standard_is_4h_on_the_us_business_hours_calendar(policy):
     calendar = spec.build()
     assert not calendar.always_open
     assert calendar.hours == {day: ((time(8), time(18)),) for day in range(5)}
-    assert calendar.holidays  # US holidays are listed
+    # US federal holidays (observed) for any year, and the vendor's closures every year.
+    assert calendar.country_holidays == CountryHolidays("US", None, True, ("public",))
+    assert [(c.name, c.date_in(2026)) for c in calendar.yearly_closures] == [
+        ("Day after Thanksgiving", date(2026, 11, 27)),
+        ("Christmas Eve", date(2026, 12, 24)),
+    ]
     for severity in Severity:
         assert tier.rule_for(severity)[0] == 4 * H
 
@@ -200,7 +206,7 @@ def test_every_target_and_contact_in_the_default_has_a_channel(policy):
 
 def test_premium_sev2_plan_has_exact_wall_clock_deadlines_and_recipients(policy):
     plan = resolve_plan(policy, ticket(Tier.PREMIUM), Severity.SEV2, T0)
-    assert plan.policy_version == "2026.11.1"
+    assert plan.policy_version == "2026.12.1"
     assert plan.commercial_sla
     assert plan.calendar == "always"
     assert plan.time_zone == "UTC"
@@ -304,6 +310,60 @@ def test_standard_ticket_on_a_holiday_is_due_the_next_business_day(policy):
     assert step(plan, "intake").due_at == T0
 
 
+def test_standard_ticket_opened_friday_before_christmas_2028_is_due_tuesday_11_00(policy):
+    # Fri 2028-12-22 17:00 CST (23:00 UTC): 1 business hour on Friday, Christmas on Monday,
+    # 3 more from Tuesday 08:00 -> Tue 2028-12-26 11:00 CST (17:00 UTC). The dates the
+    # default used to list ran out in 2027 and put this deadline on Christmas Day.
+    plan = resolve_plan(policy, ticket(Tier.STANDARD), Severity.SEV3, utc(2028, 12, 22, 23))
+    assert plan.response_due_at == utc(2028, 12, 26, 17)
+    assert step(plan, "warning").due_at == utc(2028, 12, 26, 16)  # 3 business hours
+
+
+def test_the_default_closes_every_date_its_old_list_closed_and_the_federal_holidays(policy):
+    calendar = policy.calendars["us-business-hours"].build()
+    old_list = [
+        "2026-01-01", "2026-05-25", "2026-07-03", "2026-09-07", "2026-11-26", "2026-11-27",
+        "2026-12-24", "2026-12-25", "2027-01-01", "2027-05-31", "2027-07-05", "2027-09-06",
+        "2027-11-25", "2027-11-26", "2027-12-24", "2027-12-31",
+    ]  # fmt: skip
+    assert all(calendar.is_holiday(date.fromisoformat(day)) for day in old_list)
+    # Added by the federal list: MLK Day, Washington's Birthday, Juneteenth, Columbus Day,
+    # Veterans Day.
+    for day in ("2026-01-19", "2026-02-16", "2026-06-19", "2026-10-12", "2026-11-11"):
+        assert calendar.is_holiday(date.fromisoformat(day)), day
+    assert not calendar.is_holiday(date(2026, 12, 23))
+
+
+def test_holidays_given_as_a_list_of_dates_still_load_and_close_those_days(tmp_path):
+    def old_form(data: dict[str, Any]) -> None:
+        calendar = data["calendars"]["us-business-hours"]
+        calendar.pop("closures")
+        calendar["holidays"] = ["2026-09-07", "2026-12-25"]
+
+    custom = load_policy(write_policy(tmp_path, old_form))
+    calendar = custom.calendars["us-business-hours"].build()
+    assert calendar.holidays == frozenset({date(2026, 9, 7), date(2026, 12, 25)})
+    assert calendar.country_holidays is None and calendar.yearly_closures == ()
+    # Fri 2026-09-04 16:00 CDT, Labor Day Monday -> Tue 10:00 CDT.
+    plan = resolve_plan(custom, ticket(Tier.STANDARD), Severity.SEV3, utc(2026, 9, 4, 21))
+    assert plan.response_due_at == utc(2026, 9, 8, 15)
+    # Veterans Day is not in that list: open.
+    assert not calendar.is_holiday(date(2026, 11, 11))
+
+
+def test_one_off_closures_are_plain_dates_beside_the_yearly_ones(tmp_path):
+    def office_move(data: dict[str, Any]) -> None:
+        data["calendars"]["us-business-hours"]["closures"] += [
+            "2027-06-11",
+            {"name": "Office move", "date": "2027-06-14"},
+        ]
+
+    custom = load_policy(write_policy(tmp_path, office_move))
+    # Thu 2027-06-10 16:00 CDT: 2 h on Thursday; Fri 11, the weekend, Mon 14 closed.
+    plan = resolve_plan(custom, ticket(Tier.STANDARD), Severity.SEV3, utc(2027, 6, 10, 21))
+    assert plan.response_due_at == utc(2027, 6, 15, 15)  # Tue 10:00 CDT
+
+
 def test_community_plan_has_intake_only_and_no_deadline(policy):
     plan = resolve_plan(policy, ticket(Tier.COMMUNITY), Severity.SEV1, T0)
     assert not plan.commercial_sla
@@ -321,8 +381,8 @@ def test_out_of_scope_category_is_explained_in_the_plan(policy):
     assert plan.out_of_scope_reason == (
         "category 'consulting': out-of-scope consulting needs an advisory engagement"
     )
-    # The SLA clock still runs for an out-of-scope ticket until it is routed.
-    assert plan.response_due_at == utc(2026, 11, 26, 10, 30)
+    # Out of scope at intake: no SLA clock, so no deadline (DESIGN.md).
+    assert plan.response_due_at is None
 
 
 def test_statement_of_work_terms_include_the_reporter_only_with_an_email(policy):
@@ -406,9 +466,10 @@ def test_customer_calendar_moves_a_standard_deadline_but_not_a_premium_one(tmp_p
     us = resolve_plan(custom, ticket(Tier.STANDARD, customer="acme"), Severity.SEV3, opened)
     assert us.calendar == "us-business-hours"
     assert us.response_due_at == utc(2026, 3, 10, 18)  # 13:00 CDT
-    premium = resolve_plan(custom, ticket(Tier.PREMIUM, customer="acme-eu"), Severity.SEV3, opened)
-    assert premium.calendar == "always"
-    assert premium.response_due_at == utc(2026, 3, 10, 15)
+    # A 24x7 tier stays 24x7 for that customer (its contract's calendar is for business
+    # hours; a ticket of a contracted customer runs at the contract's tier anyway).
+    name, premium = custom.calendar_for(Tier.PREMIUM, "acme-eu")
+    assert name == "always" and premium.always_open
 
 
 # --- error reporting: file path and dotted field path ------------------------------------------
