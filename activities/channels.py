@@ -130,13 +130,22 @@ class Notification:
 
     @property
     def acknowledgeable(self) -> bool:
-        return self.request.kind in ("intake", "warning", "breach", "repeat", "retriage")
+        """Whether the message says how to acknowledge (a link, the raw signal): only to the
+        vendor's responders. A customer's contact is told of the ticket and its deadline."""
+        return self.recipient.role == "responder" and self.request.kind in (
+            "intake",
+            "warning",
+            "breach",
+            "repeat",
+            "retriage",
+        )
 
     @cached_property
     def ack_link(self) -> str | None:
         """A signed link to the board's acknowledge step, bound to this ticket and this
-        recipient, when the worker knows the service (SUPPORT_PUBLIC_URL and
-        SUPPORT_LINK_SECRET, shared with the HTTP service)."""
+        recipient, with its own id (it acknowledges once), for a responder, when the worker
+        knows the service (SUPPORT_PUBLIC_URL and SUPPORT_LINK_SECRET, shared with the HTTP
+        service)."""
         secret, public = os.environ.get("SUPPORT_LINK_SECRET"), os.environ.get("SUPPORT_PUBLIC_URL")
         if not (self.acknowledgeable and secret and public):
             return None

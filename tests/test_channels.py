@@ -808,7 +808,11 @@ def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
     assert link is not None and link.startswith("https://support.example/board/ack/")
     token = link.rsplit("/", 1)[1]
     links = AckLinks("s3cret", timedelta(hours=1), "https://support.example")
-    assert links.read(token) == ("X", "duty-engineer")
+    read = links.read(token)
+    assert (read.ticket_id, read.agent) == ("X", "duty-engineer")
+    # Every link has its own id (recorded with the acknowledgement it makes).
+    again = Notification.of(request, recipient, "k").ack_link
+    assert again is not None and links.read(again.rsplit("/", 1)[1]).nonce != read.nonce != ""
     assert f"Acknowledge in the browser: {link}" in message.text()
     assert (
         f"To acknowledge in the browser: {link}"
@@ -817,6 +821,38 @@ def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
     button = next(b for b in message.slack_payload()["blocks"] if b["type"] == "actions")
     assert button["elements"][0]["url"] == link
     assert message.pagerduty_event("rk")["payload"]["custom_details"]["acknowledge_url"] == link
+
+
+def test_a_customers_contact_is_told_the_deadline_but_never_how_to_acknowledge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the vendor's responders acknowledge: a customer contact's message has the
+    deadline and no link, no instructions and no raw signal command, on every channel."""
+    monkeypatch.setenv("SUPPORT_LINK_SECRET", "s3cret")
+    monkeypatch.setenv("SUPPORT_PUBLIC_URL", "https://support.example")
+    contact = Recipient(name="bank-noc", channels=[], role="customer")
+    message = Notification.of(delivery([contact]), contact, "k")
+    assert message.ack_link is None and not message.acknowledgeable
+    email = message.email("a@b.example", ["noc@bank.example"]).get_content()
+    pager = message.pagerduty_event("rk")["payload"]
+    rendered = [
+        message.text(),
+        email,
+        str(message.slack_payload()),
+        message.webhook_payload()["text"],
+        pager["summary"],
+    ]
+    for text in rendered:
+        assert "acknowledge" not in text.lower().replace("unacknowledged", ""), text
+        assert "temporal workflow signal" not in text and "/board/ack/" not in text
+    assert "Response due: 2026-11-26 12:00 UTC" in message.text()
+    assert "Deadline:  2026-11-26 12:00 UTC" in email
+    for fields in (message.webhook_payload(), pager["custom_details"]):
+        assert (fields["acknowledge"], fields["acknowledge_url"]) == (None, None)
+    # A responder on the same step gets both.
+    responder = Recipient(name="duty-engineer", channels=[])
+    told = Notification.of(delivery([responder]), responder, "k")
+    assert told.ack_link is not None and "temporal workflow signal" in told.text()
 
 
 async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_failing(
