@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from support.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
 from support.models import (
@@ -528,6 +529,29 @@ class LimitsSpec(Spec):
     continue_as_new_after_events: int = Field(default=5000, ge=50, le=40_000)
 
 
+# The support policy's order of tiers: each (faster, slower) pair, compared per severity.
+_FASTER_THAN = ((Tier.MISSION_CRITICAL, Tier.PREMIUM), (Tier.PREMIUM, Tier.STANDARD))
+# The tiers the support policy promises round the clock.
+_TWENTY_FOUR_SEVEN = (Tier.PREMIUM, Tier.MISSION_CRITICAL)
+_TIER_NAMES = {
+    Tier.COMMUNITY: "Community",
+    Tier.STANDARD: "Standard",
+    Tier.PREMIUM: "Premium",
+    Tier.MISSION_CRITICAL: "Mission Critical",
+}
+
+
+def _span(duration: timedelta) -> str:
+    """``4h``, ``15m``, ``1h 30m``, ``20s``, ``2d``: a target as people write it."""
+    left = round(duration.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, left = divmod(left, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return " ".join(parts) or "0s"
+
+
 class Policy(Spec):
     version: str = Field(min_length=1)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
@@ -580,6 +604,98 @@ class Policy(Spec):
                             f" of the {customer.tier.value} ladder ({', '.join(sorted(known))})"
                         )
         return self
+
+    @model_validator(mode="after")
+    def _keeps_the_support_policy(self) -> Self:
+        """The support policy's promises (support-policy.md): a higher tier is never slower
+        than a lower one for any severity (Mission Critical <= Premium <= Standard), only a
+        tier without a commercial SLA closes idle tickets, and Premium and Mission Critical
+        run 24x7, whatever a contract's calendar says."""
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for faster, slower in _FASTER_THAN:
+            problems += self._slower_targets(faster, slower)
+        for tier, spec in self.tiers.items():
+            if spec.commercial_sla and spec.idle_close_after is not None:
+                problems.append(
+                    (
+                        ("tiers", tier.value, "idle_close_after"),
+                        "a tier with a commercial SLA never closes a ticket for being idle"
+                        " (only a tier without one, like Community, may)",
+                    )
+                )
+        for tier in _TWENTY_FOUR_SEVEN:
+            name = self.tiers[tier].calendar
+            spec_of = self.calendars.get(name) if name is not None else None
+            if spec_of is not None and not spec_of.always_open:
+                problems.append(
+                    (
+                        ("tiers", tier.value, "calendar"),
+                        f"{_TIER_NAMES[tier]} is 24x7 in the support policy, but calendar"
+                        f" {name!r} keeps business hours: use an always_open calendar",
+                    )
+                )
+        for customer_name, customer in self.customers.items():
+            contract_calendar = (
+                self.calendars.get(customer.calendar) if customer.calendar is not None else None
+            )
+            if (
+                customer.tier in _TWENTY_FOUR_SEVEN
+                and contract_calendar is not None
+                and not contract_calendar.always_open
+            ):
+                problems.append(
+                    (
+                        ("customers", customer_name, "calendar"),
+                        f"a {_TIER_NAMES[customer.tier]} contract is 24x7 in the support"
+                        f" policy, but calendar {customer.calendar!r} keeps business hours (a"
+                        " 24x7 tier keeps its 24x7 clock, so it would never apply): remove it",
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data(
+                "Policy",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("support_policy", "{problem}", {"problem": text}),
+                        loc=loc,
+                        input=None,
+                    )
+                    for loc, text in problems
+                ],
+            )
+        return self
+
+    def _slower_targets(self, faster: Tier, slower: Tier) -> list[tuple[tuple[str, ...], str]]:
+        """Where ``faster``'s response targets are slower than ``slower``'s, per severity
+        (grouped by the field that sets the target)."""
+        fast_spec, slow_spec = self.tiers[faster], self.tiers[slower]
+        if not slow_spec.commercial_sla:
+            return []
+        found: dict[tuple[str, ...], list[str]] = {}
+        for severity in Severity:
+            promised = slow_spec.rule_for(severity)[0]
+            if promised is None:
+                continue
+            target = fast_spec.rule_for(severity)[0] if fast_spec.commercial_sla else None
+            if target is not None and target <= promised:
+                continue
+            rule = fast_spec.severities.get(severity)
+            if not fast_spec.commercial_sla:
+                loc: tuple[str, ...] = ("tiers", faster.value, "commercial_sla")
+            elif rule is not None and rule.response_target is not None:
+                loc = ("tiers", faster.value, "severities", severity.value, "response_target")
+            else:
+                loc = ("tiers", faster.value, "response_target")
+            got = "no target" if target is None else _span(target)
+            found.setdefault(loc, []).append(f"{severity.value} ({got} vs {_span(promised)})")
+        return [
+            (
+                loc,
+                f"{_TIER_NAMES[faster]} is slower than {_TIER_NAMES[slower]} for"
+                f" {', '.join(where)}: a higher tier must never be slower than a lower one",
+            )
+            for loc, where in found.items()
+        ]
 
     def calendar_for(self, tier: Tier, customer_id: str) -> tuple[str | None, BusinessCalendar]:
         spec = self.tiers[tier]

@@ -19,6 +19,7 @@ from support.models import Severity, StepKind, TicketInput, TicketPlan, Tier
 from support.policy import (
     POLICY_FILE_ENV,
     REPEAT_WINDOW,
+    CustomerSpec,
     Policy,
     PolicyError,
     default_policy_path,
@@ -645,6 +646,209 @@ def test_changed_policy_file_is_reloaded(tmp_path):
 
 
 # --- regressions: DST gaps, long spans, non-commercial ladders --------------------------
+
+
+@pytest.mark.parametrize(
+    ("holidays", "field", "problem"),
+    [
+        ({"country": "XX"}, "holidays.country", "unknown country 'XX'"),
+        ({"country": "US", "subdivision": "ZZ"}, "holidays.subdivision", "US has no subdivision"),
+        (
+            {"country": "US", "categories": ["bank"]},
+            "holidays.categories",
+            "US has no holiday category 'bank'; use government, half_day, public, unofficial",
+        ),
+        ({"subdivision": "TX"}, "holidays", "subdivision and categories need a country"),
+        ({"country": "US", "observe": True}, "holidays.observe", "Extra inputs"),
+        (["2026-13-01"], "holidays.dates.0", "valid date"),
+    ],
+    ids=["country", "subdivision", "category", "no-country", "typo", "old-form-date"],
+)
+def test_holiday_settings_are_checked_naming_the_file_and_field(tmp_path, holidays, field, problem):
+    def bad(data: dict[str, Any]) -> None:
+        data["calendars"]["us-business-hours"]["holidays"] = holidays
+
+    path = write_policy(tmp_path, bad)
+    message = policy_error(path)
+    assert f"{path}: calendars.us-business-hours.{field}: " in message
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    ("closure", "field", "problem"),
+    [
+        ({"month": 2, "day": 30}, "closures.2", "day: February has at most 29 days, not 30"),
+        ({"month": 11}, "closures.2", "a yearly closure needs day, or weekday and nth"),
+        ({"day": 24}, "closures.2", "a closure needs a date or a month"),
+        ({"month": 11, "weekday": "thursday", "nth": 4}, "closures.2.weekday", "unknown weekday"),
+        ({"month": 11, "weekday": "thu", "nth": 6}, "closures.2.nth", "nth must be 1 to 5"),
+        ({"month": 12, "day": 24, "days_after": 10}, "closures.2.days_after", "less than or"),
+        ({"date": "2026-12-31", "month": 12}, "closures.2", "a closure on a date takes no month"),
+        ("2026-12-32", "closures.2.date", "valid date"),
+    ],
+    ids=["day", "no-day", "no-month", "weekday", "nth", "days-after", "date-and-rule", "date"],
+)
+def test_closures_are_checked_naming_the_file_and_item(tmp_path, closure, field, problem):
+    def bad(data: dict[str, Any]) -> None:
+        data["calendars"]["us-business-hours"]["closures"].append(closure)
+
+    path = write_policy(tmp_path, bad)
+    message = policy_error(path)
+    assert f"{path}: calendars.us-business-hours.{field}: " in message
+    assert problem in message
+
+
+def test_an_always_open_calendar_with_holidays_is_refused(tmp_path):
+    def closed_sometimes(data: dict[str, Any]) -> None:
+        data["calendars"]["always"]["holidays"] = {"country": "US"}
+
+    path = write_policy(tmp_path, closed_sometimes)
+    assert f"{path}: calendars.always: an always_open (24x7) calendar is never closed" in (
+        policy_error(path)
+    )
+
+
+# --- the support policy's promises ------------------------------------------------------------
+
+
+def test_the_shipped_default_and_every_example_policy_keep_the_promises():
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert examples
+    for path in [default_policy_path(), *examples]:
+        policy = load_policy(path)
+        assert policy.tiers[Tier.MISSION_CRITICAL].rule_for(Severity.SEV1)[0] == 15 * MIN, path
+
+
+def test_mission_critical_slower_than_premium_is_refused_naming_file_and_field(tmp_path):
+    def slow_sev1(data: dict[str, Any]) -> None:
+        data["tiers"]["mission_critical"]["severities"]["sev1"]["response_target"] = "PT2H"
+
+    path = write_policy(tmp_path, slow_sev1)
+    assert policy_error(path) == (
+        f"{path}: tiers.mission_critical.severities.sev1.response_target: Mission Critical"
+        " is slower than Premium for sev1 (2h vs 1h): a higher tier must never be slower than"
+        " a lower one"
+    )
+
+
+def test_a_faster_premium_makes_the_mission_critical_targets_slower_per_severity(tmp_path):
+    def fast_premium(data: dict[str, Any]) -> None:
+        data["tiers"]["premium"]["response_target"] = "PT10M"
+
+    path = write_policy(tmp_path, fast_premium)
+    assert policy_error(path).splitlines() == [
+        f"{path}: tiers.mission_critical.severities.sev1.response_target: Mission Critical is"
+        " slower than Premium for sev1 (15m vs 10m): a higher tier must never be slower than"
+        " a lower one",
+        f"{path}: tiers.mission_critical.response_target: Mission Critical is slower than"
+        " Premium for sev2 (1h vs 10m), sev3 (1h vs 10m), sev4 (1h vs 10m): a higher tier"
+        " must never be slower than a lower one",
+    ]
+
+
+def test_premium_slower_than_standard_for_one_severity_is_refused(tmp_path):
+    def slow_sev4(data: dict[str, Any]) -> None:
+        data["tiers"]["premium"]["severities"] = {"sev4": {"response_target": "PT5H"}}
+        data["tiers"]["mission_critical"]["severities"]["sev4"] = {"response_target": "PT1H"}
+
+    path = write_policy(tmp_path, slow_sev4)
+    assert policy_error(path) == (
+        f"{path}: tiers.premium.severities.sev4.response_target: Premium is slower than"
+        " Standard for sev4 (5h vs 4h): a higher tier must never be slower than a lower one"
+    )
+
+
+def test_a_higher_tier_without_a_commercial_sla_is_refused(tmp_path):
+    def premium_without_sla(data: dict[str, Any]) -> None:
+        premium = data["tiers"]["premium"]
+        premium.update(commercial_sla=False, ladder=premium["ladder"][:1])
+        del premium["response_target"]
+
+    message = policy_error(write_policy(tmp_path, premium_without_sla))
+    assert "tiers.premium.commercial_sla: Premium is slower than Standard for sev1 (no target" in (
+        message
+    )
+    assert "tiers.mission_critical" not in message, "compared with what Premium promises"
+
+
+def test_equal_targets_are_allowed(tmp_path):
+    def equal(data: dict[str, Any]) -> None:
+        data["tiers"]["premium"]["response_target"] = "PT4H"
+        data["tiers"]["mission_critical"]["response_target"] = "PT4H"
+
+    assert load_policy(write_policy(tmp_path, equal)).tiers[Tier.PREMIUM].response_target == 4 * H
+
+
+@pytest.mark.parametrize("tier", COMMERCIAL, ids=lambda t: t.value)
+def test_an_idle_close_on_a_commercial_tier_is_refused(tmp_path, tier):
+    def idle_close(data: dict[str, Any]) -> None:
+        data["tiers"][tier.value]["idle_close_after"] = "P14D"
+
+    path = write_policy(tmp_path, idle_close)
+    assert policy_error(path) == (
+        f"{path}: tiers.{tier.value}.idle_close_after: a tier with a commercial SLA never"
+        " closes a ticket for being idle (only a tier without one, like Community, may)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tier", "name"),
+    [(Tier.PREMIUM, "Premium"), (Tier.MISSION_CRITICAL, "Mission Critical")],
+    ids=["premium", "mission_critical"],
+)
+def test_a_24x7_tier_on_business_hours_is_refused(tmp_path, tier, name):
+    def business_hours(data: dict[str, Any]) -> None:
+        data["tiers"][tier.value]["calendar"] = "us-business-hours"
+
+    path = write_policy(tmp_path, business_hours)
+    assert policy_error(path) == (
+        f"{path}: tiers.{tier.value}.calendar: {name} is 24x7 in the support policy, but"
+        " calendar 'us-business-hours' keeps business hours: use an always_open calendar"
+    )
+
+
+def test_a_24x7_contract_on_a_business_calendar_is_refused(tmp_path):
+    def bank_hours(data: dict[str, Any]) -> None:
+        data["customers"]["example-bank"]["calendar"] = "us-business-hours"
+
+    path = write_policy(tmp_path, bank_hours)
+    assert policy_error(path) == (
+        f"{path}: customers.example-bank.calendar: a Mission Critical contract is 24x7 in the"
+        " support policy, but calendar 'us-business-hours' keeps business hours (a 24x7 tier"
+        " keeps its 24x7 clock, so it would never apply): remove it"
+    )
+    # calendar_for would keep the tier 24x7 anyway (shown on a policy built without
+    # validation): the refusal says so instead of leaving a calendar that never applies.
+    default = load_policy(default_policy_path())
+    contract = CustomerSpec(tier=Tier.MISSION_CRITICAL, calendar="us-business-hours")
+    unchecked = Policy.model_construct(**{**dict(default), "customers": {"bank": contract}})
+    name, calendar = unchecked.calendar_for(Tier.MISSION_CRITICAL, "bank")
+    assert name == "always" and calendar.always_open
+
+
+def test_a_24x7_contract_on_an_always_open_calendar_loads(tmp_path):
+    def bank_clock(data: dict[str, Any]) -> None:
+        data["calendars"]["bank-clock"] = {"time_zone": "Europe/London", "always_open": True}
+        data["customers"]["example-bank"]["calendar"] = "bank-clock"
+
+    custom = load_policy(write_policy(tmp_path, bank_clock))
+    name, calendar = custom.calendar_for(Tier.MISSION_CRITICAL, "example-bank")
+    assert name == "always" and calendar.always_open
+
+
+def test_every_broken_promise_is_reported_on_its_own_line(tmp_path):
+    def three(data: dict[str, Any]) -> None:
+        data["tiers"]["standard"]["idle_close_after"] = "P7D"
+        data["tiers"]["premium"]["calendar"] = "us-business-hours"
+        data["customers"]["example-bank"]["calendar"] = "us-business-hours"
+
+    path = write_policy(tmp_path, three)
+    fields = [line.split(": ")[1] for line in policy_error(path).splitlines()]
+    assert fields == [
+        "tiers.standard.idle_close_after",
+        "tiers.premium.calendar",
+        "customers.example-bank.calendar",
+    ]
 
 
 def test_non_commercial_step_measured_as_a_share_is_rejected_at_load(tmp_path):
