@@ -47,7 +47,7 @@ from intake.mailbox import DEFAULT_MAX_BYTES, MailboxHandler, listening, parse_m
 from ledger.render import render_html, render_table
 from ledger.report import build_report
 from service.app import create_app
-from service.auth import AckLinks, Settings
+from service.auth import AckLinks, Settings, parse_scopes
 from service.limits import MAX_REQUEST_BYTES
 from support.models import TicketInput, ticket_workflow_id
 from tests.conftest import ROOT, Stack, running_stack, write_policy
@@ -61,6 +61,10 @@ AGENT = "agent-ana-0123456789"
 SETTINGS = Settings(
     intake_tokens={INTAKE: "hostile-tests"},
     agent_tokens={AGENT: "ana"},
+    # Any customer without a contract (the rows' odd customer ids), up to premium.
+    intake_scopes=parse_scopes(
+        "SUPPORT_INTAKE_SCOPES", "hostile-tests=customers:*;max_tier:premium", {"hostile-tests"}
+    ),
     link_secret="hostile-test-secret",
 )
 # The mailbox's receipt time, and the instant relative open times are taken from.
@@ -73,7 +77,7 @@ TIER = "Input should be 'community', 'standard', 'premium' or 'mission_critical'
 SEVERITY = "Input should be 'sev1', 'sev2', 'sev3' or 'sev4'"
 TEXT = "Input should be a valid string"
 NOT_UNICODE = "Input should be a valid string, unable to parse raw data as a unicode string"
-REQUIRED = ["ticket_id: Field required", "customer_id: Field required", "tier: Field required"]
+REQUIRED = ["ticket_id: Field required", "customer_id: Field required"]
 TICKET_ID = "ticket_id: String should match pattern '^[A-Za-z0-9._-]{1,64}$'"
 CATEGORY = "category: String should match pattern '^[a-z][a-z0-9_]{0,63}$'"
 CHANNEL = "intake_channel: String should match pattern '^[a-z][a-z0-9_]{0,31}$'"
@@ -87,6 +91,10 @@ ONE_LINE = "must be a single line"
 NAIVE = "opened_at: must be an aware timestamp with a UTC offset, e.g. 2026-11-26T09:30:00Z"
 PAST = "is more than 30 days in the past"
 YEAR_10000 = "opened_at: lies outside the years 1 to 9999 in UTC"
+NOT_CONTRACTED = (
+    "tier: customer 'example-bank' has a mission_critical contract; open the ticket at"
+    " mission_critical (or leave tier out), not premium"
+)
 
 # Injection strings. The fields of safe characters refuse them (the tables); the free-text
 # fields keep them as data, and every renderer shows them inert (the rendering test).
@@ -266,7 +274,6 @@ API_CASES = [
     # missing required fields, wrong types, not an object
     case("no-ticket-id", {"ticket_id": DROP}, ["ticket_id: Field required"]),
     case("no-customer-id", {"customer_id": DROP}, ["customer_id: Field required"]),
-    case("no-tier", {"tier": DROP}, ["tier: Field required"]),
     case("empty-object", b"{}", REQUIRED),
     case("ticket-id-number", {"ticket_id": 1001}, [f"ticket_id: {TEXT}"]),
     case("customer-id-null", {"customer_id": None}, [f"customer_id: {TEXT}"]),
@@ -290,6 +297,11 @@ API_CASES = [
     case("unknown-field", {"priority": "urgent"}, ["priority: unknown field"]),
     case(
         "internal-field", {"continued": {}}, ["continued: internal field, not accepted at intake"]
+    ),
+    case(
+        "integration-field",
+        {"integration": "other-portal"},
+        ["integration: recorded by intake from the integration's token, not accepted"],
     ),
     # one past each limit
     case("ticket-id-65", {"ticket_id": "T" * 65}, [TICKET_ID]),
@@ -600,7 +612,6 @@ class Usage:
 
 CLI_CASES = [
     # missing required fields, unknown tier / severity
-    case("no-tier", Open(drop="--tier"), Usage("the following arguments are required: --tier")),
     case(
         "no-customer-id",
         Open(drop="--customer-id"),
@@ -608,6 +619,7 @@ CLI_CASES = [
     ),
     case("tier-unknown", flag("tier", "gold"), [f"tier: {TIER}"]),
     case("severity-unknown", flag("severity", "sev0"), [f"severity: {SEVERITY}"]),
+    case("tier-not-contracted", flag("customer_id", "example-bank"), [NOT_CONTRACTED]),
     # one past each limit
     case("ticket-id-65", flag("ticket_id", "T" * 65), [TICKET_ID]),
     case(
@@ -673,6 +685,8 @@ CLI_CASES = [
         "batch-wrong-types", Batch({"tier": 1, "subject": 5}), [f"tier: {TIER}", f"subject: {TEXT}"]
     ),
     case("batch-missing-fields", Batch(b"{}"), REQUIRED),
+    # a tier the customer's contract does not give
+    case("batch-tier-not-contracted", Batch({"customer_id": "example-bank"}), [NOT_CONTRACTED]),
     case("batch-unknown-field", Batch({"priority": "p1"}), ["priority: unknown field"]),
     case(
         "batch-internal-field",
@@ -1044,12 +1058,15 @@ async def test_every_field_at_its_limit_is_accepted(rig: Rig, path: str) -> None
         body += b" " * (MAX_REQUEST_BYTES - len(body))  # the request exactly at its limit
         response = await post(rig, body, "application/json")
         assert response.status_code == 201, response.text
+        recorded = data | {"integration": "hostile-tests"}  # the API records who opened it
     else:
         flags = [arg for key, value in data.items() for arg in (option(key), value)]
         code, out, err = await starter(rig, "open", *flags)
-        assert (code, out) == (0, f"opened ticket {ticket_id} (workflow ticket-{ticket_id})\n"), err
+        opened = f"opened ticket {ticket_id} (workflow ticket-{ticket_id}): community sev4"
+        assert (code, out) == (0, f"{opened}, no SLA clock\n"), err
+        recorded = data
     ticket, _ = await started(rig, ticket_id)
-    assert ticket.model_dump(mode="json", exclude_defaults=True) == data
+    assert ticket.model_dump(mode="json", exclude_defaults=True) == recorded
 
 
 async def test_a_repeated_ticket_id_is_answered_and_changes_nothing(rig: Rig) -> None:
@@ -1076,7 +1093,7 @@ async def test_a_repeated_ticket_id_is_answered_and_changes_nothing(rig: Rig) ->
     code, out, err = await starter(rig, *flag("subject", "other").args(ticket_id))
     assert (code, out) == (
         0,
-        f"ticket {ticket_id} already exists (workflow ticket-{ticket_id}, running);"
+        f"ticket {ticket_id} already exists (workflow ticket-{ticket_id}, open);"
         " nothing new was started\n",
     ), err
     assert await started(rig, ticket_id) == before, "the same run with the same input"
