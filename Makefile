@@ -44,9 +44,10 @@ replay-histories: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+# The contract gives example-bank its tier (Mission Critical): no --tier to claim.
 demo: $(STAMP)
 	$(BIN)/python starter.py open --ticket-id DEMO-$$(date +%s) --customer-id example-bank \
-		--tier mission_critical --severity sev1 --subject "Production cluster unreachable"
+		--severity sev1 --subject "Production cluster unreachable"
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

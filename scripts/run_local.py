@@ -7,7 +7,9 @@ HTTP service (API, contact form, agent board on :8000) and the support mailbox (
 
 Tokens for the API and the board, and the secret that signs acknowledge links, are made
 on first use and kept in ``.data/service.env`` (variables already set in the environment
-win).
+win). The demo integration token ``demo-intake`` may open tickets for the policy's
+contracted customers (listed by name in its scope) and, for anyone else, Community only
+(docs/intake.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from support.policy import PolicyError, load_policy  # noqa: E402
 from support.search_attributes import cli_flags  # noqa: E402
 
 DATA = Path(os.environ.get("SUPPORT_DATA_DIR") or ROOT / ".data")
@@ -37,6 +40,19 @@ MAILBOX_PORT = int(os.environ.get("SUPPORT_MAILBOX_PORT", "2525"))
 STOP_GRACE_SECONDS = 15
 
 
+DEMO_INTEGRATION = "demo-intake"
+
+
+def demo_scope() -> str:
+    """The demo integration's scope: the policy's contracted customers by name, and any
+    other customer (``*``) at Community only."""
+    try:
+        contracted = sorted(load_policy().customers)
+    except PolicyError:
+        contracted = []  # the service refuses intake until the policy loads anyway
+    return f"{DEMO_INTEGRATION}=customers:{'|'.join([*contracted, '*'])};max_tier:community"
+
+
 def service_settings() -> dict[str, str]:
     """The service's tokens and link secret: from the environment, else .data/service.env
     (made with fresh random values the first time)."""
@@ -44,7 +60,8 @@ def service_settings() -> dict[str, str]:
     if not path.exists():
         path.write_text(
             "# Made by `make run`: demo credentials for the API, the board and signed links.\n"
-            f"SUPPORT_INTAKE_TOKENS=demo-intake:{secrets.token_urlsafe(24)}\n"
+            f"SUPPORT_INTAKE_TOKENS={DEMO_INTEGRATION}:{secrets.token_urlsafe(24)}\n"
+            f"SUPPORT_INTAKE_SCOPES={demo_scope()}\n"
             f"SUPPORT_AGENT_TOKENS=demo-agent:{secrets.token_urlsafe(24)}\n"
             f"SUPPORT_LINK_SECRET={secrets.token_urlsafe(32)}\n",
             encoding="utf-8",
@@ -57,6 +74,10 @@ def service_settings() -> dict[str, str]:
     )
     stored["SUPPORT_PUBLIC_URL"] = f"http://localhost:{HTTP_PORT}"
     settings = {key: os.environ.get(key) or value for key, value in stored.items()}
+    # A service.env from before scopes existed: the demo token keeps its documented scope.
+    tokens = settings.get("SUPPORT_INTAKE_TOKENS", "")
+    if not os.environ.get("SUPPORT_INTAKE_SCOPES") and f"{DEMO_INTEGRATION}:" in tokens:
+        settings.setdefault("SUPPORT_INTAKE_SCOPES", demo_scope())
     for key in ("SUPPORT_CODEC_KEYS", "SUPPORT_CODEC_KEYS_FILE"):
         if os.environ.get(key):
             settings[key] = os.environ[key]

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,20 @@ TEMPORAL = Path(sys.executable).parent / "temporal"
 
 def wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:
     return poll(what, probe, seconds)
+
+
+def post(base: str, token: str, ticket: dict[str, str]) -> tuple[int, str]:
+    """POST /api/tickets with ``token``: (status, the tier opened or the error code)."""
+    request = urllib.request.Request(
+        f"{base}/api/tickets",
+        data=json.dumps(ticket).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())["tier"]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())["error"]
 
 
 def listening(port: int) -> bool:
@@ -68,7 +83,21 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
             f"Agent board:      http://localhost:{service_port}/board"
             in (tmp_path / "run.log").read_text()
         )
-        assert "SUPPORT_AGENT_TOKENS=demo-agent:" in (tmp_path / "data" / "service.env").read_text()
+        stored = (tmp_path / "data" / "service.env").read_text()
+        assert "SUPPORT_AGENT_TOKENS=demo-agent:" in stored
+        # The demo integration: the example policy's contracted customer by name, anyone
+        # else at Community only.
+        assert "SUPPORT_INTAKE_SCOPES=demo-intake=customers:example-bank|*;max_tier:community" in (
+            stored
+        )
+        token = stored.split("SUPPORT_INTAKE_TOKENS=demo-intake:", 1)[1].splitlines()[0]
+        assert post(base, token, {"ticket_id": "RUN-2", "customer_id": "example-bank"}) == (
+            201,
+            "mission_critical",
+        )
+        refused = post(base, token, {"ticket_id": "RUN-3", "customer_id": "x", "tier": "premium"})
+        assert refused == (422, "refused")
+        assert post(base, token, {"ticket_id": "RUN-4", "customer_id": "x"}) == (201, "community")
         client_env = {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"}
         opened = subprocess.run(
             [
@@ -79,8 +108,6 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
                 "RUN-1",
                 "--customer-id",
                 "example-bank",
-                "--tier",
-                "mission_critical",
                 "--severity",
                 "sev1",
             ],
