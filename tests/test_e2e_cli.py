@@ -72,16 +72,25 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def short_policy() -> str:
-    """support/policy.yaml with the premium tier's response target cut to 20 s."""
+    """support/policy.yaml with the premium tier's response target cut to 20 s, and Mission
+    Critical's to the same (a higher tier is never slower: the policy's own rule)."""
     text = (ROOT / "support" / "policy.yaml").read_text(encoding="utf-8")
     start = text.index("\n  premium:\n")
-    end = text.index("\n  mission_critical:\n")
-    premium = text[start:end]
+    middle = text.index("\n  mission_critical:\n")
+    end = text.index("\ncustomers:\n")
+    premium, critical = text[start:middle], text[middle:end]
     assert "response_target: PT1H" in premium and "repeat_every: PT30M" in premium
     assert "{share: 0.5}" in premium  # the warning falls due at half the target: 10 s
     premium = premium.replace("response_target: PT1H", f"response_target: PT{RESPONSE_TARGET_S}S")
     premium = premium.replace("repeat_every: PT30M", "repeat_every: PT1M")
-    return text[:start] + premium + text[end:]
+    assert "response_target: PT15M" in critical and "offset: PT10M" in critical
+    for long, short in [
+        ("response_target: PT1H", f"response_target: PT{RESPONSE_TARGET_S}S"),
+        ("response_target: PT15M", f"response_target: PT{RESPONSE_TARGET_S}S"),
+        ("offset: PT10M", "offset: PT10S"),
+    ]:
+        critical = critical.replace(long, short)
+    return text[:start] + premium + critical + text[end:]
 
 
 def stop(process: subprocess.Popen[bytes], seconds: float = 15) -> None:
@@ -158,13 +167,28 @@ class Cli:
             *extra,
         )
 
-    def status(self) -> dict[str, Any] | None:
+    def start_raw(self, queue: str, ticket: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        """A raw start of another ticket: no intake path in between."""
+        return self.run(
+            "workflow",
+            "start",
+            "--type",
+            "SupportTicket",
+            "--task-queue",
+            queue,
+            "--workflow-id",
+            f"ticket-{ticket['ticket_id']}",
+            "--input",
+            json.dumps(ticket),
+        )
+
+    def status(self, workflow_id: str = WORKFLOW_ID) -> dict[str, Any] | None:
         """The ``status`` query, or None while the ticket cannot answer yet."""
         done = self.run(
             "workflow",
             "query",
             "--workflow-id",
-            WORKFLOW_ID,
+            workflow_id,
             "--name",
             "status",
             "--output",
@@ -418,6 +442,27 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
     assert "reject duplicate" in closed.stderr.lower(), closed.stderr
     executions = cli.list(f'WorkflowId="{WORKFLOW_ID}"')
     assert [e["execution"]["runId"] for e in executions] == [run_id]
+
+    # Raw starts are trusted with the tier they claim, except against a contract: a
+    # contracted customer runs at its contracted tier and the ticket records the correction.
+    for ticket_id, customer, claimed, runs_at in [
+        ("E2E-BANK", "example-bank", "premium", "mission_critical"),
+        ("E2E-INITECH", "initech", "standard", "standard"),
+    ]:
+        raw = {"ticket_id": ticket_id, "customer_id": customer, "tier": claimed}
+        started = cli.start_raw(queue, raw)
+        assert started.returncode == 0, started.stderr
+        raw_status = poll(
+            f"{ticket_id}'s status", lambda t=ticket_id: cli.status(f"ticket-{t}"), seconds=15
+        )
+        assert raw_status["tier"] == runs_at, raw_status
+        corrected = (raw_status["claimed_tier"], raw_status["entitlement"])
+        if claimed == runs_at:
+            assert corrected == (None, None)
+        else:
+            assert corrected == (claimed, f"contract {customer}")
+            assert "tier_corrected" in [h["kind"] for h in raw_status["history"]]
+        cli.run("workflow", "terminate", "--workflow-id", f"ticket-{ticket_id}")
 
     # Clean shutdown on SIGTERM: exit code 0 within 15 s.
     worker_process.process.send_signal(signal.SIGTERM)
