@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from temporalio.client import Client
 
 from service.api import ApiError, router
-from service.auth import Settings
+from service.auth import Settings, TokenConfigError
 from service.codec import codec_app
 from service.limits import BodyLimit
 from service.pages import router as pages
@@ -112,8 +112,12 @@ def main() -> None:
     from support.logs import configure_logging
 
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+    try:
+        settings = Settings.from_env()
+    except TokenConfigError as err:  # names the variable and the entry
+        raise SystemExit(f"error: {err}") from None
     uvicorn.run(
-        create_app(),
+        create_app(settings=settings),
         host=os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1"),
         port=int(os.environ.get("SUPPORT_HTTP_PORT", "8000")),
         log_config=None,
