@@ -2,6 +2,10 @@
 
 Machine formats carry timestamps in ISO 8601 (UTC, ``Z``) and durations in seconds;
 attainment is a percentage rounded to two decimals, ``null`` / empty when undefined.
+Every duration comes twice: in business time on the ticket's contract clock
+(``*_business_seconds``; the table's and page's "business" columns) and in wall-clock time
+(``*_seconds``; "wall"). ``no_policy`` counts the tickets whose business time is wall time
+because their policy version was not available; the report's notes name those versions.
 The HTML page is self-contained (inline CSS and SVG charts) and rendered with autoescaping,
 so whatever a customer or ticket id holds is shown as text, never run.
 """
@@ -34,6 +38,20 @@ CSV_COLUMNS = (
     "ack_max_seconds",
     "overrun_total_seconds",
     "overrun_max_seconds",
+    "ack_p50_business_seconds",
+    "ack_p90_business_seconds",
+    "ack_max_business_seconds",
+    "overrun_total_business_seconds",
+    "overrun_max_business_seconds",
+    "no_policy",
+)
+# The table's and the page's duration columns: (measure, business value, wall value).
+TIMINGS = (
+    ("ack p50", "ack_business_p50", "ack_p50"),
+    ("ack p90", "ack_business_p90", "ack_p90"),
+    ("ack max", "ack_business_max", "ack_max"),
+    ("overrun total", "overrun_business_total", "overrun_total"),
+    ("overrun max", "overrun_business_max", "overrun_max"),
 )
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -59,15 +77,18 @@ def percent(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def human(duration: timedelta | None) -> str:
-    """``1h 10m``, ``20m``, ``4m 30s``, ``2d 3h`` (to the nearest second); ``-`` for none."""
+def human(duration: timedelta | None, days: bool = True) -> str:
+    """``1h 10m``, ``20m``, ``4m 30s``, ``2d 3h`` (to the nearest second); ``-`` for none.
+    Business time is never shown in days (``days=False``: ``64h``), which would read as
+    calendar days."""
     if duration is None:
         return "-"
     left = round(duration.total_seconds())
     if left == 0:
         return "0s"
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for unit, size in units if days else units[1:]:
         amount, left = divmod(left, size)
         if amount:
             parts.append(f"{amount}{unit}")
@@ -98,7 +119,27 @@ def figures_record(figures: Figures) -> dict[str, Any]:
         "ack_max_seconds": seconds(figures.ack_max),
         "overrun_total_seconds": seconds(figures.overrun_total),
         "overrun_max_seconds": seconds(figures.overrun_max),
+        "ack_p50_business_seconds": seconds(figures.ack_business_p50),
+        "ack_p90_business_seconds": seconds(figures.ack_business_p90),
+        "ack_max_business_seconds": seconds(figures.ack_business_max),
+        "overrun_total_business_seconds": seconds(figures.overrun_business_total),
+        "overrun_max_business_seconds": seconds(figures.overrun_business_max),
+        "no_policy": figures.no_policy,
     }
+
+
+def timing_cells(figures: Figures) -> list[tuple[str, str]]:
+    """(business, wall) for each of TIMINGS, human-readable; an overrun total without a
+    breach is ``-``."""
+    cells = []
+    for _, business, wall in TIMINGS:
+        if business == "overrun_business_total" and not figures.breached:
+            cells.append(("-", "-"))
+        else:
+            cells.append(
+                (human(getattr(figures, business), days=False), human(getattr(figures, wall)))
+            )
+    return cells
 
 
 def row_record(row: Row) -> dict[str, Any]:
@@ -149,6 +190,9 @@ def report_record(report: Report) -> dict[str, Any]:
                 "acknowledged_at": iso(b.acknowledged_at),
                 "overrun_seconds": seconds(b.overrun),
                 "recorded": b.recorded,
+                "overrun_business_seconds": seconds(b.overrun_business),
+                "calendar": b.clock.calendar_name,
+                "clock": b.clock.kind,
             }
             for b in report.breaches
         ],
@@ -168,6 +212,7 @@ def report_record(report: Report) -> dict[str, Any]:
                 for tier, points in report.series.tiers.items()
             },
         },
+        "notes": list(report.notes),
     }
 
 
@@ -222,13 +267,12 @@ def render_table(report: Report, out: TextIO) -> None:
         "pending",
         "out of scope",
         "attainment",
-        "ack p50",
-        "ack p90",
-        "ack max",
-        "overrun total",
-        "overrun max",
     ):
         summary.add_column(name, justify="right")
+    # Each duration twice, side by side: business time (the contract's clock), wall time.
+    for measure, _, _ in TIMINGS:
+        summary.add_column(f"{measure}\nbusiness", justify="right")
+        summary.add_column(f"{measure}\nwall", justify="right")
     for row in report.rows:
         f = row.figures
         cells = [
@@ -241,11 +285,7 @@ def render_table(report: Report, out: TextIO) -> None:
             str(f.pending),
             str(f.out_of_scope),
             human_percent(f.attainment),
-            human(f.ack_p50),
-            human(f.ack_p90),
-            human(f.ack_max),
-            human(f.overrun_total) if f.breached else "-",
-            human(f.overrun_max),
+            *(cell for pair in timing_cells(f) for cell in pair),
         ]
         summary.add_row(
             *(Text(c) for c in cells),
@@ -258,6 +298,15 @@ def render_table(report: Report, out: TextIO) -> None:
         console.print(breach_table(report))
     else:
         console.print(Text("No breaches."))
+    console.print()
+    console.print(
+        Text(
+            "Durations: business = on the ticket's contract clock (business hours; every hour"
+            " on a 24x7 calendar), wall = wall-clock time."
+        )
+    )
+    for note in report.notes:
+        console.print(Text(f"Note: {note}"))
     if isinstance(target, io.StringIO):
         out.write("".join(line.rstrip() + "\n" for line in target.getvalue().splitlines()))
 
@@ -270,9 +319,11 @@ def breach_table(report: Report) -> Any:
     breaches = Table(
         box=box.SIMPLE_HEAD, show_edge=False, title="Breaches (UTC)", title_justify="left"
     )
-    for name in ("ticket", "customer", "tier", "severity", "state", "due", "acknowledged"):
+    for name in ("ticket", "customer", "tier", "severity", "state", "clock", "due"):
         breaches.add_column(name)
-    breaches.add_column("overrun", justify="right")
+    breaches.add_column("acknowledged")
+    breaches.add_column("overrun\nbusiness", justify="right")
+    breaches.add_column("overrun\nwall", justify="right")
     for b in report.breaches:
         breaches.add_row(
             *(
@@ -283,8 +334,10 @@ def breach_table(report: Report) -> Any:
                     b.tier.value,
                     b.severity.value,
                     b.state.value,
+                    b.clock.label,
                     human_instant(b.response_due_at),
                     human_instant(b.acknowledged_at) if b.acknowledged_at else "not yet",
+                    human(b.overrun_business, days=False),
                     human(b.overrun),
                 )
             )
@@ -323,11 +376,7 @@ def render_html(report: Report) -> str:
                 "pending": f.pending,
                 "out_of_scope": f.out_of_scope,
                 "attainment": human_percent(f.attainment),
-                "ack_p50": human(f.ack_p50),
-                "ack_p90": human(f.ack_p90),
-                "ack_max": human(f.ack_max),
-                "overrun_total": human(f.overrun_total) if f.breached else "-",
-                "overrun_max": human(f.overrun_max),
+                "timings": timing_cells(f),
             }
         )
     breaches = [
@@ -339,8 +388,11 @@ def render_html(report: Report) -> str:
             "state": b.state.value,
             "due": human_instant(b.response_due_at),
             "acknowledged": human_instant(b.acknowledged_at) if b.acknowledged_at else "not yet",
+            "clock": b.clock.label,
             "overrun": human(b.overrun),
             "overrun_seconds": seconds(b.overrun),
+            "overrun_business": human(b.overrun_business, days=False),
+            "overrun_business_seconds": seconds(b.overrun_business),
         }
         for b in report.breaches
     ]
@@ -349,7 +401,9 @@ def render_html(report: Report) -> str:
         title=describe_scope(report),
         as_of=iso(report.as_of),
         rows=rows,
+        measures=[measure for measure, _, _ in TIMINGS],
         breaches=breaches,
+        notes=report.notes,
         series_unit=report.series.unit,
         # Our own SVG (no customer data in it): the only markup let through unescaped.
         attainment_svg=Markup(attainment_chart(report)),

@@ -13,26 +13,36 @@ tier and an overall total, and lists every breach. Definitions (also in the READ
 - *out of scope*: routed to a statement of work. Such a ticket still counts as met or
   breached if it was acknowledged or breached before it left the SLA path.
 - *attainment* = met / (met + breached), as a percentage; None ("n/a") when both are zero.
-- *time to acknowledge* = ``acknowledged_at - opened_at`` in wall-clock time, over the
-  acknowledged tickets (any tier). Percentiles use the nearest-rank method: the p-th
-  percentile of n sorted values is the value at rank ``ceil(p / 100 * n)`` (1-based), i.e.
-  the smallest value with at least p % of the values at or below it. It is always one of
-  the observed values, never an interpolation.
+- *time to acknowledge* = ``acknowledged_at - opened_at``, over the acknowledged tickets
+  (any tier). Percentiles use the nearest-rank method: the p-th percentile of n sorted
+  values is the value at rank ``ceil(p / 100 * n)`` (1-based), i.e. the smallest value with
+  at least p % of the values at or below it. It is always one of the observed values, never
+  an interpolation.
 - *overrun* of a breach: ``acknowledged_at - response_due_at`` when acknowledged late;
   ``as_of - response_due_at`` when still open and unacknowledged; otherwise (closed or
   routed without an acknowledgement, or a breach that stays on record after the deadline
-  was moved later by a severity change) the overrun the workflow stored.
+  was moved later by a severity change) the overrun the workflow stored, counted from the
+  deadline in force when the breach happened (``breached_at``).
+
+Both are measured twice: in *business* time, on the clock the ticket's contract uses (the
+open time of ``Policy.calendar_for(tier, customer_id)`` of the policy version the ticket was
+opened under: business hours for Standard or a contract's calendar; every hour on a 24x7
+calendar, where business time equals wall time), and in *wall* time. A ticket whose policy
+version cannot be had (``policy_for_version`` gives None) is measured on the wall clock for
+both, counted in ``no_policy`` and named in the report's notes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+from support.calendar import BusinessCalendar
 from support.models import Severity, TicketOutcome, TicketState, Tier
+from support.policy import Policy, PolicyError, load_policy
 
 TIER_ORDER: tuple[Tier, ...] = (
     Tier.MISSION_CRITICAL,
@@ -51,6 +61,51 @@ DAILY_BUCKETS_UP_TO = timedelta(days=31)
 
 Scope = Literal["group", "tier", "total"]
 BucketUnit = Literal["day", "week"]
+# The policy a ticket was opened under, by its recorded version (None: not available).
+PolicyResolver = Callable[[str | None], Policy | None]
+
+
+def loaded_policy(version: str | None) -> Policy | None:
+    """The default resolver: the loaded policy file (``SUPPORT_POLICY_FILE``, else the
+    shipped default) for any version; None when it cannot be loaded."""
+    try:
+        return load_policy()
+    except PolicyError:
+        return None
+
+
+@dataclass(frozen=True)
+class TicketClock:
+    """The clock a ticket's contract uses: its calendar's name and the calendar itself, or
+    no calendar when no policy was available (then business time is wall time)."""
+
+    calendar_name: str | None = None
+    calendar: BusinessCalendar | None = None
+
+    @property
+    def kind(self) -> str:
+        """``business hours``, ``24x7``, or ``wall (no policy)``."""
+        if self.calendar is None:
+            return "wall (no policy)"
+        return "24x7" if self.calendar.always_open else "business hours"
+
+    @property
+    def label(self) -> str:
+        """The calendar's name and, for a 24x7 one, that it is: ``us-business-hours``,
+        ``always (24x7)``, ``wall (no policy)``."""
+        if self.calendar is None or self.calendar_name is None:
+            return self.kind
+        return f"{self.calendar_name} (24x7)" if self.calendar.always_open else self.calendar_name
+
+    def between(self, start: datetime, end: datetime) -> timedelta:
+        """Business time from ``start`` to ``end`` (zero when ``end`` is not later)."""
+        if self.calendar is None:
+            return max(end - start, timedelta(0))
+        return self.calendar.open_time_between(start, end)
+
+
+# Measured on the wall clock, no policy consulted (``judge`` without a clock).
+WALL_CLOCK = TicketClock()
 
 
 def nearest_rank(values: Sequence[timedelta], percent: int) -> timedelta | None:
@@ -77,28 +132,49 @@ class Verdict:
     breached: bool
     pending: bool
     out_of_scope: bool
-    time_to_acknowledge: timedelta | None
-    overrun: timedelta | None  # set when breached
+    time_to_acknowledge: timedelta | None  # wall clock
+    overrun: timedelta | None  # wall clock; set when breached
+    # The same two on the ticket's contract clock (business time).
+    business_to_acknowledge: timedelta | None = None
+    business_overrun: timedelta | None = None
+    # Whether no policy was available, so the business figures are wall time.
+    no_policy: bool = False
 
 
-def judge(ticket: TicketOutcome, as_of: datetime) -> Verdict:
+def judge(ticket: TicketOutcome, as_of: datetime, clock: TicketClock = WALL_CLOCK) -> Verdict:
     due, acked = ticket.response_due_at, ticket.acknowledged_at
     to_ack = acked - ticket.opened_at if acked is not None else None
+    business_to_ack = clock.between(ticket.opened_at, acked) if acked is not None else None
+    no_policy = clock.calendar is None
     if due is None:
-        return Verdict(False, False, False, False, ticket.out_of_scope, to_ack, None)
+        return Verdict(
+            has_sla=False,
+            met=False,
+            breached=False,
+            pending=False,
+            out_of_scope=ticket.out_of_scope,
+            time_to_acknowledge=to_ack,
+            overrun=None,
+            business_to_acknowledge=business_to_ack,
+            no_policy=no_policy,
+        )
     still_open = ticket.state is TicketState.OPEN
     late_ack = acked is not None and acked > due
     overdue = acked is None and still_open and not ticket.out_of_scope and as_of > due
     breached = ticket.response_breached or late_ack or overdue
     overrun: timedelta | None = None
+    business_overrun: timedelta | None = None
     if breached:
         if late_ack:
             assert acked is not None
-            overrun = acked - due
+            overrun, business_overrun = acked - due, clock.between(due, acked)
         elif acked is None and still_open:
-            overrun = max(as_of - due, timedelta(0))
+            overrun, business_overrun = max(as_of - due, timedelta(0)), clock.between(due, as_of)
         else:
+            # The workflow measured it from the deadline in force at the breach.
             overrun = ticket.overrun or timedelta(0)
+            since = ticket.breached_at or due
+            business_overrun = clock.between(since, since + overrun)
     return Verdict(
         has_sla=True,
         met=acked is not None and not breached,
@@ -107,6 +183,9 @@ def judge(ticket: TicketOutcome, as_of: datetime) -> Verdict:
         out_of_scope=ticket.out_of_scope,
         time_to_acknowledge=to_ack,
         overrun=overrun,
+        business_to_acknowledge=business_to_ack,
+        business_overrun=business_overrun,
+        no_policy=no_policy,
     )
 
 
@@ -124,6 +203,14 @@ class Figures:
     ack_max: timedelta | None = None
     overrun_total: timedelta = timedelta(0)
     overrun_max: timedelta | None = None
+    # The same, in business time (each ticket on its contract's clock).
+    ack_business_p50: timedelta | None = None
+    ack_business_p90: timedelta | None = None
+    ack_business_max: timedelta | None = None
+    overrun_business_total: timedelta = timedelta(0)
+    overrun_business_max: timedelta | None = None
+    # Tickets measured on the wall clock for want of their policy version.
+    no_policy: int = 0
 
     @property
     def attainment(self) -> float | None:
@@ -133,6 +220,10 @@ class Figures:
     def of(cls, verdicts: Sequence[Verdict]) -> Figures:
         acks = [v.time_to_acknowledge for v in verdicts if v.time_to_acknowledge is not None]
         overruns = [v.overrun for v in verdicts if v.overrun is not None]
+        business_acks = [
+            v.business_to_acknowledge for v in verdicts if v.business_to_acknowledge is not None
+        ]
+        business_overruns = [v.business_overrun for v in verdicts if v.business_overrun is not None]
         return cls(
             tickets=len(verdicts),
             with_sla=sum(v.has_sla for v in verdicts),
@@ -146,6 +237,12 @@ class Figures:
             ack_max=max(acks, default=None),
             overrun_total=sum(overruns, timedelta(0)),
             overrun_max=max(overruns, default=None),
+            ack_business_p50=nearest_rank(business_acks, 50),
+            ack_business_p90=nearest_rank(business_acks, 90),
+            ack_business_max=max(business_acks, default=None),
+            overrun_business_total=sum(business_overruns, timedelta(0)),
+            overrun_business_max=max(business_overruns, default=None),
+            no_policy=sum(v.no_policy for v in verdicts),
         )
 
 
@@ -168,10 +265,13 @@ class Breach:
     state: TicketState
     response_due_at: datetime
     acknowledged_at: datetime | None
-    overrun: timedelta
+    overrun: timedelta  # wall clock
     # Whether the ledger row carries the breach flag; False for a breach found only here
     # (acknowledged late, or open past its deadline at as_of, without the flag).
     recorded: bool
+    # The overrun on the contract's clock, and that clock (see TicketClock).
+    overrun_business: timedelta = timedelta(0)
+    clock: TicketClock = WALL_CLOCK
 
 
 @dataclass(frozen=True)
@@ -211,8 +311,12 @@ class Report:
     rows: list[Row]
     breaches: list[Breach]
     series: Series
-    # Raw times to acknowledge per tier, for the distribution chart.
+    # Raw times to acknowledge per tier (wall clock), for the distribution chart.
     ack_times: dict[Tier, list[timedelta]] = field(default_factory=dict)
+    # The same in business time.
+    ack_times_business: dict[Tier, list[timedelta]] = field(default_factory=dict)
+    # What the reader should know about the figures (tickets measured without a policy).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> Figures:
@@ -232,16 +336,64 @@ class Report:
         return next((r.figures for r in self.rows if r.scope == "tier" and r.tier == tier), None)
 
 
+class Clocks:
+    """Each ticket's contract clock, from the policy version it was opened under (each
+    version resolved once, each calendar built once per tier and customer)."""
+
+    def __init__(self, policy_for_version: PolicyResolver) -> None:
+        self._resolve = policy_for_version
+        self._policies: dict[str | None, Policy | None] = {}
+        self._clocks: dict[tuple[str | None, Tier, str], TicketClock] = {}
+        # version -> tickets measured on the wall clock for want of it
+        self.missing: dict[str | None, int] = defaultdict(int)
+
+    def policy(self, version: str | None) -> Policy | None:
+        if version not in self._policies:
+            try:
+                self._policies[version] = self._resolve(version)
+            except PolicyError:
+                self._policies[version] = None
+        return self._policies[version]
+
+    def of(self, ticket: TicketOutcome) -> TicketClock:
+        key = (ticket.policy_version, ticket.tier, ticket.customer_id)
+        clock = self._clocks.get(key)
+        if clock is None:
+            policy = self.policy(ticket.policy_version)
+            clock = WALL_CLOCK
+            if policy is not None and ticket.tier in policy.tiers:
+                name, calendar = policy.calendar_for(ticket.tier, ticket.customer_id)
+                clock = TicketClock(name, calendar)
+            self._clocks[key] = clock
+        if clock.calendar is None:
+            self.missing[ticket.policy_version] += 1
+        return clock
+
+    def notes(self) -> list[str]:
+        notes = []
+        for version, count in sorted(self.missing.items(), key=lambda item: item[0] or ""):
+            which = f"no policy for version {version!r}" if version else "no policy version"
+            tickets = f"{count} ticket{'s' if count != 1 else ''}"
+            notes.append(f"{which} ({tickets}): their business time is wall-clock time")
+        return notes
+
+
 def build_report(
-    outcomes: Iterable[TicketOutcome], as_of: datetime, filters: Filters | None = None
+    outcomes: Iterable[TicketOutcome],
+    as_of: datetime,
+    filters: Filters | None = None,
+    policy_for_version: PolicyResolver = loaded_policy,
 ) -> Report:
-    """The report for ``outcomes`` (already filtered by the store) as of ``as_of``."""
+    """The report for ``outcomes`` (already filtered by the store) as of ``as_of``; each
+    ticket's business time on the calendar of ``policy_for_version(its policy_version)``."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     as_of = as_of.astimezone(UTC)
     filters = filters or Filters()
     tickets = list(outcomes)
-    judged = [(t, judge(t, as_of)) for t in tickets]
+    clocks = Clocks(policy_for_version)
+    ticket_clocks = {id(t): clocks.of(t) for t in tickets}
+    judged = [(t, judge(t, as_of, ticket_clocks[id(t)])) for t in tickets]
     by_group: dict[tuple[Tier, Severity], list[Verdict]] = defaultdict(list)
     for t, v in judged:
         by_group[(t.tier, t.severity)].append(v)
@@ -270,6 +422,8 @@ def build_report(
                 acknowledged_at=t.acknowledged_at,
                 overrun=v.overrun or timedelta(0),
                 recorded=t.response_breached,
+                overrun_business=v.business_overrun or timedelta(0),
+                clock=ticket_clocks[id(t)],
             )
             for t, v in judged
             if v.breached and t.response_due_at is not None
@@ -277,6 +431,7 @@ def build_report(
         key=lambda b: (b.response_due_at, b.ticket_id),
     )
     ack_times: dict[Tier, list[timedelta]] = {}
+    ack_times_business: dict[Tier, list[timedelta]] = {}
     for tier in TIER_ORDER:
         times = sorted(
             v.time_to_acknowledge
@@ -285,6 +440,13 @@ def build_report(
         )
         if times:
             ack_times[tier] = times
+        business = sorted(
+            v.business_to_acknowledge
+            for t, v in judged
+            if t.tier is tier and v.business_to_acknowledge is not None
+        )
+        if business:
+            ack_times_business[tier] = business
     return Report(
         as_of=as_of,
         filters=filters,
@@ -292,6 +454,8 @@ def build_report(
         breaches=breaches,
         series=build_series(judged, filters),
         ack_times=ack_times,
+        ack_times_business=ack_times_business,
+        notes=clocks.notes(),
     )
 
 

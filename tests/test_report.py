@@ -18,10 +18,19 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from ledger.evidence import collect_evidence, evidence_record
 from ledger.render import CSV_COLUMNS, render_csv, render_html, render_table, report_record
-from ledger.report import Filters, Report, bucket_of, build_report, judge, nearest_rank
+from ledger.report import (
+    Filters,
+    Report,
+    TicketClock,
+    bucket_of,
+    build_report,
+    judge,
+    nearest_rank,
+)
 from ledger.store import SqlLedger
 from support.models import (
     Acknowledge,
@@ -33,6 +42,7 @@ from support.models import (
     TicketOutcome,
     Tier,
 )
+from support.policy import POLICY_FILE_ENV, Policy, default_policy_path, parse_policy
 from tests.conftest import ROOT, Stack, advance_to, now_second, open_ticket_at, status_of, ticket
 
 M, H = timedelta(minutes=1), timedelta(hours=1)
@@ -99,10 +109,11 @@ SCENARIO = [
     # mission_critical sev1 acked after 45 min: breached, overrun 30 min.
     outcome("M2", "mission_critical", "sev1", "example-bank", at(3, 12), at(3, 12, 15),
             at(3, 12, 45), "resolved", response_breached=True, overrun=30 * M),
-    # standard sev3 (business hours), acked after 2 h: met.
+    # standard sev3 (business hours, 08:00-18:00 CST = 14:00-24:00 UTC), opened Monday
+    # 09:00 CST, acked after 2 h: met.
     outcome("S1", "standard", "sev3", "initech", at(2, 15), at(2, 19), at(2, 17), "resolved"),
-    # standard sev4 acked exactly at the deadline (4 h): met.
-    outcome("S2", "standard", "sev4", "initech", at(4, 9), at(4, 13), at(4, 13), "resolved"),
+    # standard sev4 opened Wednesday 08:00 CST, acked exactly at the deadline (4 h): met.
+    outcome("S2", "standard", "sev4", "initech", at(4, 14), at(4, 18), at(4, 18), "resolved"),
     # community: no SLA; acked after 1 h 30 min (counts for the time to acknowledge only).
     outcome("C1", "community", "sev3", "hobbyist", at(4, 8), None, at(4, 9, 30), "resolved"),
 ]
@@ -121,9 +132,12 @@ SCENARIO = [
 #   total: 11 tickets, 10 with SLA, met 4 (P1 M1 S1 S2), breached 4 (P2 P3 P6 M2) -> 50 %;
 #     7 acks: p50 rank ceil(3.5) = 4 -> 4200, p90 rank ceil(6.3) = 7 -> 14400;
 #     overrun 600 + 3600 + 7200 + 1800 = 13200, max 7200.
+# Every ticket here lies within its calendar's open hours (the Standard ones on weekdays
+# 08:00-18:00 CST, the others on 24x7 calendars), so business time equals wall time: the
+# business columns repeat the wall ones (see with_business), and no ticket lacks a policy.
 # scope, tier, severity, tickets, with_sla, met, breached, pending, out_of_scope, attainment,
-# acknowledged, ack p50, p90, max, overrun total, overrun max
-EXPECTED_ROWS: list[tuple[Any, ...]] = [
+# acknowledged, ack p50, p90, max, overrun total, overrun max (wall clock)
+WALL_ROWS: list[tuple[Any, ...]] = [
     ("group", "mission_critical", "sev1", 2, 2, 1, 1, 0, 0, 50.0, 2, 300, 2700, 2700, 1800, 1800),
     ("tier", "mission_critical", None, 2, 2, 1, 1, 0, 0, 50.0, 2, 300, 2700, 2700, 1800, 1800),
     ("group", "premium", "sev2", 4, 4, 1, 3, 0, 0, 25.0, 2, 1200, 4200, 4200, 11400, 7200),
@@ -219,6 +233,14 @@ EXPECTED_SERIES = {
 }
 
 
+def with_business(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row with its business columns (equal to the wall ones) and no_policy 0."""
+    return (*values, *values[11:16], 0)
+
+
+EXPECTED_ROWS = [with_business(values) for values in WALL_ROWS]
+
+
 def expected_row(values: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(CSV_COLUMNS, values, strict=True))
 
@@ -231,8 +253,17 @@ def expected_json() -> dict[str, Any]:
         "filters": {"opened_from": None, "opened_to": None, "customer_id": None, "tier": None},
         "rows": rows,
         "total": {k: v for k, v in rows[-1].items() if k not in ("scope", "tier", "severity")},
-        "breaches": EXPECTED_BREACHES,
+        "breaches": [
+            b
+            | {
+                "overrun_business_seconds": b["overrun_seconds"],
+                "calendar": "always",
+                "clock": "24x7",
+            }
+            for b in EXPECTED_BREACHES
+        ],
         "series": EXPECTED_SERIES,
+        "notes": [],
     }
 
 
@@ -286,18 +317,31 @@ def test_scenario_as_a_table_shows_the_figures_without_colour() -> None:
         " as of 2026-11-05 12:00:00 UTC\n"
     )
     lines = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines() if line}
-    # tickets, with SLA, met, breached, pending, out of scope, attainment, p50, p90, max,
-    # overrun total, overrun max
-    assert lines[("mission_critical", "sev1")] == "2 2 1 1 0 0 50.0 % 5m 45m 45m 30m 30m".split()
-    assert lines[("premium", "sev2")] == "4 4 1 3 0 0 25.0 % 20m 1h 10m 1h 10m 3h 10m 2h".split()
-    assert lines[("premium", "sev3")] == "2 2 0 0 1 1 n/a - - - - -".split()
-    assert lines[("premium", "all")] == "6 6 1 3 1 1 25.0 % 20m 1h 10m 1h 10m 3h 10m 2h".split()
-    assert lines[("standard", "sev4")] == "1 1 1 0 0 0 100.0 % 4h 4h 4h - -".split()
-    assert lines[("community", "sev3")] == "1 0 0 0 0 0 n/a 1h 30m 1h 30m 1h 30m - -".split()
-    assert lines[("all", "tiers")] == "all 11 10 4 4 1 1 50.0 % 1h 10m 4h 4h 3h 40m 2h".split()
-    breaches = text[text.index("Breaches (UTC)") :].splitlines()[3:]
+    # tickets, with SLA, met, breached, pending, out of scope, attainment, then business and
+    # wall side by side: p50, p90, max, overrun total, overrun max (equal in this scenario).
+    assert lines[("ack", "p50")][:4] == ["ack", "p50", "ack", "p90"]  # header, first line
+    assert lines[("tier", "severity")][9:12] == ["attainment", "business", "wall"]
+    assert lines[("mission_critical", "sev1")] == (
+        "2 2 1 1 0 0 50.0 % 5m 5m 45m 45m 45m 45m 30m 30m 30m 30m".split()
+    )
+    assert lines[("premium", "sev2")] == (
+        "4 4 1 3 0 0 25.0 % 20m 20m 1h 10m 1h 10m 1h 10m 1h 10m 3h 10m 3h 10m 2h 2h".split()
+    )
+    assert lines[("premium", "sev3")] == "2 2 0 0 1 1 n/a - - - - - - - - - -".split()
+    assert lines[("premium", "all")] == (
+        "6 6 1 3 1 1 25.0 % 20m 20m 1h 10m 1h 10m 1h 10m 1h 10m 3h 10m 3h 10m 2h 2h".split()
+    )
+    assert lines[("standard", "sev4")] == "1 1 1 0 0 0 100.0 % 4h 4h 4h 4h 4h 4h - - - -".split()
+    assert lines[("community", "sev3")] == (
+        "1 0 0 0 0 0 n/a 1h 30m 1h 30m 1h 30m 1h 30m 1h 30m 1h 30m - - - -".split()
+    )
+    assert lines[("all", "tiers")] == (
+        "all 11 10 4 4 1 1 50.0 % 1h 10m 1h 10m 4h 4h 4h 4h 3h 40m 3h 40m 2h 2h".split()
+    )
+    breaches = text[text.index("Breaches (UTC)") :].split("\n\n")[0].splitlines()[4:]
     assert [line.split()[0] for line in breaches] == ["P2", "M2", "P6", "P3"]
-    assert "2026-11-05 11:00:00   not yet" in breaches[3] and breaches[3].endswith("1h")
+    assert "always (24x7)   2026-11-05 11:00:00   not yet" in breaches[3]
+    assert breaches[3].endswith(" 1h        1h")
     assert SCRIPT_CUSTOMER in breaches[3], "a terminal shows the id as it is (no markup)"
 
 
@@ -328,7 +372,7 @@ def test_an_empty_report_renders_in_every_format() -> None:
     assert report_record(report)["total"]["tickets"] == 0
     assert report_record(report)["total"]["attainment_pct"] is None
     assert report_record(report)["series"] == {"unit": "day", "buckets": [], "tiers": {}}
-    assert csv_text(report).splitlines()[1] == "total,,,0,0,0,0,0,0,,0,,,,0,"
+    assert csv_text(report).splitlines()[1] == "total,,,0,0,0,0,0,0,,0,,,,0,,,,,0,,0"
     assert "No breaches." in table_text(report)
     assert render_html(report).count("<svg") == 2
 
@@ -386,6 +430,211 @@ def test_verdicts_of_tickets_that_changed_course(
     name = "met" if judged.met else "breached" if judged.breached else "none"
     assert (name, judged.overrun) == verdict, case
     assert not judged.pending
+
+
+# --- business time: each ticket on the clock its contract uses -----------------------------
+
+
+def business_policy() -> Policy:
+    """The shipped default policy plus a Standard customer on its own calendar (Berlin,
+    09:00-17:00, no holidays)."""
+    data = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    data["calendars"]["eu-business-hours"] = {
+        "time_zone": "Europe/Berlin",
+        "hours": {day: ["09:00-17:00"] for day in ("mon", "tue", "wed", "thu", "fri")},
+    }
+    data["customers"]["acme-eu"] = {"tier": "standard", "calendar": "eu-business-hours"}
+    return parse_policy(yaml.safe_dump(data), "business-policy")
+
+
+BUSINESS_POLICY = business_policy()
+OLD_VERSION = "2026.10.1"  # a version the resolver cannot give
+
+
+def business_policies(version: str | None) -> Policy | None:
+    return None if version == OLD_VERSION else BUSINESS_POLICY
+
+
+# Standard runs on us-business-hours: weekdays 08:00-18:00 America/Chicago (CST = UTC-6 in
+# November, so 14:00-24:00 UTC); acme-eu on Berlin 09:00-17:00 (CET = UTC+1: 08:00-16:00
+# UTC). Judged at Tuesday 10 November 15:30 UTC (09:30 CST). 6-9 November: Fri to Mon.
+BUSINESS_AS_OF = at(10, 15, 30)
+# fmt: off
+BUSINESS_SCENARIO = [
+    # Fri 17:00 CST -> acked Mon 09:00 CST: 1 h Friday + 1 h Monday = 2 business hours; 64 h
+    # wall. Due Mon 11:00 CST (1 h Friday, 3 h Monday): met.
+    outcome("B1", "standard", "sev3", "initech", at(6, 23), at(9, 17), at(9, 15), "resolved"),
+    # Thu 15:00 CST, due Fri 09:00 CST, acked Mon 10:00 CST: acknowledged late.
+    #   to acknowledge: Thu 3 h + Fri 10 h + Mon 2 h = 15 h business; 91 h wall.
+    #   overrun: Fri 09:00-18:00 9 h + Mon 2 h = 11 h business; 73 h wall.
+    outcome("B2", "standard", "sev3", "initech", at(5, 21), at(6, 15), at(9, 16),
+            "acknowledged", response_breached=True, breached_at=at(6, 15), overrun=73 * H),
+    # Mon 08:00 CST, due 12:00 CST, still open at Tue 09:30 CST: overrun Mon 6 h + Tue 1 h
+    # 30 min = 7 h 30 min business; 21 h 30 min wall (the breach write has not landed).
+    outcome("B3", "standard", "sev3", "initech", at(9, 14), at(9, 18), None, "open"),
+    # acme-eu's calendar: Fri 16:00 CET -> acked Mon 10:00 CET: 1 h + 1 h = 2 h business,
+    # 66 h wall; due Mon 12:00 CET (11:00 UTC): met.
+    outcome("B4", "standard", "sev3", "acme-eu", at(6, 15), at(9, 11), at(9, 9), "resolved"),
+    # Breached at Fri 17:00 CST, routed to a statement of work without an ack: the stored
+    # overrun (16 h wall, to Sat 09:00 CST) holds 1 business hour (Fri 17:00-18:00).
+    outcome("B5", "standard", "sev4", "initech", at(6, 19), at(6, 23), None, "routed_to_sow",
+            out_of_scope=True, response_breached=True, breached_at=at(6, 23), overrun=16 * H),
+    # Premium (24x7): business time is wall time. Acked after 70 min: overrun 10 min.
+    outcome("B6", "premium", "sev2", "globex", at(9, 9), at(9, 10), at(9, 10, 10),
+            "acknowledged", response_breached=True, breached_at=at(9, 10), overrun=10 * M),
+    # Like B1, but opened under a policy version the resolver does not have: wall time for
+    # both (64 h), counted in no_policy and named in the notes.
+    outcome("B7", "standard", "sev3", "initech", at(6, 23), at(9, 17), at(9, 15), "resolved",
+            policy_version=OLD_VERSION),
+]
+# fmt: on
+# Hand-computed (hours unless marked):
+#   standard sev3: B1 B4 B7 met, B2 B3 breached -> 60 %; 4 acks.
+#     wall acks [64, 64, 66, 91]: p50 rank 2 = 64, p90 rank 4 = 91, max 91;
+#     business acks [2, 2, 15, 64]: p50 2, p90 64, max 64.
+#     overrun wall 73 + 21.5 = 94.5, max 73; business 11 + 7.5 = 18.5, max 11; no policy 1.
+#   standard sev4: B5 breached (and out of scope): overrun wall 16, business 1.
+#   standard: met 3, breached 3 -> 50 %; overrun wall 110.5, business 19.5.
+#   premium sev2: B6: ack 70 min, overrun 10 min, business = wall.
+#   total: 7 tickets, met 3, breached 4 -> 42.86 %; wall acks [70 min, 64, 64, 66, 91]:
+#     p50 rank 3 = 64, p90 rank 5 = 91; business [70 min, 2, 2, 15, 64]: p50 2, p90 64;
+#     overrun wall 110.5 h + 10 min, business 19.5 h + 10 min.
+HOUR = 3600
+# tickets, with_sla, met, breached, pending, out_of_scope, attainment, acknowledged,
+# ack p50, p90, max, overrun total, max (wall), then the same five in business time, no_policy
+BUSINESS_ROWS: dict[tuple[str, str | None, str | None], tuple[Any, ...]] = {
+    ("group", "premium", "sev2"): (
+        1, 1, 0, 1, 0, 0, 0.0, 1, 4200, 4200, 4200, 600, 600, 4200, 4200, 4200, 600, 600, 0,
+    ),
+    ("group", "standard", "sev3"): (
+        5, 5, 3, 2, 0, 0, 60.0, 4, 64 * HOUR, 91 * HOUR, 91 * HOUR, 94.5 * HOUR, 73 * HOUR,
+        2 * HOUR, 64 * HOUR, 64 * HOUR, 18.5 * HOUR, 11 * HOUR, 1,
+    ),
+    ("group", "standard", "sev4"): (
+        1, 1, 0, 1, 0, 1, 0.0, 0, None, None, None, 16 * HOUR, 16 * HOUR,
+        None, None, None, 1 * HOUR, 1 * HOUR, 0,
+    ),
+    ("tier", "standard", None): (
+        6, 6, 3, 3, 0, 1, 50.0, 4, 64 * HOUR, 91 * HOUR, 91 * HOUR, 110.5 * HOUR, 73 * HOUR,
+        2 * HOUR, 64 * HOUR, 64 * HOUR, 19.5 * HOUR, 11 * HOUR, 1,
+    ),
+    ("total", None, None): (
+        7, 7, 3, 4, 0, 1, 42.86, 5, 64 * HOUR, 91 * HOUR, 91 * HOUR, 110.5 * HOUR + 600,
+        73 * HOUR, 2 * HOUR, 64 * HOUR, 64 * HOUR, 19.5 * HOUR + 600, 11 * HOUR, 1,
+    ),
+}  # fmt: skip
+BUSINESS_NOTE = (
+    "no policy for version '2026.10.1' (1 ticket): their business time is wall-clock time"
+)
+
+
+def business_report() -> Report:
+    return build_report(BUSINESS_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
+
+
+def test_a_standard_ticket_from_friday_17_to_monday_09_took_2_business_hours_64_wall() -> None:
+    b1 = BUSINESS_SCENARIO[0]
+    name, calendar = BUSINESS_POLICY.calendar_for(Tier.STANDARD, "initech")
+    verdict = judge(b1, BUSINESS_AS_OF, TicketClock(name, calendar))
+    assert (verdict.business_to_acknowledge, verdict.time_to_acknowledge) == (2 * H, 64 * H)
+    assert verdict.met and not verdict.no_policy
+    # Without a clock (no policy consulted) both are wall time.
+    assert judge(b1, BUSINESS_AS_OF).business_to_acknowledge == 64 * H
+
+
+def test_business_and_wall_figures_per_group_with_the_contract_calendar() -> None:
+    record = report_record(business_report())
+    rows = {(r["scope"], r["tier"], r["severity"]): r for r in record["rows"]}
+    assert set(rows) == set(BUSINESS_ROWS) | {("tier", "premium", None)}
+    for key, values in BUSINESS_ROWS.items():
+        expected = dict(zip(CSV_COLUMNS[3:], values, strict=True))
+        got = {k: v for k, v in rows[key].items() if k not in ("scope", "tier", "severity")}
+        assert got == expected, key
+    assert record["notes"] == [BUSINESS_NOTE]
+    assert [
+        (
+            b["ticket_id"], b["calendar"], b["clock"], b["overrun_business_seconds"],
+            b["overrun_seconds"], b["recorded"],
+        )
+        for b in record["breaches"]
+    ] == [
+        ("B2", "us-business-hours", "business hours", 11 * HOUR, 73 * HOUR, True),
+        ("B5", "us-business-hours", "business hours", 1 * HOUR, 16 * HOUR, True),
+        ("B6", "always", "24x7", 600, 600, True),
+        ("B3", "us-business-hours", "business hours", 7.5 * HOUR, 21.5 * HOUR, False),
+    ]  # fmt: skip
+
+
+def test_business_time_uses_a_customers_own_calendar() -> None:
+    report = build_report(
+        [BUSINESS_SCENARIO[3]], BUSINESS_AS_OF, policy_for_version=business_policies
+    )
+    group = report.group(Tier.STANDARD, Severity.SEV3)
+    assert group is not None
+    assert (group.ack_business_max, group.ack_max) == (2 * H, 66 * H)
+    assert report.ack_times_business == {Tier.STANDARD: [2 * H]}
+    assert report.notes == []
+
+
+def test_business_and_wall_time_side_by_side_in_csv_table_and_html() -> None:
+    report = business_report()
+    rows = list(csv.DictReader(io.StringIO(csv_text(report))))
+    total = rows[-1]
+    assert total["scope"] == "total"
+    assert (total["ack_p50_seconds"], total["ack_p50_business_seconds"]) == ("230400", "7200")
+    assert (total["overrun_total_seconds"], total["overrun_total_business_seconds"]) == (
+        "398400", "70800",
+    )  # fmt: skip
+    assert total["no_policy"] == "1"
+
+    text = table_text(report)
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines() if line}
+    # ... attainment, then business / wall: p50, p90, max, overrun total, overrun max.
+    assert (
+        lines[("standard", "sev3")]
+        == (
+            "5 5 3 2 0 0 60.0 % 2h 2d 16h 64h 3d 19h 64h 3d 19h 18h 30m 3d 22h 30m 11h 3d 1h"
+        ).split()
+    )
+    breaches = text[text.index("Breaches (UTC)") :].split("\n\n")[0].splitlines()[4:]
+    assert [line.split()[0] for line in breaches] == ["B2", "B5", "B6", "B3"]
+    assert "us-business-hours" in breaches[0] and breaches[0].endswith(" 11h     3d 1h")
+    assert "always (24x7)" in breaches[2] and breaches[2].endswith(" 10m       10m")
+    assert f"Note: {BUSINESS_NOTE}" in text.splitlines()
+
+    html = render_html(report)
+    assert '<th colspan="2" class="pair">ack p50</th>' in html
+    assert '<th class="pair">business</th><th>wall</th>' in html
+    assert '<td class="pair">18h 30m</td><td>3d 22h 30m</td>' in html
+    assert '<td class="pair" data-seconds="39600">11h</td>' in html
+    assert '<td data-seconds="262800">3d 1h</td>' in html
+    escaped_note = BUSINESS_NOTE.replace("'", "&#39;")
+    assert f"<li>Note: {escaped_note}</li>" in html
+
+
+def test_the_resolver_is_asked_once_per_policy_version() -> None:
+    asked: list[str | None] = []
+
+    def counting(version: str | None) -> Policy | None:
+        asked.append(version)
+        return business_policies(version)
+
+    build_report(BUSINESS_SCENARIO, BUSINESS_AS_OF, policy_for_version=counting)
+    assert sorted(asked, key=str) == ["2026.10.1", "2026.11.1"]
+
+
+def test_without_a_loadable_policy_the_report_falls_back_to_wall_time_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(POLICY_FILE_ENV, str(tmp_path / "missing.yaml"))
+    report = build_report(BUSINESS_SCENARIO[:1], BUSINESS_AS_OF)  # the default resolver
+    group = report.group(Tier.STANDARD, Severity.SEV3)
+    assert group is not None
+    assert (group.ack_business_max, group.ack_max, group.no_policy) == (64 * H, 64 * H, 1)
+    assert report.notes == [
+        "no policy for version '2026.11.1' (1 ticket): their business time is wall-clock time"
+    ]
+    assert report.breaches == [] and "Note: no policy for version" in table_text(report)
 
 
 async def test_reports_read_back_from_the_ledger_on_both_backends(any_ledger: SqlLedger) -> None:
