@@ -4,6 +4,9 @@
 has a unique idempotency key, so a retried write never doubles an event. ``tickets`` holds
 one row per ticket with its SLA outcome, replaced only by a newer revision. ``deliveries``
 is the notification log that makes each delivery key exactly-once at our side.
+``policy_versions`` is the policy archive: the text of every policy version a worker loaded
+(or ``support-ops policy archive`` recorded), by version, so a ticket's pinned rules stay
+available after the file changes; like the events, it is insert-only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -103,4 +107,16 @@ deliveries = Table(
     Column("ticket_id", String(128), nullable=False),
     Column("channel", String(32), nullable=False),
     Column("delivered_at", UtcDateTime(), nullable=False),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    # sha256 of the document, hex: the same version must always be the same text.
+    Column("digest", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    # Who archived it first: ``<host>:<file>`` for a worker, ``support-ops ...`` for the CLI.
+    Column("source", String(500), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
 )

@@ -3,7 +3,8 @@
 ``SqlLedger`` implements the ``SlaLedger`` interface the activities use, plus the reads the
 reports need. Every write is idempotent: events by their unique key (``ON CONFLICT DO
 NOTHING``), the ticket row by revision (``ON CONFLICT DO UPDATE ... WHERE newer``), the
-delivery log by key. The schema is owned by Alembic (``migrate``).
+delivery log by key, an archived policy version by its version (first text wins; a
+different text is reported, never stored). The schema is owned by Alembic (``migrate``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ledger.schema import deliveries, sla_events, tickets
+from ledger.schema import deliveries, policy_versions, sla_events, tickets
 from ledger.url import ledger_url, redacted
 from support.models import SlaEvent, TicketOutcome
+from support.policy_archive import ArchivedPolicy
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -46,6 +48,19 @@ class SlaLedger(Protocol):
     async def events(self, ticket_id: str) -> list[SlaEvent]: ...
 
     async def outcome(self, ticket_id: str) -> TicketOutcome | None: ...
+
+    # The policy archive (support.policy_archive.PolicyStore).
+
+    async def archive_policy(
+        self, version: str, digest: str, document: str, source: str = ""
+    ) -> str | None:
+        """Store a policy version's text unless the version is archived already; return the
+        archived digest when it differs from ``digest`` (the text was changed), else None."""
+        ...
+
+    async def policy_document(self, version: str) -> str | None: ...
+
+    async def policy_versions(self) -> list[ArchivedPolicy]: ...
 
 
 class LedgerSchemaError(RuntimeError):
@@ -207,7 +222,48 @@ class SqlLedger:
                 .on_conflict_do_nothing(index_elements=["key"])
             )
 
+    async def archive_policy(
+        self, version: str, digest: str, document: str, source: str = ""
+    ) -> str | None:
+        async with self._writing() as conn:
+            await conn.execute(
+                self._insert(policy_versions)
+                .values(
+                    version=version,
+                    digest=digest,
+                    document=document,
+                    source=source[:500],
+                    recorded_at=_now(),
+                )
+                .on_conflict_do_nothing(index_elements=["version"])
+            )
+            # Read in the same transaction: a concurrent first writer's row is visible here
+            # once our insert has given way to it.
+            archived = await conn.scalar(
+                select(policy_versions.c.digest).where(policy_versions.c.version == version)
+            )
+        return archived if archived is not None and archived != digest else None
+
     # --- reads -----------------------------------------------------------------------------
+
+    async def policy_document(self, version: str) -> str | None:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(policy_versions.c.document).where(policy_versions.c.version == version)
+            )
+        return None if found is None else str(found)
+
+    async def policy_versions(self) -> list[ArchivedPolicy]:
+        """Every archived version (without its text), oldest first."""
+        query = select(
+            policy_versions.c.version,
+            policy_versions.c.digest,
+            policy_versions.c.recorded_at,
+            policy_versions.c.source,
+        ).order_by(policy_versions.c.recorded_at, policy_versions.c.version)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [ArchivedPolicy(r.version, r.digest, r.recorded_at, r.source) for r in rows]
 
     async def was_delivered(self, key: str) -> bool:
         async with self.engine.connect() as conn:

@@ -65,7 +65,25 @@ async def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(
         await ledger.check_schema()
         async with ledger.engine.connect() as conn:
             names = await conn.run_sync(lambda c: sqlalchemy.inspect(c).get_table_names())
-        assert {"sla_events", "tickets", "deliveries", "alembic_version"} <= set(names)
+        tables = ("sla_events", "tickets", "deliveries", "policy_versions", "alembic_version")
+        assert set(tables) <= set(names)
+    finally:
+        await ledger.close()
+
+
+async def test_a_ledger_at_the_first_revision_keeps_its_rows_and_gains_the_policy_archive(
+    ledger_url: str,
+) -> None:
+    ledger = SqlLedger.from_url(ledger_url)
+    try:
+        await ledger.migrate("0001")
+        await ledger.append([event("ticket-T1/opened")])
+        with pytest.raises(LedgerSchemaError, match="revision 0001, this code needs 0002"):
+            await ledger.check_schema()
+        await ledger.migrate()
+        await ledger.check_schema()
+        assert [e.key for e in await ledger.events("T1")] == ["ticket-T1/opened"]
+        assert await ledger.policy_versions() == []
     finally:
         await ledger.close()
 
