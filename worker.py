@@ -25,11 +25,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.channels import ChannelSender
 from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
-from activities.policy import resolve_ticket_plan
+from activities.policy import PolicyActivities
 from ledger.store import SlaLedger, SqlLedger
 from support.connection import connect, task_queue
 from support.logs import configure_logging
 from support.policy import load_policy
+from support.policy_archive import PolicyArchive
 from support.telemetry import (
     configure_tracing,
     install_runtime,
@@ -69,9 +70,11 @@ def build_worker(
     workflows: Sequence[type] = ALL_WORKFLOWS,
 ) -> Worker:
     ledger_activities = LedgerActivities(ledger)
+    # Plans under the pinned policy version, from the archive in the ledger's database.
+    policy = PolicyActivities(PolicyArchive(ledger))
     notify = NotifyActivities(ledger, ChannelSender(http))
     activities: Sequence[object] = [
-        resolve_ticket_plan,
+        policy.resolve_ticket_plan,
         ledger_activities.record_sla_events,
         notify.deliver_step,
         notify.update_pages,
