@@ -7,11 +7,20 @@
     python ops.py resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
     python ops.py watch [filters] [--interval SECONDS] [--iterations N]
     python ops.py replay [--limit N] [--json]
+    python ops.py policy diff FILE [--limit N] [--json]
+    python ops.py policy adopt --version V (--ticket ID [ID ...] | --all-open) --by NAME
+                               [--reason TEXT] [--json]
+    python ops.py policy archive [FILE]
+    python ops.py policy versions [--json]
 
 Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists come
 from visibility (search attributes), sorted by time to breach; ``show`` reads the ticket's
-``status``. Exit codes: 0 done, 2 bad arguments, 1 no such ticket, ticket closed or
-Temporal unreachable (one line on stderr).
+``status``; ``ack`` and ``resolve`` act through the ticket's update and print the status
+after it. ``policy`` commands also read the SLA ledger's policy archive (``--ledger-url``,
+default ``SUPPORT_LEDGER_URL``; docs/policy-versions.md). Exit codes: 0 done, 2 bad
+arguments or an invalid policy file, 1 no such ticket, ticket closed, an action refused, or
+Temporal or the ledger unreachable (one line on stderr); ``policy diff``: 3 when a ticket
+would change (or could not be compared).
 """
 
 from __future__ import annotations
@@ -21,11 +30,16 @@ import asyncio
 import io
 import json
 import os
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TextIO
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
@@ -41,6 +55,7 @@ from support.codec import CodecConfigError, DecryptionError
 from support.connection import connect
 from support.models import (
     Acknowledge,
+    AdoptPolicy,
     DeliveryFailure,
     Resolve,
     Severity,
@@ -50,12 +65,27 @@ from support.models import (
     describe_validation_error,
     ticket_workflow_id,
 )
+from support.policy import Policy, PolicyError, parse_policy, policy_path
+from support.policy_archive import (
+    PlanChange,
+    PolicyArchive,
+    PolicyVersionConflict,
+    document_digest,
+    plan_changes,
+    plan_under,
+)
 from support.visibility import (
     MAX_LIMIT,
+    UPDATE_WAIT,
+    ActionRefused,
+    ActionResult,
     InvalidArgument,
+    TicketDetails,
     TicketError,
     TicketNotFound,
     TicketSummary,
+    TicketUnavailable,
+    apply_action,
     check_customer,
     check_ticket_id,
     list_tickets,
@@ -64,9 +94,14 @@ from support.visibility import (
     ticket_details,
 )
 
+if TYPE_CHECKING:
+    from ledger.store import SqlLedger
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# `policy diff`: some open ticket's deadline or ladder would change (or could not be compared).
+EXIT_CHANGES = 3
 AGENT_ENV = "SUPPORT_AGENT"
 # The countdown turns yellow this close to the deadline.
 SOON = timedelta(minutes=15)
@@ -79,6 +114,10 @@ REPLAY_QUERY = (
 
 class Failed(Exception):
     """A one-line error for stderr, exit code 1."""
+
+
+class BadInput(Exception):
+    """Bad input found after parsing (an invalid policy file): exit 2, one line per problem."""
 
 
 # --- arguments ----------------------------------------------------------------------------
@@ -175,7 +214,83 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"at most N running executions, newest first (default {REPLAY_DEFAULT})",
     )
     replay.add_argument("--json", action="store_true")
+    _add_policy_commands(sub, ticket_id)
     return parser
+
+
+def _add_ledger_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ledger-url",
+        metavar="URL",
+        help="the SLA ledger holding the policy archive (default $SUPPORT_LEDGER_URL,"
+        " else .data/sla-ledger.sqlite3)",
+    )
+
+
+def _add_policy_commands(sub: Any, ticket_id: Any) -> None:
+    policy = sub.add_parser(
+        "policy",
+        help="policy versions: dry-run a new file, archive it, move open tickets to it",
+        description="Tickets keep the policy version they started under (docs/policy-versions.md).",
+    )
+    commands = policy.add_subparsers(dest="policy_command", required=True)
+
+    diff = commands.add_parser(
+        "diff",
+        help="dry run: every open ticket whose deadline or ladder FILE would change",
+    )
+    diff.add_argument("file", metavar="FILE", help="the new policy file")
+    diff.add_argument(
+        "--limit",
+        metavar="N",
+        type=int,
+        default=MAX_LIMIT,
+        help=f"read at most N running tickets, newest first (default {MAX_LIMIT})",
+    )
+    diff.add_argument("--json", action="store_true")
+    _add_ledger_url(diff)
+
+    adopt = commands.add_parser(
+        "adopt", help="move tickets to an archived policy version (recorded on each ticket)"
+    )
+    adopt.add_argument("--version", required=True, metavar="V", help="an archived version")
+    which = adopt.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--ticket",
+        dest="tickets",
+        metavar="ID",
+        nargs="+",
+        action="extend",
+        type=ticket_id,
+    )
+    which.add_argument(
+        "--all-open",
+        action="store_true",
+        help="every running ticket, open or acknowledged, not already on V",
+    )
+    adopt.add_argument("--by", metavar="NAME", help=f"who decided (default ${AGENT_ENV})")
+    adopt.add_argument("--reason", metavar="TEXT")
+    adopt.add_argument(
+        "--limit",
+        metavar="N",
+        type=int,
+        default=MAX_LIMIT,
+        help=f"--all-open: read at most N running tickets (default {MAX_LIMIT})",
+    )
+    adopt.add_argument("--json", action="store_true")
+    _add_ledger_url(adopt)
+
+    archive = commands.add_parser(
+        "archive", help="validate a policy file and archive its version (before adopting it)"
+    )
+    archive.add_argument(
+        "file", metavar="FILE", nargs="?", help="default $SUPPORT_POLICY_FILE, else the shipped one"
+    )
+    _add_ledger_url(archive)
+
+    versions = commands.add_parser("versions", help="the archived policy versions")
+    versions.add_argument("--json", action="store_true")
+    _add_ledger_url(versions)
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -189,19 +304,35 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _signal_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BaseModel:
-    agent = args.agent if args.agent is not None else os.environ.get(AGENT_ENV)
+    """The action's payload, checked before anything is contacted; ack and resolve are
+    stamped with the instant the agent acted (now), which counts even if no worker is up."""
+    adopting = args.command == "policy"
+    given = args.by if adopting else args.agent
+    agent = given if given is not None else os.environ.get(AGENT_ENV)
+    flag = "--by" if adopting else "--agent"
     if not agent:
-        parser.error(f"{args.command}: no agent given: pass --agent NAME (or set {AGENT_ENV})")
+        command = "policy adopt" if adopting else args.command
+        missing = flag if adopting else "agent"
+        parser.error(f"{command}: no {missing} given: pass {flag} NAME (or set {AGENT_ENV})")
     try:
+        if adopting:
+            return AdoptPolicy(version=args.version, by=agent, reason=args.reason)
         if args.command == "ack":
-            return Acknowledge(agent=agent, note=args.note)
-        return Resolve(by=agent, summary=args.summary)
+            return Acknowledge(agent=agent, note=args.note, at=datetime.now(UTC))
+        return Resolve(by=agent, summary=args.summary, at=datetime.now(UTC))
     except ValidationError as err:
-        flags = {"agent": "--agent", "by": "--agent", "note": "--note", "summary": "--summary"}
+        flags = {
+            "agent": flag,
+            "by": flag,
+            "note": "--note",
+            "summary": "--summary",
+            "version": "--version",
+            "reason": "--reason",
+        }
         problems = []
         for problem in describe_validation_error(err, top="(signal)"):
-            field, _, message = problem.partition(": ")
-            problems.append(f"{flags.get(field, field)}: {message}")
+            name, _, message = problem.partition(": ")
+            problems.append(f"{flags.get(name, name)}: {message}")
         parser.error("; ".join(problems))
 
 
@@ -461,15 +592,43 @@ async def show_command(client: Client, args: argparse.Namespace, out: TextIO) ->
     return EXIT_OK
 
 
+def status_lines(status: TicketStatus) -> list[str]:
+    """The part of a ticket's status an action changes, one ``label  value`` line each."""
+    zone = status.time_zone
+    rows = [("state", status.state.value)]
+    if status.response_due_at is not None:
+        rows.append(("response due", local_and_utc(status.response_due_at, zone)))
+    if status.acknowledged_at is not None:
+        rows.append(
+            (
+                "acknowledged",
+                f"{local_and_utc(status.acknowledged_at, zone)} by {status.acknowledged_by}",
+            )
+        )
+    if status.commercial_sla:
+        rows.append(("breached", "yes" if status.response_breached else "no"))
+    if status.resolved_at is not None:
+        rows.append(
+            ("resolved", f"{local_and_utc(status.resolved_at, zone)} by {status.resolved_by}")
+        )
+    rows.append(("policy", _value(status.policy_version)))
+    width = max(len(label) for label, _ in rows) + 2
+    return [f"{label.ljust(width)}{value}" for label, value in rows]
+
+
 async def signal_command(
     client: Client, args: argparse.Namespace, payload: BaseModel, out: TextIO
 ) -> int:
+    """``ack`` / ``resolve`` through the ticket's update: the status after the action, or
+    "queued" when no worker answered (Temporal keeps it as a signal; the stamped ``at``
+    counts when a worker applies it)."""
+    result: ActionResult
     if isinstance(payload, Acknowledge):
-        await send_acknowledge(client, args.ticket_id, payload)
+        result = await send_acknowledge(client, args.ticket_id, payload)
         name, who = "acknowledge", payload.agent
     else:
         assert isinstance(payload, Resolve)
-        await send_resolve(client, args.ticket_id, payload)
+        result = await send_resolve(client, args.ticket_id, payload)
         name, who = "resolve", payload.by
     workflow_id = ticket_workflow_id(args.ticket_id)
     if args.json:
@@ -477,13 +636,23 @@ async def signal_command(
             {
                 "ticket_id": args.ticket_id,
                 "workflow_id": workflow_id,
-                "signal": name,
+                "action": name,
                 "payload": payload.model_dump(mode="json", exclude_none=True),
+                "queued": result.queued,
+                "status": result.status.model_dump(mode="json") if result.status else None,
             },
             out,
         )
+    elif result.status is None:
+        at = getattr(payload, "at", None)
+        out.write(
+            f"{name} queued for ticket {args.ticket_id} (workflow {workflow_id}) as {who}:"
+            f" no worker answered within {UPDATE_WAIT.total_seconds():.0f} s; the ticket"
+            f" applies it, as of {utc(at)} UTC, when a worker is back\n"
+        )
     else:
-        out.write(f"{name} sent to ticket {args.ticket_id} (workflow {workflow_id}) as {who}\n")
+        out.write(f"{name} applied to ticket {args.ticket_id} (workflow {workflow_id}) as {who}\n")
+        out.write("".join(f"  {line}\n" for line in status_lines(result.status)))
     return EXIT_OK
 
 
@@ -567,6 +736,370 @@ async def watch_command(client: Client, args: argparse.Namespace, out: TextIO) -
                 await asyncio.sleep(min(1.0, remaining))
 
 
+# --- policy versions (docs/policy-versions.md) ----------------------------------------------
+
+T = TypeVar("T")
+# Tickets queried or acted on at once by the policy commands.
+CONCURRENCY = 8
+
+
+async def bounded(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``calls`` at most ``CONCURRENCY`` at a time; results in the calls' order."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
+def read_policy_file(file: str | None) -> tuple[Path, str, Policy]:
+    """The file's path, text and policy; BadInput (exit 2) naming file and field."""
+    path = Path(file) if file else policy_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read the policy file: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not UTF-8 text: {err.reason}") from err
+    try:
+        return path, text, parse_policy(text, str(path))
+    except PolicyError as err:
+        raise BadInput(str(err)) from err
+
+
+@asynccontextmanager
+async def ledger_for(args: argparse.Namespace) -> AsyncIterator[SqlLedger]:
+    """The SLA ledger (``--ledger-url``, else ``SUPPORT_LEDGER_URL``), migrated to this
+    release's schema; any database problem is one line, exit 1."""
+    from ledger.__main__ import LedgerError, UsageError, opened_ledger, resolve_url
+
+    try:
+        url = resolve_url(args.ledger_url)
+    except UsageError as err:
+        raise BadInput(str(err).replace("--url: ", "--ledger-url: ", 1)) from err
+    try:
+        async with opened_ledger(url, must_exist=True) as ledger:
+            yield ledger
+    except LedgerError as err:
+        raise Failed(str(err)) from err
+
+
+def _due(instant: datetime | None) -> str:
+    return "none" if instant is None else f"{utc(instant)} UTC"
+
+
+async def policy_archive_command(args: argparse.Namespace, out: TextIO) -> int:
+    path, text, policy = read_policy_file(args.file)
+    digest = document_digest(text)[:12]
+    async with ledger_for(args) as ledger:
+        before = await ledger.policy_document(policy.version)
+        source = f"support-ops@{socket.gethostname()}:{path.resolve()}"
+        try:
+            await PolicyArchive(ledger).archive_text(text, str(path), source)
+        except PolicyVersionConflict as err:
+            raise Failed(str(err)) from err
+        except PolicyError as err:
+            raise BadInput(str(err)) from err
+        where = ledger.describe()
+    done = "is already archived with this text" if before == text else f"archived from {path}"
+    out.write(f"policy {policy.version} {done} (sha256 {digest}) in the SLA ledger at {where}\n")
+    return EXIT_OK
+
+
+async def policy_versions_command(args: argparse.Namespace, out: TextIO) -> int:
+    async with ledger_for(args) as ledger:
+        rows = await ledger.policy_versions()
+    if args.json:
+        print_json(
+            [
+                {
+                    "version": r.version,
+                    "digest": r.digest,
+                    "recorded_at": r.recorded_at.isoformat(),
+                    "source": r.source,
+                }
+                for r in rows
+            ],
+            out,
+        )
+        return EXIT_OK
+    console = make_console(out)
+    if not rows:
+        console.print("no policy version is archived yet")
+    else:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        for name in ("version", "archived (UTC)", "sha256", "source"):
+            table.add_column(name)
+        for r in rows:
+            table.add_row(r.version, utc(r.recorded_at), r.digest[:12], r.source)
+        console.print(table)
+    emit(console, out)
+    return EXIT_OK
+
+
+@dataclass
+class TicketDiff:
+    """One open ticket in a dry run: what FILE would change, or why it was not compared."""
+
+    ticket_id: str
+    tier: str | None = None
+    severity: str | None = None
+    policy_version: str | None = None
+    changes: list[PlanChange] = field(default_factory=list)
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "ticket_id": self.ticket_id,
+            "tier": self.tier,
+            "severity": self.severity,
+            "policy_version": self.policy_version,
+        }
+        if self.problem is not None:
+            return found | {"problem": self.problem}
+        return found | {
+            "changes": [
+                {"what": c.what, "before": c.before, "after": c.after} for c in self.changes
+            ]
+        }
+
+
+async def _details(client: Client, ticket_id: str) -> TicketDetails | str | None:
+    """The ticket's status, or why it cannot be had now (None: gone meanwhile)."""
+    try:
+        return await ticket_details(client, ticket_id)
+    except TicketError as err:
+        return str(err)
+
+
+async def policy_diff_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """Dry run: each open ticket's plan under its pinned version (from the archive) and under
+    FILE, from its original open time; lists every ticket whose response deadline or ladder
+    would differ. Acknowledged tickets keep their deadline on adoption and have no pending
+    steps, so only open ones are compared."""
+    path, text, new = read_policy_file(args.file)
+    running = await list_tickets(client, running=True, limit=args.limit)
+    found = await bounded([partial(_details, client, t.ticket_id) for t in running])
+    diffs: list[TicketDiff] = []
+    to_compare: list[tuple[TicketDiff, TicketStatus]] = []
+    not_open = 0
+    for summary, details in zip(running, found, strict=True):
+        if details is None:
+            continue  # gone since it was listed
+        if isinstance(details, str):
+            diffs.append(TicketDiff(summary.ticket_id, problem=details))
+            continue
+        status = details.status
+        if status.state is not TicketState.OPEN:
+            not_open += 1
+            continue
+        diff = TicketDiff(
+            status.ticket_id, status.tier.value, status.severity.value, status.policy_version
+        )
+        diffs.append(diff)
+        if status.policy_version is None:
+            diff.problem = "no policy version yet"
+        else:
+            to_compare.append((diff, status))
+    pinned: dict[str, Policy | str] = {}
+    async with ledger_for(args) as ledger:
+        archive = PolicyArchive(ledger)
+        for version in sorted({s.policy_version for _, s in to_compare if s.policy_version}):
+            try:
+                policy = await archive.version(version)
+                pinned[version] = policy or f"policy {version} is not in the policy archive"
+            except PolicyError as err:
+                pinned[version] = f"policy {version} does not load with this release: {err}"
+        archived = await ledger.policy_document(new.version)
+    conflict = (
+        f"version {new.version} is already archived with other rules: give {path} a new"
+        " version before a worker loads it or it is archived"
+        if archived is not None and archived != text
+        else None
+    )
+    for diff, status in to_compare:
+        before = pinned[status.policy_version or ""]
+        if isinstance(before, str):
+            diff.problem = before
+            continue
+        try:
+            diff.changes = plan_changes(plan_under(before, status), plan_under(new, status))
+        except (ValueError, KeyError) as err:
+            diff.problem = f"cannot compute its plan: {' '.join(str(err).split())}"
+    changed = [d for d in diffs if d.problem is None and d.changes]
+    unchanged = [d.ticket_id for d in diffs if d.problem is None and not d.changes]
+    uncompared = [d for d in diffs if d.problem is not None]
+    if args.json:
+        print_json(
+            {
+                "file": str(path),
+                "version": new.version,
+                "version_conflict": conflict,
+                "changed": [d.as_json() for d in changed],
+                "unchanged": unchanged,
+                "not_compared": [d.as_json() for d in uncompared],
+                "not_open": not_open,
+            },
+            out,
+        )
+    else:
+        lines = [f"policy diff: {path} (version {new.version}) against the open tickets"]
+        if conflict:
+            lines.append(f"warning: {conflict}")
+        for d in changed:
+            lines.append(f"{d.ticket_id}  {d.tier} {d.severity}  policy {d.policy_version}")
+            width = max(len(c.what) for c in d.changes) + 2
+            lines += [f"  {c.what.ljust(width)}{c.before} -> {c.after}" for c in d.changes]
+        for d in uncompared:
+            lines.append(f"{d.ticket_id}  not compared: {d.problem}")
+        lines.append(
+            f"{len(changed)} would change, {len(unchanged)} unchanged,"
+            f" {len(uncompared)} not compared; {not_open} acknowledged or routed (their"
+            " deadline stays)"
+        )
+        out.write("".join(line + "\n" for line in lines))
+    return EXIT_CHANGES if changed or uncompared else EXIT_OK
+
+
+@dataclass
+class Adoption:
+    """What became of one ticket in ``policy adopt``: ``moved``, ``queued`` (no worker
+    answered; it moves when one is back), ``refused`` (the ticket's validator said why),
+    ``failed`` (no such running ticket) or ``skipped`` (already on the version)."""
+
+    ticket_id: str
+    outcome: str = "failed"
+    policy_before: str | None = None
+    policy_after: str | None = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    problem: str | None = None
+
+    def line(self, version: str) -> str:
+        if self.outcome == "moved":
+            return (
+                f"{self.ticket_id}: policy {self.policy_before} -> {self.policy_after};"
+                f" response due {_due(self.due_before)} -> {_due(self.due_after)}"
+            )
+        if self.outcome == "queued":
+            return (
+                f"{self.ticket_id}: queued: no worker answered within"
+                f" {UPDATE_WAIT.total_seconds():.0f} s; it moves to {version} when one is"
+                f" back (response due now {_due(self.due_before)})"
+            )
+        if self.outcome == "skipped":
+            return f"{self.ticket_id}: already on policy {version}"
+        return f"{self.ticket_id}: {self.outcome}: {self.problem}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ticket_id": self.ticket_id,
+            "outcome": self.outcome,
+            "policy_before": self.policy_before,
+            "policy_after": self.policy_after,
+            "response_due_before": self.due_before.isoformat() if self.due_before else None,
+            "response_due_after": self.due_after.isoformat() if self.due_after else None,
+            "problem": self.problem,
+        }
+
+
+async def adopt_one(
+    client: Client, ticket_id: str, adopt: AdoptPolicy, skip_same: bool
+) -> Adoption:
+    adoption = Adoption(ticket_id)
+    try:
+        details = await ticket_details(client, ticket_id)
+    except TicketUnavailable:
+        details = None  # no worker to answer: the action below is queued for one
+    if details is not None:
+        adoption.policy_before = details.status.policy_version
+        adoption.due_before = details.status.response_due_at
+        if skip_same and adoption.policy_before == adopt.version:
+            adoption.outcome = "skipped"
+            return adoption
+    try:
+        result = await apply_action(client, ticket_id, "adopt_policy", adopt)
+    except ActionRefused as err:
+        adoption.outcome, adoption.problem = "refused", str(err)
+    except TicketError as err:
+        adoption.outcome, adoption.problem = "failed", str(err)
+    else:
+        if result.status is None:
+            adoption.outcome = "queued"
+        else:
+            adoption.outcome = "moved"
+            adoption.policy_after = result.status.policy_version
+            adoption.due_after = result.status.response_due_at
+    return adoption
+
+
+async def policy_adopt_command(args: argparse.Namespace, adopt: AdoptPolicy, out: TextIO) -> int:
+    """Move tickets to an archived version through each ticket's ``adopt_policy`` update:
+    the ticket re-plans under it from its original open time and records who, why, and the
+    deadline before and after (history and ledger)."""
+    async with ledger_for(args) as ledger:
+        try:
+            found = await PolicyArchive(ledger).version(adopt.version)
+        except PolicyError as err:
+            raise Failed(
+                f"policy {adopt.version} is archived but does not load with this release: {err}"
+            ) from err
+        where = ledger.describe()
+    if found is None:
+        raise Failed(
+            f"policy {adopt.version} is not in the policy archive at {where}: archive it first"
+            " (support-ops policy archive FILE)"
+        )
+    client = await _connect()
+    if args.all_open:
+        running = await list_tickets(client, running=True, limit=args.limit)
+        ids = [
+            t.ticket_id
+            for t in running
+            if t.state in (TicketState.OPEN, TicketState.ACKNOWLEDGED, None)
+        ]
+    else:
+        ids = list(dict.fromkeys(args.tickets))
+    adoptions = await bounded([partial(adopt_one, client, i, adopt, args.all_open) for i in ids])
+    counts = {
+        outcome: sum(a.outcome == outcome for a in adoptions)
+        for outcome in ("moved", "queued", "refused", "failed", "skipped")
+    }
+    if args.json:
+        print_json(
+            {
+                "version": adopt.version,
+                "by": adopt.by,
+                "reason": adopt.reason,
+                "tickets": [a.as_json() for a in adoptions],
+            },
+            out,
+        )
+    else:
+        lines = [a.line(adopt.version) for a in adoptions]
+        lines.append(
+            f"policy {adopt.version}: {counts['moved']} moved, {counts['queued']} queued,"
+            f" {counts['refused']} refused, {counts['failed']} failed,"
+            f" {counts['skipped']} already on it"
+        )
+        out.write("".join(line + "\n" for line in lines))
+    return EXIT_FAILED if counts["refused"] or counts["failed"] else EXIT_OK
+
+
+async def policy_command(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) -> int:
+    if args.policy_command == "archive":
+        return await policy_archive_command(args, out)
+    if args.policy_command == "versions":
+        return await policy_versions_command(args, out)
+    if args.policy_command == "adopt":
+        assert isinstance(payload, AdoptPolicy)
+        return await policy_adopt_command(args, payload, out)
+    read_policy_file(args.file)  # a broken file is exit 2 before anything is contacted
+    return await policy_diff_command(await _connect(), args, out)
+
+
 # --- entry points -------------------------------------------------------------------------
 
 
@@ -580,8 +1113,10 @@ async def _connect() -> Client:
 
 
 async def run(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) -> int:
-    client = await _connect()
     try:
+        if args.command == "policy":
+            return await policy_command(args, payload, out)
+        client = await _connect()
         if args.command == "list":
             return await list_command(client, args, out)
         if args.command == "show":
@@ -608,12 +1143,17 @@ def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_numbers(parser, args)
-    payload = _signal_payload(parser, args) if args.command in ("ack", "resolve") else None
+    acting = args.command in ("ack", "resolve") or getattr(args, "policy_command", "") == "adopt"
+    payload = _signal_payload(parser, args) if acting else None
     try:
         return asyncio.run(run(args, payload, out))
     except Failed as problem:
         print(f"error: {' '.join(str(problem).split())}", file=err)
         return EXIT_FAILED
+    except BadInput as problem:
+        for line in str(problem).splitlines():
+            print(f"error: {line}", file=err)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "watch" else 130
 

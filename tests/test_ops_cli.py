@@ -1,11 +1,14 @@
 """The ops CLI: visibility queries that no filter value can rewrite, and ``ops.py`` as its
 own process against the real dev server: lists (table and JSON, filtered, soonest breach
-first), a ticket's state and timeline, ack and resolve, refusals with exit code 1 and one
-line on stderr, and the live watch table."""
+first), a ticket's state and timeline, ack and resolve (the status after the action),
+refusals with exit code 1 and one line on stderr, the live watch table, and the policy
+commands: a dry-run diff of a new file against the open tickets, archiving a version, the
+archive's listing, and moving tickets to a version (one, or every open ticket)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -16,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -27,20 +31,32 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import ops
+from ledger.store import SqlLedger
 from starter import open_ticket
-from support.models import Severity, TicketState, TicketStatus, Tier
+from support.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
+from support.policy import default_policy_path
 from support.visibility import (
     InvalidArgument,
     TicketSummary,
+    apply_action,
     build_query,
     by_time_to_breach,
     check_ticket_id,
     list_tickets,
     ticket_status,
 )
-from tests.conftest import ROOT, Stack, sqlite_ledger, terminate_open, ticket
+from tests.conftest import (
+    ROOT,
+    Stack,
+    policy_resolved,
+    sqlite_ledger,
+    terminate_open,
+    ticket,
+    write_policy,
+)
 from worker import build_worker
 
+H, M = timedelta(hours=1), timedelta(minutes=1)
 BASE = "WorkflowType = 'SupportTicket' AND ExecutionStatus != 'ContinuedAsNew'"
 
 
@@ -171,6 +187,8 @@ class Tickets:
     community: str  # community sev4, acme
     breached: str  # premium sev1, initech, opened 70 min ago: breached at once
     to_resolve: str  # premium sev1, umbrella: acknowledged and resolved by a test
+    queue: str = ""
+    ledger_url: str = ""  # the worker's ledger, with its policy archive
 
     def customer(self, name: str) -> str:
         return f"{name}-{self.run}"
@@ -185,7 +203,8 @@ async def tickets(
     client = dev_server.client
     queue = f"tq-{uuid.uuid4()}"
     run = uuid.uuid4().hex[:6]
-    ledger = await sqlite_ledger(tmp_path_factory.mktemp("ops") / "ledger.sqlite3")
+    ledger_path = tmp_path_factory.mktemp("ops") / "ledger.sqlite3"
+    ledger = await sqlite_ledger(ledger_path)
     opened_70_min_ago = (datetime.now(UTC) - timedelta(minutes=70)).replace(microsecond=0)
     inputs = {
         "premium": ticket(f"OPS-P-{run}", customer_id=f"acme-{run}"),
@@ -226,7 +245,9 @@ async def tickets(
 
                 await until(lambda: list_tickets(client), ready, "the tickets in visibility")
                 address = client.service_client.config.target_host
-                yield Tickets(client, address, run, **ids)
+                yield Tickets(
+                    client, address, run, **ids, queue=queue, ledger_url=f"sqlite:///{ledger_path}"
+                )
             finally:
                 await terminate_open(stack)
     await ledger.close()
@@ -386,28 +407,45 @@ async def test_show_prints_state_deadlines_and_the_sla_timeline(
 
 async def test_ack_then_resolve_and_show_follows(tickets: Tickets, run_ops: Ops) -> None:
     ticket_id = tickets.to_resolve
+    before = datetime.now(UTC)
     ack = await run_ops.process("ack", ticket_id, "--agent", "alice", "--note", "on it")
     assert ack.returncode == 0, ack.stderr
-    assert ack.stdout == (
-        f"acknowledge sent to ticket {ticket_id} (workflow ticket-{ticket_id}) as alice\n"
+    # The update answers with the status after the ack: printed, no polling needed.
+    first, *lines = ack.stdout.splitlines()
+    assert (
+        first == f"acknowledge applied to ticket {ticket_id} (workflow ticket-{ticket_id}) as alice"
     )
-    status = await until(
-        lambda: ticket_status(tickets.client, ticket_id),
-        lambda s: s.state is TicketState.ACKNOWLEDGED,
-        "the acknowledgement",
+    shown = dict(
+        cast(tuple[str, str], tuple(re.split(r"\s{2,}", x.strip(), maxsplit=1))) for x in lines
     )
-    assert status.acknowledged_by == "alice"
+    assert (shown["state"], shown["breached"], shown["policy"]) == (
+        "acknowledged",
+        "no",
+        "2026.12.1",
+    )
+    assert re.fullmatch(r"\S+ \S+ UTC", shown["response due"])
+    assert re.fullmatch(r"\S+ \S+ UTC by alice", shown["acknowledged"])
+    status = await ticket_status(tickets.client, ticket_id)
+    assert status is not None and status.acknowledged_by == "alice"
+    # The CLI stamped the instant the agent acted; the ticket counts the ack then.
+    assert status.acknowledged_at is not None
+    assert before.replace(microsecond=0) <= status.acknowledged_at <= datetime.now(UTC)
 
     resolve = await run_ops.process(
         "resolve", ticket_id, "--summary", "restarted", "--json", SUPPORT_AGENT="bob"
     )
     assert resolve.returncode == 0, resolve.stderr
-    assert json.loads(resolve.stdout) == {
+    answer = json.loads(resolve.stdout)
+    stamped = datetime.fromisoformat(answer["payload"].pop("at"))
+    assert before <= stamped <= datetime.now(UTC)
+    assert {k: answer[k] for k in ("ticket_id", "workflow_id", "action", "payload", "queued")} == {
         "ticket_id": ticket_id,
         "workflow_id": f"ticket-{ticket_id}",
-        "signal": "resolve",
+        "action": "resolve",
         "payload": {"by": "bob", "summary": "restarted"},
+        "queued": False,
     }
+    assert (answer["status"]["state"], answer["status"]["resolved_by"]) == ("resolved", "bob")
     handle = tickets.client.get_workflow_handle(f"ticket-{ticket_id}", result_type=TicketStatus)
     assert (await asyncio.wait_for(handle.result(), 10)).state is TicketState.RESOLVED
 
@@ -465,6 +503,25 @@ async def test_unknown_tickets_and_an_unreachable_server_exit_1_with_one_line(
         (["list", "--breached", "--not-breached"], "not allowed with argument --breached"),
         (["watch", "--interval", "0"], "--interval: must be more than 0"),
         (["list", "--limit", "0"], "--limit: must be from 1 to 10000"),
+        (
+            ["policy", "adopt", "--version", "v2", "--ticket", "T-1"],
+            "policy adopt: no --by given: pass --by NAME (or set SUPPORT_AGENT)",
+        ),
+        (
+            ["policy", "adopt", "--version", "v2", "--all-open", "--ticket", "T-1", "--by", "a"],
+            "argument --ticket: not allowed with argument --all-open",
+        ),
+        (["policy", "adopt", "--version", "v2", "--by", "a"], "one of the arguments --ticket"),
+        (
+            ["policy", "adopt", "--version", "", "--all-open", "--by", "a"],
+            "--version: String should have at least 1 character",
+        ),
+        (
+            ["policy", "adopt", "--version", "v2", "--ticket", "T 1", "--by", "a"],
+            "argument --ticket: 'T 1' is not a ticket id",
+        ),
+        (["policy", "diff"], "the following arguments are required: FILE"),
+        (["policy"], "the following arguments are required: policy_command"),
     ],
 )
 def test_bad_arguments_exit_2_before_connecting(
@@ -555,4 +612,278 @@ async def test_replay_checks_running_tickets_against_this_release(
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.fullmatch(
         r"replayed (\d+) running executions with this release: \1 ok, 0 failed\n", done.stdout
+    )
+
+
+# --- policy versions ------------------------------------------------------------------------
+
+
+def test_an_invalid_policy_file_exits_2_naming_file_and_field_before_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens: never reached
+    monkeypatch.setenv("SUPPORT_LEDGER_URL", f"sqlite:///{tmp_path / 'none' / 'l.sqlite3'}")
+
+    def slow(data: dict[str, Any]) -> None:
+        data["tiers"]["premium"]["response_target"] = "PT1X"
+
+    bad = write_policy(tmp_path, slow)
+    for argv in (["policy", "diff", str(bad)], ["policy", "archive", str(bad)]):
+        out, err = io.StringIO(), io.StringIO()
+        assert ops.cli(argv, out, err) == 2
+        assert out.getvalue() == ""
+        assert err.getvalue().startswith(f"error: {bad}: tiers.premium.response_target: ")
+    out, err = io.StringIO(), io.StringIO()
+    assert ops.cli(["policy", "archive", str(tmp_path / "nope.yaml")], out, err) == 2
+    assert err.getvalue().startswith(f"error: {tmp_path / 'nope.yaml'}: cannot read the policy")
+
+
+def test_the_policy_archive_needs_a_migrated_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.sqlite3"
+    out, err = io.StringIO(), io.StringIO()
+    assert ops.cli(["policy", "versions", "--ledger-url", f"sqlite:///{missing}"], out, err) == 1
+    assert err.getvalue() == (
+        f"error: no SLA ledger at sqlite+aiosqlite:///{missing}: {missing} does not exist"
+        " (`python -m ledger migrate` creates it)\n"
+    )
+    err = io.StringIO()
+    assert ops.cli(["policy", "versions", "--ledger-url", "mysql://x/y"], out, err) == 2
+    assert err.getvalue().startswith("error: --ledger-url: 'mysql' is not supported")
+    assert not missing.exists()
+
+
+def premium_in(tmp_path: Path, version: str, target: str = "PT2H") -> Path:
+    """The shipped policy at ``version`` with a slower Premium response target."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["version"] = version
+        data["tiers"]["premium"]["response_target"] = target
+
+    path = write_policy(tmp_path, edit)
+    return path.rename(tmp_path / f"{version}.yaml")
+
+
+async def open_and_plan(tickets: Tickets, *inputs: Any) -> list[TicketStatus]:
+    """Open tickets on the module's worker; their statuses once planned."""
+    statuses = []
+    for data in inputs:
+        assert (await open_ticket(tickets.client, data, tickets.queue)).created
+        handle = tickets.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+        await policy_resolved(handle)
+        statuses.append(await handle.query("status", result_type=TicketStatus))
+    return statuses
+
+
+async def close_all(tickets: Tickets, *ticket_ids: str) -> None:
+    for ticket_id in ticket_ids:
+        handle = tickets.client.get_workflow_handle(f"ticket-{ticket_id}")
+        await handle.signal("resolve", Resolve(by="test"))
+        await asyncio.wait_for(handle.result(), 10)
+
+
+def iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_policy_diff_lists_exactly_the_open_tickets_whose_plan_would_change(
+    tickets: Tickets, run_ops: Ops, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    customer = f"diff-{run}"
+    premium, standard, critical, acked = await open_and_plan(
+        tickets,
+        ticket(f"DIFF-P-{run}", customer_id=customer, tier="premium", severity="sev3"),
+        ticket(f"DIFF-S-{run}", customer_id=customer, tier="standard", severity="sev3"),
+        ticket(f"DIFF-M-{run}", customer_id=customer, tier="mission_critical", severity="sev1"),
+        ticket(f"DIFF-A-{run}", customer_id=customer, tier="premium", severity="sev2"),
+    )
+    await apply_action(tickets.client, acked.ticket_id, "acknowledge", Acknowledge(agent="ana"))
+    ledger = ["--ledger-url", tickets.ledger_url]
+    try:
+        edited = premium_in(tmp_path, f"diff-{run}")
+        done = await run_ops.process("policy", "diff", str(edited), "--json", *ledger)
+        assert done.returncode == 3, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert (report["file"], report["version"]) == (str(edited), f"diff-{run}")
+        assert (report["version_conflict"], report["not_compared"]) == (None, [])
+        changed = {d["ticket_id"]: d for d in report["changed"]}
+        unchanged = set(report["unchanged"])
+        # Exactly the open Premium tickets: this test's, and the module's still open.
+        tiers = {
+            i: s.tier
+            for i in changed.keys() | unchanged
+            if (s := await ticket_status(tickets.client, i)) is not None
+        }
+        assert {i for i in tiers if tiers[i] is Tier.PREMIUM} == changed.keys()
+        assert {premium.ticket_id, tickets.premium, tickets.breached} <= changed.keys()
+        assert {standard.ticket_id, critical.ticket_id, tickets.standard, tickets.community} <= (
+            unchanged
+        )
+        # Acknowledged: its deadline is history, nothing is pending to move.
+        assert acked.ticket_id not in changed.keys() | unchanged and report["not_open"] >= 1
+        t0 = premium.opened_at
+        assert changed[premium.ticket_id] == {
+            "ticket_id": premium.ticket_id,
+            "tier": "premium",
+            "severity": "sev3",
+            "policy_version": "2026.12.1",
+            "changes": [
+                {"what": what, "before": iso(t0 + before), "after": iso(t0 + after)}
+                for what, before, after in (
+                    ("response due", H, 2 * H),
+                    ("warning due", 30 * M, H),
+                    ("final-warning due", 45 * M, 90 * M),
+                    ("breach due", H, 2 * H),
+                    ("repeat first due", 90 * M, 150 * M),
+                )
+            ],
+        }
+
+        text, same, conflicting = await asyncio.gather(
+            run_ops.inline("policy", "diff", str(edited), *ledger),
+            run_ops.inline("policy", "diff", str(default_policy_path()), "--json", *ledger),
+            run_ops.inline(
+                "policy", "diff", str(premium_in(tmp_path, "2026.12.1")), "--json", *ledger
+            ),
+        )
+        assert text.returncode == 3, text.stderr
+        lines = text.stdout.splitlines()
+        assert lines[0] == f"policy diff: {edited} (version diff-{run}) against the open tickets"
+        at = lines.index(f"{premium.ticket_id}  premium sev3  policy 2026.12.1")
+        assert lines[at + 1].split() == ["response", "due", iso(t0 + H), "->", iso(t0 + 2 * H)]
+        assert re.fullmatch(
+            rf"{len(changed)} would change, {len(unchanged)} unchanged, 0 not compared;"
+            r" \d+ acknowledged or routed \(their deadline stays\)",
+            lines[-1],
+        )
+        # The shipped file is what every open ticket runs under: nothing would change.
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert json.loads(same.stdout)["changed"] == []
+        # An edit that kept the archived version is flagged (a worker would refuse it).
+        assert conflicting.returncode == 3
+        assert json.loads(conflicting.stdout)["version_conflict"].startswith(
+            "version 2026.12.1 is already archived with other rules"
+        )
+    finally:
+        await close_all(tickets, premium.ticket_id, standard.ticket_id, critical.ticket_id)
+        await close_all(tickets, acked.ticket_id)
+
+
+async def test_policy_archive_and_adopt_move_a_ticket_explicitly_and_record_it(
+    tickets: Tickets, run_ops: Ops, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    version = f"adopt-{run}"
+    edited = premium_in(tmp_path, version)
+    [before] = await open_and_plan(
+        tickets, ticket(f"ADOPT-{run}", customer_id=f"adopt-{run}", severity="sev3")
+    )
+    ticket_id = before.ticket_id
+    ledger = ["--ledger-url", tickets.ledger_url]
+    where = tickets.ledger_url.replace("sqlite:", "sqlite+aiosqlite:", 1)
+    adopt = ["policy", "adopt", "--version", version, "--ticket", ticket_id, *ledger]
+    try:
+        early = await run_ops.process(*adopt, "--by", "ops-lead")
+        assert (early.returncode, early.stdout) == (1, "")
+        assert early.stderr == (
+            f"error: policy {version} is not in the policy archive at {where}: archive it"
+            " first (support-ops policy archive FILE)\n"
+        )
+
+        archived = await run_ops.process("policy", "archive", str(edited), *ledger)
+        assert archived.returncode == 0, archived.stderr
+        digest = hashlib.sha256(edited.read_bytes()).hexdigest()
+        assert archived.stdout == (
+            f"policy {version} archived from {edited} (sha256 {digest[:12]}) in the SLA ledger"
+            f" at {where}\n"
+        )
+        again = await run_ops.inline("policy", "archive", str(edited), *ledger)
+        assert again.stdout == (
+            f"policy {version} is already archived with this text (sha256 {digest[:12]}) in"
+            f" the SLA ledger at {where}\n"
+        )
+        edited.write_text(edited.read_text(encoding="utf-8").replace("PT2H", "PT3H", 1))
+        changed = await run_ops.inline("policy", "archive", str(edited), *ledger)
+        assert (changed.returncode, changed.stdout) == (1, "")
+        assert changed.stderr.startswith(
+            f"error: {edited}: version: '{version}' is already archived with other rules"
+        )
+
+        listing, table = await asyncio.gather(
+            run_ops.inline("policy", "versions", "--json", *ledger),
+            run_ops.inline("policy", "versions", *ledger),
+        )
+        rows = {r["version"]: r for r in json.loads(listing.stdout)}
+        # The worker archived the shipped file as it planned the first ticket.
+        assert rows["2026.12.1"]["source"].endswith(f":{default_policy_path()}")
+        assert rows[version]["digest"] == digest
+        assert rows[version]["source"].startswith("support-ops@")
+        assert any(line.split()[:1] == [version] for line in table.stdout.splitlines())
+
+        moved = await run_ops.process(*adopt, "--by", "ops-lead", "--reason", "Premium is 2 h")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        due_before, due_after = before.response_due_at, before.opened_at + 2 * H
+        assert due_before == before.opened_at + H
+        assert moved.stdout == (
+            f"{ticket_id}: policy 2026.12.1 -> {version}; response due"
+            f" {ops.utc(due_before)} UTC -> {ops.utc(due_after)} UTC\n"
+            f"policy {version}: 1 moved, 0 queued, 0 refused, 0 failed, 0 already on it\n"
+        )
+        status = await ticket_status(tickets.client, ticket_id)
+        assert status is not None
+        assert (status.policy_version, status.response_due_at) == (version, due_after)
+        [entry] = [h for h in status.history if h.kind == "policy_adopted"]
+        assert entry.by == "ops-lead" and (entry.detail or "").endswith(": Premium is 2 h")
+        recorded = await until(
+            lambda: ledger_events(tickets.ledger_url, ticket_id, "policy_adopted"),
+            bool,
+            "the adoption in the ledger",
+        )
+        assert (recorded[0].detail["before"], recorded[0].detail["after"]) == (
+            "2026.12.1",
+            version,
+        )
+
+        twice = await run_ops.inline(*adopt, "--by", "ops-lead", "--json")
+        assert twice.returncode == 1
+        [outcome] = json.loads(twice.stdout)["tickets"]
+        assert outcome["outcome"] == "refused"
+        assert f"already runs under policy {version}" in outcome["problem"]
+    finally:
+        await close_all(tickets, ticket_id)
+
+
+async def ledger_events(url: str, ticket_id: str, kind: str) -> list[Any]:
+    ledger = SqlLedger.from_url(url)
+    try:
+        return [e for e in await ledger.events(ticket_id) if e.kind == kind]
+    finally:
+        await ledger.close()
+
+
+async def test_policy_adopt_all_open_moves_every_running_ticket_not_already_on_it(
+    tickets: Tickets, run_ops: Ops, tmp_path: Path
+) -> None:
+    """Last in the module: it moves the module's open tickets to another version."""
+    version = f"all-{tickets.run}"
+    ledger = ["--ledger-url", tickets.ledger_url]
+    assert (
+        await run_ops.inline("policy", "archive", str(premium_in(tmp_path, version)), *ledger)
+    ).returncode == 0
+    adopt = ["policy", "adopt", "--version", version, "--all-open", "--by", "ops-lead", *ledger]
+    done = await run_ops.process(*adopt, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    outcomes = {t["ticket_id"]: t["outcome"] for t in json.loads(done.stdout)["tickets"]}
+    assert outcomes[tickets.premium] == outcomes[tickets.community] == "moved"
+    assert set(outcomes.values()) == {"moved"}
+    running = await list_tickets(tickets.client, running=True)
+    for summary in running:
+        status = await ticket_status(tickets.client, summary.ticket_id)
+        assert status is not None and status.policy_version == version, summary.ticket_id
+    again = await run_ops.inline(*adopt)
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[-1] == (
+        f"policy {version}: 0 moved, 0 queued, 0 refused, 0 failed, {len(outcomes)} already on it"
     )
