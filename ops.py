@@ -262,6 +262,7 @@ def _add_policy_commands(sub: Any, ticket_id: Any) -> None:
         nargs="+",
         action="extend",
         type=ticket_id,
+        help="these tickets (the flag may be repeated)",
     )
     which.add_argument(
         "--all-open",
