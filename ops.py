@@ -875,12 +875,14 @@ async def _details(client: Client, ticket_id: str) -> TicketDetails | str | None
         return str(err)
 
 
-async def policy_diff_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+async def policy_diff_command(
+    client: Client, args: argparse.Namespace, file: tuple[Path, str, Policy], out: TextIO
+) -> int:
     """Dry run: each open ticket's plan under its pinned version (from the archive) and under
     FILE, from its original open time; lists every ticket whose response deadline or ladder
     would differ. Acknowledged tickets keep their deadline on adoption and have no pending
     steps, so only open ones are compared."""
-    path, text, new = read_policy_file(args.file)
+    path, text, new = file
     running = await list_tickets(client, running=True, limit=args.limit)
     found = await bounded([partial(_details, client, t.ticket_id) for t in running])
     diffs: list[TicketDiff] = []
@@ -1097,8 +1099,8 @@ async def policy_command(args: argparse.Namespace, payload: BaseModel | None, ou
     if args.policy_command == "adopt":
         assert isinstance(payload, AdoptPolicy)
         return await policy_adopt_command(args, payload, out)
-    read_policy_file(args.file)  # a broken file is exit 2 before anything is contacted
-    return await policy_diff_command(await _connect(), args, out)
+    file = read_policy_file(args.file)  # a broken file is exit 2 before anything is contacted
+    return await policy_diff_command(await _connect(), args, file, out)
 
 
 # --- entry points -------------------------------------------------------------------------
