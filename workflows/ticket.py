@@ -734,6 +734,11 @@ class SupportTicket:
         plan = await self._resolve(
             status.severity, repeats_after=self._repeat_horizon, pinned_version=adopt.version
         )
+        if plan is not None and plan.policy_version != adopt.version:
+            status.policy_problem = (
+                f"policy {adopt.version} is not available (resolved {plan.policy_version})"
+            )
+            plan = None
         if plan is None:
             problem = status.policy_problem or f"policy {adopt.version} could not be resolved"
             self._log("policy_adoption_failed", at=at, by=adopt.by, detail=problem)

@@ -1,0 +1,500 @@
+"""The record stays true (issue 13, workflow side), on the time-skipping server with exact
+instants: agent actions as Updates, a status planned before its first answer, stamped
+acknowledgements, entitlement, default severity, out of scope without a clock, deliveries
+an acknowledgement makes moot, re-triage and customer replies that reach people, policy
+failures that keep the last good plan, and a failed statement of work."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from drills.sink import Sink
+from starter import open_ticket
+from support import search_attributes as sa
+from support.models import (
+    Acknowledge,
+    AdoptPolicy,
+    ChangeSeverity,
+    CustomerReply,
+    MarkOutOfScope,
+    Resolve,
+    SowOutcome,
+    TicketInput,
+    TicketState,
+    TicketStatus,
+)
+from support.policy import POLICY_FILE_ENV
+from tests.conftest import (
+    Stack,
+    advance_to,
+    binary,
+    now_second,
+    open_ticket_at,
+    register_search_attributes,
+    running_stack,
+    skip,
+    sqlite_ledger,
+    status_of,
+    ticket,
+    write_policy,
+)
+from tests.failing_sow import FailingStatementOfWork
+from worker import build_worker
+from workflows.ticket import SupportTicket
+
+H, M, S = timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server per test here (it starts in well under a second): these tests
+    end with statements of work, cancelled deliveries and raw starts in every state, and a
+    test must not find the clock that another left locked."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binary("temporal-test-server"),
+    )
+    await register_search_attributes(environment)
+    yield environment
+    await environment.shutdown()
+
+
+def kinds(status: TicketStatus) -> list[str]:
+    return [entry.kind for entry in status.history]
+
+
+async def raw_start(stack: Stack, data: TicketInput) -> WorkflowHandle[Any, TicketStatus]:
+    """Start the workflow as a client in any language would: no intake checks."""
+    handle = await stack.client.start_workflow(
+        "SupportTicket",
+        data,
+        id=data.workflow_id,
+        task_queue=stack.task_queue,
+        result_type=TicketStatus,
+    )
+    stack.opened.append(data.workflow_id)
+    return handle
+
+
+async def sow_started(stack: Stack, handle: WorkflowHandle[Any, TicketStatus]) -> None:
+    """Wait until the statement-of-work child runs (a ``mark_out_of_scope`` update answers
+    before it starts; the test's clean-up must find it to terminate it first)."""
+    child = stack.client.get_workflow_handle(f"sow-{handle.id.removeprefix('ticket-')}")
+    for _ in range(400):
+        try:
+            await child.describe()
+            return
+        except RPCError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{child.id} did not start")
+
+
+async def until(handle: WorkflowHandle[Any, TicketStatus], check: Any, what: str) -> TicketStatus:
+    """The ticket's status once ``check(status)`` holds (real time, bounded; the test
+    server's clock does not move)."""
+    for _ in range(400):
+        try:
+            status = await status_of(handle)
+            if check(status):
+                return status
+        except WorkflowQueryFailedError:
+            pass  # still planning
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{handle.id}: not reached: {what}")
+
+
+# --- agent actions as Updates ----------------------------------------------------------------
+
+
+async def test_an_acknowledge_update_answers_with_the_status_after_it_and_a_second_is_refused(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 10 * M)
+    after = await handle.execute_update(
+        "acknowledge", Acknowledge(agent="alice", at=t0 + 9 * M), result_type=TicketStatus
+    )
+    assert after.state is TicketState.ACKNOWLEDGED
+    assert (after.acknowledged_by, after.acknowledged_at) == ("alice", t0 + 9 * M)
+    # Processed when the update arrived (the test server's clock runs on in real time).
+    assert after.acknowledged_received_at is not None
+    assert t0 + 10 * M <= after.acknowledged_received_at < t0 + 10 * M + S
+    assert not after.response_breached
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("acknowledge", Acknowledge(agent="bob"))
+    message = str(refused.value.cause)
+    assert "cannot acknowledge" in message and "acknowledged (by alice" in message
+    # The validator refused it before it reached the history: nothing was recorded.
+    history = await handle.fetch_history()
+    updates = [
+        e
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    assert len(updates) == 1
+    assert "acknowledge_repeated" not in kinds(await status_of(handle))
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    assert (await handle.result()).state is TicketState.RESOLVED
+
+
+async def test_a_severity_change_update_answers_with_the_new_severity_and_deadline_together(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    assert (await status_of(handle)).response_due_at == t0 + H
+    await advance_to(stack.env, t0 + 5 * M)
+    after = await handle.execute_update(
+        "change_severity",
+        ChangeSeverity(severity="sev1", by="triage", reason="outage"),
+        result_type=TicketStatus,
+    )
+    assert (after.severity.value, after.response_due_at) == ("sev1", t0 + 15 * M)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="x"))
+    assert "already sev1" in str(refused.value.cause)
+    routed = await handle.execute_update(
+        "mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature"), result_type=TicketStatus
+    )
+    # The update answers once routed, not when the statement of work is decided.
+    assert routed.state is TicketState.ROUTED_TO_SOW and routed.out_of_scope
+    await sow_started(stack, handle)
+
+
+# --- a status is never half-applied ---------------------------------------------------------
+
+
+async def test_a_ticket_whose_policy_cannot_load_has_no_status_until_it_is_planned(
+    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: broken\ntiers: [\n")
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = ticket(opened_at=t0)
+        await open_ticket(stack.client, data, stack.task_queue)
+        stack.opened.append(data.workflow_id)
+        handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+        said = ""
+        for _ in range(20):
+            try:
+                await status_of(handle)
+                raise AssertionError("a ticket without a plan answered with a status")
+            except WorkflowQueryFailedError as err:  # no half-planned status
+                said = str(err)
+            if "not valid YAML" in said:
+                break
+            await skip(env, 30 * S)
+        assert "still planning its SLA" in said and "not valid YAML" in said, said
+        write_policy(tmp_path, lambda p: None)  # the default policy, fixed
+        await skip(env, 5 * M)
+        status = await status_of(handle)
+        assert status.response_due_at == t0 + H and status.policy_version is not None
+
+
+# --- entitlement and default severity (raw starts) ------------------------------------------
+
+
+async def test_a_raw_start_claiming_another_tier_runs_at_the_contracted_tier(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    data = ticket(customer_id="example-bank", tier="community", severity="sev1")
+    handle = await open_ticket_at(stack, data, t0)
+    status = await status_of(handle)
+    assert status.tier.value == "mission_critical"
+    assert (status.claimed_tier.value if status.claimed_tier else None) == "community"
+    assert status.entitlement == "contract example-bank"
+    assert status.response_due_at == t0 + 15 * M
+    assert "tier_corrected" in kinds(status)
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(sa.SUPPORT_TIER) == "mission_critical"
+
+
+async def test_a_raw_start_without_severity_gets_the_policys_default(
+    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev2"))
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        data = TicketInput(
+            ticket_id="T-default-sev", customer_id="acme", tier="mission_critical", opened_at=t0
+        )
+        handle = await raw_start(stack, data)
+        await until(handle, lambda s: True, "planned")
+        status = await status_of(handle)
+        assert (status.severity.value, status.response_due_at) == ("sev2", t0 + H)
+
+
+# --- an acknowledgement counts when it was made -----------------------------------------------
+
+
+async def test_an_ack_stamped_before_the_deadline_but_processed_after_the_breach_is_in_time(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 62 * M)
+    assert (await status_of(handle)).response_breached
+    # The agent clicked at 59 min; the message waited out an outage of the workers.
+    await handle.signal("acknowledge", Acknowledge(agent="alice", at=t0 + 59 * M))
+    status = await until(handle, lambda s: s.state is TicketState.ACKNOWLEDGED, "the ack")
+    assert status.acknowledged_at == t0 + 59 * M
+    assert status.acknowledged_received_at is not None
+    assert t0 + 62 * M <= status.acknowledged_received_at < t0 + 62 * M + S
+    assert not status.response_breached and status.breached_at is None
+    assert "breach_withdrawn" in kinds(status)
+    events: dict[str, Any] = {}
+    for _ in range(200):  # the ledger is written in the background
+        events = {e.kind: e for e in await stack.ledger.events(status.ticket_id)}
+        if "acknowledged" in events:
+            break
+        await asyncio.sleep(0.02)
+    assert events["acknowledged"].at == t0 + 59 * M
+    assert (
+        events["acknowledged"].detail["received_at"] == status.acknowledged_received_at.isoformat()
+    )
+
+
+async def test_an_ack_stamp_is_never_later_than_the_workflow_clock_nor_before_opening(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    early = await open_ticket_at(stack, ticket(), t0)
+    late = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 10 * M)
+    before = await early.execute_update(
+        "acknowledge", Acknowledge(agent="a", at=t0 - H), result_type=TicketStatus
+    )
+    assert before.acknowledged_at == t0
+    after = await late.execute_update(
+        "acknowledge", Acknowledge(agent="b", at=t0 + 5 * H), result_type=TicketStatus
+    )
+    assert after.acknowledged_at == after.acknowledged_received_at
+
+
+# --- out of scope at intake has no clock ------------------------------------------------------
+
+
+async def test_out_of_scope_at_intake_has_no_deadline_and_is_never_breached(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    data = ticket(category="consulting", tier="premium").model_copy(
+        update={"opened_at": t0 - 2 * H}
+    )
+    await open_ticket(stack.client, data, stack.task_queue)
+    stack.opened.append(data.workflow_id)
+    handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+    status = await until(handle, lambda s: s.state is TicketState.ROUTED_TO_SOW, "routed")
+    await sow_started(stack, handle)
+    assert status.response_due_at is None and not status.response_breached
+    assert not status.commercial_sla
+    outcome = await stack.ledger.outcome(status.ticket_id)
+    assert outcome is not None and not outcome.response_breached and not outcome.commercial_sla
+
+
+async def test_marked_out_of_scope_after_a_breach_keeps_the_breach(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 61 * M)
+    routed = await handle.execute_update(
+        "mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature"), result_type=TicketStatus
+    )
+    assert routed.response_breached and routed.breached_at == t0 + H
+    await sow_started(stack, handle)
+
+
+# --- an acknowledgement makes pending deliveries moot -----------------------------------------
+
+
+async def test_an_ack_cancels_a_breach_delivery_still_retrying_and_records_it_superseded(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink.down.add("/manager")
+    policy = write_policy(
+        tmp_path,
+        lambda p: p["targets"]["duty-manager"].update(
+            channels=[{"type": "webhook", "url": f"{sink.url}/manager"}]
+        ),
+    )
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        handle = await open_ticket_at(stack, ticket(), t0)
+        await advance_to(env, t0 + H)
+        await until(handle, lambda s: any(e.step == "breach" for e in s.escalations), "breach")
+        for _ in range(200):  # the delivery has tried and is waiting to retry
+            if sink.received:
+                break
+            await asyncio.sleep(0.02)
+        tried = len(sink.received)
+        sink.down.clear()
+        status = await handle.execute_update(
+            "acknowledge", Acknowledge(agent="alice"), result_type=TicketStatus
+        )
+        status = await until(
+            handle,
+            lambda s: any(e.superseded_at for e in s.escalations),
+            "the breach delivery superseded",
+        )
+        breach = next(e for e in status.escalations if e.step == "breach")
+        assert breach.superseded_at is not None and not breach.failed
+        assert "step_superseded" in kinds(status)
+        await skip(env, 10 * M)
+        # Nothing reached the manager after the acknowledgement.
+        assert sink.messages() == [] and len(sink.received) == tried
+        events = [e.kind for e in await stack.ledger.events(status.ticket_id)]
+        assert "step_superseded" in events and "breached" in events
+        await handle.execute_update("resolve", Resolve(by="alice"))
+        await handle.result()
+
+
+# --- re-triage and customer replies reach people ----------------------------------------------
+
+
+def webhook_targets(sink: Sink) -> Any:
+    def edit(policy: dict[str, Any]) -> None:
+        for name in ("support-queue", "duty-engineer", "duty-manager", "incident-commander"):
+            policy["targets"][name]["channels"] = [{"type": "webhook", "url": f"{sink.url}/{name}"}]
+
+    return edit
+
+
+async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_keeps_the_breach(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, webhook_targets(sink))))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+        await advance_to(env, t0 + 5 * M)
+        await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="t"))
+        status = await until(handle, lambda s: "retriage" in kinds(s), "the re-triage message")
+        await advance_to(env, t0 + 16 * M)
+        status = await status_of(handle)
+        assert status.response_breached and status.breached_at == t0 + 15 * M
+        # Raised again (sev2 -> sev1 would be a second raise): nobody new to tell.
+        lowered = await handle.execute_update(
+            "change_severity", ChangeSeverity(severity="sev3", by="t"), result_type=TicketStatus
+        )
+        assert lowered.response_due_at == t0 + H
+        assert lowered.response_breached and lowered.breached_at == t0 + 15 * M
+        await advance_to(env, t0 + 20 * M)
+        acked = await handle.execute_update(
+            "acknowledge", Acknowledge(agent="alice", at=t0 + 20 * M), result_type=TicketStatus
+        )
+        assert acked.response_breached
+        outcome = None
+        for _ in range(200):  # the ledger row is written in the background
+            outcome = await stack.ledger.outcome(acked.ticket_id)
+            if outcome is not None and outcome.acknowledged_at is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert outcome is not None and outcome.overrun == 5 * M
+        assert outcome.breached_at == t0 + 15 * M
+        await handle.execute_update("resolve", Resolve(by="alice"))
+        await handle.result()
+    retriage = [r for r in sink.messages() if r["key"].split("/")[1].startswith("retriage")]
+    # sev1's intake reaches duty-engineer, duty-manager and incident-commander; the
+    # duty engineer heard of the ticket at sev3's intake already.
+    assert sorted(r["path"] for r in retriage) == ["/duty-manager", "/incident-commander"]
+    assert "Severity raised sev3 -> sev1 by t" in retriage[0]["body"]["text"]
+
+
+async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_next_step(
+    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, webhook_targets(sink))))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        t0 = await now_second(env)
+        handle = await open_ticket_at(stack, ticket(), t0)
+        await advance_to(env, t0 + 10 * M)
+        reply = CustomerReply(
+            received_at=t0 + 10 * M, subject="more logs attached", reference="<r1@acme.example>"
+        )
+        await handle.signal("customer_reply", reply)
+        await advance_to(env, t0 + 31 * M)  # the warning at 30 min carries it
+        await handle.execute_update("acknowledge", Acknowledge(agent="duty-engineer"))
+        await handle.signal(
+            "customer_reply",
+            CustomerReply(
+                received_at=t0 + 31 * M, subject="still down", reference="<r2@a.example>"
+            ),
+        )
+        await until(handle, lambda s: kinds(s).count("customer_reply") == 3, "the reply sent")
+        await skip(env, M)
+        await handle.execute_update("resolve", Resolve(by="duty-engineer"))
+        await handle.result()
+    warning = [r for r in sink.messages() if r["key"].endswith("/warning/duty-engineer")]
+    assert "Customer replied via email" in warning[0]["body"]["text"]
+    assert "more logs attached" in warning[0]["body"]["text"]
+    forwarded = [r for r in sink.messages() if "/customer-reply-" in r["key"]]
+    assert [r["path"] for r in forwarded] == ["/duty-engineer"]
+    assert "still down" in forwarded[0]["body"]["text"]
+
+
+# --- policy failures keep the last good plan --------------------------------------------------
+
+
+async def test_adopting_a_version_nobody_has_is_refused_and_the_ticket_keeps_escalating(
+    stack: Stack,
+) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    version = (await status_of(handle)).policy_version
+    await advance_to(stack.env, t0 + 5 * M)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("adopt_policy", AdoptPolicy(version="1999.1", by="ops"))
+    assert "cannot adopt_policy" in str(refused.value.cause)
+    status = await status_of(handle)
+    assert status.policy_version == version
+    assert status.policy_problem and "1999.1" in status.policy_problem
+    assert "policy_adoption_failed" in kinds(status)
+    await advance_to(stack.env, t0 + 61 * M)
+    status = await status_of(handle)
+    assert [e.step for e in status.escalations][-1] == "breach"
+    assert status.policy_version == version
+
+
+# --- statement of work ------------------------------------------------------------------------
+
+
+async def test_a_failed_statement_of_work_is_recorded_as_failed_not_expired(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    queue = f"tq-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as http:
+        worker = build_worker(
+            env.client, queue, ledger, http, workflows=[SupportTicket, FailingStatementOfWork]
+        )
+        async with worker:
+            data = ticket(category="custom_engineering", opened_at=await now_second(env))
+            handle = await env.client.start_workflow(
+                "SupportTicket",
+                data,
+                id=data.workflow_id,
+                task_queue=queue,
+                result_type=TicketStatus,
+            )
+            # The child fails at once: wait in real time (skipping time here could
+            # outrun the child's first task).
+            status = await asyncio.wait_for(handle.result(), timeout=30)
+    await ledger.close()
+    assert status.sow is not None and status.sow.outcome is SowOutcome.FAILED
+    assert status.state is TicketState.CLOSED
+    assert "sow_failed" in kinds(status) and "sow_expired" not in kinds(status)
