@@ -8,6 +8,7 @@ minute (the shortest cadence the policy allows) until someone responds.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -83,6 +84,8 @@ class DrillPolicy:
                 },
             ],
         }
+        # Mission Critical is never slower than Premium (the policy validator's rule).
+        data["tiers"]["mission_critical"] = copy.deepcopy(data["tiers"]["premium"])
         return data
 
     def write(self, path: Path, sink_url: str) -> Path:

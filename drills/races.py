@@ -160,7 +160,7 @@ async def api_ack(
 class AckBurst:
     ticket_id: str
     sent: int  # acknowledgements the ticket was sent (raw, and API calls not refused)
-    accepted: int  # API calls answered 202
+    accepted: int  # API calls answered 200 (the ack update applied)
     refused: int  # API calls refused with 409: the ticket was already acknowledged
     problems: list[str]
 
@@ -169,7 +169,7 @@ async def duplicate_acks(
     stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str, raw: int
 ) -> AckBurst:
     """Five acknowledgements at once: ``raw`` raw signals, the rest through the API
-    (which refuses with 409 once it sees the ticket acknowledged)."""
+    (whose update the ticket refuses with 409 once it is acknowledged)."""
     signals = [
         handle(stack, ticket_id).signal("acknowledge", Acknowledge(agent=f"raw-{i}"))
         for i in range(raw)
@@ -177,23 +177,28 @@ async def duplicate_acks(
     api = [api_ack(http, service, ticket_id) for _ in range(RAW_ACKS + API_ACKS - raw)]
     results = await asyncio.gather(*signals, *api)
     responses = [r for r in results if isinstance(r, httpx.Response)]
-    accepted = sum(r.status_code == 202 for r in responses)
+    accepted = sum(r.status_code == 200 for r in responses)
     refused_409 = sum(r.status_code == 409 for r in responses)
     burst = AckBurst(ticket_id, raw + accepted, accepted, refused_409, [])
-    refused = f"cannot ack: ticket {ticket_id} is acknowledged (by "
+    refused = f"cannot acknowledge: ticket {ticket_id} is acknowledged (by "
     for response in responses:
         body = response.json()
         if response.status_code == 409 and not body["message"].startswith(refused):
             burst.problems.append(f"{ticket_id}: 409 says {body['message']!r}")
-        elif response.status_code not in (202, 409):
+        elif response.status_code not in (200, 409):
             burst.problems.append(f"{ticket_id}: API ack answered {response.status_code} {body}")
     return burst
 
 
 def acks_recorded(burst: AckBurst, status: TicketStatus) -> list[str]:
-    """One ``acknowledged``; every other acknowledgement sent is ``acknowledge_repeated``."""
+    """One ``acknowledged``; every other raw acknowledgement is ``acknowledge_repeated``. An
+    API ack the validator refused never reached the history; one it let through that lost
+    the race in the same instant was refused when applied (409, recorded as repeated)."""
     kinds = Counter(h.kind for h in status.history)
-    if kinds["acknowledged"] != 1 or kinds["acknowledge_repeated"] != burst.sent - 1:
+    repeated = kinds["acknowledge_repeated"]
+    if kinds["acknowledged"] != 1 or not (
+        burst.sent - 1 <= repeated <= burst.sent - 1 + burst.refused
+    ):
         return [
             f"{burst.ticket_id}: {burst.sent} acks sent, history has {kinds['acknowledged']}"
             f" acknowledged and {kinds['acknowledge_repeated']} repeated"
@@ -314,13 +319,13 @@ def refusals(
             "API ack (closed)",
             lambda: api(http, service, closed, "ack"),
             409,
-            f'"message": "cannot ack: ticket {closed} is resolved"',
+            f"ticket {closed} is closed (resolved; workflow completed): acknowledge not sent",
         ),
         Refusal(
             "API resolve (closed)",
             lambda: api(http, service, closed, "resolve"),
             409,
-            f'"message": "cannot resolve: ticket {closed} is resolved"',
+            f"ticket {closed} is closed (resolved; workflow completed): resolve not sent",
         ),
         Refusal(
             "API ack (unknown)",
@@ -391,7 +396,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "breached_notified": outcomes["breached_notified"],
         "breached_unnotified": outcomes["breached_unnotified"],
         "duplicate_acks": len(dupes) * (RAW_ACKS + API_ACKS),
-        "api_202": sum(b.accepted for b in bursts),
+        "api_200": sum(b.accepted for b in bursts),
         "api_409": sum(b.refused for b in bursts),
         "ack_resolve_pairs": len(pairs),
         "refused_ok": f"{len(checks) - len(refused)}/{len(checks)}",

@@ -99,4 +99,4 @@ def test_races_give_one_outcome_per_ticket_and_clear_refusals() -> None:
     # through while racing each other (the raw signals usually overtake them: 409s).
     assert int(found["met"]) > 0
     assert int(found["breached_notified"]) + int(found["breached_unnotified"]) > 0
-    assert int(found["api_202"]) > 0
+    assert int(found["api_200"]) > 0

@@ -209,6 +209,7 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
         **env,
         "OTEL_SERVICE_NAME": "support-service-test",
         "SUPPORT_INTAKE_TOKENS": f"obs:{intake_token}",
+        "SUPPORT_INTAKE_SCOPES": "obs=customers:*;max_tier:mission_critical",
         "SUPPORT_AGENT_TOKENS": "ana:obs-agent-token-0123456789",
         "SUPPORT_LINK_SECRET": "obs-link-secret-0123456789",
     }

@@ -31,7 +31,7 @@ from ledger.report import (
     judge,
     nearest_rank,
 )
-from ledger.store import SqlLedger
+from ledger.store import SqlLedger, head_revision
 from support.models import (
     Acknowledge,
     MarkOutOfScope,
@@ -732,7 +732,10 @@ async def test_cli_migrates_a_new_ledger_and_reports_the_revision(tmp_path: Path
     path = tmp_path / "new" / "ledger.sqlite3"
     code, out, err = await cli_in_process("migrate", "--url", f"sqlite:///{path}")
     assert (code, err) == (0, "")
-    assert out == f"SLA ledger at sqlite+aiosqlite:///{path}: schema at revision 0001 (head)\n"
+    revision = head_revision()
+    assert (
+        out == f"SLA ledger at sqlite+aiosqlite:///{path}: schema at revision {revision} (head)\n"
+    )
     ledger = SqlLedger.from_url(f"sqlite:///{path}")
     try:
         await ledger.check_schema()
@@ -912,7 +915,7 @@ async def test_cli_input_checks(scenario_url: str, tmp_path: Path) -> None:
             ["report", "--url", f"sqlite:///{unmigrated}"],
             1,
             f"error: the SLA ledger at sqlite+aiosqlite:///{unmigrated} is at schema revision"
-            " none, this code needs 0001: run `python -m ledger migrate`\n",
+            f" none, this code needs {head_revision()}: run `python -m ledger migrate`\n",
         ),
     ]
     for args, code, message in cases:

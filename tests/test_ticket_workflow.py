@@ -28,6 +28,7 @@ from support.models import (
     TicketState,
     TicketStatus,
 )
+from support.policy import default_policy_path, load_policy
 from tests.conftest import (
     Stack,
     advance_to,
@@ -209,6 +210,7 @@ async def test_standard_target_is_four_business_hours(
     def edit(policy: dict[str, Any]) -> None:
         hours = policy["calendars"]["us-business-hours"]
         hours["holidays"] = []
+        hours["closures"] = []
         if case == "holiday-monday":
             monday = (opened.astimezone(tz) + timedelta(days=3)).date()
             hours["holidays"] = [monday.isoformat()]
@@ -474,14 +476,15 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
 async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> None:
     handle = await open_ticket_at(stack, ticket())
     result = await finish(handle)
-    assert result.policy_version == "2026.11.1"
+    version = load_policy(default_policy_path()).version
+    assert result.policy_version == version
     completed = [
         e
         async for e in handle.fetch_history_events()
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
     ]
     assert any(
-        b'"policy_version":"2026.11.1"' in p.data
+        f'"policy_version":"{version}"'.encode() in p.data
         for e in completed
         for p in e.activity_task_completed_event_attributes.result.payloads
     )

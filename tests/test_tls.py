@@ -32,6 +32,7 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
+from support.policy import default_policy_path, load_policy
 from tests.certs import Authority, Issued
 from tests.processes import background, service_process
 from tests.sinks import free_port
@@ -325,7 +326,9 @@ async def open_and_acknowledge(env: dict[str, str], prefix: str) -> str:
         if status.get("response_due_at"):
             break
         await asyncio.sleep(0.1)
-    assert status["state"] == "open" and status["policy_version"] == "2026.11.1"
+    assert status["state"] == "open" and status["policy_version"] == (
+        load_policy(default_policy_path()).version
+    )
 
     code, _, err = await run(["ops.py", "ack", ticket_id, "--agent", "ana"], env)
     assert code == 0, err
@@ -390,6 +393,7 @@ async def test_the_http_service_opens_a_ticket_over_mutual_tls(
         tls_front.client,
         SUPPORT_TASK_QUEUE=f"tls-{uuid.uuid4()}",
         SUPPORT_INTAKE_TOKENS=f"portal:{token}",
+        SUPPORT_INTAKE_SCOPES="portal=customers:*;max_tier:premium",
         SUPPORT_LINK_SECRET="tls-link-secret-0123456789",
     )
     async with service_process(env, tmp_path / "service.log") as http:
