@@ -29,7 +29,7 @@ from activities.policy import PolicyActivities
 from ledger.store import SlaLedger, SqlLedger
 from support.connection import connect, task_queue
 from support.logs import configure_logging
-from support.policy import load_policy
+from support.policy import Policy, PolicyError, load_policy
 from support.policy_archive import PolicyArchive
 from support.telemetry import (
     configure_tracing,
@@ -100,8 +100,15 @@ def workflow_cache() -> int:
 
 
 async def run(stop: asyncio.Event, metrics: str | None = None) -> None:
-    policy = load_policy()  # fail at start, loudly, on a broken policy file
-    missing = policy.missing_settings(os.environ)
+    # A broken policy file never stops running tickets (they resolve their pinned version
+    # from the policy archive), so the worker starts anyway and says so loudly; new
+    # tickets are refused at intake until the file is fixed.
+    try:
+        policy: Policy | None = load_policy()
+    except PolicyError as err:
+        log.error("policy file invalid: new tickets cannot be planned", error=str(err))
+        policy = None
+    missing = policy.missing_settings(os.environ) if policy else []
     if missing:
         log.warning(
             "channels not configured: deliveries on them fall over to the next channel",
@@ -120,7 +127,7 @@ async def run(stop: asyncio.Event, metrics: str | None = None) -> None:
             "worker started",
             task_queue=queue,
             namespace=client.namespace,
-            policy_version=policy.version,
+            policy_version=policy.version if policy else None,
             ledger=ledger.describe(),
             metrics=f"http://{metrics}/metrics" if metrics else "off",
             tracing="otlp" if tracing_enabled() else "off",

@@ -168,7 +168,9 @@ async def migrate(args: argparse.Namespace, out: TextIO) -> None:
 
 
 async def report(args: argparse.Namespace, out: TextIO) -> None:
-    from ledger.report import Filters, build_report
+    from ledger.report import Filters, build_report, loaded_policy
+    from support.policy import Policy
+    from support.policy_archive import PolicyArchive
 
     opened_from = parse_instant("--from", args.opened_from) if args.opened_from else None
     opened_to = parse_instant("--to", args.opened_to) if args.opened_to else None
@@ -192,7 +194,15 @@ async def report(args: argparse.Namespace, out: TextIO) -> None:
         outcomes = await ledger.outcomes(
             opened_from, opened_to, customer, tier.value if tier else None
         )
-    result = build_report(outcomes, as_of, filters)
+        # Each ticket's business time on the calendar of the policy version it ran under:
+        # the policy archive in the ledger, else the loaded file.
+        archive = PolicyArchive(ledger)
+        await archive.preload()
+
+    def policy_for_version(version: str | None) -> Policy | None:
+        return archive.policy_for_version(version) or loaded_policy(version)
+
+    result = build_report(outcomes, as_of, filters, policy_for_version=policy_for_version)
     write(args.output, out, lambda stream: render_report(result, args.format, stream))
 
 
