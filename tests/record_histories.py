@@ -185,6 +185,19 @@ async def customer_replies(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def agent_updates(stack: Stack) -> list[str]:
+    """The agent surfaces' path: actions as Updates, the ack stamped by the surface."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("H-updates", tier="mission_critical"), t0)
+    await advance_to(stack.env, t0 + 5 * M)
+    await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="triage"))
+    await advance_to(stack.env, t0 + 17 * M)
+    await handle.execute_update("acknowledge", Acknowledge(agent="jo", at=t0 + 14 * M))
+    await handle.execute_update("resolve", Resolve(by="jo", summary="failed over"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -196,6 +209,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "paged_ack_resolve": paged_ack_resolve,
     "ack_while_delivery_pending": ack_while_delivery_pending,
     "customer_replies": customer_replies,
+    "agent_updates": agent_updates,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
