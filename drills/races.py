@@ -293,7 +293,7 @@ def refusals(
                 "premium",
             ),
             0,
-            f"ticket {closed} already exists (workflow ticket-{closed}, completed);"
+            f"ticket {closed} already exists (workflow ticket-{closed}, resolved);"
             " nothing new was started",
         ),
         Refusal(

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Literal
 
 from temporalio import workflow
@@ -103,13 +105,15 @@ RETRIAGE_NOTIFIES = "retriage-notifies-new-responders"
 REPLY_NOTIFIES = "customer-reply-notifies"
 
 # The agent actions and the states each may apply in (updates are refused otherwise).
-ACTION_STATES: dict[str, tuple[TicketState, ...]] = {
-    "acknowledge": (TicketState.OPEN,),
-    "change_severity": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-}
+ACTION_STATES: Mapping[str, tuple[TicketState, ...]] = MappingProxyType(
+    {
+        "acknowledge": (TicketState.OPEN,),
+        "change_severity": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+    }
+)
 # Steps an acknowledgement makes moot (intake notifications still go out).
 MOOT_ON_ACK = (StepKind.WARNING, StepKind.BREACH, StepKind.REPEAT)
 
