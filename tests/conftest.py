@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import sys
@@ -250,9 +251,16 @@ async def status_of(handle: WorkflowHandle[Any, TicketStatus]) -> TicketStatus:
 def write_policy(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     """A policy file: the shipped default, changed by ``edit``."""
     data = yaml.safe_load(default_policy_path().read_text())
+    version = data["version"]
     edit(data)
+    text = yaml.safe_dump(data, sort_keys=False)
+    if data["version"] == version and data != yaml.safe_load(default_policy_path().read_text()):
+        # Changed rules need their own version: a worker's policy archive refuses a file
+        # that reuses an archived version with other text (docs/policy-versions.md).
+        data["version"] = f"{version}+{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        text = yaml.safe_dump(data, sort_keys=False)
     path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(text)
     return path
 
 
