@@ -25,6 +25,7 @@ from typing import Any, cast
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -657,12 +658,14 @@ def test_the_policy_archive_needs_a_migrated_ledger(
 def premium_in(tmp_path: Path, version: str, target: str = "PT2H") -> Path:
     """The shipped policy at ``version`` with a slower Premium response target."""
 
-    def edit(data: dict[str, Any]) -> None:
-        data["version"] = version
-        data["tiers"]["premium"]["response_target"] = target
-
-    path = write_policy(tmp_path, edit)
-    return path.rename(tmp_path / f"{version}.yaml")
+    # Written here, not with write_policy, which gives edited rules a version of their own:
+    # this file must keep exactly ``version`` (even the archived one, to show the conflict).
+    data = yaml.safe_load(default_policy_path().read_text())
+    data["version"] = version
+    data["tiers"]["premium"]["response_target"] = target
+    path = tmp_path / f"{version}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 async def open_and_plan(tickets: Tickets, *inputs: Any) -> list[TicketStatus]:

@@ -442,7 +442,7 @@ async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_n
     warning = [r for r in sink.messages() if r["key"].endswith("/warning/duty-engineer")]
     assert "Customer replied via email" in warning[0]["body"]["text"]
     assert "more logs attached" in warning[0]["body"]["text"]
-    forwarded = [r for r in sink.messages() if "/customer-reply-" in r["key"]]
+    forwarded = [r for r in sink.messages() if "/reply-forward-" in r["key"]]
     assert [r["path"] for r in forwarded] == ["/duty-engineer"]
     assert "still down" in forwarded[0]["body"]["text"]
 

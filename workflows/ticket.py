@@ -510,6 +510,7 @@ class SupportTicket:
             self._plan_retry_at = workflow.now() + POLICY_RETRY_AFTER
             return False
         self._plan_retry_at = None
+        self._state().policy_problem = None
         repeats = [s for s in more.steps if s.kind is StepKind.REPEAT]
         # Done repeats are dropped, so a ladder that runs for days stays small.
         plan.steps = [s for s in plan.steps if s.kind is not StepKind.REPEAT] + repeats
@@ -618,6 +619,13 @@ class SupportTicket:
         self._sync_search_attributes()
         self._supersede_pending_deliveries(at)
         self._update_pages("acknowledge", ack.agent)
+        if self._unannounced_replies:
+            # Replies that were waiting for the next step go to whoever acknowledged.
+            text, self._unannounced_replies = "\n".join(self._unannounced_replies), []
+            n = self._next("reply-forward")
+            recipients = self._reply_recipients()
+            if recipients:
+                self._send(f"reply-forward-ack-{n}", "customer_reply", recipients, at, text, at)
         return None
 
     def _withdraw_breach_before(self, at: datetime) -> bool:
@@ -809,12 +817,13 @@ class SupportTicket:
         text = f"Customer replied via {reply.via} at {reply.received_at.isoformat()}" + (
             f": {reply.subject}" if reply.subject else ""
         )
-        if status.state is TicketState.OPEN:
+        if status.state is TicketState.OPEN and self._pending_steps():
             self._unannounced_replies.append(text)
             return
+        # Acknowledged, or open with no step left to ride with (e.g. Community): now.
         recipients = self._reply_recipients()
         if recipients:
-            self._send(f"customer-reply-{digest}", "customer_reply", recipients, at, text, at)
+            self._send(f"reply-forward-{digest}", "customer_reply", recipients, at, text, at)
 
     def _reply_recipients(self) -> list[Recipient]:
         """Whoever acknowledged the ticket, when a step reached them by that name; else the
