@@ -1,6 +1,6 @@
 """Fuzzing what intake turns raw input into (hypothesis): whatever the JSON object, the
-request body or the customer's email, intake either makes a ticket within the limits the
-README states, or refuses with problems that each name a field. Nothing else is raised:
+request body or the customer's email, intake either makes a ticket within the limits
+docs/contract.md states, or refuses with problems that each name a field. Nothing else is raised:
 no crash, no 500, no mail deferred forever. The limits are checked here independently of
 the model's own rules (Unicode categories, literal lengths and patterns)."""
 
@@ -98,7 +98,7 @@ def forbidden(char: str) -> bool:
 
 
 def assert_within_limits(ticket: TicketInput) -> None:
-    """The limits of the README's table."""
+    """The limits of the input table in docs/contract.md."""
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", ticket.ticket_id)
     assert 1 <= len(ticket.customer_id) <= 128 and ticket.customer_id == ticket.customer_id.strip()
     assert len(ticket.customer_id.splitlines()) == 1
