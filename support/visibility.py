@@ -8,6 +8,7 @@ customer id of safe characters): a filter can narrow a list, never rewrite the q
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from temporalio.client import (
     Client,
     WorkflowExecution,
     WorkflowExecutionStatus,
+    WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
@@ -274,6 +276,24 @@ class TicketDetails(BaseModel):
         return self.execution_status != "running"
 
 
+# A ticket answers ``status`` only once its SLA plan is applied (a second or so after
+# intake): a reader right after intake waits this long for it.
+PLANNING_WAIT = timedelta(seconds=5)
+
+
+async def _planned_status(handle: WorkflowHandle[Any, TicketStatus]) -> TicketStatus:
+    """The ``status`` query, waiting up to ``PLANNING_WAIT`` while the ticket is still
+    planning its SLA (it refuses the query until its status has its deadline)."""
+    deadline = asyncio.get_running_loop().time() + PLANNING_WAIT.total_seconds()
+    while True:
+        try:
+            return await handle.query("status", result_type=TicketStatus, rpc_timeout=QUERY_TIMEOUT)
+        except WorkflowQueryFailedError as err:
+            if "still planning" not in str(err) or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
 async def ticket_status(client: Client, ticket_id: str) -> TicketStatus | None:
     """The ticket's ``status``, or None when there is no such ticket (see ``ticket_details``)."""
     details = await ticket_details(client, ticket_id)
@@ -306,7 +326,7 @@ async def ticket_details(client: Client, ticket_id: str) -> TicketDetails | None
         else f" (workflow {execution.name.lower()})"
     )
     try:
-        status = await handle.query("status", result_type=TicketStatus, rpc_timeout=QUERY_TIMEOUT)
+        status = await _planned_status(handle)
     except RPCError as err:
         if err.status is RPCStatusCode.DEADLINE_EXCEEDED or "Timeout" in err.message:
             raise TicketUnavailable(

@@ -567,7 +567,9 @@ class SupportTicket:
             return received
         return max(min(stamped, received), self._state().opened_at)
 
-    def _on_acknowledge(self, ack: Acknowledge, received: datetime) -> str | None:
+    def _on_acknowledge(
+        self, ack: Acknowledge, received: datetime, resolving: bool = False
+    ) -> str | None:
         status = self._state()
         at = self._acted_at(ack.at, received)
         if status.state is not TicketState.OPEN:
@@ -619,7 +621,7 @@ class SupportTicket:
         self._sync_search_attributes()
         self._supersede_pending_deliveries(at)
         self._update_pages("acknowledge", ack.agent)
-        if self._unannounced_replies:
+        if self._unannounced_replies and not resolving:
             # Replies that were waiting for the next step go to whoever acknowledged.
             text, self._unannounced_replies = "\n".join(self._unannounced_replies), []
             n = self._next("reply-forward")
@@ -719,7 +721,9 @@ class SupportTicket:
         if status.state is TicketState.OPEN:
             # Resolving is also the first response: record it as the acknowledgement.
             self._on_acknowledge(
-                Acknowledge(agent=resolve.by, note="resolved", at=resolve.at), received
+                Acknowledge(agent=resolve.by, note="resolved", at=resolve.at),
+                received,
+                resolving=True,
             )
         if status.state is not TicketState.ACKNOWLEDGED:
             return self._ignored("resolve", resolve.by, received)
@@ -991,10 +995,12 @@ class SupportTicket:
         due_at: datetime,
     ) -> None:
         """Deliver a message outside the ladder (a re-triage, a customer's reply) to
-        ``recipients``, keyed like a step (``<workflow id>/<name>/<recipient>``)."""
+        ``recipients``, keyed like a step (``<workflow id>/<name>/<recipient>``). The
+        ticket's history and the ledger record it as ``<kind>_sent``."""
         status = self._state()
         targets = [r.name for r in recipients]
-        self._log(kind, at=at, detail=f"{message} (to {', '.join(targets)})")
+        event_kind = f"{kind}_sent"
+        self._log(event_kind, at=at, detail=f"{message} (to {', '.join(targets)})")
         self._revision += 1
         wf_id = workflow.info().workflow_id
         request = StepDelivery(
@@ -1016,7 +1022,7 @@ class SupportTicket:
             event=SlaEvent(
                 key=f"{wf_id}/{name}",
                 ticket_id=status.ticket_id,
-                kind=kind,
+                kind=event_kind,
                 at=at,
                 source="workflow",
                 detail={"step": name, "targets": targets, "message": message},
