@@ -432,7 +432,7 @@ async def test_a_ticket_runs_through_an_api_key_front_from_environment_configura
         "PollWorkflowTaskQueue",
         "RespondWorkflowTaskCompleted",
         "RespondActivityTaskCompleted",
-        "SignalWorkflowExecution",
+        "UpdateWorkflowExecution",  # the ack: agent actions are Updates
         "QueryWorkflow",
     } <= methods, methods
 
