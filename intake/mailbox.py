@@ -96,6 +96,8 @@ TRUNCATED = "\n\n[message truncated]"
 OK = "250 2.0.0 OK"
 TOO_BIG = "552 5.3.4 message too big for the support mailbox"
 RETRY_LATER = "451 4.3.0 the support system is temporarily unavailable, please retry later"
+# What sending one of the mailbox's own replies can fail with (the sender may then retry).
+REPLY_ERRORS = (ChannelConfigError, aiosmtplib.SMTPException, OSError)
 NOT_A_TICKET = "554 5.6.0 this message cannot become a ticket"
 
 # A subject's severity tag, e.g. "[SEV1]" or "[sev 2]".
@@ -830,26 +832,22 @@ class MailboxHandler:
             if err.status is not RPCStatusCode.NOT_FOUND:
                 raise
         # The workflow has completed: the ticket is closed, and a reply never reopens it.
-        outcome = self._no_reply(mail) or "sent"
-        once = f"closed:{ticket.ticket_id}:{mail.sender}"
-        if outcome == "sent" and not self._replied.first(once):
-            outcome = "replied_recently"
-        if outcome == "sent":
-            try:
-                smtp = SmtpSettings.from_env()
-                note = closed_ticket_reply(
+        try:
+            outcome = await self._reply_once(
+                mail,
+                f"closed:{ticket.ticket_id}:{mail.sender}",
+                lambda smtp: closed_ticket_reply(
                     mail, ticket.ticket_id, smtp, self.address, self.contact_form_url
-                )
-                await send_mail(note, smtp)
-            except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
-                # Nobody would learn that the message went nowhere: let the sender retry.
-                self._replied.forget(once)
-                log.error(
-                    "mail deferred: closed-ticket note not sent",
-                    ticket_id=ticket.ticket_id,
-                    **_send_error(err),
-                )
-                return RETRY_LATER
+                ),
+            )
+        except REPLY_ERRORS as err:
+            # Nobody would learn that the message went nowhere: let the sender retry.
+            log.error(
+                "mail deferred: closed-ticket note not sent",
+                ticket_id=ticket.ticket_id,
+                **_send_error(err),
+            )
+            return RETRY_LATER
         log.info("mail to a closed ticket", ticket_id=ticket.ticket_id, reply=outcome)
         return f"{OK}: ticket {ticket.ticket_id} is closed"
 
@@ -896,29 +894,43 @@ class MailboxHandler:
         """A contract whose agreed intake path is not email: a polite reply naming it (at
         most once a day per sender), and no ticket."""
         answer = f"{OK}: not opened (the customer's agreed intake path is not email)"
-        key = f"path:{customer_id}:{mail.sender}"
-        why = self._no_reply(mail)
-        if why is None and not self._replied.first(key):
-            why = "replied_recently"
-        if why is not None:
-            log.info("mail not opened: another agreed path", reply=why, message_key=mail.key)
-            return answer
         try:
-            smtp = SmtpSettings.from_env()
-            await send_mail(
-                agreed_path_reply(mail, agreed, smtp, self.address, self.contact_form_url), smtp
+            outcome = await self._reply_once(
+                mail,
+                f"path:{customer_id}:{mail.sender}",
+                lambda smtp: agreed_path_reply(
+                    mail, agreed, smtp, self.address, self.contact_form_url
+                ),
             )
-        except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
+        except REPLY_ERRORS as err:
             # Nobody would learn that the message went nowhere: let the sender retry.
-            self._replied.forget(key)
             log.error(
                 "mail deferred: agreed-path reply not sent",
                 message_key=mail.key,
                 **_send_error(err),
             )
             return RETRY_LATER
-        log.info("mail not opened: another agreed path", reply="sent", message_key=mail.key)
+        log.info("mail not opened: another agreed path", reply=outcome, message_key=mail.key)
         return answer
+
+    async def _reply_once(
+        self, mail: InboundMail, key: str, build: Callable[[SmtpSettings], EmailMessage]
+    ) -> str:
+        """Answer ``mail`` with ``build``'s message at most once a day per ``key``:
+        "sent", or why not (an auto-reply, "replied_recently", ...). A failed send
+        forgets ``key`` (the sender's retry may be answered) and raises."""
+        why = self._no_reply(mail)
+        if why is None and not self._replied.first(key):
+            why = "replied_recently"
+        if why is not None:
+            return why
+        try:
+            smtp = SmtpSettings.from_env()
+            await send_mail(build(smtp), smtp)
+        except REPLY_ERRORS:
+            self._replied.forget(key)
+            raise
+        return "sent"
 
     async def _acknowledge(self, mail: InboundMail, prepared: Prepared, policy: Policy) -> None:
         """Tell the customer the ticket id and the response they are owed (the promise of
@@ -939,26 +951,20 @@ class MailboxHandler:
         log.info("acknowledgement sent", ticket_id=ticket.ticket_id)
 
     async def _unknown_sender(self, mail: InboundMail) -> str:
-        why = self._no_reply(mail)
-        if why is None and not self._replied.first(f"unknown:{mail.sender}"):
-            why = "replied_recently"
-        if why is not None:
-            log.info("mail from an unknown sender", reply=why, message_key=mail.key)
-            return f"{OK}: no support contract for this sender"
         try:
-            smtp = SmtpSettings.from_env()
-            await send_mail(
-                unknown_sender_reply(mail, smtp, self.address, self.contact_form_url), smtp
+            outcome = await self._reply_once(
+                mail,
+                f"unknown:{mail.sender}",
+                lambda smtp: unknown_sender_reply(mail, smtp, self.address, self.contact_form_url),
             )
-        except (ChannelConfigError, aiosmtplib.SMTPException, OSError) as err:
-            self._replied.forget(f"unknown:{mail.sender}")
+        except REPLY_ERRORS as err:
             log.error(
                 "mail from an unknown sender: reply not sent",
                 message_key=mail.key,
                 **_send_error(err),
             )
         else:
-            log.info("mail from an unknown sender", reply="sent", message_key=mail.key)
+            log.info("mail from an unknown sender", reply=outcome, message_key=mail.key)
         return f"{OK}: no support contract for this sender"
 
 
