@@ -941,47 +941,21 @@ class SupportTicket:
             StepKind.REPEAT: "escalated",
         }[step.kind]
         self._log(kind, at=now, detail=f"step {name} to {', '.join(record.targets)}")
-        self._revision += 1
-        wf_id = workflow.info().workflow_id
-        request = StepDelivery(
-            workflow_id=wf_id,
-            ticket_id=status.ticket_id,
-            customer_id=status.customer_id,
-            tier=status.tier,
-            severity=status.severity,
-            step=name,
+        self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
+        task = self._start_delivery(
+            name=name,
             kind=step.kind.value,
             due_at=step.due_at,
-            response_due_at=status.response_due_at,
-            subject=self._ticket.subject,
             recipients=step.recipients,
-            time_zone=status.time_zone,
-            failover_after=self._current_plan().failover_after,
             # Customer replies received since the last step ride with this one.
             message="\n".join(self._unannounced_replies) or None,
-            # Events this activation recorded before the step ride on its delivery
-            # instead of an activity of their own (the "opened" event with the intake).
-            earlier_events=self._claim_unwritten(),
-            event=SlaEvent(
-                key=f"{wf_id}/{name}",
-                ticket_id=status.ticket_id,
-                kind=kind,
-                at=now,
-                source="timer",
-                detail={
-                    "step": name,
-                    "due_at": step.due_at.isoformat(),
-                    "targets": record.targets,
-                },
-            ),
-            summary=self._outcome(),
+            event_kind=kind,
+            at=now,
+            source="timer",
+            detail={"step": name, "due_at": step.due_at.isoformat(), "targets": record.targets},
+            record=record,
         )
         self._unannounced_replies = []
-        self._notified |= {r.name for r in step.recipients}
-        self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
-        self._deliveries = [d for d in self._deliveries if not d.done()]
-        task = self._spawn(self._deliver(request, record))
-        self._deliveries.append(task)
         self._delivery_kinds = {t: k for t, k in self._delivery_kinds.items() if not t.done()}
         self._delivery_kinds[task] = step.kind
 
@@ -995,12 +969,44 @@ class SupportTicket:
         due_at: datetime,
     ) -> None:
         """Deliver a message outside the ladder (a re-triage, a customer's reply) to
-        ``recipients``, keyed like a step (``<workflow id>/<name>/<recipient>``). The
-        ticket's history and the ledger record it as ``<kind>_sent``."""
-        status = self._state()
+        ``recipients``. The ticket's history and the ledger record it as ``<kind>_sent``."""
         targets = [r.name for r in recipients]
         event_kind = f"{kind}_sent"
         self._log(event_kind, at=at, detail=f"{message} (to {', '.join(targets)})")
+        self._start_delivery(
+            name=name,
+            kind=kind,
+            due_at=due_at,
+            recipients=recipients,
+            message=message,
+            event_kind=event_kind,
+            at=at,
+            source="workflow",
+            detail={"step": name, "targets": targets, "message": message},
+            record=EscalationRecord(
+                step=name, kind=StepKind.INTAKE, due_at=due_at, fired_at=at, targets=targets
+            ),
+        )
+
+    def _start_delivery(
+        self,
+        *,
+        name: str,
+        kind: str,
+        due_at: datetime,
+        recipients: list[Recipient],
+        message: str | None,
+        event_kind: str,
+        at: datetime,
+        source: str,
+        detail: dict[str, Any],
+        record: EscalationRecord,
+    ) -> asyncio.Task[Any]:
+        """Deliver one message to ``recipients`` in the background, keyed like a step
+        (``<workflow id>/<name>/<recipient>``). The delivery also writes the ledger: the
+        events this activation recorded before it (instead of an activity of their own,
+        e.g. "opened" with the intake), its own event and the ticket's row."""
+        status = self._state()
         self._revision += 1
         wf_id = workflow.info().workflow_id
         request = StepDelivery(
@@ -1024,17 +1030,16 @@ class SupportTicket:
                 ticket_id=status.ticket_id,
                 kind=event_kind,
                 at=at,
-                source="workflow",
-                detail={"step": name, "targets": targets, "message": message},
+                source=source,
+                detail=detail,
             ),
             summary=self._outcome(),
         )
-        self._notified |= set(targets)
-        record = EscalationRecord(
-            step=name, kind=StepKind.INTAKE, due_at=due_at, fired_at=at, targets=targets
-        )
+        self._notified |= {r.name for r in recipients}
         self._deliveries = [d for d in self._deliveries if not d.done()]
-        self._deliveries.append(self._spawn(self._deliver(request, record)))
+        task = self._spawn(self._deliver(request, record))
+        self._deliveries.append(task)
+        return task
 
     async def _deliver(self, request: StepDelivery, record: EscalationRecord) -> None:
         try:
