@@ -41,7 +41,7 @@ from intake.core import (
     read_batch,
     start,
 )
-from support.connection import connect
+from runtime.connection import connect
 
 # ``open_ticket`` stays importable from here for the tests that start raw tickets with it.
 __all__ = ["main", "open_ticket", "run_batch", "run_cli"]

@@ -2,7 +2,7 @@
 
 Registers the ``SupportTicket`` and ``StatementOfWork`` workflows and the activities
 (policy resolution, notification delivery, SLA ledger), logs JSON lines through structlog,
-serves Prometheus metrics and exports traces when configured (``support.telemetry``),
+serves Prometheus metrics and exports traces when configured (``runtime.telemetry``),
 and shuts down cleanly on SIGINT / SIGTERM: in-flight activities finish (up to a grace
 period) and timers stay with the server, so no escalation is lost while it is down.
 """
@@ -26,12 +26,13 @@ from activities.channels import ChannelSender
 from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
 from activities.policy import PolicyActivities
+from ledger.policy_archive import PolicyArchive
 from ledger.store import SlaLedger, SqlLedger
-from support.connection import connect, task_queue
-from support.logs import configure_logging
-from support.policy import Policy, PolicyError, load_policy
-from support.policy_archive import PolicyArchive
-from support.telemetry import (
+from policy.load import load_policy
+from policy.schema import Policy, PolicyError
+from runtime.connection import connect, task_queue
+from runtime.logs import configure_logging
+from runtime.telemetry import (
     configure_tracing,
     install_runtime,
     poll_interval,

@@ -32,7 +32,7 @@ import aiosmtplib
 import httpx
 import structlog
 
-from support.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
+from contract.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
 
 log = structlog.get_logger("support.notify")
 

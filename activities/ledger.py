@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from contract.models import SlaEvents
 from ledger.store import SlaLedger
-from support.models import SlaEvents
 
 
 class LedgerActivities:

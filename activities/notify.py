@@ -37,8 +37,7 @@ from activities.channels import (
     Notification,
     TransientDeliveryError,
 )
-from ledger.store import SlaLedger
-from support.models import (
+from contract.models import (
     ChannelKind,
     DeliveryFailure,
     PageUpdate,
@@ -46,6 +45,7 @@ from support.models import (
     StepDelivery,
     StepDeliveryResult,
 )
+from ledger.store import SlaLedger
 
 log = structlog.get_logger("support.notify")
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from support.models import PlanRequest, TicketPlan
-from support.policy import Policy, PolicyError, resolve_plan
-from support.policy_archive import (
+from contract.models import PlanRequest, TicketPlan
+from ledger.policy_archive import (
     MemoryPolicyStore,
     PolicyArchive,
     PolicyStore,
     PolicyVersionUnavailable,
 )
+from policy.plan import resolve_plan
+from policy.schema import Policy, PolicyError
 
 
 class PolicyActivities:

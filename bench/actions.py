@@ -78,9 +78,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import ActivityInboundInterceptor, ActivityOutboundInterceptor
 
-from intake.core import open_ticket
-from support.logs import configure_logging, core_runtime
-from support.models import (
+from contract.models import (
     Acknowledge,
     MarkOutOfScope,
     PageUpdate,
@@ -95,7 +93,9 @@ from support.models import (
     TicketStatus,
     sow_workflow_id,
 )
-from support.policy import POLICY_FILE_ENV
+from intake.core import open_ticket
+from policy.schema import POLICY_FILE_ENV
+from runtime.logs import configure_logging, core_runtime
 from tests.conftest import (
     Stack,
     advance_to,

@@ -46,12 +46,12 @@ from tqdm import tqdm
 
 from bench.floor import FloorInput
 from bench.polling import PollingChecker
+from contract.models import Acknowledge, Resolve, Severity, TicketInput, Tier
 from drills.sink import Sink, serve_sink
 from drills.stack import TEMPORAL, DevServer, WorkerProcess, clean_env, connect
 from drills.tickets import bounded
 from intake.core import open_ticket
-from support.models import Acknowledge, Resolve, Severity, TicketInput, Tier
-from support.policy import default_policy_path, parse_policy
+from policy.load import default_policy_path, parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ async def check_worker(hostname: str | None = None) -> str:
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-    from support.connection import connect, task_queue
+    from runtime.connection import connect, task_queue
 
     suffix = "@" + (hostname or socket.gethostname())
     queue = task_queue()
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # os._exit after flushing, as ops.py does: the Temporal client's Rust threads can abort
+    # os._exit after flushing, as ops/cli.py does: the Temporal client's Rust threads can abort
     # a normal interpreter shutdown of a short-lived process ("PyGILState_Release ... must
     # be current", temporalio/sdk-python#300), which would fail a healthy run.
     status = main()

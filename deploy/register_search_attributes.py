@@ -2,7 +2,7 @@
 
 Creates the namespace when it does not exist (retention ``SUPPORT_NAMESPACE_RETENTION_DAYS``,
 default 30), then registers the contract's search attributes from
-``support/search_attributes.py``: SupportTier, SupportSeverity, TicketState, CustomerId
+``contract/search_attributes.py``: SupportTier, SupportSeverity, TicketState, CustomerId
 (Keyword), ResponseDueAt (Datetime), SlaBreached (Bool).
 
 Idempotent: what exists already is left alone, so it runs on every ``docker compose up``.
@@ -34,8 +34,8 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Register
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from support.connection import connect
-from support.search_attributes import ALL
+from contract.search_attributes import ALL
+from runtime.connection import connect
 
 RETENTION_ENV = "SUPPORT_NAMESPACE_RETENTION_DAYS"
 TIMEOUT_ENV = "SUPPORT_SETUP_TIMEOUT"
@@ -220,7 +220,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # os._exit after flushing, as ops.py does: the Temporal client's Rust threads can abort
+    # os._exit after flushing, as ops/cli.py does: the Temporal client's Rust threads can abort
     # a normal interpreter shutdown of a short-lived process ("PyGILState_Release ... must
     # be current", temporalio/sdk-python#300), which would fail a healthy run.
     status = main()

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from support.policy import default_policy_path, parse_policy
+from policy.load import default_policy_path, parse_policy
 
 # Recipients whose deliveries land on the sink (the intake goes to a log line).
 SINK_TARGETS = ("duty-engineer", "duty-manager")

@@ -15,7 +15,7 @@ Against the real dev server, worker, HTTP service and CLIs:
   one ``acknowledged``, the rest ``acknowledge_repeated``; an API call that sees the
   ticket already acknowledged is refused with 409 and who acknowledged it.
 - **ack vs resolve**: both at once: resolved, acknowledged exactly once.
-- **closed tickets**: ack / resolve of a resolved ticket through ``ops.py``, the HTTP API
+- **closed tickets**: ack / resolve of a resolved ticket through ``python -m ops``, the HTTP API
   and the ``temporal`` CLI, a second intake through ``starter.py``, and an unknown ticket:
   each refused (or reported) with a clear message, which is asserted.
 """
@@ -38,6 +38,8 @@ if __package__ in (None, ""):  # run as a file (drills/races.py): the project's 
 
 import httpx
 
+from contract import search_attributes as sa
+from contract.models import Acknowledge, Resolve, StepKind, TicketStatus
 from drills.policy import DrillPolicy
 from drills.stack import (
     ROOT,
@@ -58,8 +60,6 @@ from drills.tickets import (
 )
 from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill
 from ledger.store import SqlLedger
-from support import search_attributes as sa
-from support.models import Acknowledge, Resolve, StepKind, TicketStatus
 
 NAME = "races"
 RAW_ACKS, API_ACKS = 3, 2
@@ -261,20 +261,20 @@ def refusals(
     closed_note = f"ticket {closed} is closed (resolved; workflow completed)"
     return [
         Refusal(
-            "ops.py ack (closed)",
-            lambda: command(stack, python, "ops.py", "ack", closed, "--agent", "drill"),
+            "support-ops ack (closed)",
+            lambda: command(stack, python, "-m", "ops", "ack", closed, "--agent", "drill"),
             1,
             f"error: {closed_note}: acknowledge not sent",
         ),
         Refusal(
-            "ops.py resolve (closed)",
-            lambda: command(stack, python, "ops.py", "resolve", closed, "--agent", "drill"),
+            "support-ops resolve (closed)",
+            lambda: command(stack, python, "-m", "ops", "resolve", closed, "--agent", "drill"),
             1,
             f"error: {closed_note}: resolve not sent",
         ),
         Refusal(
-            "ops.py ack (unknown)",
-            lambda: command(stack, python, "ops.py", "ack", unknown, "--agent", "drill"),
+            "support-ops ack (unknown)",
+            lambda: command(stack, python, "-m", "ops", "ack", unknown, "--agent", "drill"),
             1,
             f"error: no ticket {unknown} (no workflow ticket-{unknown})",
         ),

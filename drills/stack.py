@@ -33,9 +33,9 @@ from typing import TypeVar
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from contract.search_attributes import cli_flags
 from drills.policy import DrillPolicy
 from drills.sink import Sink, serve_sink
-from support.search_attributes import cli_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL = Path(sys.executable).parent / "temporal"

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 
+from contract.models import Resolve, Severity, TicketInput, TicketStatus, Tier
 from drills.stack import DrillError, Stack, say
 from intake.core import open_ticket
-from support.models import Resolve, Severity, TicketInput, TicketStatus, Tier
 
 CUSTOMER = "drill-co"
 T = TypeVar("T")

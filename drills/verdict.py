@@ -27,12 +27,12 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 
+from contract.models import TicketStatus
 from drills.policy import SINK_TARGETS
 from drills.sink import Sink
 from drills.stack import DrillError
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
-from support.models import TicketStatus
 
 # History entries the workflow also writes to the ledger, under the same kind.
 LEDGER_KINDS = {

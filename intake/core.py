@@ -41,9 +41,8 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from support import search_attributes as sa
-from support.connection import task_queue
-from support.models import (
+from contract import search_attributes as sa
+from contract.models import (
     Severity,
     TicketInput,
     TicketPlan,
@@ -54,7 +53,10 @@ from support.models import (
     intake_problems,
     opened_at_problem,
 )
-from support.policy import Entitlement, Policy, PolicyError, entitlement, load_policy, resolve_plan
+from policy.load import load_policy
+from policy.plan import Entitlement, entitlement, resolve_plan
+from policy.schema import Policy, PolicyError
+from runtime.connection import task_queue
 
 WORKFLOW_TYPE = "SupportTicket"
 # Lowest first: an integration may assert a tier up to its scope's ``max_tier``.

@@ -58,19 +58,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, header_text, when
-from intake.core import (
-    MAILBOX,
-    IntakeRefused,
-    InvalidTicket,
-    PolicyUnavailable,
-    Prepared,
-    TicketConflict,
-    prepare,
-    start,
-)
-from support.connection import connect, task_queue
-from support.logs import configure_logging, forward_core_logs
-from support.models import (
+from contract.models import (
     CONTROL_CHARACTERS,
     MAX_DESCRIPTION,
     MAX_SUBJECT,
@@ -82,8 +70,21 @@ from support.models import (
     new_address_problem,
     ticket_workflow_id,
 )
-from support.policy import CustomerSpec, Policy, PolicyError, load_policy
-from support.telemetry import configure_tracing, shutdown_tracing
+from intake.core import (
+    MAILBOX,
+    IntakeRefused,
+    InvalidTicket,
+    PolicyUnavailable,
+    Prepared,
+    TicketConflict,
+    prepare,
+    start,
+)
+from policy.load import load_policy
+from policy.schema import CustomerSpec, Policy, PolicyError
+from runtime.connection import connect, task_queue
+from runtime.logs import configure_logging, forward_core_logs
+from runtime.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.mailbox")
 

@@ -23,8 +23,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from contract.models import TICKET_ID_PATTERN, Tier
 from ledger.url import LEDGER_URL_ENV, ledger_url, redacted
-from support.models import TICKET_ID_PATTERN, Tier
 
 if TYPE_CHECKING:
     from ledger.report import Report
@@ -168,9 +168,9 @@ async def migrate(args: argparse.Namespace, out: TextIO) -> None:
 
 
 async def report(args: argparse.Namespace, out: TextIO) -> None:
+    from ledger.policy_archive import PolicyArchive
     from ledger.report import Filters, build_report, loaded_policy
-    from support.policy import Policy
-    from support.policy_archive import PolicyArchive
+    from policy.schema import Policy
 
     opened_from = parse_instant("--from", args.opened_from) if args.opened_from else None
     opened_to = parse_instant("--to", args.opened_to) if args.opened_to else None

@@ -20,8 +20,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from contract.models import Tier
 from ledger.report import Report
-from support.models import Tier
 
 TIER_COLOURS = {
     Tier.MISSION_CRITICAL: "#b2182b",

@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from contract.models import SlaEvent, TicketOutcome
 from ledger.render import iso, seconds
 from ledger.store import SqlLedger
-from support.models import SlaEvent, TicketOutcome
 
 EVIDENCE_CSV_COLUMNS = ("record", "at", "kind", "source", "key", "detail")
 

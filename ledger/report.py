@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from support.calendar import BusinessCalendar
-from support.models import Severity, TicketOutcome, TicketState, Tier
-from support.policy import Policy, PolicyError, load_policy
+from contract.models import Severity, TicketOutcome, TicketState, Tier
+from policy.calendar import BusinessCalendar
+from policy.load import load_policy
+from policy.schema import Policy, PolicyError
 
 TIER_ORDER: tuple[Tier, ...] = (
     Tier.MISSION_CRITICAL,

@@ -21,10 +21,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from contract.models import SlaEvent, TicketOutcome
+from ledger.policy_archive import ArchivedPolicy
 from ledger.schema import deliveries, policy_versions, sla_events, tickets
 from ledger.url import ledger_url, redacted
-from support.models import SlaEvent, TicketOutcome
-from support.policy_archive import ArchivedPolicy
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -49,7 +49,7 @@ class SlaLedger(Protocol):
 
     async def outcome(self, ticket_id: str) -> TicketOutcome | None: ...
 
-    # The policy archive (support.policy_archive.PolicyStore).
+    # The policy archive (ledger.policy_archive.PolicyStore).
 
     async def archive_policy(
         self, version: str, digest: str, document: str, source: str = ""

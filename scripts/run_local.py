@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from support.policy import PolicyError, load_policy  # noqa: E402
-from support.search_attributes import cli_flags  # noqa: E402
+from contract.search_attributes import cli_flags  # noqa: E402
+from policy.load import load_policy  # noqa: E402
+from policy.schema import PolicyError  # noqa: E402
 
 DATA = Path(os.environ.get("SUPPORT_DATA_DIR") or ROOT / ".data")
 PORT = int(os.environ.get("TEMPORAL_PORT", "7233"))

@@ -21,22 +21,9 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from intake.core import (
-    IntakeRefused,
-    InvalidTicket,
-    PolicyUnavailable,
-    Promise,
-    Scope,
-    TicketConflict,
-    api_source,
-    intake,
-    load_json,
-    policy_or_refuse,
-)
-from service.auth import Settings
-from support import search_attributes as sa
-from support import visibility
-from support.models import (
+from contract import client as visibility
+from contract import search_attributes as sa
+from contract.models import (
     Acknowledge,
     ChangeSeverity,
     MarkOutOfScope,
@@ -50,7 +37,20 @@ from support.models import (
     describe_validation_error,
     ticket_workflow_id,
 )
-from support.policy import Policy
+from intake.core import (
+    IntakeRefused,
+    InvalidTicket,
+    PolicyUnavailable,
+    Promise,
+    Scope,
+    TicketConflict,
+    api_source,
+    intake,
+    load_json,
+    policy_or_refuse,
+)
+from policy.schema import Policy
+from service.auth import Settings
 
 bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -18,14 +18,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from temporalio.client import Client
 
+from runtime.codec import DecryptionError, EncryptionCodec, codec_from_env
+from runtime.connection import connect, task_queue
+from runtime.telemetry import configure_tracing, shutdown_tracing
 from service.api import ApiError, router
 from service.auth import Settings, TokenConfigError
 from service.codec import codec_app
 from service.limits import BodyLimit
 from service.pages import router as pages
-from support.codec import DecryptionError, EncryptionCodec, codec_from_env
-from support.connection import connect, task_queue
-from support.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.service")
 
@@ -109,7 +109,7 @@ def main() -> None:
 
     import uvicorn
 
-    from support.logs import configure_logging
+    from runtime.logs import configure_logging
 
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
     try:

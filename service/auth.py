@@ -30,9 +30,9 @@ from typing import NamedTuple
 import structlog
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from contract.client import CUSTOMER_FILTER_PATTERN
+from contract.models import Tier
 from intake.core import DEFAULT_SCOPE, Scope
-from support.models import Tier
-from support.visibility import CUSTOMER_FILTER_PATTERN
 
 log = structlog.get_logger("support.service")
 

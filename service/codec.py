@@ -23,10 +23,10 @@ from fastapi.responses import Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
+from runtime.codec import DecryptionError, EncryptionCodec
 from service.api import ApiError
 from service.auth import Settings
 from service.pages import current_agent
-from support.codec import DecryptionError, EncryptionCodec
 
 log = structlog.get_logger("support.service")
 

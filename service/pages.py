@@ -27,6 +27,8 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from temporalio.service import RPCError
 
+from contract import client as visibility
+from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
 from intake.core import (
     WEB_FORM,
     IntakeRefused,
@@ -35,11 +37,10 @@ from intake.core import (
     TicketConflict,
     intake,
 )
+from policy.load import load_policy
+from policy.schema import PolicyError
 from service.api import ApiError, act, received_now, status_of
 from service.auth import AckLinks, LinkError, Settings
-from support import visibility
-from support.models import Acknowledge, Resolve, TicketState, TicketStatus
-from support.policy import PolicyError, load_policy
 
 log = structlog.get_logger("support.service")
 

@@ -34,13 +34,13 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contract import search_attributes as sa
+from contract.models import TicketInput, TicketStatus
 from drills.postgres import ADMIN_URL, scratch_database
 from drills.stack import DrillError
 from intake.core import open_ticket
 from ledger.store import SqlLedger
-from support import search_attributes as sa
-from support.models import TicketInput, TicketStatus
-from support.policy import default_policy_path
+from policy.load import default_policy_path
 from worker import build_worker
 
 BIN = Path(sys.executable).parent

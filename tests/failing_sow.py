@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from support.models import SowInput, SowResult
+    from contract.models import SowInput, SowResult
 
 
 @workflow.defn(name="StatementOfWork")

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from support.models import TicketInput, TicketStatus
+    from contract.models import TicketInput, TicketStatus
     from workflows.statement_of_work import StatementOfWork
     from workflows.ticket import SupportTicket
 

@@ -24,7 +24,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from support.models import (
+from contract.models import (
     Acknowledge,
     ChangeSeverity,
     CustomerReply,
@@ -32,7 +32,7 @@ from support.models import (
     Resolve,
     SowDecision,
 )
-from support.policy import POLICY_FILE_ENV
+from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
     advance_to,

@@ -18,11 +18,11 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 import intake.core
+from contract import search_attributes as sa
+from contract.models import Tier
 from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
-from support import search_attributes as sa
-from support.models import Tier
 from tests.conftest import Stack, now_second, write_policy
 
 INTAKE = "intake-token-0123456789"  # acme-portal: acme and globex, up to premium

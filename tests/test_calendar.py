@@ -1,4 +1,4 @@
-"""Unit and property tests of ``support.calendar.BusinessCalendar``.
+"""Unit and property tests of ``policy.calendar.BusinessCalendar``.
 
 Exact expectations are aware UTC instants; the local wall-clock time each one stands for is
 given next to it. The calendar under test is built like the default policy's
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import support.calendar as calendar_module
-from support.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
-from support.policy import CalendarSpec
+import policy.calendar as calendar_module
+from policy.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
+from policy.schema import CalendarSpec
 
 CHICAGO = ZoneInfo("America/Chicago")
 WORKDAYS = ("mon", "tue", "wed", "thu", "fri")

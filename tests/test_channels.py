@@ -23,8 +23,7 @@ from activities.channels import ChannelSender, Notification
 from activities.ledger import LedgerActivities
 from activities.notify import NotifyActivities
 from activities.policy import resolve_ticket_plan
-from ledger.store import SqlLedger
-from support.models import (
+from contract.models import (
     Acknowledge,
     Channel,
     MarkOutOfScope,
@@ -33,6 +32,7 @@ from support.models import (
     Severity,
     StepDelivery,
 )
+from ledger.store import SqlLedger
 from tests.conftest import (
     Stack,
     advance_to,

@@ -50,7 +50,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.testing import WorkflowEnvironment
 
-from support import search_attributes as sa
+from contract import search_attributes as sa
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, ROOT, binary, running_stack
 from tests.sinks import free_port
 
@@ -617,14 +617,14 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
         ".git/HEAD",
         ".env",
         "tests/test_api.py",
-        "support/__pycache__/x.pyc",
+        "policy/__pycache__/x.pyc",
         ".pytest_cache/v",
     ):
         assert ignored(path, patterns), path
     for path in (
         "pyproject.toml",
         "README.md",
-        "support/policy.yaml",
+        "policy/default.yaml",
         "worker.py",
         "deploy/healthcheck.py",
         "deploy/register_search_attributes.py",
@@ -665,7 +665,7 @@ def test_the_build_context_holds_everything_the_wheel_needs() -> None:
             path = f"{package.replace('.', '/')}/{pattern}"
             assert any(fnmatch.fnmatchcase(f, path) for f in sent), path
     for needed in (
-        "support/policy.yaml",
+        "policy/default.yaml",
         "service/templates/board.html",
         "ledger/alembic.ini",
         "ledger/migrations/env.py",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from support.search_attributes import cli_flags
+from contract.search_attributes import cli_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL = Path(sys.executable).parent / "temporal"
@@ -72,9 +72,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def short_policy() -> str:
-    """support/policy.yaml with the premium tier's response target cut to 20 s, and Mission
+    """policy/default.yaml with the premium tier's response target cut to 20 s, and Mission
     Critical's to the same (a higher tier is never slower: the policy's own rule)."""
-    text = (ROOT / "support" / "policy.yaml").read_text(encoding="utf-8")
+    text = (ROOT / "policy" / "default.yaml").read_text(encoding="utf-8")
     start = text.index("\n  premium:\n")
     middle = text.index("\n  mission_critical:\n")
     end = text.index("\ncustomers:\n")

@@ -36,20 +36,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from ledger.store import SqlLedger
-from service.app import create_app
-from service.auth import Settings
-from support.codec import (
-    ENCODING,
-    CodecConfigError,
-    DecryptionError,
-    EncryptionCodec,
-    codec_from_env,
-    data_converter,
-    new_key,
-    parse_keys,
-)
-from support.models import (
+from contract.models import (
     Acknowledge,
     ChangeSeverity,
     CustomerReply,
@@ -63,6 +50,19 @@ from support.models import (
     sow_workflow_id,
     ticket_workflow_id,
 )
+from ledger.store import SqlLedger
+from runtime.codec import (
+    ENCODING,
+    CodecConfigError,
+    DecryptionError,
+    EncryptionCodec,
+    codec_from_env,
+    data_converter,
+    new_key,
+    parse_keys,
+)
+from service.app import create_app
+from service.auth import Settings
 from tests.conftest import sqlite_ledger
 from tests.sinks import Mailbox, Sink
 from tests.test_channels import policy_with
@@ -182,7 +182,7 @@ def test_configuration_from_env_or_a_key_file(tmp_path: Path) -> None:
 
 def test_new_key_command_prints_a_usable_entry() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "support.codec", "new-key", "k2026"],
+        [sys.executable, "-m", "runtime.codec", "new-key", "k2026"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -355,7 +355,7 @@ async def test_encrypted_history_holds_no_personal_data_yet_everyone_reads_it(
     address = dev_server.client.service_client.config.target_host
     base = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default"}
     base.pop("SUPPORT_CODEC_KEYS", None)
-    show = ["ops.py", "show", ticket_id, "--json"]
+    show = ["-m", "ops", "show", ticket_id, "--json"]
     code, out, err = await run_cli(show, {**base, "SUPPORT_CODEC_KEYS": encrypted.keys})
     assert code == 0, err
     status = json.loads(out)

@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from contract.models import Acknowledge, TicketInput
 from intake.core import MAILBOX, InvalidTicket, load_json, parse_ticket, prepare
 from intake.mailbox import parse_mail, ticket_from_mail
-from support.models import Acknowledge, TicketInput
-from support.policy import default_policy_path, load_policy
+from policy.load import default_policy_path, load_policy
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SENDER = "dana@bank.example"  # example-bank's contract in the default policy

@@ -11,8 +11,8 @@ import sqlalchemy
 from sqlalchemy.exc import DBAPIError
 from temporalio.testing import WorkflowEnvironment
 
+from contract.models import Acknowledge, Resolve, SlaEvent, TicketOutcome
 from ledger.store import LedgerSchemaError, SqlLedger, head_revision
-from support.models import Acknowledge, Resolve, SlaEvent, TicketOutcome
 from tests.conftest import (
     advance_to,
     now_second,

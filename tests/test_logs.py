@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from support.logs import configure_logging
+from runtime.logs import configure_logging
 
 
 def test_workflow_logger_records_render_as_json_with_ticket_id() -> None:

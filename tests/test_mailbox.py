@@ -24,15 +24,7 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from intake.mailbox import (
-    MailboxHandler,
-    body_text,
-    listening,
-    message_key,
-    parse_mail,
-    severity_tag,
-)
-from support.models import (
+from contract.models import (
     MAX_DESCRIPTION,
     Acknowledge,
     Resolve,
@@ -41,7 +33,15 @@ from support.models import (
     TicketStatus,
     Tier,
 )
-from support.policy import load_policy
+from intake.mailbox import (
+    MailboxHandler,
+    body_text,
+    listening,
+    message_key,
+    parse_mail,
+    severity_tag,
+)
+from policy.load import load_policy
 from tests.conftest import (
     Stack,
     now_second,

@@ -32,9 +32,9 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from support.logs import core_runtime
-from support.models import Acknowledge, Resolve, Severity, Tier
-from support.telemetry import prometheus
+from contract.models import Acknowledge, Resolve, Severity, Tier
+from runtime.logs import core_runtime
+from runtime.telemetry import prometheus
 from tests.conftest import (
     Stack,
     advance_to,

@@ -1,4 +1,4 @@
-"""The ops CLI: visibility queries that no filter value can rewrite, and ``ops.py`` as its
+"""The ops CLI: visibility queries that no filter value can rewrite, and ``python -m ops`` as its
 own process against the real dev server: lists (table and JSON, filtered, soonest breach
 first), a ticket's state and timeline, ack and resolve (the status after the action),
 refusals with exit code 1 and one line on stderr, the live watch table, and the policy
@@ -31,12 +31,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-import ops
-from ledger.store import SqlLedger
-from starter import open_ticket
-from support.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
-from support.policy import default_policy_path
-from support.visibility import (
+from contract.client import (
     InvalidArgument,
     TicketSummary,
     apply_action,
@@ -46,6 +41,11 @@ from support.visibility import (
     list_tickets,
     ticket_status,
 )
+from contract.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
+from ledger.store import SqlLedger
+from ops import cli as ops
+from policy.load import default_policy_path
+from starter import open_ticket
 from tests.conftest import (
     ROOT,
     Stack,
@@ -267,7 +267,7 @@ async def until(probe: Callable[[], Any], done: Callable[[Any], bool], what: str
 
 @dataclass
 class Ops:
-    """Runs the CLI. ``process``: ``ops.py`` as its own process, as ops run it (exit code,
+    """Runs the CLI. ``process``: ``python -m ops`` as its own process, as ops run it (exit code,
     the ``os._exit`` path). ``inline``: the same ``ops.cli`` in a thread of this process,
     cheaper, for the variants. Both in threads: the worker shares this event loop."""
 
@@ -281,7 +281,7 @@ class Ops:
         environment.update(env)
         return await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "ops.py", *args],
+            [sys.executable, "-m", "ops", *args],
             cwd=ROOT,
             env=environment,
             capture_output=True,

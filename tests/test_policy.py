@@ -14,20 +14,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from support.calendar import CountryHolidays
-from support.models import Severity, StepKind, TicketInput, TicketPlan, Tier
-from support.policy import (
-    POLICY_FILE_ENV,
-    REPEAT_WINDOW,
-    CustomerSpec,
-    Policy,
-    PolicyError,
-    default_policy_path,
-    load_policy,
-    parse_policy,
-    policy_path,
-    resolve_plan,
-)
+from contract.models import Severity, StepKind, TicketInput, TicketPlan, Tier
+from policy.calendar import CountryHolidays
+from policy.load import default_policy_path, load_policy, parse_policy, policy_path
+from policy.plan import resolve_plan
+from policy.schema import POLICY_FILE_ENV, REPEAT_WINDOW, CustomerSpec, Policy, PolicyError
 
 H = timedelta(hours=1)
 MIN = timedelta(minutes=1)

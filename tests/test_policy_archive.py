@@ -14,9 +14,7 @@ import pytest_asyncio
 import sqlalchemy
 from sqlalchemy.exc import DBAPIError
 
-from ledger.store import SqlLedger, head_revision
-from support.policy import PolicyError, default_policy_path
-from support.policy_archive import (
+from ledger.policy_archive import (
     MemoryPolicyStore,
     PolicyArchive,
     PolicyStore,
@@ -24,6 +22,9 @@ from support.policy_archive import (
     PolicyVersionUnavailable,
     document_digest,
 )
+from ledger.store import SqlLedger, head_revision
+from policy.load import default_policy_path
+from policy.schema import PolicyError
 from tests.conftest import write_policy
 
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")

@@ -19,8 +19,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.policy import PolicyActivities, resolve_ticket_plan
-from intake.core import open_ticket
-from support.models import (
+from contract.client import apply_action
+from contract.models import (
     AdoptPolicy,
     ChangeSeverity,
     PlanRequest,
@@ -29,8 +29,8 @@ from support.models import (
     TicketStatus,
     Tier,
 )
-from support.policy import default_policy_path, load_policy
-from support.policy_archive import (
+from intake.core import open_ticket
+from ledger.policy_archive import (
     ArchivedPolicy,
     MemoryPolicyStore,
     PlanChange,
@@ -38,7 +38,7 @@ from support.policy_archive import (
     plan_changes,
     plan_under,
 )
-from support.visibility import apply_action
+from policy.load import default_policy_path, load_policy
 from tests.conftest import (
     advance_to,
     now_second,

@@ -16,7 +16,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from support.models import TicketInput, TicketStatus
+from contract.models import TicketInput, TicketStatus
 from workflows import ALL_WORKFLOWS
 
 ROOT = Path(__file__).with_name("histories")

@@ -20,6 +20,16 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from contract.models import (
+    Acknowledge,
+    MarkOutOfScope,
+    Resolve,
+    Severity,
+    SlaEvent,
+    SowDecision,
+    TicketOutcome,
+    Tier,
+)
 from ledger.evidence import collect_evidence, evidence_record
 from ledger.render import CSV_COLUMNS, render_csv, render_html, render_table, report_record
 from ledger.report import (
@@ -32,17 +42,8 @@ from ledger.report import (
     nearest_rank,
 )
 from ledger.store import SqlLedger, head_revision
-from support.models import (
-    Acknowledge,
-    MarkOutOfScope,
-    Resolve,
-    Severity,
-    SlaEvent,
-    SowDecision,
-    TicketOutcome,
-    Tier,
-)
-from support.policy import POLICY_FILE_ENV, Policy, default_policy_path, parse_policy
+from policy.load import default_policy_path, parse_policy
+from policy.schema import POLICY_FILE_ENV, Policy
 from tests.conftest import ROOT, Stack, advance_to, now_second, open_ticket_at, status_of, ticket
 
 M, H = timedelta(minutes=1), timedelta(hours=1)

@@ -21,10 +21,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from drills.sink import Sink
-from starter import open_ticket
-from support import search_attributes as sa
-from support.models import (
+from contract import search_attributes as sa
+from contract.models import (
     Acknowledge,
     AdoptPolicy,
     ChangeSeverity,
@@ -36,7 +34,9 @@ from support.models import (
     TicketState,
     TicketStatus,
 )
-from support.policy import POLICY_FILE_ENV
+from drills.sink import Sink
+from policy.schema import POLICY_FILE_ENV
+from starter import open_ticket
 from tests.conftest import (
     Stack,
     advance_to,

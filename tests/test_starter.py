@@ -19,10 +19,10 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from contract import search_attributes as sa
+from contract.models import TicketStatus
 from intake.core import InvalidTicket, parse_ticket
 from starter import run_batch
-from support import search_attributes as sa
-from support.models import TicketStatus
 from tests.conftest import (
     ROOT,
     Stack,

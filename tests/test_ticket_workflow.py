@@ -16,8 +16,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from support import search_attributes as sa
-from support.models import (
+from contract import search_attributes as sa
+from contract.models import (
     Acknowledge,
     ChangeSeverity,
     CustomerReply,
@@ -28,7 +28,7 @@ from support.models import (
     TicketState,
     TicketStatus,
 )
-from support.policy import default_policy_path, load_policy
+from policy.load import default_policy_path, load_policy
 from tests.conftest import (
     Stack,
     advance_to,

@@ -32,7 +32,7 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from support.policy import default_policy_path, load_policy
+from policy.load import default_policy_path, load_policy
 from tests.certs import Authority, Issued
 from tests.processes import background, service_process
 from tests.sinks import free_port
@@ -282,7 +282,7 @@ async def worker_over_api_key(
 
 
 async def show(ticket_id: str, env: dict[str, str]) -> dict[str, object]:
-    code, out, err = await run(["ops.py", "show", ticket_id, "--json"], env)
+    code, out, err = await run(["-m", "ops", "show", ticket_id, "--json"], env)
     assert code == 0, err
     status: dict[str, object] = json.loads(out)
     return status
@@ -330,7 +330,7 @@ async def open_and_acknowledge(env: dict[str, str], prefix: str) -> str:
         load_policy(default_policy_path()).version
     )
 
-    code, _, err = await run(["ops.py", "ack", ticket_id, "--agent", "ana"], env)
+    code, _, err = await run(["-m", "ops", "ack", ticket_id, "--agent", "ana"], env)
     assert code == 0, err
     for _ in range(100):
         status = await show(ticket_id, env)
@@ -378,7 +378,7 @@ async def test_the_front_refuses_clients_without_a_trusted_certificate(
         env = clean_env(TEMPORAL_ADDRESS=tls_front.address, TEMPORAL_NAMESPACE="default")
     else:
         env = mtls_env(tls_front, None if case == "no client certificate" else tls_front.rogue)
-    code, out, err = await run(["ops.py", "list"], env)
+    code, out, err = await run(["-m", "ops", "list"], env)
     assert code == 1, (out, err)
     assert err.startswith("error: cannot connect to Temporal:"), err
     assert "verify=SUCCESS" not in tls_front.access_log.read_text()
@@ -442,7 +442,7 @@ async def test_the_front_refuses_a_wrong_or_missing_api_key(
     api_key_front: ApiKeyFront, case: str
 ) -> None:
     env = api_key_env(api_key_front, secrets.token_urlsafe(24) if case == "wrong" else None)
-    code, out, err = await run(["ops.py", "list"], env)
+    code, out, err = await run(["-m", "ops", "list"], env)
     assert code == 1, (out, err)
     assert err.startswith("error: cannot connect to Temporal:"), err
     assert "Unauthenticated" in err and "API key missing or not valid" in err, err

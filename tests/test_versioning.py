@@ -22,8 +22,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from contract.models import Resolve, TicketState, TicketStatus
 from ledger.store import SqlLedger
-from support.models import Resolve, TicketState, TicketStatus
 from tests.conftest import sqlite_ledger, ticket
 from tests.previous_release import PREVIOUS_RELEASE
 from worker import build_worker

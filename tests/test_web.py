@@ -26,10 +26,10 @@ from playwright.async_api import Browser, Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 import service.api
+from contract.models import TicketState, TicketStatus
 from intake.core import CLI, intake
 from service.app import create_app
 from service.auth import AckLinks, LinkError, Settings, parse_scopes
-from support.models import TicketState, TicketStatus
 from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, write_policy
 from tests.sinks import Mailbox
 from worker import build_worker

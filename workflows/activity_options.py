@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from temporalio.common import RetryPolicy
 
 if TYPE_CHECKING:
-    from support.models import Recipient
+    from contract.models import Recipient
 
 # Policy resolution: a policy problem (a broken file for a new ticket, a version missing
 # from the archive) fails at once (non-retryable); anything else (the archive's database

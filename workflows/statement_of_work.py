@@ -20,7 +20,7 @@ from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT, deliver
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from support.models import (
+    from contract.models import (
         Recipient,
         SowDecision,
         SowInput,

@@ -50,8 +50,8 @@ from workflows.activity_options import (
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
-    from support import search_attributes as sa
-    from support.models import (
+    from contract import search_attributes as sa
+    from contract.models import (
         Acknowledge,
         AdoptPolicy,
         ChangeSeverity,

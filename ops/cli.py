@@ -1,17 +1,17 @@
 """Ops CLI: list, inspect, acknowledge, resolve and watch support tickets.
 
-    python ops.py list [--state S] [--tier T] [--severity S] [--breached | --not-breached]
+    python -m ops list [--state S] [--tier T] [--severity S] [--breached | --not-breached]
                        [--customer C] [--limit N] [--json]
-    python ops.py show TICKET_ID [--json]
-    python ops.py ack TICKET_ID [--agent NAME] [--note TEXT] [--json]
-    python ops.py resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
-    python ops.py watch [filters] [--interval SECONDS] [--iterations N]
-    python ops.py replay [--limit N] [--json]
-    python ops.py policy diff FILE [--limit N] [--json]
-    python ops.py policy adopt --version V (--ticket ID [ID ...] | --all-open) --by NAME
+    python -m ops show TICKET_ID [--json]
+    python -m ops ack TICKET_ID [--agent NAME] [--note TEXT] [--json]
+    python -m ops resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
+    python -m ops watch [filters] [--interval SECONDS] [--iterations N]
+    python -m ops replay [--limit N] [--json]
+    python -m ops policy diff FILE [--limit N] [--json]
+    python -m ops policy adopt --version V (--ticket ID [ID ...] | --all-open) --by NAME
                                [--reason TEXT] [--json]
-    python ops.py policy archive [FILE]
-    python ops.py policy versions [--json]
+    python -m ops policy archive [FILE]
+    python -m ops policy versions [--json]
 
 Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists come
 from visibility (search attributes), sorted by time to breach; ``show`` reads the ticket's
@@ -51,30 +51,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from support.codec import CodecConfigError, DecryptionError
-from support.connection import connect
-from support.models import (
-    Acknowledge,
-    AdoptPolicy,
-    DeliveryFailure,
-    Resolve,
-    Severity,
-    TicketState,
-    TicketStatus,
-    Tier,
-    describe_validation_error,
-    ticket_workflow_id,
-)
-from support.policy import Policy, PolicyError, parse_policy, policy_path
-from support.policy_archive import (
-    PlanChange,
-    PolicyArchive,
-    PolicyVersionConflict,
-    document_digest,
-    plan_changes,
-    plan_under,
-)
-from support.visibility import (
+from contract.client import (
     MAX_LIMIT,
     UPDATE_WAIT,
     ActionRefused,
@@ -93,6 +70,30 @@ from support.visibility import (
     send_resolve,
     ticket_details,
 )
+from contract.models import (
+    Acknowledge,
+    AdoptPolicy,
+    DeliveryFailure,
+    Resolve,
+    Severity,
+    TicketState,
+    TicketStatus,
+    Tier,
+    describe_validation_error,
+    ticket_workflow_id,
+)
+from ledger.policy_archive import (
+    PlanChange,
+    PolicyArchive,
+    PolicyVersionConflict,
+    document_digest,
+    plan_changes,
+    plan_under,
+)
+from policy.load import parse_policy, policy_path
+from policy.schema import Policy, PolicyError
+from runtime.codec import CodecConfigError, DecryptionError
+from runtime.connection import connect
 
 if TYPE_CHECKING:
     from ledger.store import SqlLedger
@@ -124,7 +125,7 @@ class BadInput(Exception):
 
 
 def _argument(check: Any) -> Any:
-    """An argparse ``type`` from a ``support.visibility`` check (bad value: exit 2)."""
+    """An argparse ``type`` from a ``contract.client`` check (bad value: exit 2)."""
 
     def parse(value: str) -> str:
         try:

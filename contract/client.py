@@ -28,8 +28,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from support import search_attributes as sa
-from support.models import (
+from contract import search_attributes as sa
+from contract.models import (
     TICKET_ID_PATTERN,
     TICKET_WORKFLOW_PREFIX,
     Acknowledge,

@@ -93,7 +93,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
 def core_runtime(metrics: PrometheusConfig | None = None) -> Runtime:
     """A Temporal runtime that sends the SDK core's (Rust) warnings through Python logging,
     so they are JSON lines like everything else; with ``metrics``, it also serves them
-    (``support.telemetry``)."""
+    (``runtime.telemetry``)."""
     return Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(

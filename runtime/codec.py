@@ -14,7 +14,7 @@ history needs it (the namespace's retention after the last ticket written under 
 then drop it. Payloads written without encryption stay readable, so turning it on does not
 break tickets already in flight.
 
-``python -m support.codec new-key [KEY_ID]`` prints a fresh ``key_id:key`` entry.
+``python -m runtime.codec new-key [KEY_ID]`` prints a fresh ``key_id:key`` entry.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def parse_keys(value: str, source: str = KEYS_ENV) -> EncryptionCodec:
         if len(key) != 32:
             raise CodecConfigError(
                 f"{where} ({key_id}): the key must be 32 bytes (AES-256), not {len(key)};"
-                " make one with `python -m support.codec new-key`"
+                " make one with `python -m runtime.codec new-key`"
             )
         keys[key_id] = key
     return EncryptionCodec(keys, active=entries[0].partition(":")[0])
@@ -192,7 +192,7 @@ def new_key(key_id: str | None = None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "new-key" or len(args) > 2:
-        print("usage: python -m support.codec new-key [KEY_ID]", file=sys.stderr)
+        print("usage: python -m runtime.codec new-key [KEY_ID]", file=sys.stderr)
         return 2
     try:
         print(new_key(args[1] if len(args) == 2 else None))

@@ -1,5 +1,5 @@
 """Connecting to Temporal: environment configuration, the pydantic data converter and, when
-``SUPPORT_CODEC_KEYS`` is set, payload encryption (see ``support.codec``)."""
+``SUPPORT_CODEC_KEYS`` is set, payload encryption (see ``runtime.codec``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from temporalio.client import Client, Interceptor
 from temporalio.envconfig import ClientConfig
 
-from support.codec import codec_from_env, data_converter
+from runtime.codec import codec_from_env, data_converter
 
 TASK_QUEUE_ENV = "SUPPORT_TASK_QUEUE"
 DEFAULT_TASK_QUEUE = "support-tickets"

@@ -10,7 +10,7 @@
   Temporal's ``TracingInterceptor`` makes spans for client calls, workflow runs, signals
   and activities, propagated through headers, exported over OTLP/HTTP by the
   OpenTelemetry SDK (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``... as usual).
-- Log lines carry ``trace_id`` / ``span_id`` of the current span (``support.logs``).
+- Log lines carry ``trace_id`` / ``span_id`` of the current span (``runtime.logs``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from temporalio.client import Client, Interceptor
 from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig
 
-from support.logs import forward_core_logs
-from support.models import TicketState, Tier
+from contract.models import TicketState, Tier
+from runtime.logs import forward_core_logs
 from workflows.sla_metrics import TIME_TO_ACK_BUCKETS
 
 METRICS_BIND_ENV = "SUPPORT_METRICS_BIND"
 METRICS_POLL_ENV = "SUPPORT_METRICS_POLL_SECONDS"
 OPEN_STATES = (TicketState.OPEN, TicketState.ACKNOWLEDGED, TicketState.ROUTED_TO_SOW)
 
-log = structlog.get_logger("support.telemetry")
+log = structlog.get_logger("runtime.telemetry")
 
 
 def prometheus(metrics_bind: str) -> PrometheusConfig:

@@ -22,8 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from support.models import PlannedStep, Recipient, StepKind, TicketInput, TicketPlan, TicketStatus
-from support.policy import Policy, PolicyError, parse_policy, policy_path, resolve_plan
+from contract.models import PlannedStep, Recipient, StepKind, TicketInput, TicketPlan, TicketStatus
+from policy.load import parse_policy, policy_path
+from policy.plan import resolve_plan
+from policy.schema import Policy, PolicyError
 
 # The ledger's columns hold a version of at most this many characters (tickets.policy_version).
 MAX_VERSION = 64

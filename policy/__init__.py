@@ -1,0 +1,1 @@
+"""The support policy: the file's schema, its loader, per-ticket plans and the business calendar."""

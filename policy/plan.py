@@ -1,0 +1,188 @@
+"""Per-ticket resolution: a customer's entitlement and ``resolve_plan``, a pure function from
+(policy, ticket, severity, open time) to a ``TicketPlan`` with every escalation instant
+computed on the ticket's clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from contract.models import (
+    Channel,
+    ChannelKind,
+    PlannedStep,
+    Recipient,
+    Severity,
+    SowTerms,
+    StepKind,
+    TicketInput,
+    TicketPlan,
+    Tier,
+)
+from policy.calendar import BusinessCalendar
+from policy.schema import REPEAT_WINDOW, Policy
+
+
+def _first_repeat_after(
+    calendar: BusinessCalendar,
+    opened_at: datetime,
+    base: timedelta,
+    every: timedelta,
+    after: datetime | None,
+    due: Callable[[int], datetime],
+) -> int:
+    """The index of the first repeat due strictly after ``after`` (1 when None)."""
+    if after is None:
+        return 1
+    elapsed = calendar.open_time_between(opened_at, after)
+    n = max(1, (elapsed - base) // every)
+    while n > 1 and due(n - 1) > after:
+        n -= 1
+    while due(n) <= after:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """The tier a customer is entitled to: a contract's tier, else what was claimed."""
+
+    tier: Tier
+    contracted: bool
+    # Why: "contract <customer>" for a contracted customer, None otherwise.
+    reason: str | None = None
+
+    def refusal(self, customer_id: str, claimed: Tier | None) -> str | None:
+        """Why intake refuses ``claimed`` (a tier other than the contracted one), or None."""
+        if self.contracted and claimed is not None and claimed is not self.tier:
+            return (
+                f"tier: customer {customer_id!r} has a {self.tier.value} contract; open the"
+                f" ticket at {self.tier.value} (or leave tier out), not {claimed.value}"
+            )
+        return None
+
+
+def entitlement(policy: Policy, customer_id: str, claimed: Tier | None) -> Entitlement:
+    """A customer with a contract gets its contracted tier on every path; anyone else the
+    tier claimed (Community when none was claimed). Who may claim what for uncontracted
+    customers is the intake path's business (integration tokens; raw starts are trusted)."""
+    contract = policy.customers.get(customer_id)
+    if contract is not None:
+        return Entitlement(contract.tier, True, f"contract {customer_id}")
+    return Entitlement(claimed or Tier.COMMUNITY, False, None)
+
+
+def resolve_plan(
+    policy: Policy,
+    ticket: TicketInput,
+    severity: Severity | None,
+    opened_at: datetime,
+    repeats_after: datetime | None = None,
+    tier: Tier | None = None,
+) -> TicketPlan:
+    """Every deadline of one ticket at one severity, computed from its original open time.
+
+    The tier is ``tier`` when given (the one the ticket already runs at), else the
+    customer's entitlement; the severity ``severity``, else the ticket's, else the policy's
+    ``default_severity``. A ticket whose category is out of scope has no SLA clock: no
+    response target, no deadline, no ladder (it goes to a statement of work).
+
+    Repeat steps are expanded ``REPEAT_WINDOW`` at a time: the first window, or, given
+    ``repeats_after``, the repeats falling due after that instant (the last repeat the
+    ticket already sent, whatever severity it was at then). ``more_steps`` tells the
+    workflow to ask for the next window once these have fired.
+    """
+    entitled = entitlement(policy, ticket.customer_id, ticket.tier)
+    tier_name = tier or entitled.tier
+    severity = severity or ticket.severity or policy.default_severity
+    spec = policy.tiers[tier_name]
+    target, ladder = spec.rule_for(severity)
+    calendar_name, calendar = policy.calendar_for(tier_name, ticket.customer_id)
+    customer = policy.customers.get(ticket.customer_id)
+    reason = policy.out_of_scope_categories.get(ticket.category)
+    # Out of scope at intake: no clock at all, so never breached (not even retroactively).
+    commercial = spec.commercial_sla and target is not None and reason is None
+
+    def recipients_for(step_name: str, names: list[str]) -> list[Recipient]:
+        found = policy.recipients(names)
+        if customer:
+            found += [policy.contact(c) for c in customer.contacts if step_name in c.at_steps]
+        return found
+
+    steps: list[PlannedStep] = []
+    more = False
+    for step in ladder if reason is None else []:
+        if not commercial and step.kind is not StepKind.INTAKE:
+            continue
+        base = step.at.amount(target)
+        if step.kind is StepKind.REPEAT:
+            assert step.repeat_every is not None
+            every = step.repeat_every
+
+            def due(n: int, base: timedelta = base, every: timedelta = every) -> datetime:
+                return calendar.add(opened_at, base + every * n)
+
+            start = _first_repeat_after(calendar, opened_at, base, every, repeats_after, due)
+            stop = start + REPEAT_WINDOW
+            if step.max_repeats is not None:
+                stop = min(stop, step.max_repeats + 1)
+            steps += [
+                PlannedStep(
+                    name=f"{step.name}-{n}",
+                    kind=step.kind,
+                    due_at=due(n),
+                    recipients=recipients_for(step.name, step.targets),
+                )
+                for n in range(start, stop)
+            ]
+            more = more or step.max_repeats is None or stop <= step.max_repeats
+        else:
+            steps.append(
+                PlannedStep(
+                    name=step.name,
+                    kind=step.kind,
+                    due_at=calendar.add(opened_at, base),
+                    recipients=recipients_for(step.name, step.targets),
+                )
+            )
+    steps.sort(key=lambda s: s.due_at)
+
+    sow = policy.statement_of_work
+    sow_recipients = policy.recipients([t for t in sow.targets if t != "reporter"])
+    if "reporter" in sow.targets and ticket.reporter_email:
+        sow_recipients.append(
+            # The recipient's name carries no personal data; the address is the ticket's.
+            Recipient(
+                name="reporter",
+                channels=[
+                    Channel(type=ChannelKind.EMAIL, to=[ticket.reporter_email]),
+                    Channel(type=ChannelKind.LOG),
+                ],
+            )
+        )
+    return TicketPlan(
+        policy_version=policy.version,
+        tier=tier_name,
+        severity=severity,
+        entitlement=entitled.reason if tier_name is not ticket.tier else None,
+        commercial_sla=commercial,
+        calendar=calendar_name,
+        time_zone=calendar.time_zone,
+        response_target=target if commercial else None,
+        response_due_at=calendar.add(opened_at, target) if commercial and target else None,
+        steps=steps,
+        more_steps=commercial and more,
+        out_of_scope_reason=(
+            f"category '{ticket.category}': {reason}" if reason is not None else None
+        ),
+        idle_close_after=spec.idle_close_after,
+        history_limit=policy.limits.continue_as_new_after_events,
+        failover_after=policy.delivery.failover_after,
+        sow=SowTerms(
+            recipients=sow_recipients,
+            remind_after=sow.remind_after,
+            expire_after=sow.expire_after,
+            failover_after=policy.delivery.failover_after,
+        ),
+    )

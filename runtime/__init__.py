@@ -1,0 +1,1 @@
+"""What every process runs on: the Temporal connection, payload codec, telemetry and logs."""
