@@ -32,17 +32,12 @@ import aiosmtplib
 import httpx
 import structlog
 
+from contract.labels import tier_label
 from contract.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
 
 log = structlog.get_logger("support.notify")
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
-TIER_LABELS = {
-    "community": "Community",
-    "standard": "Standard",
-    "premium": "Premium",
-    "mission_critical": "Mission Critical",
-}
 STEP_HEADLINES = {
     "intake": "New ticket",
     "warning": "SLA warning: response due soon",
@@ -118,7 +113,7 @@ class Notification:
 
     @property
     def tier(self) -> str:
-        return TIER_LABELS.get(self.request.tier.value, self.request.tier.value)
+        return tier_label(self.request.tier)
 
     @property
     def headline(self) -> str:

@@ -57,7 +57,8 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.channels import TIER_LABELS, ChannelConfigError, SmtpSettings, header_text, when
+from activities.channels import ChannelConfigError, SmtpSettings, header_text, when
+from contract.labels import tier_label
 from contract.models import (
     CONTROL_CHARACTERS,
     MAX_DESCRIPTION,
@@ -425,7 +426,7 @@ def acknowledgement(
     support: str,
 ) -> EmailMessage:
     """The promise of ``plan`` (the one intake resolved) told to the customer."""
-    tier = TIER_LABELS.get(plan.tier.value, plan.tier.value)
+    tier = tier_label(plan.tier)
     assert ticket.opened_at is not None
     if plan.response_due_at is not None and plan.response_target is not None:
         target = duration_text(plan.response_target)

@@ -20,6 +20,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from contract.labels import TIER_LABELS
 from contract.models import Tier
 from ledger.report import Report
 
@@ -28,12 +29,6 @@ TIER_COLOURS = {
     Tier.PREMIUM: "#2166ac",
     Tier.STANDARD: "#1b7837",
     Tier.COMMUNITY: "#767676",
-}
-TIER_LABELS = {
-    Tier.MISSION_CRITICAL: "Mission Critical",
-    Tier.PREMIUM: "Premium",
-    Tier.STANDARD: "Standard",
-    Tier.COMMUNITY: "Community",
 }
 MAX_TICK_LABELS = 12
 

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from contract.labels import TIER_LABELS
 from contract.models import (
     Channel,
     ChannelKind,
@@ -525,12 +526,6 @@ class LimitsSpec(Spec):
 _FASTER_THAN = ((Tier.MISSION_CRITICAL, Tier.PREMIUM), (Tier.PREMIUM, Tier.STANDARD))
 # The tiers the support policy promises round the clock.
 _TWENTY_FOUR_SEVEN = (Tier.PREMIUM, Tier.MISSION_CRITICAL)
-_TIER_NAMES = {
-    Tier.COMMUNITY: "Community",
-    Tier.STANDARD: "Standard",
-    Tier.PREMIUM: "Premium",
-    Tier.MISSION_CRITICAL: "Mission Critical",
-}
 
 
 def _span(duration: timedelta) -> str:
@@ -622,7 +617,7 @@ class Policy(Spec):
                 problems.append(
                     (
                         ("tiers", tier.value, "calendar"),
-                        f"{_TIER_NAMES[tier]} is 24x7 in the support policy, but calendar"
+                        f"{TIER_LABELS[tier]} is 24x7 in the support policy, but calendar"
                         f" {name!r} keeps business hours: use an always_open calendar",
                     )
                 )
@@ -638,7 +633,7 @@ class Policy(Spec):
                 problems.append(
                     (
                         ("customers", customer_name, "calendar"),
-                        f"a {_TIER_NAMES[customer.tier]} contract is 24x7 in the support"
+                        f"a {TIER_LABELS[customer.tier]} contract is 24x7 in the support"
                         f" policy, but calendar {customer.calendar!r} keeps business hours (a"
                         " 24x7 tier keeps its 24x7 clock, so it would never apply): remove it",
                     )
@@ -683,7 +678,7 @@ class Policy(Spec):
         return [
             (
                 loc,
-                f"{_TIER_NAMES[faster]} is slower than {_TIER_NAMES[slower]} for"
+                f"{TIER_LABELS[faster]} is slower than {TIER_LABELS[slower]} for"
                 f" {', '.join(where)}: a higher tier must never be slower than a lower one",
             )
             for loc, where in found.items()

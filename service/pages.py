@@ -28,6 +28,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from temporalio.service import RPCError
 
 from contract import client as visibility
+from contract.labels import SEVERITY_LABELS, TIER_LABELS
 from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
 from intake.core import (
     WEB_FORM,
@@ -49,24 +50,12 @@ router = APIRouter()
 
 SESSION_COOKIE = "support_agent"
 SESSION_MAX_AGE = timedelta(hours=12)
-SEVERITY_LABELS = {
-    "sev1": "SEV1: production down, no workaround",
-    "sev2": "SEV2: production impaired, business affected",
-    "sev3": "SEV3: partial loss of function, workaround exists",
-    "sev4": "SEV4: question, cosmetic issue or request",
-}
 ISSUE_KINDS = {
     "incident": "Something is broken or unavailable",
     "defect": "A feature does not work as documented",
     "question": "A how-to question about the product",
     "consulting": "Advice on architecture or best practice",
     "custom_engineering": "Custom development or integration work",
-}
-TIER_LABELS = {
-    "community": "Community",
-    "standard": "Standard",
-    "premium": "Premium",
-    "mission_critical": "Mission Critical",
 }
 # Form field -> the contract's field (for placing validation errors next to the input).
 FORM_FIELDS = {
@@ -250,7 +239,7 @@ async def contact_submit(
         "contact_done.html",
         {
             "result": result,
-            "tier": TIER_LABELS[result.tier.value],
+            "tier": TIER_LABELS[result.tier],
             "target": human(result.response_target),
             "due": result.response_due_at,
         },
