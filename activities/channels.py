@@ -8,25 +8,23 @@ zone and in UTC, what step this is, how to acknowledge). ``ChannelSender`` sends
 - ``chat``: a Slack-compatible incoming webhook (``text`` plus ``blocks``);
 - ``pager``: a PagerDuty Events API v2 ``trigger`` (``dedup_key`` = the ticket's workflow
   id, so every step of one ticket is one incident, and an ack or resolve clears it);
-- ``email``: SMTP, STARTTLS / implicit TLS / auth from the worker's environment.
+- ``email``: SMTP, STARTTLS / implicit TLS / auth from the worker's environment
+  (``runtime.mail``, the relay the support mailbox's replies use too).
 
-Errors are classified for the caller: ``ChannelConfigError`` (a 4xx, a missing setting,
-a refused address: retrying cannot help) or ``TransientDeliveryError`` (5xx, 408/429,
-timeouts, connection errors: retry).
+Errors are classified for the caller: ``ChannelConfigError`` (``runtime.mail``: a 4xx, a
+missing setting, a refused address: retrying cannot help) or ``TransientDeliveryError``
+(5xx, 408/429, timeouts, connection errors: retry).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import ssl
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from functools import cached_property
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import aiosmtplib
 import httpx
@@ -34,6 +32,9 @@ import structlog
 
 from contract.labels import tier_label
 from contract.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
+from contract.text import header_text, thread_reference, when
+from runtime.links import AckLinks
+from runtime.mail import ChannelConfigError, SmtpSettings
 
 log = structlog.get_logger("support.notify")
 
@@ -59,10 +60,6 @@ EMAIL_TAGS = {
 PAGER_SEVERITY = {"sev1": "critical", "sev2": "error", "sev3": "warning", "sev4": "info"}
 
 
-class ChannelConfigError(Exception):
-    """A recipient's channel is misconfigured; retrying cannot help."""
-
-
 class TransientDeliveryError(Exception):
     """The sink is down, slow or busy; retry later."""
 
@@ -70,22 +67,6 @@ class TransientDeliveryError(Exception):
 def slack_escape(text: str) -> str:
     """Slack mrkdwn control characters; customer text must never ping or link."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def header_text(text: str) -> str:
-    """Customer text made inert for a mail header: one line (a line break would end the
-    header), and no RFC 2047 encoded word, which the email package decodes when the header
-    is set: ``=?utf-8?q?=0D=0ABcc:_x@evil.example?=`` would become a Bcc header."""
-    return " ".join(text.split()).replace("=?", "=\N{ZERO WIDTH SPACE}?")
-
-
-def when(instant: datetime, time_zone: str) -> str:
-    """``2026-11-26 09:15 CST (2026-11-26 15:15 UTC)``; UTC alone for UTC."""
-    utc = instant.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC")
-    if time_zone == "UTC":
-        return utc
-    local = instant.astimezone(ZoneInfo(time_zone))
-    return f"{local.strftime('%Y-%m-%d %H:%M %Z')} ({utc})"
 
 
 def ack_command(workflow_id: str) -> str:
@@ -141,14 +122,8 @@ class Notification:
         recipient, with its own id (it acknowledges once), for a responder, when the worker
         knows the service (SUPPORT_PUBLIC_URL and SUPPORT_LINK_SECRET, shared with the HTTP
         service)."""
-        secret, public = os.environ.get("SUPPORT_LINK_SECRET"), os.environ.get("SUPPORT_PUBLIC_URL")
-        if not (self.acknowledgeable and secret and public):
-            return None
-        from service.auth import AckLinks
-
-        hours = float(os.environ.get("SUPPORT_LINK_TTL_HOURS", "24"))
-        links = AckLinks(secret, timedelta(hours=hours), public)
-        return links.url(self.request.ticket_id, self.recipient.name)
+        links = AckLinks.from_env() if self.acknowledgeable else None
+        return links.url(self.request.ticket_id, self.recipient.name) if links else None
 
     @property
     def due(self) -> str | None:
@@ -279,7 +254,7 @@ class Notification:
         # per Message-ID drops the copy a retry after a lost "250 OK" would send.
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
         message["Message-ID"] = f"<{digest}@support-sla>"
-        message["References"] = f"<{r.workflow_id}@support-sla>"
+        message["References"] = thread_reference(r.workflow_id)
         message["X-Support-Idempotency-Key"] = self.key
         message["X-Support-Ticket"] = r.ticket_id
         lines = [
@@ -306,64 +281,6 @@ class Notification:
         lines += ["", f"Delivery key: {self.key}"]
         message.set_content("\n".join(lines) + "\n")
         return message
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """The SMTP relay, from the worker's environment (read at send time)."""
-
-    host: str
-    port: int
-    security: str  # starttls | tls | none
-    username: str | None
-    password: str | None
-    sender: str
-    timeout: float
-    ca_file: str | None
-
-    @classmethod
-    def from_env(cls) -> SmtpSettings:
-        host = os.environ.get("SUPPORT_SMTP_HOST")
-        if not host:
-            raise ChannelConfigError("SMTP not configured: SUPPORT_SMTP_HOST is not set")
-        security = os.environ.get("SUPPORT_SMTP_SECURITY", "starttls").lower()
-        if security not in ("starttls", "tls", "none"):
-            raise ChannelConfigError(
-                f"SUPPORT_SMTP_SECURITY: {security!r} is not one of starttls, tls, none"
-            )
-        default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
-        try:
-            port = int(os.environ.get("SUPPORT_SMTP_PORT", default_port))
-            timeout = float(os.environ.get("SUPPORT_SMTP_TIMEOUT", "10"))
-        except ValueError as err:
-            raise ChannelConfigError(f"SUPPORT_SMTP_PORT / SUPPORT_SMTP_TIMEOUT: {err}") from err
-        return cls(
-            host=host,
-            port=port,
-            security=security,
-            username=os.environ.get("SUPPORT_SMTP_USERNAME") or None,
-            password=os.environ.get("SUPPORT_SMTP_PASSWORD") or None,
-            sender=os.environ.get("SUPPORT_SMTP_FROM", "Support SLA <support-sla@localhost>"),
-            timeout=timeout,
-            ca_file=os.environ.get("SUPPORT_SMTP_CA_FILE") or None,
-        )
-
-    async def send(self, message: EmailMessage) -> None:
-        """Send through the relay with its security settings (aiosmtplib's errors pass)."""
-        context = (
-            ssl.create_default_context(cafile=self.ca_file) if self.security != "none" else None
-        )
-        await aiosmtplib.send(
-            message,
-            hostname=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            use_tls=self.security == "tls",
-            start_tls=self.security == "starttls",
-            tls_context=context,
-            timeout=self.timeout,
-        )
 
 
 class ChannelSender:

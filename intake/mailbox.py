@@ -57,7 +57,6 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.channels import ChannelConfigError, SmtpSettings, header_text, when
 from contract.labels import tier_label
 from contract.models import (
     CONTROL_CHARACTERS,
@@ -71,6 +70,7 @@ from contract.models import (
     new_address_problem,
     ticket_workflow_id,
 )
+from contract.text import header_text, thread_reference, when
 from intake.core import (
     MAILBOX,
     IntakeRefused,
@@ -85,6 +85,7 @@ from policy.load import load_policy
 from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
 from runtime.logs import configure_logging, forward_core_logs
+from runtime.mail import ChannelConfigError, SmtpSettings
 from runtime.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.mailbox")
@@ -474,7 +475,7 @@ def acknowledgement(
     # A reply to this message names the ticket in its References as well as its subject.
     chain = [mail.message_id] if mail.message_id else []
     message["References"] = " ".join(
-        [*chain, f"<{ticket_workflow_id(ticket.ticket_id)}@support-sla>"]
+        [*chain, thread_reference(ticket_workflow_id(ticket.ticket_id))]
     )
     return message
 

@@ -10,8 +10,9 @@
   agent's name is what the ticket records as who acknowledged or resolved.
 - Acknowledge links in notifications are signed (``SUPPORT_LINK_SECRET``), bound to one
   ticket and one agent, carry a unique id, and expire (``SUPPORT_LINK_TTL_HOURS``, default
-  24). A link acknowledges at most once: only an open ticket can be acknowledged, and a
-  ticket is acknowledged once (docs/intake.md says why no store of used links is needed).
+  24): ``runtime.links``, which the worker's notifications use to make them. A link
+  acknowledges at most once: only an open ticket can be acknowledged, and a ticket is
+  acknowledged once (docs/intake.md says why no store of used links is needed).
 
 Tokens are compared in constant time. A missing link secret is replaced by a random one
 (links then stop working when the service restarts; the service warns).
@@ -25,14 +26,13 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import NamedTuple
 
 import structlog
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from contract.client import CUSTOMER_FILTER_PATTERN
 from contract.models import Tier
 from intake.core import DEFAULT_SCOPE, Scope
+from runtime.links import LINK_SECRET_ENV, PUBLIC_URL_ENV, link_ttl_from_env
 
 log = structlog.get_logger("support.service")
 
@@ -122,9 +122,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        secret = os.environ.get("SUPPORT_LINK_SECRET")
+        secret = os.environ.get(LINK_SECRET_ENV)
         if not secret:
-            log.warning("SUPPORT_LINK_SECRET not set: acknowledge links last until a restart")
+            log.warning(f"{LINK_SECRET_ENV} not set: acknowledge links last until a restart")
             secret = secrets.token_urlsafe(32)
         intake_tokens = parse_tokens(
             "SUPPORT_INTAKE_TOKENS", os.environ.get("SUPPORT_INTAKE_TOKENS")
@@ -140,8 +140,8 @@ class Settings:
                 "SUPPORT_AGENT_TOKENS", os.environ.get("SUPPORT_AGENT_TOKENS")
             ),
             link_secret=secret,
-            link_ttl=timedelta(hours=float(os.environ.get("SUPPORT_LINK_TTL_HOURS", "24"))),
-            public_url=os.environ.get("SUPPORT_PUBLIC_URL", "http://localhost:8000").rstrip("/"),
+            link_ttl=link_ttl_from_env(),
+            public_url=os.environ.get(PUBLIC_URL_ENV, "http://localhost:8000").rstrip("/"),
         )
 
     def integration(self, token: str) -> str | None:
@@ -160,45 +160,3 @@ def _lookup(tokens: dict[str, str], presented: str) -> str | None:
         if hmac.compare_digest(token.encode(), presented.encode()):
             found = name
     return found
-
-
-class AckLink(NamedTuple):
-    ticket_id: str
-    agent: str
-    # The link's unique id: recorded with the acknowledgement it makes ("" for a link
-    # made before links carried one).
-    nonce: str
-
-
-class AckLinks:
-    """Expiring, signed acknowledge links bound to a ticket and an agent, each with its own
-    unique id."""
-
-    SALT = "support-ack-link"
-
-    def __init__(self, secret: str, ttl: timedelta, public_url: str) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt=self.SALT)
-        self.ttl = ttl
-        self.public_url = public_url.rstrip("/")
-
-    def token(self, ticket_id: str, agent: str) -> str:
-        return self._serializer.dumps({"t": ticket_id, "a": agent, "n": secrets.token_hex(8)})
-
-    def url(self, ticket_id: str, agent: str) -> str:
-        return f"{self.public_url}/board/ack/{self.token(ticket_id, agent)}"
-
-    def read(self, token: str) -> AckLink:
-        """The link's ticket, agent and id; raises LinkError saying why it is refused."""
-        try:
-            data = self._serializer.loads(token, max_age=int(self.ttl.total_seconds()))
-        except SignatureExpired as err:
-            raise LinkError("this acknowledge link has expired") from err
-        except BadSignature as err:
-            raise LinkError("this acknowledge link is not valid") from err
-        if not isinstance(data, dict) or not {"t", "a"} <= set(data):
-            raise LinkError("this acknowledge link is not valid")
-        return AckLink(str(data["t"]), str(data["a"]), str(data.get("n", "")))
-
-
-class LinkError(ValueError):
-    pass

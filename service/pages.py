@@ -40,8 +40,9 @@ from intake.core import (
 )
 from policy.load import load_policy
 from policy.schema import PolicyError
+from runtime.links import AckLinks, LinkError
 from service.api import ApiError, act, received_now, status_of
-from service.auth import AckLinks, LinkError, Settings
+from service.auth import Settings
 
 log = structlog.get_logger("support.service")
 

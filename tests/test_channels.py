@@ -796,7 +796,7 @@ async def test_an_ack_that_overtakes_a_retrying_page_is_sent_after_the_trigger(
 def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from service.auth import AckLinks
+    from runtime.links import AckLinks
 
     request = delivery([])
     recipient = Recipient(name="duty-engineer", channels=[])

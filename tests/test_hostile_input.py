@@ -47,8 +47,9 @@ from contract.models import TicketInput, ticket_workflow_id
 from intake.mailbox import DEFAULT_MAX_BYTES, MailboxHandler, listening, parse_mail
 from ledger.render import render_html, render_table
 from ledger.report import build_report
+from runtime.links import AckLinks
 from service.app import create_app
-from service.auth import AckLinks, Settings, parse_scopes
+from service.auth import Settings, parse_scopes
 from service.limits import MAX_REQUEST_BYTES
 from tests.conftest import ROOT, Stack, running_stack, write_policy
 from tests.sinks import Mailbox, Sink, free_port, serve_sink

@@ -28,8 +28,9 @@ from temporalio.testing import WorkflowEnvironment
 import service.api
 from contract.models import TicketState, TicketStatus
 from intake.core import CLI, intake
+from runtime.links import AckLinks, LinkError
 from service.app import create_app
-from service.auth import AckLinks, LinkError, Settings, parse_scopes
+from service.auth import Settings, parse_scopes
 from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, write_policy
 from tests.sinks import Mailbox
 from worker import build_worker

@@ -1,0 +1,78 @@
+"""The SMTP relay of every process that sends mail: the worker's email channel and the
+support mailbox's replies use the same ``SUPPORT_SMTP_*`` settings
+(docs/notifications.md#email-settings).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import aiosmtplib
+
+
+class ChannelConfigError(Exception):
+    """A recipient's channel is misconfigured; retrying cannot help.
+
+    Raised here for a missing or malformed SMTP setting, and by the worker's other channels
+    (``activities.channels``) for theirs."""
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The SMTP relay, from the environment (read at send time)."""
+
+    host: str
+    port: int
+    security: str  # starttls | tls | none
+    username: str | None
+    password: str | None
+    sender: str
+    timeout: float
+    ca_file: str | None
+
+    @classmethod
+    def from_env(cls) -> SmtpSettings:
+        host = os.environ.get("SUPPORT_SMTP_HOST")
+        if not host:
+            raise ChannelConfigError("SMTP not configured: SUPPORT_SMTP_HOST is not set")
+        security = os.environ.get("SUPPORT_SMTP_SECURITY", "starttls").lower()
+        if security not in ("starttls", "tls", "none"):
+            raise ChannelConfigError(
+                f"SUPPORT_SMTP_SECURITY: {security!r} is not one of starttls, tls, none"
+            )
+        default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+        try:
+            port = int(os.environ.get("SUPPORT_SMTP_PORT", default_port))
+            timeout = float(os.environ.get("SUPPORT_SMTP_TIMEOUT", "10"))
+        except ValueError as err:
+            raise ChannelConfigError(f"SUPPORT_SMTP_PORT / SUPPORT_SMTP_TIMEOUT: {err}") from err
+        return cls(
+            host=host,
+            port=port,
+            security=security,
+            username=os.environ.get("SUPPORT_SMTP_USERNAME") or None,
+            password=os.environ.get("SUPPORT_SMTP_PASSWORD") or None,
+            sender=os.environ.get("SUPPORT_SMTP_FROM", "Support SLA <support-sla@localhost>"),
+            timeout=timeout,
+            ca_file=os.environ.get("SUPPORT_SMTP_CA_FILE") or None,
+        )
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send through the relay with its security settings (aiosmtplib's errors pass)."""
+        context = (
+            ssl.create_default_context(cafile=self.ca_file) if self.security != "none" else None
+        )
+        await aiosmtplib.send(
+            message,
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=context,
+            timeout=self.timeout,
+        )
