@@ -1,6 +1,6 @@
 """Intake CLI: open support tickets as ``SupportTicket`` workflows, through the intake core
 (``intake.core``: the same validation, entitlement and promise as the API, the contact form
-and the mailbox; docs/intake.md).
+and the mailbox; batches through ``intake.batch``; docs/intake.md).
 
     python starter.py open --ticket-id T-1001 --customer-id acme --severity sev2 \
         --subject "API returns 500"
@@ -27,18 +27,16 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from tqdm import tqdm
 
+from intake.batch import Progress, open_batch
 from intake.core import (
     CLI,
     IntakeRefused,
     InvalidTicket,
     PolicyUnavailable,
-    Prepared,
     Promise,
     TicketConflict,
     open_ticket,
-    policy_or_refuse,
     prepare,
-    read_batch,
     start,
 )
 from runtime.connection import connect
@@ -48,7 +46,6 @@ __all__ = ["main", "open_ticket", "run_batch", "run_cli"]
 
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 1
-BATCH_CONCURRENCY = 32
 
 
 def line(promise: Promise) -> str:
@@ -73,73 +70,30 @@ def line(promise: Promise) -> str:
 async def run_batch(
     client: Client | Callable[[], Awaitable[Client]], data: bytes, out: TextIO, err: TextIO
 ) -> int:
-    """Validate and entitle every line first (reporting the bad ones), then connect
-    (``client`` may be a connect function, called only if there is something to open) and
-    open the good ones."""
+    """``intake.batch.open_batch``, told on ``err`` (each bad line, a progress bar) and
+    ``out`` (a line per ticket and the summary); the exit code."""
+
+    def problem(number: int, text: str) -> None:
+        print(f"line {number}: {text}", file=err)
+
+    def progress(total: int) -> Progress:
+        return tqdm(total=total, desc="opening tickets", unit="ticket", file=err, disable=total < 2)
+
     try:
-        policy = policy_or_refuse()
-    except PolicyUnavailable as problem:
-        print(f"error: {problem}; nothing was opened", file=err)
+        outcome = await open_batch(client, data, problem, progress)
+    except PolicyUnavailable as unavailable:
+        print(f"error: {unavailable}; nothing was opened", file=err)
         return EXIT_UNREACHABLE
-    valid: list[tuple[int, Prepared]] = []
-    bad = 0
-    for number, item in read_batch(data):
-        try:
-            if isinstance(item, InvalidTicket):
-                raise item
-            valid.append((number, prepare(item, CLI, policy=policy)))
-        except (InvalidTicket, IntakeRefused) as problem:
-            bad += 1
-            for text in problem.problems:
-                print(f"line {number}: {text}", file=err)
-    if valid and not isinstance(client, Client):
-        client = await client()
-    semaphore = asyncio.Semaphore(BATCH_CONCURRENCY)
-    progress = tqdm(
-        total=len(valid), desc="opening tickets", unit="ticket", file=err, disable=len(valid) < 2
-    )
-
-    failed = 0
-
-    async def one(number: int, prepared: Prepared) -> Promise | None:
-        nonlocal failed, bad
-        async with semaphore:
-            assert isinstance(client, Client)
-            try:
-                result: Promise | None = await start(client, prepared)
-            except TicketConflict as problem:
-                bad += 1
-                print(f"line {number}: {problem}", file=err)
-                result = None
-            except RPCError as problem:
-                # Reported with its line; the rest of the batch goes on.
-                failed += 1
-                print(f"line {number}: not opened: {problem}", file=err)
-                result = None
-            progress.update()
-            return result
-
-    # First occurrences concurrently, then repeats of an id within the batch, so a repeat
-    # always reports the ticket its earlier line opened.
-    firsts: dict[str, tuple[int, Prepared]] = {}
-    repeats: list[tuple[int, Prepared]] = []
-    for number, prepared in valid:
-        if prepared.ticket.ticket_id in firsts:
-            repeats.append((number, prepared))
-        else:
-            firsts[prepared.ticket.ticket_id] = (number, prepared)
-    outcomes = list(await asyncio.gather(*(one(n, p) for n, p in firsts.values())))
-    outcomes += [await one(n, p) for n, p in repeats]
-    progress.close()
-    results = [r for r in outcomes if r is not None]
-    opened = sum(r.created for r in results)
-    for result in results:
+    for result in outcome.results:
         print(line(result), file=out)
-    summary = f"{opened} opened, {len(results) - opened} already existed, {bad} invalid"
-    print(summary + (f", {failed} failed" if failed else ""), file=out)
-    if failed:
+    summary = (
+        f"{outcome.opened} opened, {len(outcome.results) - outcome.opened} already existed,"
+        f" {outcome.invalid} invalid"
+    )
+    print(summary + (f", {outcome.failed} failed" if outcome.failed else ""), file=out)
+    if outcome.failed:
         return EXIT_UNREACHABLE
-    return EXIT_INVALID if bad else 0
+    return EXIT_INVALID if outcome.invalid else 0
 
 
 class Unreachable(Exception):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,27 +224,6 @@ def load_json(raw: bytes, where: str) -> Any:
     except ValueError:  # the only other: an integer beyond Python's digit limit
         problem = f"not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
     raise InvalidTicket([f"{where}: {problem}"])
-
-
-def read_batch(data: bytes) -> Iterable[tuple[int, Any]]:
-    """(line number, parsed JSON or an InvalidTicket) for a JSON array or JSONL input.
-    Lines are decoded one by one so one bad line never hides the good ones."""
-    if data.lstrip().startswith(b"["):
-        try:
-            items = load_json(data, "(file)")
-        except InvalidTicket as problem:
-            yield 1, problem
-            return
-        yield from enumerate(items, start=1)
-        return
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            item: Any = load_json(raw, "(line)")
-        except InvalidTicket as problem:
-            item = problem
-        yield number, item
 
 
 # --- entitlement ------------------------------------------------------------------------------
