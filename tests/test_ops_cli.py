@@ -44,6 +44,8 @@ from contract.client import (
 from contract.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
 from ledger.store import SqlLedger
 from ops import cli as ops
+from ops.output import duration, utc
+from ops.tickets import watch_command
 from policy.load import default_policy_path
 from starter import open_ticket
 from tests.conftest import (
@@ -167,12 +169,12 @@ def test_tickets_are_sorted_by_time_to_breach() -> None:
 
 
 def test_durations_read_like_a_countdown() -> None:
-    assert ops.duration(timedelta(hours=1)) == "1h"
-    assert ops.duration(timedelta(minutes=45, seconds=10)) == "45m 10s"
-    assert ops.duration(timedelta(hours=1, minutes=5, seconds=59)) == "1h 05m"
-    assert ops.duration(timedelta(days=4, hours=3, minutes=12)) == "4d 03h"
-    assert ops.duration(timedelta(seconds=-125)) == "2m 05s"
-    assert ops.duration(timedelta(0)) == "0s"
+    assert duration(timedelta(hours=1)) == "1h"
+    assert duration(timedelta(minutes=45, seconds=10)) == "45m 10s"
+    assert duration(timedelta(hours=1, minutes=5, seconds=59)) == "1h 05m"
+    assert duration(timedelta(days=4, hours=3, minutes=12)) == "4d 03h"
+    assert duration(timedelta(seconds=-125)) == "2m 05s"
+    assert duration(timedelta(0)) == "0s"
 
 
 # --- the CLI against the dev server -----------------------------------------------------
@@ -570,7 +572,7 @@ async def test_watch_on_a_terminal_is_a_live_table(
         ["watch", "--iterations", "2", "--interval", "0.2", "--breached"]
     )
     out = Terminal()
-    assert await ops.watch_command(tickets.client, args, out) == 0
+    assert await watch_command(tickets.client, args, out) == 0
     screen = out.getvalue()
     assert "\x1b[" in screen  # drawn with colours and cursor moves, redrawn in place
     assert screen.count("Running tickets: ") >= 2
@@ -831,7 +833,7 @@ async def test_policy_archive_and_adopt_move_a_ticket_explicitly_and_record_it(
         assert due_before == before.opened_at + H
         assert moved.stdout == (
             f"{ticket_id}: policy 2026.12.1 -> {version}; response due"
-            f" {ops.utc(due_before)} UTC -> {ops.utc(due_after)} UTC\n"
+            f" {utc(due_before)} UTC -> {utc(due_after)} UTC\n"
             f"policy {version}: 1 moved, 0 queued, 0 refused, 0 failed, 0 already on it\n"
         )
         status = await ticket_status(tickets.client, ticket_id)

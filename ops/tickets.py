@@ -1,0 +1,149 @@
+"""``list``, ``show``, ``ack`` / ``resolve`` and ``watch``: tickets from visibility, one
+ticket's status, and the agent's actions through the ticket's update."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pydantic import BaseModel
+from rich.live import Live
+from rich.table import Table
+from temporalio.client import Client
+
+from contract.client import (
+    UPDATE_WAIT,
+    ActionResult,
+    TicketNotFound,
+    TicketSummary,
+    list_tickets,
+    send_acknowledge,
+    send_resolve,
+    ticket_details,
+)
+from contract.models import Acknowledge, Resolve, ticket_workflow_id
+from ops.common import EXIT_OK
+from ops.output import emit, make_console, print_json, status_lines, status_view, tickets_table, utc
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "state": args.state,
+        "tier": args.tier,
+        "severity": args.severity,
+        "breached": args.breached,
+        "customer": args.customer,
+        "limit": args.limit,
+    }
+
+
+async def list_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    tickets = await list_tickets(client, **_filters(args))
+    if args.json:
+        print_json([t.model_dump(mode="json") for t in tickets], out)
+        return EXIT_OK
+    console = make_console(out)
+    if tickets:
+        console.print(tickets_table(tickets, datetime.now(UTC), None))
+    else:
+        console.print("no tickets match")
+    emit(console, out)
+    return EXIT_OK
+
+
+async def show_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    details = await ticket_details(client, args.ticket_id)
+    if details is None:
+        raise TicketNotFound(args.ticket_id)
+    if args.json:
+        print_json(details.status.model_dump(mode="json"), out)
+        return EXIT_OK
+    console = make_console(out)
+    console.print(status_view(details.status, details.execution_status, datetime.now(UTC)))
+    emit(console, out)
+    return EXIT_OK
+
+
+async def signal_command(
+    client: Client, args: argparse.Namespace, payload: BaseModel, out: TextIO
+) -> int:
+    """``ack`` / ``resolve`` through the ticket's update: the status after the action, or
+    "queued" when no worker answered (Temporal keeps it as a signal; the stamped ``at``
+    counts when a worker applies it)."""
+    result: ActionResult
+    if isinstance(payload, Acknowledge):
+        result = await send_acknowledge(client, args.ticket_id, payload)
+        name, who = "acknowledge", payload.agent
+    else:
+        assert isinstance(payload, Resolve)
+        result = await send_resolve(client, args.ticket_id, payload)
+        name, who = "resolve", payload.by
+    workflow_id = ticket_workflow_id(args.ticket_id)
+    if args.json:
+        print_json(
+            {
+                "ticket_id": args.ticket_id,
+                "workflow_id": workflow_id,
+                "action": name,
+                "payload": payload.model_dump(mode="json", exclude_none=True),
+                "queued": result.queued,
+                "status": result.status.model_dump(mode="json") if result.status else None,
+            },
+            out,
+        )
+    elif result.status is None:
+        at = getattr(payload, "at", None)
+        out.write(
+            f"{name} queued for ticket {args.ticket_id} (workflow {workflow_id}) as {who}:"
+            f" no worker answered within {UPDATE_WAIT.total_seconds():.0f} s; the ticket"
+            f" applies it, as of {utc(at)} UTC, when a worker is back\n"
+        )
+    else:
+        out.write(f"{name} applied to ticket {args.ticket_id} (workflow {workflow_id}) as {who}\n")
+        out.write("".join(f"  {line}\n" for line in status_lines(result.status)))
+    return EXIT_OK
+
+
+def watch_title(now: datetime, interval: float, count: int) -> str:
+    return (
+        f"Running tickets: {count} | {utc(now)} UTC | refresh every {interval:g} s | Ctrl-C to stop"
+    )
+
+
+async def watch_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    console = make_console(out)
+    filters = _filters(args)
+
+    def view(tickets: list[TicketSummary]) -> Table:
+        now = datetime.now(UTC)
+        return tickets_table(tickets, now, watch_title(now, args.interval, len(tickets)))
+
+    refreshes = 0
+    if not console.is_terminal:
+        # Not a terminal (a pipe, a log file): one snapshot per refresh.
+        while True:
+            tickets = await list_tickets(client, running=True, **filters)
+            refreshes += 1
+            console.print(view(tickets))
+            emit(console, out)
+            if args.iterations is not None and refreshes >= args.iterations:
+                return EXIT_OK
+            out.write("\n")
+            await asyncio.sleep(args.interval)
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            tickets = await list_tickets(client, running=True, **filters)
+            fetched = time.monotonic()
+            refreshes += 1
+            # The countdowns tick every second between two reads of visibility.
+            while True:
+                live.update(view(tickets), refresh=True)
+                if args.iterations is not None and refreshes >= args.iterations:
+                    return EXIT_OK
+                remaining = args.interval - (time.monotonic() - fetched)
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(1.0, remaining))
