@@ -40,6 +40,7 @@ from activities.channels import (
 from contract.models import (
     ChannelKind,
     DeliveryFailure,
+    DeliveryFailureDetails,
     PageUpdate,
     Recipient,
     StepDelivery,
@@ -133,7 +134,9 @@ class NotifyActivities:
             # workflow who did get the message if the attempts run out.
             raise ApplicationError(
                 "delivery failed for " + "; ".join(pending),
-                {"delivered": delivered},
+                DeliveryFailureDetails(delivered=delivered).model_dump(
+                    mode="json", exclude_none=True
+                ),
                 type="TransientDeliveryError",
             )
         failures = [f for o in outcomes for f in o.failures]
@@ -147,11 +150,9 @@ class NotifyActivities:
             # acknowledgement, waits for the ledger.
             raise ApplicationError(
                 f"SLA ledger unavailable: {err}",
-                {
-                    "delivered": delivered,
-                    "failed": [f.model_dump(mode="json") for f in failures],
-                    "channels": channels,
-                },
+                DeliveryFailureDetails(
+                    delivered=delivered, failed=failures, channels=channels
+                ).model_dump(mode="json"),
                 type="LedgerUnavailable",
                 non_retryable=True,
             ) from err

@@ -456,6 +456,16 @@ class DeliveryFailure(Message):
     fell_over_to: str | None = None
 
 
+class DeliveryFailureDetails(Message):
+    """The details of a ``deliver_step`` failure (``ApplicationError.details[0]``): who did
+    get the message, and, when only the ledger was behind (``LedgerUnavailable``), the
+    activity's own outcome."""
+
+    delivered: list[str] = Field(default_factory=list)
+    failed: list[DeliveryFailure] | None = None
+    channels: dict[str, str] | None = None
+
+
 class StepDeliveryResult(Message):
     delivered: list[str]
     failed: list[DeliveryFailure] = Field(default_factory=list)
@@ -590,6 +600,27 @@ class TicketStatus(Message):
     acknowledged_received_at: UtcDatetime | None = None
     # The last time the ticket could not resolve its policy (it keeps its last good plan).
     policy_problem: str | None = None
+
+    def overrun(self, now: datetime) -> timedelta | None:
+        """How far past the deadline the first response came (or is, until ``now``)."""
+        if not self.response_breached or self.breached_at is None:
+            return None
+        end = self.acknowledged_at or now
+        return max(timedelta(0), end - self.breached_at)
+
+    def outcome(self, workflow_id: str, revision: int, now: datetime) -> TicketOutcome:
+        """The ledger's row for this ticket: every field the two share, taken from the
+        status, plus what the row alone has."""
+        shared = set(TicketOutcome.model_fields) & set(TicketStatus.model_fields)
+        overrun = self.overrun(now)
+        return TicketOutcome(
+            **{name: getattr(self, name) for name in shared},
+            workflow_id=workflow_id,
+            revision=revision,
+            overrun=overrun or None,
+            escalations_fired=len(self.escalations),
+            sow_outcome=self.sow.outcome if self.sow else None,
+        )
 
 
 # --- statement of work -------------------------------------------------------------------

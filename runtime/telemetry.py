@@ -2,7 +2,7 @@
 
 - ``SUPPORT_METRICS_BIND`` (e.g. ``0.0.0.0:9464``): the Temporal runtime serves
   ``/metrics`` there: the SDK's metrics (``temporal_*``: task latencies, slots, polls,
-  activity failures...), the tickets' SLA metrics (``workflows/sla_metrics.py``) and
+  activity failures...), the tickets' SLA metrics (``workflows/ticket/metrics.py``) and
   ``support_tickets_open{tier,state}``, counted from visibility every
   ``SUPPORT_METRICS_POLL_SECONDS`` (default 30). Every worker replica reports the same
   count; aggregate with ``max by (tier, state)``.
@@ -26,8 +26,8 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig
 
 from contract.models import TicketState, Tier
+from contract.names import TIME_TO_ACK_BUCKETS
 from runtime.logs import forward_core_logs
-from workflows.sla_metrics import TIME_TO_ACK_BUCKETS
 
 METRICS_BIND_ENV = "SUPPORT_METRICS_BIND"
 METRICS_POLL_ENV = "SUPPORT_METRICS_POLL_SECONDS"

@@ -9,7 +9,6 @@ expires after ``expire_after`` (both from the policy).
 from __future__ import annotations
 
 from datetime import timedelta
-from types import MappingProxyType
 
 from temporalio import workflow
 from temporalio.common import RawValue
@@ -20,6 +19,9 @@ from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT, deliver
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.notify import NotifyActivities
+    from contract import names
+    from contract.labels import TIER_LABELS
     from contract.models import (
         Recipient,
         SowDecision,
@@ -27,27 +29,16 @@ with workflow.unsafe.imports_passed_through():
         SowOutcome,
         SowResult,
         StepDelivery,
-        StepDeliveryResult,
-        Tier,
         describe_validation_error,
     )
 
-TIER_NAMES = MappingProxyType(
-    {
-        Tier.COMMUNITY: "Community",
-        Tier.STANDARD: "Standard",
-        Tier.PREMIUM: "Premium",
-        Tier.MISSION_CRITICAL: "Mission Critical",
-    }
-)
 
-
-@workflow.defn(name="StatementOfWork", failure_exception_types=[ValidationError])
+@workflow.defn(name=names.SOW_WORKFLOW, failure_exception_types=[ValidationError])
 class StatementOfWork:
     def __init__(self) -> None:
         self._result = SowResult(outcome=SowOutcome.PENDING)
 
-    @workflow.signal(name="sow_decision")
+    @workflow.signal(name=names.SOW_DECISION)
     def sow_decision(self, raw: RawValue) -> None:
         try:
             decision = workflow.payload_converter().from_payload(raw.payload, SowDecision)
@@ -75,7 +66,7 @@ class StatementOfWork:
             failed_notifications=self._result.failed_notifications,
         )
 
-    @workflow.query(name="status")
+    @workflow.query(name=names.STATUS)
     def status(self) -> SowResult:
         return self._result
 
@@ -83,7 +74,7 @@ class StatementOfWork:
     async def run(self, sow: SowInput) -> SowResult:
         started = workflow.now()
         expires = (started + sow.terms.expire_after).strftime("%Y-%m-%d %H:%M UTC")
-        tier = TIER_NAMES[sow.tier]
+        tier = TIER_LABELS[sow.tier]
         await self._notify(
             sow,
             "opened",
@@ -161,10 +152,9 @@ class StatementOfWork:
             failover_after=sow.terms.failover_after,
         )
         try:
-            result = await workflow.execute_activity(
-                "deliver_step",
+            result = await workflow.execute_activity_method(
+                NotifyActivities.deliver_step,
                 request,
-                result_type=StepDeliveryResult,
                 start_to_close_timeout=DELIVERY_TIMEOUT,
                 schedule_to_close_timeout=delivery_deadline(sow.terms.failover_after, recipients),
                 retry_policy=DELIVERY_RETRY,

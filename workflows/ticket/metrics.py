@@ -21,8 +21,6 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-TIME_TO_ACK_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
-
 
 def ticket_opened(tier: str, severity: str) -> None:
     workflow.metric_meter().create_counter("support_tickets_opened", "Support tickets opened").add(

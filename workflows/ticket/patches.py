@@ -1,0 +1,15 @@
+"""Patch ids of the ticket workflow's command changes (``workflow.patched``).
+
+Each has committed histories of both branches (tests/histories/); docs/versioning.md says
+when a branch may go."""
+
+# Workflow changes that alter commands, by patch id (docs/versioning.md). Tickets that
+# started before a change keep its old branch for the rest of their run; remove a branch
+# only once no open ticket's history lacks the marker.
+BATCHED_LEDGER_WRITES = "ledger-writes-batched-per-activation"
+# An acknowledgement cancels the warnings, breaches and repeats not yet delivered.
+ACK_SUPERSEDES_DELIVERIES = "ack-supersedes-pending-deliveries"
+# Raising the severity tells the new severity's first responders who have not heard yet.
+RETRIAGE_NOTIFIES = "retriage-notifies-new-responders"
+# A customer reply on an acknowledged ticket is sent to whoever acknowledged it.
+REPLY_NOTIFIES = "customer-reply-notifies"

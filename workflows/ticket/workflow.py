@@ -1,0 +1,782 @@
+"""``SupportTicket``: one workflow owns one ticket's SLA clock from intake to close
+(docs/ticket-life.md).
+
+Read top-down: the message handlers, ``run`` and its one loop, then what each command does.
+The rules live in pure modules beside this one: ``ladder`` (pending steps, next wake, send
+or supersede) and ``transitions`` (each change of the status and the events that record
+it); ``emit`` writes an event to the ticket's history and the ledger and syncs the search
+attributes.
+
+The life of a ticket:
+  open -> acknowledged -> resolved
+  open | acknowledged -> routed_to_sow -> closed   (child workflow ``StatementOfWork``)
+  community tickets -> closed when idle
+
+One updatable-timer loop drives it: wait until the next step falls due *or* a signal
+arrives, handle what arrived, fire what is due, recompute, repeat. Signals only queue a
+command; the loop applies them in order, so a signal and a timer in the same instant give
+one consistent outcome (the queued signal wins, because it is applied first).
+
+Notifications and ledger writes run as background activities: a slow chat service or a
+ledger outage never delays the next escalation. They are awaited before the workflow ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RawValue
+from temporalio.exceptions import (
+    ApplicationError,
+    ChildWorkflowError,
+)
+
+from workflows.ticket import ladder, metrics, transitions
+from workflows.ticket.events import Event, Record, iso
+from workflows.ticket.ladder import MOOT_ON_ACK, TERMINAL, Progress
+from workflows.ticket.outbox import current_search_attributes
+from workflows.ticket.patches import ACK_SUPERSEDES_DELIVERIES, REPLY_NOTIFIES, RETRIAGE_NOTIFIES
+from workflows.ticket.planning import Planning
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from contract import names
+    from contract.models import (
+        Acknowledge,
+        AdoptPolicy,
+        ChangeSeverity,
+        CustomerReply,
+        EscalationRecord,
+        MarkOutOfScope,
+        PlannedStep,
+        Recipient,
+        RejectedSignal,
+        Resolve,
+        Severity,
+        SowInput,
+        SowOutcome,
+        SowResult,
+        StepKind,
+        TicketCarry,
+        TicketInput,
+        TicketState,
+        TicketStatus,
+        describe_validation_error,
+        opened_at_problem,
+        sow_workflow_id,
+    )
+
+# A ticket carried into a new run keeps its latest history entries and escalations; the
+# ledger keeps every one.
+CARRIED_ENTRIES = 200
+
+
+@dataclass
+class _Command:
+    name: str
+    payload: BaseModel
+    at: datetime
+    # Set once the loop has applied it: an update waits for this, and fails with
+    # ``refused`` when the command turned out not to apply (e.g. a second ack queued in
+    # the same instant as the first).
+    done: bool = False
+    refused: str | None = None
+
+
+@workflow.defn(name=names.TICKET_WORKFLOW, failure_exception_types=[ValidationError])
+class SupportTicket(Planning):
+    """The workflow: its messages, its life (``run`` and the loop) and what each command
+    does. Plan resolution is in ``Planning`` (planning.py); history, ledger, search
+    attributes and deliveries in ``Outbox`` (outbox.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inbox: list[_Command] = []
+        self._replies: set[str] = set()
+        # Customer replies on an open ticket, told with its next step.
+        self._unannounced_replies: list[str] = []
+        # Deliveries in flight, with their step's kind (an ack makes some moot).
+        self._delivery_kinds: dict[asyncio.Task[Any], StepKind] = {}
+        # The command the loop is applying (an update waiting for it is told when done).
+        self._current: _Command | None = None
+
+    # --- messages ----------------------------------------------------------------------
+
+    # Signal handlers take the raw payload and validate it themselves: a malformed signal
+    # from a client in any language is recorded on the ticket with what was wrong (the SDK
+    # would otherwise drop it with nothing but a worker log line). Agent surfaces use the
+    # updates of the same names: their validators refuse what cannot apply before anything
+    # reaches the history, and they answer with the status after the action.
+
+    @workflow.signal(name=names.ACKNOWLEDGE)
+    def acknowledge(self, ack: RawValue) -> None:
+        self._receive(names.ACKNOWLEDGE, Acknowledge, ack)
+
+    @workflow.signal(name=names.CHANGE_SEVERITY)
+    def change_severity(self, change: RawValue) -> None:
+        self._receive(names.CHANGE_SEVERITY, ChangeSeverity, change)
+
+    @workflow.signal(name=names.MARK_OUT_OF_SCOPE)
+    def mark_out_of_scope(self, mark: RawValue) -> None:
+        self._receive(names.MARK_OUT_OF_SCOPE, MarkOutOfScope, mark)
+
+    @workflow.signal(name=names.RESOLVE)
+    def resolve(self, resolve: RawValue) -> None:
+        self._receive(names.RESOLVE, Resolve, resolve)
+
+    @workflow.signal(name=names.ADOPT_POLICY)
+    def adopt_policy(self, adopt: RawValue) -> None:
+        self._receive(names.ADOPT_POLICY, AdoptPolicy, adopt)
+
+    @workflow.signal(name=names.CUSTOMER_REPLY)
+    def customer_reply(self, reply: RawValue) -> None:
+        self._receive(names.CUSTOMER_REPLY, CustomerReply, reply)
+
+    @workflow.update(name=names.ACKNOWLEDGE)
+    async def acknowledge_update(self, ack: Acknowledge) -> TicketStatus:
+        return await self._act(names.ACKNOWLEDGE, ack)
+
+    @acknowledge_update.validator
+    def _validate_acknowledge(self, ack: Acknowledge) -> None:
+        self._check_action(names.ACKNOWLEDGE)
+
+    @workflow.update(name=names.CHANGE_SEVERITY)
+    async def change_severity_update(self, change: ChangeSeverity) -> TicketStatus:
+        return await self._act(names.CHANGE_SEVERITY, change)
+
+    @change_severity_update.validator
+    def _validate_change_severity(self, change: ChangeSeverity) -> None:
+        self._check_action(names.CHANGE_SEVERITY)
+        if self._status is not None and change.severity is self._status.severity:
+            raise ValueError(
+                f"cannot change_severity: ticket {self._status.ticket_id} is already"
+                f" {change.severity.value}"
+            )
+
+    @workflow.update(name=names.MARK_OUT_OF_SCOPE)
+    async def mark_out_of_scope_update(self, mark: MarkOutOfScope) -> TicketStatus:
+        return await self._act(names.MARK_OUT_OF_SCOPE, mark)
+
+    @mark_out_of_scope_update.validator
+    def _validate_mark_out_of_scope(self, mark: MarkOutOfScope) -> None:
+        self._check_action(names.MARK_OUT_OF_SCOPE)
+
+    @workflow.update(name=names.RESOLVE)
+    async def resolve_update(self, resolve: Resolve) -> TicketStatus:
+        return await self._act(names.RESOLVE, resolve)
+
+    @resolve_update.validator
+    def _validate_resolve(self, resolve: Resolve) -> None:
+        self._check_action(names.RESOLVE)
+
+    @workflow.update(name=names.ADOPT_POLICY)
+    async def adopt_policy_update(self, adopt: AdoptPolicy) -> TicketStatus:
+        return await self._act(names.ADOPT_POLICY, adopt)
+
+    @adopt_policy_update.validator
+    def _validate_adopt_policy(self, adopt: AdoptPolicy) -> None:
+        self._check_action(names.ADOPT_POLICY)
+        if self._status is not None and adopt.version == self._status.policy_version:
+            raise ValueError(
+                f"cannot adopt_policy: ticket {self._status.ticket_id} already runs under"
+                f" policy {adopt.version}"
+            )
+
+    def _check_action(self, action: str) -> None:
+        """Refuse an update whose action cannot apply to the ticket as it stands (a ticket
+        still planning its SLA is open)."""
+        refusal = transitions.refusal(self._status, action)
+        if refusal:
+            raise ValueError(refusal)
+
+    async def _act(self, name: str, payload: BaseModel) -> TicketStatus:
+        """Queue an update's command for the loop, wait until it is applied, and answer
+        with the status after it (or fail with why it did not apply)."""
+        command = _Command(name, payload, workflow.now())
+        self._inbox.append(command)
+        await workflow.wait_condition(lambda: command.done)
+        if command.refused:
+            raise ApplicationError(command.refused, type="ActionRefused", non_retryable=True)
+        return self._state().model_copy(deep=True)
+
+    def _receive(self, name: str, model: type[BaseModel], raw: RawValue) -> None:
+        try:
+            payload = workflow.payload_converter().from_payload(raw.payload, model)
+        except ValidationError as err:
+            problems = describe_validation_error(err, top="(signal)")
+            payload = RejectedSignal(signal=name, problems=problems)
+            name = "rejected"
+        except Exception as err:  # not JSON at all
+            payload = RejectedSignal(signal=name, problems=[f"(signal): {err}"])
+            name = "rejected"
+        self._inbox.append(_Command(name, payload, workflow.now()))
+
+    @workflow.query(name=names.STATUS)
+    def status(self) -> TicketStatus:
+        # The status exists once the SLA plan is applied, so its first answer already has
+        # the deadline (never a "no SLA" null that only means "not planned yet").
+        if self._status is None:
+            problem = f": {self._planning_problem}" if self._planning_problem else ""
+            raise RuntimeError(
+                f"the ticket is still planning its SLA{problem}; query again in a moment"
+            )
+        return self._status
+
+    # --- the ticket's life ---------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, ticket: TicketInput) -> TicketStatus:
+        if ticket.continued is not None:
+            self._resume(ticket)
+            await self._sla_loop()
+            await self._finish()
+            return self._state()
+        now = workflow.now()
+        opened_at = ticket.opened_at or now
+        problem = opened_at_problem(opened_at, now)
+        if problem:
+            raise ApplicationError(problem, type="InvalidTicket", non_retryable=True)
+        self._ticket = ticket
+        self._search = current_search_attributes()
+        plan = await self._first_plan(opened_at)
+        self._status = TicketStatus(
+            ticket_id=ticket.ticket_id,
+            customer_id=ticket.customer_id,
+            tier=plan.tier,
+            severity=plan.severity,
+            category=ticket.category,
+            state=TicketState.OPEN,
+            opened_at=opened_at,
+            integration=ticket.integration,
+        )
+        corrected: list[Event] = []
+        if ticket.tier is not None and plan.tier is not ticket.tier:
+            # A raw start that claimed another tier than the customer's contract.
+            self._status.claimed_tier, self._status.entitlement = ticket.tier, plan.entitlement
+            corrected.append(
+                Event(
+                    "tier_corrected",
+                    opened_at,
+                    detail=f"claimed {ticket.tier.value}; runs at {plan.tier.value}"
+                    f" ({plan.entitlement})",
+                )
+            )
+        self._apply_plan(plan)
+        metrics.ticket_opened(plan.tier.value, plan.severity.value)
+        opened = Record(
+            "opened",
+            detail={
+                "intake_channel": ticket.intake_channel,
+                "policy_version": plan.policy_version,
+                "response_due_at": iso(plan.response_due_at),
+                "claimed_tier": ticket.tier.value if corrected and ticket.tier else None,
+                "entitlement": self._status.entitlement,
+                "integration": ticket.integration,
+            },
+        )
+        self._emit(
+            Event("opened", opened_at, detail=f"via {ticket.intake_channel}", record=opened),
+            *corrected,
+        )
+
+        if plan.out_of_scope_reason:
+            await self._route_to_sow(plan.out_of_scope_reason, by="policy", at=now)
+        else:
+            await self._sla_loop()
+        await self._finish()
+        return self._status
+
+    async def _sla_loop(self) -> None:
+        status = self._state()
+        while True:
+            await self._drain_inbox()
+            if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
+                return
+            now = workflow.now()
+            if status.state is TicketState.OPEN:
+                self._check_breach(now)
+                due = [s for s in self._pending_steps() if s.due_at <= now]
+                if due:
+                    self._catch_up(due, now)
+                    continue
+                if await self._extend_ladder():
+                    continue
+            history_full = self._history_full()
+            if history_full:
+                self._background = [task for task in self._background if not task.done()]
+                if not self._background and not self._inbox:
+                    self._continue_as_new()
+            wake_at = self._next_wake()
+            timeout = (wake_at - now) if wake_at else None
+            self._refresh_next_step()
+            self._sync_search_attributes()
+            try:
+                # With a full history, also wake when background work has landed (it may
+                # be a ledger outage: the timers keep running meanwhile).
+                await workflow.wait_condition(
+                    lambda full=history_full: (  # type: ignore[misc]
+                        bool(self._inbox)
+                        or (full and all(task.done() for task in self._background))
+                    ),
+                    timeout=timeout,
+                )
+            except TimeoutError:
+                if self._idle_close_due(workflow.now()):
+                    self._close_idle(workflow.now())
+                    return
+
+    # --- long-lived tickets -------------------------------------------------------------
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        limit = self._current_plan().history_limit
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+
+    def _continue_as_new(self) -> None:
+        """Carry the ticket into a fresh run of the same workflow id: an unacknowledged
+        ticket escalating for days must never hit Temporal's history limit."""
+        status = self._state()
+        plan = self._current_plan()
+        plan.steps = self._pending_steps()
+        kept = CARRIED_ENTRIES
+        dropped = max(0, len(status.history) - kept) + max(0, len(status.escalations) - kept)
+        status.history, status.escalations = status.history[-kept:], status.escalations[-kept:]
+        if dropped:
+            self._emit(
+                Event(
+                    "trimmed",
+                    workflow.now(),
+                    detail=f"{dropped} older entries left out of this run (the ledger keeps all)",
+                )
+            )
+        progress = self._progress
+        carry = TicketCarry(
+            status=status,
+            plan=plan,
+            fired=sorted(progress.fired),
+            repeat_horizon=progress.repeat_horizon,
+            repeats_sent=progress.repeats_sent,
+            revision=self._revision,
+            counters=self._counters,
+            paged=self._paged,
+            notified=sorted(self._notified),
+        )
+        workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
+
+    def _resume(self, ticket: TicketInput) -> None:
+        carry = ticket.continued
+        if carry is None or workflow.info().continued_run_id is None:
+            # Only this workflow carries state into its next run; an intake client that
+            # sends ``continued`` gets a failed start, not a forged ticket.
+            raise ApplicationError(
+                "continued: internal field, not accepted at intake",
+                type="InvalidTicket",
+                non_retryable=True,
+            )
+        self._ticket = ticket.model_copy(update={"continued": None})
+        self._status, self._plan = carry.status, carry.plan
+        self._progress = Progress(set(carry.fired), carry.repeat_horizon, carry.repeats_sent)
+        self._revision, self._counters = carry.revision, dict(carry.counters)
+        self._paged = list(carry.paged)
+        self._notified = set(carry.notified)
+        self._search = current_search_attributes()
+        self._emit(
+            Event(
+                "continued_as_new",
+                workflow.now(),
+                detail=f"run {workflow.info().run_id} carries the ticket on",
+            )
+        )
+
+    def _next_wake(self) -> datetime | None:
+        return ladder.next_wake(
+            self._state(), self._pending_steps(), self._idle_close_at(), self._plan_retry_at
+        )
+
+    def _refresh_next_step(self) -> None:
+        status = self._state()
+        pending = self._pending_steps() if status.state is TicketState.OPEN else []
+        status.next_step = pending[0].name if pending else None
+        status.next_step_due_at = pending[0].due_at if pending else None
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def _drain_inbox(self) -> None:
+        while self._inbox:
+            command = self._inbox.pop(0)
+            self._current = command
+            try:
+                command.refused = await self._apply(command)
+            finally:
+                self._settle(command)
+
+    def _settle(self, command: _Command | None = None) -> None:
+        """Tell an update waiting for ``command`` (default: the one being applied) that the
+        ticket's status now reflects it."""
+        command = command or self._current
+        if command is not None:
+            command.done = True
+        if command is self._current:
+            self._current = None
+
+    async def _apply(self, command: _Command) -> str | None:
+        """Apply one command; None when it applied, else why it did not."""
+        payload, at = command.payload, command.at
+        match payload:
+            case Acknowledge():
+                return self._on_acknowledge(payload, at)
+            case ChangeSeverity():
+                return await self._on_change_severity(payload, at)
+            case MarkOutOfScope():
+                if self._state().state in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+                    await self._route_to_sow(payload.reason, payload.by, at)
+                    return None
+                return self._ignored(names.MARK_OUT_OF_SCOPE, payload.by, at)
+            case Resolve():
+                return self._on_resolve(payload, at)
+            case AdoptPolicy():
+                return await self._on_adopt_policy(payload, at)
+            case CustomerReply():
+                self._on_customer_reply(payload, at)
+                return None
+            case RejectedSignal():
+                self._emit(transitions.rejected(payload, at, self._next("rejected")))
+                return None
+        raise TypeError(f"no handler for {type(payload).__name__}")
+
+    def _on_acknowledge(
+        self, ack: Acknowledge, received: datetime, resolving: bool = False
+    ) -> str | None:
+        status = self._state()
+        if status.state is not TicketState.OPEN:
+            n = self._next("ack-repeat")
+            self._emit(transitions.acknowledge_repeated(status, ack, received, n))
+            why = f"ticket {status.ticket_id} is {status.state.value}"
+            if status.acknowledged_at:
+                why += f" (by {status.acknowledged_by} at {status.acknowledged_at.isoformat()})"
+            return f"cannot acknowledge: {why}"
+        at = transitions.acted_at(ack.at, received, status.opened_at)
+        # An acknowledgement at the due instant itself is in time (the queued signal is
+        # applied before the breach timer of the same instant).
+        self._check_breach(at, at_due_counts=False)
+        withdrawn = transitions.withdraw_breach(status, at)
+        acknowledged = transitions.acknowledge(status, ack, at, received, bool(withdrawn))
+        metrics.acknowledged(
+            status.tier.value, at - status.opened_at, breached=status.response_breached
+        )
+        self._emit(*withdrawn, acknowledged)
+        self._supersede_pending_deliveries()
+        self._update_pages("acknowledge", ack.agent)
+        if self._unannounced_replies and not resolving:
+            # Replies that were waiting for the next step go to whoever acknowledged.
+            text, self._unannounced_replies = "\n".join(self._unannounced_replies), []
+            n = self._next("reply-forward")
+            recipients = self._reply_recipients()
+            if recipients:
+                self._send(f"reply-forward-ack-{n}", "customer_reply", recipients, at, text, at)
+        return None
+
+    def _supersede_pending_deliveries(self) -> None:
+        """An acknowledgement makes the warnings, breaches and repeats not yet delivered
+        moot: their deliveries are cancelled (recorded as superseded when they had not been
+        sent; one already being sent finishes)."""
+        moot = [
+            task
+            for task, kind in self._delivery_kinds.items()
+            if kind in MOOT_ON_ACK and not task.done()
+        ]
+        if moot and workflow.patched(ACK_SUPERSEDES_DELIVERIES):
+            for task in moot:
+                task.cancel()
+
+    async def _on_change_severity(self, change: ChangeSeverity, at: datetime) -> str | None:
+        status = self._state()
+        n = self._next("severity")
+        before = status.severity
+        if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
+            return self._ignored(names.CHANGE_SEVERITY, change.by, at)
+        if change.severity == before:
+            self._emit(Event("severity_unchanged", at, by=change.by, detail=before.value))
+            return f"cannot change_severity: ticket {status.ticket_id} is already {before.value}"
+        if status.state is TicketState.OPEN:
+            # Deadlines are recomputed from the original open time under the ticket's own
+            # policy version: a re-triage does not give the support team a fresh clock. The
+            # new severity and its deadline are applied together, or neither.
+            plan = await self._resolve(change.severity, repeats_after=self._progress.repeat_horizon)
+            if plan is None:
+                problem = status.policy_problem or "the policy could not be resolved"
+                self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
+                return f"cannot change_severity: {problem}"
+            self._apply_plan(plan)
+        self._emit(transitions.severity_changed(status, change, before, at, n))
+        if ladder.rank(change.severity) < ladder.rank(before):
+            self._tell_new_responders(before, change, at)
+        return None
+
+    def _tell_new_responders(self, before: Severity, change: ChangeSeverity, at: datetime) -> None:
+        """Raising the severity tells the new severity's first responders (its intake step)
+        who have not heard of the ticket yet, once."""
+        intake = next((s for s in self._current_plan().steps if s.kind is StepKind.INTAKE), None)
+        if intake is None:
+            return
+        fresh = [r for r in intake.recipients if r.name not in self._notified]
+        if not fresh or not workflow.patched(RETRIAGE_NOTIFIES):
+            return
+        n = self._next("retriage")
+        message = f"Severity raised {before.value} -> {change.severity.value} by {change.by}" + (
+            f": {change.reason}" if change.reason else ""
+        )
+        self._send(f"retriage-{n}", "retriage", fresh, at, message, due_at=at)
+
+    def _on_resolve(self, resolve: Resolve, received: datetime) -> str | None:
+        status = self._state()
+        if status.state is TicketState.OPEN:
+            # Resolving is also the first response: record it as the acknowledgement.
+            self._on_acknowledge(
+                Acknowledge(agent=resolve.by, note="resolved", at=resolve.at),
+                received,
+                resolving=True,
+            )
+        if status.state is not TicketState.ACKNOWLEDGED:
+            return self._ignored(names.RESOLVE, resolve.by, received)
+        at = transitions.acted_at(resolve.at, received, status.opened_at)
+        self._emit(transitions.resolve(status, resolve, at))
+        self._update_pages("resolve", resolve.by)
+        return None
+
+    async def _on_adopt_policy(self, adopt: AdoptPolicy, at: datetime) -> str | None:
+        """Move the ticket to another policy version: an explicit, recorded operation (its
+        deadlines and ladder are recomputed under that version from the original open
+        time; steps already sent stay sent, a breach stays on record)."""
+        status = self._state()
+        if status.state not in transitions.ACTION_STATES[names.ADOPT_POLICY]:
+            return self._ignored(names.ADOPT_POLICY, adopt.by, at)
+        before, due_before = status.policy_version, status.response_due_at
+        if adopt.version == before:
+            return f"cannot adopt_policy: ticket {status.ticket_id} already runs under {before}"
+        plan = await self._resolve(
+            status.severity,
+            repeats_after=self._progress.repeat_horizon,
+            pinned_version=adopt.version,
+        )
+        if plan is not None and plan.policy_version != adopt.version:
+            status.policy_problem = (
+                f"policy {adopt.version} is not available (resolved {plan.policy_version})"
+            )
+            plan = None
+        if plan is None:
+            problem = status.policy_problem or f"policy {adopt.version} could not be resolved"
+            self._emit(Event("policy_adoption_failed", at, by=adopt.by, detail=problem))
+            return f"cannot adopt_policy: {problem}"
+        if status.state is not TicketState.OPEN:
+            # Only the version moves: an acknowledged ticket's deadline is history.
+            plan = plan.model_copy(
+                update={
+                    "response_due_at": status.response_due_at,
+                    "response_target": status.response_target,
+                }
+            )
+        self._apply_plan(plan, adopted=True)
+        n = self._next("adopt")
+        self._emit(
+            Event(
+                "policy_adopted",
+                at,
+                by=adopt.by,
+                detail=f"{before} -> {plan.policy_version}; response due"
+                f" {iso(due_before)} -> {iso(status.response_due_at)}"
+                + (f": {adopt.reason}" if adopt.reason else ""),
+                record=Record(
+                    f"policy-adopted-{n}",
+                    kind="policy_adopted",
+                    by=adopt.by,
+                    detail={
+                        "before": before,
+                        "after": plan.policy_version,
+                        "reason": adopt.reason,
+                        "response_due_at_before": iso(due_before),
+                        "response_due_at": iso(status.response_due_at),
+                    },
+                ),
+            )
+        )
+        return None
+
+    def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
+        # Keyed by the message's reference: the same reply delivered twice is one event.
+        digest = hashlib.sha256(reply.reference.encode()).hexdigest()[:16]
+        if digest in self._replies:
+            return
+        self._replies.add(digest)
+        self._emit(transitions.customer_replied(reply, digest, at))
+        self._tell_of_reply(reply, digest, at)
+
+    def _tell_of_reply(self, reply: CustomerReply, digest: str, at: datetime) -> None:
+        """A reply reaches people: on an acknowledged ticket, whoever acknowledged it (a
+        responder the policy knows by that name, else the ticket's first responders); on an
+        open ticket it rides with the next step."""
+        status = self._state()
+        if status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+            return
+        if not workflow.patched(REPLY_NOTIFIES):
+            return
+        text = f"Customer replied via {reply.via} at {reply.received_at.isoformat()}" + (
+            f": {reply.subject}" if reply.subject else ""
+        )
+        if status.state is TicketState.OPEN and self._pending_steps():
+            self._unannounced_replies.append(text)
+            return
+        # Acknowledged, or open with no step left to ride with (e.g. Community): now.
+        recipients = self._reply_recipients()
+        if recipients:
+            self._send(f"reply-forward-{digest}", "customer_reply", recipients, at, text, at)
+
+    def _reply_recipients(self) -> list[Recipient]:
+        """Whoever acknowledged the ticket, when a step reached them by that name; else the
+        first responders (the intake step's responders)."""
+        status = self._state()
+        steps = self._current_plan().steps
+        known = {r.name: r for s in steps for r in s.recipients if r.role == "responder"}
+        if status.acknowledged_by in known:
+            return [known[status.acknowledged_by]]
+        intake = next((s for s in steps if s.kind is StepKind.INTAKE), None)
+        return [r for r in (intake.recipients if intake else []) if r.role == "responder"]
+
+    def _ignored(self, what: str, by: str, at: datetime) -> str:
+        event, why = transitions.ignored(self._state(), what, by, at, self._next("ignored"))
+        self._emit(event)
+        return why
+
+    # --- steps and the clock ---------------------------------------------------------------
+
+    def _check_breach(self, now: datetime, at_due_counts: bool = True) -> None:
+        status = self._state()
+        missed = transitions.breach(status, now, at_due_counts)
+        if missed:
+            metrics.sla_breached(status.tier.value, status.severity.value)
+            self._emit(*missed)
+
+    def _catch_up(self, due: list[PlannedStep], now: datetime) -> None:
+        """Fire the steps that are due; those ``ladder.triage`` supersedes are recorded, not
+        sent."""
+        for step, superseded in ladder.triage(due, self._state().response_breached):
+            if not superseded:
+                self._fire(step, now)
+                continue
+            self._progress.done(step)
+            self._emit(
+                Event(
+                    "step_superseded",
+                    now,
+                    detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
+                    " a later step of the ladder is due",
+                    record=Record(
+                        f"superseded/{step.due_at.isoformat()}/{step.name}",
+                        kind="step_superseded",
+                        detail={"step": step.name, "due_at": step.due_at.isoformat()},
+                    ),
+                )
+            )
+
+    def _fire(self, step: PlannedStep, now: datetime) -> None:
+        status = self._state()
+        self._progress.done(step)
+        name = self._progress.sent_name(step)
+        record = EscalationRecord(
+            step=name,
+            kind=step.kind,
+            due_at=step.due_at,
+            fired_at=now,
+            targets=[r.name for r in step.recipients],
+        )
+        status.escalations.append(record)
+        metrics.escalation_fired(status.tier.value, status.severity.value, step.kind.value)
+        kind = ladder.SENT[step.kind]
+        # The step's ledger event goes with its delivery (one activity for both).
+        self._emit(Event(kind, now, detail=f"step {name} to {', '.join(record.targets)}"))
+        self._paged += [r for r in step.recipients if r.pages() and r not in self._paged]
+        task = self._start_delivery(
+            name=name,
+            kind=step.kind.value,
+            due_at=step.due_at,
+            recipients=step.recipients,
+            # Customer replies received since the last step ride with this one.
+            message="\n".join(self._unannounced_replies) or None,
+            event_kind=kind,
+            at=now,
+            source="timer",
+            detail={"step": name, "due_at": step.due_at.isoformat(), "targets": record.targets},
+            record=record,
+        )
+        self._unannounced_replies = []
+        self._delivery_kinds = {t: k for t, k in self._delivery_kinds.items() if not t.done()}
+        self._delivery_kinds[task] = step.kind
+
+    def _idle_close_at(self) -> datetime | None:
+        return ladder.idle_close_at(self._state(), self._current_plan())
+
+    def _idle_close_due(self, now: datetime) -> bool:
+        idle_at = self._idle_close_at()
+        return idle_at is not None and now >= idle_at
+
+    def _close_idle(self, now: datetime) -> None:
+        self._emit(transitions.close_idle(self._state(), now))
+
+    # --- out of scope ----------------------------------------------------------------------
+
+    async def _route_to_sow(self, reason: str, by: str, at: datetime) -> None:
+        status = self._state()
+        self._check_breach(at, at_due_counts=False)
+        child_id = sow_workflow_id(status.ticket_id)
+        self._emit(transitions.route_to_sow(status, reason, by, at, child_id))
+        self._update_pages("resolve", by)
+        # An update that marked the ticket out of scope answers now, not when the
+        # statement of work is decided (days later).
+        self._settle()
+        plan = self._current_plan()
+        handle = await workflow.start_child_workflow(
+            names.SOW_WORKFLOW,
+            SowInput(
+                ticket_id=status.ticket_id,
+                customer_id=status.customer_id,
+                tier=status.tier,
+                severity=status.severity,
+                subject=self._ticket.subject,
+                reporter_email=self._ticket.reporter_email,
+                reason=reason,
+                terms=plan.sow,
+            ),
+            id=child_id,
+            result_type=SowResult,
+        )
+        while not handle.done():
+            await workflow.wait_condition(lambda: bool(self._inbox) or handle.done())
+            await self._drain_inbox()
+        try:
+            result = await handle
+        except ChildWorkflowError as err:
+            # The child itself failed: that is neither a decision nor a time-out.
+            result = SowResult(
+                outcome=SowOutcome.FAILED,
+                decided_by="system",
+                decided_at=workflow.now(),
+                reference=f"failed: {err.cause}",
+            )
+        self._emit(*transitions.sow_decided(status, result, workflow.now()))
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        # Let queued signals be recorded, and every notification / ledger write land.
+        while True:
+            await self._drain_inbox()
+            if not self._background:
+                break
+            await self._await_background()
+        await workflow.wait_condition(workflow.all_handlers_finished)
