@@ -15,6 +15,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError
 
 from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT, delivery_deadline
+from workflows.inputs import decode_input
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -33,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-@workflow.defn(name=names.SOW_WORKFLOW, failure_exception_types=[ValidationError])
+@workflow.defn(name=names.SOW_WORKFLOW)
 class StatementOfWork:
     def __init__(self) -> None:
         self._result = SowResult(outcome=SowOutcome.PENDING)
@@ -71,7 +72,8 @@ class StatementOfWork:
         return self._result
 
     @workflow.run
-    async def run(self, sow: SowInput) -> SowResult:
+    async def run(self, raw: RawValue) -> SowResult:
+        sow = decode_input(raw, SowInput, "InvalidInput", "(statement of work)")
         started = workflow.now()
         expires = (started + sow.terms.expire_after).strftime("%Y-%m-%d %H:%M UTC")
         tier = TIER_LABELS[sow.tier]

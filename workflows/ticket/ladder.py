@@ -5,8 +5,10 @@ at once, which are sent and which are superseded. Unit-tested without a server
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from contract.models import PlannedStep, Severity, StepKind, TicketPlan, TicketState, TicketStatus
 
@@ -14,12 +16,14 @@ TERMINAL = (TicketState.RESOLVED, TicketState.CLOSED)
 # Steps an acknowledgement makes moot (intake notifications still go out).
 MOOT_ON_ACK = (StepKind.WARNING, StepKind.BREACH, StepKind.REPEAT)
 # The history's word for a step of each kind once it is sent.
-SENT = {
-    StepKind.INTAKE: "notified",
-    StepKind.WARNING: "warned",
-    StepKind.BREACH: "breached",
-    StepKind.REPEAT: "escalated",
-}
+SENT: Mapping[StepKind, str] = MappingProxyType(
+    {
+        StepKind.INTAKE: "notified",
+        StepKind.WARNING: "warned",
+        StepKind.BREACH: "breached",
+        StepKind.REPEAT: "escalated",
+    }
+)
 
 
 @dataclass

@@ -5,7 +5,9 @@ server (tests/unit/test_transitions.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 
 from contract.models import (
     Acknowledge,
@@ -22,13 +24,15 @@ from contract.models import (
 from workflows.ticket.events import Event, Record, iso
 
 # The agent actions and the states each may apply in (updates are refused otherwise).
-ACTION_STATES: dict[str, tuple[TicketState, ...]] = {
-    "acknowledge": (TicketState.OPEN,),
-    "change_severity": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-    "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
-}
+ACTION_STATES: Mapping[str, tuple[TicketState, ...]] = MappingProxyType(
+    {
+        "acknowledge": (TicketState.OPEN,),
+        "change_severity": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+    }
+)
 
 
 def refusal(status: TicketStatus | None, action: str) -> str | None:

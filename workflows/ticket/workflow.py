@@ -36,6 +36,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
+from workflows.inputs import decode_input
 from workflows.ticket import ladder, metrics, transitions
 from workflows.ticket.events import Event, Record, iso
 from workflows.ticket.ladder import MOOT_ON_ACK, TERMINAL, Progress
@@ -89,7 +90,7 @@ class _Command:
     refused: str | None = None
 
 
-@workflow.defn(name=names.TICKET_WORKFLOW, failure_exception_types=[ValidationError])
+@workflow.defn(name=names.TICKET_WORKFLOW)
 class SupportTicket(Planning):
     """The workflow: its messages, its life (``run`` and the loop) and what each command
     does. Plan resolution is in ``Planning`` (planning.py); history, ledger, search
@@ -231,7 +232,9 @@ class SupportTicket(Planning):
     # --- the ticket's life ---------------------------------------------------------------
 
     @workflow.run
-    async def run(self, ticket: TicketInput) -> TicketStatus:
+    async def run(self, raw: RawValue) -> TicketStatus:
+        # A TicketInput, decoded here: a bad one fails the start, never an open ticket.
+        ticket = decode_input(raw, TicketInput, "InvalidTicket", "(ticket)")
         if ticket.continued is not None:
             self._resume(ticket)
             await self._sla_loop()
