@@ -1,1 +1,2 @@
-"""What every process runs on: the Temporal connection, payload codec, telemetry and logs."""
+"""What every process runs on: the Temporal connection, payload codec, telemetry and logs, the
+signed acknowledge links and the SMTP relay."""
