@@ -598,7 +598,7 @@ async def test_replay_checks_running_tickets_against_this_release(
     drifted = f"ticket-DRIFT-{tickets.run}"
     async with Worker(client, task_queue=queue, workflows=[DriftedTicket]):
         handle = await client.start_workflow(
-            "SupportTicket", {"ticket_id": "DRIFT"}, id=drifted, task_queue=queue
+            "SupportTicket", ticket("DRIFT").model_dump(mode="json"), id=drifted, task_queue=queue
         )
         try:
             await until(handle.fetch_history, lambda h: len(h.events) >= 5, "the drifted timer")
