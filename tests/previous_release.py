@@ -7,22 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from temporalio import workflow
+from temporalio.common import RawValue
 
 with workflow.unsafe.imports_passed_through():
-    from contract.models import TicketInput, TicketStatus
+    from contract.models import TicketStatus
     from workflows.statement_of_work import StatementOfWork
     from workflows.ticket import SupportTicket
 
 
-@workflow.defn(name="SupportTicket", failure_exception_types=[ValidationError])
+@workflow.defn(name="SupportTicket")
 class TicketBeforeBatching(SupportTicket):
     """Before ``BATCHED_LEDGER_WRITES``: one ledger activity per SLA event."""
 
     @workflow.run
-    async def run(self, ticket: TicketInput) -> TicketStatus:
-        return await super().run(ticket)
+    async def run(self, raw: RawValue) -> TicketStatus:
+        return await super().run(raw)
 
     def _batch_ledger_writes(self) -> bool:
         return False

@@ -35,6 +35,7 @@ from temporalio.exceptions import (
     ApplicationError,
     ChildWorkflowError,
 )
+from temporalio.workflow import ChildWorkflowHandle
 
 from workflows.inputs import decode_input
 from workflows.ticket import ladder, metrics, transitions
@@ -106,6 +107,8 @@ class SupportTicket(Planning):
         self._delivery_kinds: dict[asyncio.Task[Any], StepKind] = {}
         # The command the loop is applying (an update waiting for it is told when done).
         self._current: _Command | None = None
+        # The statement of work a ticket routed out of scope waits for.
+        self._sow_child: ChildWorkflowHandle[Any, SowResult] | None = None
 
     # --- messages ----------------------------------------------------------------------
 
@@ -237,8 +240,7 @@ class SupportTicket(Planning):
         ticket = decode_input(raw, TicketInput, "InvalidTicket", "(ticket)")
         if ticket.continued is not None:
             self._resume(ticket)
-            await self._sla_loop()
-            await self._finish()
+            await self._live()
             return self._state()
         now = workflow.now()
         opened_at = ticket.opened_at or now
@@ -290,17 +292,35 @@ class SupportTicket(Planning):
 
         if plan.out_of_scope_reason:
             await self._route_to_sow(plan.out_of_scope_reason, by="policy", at=now)
-        else:
-            await self._sla_loop()
-        await self._finish()
+        await self._live()
         return self._status
 
-    async def _sla_loop(self) -> None:
+    async def _live(self) -> None:
+        """The one loop: apply what arrived, fire what is due, then wait until the next
+        step falls due or a message arrives. A ticket routed to a statement of work waits
+        for its decision (still applying messages); a closed ticket waits for its
+        notifications and ledger writes to land, and for every update handler to finish."""
         status = self._state()
         while True:
+            if status.state is TicketState.ROUTED_TO_SOW:
+                sow = self._sow_child
+                assert sow is not None
+                if sow.done():
+                    await self._close_sow(sow)
+                    continue
+                await workflow.wait_condition(
+                    lambda sow=sow: bool(self._inbox) or sow.done()  # type: ignore[misc]
+                )
+                await self._drain_inbox()
+                continue
             await self._drain_inbox()
-            if status.state in TERMINAL or status.state is TicketState.ROUTED_TO_SOW:
-                return
+            if status.state is TicketState.ROUTED_TO_SOW:
+                continue
+            if status.state in TERMINAL:
+                if not self._background:
+                    break
+                await self._await_background()
+                continue
             now = workflow.now()
             if status.state is TicketState.OPEN:
                 self._check_breach(now)
@@ -332,7 +352,7 @@ class SupportTicket(Planning):
             except TimeoutError:
                 if self._idle_close_due(workflow.now()):
                     self._close_idle(workflow.now())
-                    return
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     # --- long-lived tickets -------------------------------------------------------------
 
@@ -414,10 +434,14 @@ class SupportTicket(Planning):
         while self._inbox:
             command = self._inbox.pop(0)
             self._current = command
+            routed = self._state().state is TicketState.ROUTED_TO_SOW
             try:
                 command.refused = await self._apply(command)
             finally:
                 self._settle(command)
+            if not routed and self._state().state is TicketState.ROUTED_TO_SOW:
+                # The loop waits for the statement of work (and applies the rest there).
+                return
 
     def _settle(self, command: _Command | None = None) -> None:
         """Tell an update waiting for ``command`` (default: the one being applied) that the
@@ -758,9 +782,10 @@ class SupportTicket(Planning):
             id=child_id,
             result_type=SowResult,
         )
-        while not handle.done():
-            await workflow.wait_condition(lambda: bool(self._inbox) or handle.done())
-            await self._drain_inbox()
+        self._sow_child = handle
+
+    async def _close_sow(self, handle: ChildWorkflowHandle[Any, SowResult]) -> None:
+        """The statement of work is decided (or its workflow failed): the ticket closes."""
         try:
             result = await handle
         except ChildWorkflowError as err:
@@ -771,15 +796,4 @@ class SupportTicket(Planning):
                 decided_at=workflow.now(),
                 reference=f"failed: {err.cause}",
             )
-        self._emit(*transitions.sow_decided(status, result, workflow.now()))
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    async def _finish(self) -> None:
-        # Let queued signals be recorded, and every notification / ledger write land.
-        while True:
-            await self._drain_inbox()
-            if not self._background:
-                break
-            await self._await_background()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._emit(*transitions.sow_decided(self._state(), result, workflow.now()))
