@@ -31,11 +31,11 @@ migrate: $(STAMP)
 report: $(STAMP)
 	$(BIN)/python -m ledger report $(ARGS)
 
-# Pin the Docker image's runtime dependencies to what this environment tested (see README).
+# Pin the Docker image's runtime dependencies to what this environment tested (docs/deploy.md).
 lock: $(STAMP)
 	$(BIN)/python scripts/lock_image_requirements.py
 
-# Re-record the committed workflow histories that the replay test checks (see README).
+# Re-record the committed workflow histories that the replay test checks (docs/versioning.md).
 replay-histories: $(STAMP)
 	$(BIN)/python -m tests.record_histories
 

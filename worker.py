@@ -46,7 +46,7 @@ log = structlog.get_logger("support.worker")
 # "0": do not migrate the ledger at start, refuse to start unless it is at the head revision.
 MIGRATE_ENV = "SUPPORT_LEDGER_MIGRATE"
 CACHE_ENV = "SUPPORT_WORKFLOW_CACHE"
-# Measured with bench/memory.py (README: Performance): with the workflow package passed
+# Measured with bench/memory.py (docs/performance.md): with the workflow package passed
 # through the sandbox (below) a cached ticket costs about 0.19 MB; 500 keeps the worker
 # at 242 MB with 10,000 tickets open, and lets twice as many tickets as 250 wake together
 # before the cache thrashes (a ticket that wakes outside it replays its history first).
@@ -93,7 +93,7 @@ def build_worker(
 
 def workflow_cache() -> int:
     """How many tickets a worker keeps in memory between their tasks
-    (``SUPPORT_WORKFLOW_CACHE``; README: Performance, worker memory)."""
+    (``SUPPORT_WORKFLOW_CACHE``; docs/performance.md)."""
     value = os.environ.get(CACHE_ENV) or str(DEFAULT_WORKFLOW_CACHE)
     if not value.isdigit() or int(value) < 1:
         raise SystemExit(f"{CACHE_ENV}: expected a positive whole number, got {value!r}")

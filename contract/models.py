@@ -212,7 +212,7 @@ def new_address_problem(address: str) -> str | None:
 def intake_problems(ticket: TicketInput) -> list[str]:
     """Rules for new tickets, checked by every intake path but not by the contract's
     types, which also decode live tickets' histories on replay: a ticket opened before a
-    rule existed must keep running (README: changing workflow code). Identifiers hold no
+    rule existed must keep running (docs/versioning.md). Identifiers hold no
     invisible formatting characters ("acme\u200b" would be another customer that reads as
     "acme"), and the reporter's address no control characters either."""
     problems = []

@@ -1,7 +1,7 @@
 """SLA compliance figures from the ledger's ticket rows (pure: no I/O, no clock).
 
 ``build_report(outcomes, as_of)`` groups tickets per (tier, severity), with a subtotal per
-tier and an overall total, and lists every breach. Definitions (also in the README):
+tier and an overall total, and lists every breach. Definitions (also in docs/reports.md):
 
 - *with SLA*: the ticket has a response deadline (``response_due_at``); Community has none.
 - *met*: acknowledged at or before the deadline, and no breach on record.
