@@ -24,8 +24,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.run import RESULTS, rss_mb, ticket
-from drills.stack import DevServer, WorkerProcess, clean_env, connect
 from drills.tickets import bounded
+from harness.processes import WorkerProcess, clean_env
+from harness.temporal import DevServer, connect
 from intake.core import open_ticket
 
 

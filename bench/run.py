@@ -47,9 +47,10 @@ from tqdm import tqdm
 from bench.floor import FloorInput
 from bench.polling import PollingChecker
 from contract.models import Acknowledge, Resolve, Severity, TicketInput, Tier
-from drills.sink import Sink, serve_sink
-from drills.stack import TEMPORAL, DevServer, WorkerProcess, clean_env, connect
 from drills.tickets import bounded
+from harness.processes import WorkerProcess, clean_env
+from harness.sinks import Sink, serve_sink
+from harness.temporal import TEMPORAL, DevServer, connect
 from intake.core import open_ticket
 from policy.load import default_policy_path, parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE

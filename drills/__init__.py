@@ -11,7 +11,9 @@ directory) and prints one verdict line; it exits 1 on FAIL.
 - ``ledger_outage``: the ledger's PostgreSQL goes away, then comes back;
 - ``races``: acknowledgements racing the breach timer, duplicates, closed tickets.
 
-Shared: ``stack`` (processes and faults), ``tickets``, ``sink`` (the HTTP sink, also used
-by the channel tests), ``policy`` (the drill policy), ``postgres`` (scratch database and a
-TCP proxy to cut), ``verdict`` (counting and the verdict line).
+Shared: ``stack`` (the drill's stack, assembled from ``harness``: dev server, worker
+process, HTTP sink, service), ``tickets``, ``policy`` (the drill policy), ``verdict``
+(counting and the verdict line). The machinery itself (processes, the dev-server launcher,
+sinks, scratch PostgreSQL and the TCP proxy to cut) is ``harness``, shared with the tests,
+the benchmarks and ``make run``.
 """

@@ -30,7 +30,6 @@ if __package__ in (None, ""):  # run as a file (drills/chat_outage.py): the proj
 from sqlalchemy import select
 
 from drills.policy import DrillPolicy
-from drills.sink import Sink
 from drills.stack import (
     running_stack,
     say,
@@ -41,6 +40,7 @@ from drills.tickets import (
     resolve_when_breached,
 )
 from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds
+from harness.sinks import Sink
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 

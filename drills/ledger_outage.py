@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # run as a file (drills/ledger_outage.py): the pr
 from sqlalchemy import func, select
 
 from drills.policy import DrillPolicy
-from drills.postgres import TcpProxy, scratch_database
 from drills.stack import (
     running_stack,
     say,
@@ -37,6 +36,7 @@ from drills.tickets import (
     resolve_when_breached,
 )
 from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds, superseded
+from harness.postgres import TcpProxy, scratch_database
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 
@@ -101,7 +101,7 @@ async def backlog(url: str, cut: float, restored: float) -> Backlog:
 async def drill(profile: Profile, keep: bool) -> Verdict:
     verdict = Verdict(NAME)
     ids = [f"LO-{i:05d}" for i in range(profile.tickets)]
-    async with scratch_database() as database:
+    async with scratch_database(prefix="support_drill") as database:
         assert database.host is not None and database.port is not None
         proxy = TcpProxy(database.host, database.port)
         await proxy.restore()

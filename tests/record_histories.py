@@ -32,6 +32,7 @@ from contract.models import (
     Resolve,
     SowDecision,
 )
+from harness.sinks import serve_sink
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
@@ -46,7 +47,6 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
-from tests.sinks import serve_sink
 
 HISTORIES = Path(__file__).with_name("histories")
 M = timedelta(minutes=1)

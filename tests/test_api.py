@@ -5,7 +5,6 @@ status, agent actions through the ticket's updates and their refusals."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 import intake.core
 from contract import search_attributes as sa
 from contract.models import Tier
+from harness.serve import serve
 from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
@@ -49,23 +48,13 @@ def settings() -> Settings:
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """The service on a free loopback port, talking to the test's Temporal and worker."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(client=stack.client, settings=settings(), queue=stack.task_queue)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+    async with (
+        serve(app, lifespan="on") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         http.stack = stack  # type: ignore[attr-defined]
         yield http
-    server.should_exit = True
-    await task
 
 
 def auth(token: str) -> dict[str, str]:

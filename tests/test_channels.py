@@ -32,6 +32,7 @@ from contract.models import (
     Severity,
     StepDelivery,
 )
+from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
 from tests.conftest import (
     Stack,
@@ -46,7 +47,6 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
-from tests.sinks import Mailbox, Sink
 from worker import WORKFLOW_RUNNER, build_worker
 from workflows import ALL_WORKFLOWS
 

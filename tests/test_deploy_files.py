@@ -48,11 +48,13 @@ from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from contract import search_attributes as sa
-from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, ROOT, binary, running_stack
-from tests.sinks import free_port
+from harness.processes import free_port
+from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer
+from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, ROOT, running_stack
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -822,13 +824,21 @@ def test_the_schema_job_sets_up_both_databases_and_tolerates_existing_ones(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def bare_server() -> AsyncIterator[WorkflowEnvironment]:
+async def bare_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[WorkflowEnvironment]:
     """The dev server with none of the contract's search attributes registered."""
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary("temporal"), dev_server_log_level="error"
+    server = DevServer(
+        tmp_path_factory.mktemp("bare-server"),
+        in_memory=True,
+        search_attributes=False,
+        extra_args=SDK_DYNAMIC_CONFIG,
     )
-    yield environment
-    await environment.shutdown()
+    try:
+        await server.start()
+        yield WorkflowEnvironment.from_client(await Client.connect(server.address))
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 def deploy_script(

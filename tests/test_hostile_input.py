@@ -23,7 +23,6 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.header import Header
@@ -36,14 +35,13 @@ import aiosmtplib
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
-from aiosmtpd.controller import Controller
-from fastapi import FastAPI
 from markupsafe import escape
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import TicketInput, ticket_workflow_id
+from harness.serve import serve
+from harness.sinks import Mailbox, Sink, serve_sink, smtp_sink
 from intake.mailbox import DEFAULT_MAX_BYTES, MailboxHandler, listening, parse_mail
 from ledger.render import render_html, render_table
 from ledger.report import build_report
@@ -52,7 +50,6 @@ from service.app import create_app
 from service.auth import Settings, parse_scopes
 from service.limits import MAX_REQUEST_BYTES
 from tests.conftest import ROOT, Stack, running_stack, write_policy
-from tests.sinks import Mailbox, Sink, free_port, serve_sink
 
 SUPPORT = "support@support.example"
 CUSTOMER_SENDER = "dana@bank.example"  # example-bank's contract: Mission Critical
@@ -151,54 +148,31 @@ def sink_policy(directory: Path, hooks: Sink) -> Path:
     return write_policy(directory, edit)
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on uvicorn on a free loopback port; yields its URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def rig(
     dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Rig]:
     directory = tmp_path_factory.mktemp("hostile")
-    outbox = Mailbox(port=free_port())
-    smtp = Controller(outbox, hostname=outbox.host, port=outbox.port)
-    smtp.start()
-    try:
-        with serve_sink() as hooks, pytest.MonkeyPatch.context() as env:
-            env.setenv("SUPPORT_POLICY_FILE", str(sink_policy(directory, hooks)))
-            env.setenv("SUPPORT_SMTP_HOST", outbox.host)
-            env.setenv("SUPPORT_SMTP_PORT", str(outbox.port))
-            env.setenv("SUPPORT_SMTP_SECURITY", "none")
-            async with running_stack(dev_server, directory / "ledger.sqlite3") as stack:
-                app = create_app(client=stack.client, settings=SETTINGS, queue=stack.task_queue)
-                handler = MailboxHandler(
-                    stack.client, address=SUPPORT, queue=stack.task_queue, clock=lambda: NOW
-                )
-                cli_env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-                cli_env["TEMPORAL_ADDRESS"] = dev_server.client.service_client.config.target_host
-                cli_env["SUPPORT_TASK_QUEUE"] = stack.task_queue
-                async with (
-                    serving(app) as url,
-                    listening(handler) as listener,
-                    httpx.AsyncClient(base_url=url, timeout=30) as http,
-                ):
-                    port = listener.sockets[0].getsockname()[1]
-                    yield Rig(stack, http, port, outbox, hooks, cli_env)
-    finally:
-        smtp.stop()
+    with smtp_sink() as outbox, serve_sink() as hooks, pytest.MonkeyPatch.context() as env:
+        env.setenv("SUPPORT_POLICY_FILE", str(sink_policy(directory, hooks)))
+        env.setenv("SUPPORT_SMTP_HOST", outbox.host)
+        env.setenv("SUPPORT_SMTP_PORT", str(outbox.port))
+        env.setenv("SUPPORT_SMTP_SECURITY", "none")
+        async with running_stack(dev_server, directory / "ledger.sqlite3") as stack:
+            app = create_app(client=stack.client, settings=SETTINGS, queue=stack.task_queue)
+            handler = MailboxHandler(
+                stack.client, address=SUPPORT, queue=stack.task_queue, clock=lambda: NOW
+            )
+            cli_env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+            cli_env["TEMPORAL_ADDRESS"] = dev_server.client.service_client.config.target_host
+            cli_env["SUPPORT_TASK_QUEUE"] = stack.task_queue
+            async with (
+                serve(app) as url,
+                listening(handler) as listener,
+                httpx.AsyncClient(base_url=url, timeout=30) as http,
+            ):
+                port = listener.sockets[0].getsockname()[1]
+                yield Rig(stack, http, port, outbox, hooks, cli_env)
 
 
 def new_id() -> str:

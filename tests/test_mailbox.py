@@ -33,6 +33,8 @@ from contract.models import (
     TicketStatus,
     Tier,
 )
+from harness.processes import free_port
+from harness.sinks import Mailbox
 from intake.mailbox import (
     MailboxHandler,
     body_text,
@@ -51,7 +53,6 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
-from tests.sinks import Mailbox, free_port
 
 SUPPORT = "support@support.example"
 FORM = "https://support.example/support/new"

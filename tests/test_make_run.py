@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -18,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.test_e2e_cli import free_ports, poll
-
-ROOT = Path(__file__).resolve().parent.parent
-TEMPORAL = Path(sys.executable).parent / "temporal"
+from harness.processes import ROOT, free_ports, listening
+from harness.temporal import TEMPORAL
+from tests.test_e2e_cli import poll
 
 
 def wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:
@@ -40,11 +38,6 @@ def post(base: str, token: str, ticket: dict[str, str]) -> tuple[int, str]:
             return answer.status, json.loads(answer.read())["tier"]
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())["error"]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.e2e

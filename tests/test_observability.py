@@ -33,6 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import Acknowledge, Resolve, Severity, Tier
+from harness.processes import free_port, service_process
 from runtime.logs import core_runtime
 from runtime.telemetry import prometheus
 from tests.conftest import (
@@ -46,8 +47,6 @@ from tests.conftest import (
     running_stack,
     ticket,
 )
-from tests.processes import service_process
-from tests.sinks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 M = timedelta(minutes=1)

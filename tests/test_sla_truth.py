@@ -34,7 +34,7 @@ from contract.models import (
     TicketState,
     TicketStatus,
 )
-from drills.sink import Sink
+from harness.sinks import Sink
 from policy.schema import POLICY_FILE_ENV
 from starter import open_ticket
 from tests.conftest import (

@@ -32,10 +32,9 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
+from harness.processes import background, free_port, service_process
 from policy.load import default_policy_path, load_policy
 from tests.certs import Authority, Issued
-from tests.processes import background, service_process
-from tests.sinks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

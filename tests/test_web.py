@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,18 +20,19 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from playwright.async_api import Browser, Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 import service.api
 from contract.models import TicketState, TicketStatus
+from harness.processes import free_port
+from harness.serve import serve
+from harness.sinks import Mailbox
 from intake.core import CLI, intake
 from runtime.links import AckLinks, LinkError
 from service.app import create_app
 from service.auth import Settings, parse_scopes
 from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, write_policy
-from tests.sinks import Mailbox
 from worker import build_worker
 
 CHROMIUM = os.environ.get("SUPPORT_CHROMIUM", "/usr/bin/chromium")
@@ -66,23 +66,13 @@ class Web:
 async def web(
     dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Web]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = Settings(**{**SETTINGS.__dict__, "public_url": url})
     async with running_stack(dev_server, tmp_path_factory.mktemp("web") / "l.sqlite3") as stack:
         app = create_app(client=stack.client, settings=settings, queue=stack.task_queue)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-        task = asyncio.create_task(server.serve())
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async with serve(app, port), httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield Web(url, stack, http, AckLinks(settings.link_secret, settings.link_ttl, url))
-        server.should_exit = True
-        await task
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -1,8 +1,9 @@
-"""A real HTTP sink on loopback (chat, pager and webhook channels post to it), recording
-exactly what arrived and when. The channel tests and the fault drills share it.
+"""Real sinks on loopback that record exactly what arrived and when: the HTTP sink (chat,
+pager and webhook channels post to it) and the SMTP sink (email). The channel tests, the
+fault drills and the benchmarks share them.
 
-The sink keeps every request it was handed (``received``: path, idempotency key, body,
-status answered, whether it stored the message, arrival time) and, like a sink that
+The HTTP sink keeps every request it was handed (``received``: path, idempotency key,
+body, status answered, whether it stored the message, arrival time) and, like a sink that
 honours idempotency keys, the distinct messages (``messages``). Its failure modes are
 scripted per path or per request:
 
@@ -13,19 +14,33 @@ scripted per path or per request:
   timeout), then answer 504, storing nothing: a service that stopped answering;
 - ``fail_after_accept``: store the next N messages, then answer 500 anyway (the answer is
   lost after the sink stored the message).
+
+The SMTP sink (``Mailbox`` behind aiosmtpd, ``smtp_sink``) keeps every message
+(``received``) and one per Message-ID (``messages``); it can refuse recipients, take a
+message and answer 451 (``fail_after_accept``), and require STARTTLS and a login.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from harness.processes import free_port
 
 
 @dataclass
@@ -132,3 +147,89 @@ def serve_sink() -> Iterator[Sink]:
         state.closing.set()
         server.shutdown()
         server.server_close()
+
+
+# --- SMTP -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Mailbox:
+    """An SMTP server's mail store."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[list[str]] = field(default_factory=list)
+    fail_after_accept: int = 0
+    refuse: set[str] = field(default_factory=set)  # addresses answered 550
+    logins: list[str] = field(default_factory=list)
+    tls_sessions: int = 0
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.received.append(message)
+        self.envelopes.append(list(envelope.rcpt_tos))
+        if session.ssl is not None:
+            self.tls_sessions += 1
+        if self.fail_after_accept:
+            self.fail_after_accept -= 1
+            return "451 4.3.0 stored, but the answer is lost"
+        return "250 OK: queued"
+
+    def messages(self) -> list[EmailMessage]:
+        """One per Message-ID, as a mailbox keeps them."""
+        seen: dict[str, EmailMessage] = {}
+        for m in self.received:
+            seen.setdefault(str(m["Message-ID"]), m)
+        return list(seen.values())
+
+
+@contextmanager
+def smtp_sink(
+    tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
+) -> Iterator[Mailbox]:
+    """An SMTP server on a free loopback port, for as long as the block runs; with ``tls``
+    (the server's context) it requires STARTTLS, with ``login`` (user, password) then AUTH."""
+    box = Mailbox(port=free_port())
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options.update(tls_context=tls, require_starttls=True)
+    if login is not None:
+        expected = (login[0].encode(), login[1].encode())
+
+        def authenticate(
+            server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            ok = isinstance(data, LoginPassword) and (data.login, data.password) == expected
+            if ok:
+                box.logins.append(data.login.decode())
+            return AuthResult(success=ok)
+
+        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=True)
+    controller = Controller(box, hostname=box.host, port=box.port, **options)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+def smtp_settings(box: Mailbox, security: str = "none") -> dict[str, str]:
+    """The worker's SMTP settings (``SUPPORT_SMTP_*``) for sending to ``box``."""
+    return {
+        "SUPPORT_SMTP_HOST": box.host,
+        "SUPPORT_SMTP_PORT": str(box.port),
+        "SUPPORT_SMTP_SECURITY": security,
+        "SUPPORT_SMTP_FROM": "Support SLA <sla@support.example>",
+    }

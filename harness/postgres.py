@@ -1,7 +1,7 @@
-"""PostgreSQL for the ledger drill: a scratch database, and a loopback TCP proxy in front
-of the server that the drill can cut (the ledger "goes away") and restore.
+"""PostgreSQL for the tests and the ledger drill: a scratch database, and a loopback TCP
+proxy in front of the server that a drill can cut (the ledger "goes away") and restore.
 
-The server is ``SUPPORT_TEST_POSTGRES_URL`` (as for the test suite), by default
+The server is ``SUPPORT_TEST_POSTGRES_URL``, by default
 ``postgresql://postgres@127.0.0.1:5432/postgres`` with trust authentication.
 """
 
@@ -16,19 +16,23 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.engine import URL, make_url
 
-from drills.stack import DrillError, free_ports
+from harness.processes import HarnessError, free_port
 
 ADMIN_URL = os.environ.get(
     "SUPPORT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 
+class PostgresUnavailable(HarnessError):
+    """The PostgreSQL server cannot be reached."""
+
+
 @asynccontextmanager
 async def scratch_database(
-    admin_url: str = ADMIN_URL, prefix: str = "support_drill"
+    admin_url: str = ADMIN_URL, prefix: str = "support_scratch"
 ) -> AsyncIterator[URL]:
-    """A fresh database on the server, dropped afterwards; yields its URL (DrillError when
-    the server cannot be reached)."""
+    """A fresh database on the server, dropped afterwards; yields its URL (PostgresUnavailable
+    when the server cannot be reached)."""
     import asyncpg
 
     admin = make_url(admin_url)
@@ -43,7 +47,7 @@ async def scratch_database(
             timeout=5,
         )
     except (OSError, asyncpg.PostgresError) as err:
-        raise DrillError(f"PostgreSQL not reachable at {admin_url}: {err}") from err
+        raise PostgresUnavailable(f"PostgreSQL not reachable at {admin_url}: {err}") from err
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
         yield admin.set(database=name)
@@ -58,7 +62,7 @@ class TcpProxy:
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
-        self.port = free_ports(1)[0]
+        self.port = free_port()
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
