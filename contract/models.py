@@ -501,13 +501,10 @@ class SlaEvents(Message):
     summary: TicketOutcome | None = None
 
 
-class TicketOutcome(Message):
-    """The ledger's one row per ticket. ``revision`` grows with every change so a late
-    write never overwrites a newer one."""
+class TicketFacts(Message):
+    """What the ticket's status and its ledger row both say (one declaration for both)."""
 
     ticket_id: str
-    workflow_id: str
-    revision: int
     customer_id: str
     tier: Tier
     severity: Severity
@@ -515,23 +512,33 @@ class TicketOutcome(Message):
     state: TicketState
     opened_at: UtcDatetime
     response_due_at: UtcDatetime | None = None
+    # False for tickets without an SLA clock (Community, out of scope at intake).
+    commercial_sla: bool = True
     acknowledged_at: UtcDatetime | None = None
     acknowledged_by: str | None = None
     response_breached: bool = False
     # The deadline in force when the breach happened (a later re-triage may move
     # ``response_due_at``; the overrun counts from this one).
     breached_at: UtcDatetime | None = None
-    overrun: timedelta | None = None
-    escalations_fired: int = 0
     out_of_scope: bool = False
-    sow_outcome: SowOutcome | None = None
     resolved_at: UtcDatetime | None = None
     closed_at: UtcDatetime | None = None
     policy_version: str | None = None
-    # False for tickets without an SLA clock (Community, out of scope at intake).
-    commercial_sla: bool = True
+    # Entitlement: the tier the caller claimed when the ticket runs at another one.
     claimed_tier: Tier | None = None
+    # The intake integration that opened the ticket (None: a raw start).
     integration: str | None = None
+
+
+class TicketOutcome(TicketFacts):
+    """The ledger's one row per ticket (``TicketStatus.outcome``). ``revision`` grows with
+    every change so a late write never overwrites a newer one."""
+
+    workflow_id: str
+    revision: int
+    overrun: timedelta | None = None
+    escalations_fired: int = 0
+    sow_outcome: SowOutcome | None = None
 
 
 # --- query result ------------------------------------------------------------------------
@@ -564,37 +571,20 @@ class SowStatus(Message):
     reference: str | None = None
 
 
-class TicketStatus(Message):
-    ticket_id: str
-    customer_id: str
-    tier: Tier
-    severity: Severity
-    category: str
-    state: TicketState
-    opened_at: UtcDatetime
-    response_due_at: UtcDatetime | None = None
+class TicketStatus(TicketFacts):
+    """The ``status`` query's answer: the facts, plus the plan in force, the ladder's
+    progress and the ticket's history."""
+
     response_target: timedelta | None = None
-    commercial_sla: bool = True
     time_zone: str = "UTC"
-    acknowledged_at: UtcDatetime | None = None
-    acknowledged_by: str | None = None
-    response_breached: bool = False
-    breached_at: UtcDatetime | None = None
     escalations: list[EscalationRecord] = Field(default_factory=list)
     next_step: str | None = None
     next_step_due_at: UtcDatetime | None = None
-    out_of_scope: bool = False
     sow: SowStatus | None = None
-    resolved_at: UtcDatetime | None = None
     resolved_by: str | None = None
-    closed_at: UtcDatetime | None = None
-    policy_version: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
-    # Entitlement: the tier the caller claimed when the ticket runs at another one, and why.
-    claimed_tier: Tier | None = None
+    # Why the ticket runs at another tier than the one claimed (``claimed_tier``).
     entitlement: str | None = None
-    # The intake integration that opened the ticket (None: a raw start).
-    integration: str | None = None
     # When the ticket processed its acknowledgement (``acknowledged_at`` is when the agent
     # acted, as stamped by the surface).
     acknowledged_received_at: UtcDatetime | None = None
@@ -611,10 +601,9 @@ class TicketStatus(Message):
     def outcome(self, workflow_id: str, revision: int, now: datetime) -> TicketOutcome:
         """The ledger's row for this ticket: every field the two share, taken from the
         status, plus what the row alone has."""
-        shared = set(TicketOutcome.model_fields) & set(TicketStatus.model_fields)
         overrun = self.overrun(now)
         return TicketOutcome(
-            **{name: getattr(self, name) for name in shared},
+            **{name: getattr(self, name) for name in TicketFacts.model_fields},
             workflow_id=workflow_id,
             revision=revision,
             overrun=overrun or None,
