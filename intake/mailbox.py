@@ -397,15 +397,20 @@ def contact_form_url() -> str | None:
     return f"{public}/support/new" if public else None
 
 
+AUTOMATIC_SIGN_OFF = "This message was sent automatically by the support system."
+
+
 def _reply(
-    mail: InboundMail, sender: str, support: str, subject: str, kind: str, text: str
+    mail: InboundMail, smtp: SmtpSettings, support: str, subject: str, kind: str, body: list[str]
 ) -> EmailMessage:
     """An automatic reply (RFC 3834): threaded on the message, marked auto-replied so the
-    customer's own autoresponder stays quiet, replies going to the support address."""
+    customer's own autoresponder stays quiet, replies going to the support address.
+    ``body`` is its paragraphs' lines, between the greeting and the automatic sign-off."""
     assert mail.sender is not None
+    text = "\n".join(["Hello,", "", *body, "", AUTOMATIC_SIGN_OFF, ""])
     message = EmailMessage()
     message["Subject"] = header_text(subject)[:250]
-    message["From"] = sender
+    message["From"] = smtp.sender
     message["To"] = mail.sender
     message["Reply-To"] = support
     message["Date"] = formatdate(localtime=False)
@@ -443,10 +448,13 @@ def acknowledgement(
             "Community support has no guaranteed response time and no commercial SLA;"
             " we answer on a best-effort basis."
         )
-    text = "\n".join(
+    message = _reply(
+        mail,
+        smtp,
+        support,
+        f"[{ticket.ticket_id}] We received your request: {ticket.subject or '(no subject)'}",
+        "ack",
         [
-            "Hello,",
-            "",
             f"we have opened ticket {ticket.ticket_id} for your message.",
             "",
             f"  Ticket:    {ticket.ticket_id}",
@@ -460,17 +468,7 @@ def acknowledgement(
             f"To add information, reply to this message and keep [{ticket.ticket_id}] in the"
             " subject. For an urgent new issue, put its severity in the subject of a new"
             " message, e.g. [SEV1] for a production outage.",
-            "",
-            "This message was sent automatically by the support system.",
-        ]
-    )
-    message = _reply(
-        mail,
-        smtp.sender,
-        support,
-        f"[{ticket.ticket_id}] We received your request: {ticket.subject or '(no subject)'}",
-        "ack",
-        text + "\n",
+        ],
     )
     # A reply to this message names the ticket in its References as well as its subject.
     chain = [mail.message_id] if mail.message_id else []
@@ -484,10 +482,13 @@ def unknown_sender_reply(
     mail: InboundMail, smtp: SmtpSettings, support: str, form_url: str | None
 ) -> EmailMessage:
     form = "the contact form on our website" + (f" ({form_url})" if form_url else "")
-    text = "\n".join(
+    return _reply(
+        mail,
+        smtp,
+        support,
+        "Your message to support: no ticket opened",
+        "unknown",
         [
-            "Hello,",
-            "",
             f"thank you for writing to {support}. We could not match your email address to"
             " a support contract, so no ticket was opened.",
             "",
@@ -497,17 +498,7 @@ def unknown_sender_reply(
             "",
             "If your organisation has a support contract and you think this is a mistake,"
             " please ask your account team to register your email domain.",
-            "",
-            "This message was sent automatically by the support system.",
-        ]
-    )
-    return _reply(
-        mail,
-        smtp.sender,
-        support,
-        "Your message to support: no ticket opened",
-        "unknown",
-        text + "\n",
+        ],
     )
 
 
@@ -515,26 +506,19 @@ def closed_ticket_reply(
     mail: InboundMail, ticket_id: str, smtp: SmtpSettings, support: str, form_url: str | None
 ) -> EmailMessage:
     form = f" ({form_url})" if form_url else ""
-    text = "\n".join(
+    return _reply(
+        mail,
+        smtp,
+        support,
+        "Your message was not added: the ticket is closed",
+        "closed",
         [
-            "Hello,",
-            "",
             f"ticket {ticket_id} is closed, so your message was not added to it.",
             "",
             "If the issue is back or you need more help, please open a new ticket: write a"
             f" new message to {support} (keep the old ticket number out of the subject;"
             f" mention it in the text), or use the contact form on our website{form}.",
-            "",
-            "This message was sent automatically by the support system.",
-        ]
-    )
-    return _reply(
-        mail,
-        smtp.sender,
-        support,
-        "Your message was not added: the ticket is closed",
-        "closed",
-        text + "\n",
+        ],
     )
 
 
@@ -560,10 +544,13 @@ def agreed_path_reply(
         if channel == "web_form" and form_url:
             text += f" ({form_url})"
         paths.append(f"- {text}")
-    text = "\n".join(
+    return _reply(
+        mail,
+        smtp,
+        support,
+        "Your message to support: please use your agreed support path",
+        "path",
         [
-            "Hello,",
-            "",
             f"thank you for writing to {support}. Your organisation's support contract has"
             " an agreed way to open tickets, and email is not part of it, so no ticket was"
             " opened for this message.",
@@ -572,17 +559,7 @@ def agreed_path_reply(
             *paths,
             "",
             "If you think this is a mistake, please ask your account team.",
-            "",
-            "This message was sent automatically by the support system.",
-        ]
-    )
-    return _reply(
-        mail,
-        smtp.sender,
-        support,
-        "Your message to support: please use your agreed support path",
-        "path",
-        text + "\n",
+        ],
     )
 
 
