@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from contract.models import (
     Acknowledge,
+    AdoptPolicy,
     ChangeSeverity,
     CustomerReply,
     RejectedSignal,
@@ -158,6 +159,38 @@ def severity_changed(
                 "before": before.value,
                 "after": change.severity.value,
                 "reason": change.reason,
+                "response_due_at": iso(status.response_due_at),
+            },
+        ),
+    )
+
+
+def policy_adopted(
+    status: TicketStatus,
+    adopt: AdoptPolicy,
+    before: str | None,
+    due_before: datetime | None,
+    at: datetime,
+    n: int,
+) -> Event:
+    """The ticket moved from policy ``before`` to the version it now runs under (its plan
+    applied already; the deadline moves only while it is open)."""
+    return Event(
+        "policy_adopted",
+        at,
+        by=adopt.by,
+        detail=f"{before} -> {status.policy_version}; response due"
+        f" {iso(due_before)} -> {iso(status.response_due_at)}"
+        + (f": {adopt.reason}" if adopt.reason else ""),
+        record=Record(
+            f"policy-adopted-{n}",
+            kind="policy_adopted",
+            by=adopt.by,
+            detail={
+                "before": before,
+                "after": status.policy_version,
+                "reason": adopt.reason,
+                "response_due_at_before": iso(due_before),
                 "response_due_at": iso(status.response_due_at),
             },
         ),

@@ -611,28 +611,7 @@ class SupportTicket(Planning):
             )
         self._apply_plan(plan, adopted=True)
         n = self._next("adopt")
-        self._emit(
-            Event(
-                "policy_adopted",
-                at,
-                by=adopt.by,
-                detail=f"{before} -> {plan.policy_version}; response due"
-                f" {iso(due_before)} -> {iso(status.response_due_at)}"
-                + (f": {adopt.reason}" if adopt.reason else ""),
-                record=Record(
-                    f"policy-adopted-{n}",
-                    kind="policy_adopted",
-                    by=adopt.by,
-                    detail={
-                        "before": before,
-                        "after": plan.policy_version,
-                        "reason": adopt.reason,
-                        "response_due_at_before": iso(due_before),
-                        "response_due_at": iso(status.response_due_at),
-                    },
-                ),
-            )
-        )
+        self._emit(transitions.policy_adopted(status, adopt, before, due_before, at, n))
         return None
 
     def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
