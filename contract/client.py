@@ -126,6 +126,12 @@ def _member(enum: type[E], value: E | str, field: str) -> E:
         raise InvalidArgument(f"{field}: {value!r} is not one of {allowed}") from None
 
 
+def _flag(value: bool, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{field}: {value!r} is not true or false")
+    return value
+
+
 def check_customer(customer: str) -> str:
     if (
         not isinstance(customer, str)
@@ -173,15 +179,13 @@ def build_query(
     if severity is not None:
         clauses.append(f"{sa.SUPPORT_SEVERITY.name} = '{_member(Severity, severity, 'severity')}'")
     if breached is not None:
-        if not isinstance(breached, bool):
-            raise InvalidArgument(f"breached: {breached!r} is not true or false")
-        clauses.append(f"{sa.SLA_BREACHED.name} = {'true' if breached else 'false'}")
+        clauses.append(
+            f"{sa.SLA_BREACHED.name} = {'true' if _flag(breached, 'breached') else 'false'}"
+        )
     if customer is not None:
         clauses.append(f"{sa.CUSTOMER_ID.name} = '{check_customer(customer)}'")
     if running is not None:
-        if not isinstance(running, bool):
-            raise InvalidArgument(f"running: {running!r} is not true or false")
-        clauses.append(f"ExecutionStatus {'=' if running else '!='} 'Running'")
+        clauses.append(f"ExecutionStatus {'=' if _flag(running, 'running') else '!='} 'Running'")
     return " AND ".join(clauses)
 
 
