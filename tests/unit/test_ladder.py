@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from contract.models import (
     HistoryEntry,
@@ -12,13 +12,12 @@ from contract.models import (
     StepKind,
     TicketPlan,
     TicketState,
-    TicketStatus,
     Tier,
 )
+from tests.unit.tickets import T0
+from tests.unit.tickets import ticket as status
 from workflows.ticket import ladder
 from workflows.ticket.ladder import Progress
-
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def step(name: str, kind: StepKind, minutes: int) -> PlannedStep:
@@ -39,20 +38,6 @@ def plan(*steps: PlannedStep, idle: timedelta | None = None) -> TicketPlan:
         idle_close_after=idle,
         sow=SowTerms(recipients=[], remind_after=timedelta(days=1), expire_after=timedelta(days=7)),
     )
-
-
-def status(**changes: object) -> TicketStatus:
-    base = TicketStatus(
-        ticket_id="T-1",
-        customer_id="acme",
-        tier=Tier.PREMIUM,
-        severity=Severity.SEV2,
-        category="bug",
-        state=TicketState.OPEN,
-        opened_at=T0,
-        response_due_at=T0 + timedelta(hours=1),
-    )
-    return base.model_copy(update=changes)
 
 
 INTAKE = step("intake", StepKind.INTAKE, 0)

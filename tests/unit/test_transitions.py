@@ -3,37 +3,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from contract.models import (
     Acknowledge,
+    AdoptPolicy,
     ChangeSeverity,
     Resolve,
     Severity,
     SowOutcome,
     SowResult,
     TicketState,
-    TicketStatus,
     Tier,
 )
+from tests.unit.tickets import DUE, T0, ticket
 from workflows.ticket import transitions
 from workflows.ticket.events import Record
-
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-DUE = T0 + timedelta(hours=1)
-
-
-def ticket(**changes: object) -> TicketStatus:
-    return TicketStatus(
-        ticket_id="T-1",
-        customer_id="acme",
-        tier=Tier.PREMIUM,
-        severity=Severity.SEV2,
-        category="bug",
-        state=TicketState.OPEN,
-        opened_at=T0,
-        response_due_at=DUE,
-    ).model_copy(update=changes)
 
 
 def test_breach_at_the_deadline_unless_an_ack_of_that_instant_is_applied() -> None:
@@ -154,3 +139,27 @@ def test_idle_close_and_ignored_actions() -> None:
     event, why = transitions.ignored(status, "resolve", "ana", DUE, 2)
     assert why == "cannot resolve: ticket T-1 is closed"
     assert event.record == Record("ignored-2", "resolve_ignored", "ana", {"state": "closed"})
+
+
+def test_policy_adoption_records_both_versions_and_deadlines() -> None:
+    status = ticket(policy_version="2026-12-01")
+    moved = DUE + timedelta(minutes=30)
+    status.response_due_at = moved
+    adopt = AdoptPolicy(version="2026-12-01", by="ops", reason="new targets")
+    event = transitions.policy_adopted(status, adopt, "2026-11-01", DUE, T0, 1)
+    assert event.detail == (
+        f"2026-11-01 -> 2026-12-01; response due {DUE.isoformat()} -> {moved.isoformat()}"
+        ": new targets"
+    )
+    assert event.record == Record(
+        "policy-adopted-1",
+        "policy_adopted",
+        "ops",
+        {
+            "before": "2026-11-01",
+            "after": "2026-12-01",
+            "reason": "new targets",
+            "response_due_at_before": DUE.isoformat(),
+            "response_due_at": moved.isoformat(),
+        },
+    )
