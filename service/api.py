@@ -341,8 +341,9 @@ async def get_ticket(
     return JSONResponse(details.status.model_dump(mode="json"))
 
 
-def _answer(result: tuple[int, dict[str, Any]]) -> JSONResponse:
-    status, body = result
+async def _act(request: Request, ticket_id: str, action: str, payload: Message) -> JSONResponse:
+    """``act`` for an API route: its status code and body as the response."""
+    status, body = await act(_client(request), ticket_id, action, payload)
     return JSONResponse(body, status_code=status)
 
 
@@ -353,7 +354,7 @@ async def post_ack(
     at = received_now()
     body = _model(AckBody, data, "acknowledgement")
     ack = Acknowledge(agent=who, note=body.note, at=at)
-    return _answer(await act(_client(request), ticket_id, "ack", ack))
+    return await _act(request, ticket_id, "ack", ack)
 
 
 @router.post("/tickets/{ticket_id}/severity")
@@ -361,7 +362,7 @@ async def post_severity(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
 ) -> JSONResponse:
     change = _model(ChangeSeverity, {**data, "by": who}, "severity change")
-    return _answer(await act(_client(request), ticket_id, "severity", change))
+    return await _act(request, ticket_id, "severity", change)
 
 
 @router.post("/tickets/{ticket_id}/out-of-scope")
@@ -369,7 +370,7 @@ async def post_out_of_scope(
     request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
 ) -> JSONResponse:
     mark = _model(MarkOutOfScope, {**data, "by": who}, "out-of-scope mark")
-    return _answer(await act(_client(request), ticket_id, "out-of-scope", mark))
+    return await _act(request, ticket_id, "out-of-scope", mark)
 
 
 @router.post("/tickets/{ticket_id}/resolve")
@@ -379,7 +380,7 @@ async def post_resolve(
     at = received_now()
     body = _model(ResolveBody, data, "resolution")
     resolve = Resolve(by=who, summary=body.summary, at=at)
-    return _answer(await act(_client(request), ticket_id, "resolve", resolve))
+    return await _act(request, ticket_id, "resolve", resolve)
 
 
 def scope_clause(policy: Policy, scope: Scope) -> str | None:
