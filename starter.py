@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from intake.core import (
     start,
 )
 from runtime.connection import connect
+from runtime.process import exit_flushed
 
 # ``open_ticket`` stays importable from here for the tests that start raw tickets with it.
 __all__ = ["main", "open_ticket", "run_batch", "run_cli"]
@@ -170,17 +170,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli() -> NoReturn:
-    """Console entry point. Exits with ``os._exit`` after flushing: the Temporal client's
-    Rust threads can abort a normal interpreter shutdown of a short-lived process
-    ("PyGILState_Release ... must be current", temporalio/sdk-python#300)."""
+    """Console entry point. Exits with ``os._exit`` after flushing
+    (``runtime.process.exit_flushed``: a normal interpreter shutdown can abort)."""
     try:
         code = main()
     except Unreachable as err:
         print(err, file=sys.stderr)
         code = EXIT_UNREACHABLE
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_flushed(code)
 
 
 if __name__ == "__main__":

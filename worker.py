@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -32,6 +31,7 @@ from policy.load import load_policy
 from policy.schema import Policy, PolicyError
 from runtime.connection import connect, task_queue
 from runtime.logs import configure_logging
+from runtime.process import run_until_stopped
 from runtime.telemetry import (
     configure_tracing,
     install_runtime,
@@ -154,15 +154,7 @@ async def run(stop: asyncio.Event, metrics: str | None = None) -> None:
 def main() -> None:
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
     metrics = install_runtime()
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(stop, metrics)
-
-    asyncio.run(runner())
+    run_until_stopped(lambda stop: run(stop, metrics))
 
 
 if __name__ == "__main__":

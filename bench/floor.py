@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
     import httpx
     from temporalio.client import Client
     from temporalio.worker import Worker
+
+    from runtime.process import run_until_stopped
 
 
 @dataclass
@@ -80,14 +81,7 @@ async def serve(stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(stop)
-
-    asyncio.run(runner())
+    run_until_stopped(serve)
 
 
 if __name__ == "__main__":

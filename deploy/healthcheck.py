@@ -21,6 +21,8 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
+from runtime.process import exit_flushed
+
 TIMEOUT_SECONDS = 5.0
 # A worker long-polls: each poll lasts at most about 70 s, and the next one starts at once.
 POLLER_FRESH = timedelta(minutes=3)
@@ -112,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # os._exit after flushing, as ops/cli.py does: the Temporal client's Rust threads can abort
-    # a normal interpreter shutdown of a short-lived process ("PyGILState_Release ... must
-    # be current", temporalio/sdk-python#300), which would fail a healthy run.
-    status = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    # os._exit after flushing (runtime.process): the Temporal client's threads can abort a
+    # normal interpreter shutdown of a short-lived process, which would fail a healthy run.
+    exit_flushed(main())

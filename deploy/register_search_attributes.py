@@ -36,6 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from contract.search_attributes import ALL
 from runtime.connection import connect
+from runtime.process import exit_flushed
 
 RETENTION_ENV = "SUPPORT_NAMESPACE_RETENTION_DAYS"
 TIMEOUT_ENV = "SUPPORT_SETUP_TIMEOUT"
@@ -220,10 +221,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # os._exit after flushing, as ops/cli.py does: the Temporal client's Rust threads can abort
-    # a normal interpreter shutdown of a short-lived process ("PyGILState_Release ... must
-    # be current", temporalio/sdk-python#300), which would fail a healthy run.
-    status = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    # os._exit after flushing (runtime.process): the Temporal client's threads can abort a
+    # normal interpreter shutdown of a short-lived process, which would fail a healthy run.
+    exit_flushed(main())

@@ -35,7 +35,6 @@ import hashlib
 import logging
 import os
 import re
-import signal
 import sys
 import time
 from collections import OrderedDict
@@ -86,6 +85,7 @@ from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
 from runtime.logs import configure_logging, forward_core_logs
 from runtime.mail import ChannelConfigError, SmtpSettings
+from runtime.process import run_until_stopped
 from runtime.telemetry import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("support.mailbox")
@@ -1026,15 +1026,7 @@ def main() -> None:
     except (ValueError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-
-    asyncio.run(runner())
+    run_until_stopped(lambda stop: run(settings, stop))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from ops.policy import policy_command
 from ops.replay import REPLAY_DEFAULT, replay_command
 from ops.tickets import list_command, show_command, signal_command, watch_command
 from runtime.codec import DecryptionError
+from runtime.process import exit_flushed
 
 AGENT_ENV = "SUPPORT_AGENT"
 
@@ -321,9 +322,8 @@ def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
 
 
 def main() -> NoReturn:
-    """Console entry point (``support-ops``). Exits with ``os._exit`` after flushing: the
-    Temporal client's Rust threads can abort a normal interpreter shutdown of a short-lived
-    process ("PyGILState_Release ... must be current", temporalio/sdk-python#300)."""
+    """Console entry point (``support-ops``). Exits with ``os._exit`` after flushing
+    (``runtime.process.exit_flushed``: a normal interpreter shutdown can abort)."""
     try:
         code = cli()
         sys.stdout.flush()
@@ -338,12 +338,7 @@ def main() -> NoReturn:
     except BrokenPipeError:
         # The reader went away (``| head``): not an error worth a traceback.
         code = EXIT_OK
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        pass
-    os._exit(code)
+    exit_flushed(code)
 
 
 if __name__ == "__main__":
