@@ -431,23 +431,19 @@ def build_report(
         ),
         key=lambda b: (b.response_due_at, b.ticket_id),
     )
-    ack_times: dict[Tier, list[timedelta]] = {}
-    ack_times_business: dict[Tier, list[timedelta]] = {}
-    for tier in TIER_ORDER:
-        times = sorted(
-            v.time_to_acknowledge
-            for t, v in judged
-            if t.tier is tier and v.time_to_acknowledge is not None
-        )
-        if times:
-            ack_times[tier] = times
-        business = sorted(
-            v.business_to_acknowledge
-            for t, v in judged
-            if t.tier is tier and v.business_to_acknowledge is not None
-        )
-        if business:
-            ack_times_business[tier] = business
+
+    def per_tier(measure: Callable[[Verdict], timedelta | None]) -> dict[Tier, list[timedelta]]:
+        """Each tier's acknowledgement times (``measure`` of its verdicts), sorted; tiers
+        without one are left out."""
+        found: dict[Tier, list[timedelta]] = {}
+        for tier in TIER_ORDER:
+            times = sorted(d for t, v in judged if t.tier is tier and (d := measure(v)) is not None)
+            if times:
+                found[tier] = times
+        return found
+
+    ack_times = per_tier(lambda v: v.time_to_acknowledge)
+    ack_times_business = per_tier(lambda v: v.business_to_acknowledge)
     return Report(
         as_of=as_of,
         filters=filters,
