@@ -23,6 +23,7 @@ from workflows.activity_options import (
     delivery_deadline,
 )
 from workflows.ticket.events import Event, Record
+from workflows.ticket.patches import BATCHED_LEDGER_WRITES
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
@@ -44,8 +45,6 @@ with workflow.unsafe.imports_passed_through():
         TicketPlan,
         TicketStatus,
     )
-
-from workflows.ticket.patches import BATCHED_LEDGER_WRITES
 
 
 class Outbox:
