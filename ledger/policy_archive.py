@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from contract.models import PlannedStep, Recipient, StepKind, TicketInput, TicketPlan, TicketStatus
+from contract.text import span
 from policy.load import parse_policy, policy_path
 from policy.plan import resolve_plan
 from policy.schema import Policy, PolicyError
@@ -249,15 +250,8 @@ def _instant(value: datetime | None) -> str:
 
 
 def _span(value: timedelta | None) -> str:
-    if value is None:
-        return "none"
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts) or "0s"
+    # Whole seconds, a fraction cut off (not rounded, as span does).
+    return "none" if value is None else span(timedelta(seconds=int(value.total_seconds())))
 
 
 def _names(recipients: list[Recipient]) -> str:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from contract.text import span
 from ledger.report import Figures, Report, Row
 
 CSV_COLUMNS = (
@@ -81,18 +82,7 @@ def human(duration: timedelta | None, days: bool = True) -> str:
     """``1h 10m``, ``20m``, ``4m 30s``, ``2d 3h`` (to the nearest second); ``-`` for none.
     Business time is never shown in days (``days=False``: ``64h``), which would read as
     calendar days."""
-    if duration is None:
-        return "-"
-    left = round(duration.total_seconds())
-    if left == 0:
-        return "0s"
-    parts = []
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    for unit, size in units if days else units[1:]:
-        amount, left = divmod(left, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts)
+    return "-" if duration is None else span(duration, days)
 
 
 def human_percent(value: float | None) -> str:

@@ -39,6 +39,7 @@ from contract.models import (
     StepKind,
     Tier,
 )
+from contract.text import span
 from policy.calendar import WEEKDAYS, BusinessCalendar, CountryHolidays, YearlyClosure
 
 POLICY_FILE_ENV = "SUPPORT_POLICY_FILE"
@@ -528,17 +529,6 @@ _FASTER_THAN = ((Tier.MISSION_CRITICAL, Tier.PREMIUM), (Tier.PREMIUM, Tier.STAND
 _TWENTY_FOUR_SEVEN = (Tier.PREMIUM, Tier.MISSION_CRITICAL)
 
 
-def _span(duration: timedelta) -> str:
-    """``4h``, ``15m``, ``1h 30m``, ``20s``, ``2d``: a target as people write it."""
-    left = round(duration.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, left = divmod(left, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts) or "0s"
-
-
 class Policy(Spec):
     version: str = Field(min_length=1)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
@@ -673,8 +663,8 @@ class Policy(Spec):
                 loc = ("tiers", faster.value, "severities", severity.value, "response_target")
             else:
                 loc = ("tiers", faster.value, "response_target")
-            got = "no target" if target is None else _span(target)
-            found.setdefault(loc, []).append(f"{severity.value} ({got} vs {_span(promised)})")
+            got = "no target" if target is None else span(target)
+            found.setdefault(loc, []).append(f"{severity.value} ({got} vs {span(promised)})")
         return [
             (
                 loc,
