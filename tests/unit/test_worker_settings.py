@@ -8,6 +8,7 @@ import inspect
 import pkgutil
 from datetime import timedelta
 from types import MappingProxyType, ModuleType
+from typing import TypeVar
 
 import pytest
 from temporalio.common import RetryPolicy
@@ -19,7 +20,8 @@ from worker import CACHE_ENV, DEFAULT_WORKFLOW_CACHE, WORKFLOW_RUNNER, workflow_
 # What a module of the workflow package may hold at its top level: the sandbox takes the
 # package from outside (worker.WORKFLOW_RUNNER), so every ticket sees the same objects and
 # none of them may be something a ticket could change.
-IMMUTABLE = (str, int, float, bool, bytes, tuple, frozenset, timedelta, MappingProxyType)
+# A TypeVar (a generic helper's type parameter) is only read by the type checker.
+IMMUTABLE = (str, int, float, bool, bytes, tuple, frozenset, timedelta, MappingProxyType, TypeVar)
 # Frozen in practice: built once at import, only read by the workflows.
 READ_ONLY = (RetryPolicy,)
 
