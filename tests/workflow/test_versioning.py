@@ -25,7 +25,7 @@ from temporalio.worker import Replayer, Worker
 from contract.models import Resolve, TicketState, TicketStatus
 from ledger.store import SqlLedger
 from tests.conftest import sqlite_ledger, ticket
-from tests.previous_release import PREVIOUS_RELEASE
+from tests.workflow.previous_release import PREVIOUS_RELEASE
 from worker import build_worker
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES

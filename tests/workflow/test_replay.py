@@ -19,7 +19,7 @@ from temporalio.worker import Replayer
 from contract.models import TicketInput, TicketStatus
 from workflows import ALL_WORKFLOWS
 
-ROOT = Path(__file__).with_name("histories")
+ROOT = Path(__file__).parent.parent / "histories"
 HISTORIES = sorted(ROOT.rglob("*.json"))
 MAIN_PATHS = {
     "ack_before_breach",

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from contract.models import Severity, StepKind, TicketInput, TicketPlan, Tier
+from harness.processes import ROOT
 from policy.calendar import CountryHolidays
 from policy.load import default_policy_path, load_policy, parse_policy, policy_path
 from policy.plan import resolve_plan
@@ -703,7 +704,7 @@ def test_an_always_open_calendar_with_holidays_is_refused(tmp_path):
 
 
 def test_the_shipped_default_and_every_example_policy_keep_the_promises():
-    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
     assert examples
     for path in [default_policy_path(), *examples]:
         policy = load_policy(path)
@@ -940,7 +941,7 @@ def test_the_reporter_is_emailed_about_a_statement_of_work_with_a_log_fallback(p
 
 
 def test_the_production_example_policy_is_valid_and_uses_every_channel():
-    path = Path(__file__).parent.parent / "examples" / "policy.production.yaml"
+    path = ROOT / "examples" / "policy.production.yaml"
     policy = load_policy(path)
     kinds = {c.type for t in policy.targets.values() for c in t.channels}
     assert kinds == {"log", "chat", "pager", "email", "webhook"}
@@ -950,7 +951,7 @@ def test_the_production_example_policy_is_valid_and_uses_every_channel():
 
 
 def test_missing_channel_settings_are_listed_for_the_worker_to_warn_about():
-    policy = load_policy(Path(__file__).parent.parent / "examples" / "policy.production.yaml")
+    policy = load_policy(ROOT / "examples" / "policy.production.yaml")
     everything = {
         "COMMUNITY_FORUM_WEBHOOK_URL": "https://forum.example/hook",
         "SUPPORT_QUEUE_SLACK_URL": "https://hooks.slack.com/x",

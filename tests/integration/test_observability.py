@@ -33,7 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import Acknowledge, Resolve, Severity, Tier
-from harness.processes import free_port, service_process
+from harness.processes import ROOT, free_port, service_process
 from runtime.logs import core_runtime
 from runtime.telemetry import prometheus
 from tests.conftest import (
@@ -48,7 +48,6 @@ from tests.conftest import (
     ticket,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 M = timedelta(minutes=1)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
+from harness.processes import ROOT
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_drill(module: str, timeout: float) -> str:

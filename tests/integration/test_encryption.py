@@ -50,6 +50,7 @@ from contract.models import (
     sow_workflow_id,
     ticket_workflow_id,
 )
+from harness.processes import ROOT
 from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
 from runtime.codec import (
@@ -65,10 +66,9 @@ from runtime.codec import (
 from service.app import create_app
 from service.auth import Settings
 from tests.conftest import sqlite_ledger
-from tests.test_channels import policy_with
+from tests.integration.test_channels import policy_with
 from worker import build_worker
 
-ROOT = Path(__file__).resolve().parent.parent
 AGENT_TOKEN = "agent-token-0123456789"
 INTAKE_TOKEN = "intake-token-0123456789"
 UI = "http://localhost:8233"

@@ -17,10 +17,10 @@ from tests.conftest import (
     advance_to,
     now_second,
     open_ticket_at,
-    postgres_database,
     running_stack,
     ticket,
 )
+from tests.integration.conftest import postgres_database
 
 T0 = datetime(2026, 11, 26, 12, tzinfo=UTC)
 

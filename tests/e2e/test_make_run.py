@@ -19,7 +19,7 @@ import pytest
 
 from harness.processes import ROOT, free_ports, listening
 from harness.temporal import TEMPORAL
-from tests.test_e2e_cli import poll
+from tests.e2e.test_e2e_cli import poll
 
 
 def wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:

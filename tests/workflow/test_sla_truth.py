@@ -51,7 +51,7 @@ from tests.conftest import (
     ticket,
     write_policy,
 )
-from tests.failing_sow import FailingStatementOfWork
+from tests.workflow.failing_sow import FailingStatementOfWork
 from worker import build_worker
 from workflows.ticket import SupportTicket
 

@@ -119,7 +119,7 @@ def _difference(path: str, kind: str, expected: int, measured: int) -> str:
         return f"{path}: {kind} grew from {expected} to {measured} Actions"
     return (
         f"{path}: {kind} fell from {expected} to {measured} Actions: lower EXPECTED in"
-        " tests/test_cost.py"
+        " tests/workflow/test_cost.py"
     )
 
 

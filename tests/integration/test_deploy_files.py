@@ -618,7 +618,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
         ".data/sla-ledger.sqlite3",
         ".git/HEAD",
         ".env",
-        "tests/test_api.py",
+        "tests/integration/test_api.py",
         "policy/__pycache__/x.pyc",
         ".pytest_cache/v",
     ):

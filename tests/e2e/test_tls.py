@@ -32,11 +32,10 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from harness.processes import background, free_port, service_process
+from harness.processes import ROOT, background, free_port, service_process
 from policy.load import default_policy_path, load_policy
 from tests.certs import Authority, Issued
 
-ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 REQUIRED = os.environ.get("SUPPORT_REQUIRE_TLS_PROXY") == "1"
