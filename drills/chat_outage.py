@@ -30,16 +30,9 @@ if __package__ in (None, ""):  # run as a file (drills/chat_outage.py): the proj
 from sqlalchemy import select
 
 from drills.policy import DrillPolicy
-from drills.stack import (
-    running_stack,
-    say,
-)
-from drills.tickets import (
-    final_statuses,
-    open_tickets,
-    resolve_when_breached,
-)
-from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds
+from drills.stack import running_stack, say
+from drills.tickets import Paced, final_statuses, open_tickets, resolve_when_breached
+from drills.verdict import Verdict, run_drill, seconds, tally
 from harness.sinks import Sink
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
@@ -51,10 +44,7 @@ TOLERANCE = 2.0
 
 
 @dataclass(frozen=True)
-class Profile:
-    tickets: int
-    response_target: timedelta
-    open_seconds: float
+class Profile(Paced):
     failover_after: timedelta
     outage_after: float  # seconds after the first ticket opened
     errors_for: float  # the chat sink answers 500
@@ -163,16 +153,15 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         stack.sink.hang_seconds = 15.0
         began = time.monotonic()
         outage = asyncio.create_task(chat_outage(stack.sink, began, profile))
-        await open_tickets(stack, ids, per_second=profile.tickets / profile.open_seconds)
+        await open_tickets(stack, ids, per_second=profile.per_second)
         await outage
-        last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
+        last_breach = profile.last_breach(began)
         # A delivery ends by the activity's schedule-to-close bound (every channel's turn
         # and a last attempt, see workflows/activity_options.py).
         bound = profile.failover_after.total_seconds() * 3 + 60
         await resolve_when_breached(stack, ids, deadline=last_breach + bound + 10)
         statuses = await final_statuses(stack, ids, seconds=300)
-        deliveries = count_deliveries(statuses, stack.sink)
-        ledger = await count_ledger(statuses, stack.ledger_url)
+        counted = await tally(statuses, stack.sink, stack.ledger_url)
         failover = judge_failover(stack.sink, profile.failover_after)
         mismatches = channel_mismatches(stack.sink, await ledger_channels(stack.ledger_url))
         outage_hits = sum(1 for r in stack.sink.received if r["path"] == CHAT and not r["stored"])
@@ -184,10 +173,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
     ]
     verdict.figures = {
         "tickets": len(ids),
-        "escalations": deliveries.expected,
-        "delivered": deliveries.delivered,
-        "lost": len(deliveries.lost) + ledger.lost,
-        "duplicated": deliveries.duplicated + ledger.duplicated,
+        **counted.figures(),
         "chat_failures": outage_hits,
         "retried": failover.retried,
         "via_chat": failover.via_chat,
@@ -195,7 +181,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "failover_after": seconds(profile.failover_after.total_seconds()),
         "outage": seconds(profile.errors_for + profile.hangs_for),
     }
-    verdict.problems = deliveries.problems() + ledger.problems + failover.problems
+    verdict.problems = counted.problems() + failover.problems
     verdict.problems += mismatches + failed
     if not failover.fell_over:
         verdict.problems.append("no delivery fell over to the webhook")

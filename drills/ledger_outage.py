@@ -26,16 +26,17 @@ if __package__ in (None, ""):  # run as a file (drills/ledger_outage.py): the pr
 from sqlalchemy import func, select
 
 from drills.policy import DrillPolicy
-from drills.stack import (
-    running_stack,
-    say,
+from drills.stack import running_stack, say
+from drills.tickets import Paced, final_statuses, open_tickets, resolve_when_breached
+from drills.verdict import (
+    Tally,
+    Verdict,
+    count_deliveries,
+    count_ledger,
+    run_drill,
+    seconds,
+    superseded,
 )
-from drills.tickets import (
-    final_statuses,
-    open_tickets,
-    resolve_when_breached,
-)
-from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill, seconds, superseded
 from harness.postgres import TcpProxy, scratch_database
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
@@ -44,10 +45,7 @@ NAME = "ledger-outage"
 
 
 @dataclass(frozen=True)
-class Profile:
-    tickets: int
-    response_target: timedelta
-    open_seconds: float
+class Profile(Paced):
     outage_after: float  # seconds after the first ticket opened
     down_seconds: float
 
@@ -113,29 +111,30 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
             ) as stack:
                 began = time.monotonic()
                 outage = asyncio.create_task(cut_ledger(proxy, began, profile))
-                await open_tickets(stack, ids, per_second=profile.tickets / profile.open_seconds)
+                await open_tickets(stack, ids, per_second=profile.per_second)
                 cut, restored = await outage
-                last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
-                await resolve_when_breached(stack, ids, deadline=last_breach + 120)
+                deadline = profile.last_breach(began) + 120
+                await resolve_when_breached(stack, ids, deadline=deadline)
                 statuses = await final_statuses(stack, ids, seconds=300)
                 deliveries = count_deliveries(statuses, stack.sink)
         finally:
             await proxy.close()
-        ledger = await count_ledger(statuses, direct)
+        # The ledger is counted directly, once the proxy is gone.
+        counted = Tally(deliveries, await count_ledger(statuses, direct))
         late = await backlog(direct, cut, restored)
     verdict.figures = {
         "tickets": len(ids),
-        "escalations": deliveries.expected,
-        "delivered": deliveries.delivered,
-        "ledger_events": ledger.events,
-        "lost": len(deliveries.lost) + ledger.lost,
-        "duplicated": deliveries.duplicated + ledger.duplicated,
+        "escalations": counted.deliveries.expected,
+        "delivered": counted.deliveries.delivered,
+        "ledger_events": counted.ledger.events,
+        "lost": counted.lost,
+        "duplicated": counted.duplicated,
         "superseded": superseded(statuses),
         "outage": seconds(restored - cut),
         "written_late": late.written_late,
         "caught_up": seconds(late.caught_up),
     }
-    verdict.problems = deliveries.problems() + ledger.problems
+    verdict.problems = counted.problems()
     if not late.written_late:
         verdict.problems.append("no ledger write had to wait for the outage to end")
     return verdict

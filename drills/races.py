@@ -50,7 +50,7 @@ from drills.tickets import (
     planned_status,
     resolve,
 )
-from drills.verdict import Verdict, count_deliveries, count_ledger, run_drill
+from drills.verdict import Verdict, run_drill, tally
 from harness.processes import ROOT, clean_env
 from harness.temporal import TEMPORAL
 from ledger.store import SqlLedger
@@ -372,8 +372,7 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
                 statuses = await final_statuses(stack, every, seconds=120)
                 checks = refusals(stack, http, service, dupes[0])
                 refused = await check_refusals(checks)
-            deliveries = count_deliveries(statuses, stack.sink)
-            ledger = await count_ledger(statuses, stack.ledger_url)
+            counted = await tally(statuses, stack.sink, stack.ledger_url)
             judged = await judge_races(stack, [statuses[t] for t in racing])
         finally:
             service.stop()
@@ -392,16 +391,15 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "api_409": sum(b.refused for b in bursts),
         "ack_resolve_pairs": len(pairs),
         "refused_ok": f"{len(checks) - len(refused)}/{len(checks)}",
-        "lost": len(deliveries.lost) + ledger.lost,
-        "duplicated": deliveries.duplicated + ledger.duplicated,
+        "lost": counted.lost,
+        "duplicated": counted.duplicated,
     }
     verdict.problems = (
         [p for _, problems in judged for p in problems]
         + dupe_problems
         + pair_problems
         + refused
-        + deliveries.problems()
-        + ledger.problems
+        + counted.problems()
     )
     return verdict
 

@@ -26,13 +26,9 @@ if __package__ in (None, ""):  # run as a file (drills/server_restart.py): the p
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drills.policy import DrillPolicy
-from drills.stack import (
-    DrillError,
-    Stack,
-    running_stack,
-    say,
-)
+from drills.stack import DrillError, Stack, running_stack, say
 from drills.tickets import (
+    Paced,
     bounded,
     final_statuses,
     handle,
@@ -41,13 +37,13 @@ from drills.tickets import (
 )
 from drills.verdict import (
     Verdict,
-    count_deliveries,
-    count_ledger,
     percentile,
     recovery_delays,
     run_drill,
     seconds,
     superseded,
+    tally,
+    unresolved,
 )
 
 NAME = "server-restart"
@@ -61,10 +57,7 @@ class Outage:
 
 
 @dataclass(frozen=True)
-class Profile:
-    tickets: int
-    response_target: timedelta
-    open_seconds: float
+class Profile(Paced):
     outages: tuple[Outage, ...]
 
     @property
@@ -134,35 +127,25 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
     ids = [f"SR-{i:05d}" for i in range(profile.tickets)]
     async with running_stack("server-restart", profile.policy, keep=keep) as stack:
         began = time.monotonic()
-        await open_tickets(stack, ids, per_second=profile.tickets / profile.open_seconds)
+        await open_tickets(stack, ids, per_second=profile.per_second)
         say(f"opened {len(ids)} tickets in {time.monotonic() - began:.1f} s")
         restarts = [await outage(stack, began, planned, ids) for planned in profile.outages]
-        last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
-        await resolve_when_breached(stack, ids, deadline=last_breach + 120)
+        await resolve_when_breached(stack, ids, deadline=profile.last_breach(began) + 120)
         statuses = await final_statuses(stack, ids, seconds=300)
-        deliveries = count_deliveries(statuses, stack.sink)
-        ledger = await count_ledger(statuses, stack.ledger_url)
+        counted = await tally(statuses, stack.sink, stack.ledger_url)
         delays = [d for r in restarts for d in recovery_delays(stack.sink, r.stopped, r.restarted)]
     verdict.figures = {
         "tickets": len(ids),
         "restarts": "+".join(o.signal.name.removeprefix("SIG").lower() for o in profile.outages),
-        "escalations": deliveries.expected,
-        "delivered": deliveries.delivered,
-        "lost": len(deliveries.lost) + ledger.lost,
-        "duplicated": deliveries.duplicated + ledger.duplicated,
+        **counted.figures(),
         "superseded": superseded(statuses),
-        "ledger_events": ledger.events,
+        "ledger_events": counted.ledger.events,
         "queries_ok_after": "/".join(seconds(r.queried_after) for r in restarts),
         "due_while_down": len(delays),
         "fire_delay_p50": seconds(percentile(delays, 50)),
         "max": seconds(max(delays, default=0.0)),
     }
-    verdict.problems = deliveries.problems() + ledger.problems
-    verdict.problems += [
-        f"ticket {t} ended {s.state.value}"
-        for t, s in statuses.items()
-        if s.state.value != "resolved"
-    ]
+    verdict.problems = counted.problems() + unresolved(statuses)
     if not delays:
         verdict.problems.append("no escalation fell due while the server was down")
     return verdict

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
@@ -20,6 +22,25 @@ from intake.core import open_ticket
 
 CUSTOMER = "drill-co"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Paced:
+    """The tickets of a drill's profile: ``tickets`` opened evenly over ``open_seconds``,
+    each owed a response within ``response_target`` (a drill adds what its fault needs)."""
+
+    tickets: int
+    response_target: timedelta
+    open_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.tickets / self.open_seconds
+
+    def last_breach(self, began: float) -> float:
+        """The monotonic instant the last ticket's breach falls due, intake having begun
+        at ``began``."""
+        return began + self.open_seconds + self.response_target.total_seconds()
 
 
 def drill_ticket(ticket_id: str) -> TicketInput:

@@ -182,6 +182,55 @@ async def count_ledger(statuses: Mapping[str, TicketStatus], url: str) -> Ledger
     return count
 
 
+@dataclass
+class Tally:
+    """The sink's deliveries and the ledger's events against what the tickets report: the
+    ``lost`` and ``duplicated`` figures and the problems every drill's verdict carries."""
+
+    deliveries: Deliveries
+    ledger: LedgerCount
+
+    @property
+    def lost(self) -> int:
+        return len(self.deliveries.lost) + self.ledger.lost
+
+    @property
+    def duplicated(self) -> int:
+        return self.deliveries.duplicated + self.ledger.duplicated
+
+    def figures(self) -> dict[str, object]:
+        """The verdict's escalations, delivered, lost and duplicated, in that order."""
+        return {
+            "escalations": self.deliveries.expected,
+            "delivered": self.deliveries.delivered,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+        }
+
+    def problems(self) -> list[str]:
+        return self.deliveries.problems() + self.ledger.problems
+
+
+async def tally(
+    statuses: Mapping[str, TicketStatus],
+    sink: Sink,
+    ledger_url: str,
+    crash: tuple[float, float] | None = None,
+) -> Tally:
+    """``count_deliveries`` (with ``crash``) and ``count_ledger`` of the tickets."""
+    deliveries = count_deliveries(statuses, sink, crash=crash)
+    return Tally(deliveries, await count_ledger(statuses, ledger_url))
+
+
+def unresolved(statuses: Mapping[str, TicketStatus]) -> list[str]:
+    """A problem for each ticket that did not end resolved."""
+    return [
+        f"ticket {t} ended {s.state.value}"
+        for t, s in statuses.items()
+        if s.state.value != "resolved"
+    ]
+
+
 def percentile(values: Iterable[float], p: float) -> float:
     """Nearest-rank percentile (the README's definition); 0 for no values."""
     ordered = sorted(values)

@@ -30,35 +30,24 @@ if __package__ in (None, ""):  # run as a file (drills/worker_kill.py): the proj
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drills.policy import DrillPolicy
-from drills.stack import (
-    Stack,
-    running_stack,
-    say,
-)
-from drills.tickets import (
-    final_statuses,
-    open_tickets,
-    resolve_when_breached,
-)
+from drills.stack import Stack, running_stack, say
+from drills.tickets import Paced, final_statuses, open_tickets, resolve_when_breached
 from drills.verdict import (
     Verdict,
-    count_deliveries,
-    count_ledger,
     percentile,
     recovery_delays,
     run_drill,
     seconds,
     superseded,
+    tally,
+    unresolved,
 )
 
 NAME = "worker-kill"
 
 
 @dataclass(frozen=True)
-class Profile:
-    tickets: int
-    response_target: timedelta
-    open_seconds: float  # intake is spread over this long
+class Profile(Paced):
     warning_share: float
     kill_after: float  # seconds after the first ticket opened
     down_seconds: float
@@ -96,33 +85,28 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         outage = asyncio.create_task(
             kill_and_restart(stack, began + profile.kill_after, profile.down_seconds)
         )
-        await open_tickets(stack, ids, per_second=profile.tickets / profile.open_seconds)
+        await open_tickets(stack, ids, per_second=profile.per_second)
         say(f"opened {len(ids)} tickets in {time.monotonic() - began:.1f} s")
         killed, restarted = await outage
-        last_breach = began + profile.open_seconds + profile.response_target.total_seconds()
         back = began + profile.kill_after + profile.down_seconds
-        await resolve_when_breached(stack, ids, deadline=max(last_breach, back) + 120)
+        await resolve_when_breached(
+            stack, ids, deadline=max(profile.last_breach(began), back) + 120
+        )
         statuses = await final_statuses(stack, ids, seconds=300)
-        deliveries = count_deliveries(statuses, stack.sink, crash=(killed, restarted))
-        ledger = await count_ledger(statuses, stack.ledger_url)
+        counted = await tally(statuses, stack.sink, stack.ledger_url, crash=(killed, restarted))
         delays = recovery_delays(stack.sink, killed, restarted)
     verdict.figures = {
         "tickets": len(ids),
-        "escalations": deliveries.expected,
-        "delivered": deliveries.delivered,
-        "lost": len(deliveries.lost) + ledger.lost,
-        "duplicated": deliveries.duplicated + ledger.duplicated,
-        "resent_after_kill": deliveries.resent,
+        **counted.figures(),
+        "resent_after_kill": counted.deliveries.resent,
         "superseded": superseded(statuses),
-        "ledger_events": ledger.events,
+        "ledger_events": counted.ledger.events,
         "down": seconds(restarted - killed),
         "overdue_at_restart": len(delays),
         "restart_delay_p50": seconds(percentile(delays, 50)),
         "max": seconds(max(delays, default=0.0)),
     }
-    verdict.problems = deliveries.problems() + ledger.problems
-    unresolved = [t for t, s in statuses.items() if s.state.value != "resolved"]
-    verdict.problems += [f"ticket {t} ended {statuses[t].state.value}" for t in unresolved]
+    verdict.problems = counted.problems() + unresolved(statuses)
     if not delays:
         verdict.problems.append("no escalation fell due while the worker was down")
     return verdict
