@@ -13,7 +13,6 @@ so whatever a customer or ticket id holds is shown as text, never run.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -229,22 +228,12 @@ def render_csv(report: Report, out: TextIO) -> None:
 def render_table(report: Report, out: TextIO) -> None:
     """Rich tables; plain (no colour, no width limit) when ``out`` is not a terminal."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    terminal = out.isatty()
-    # Markup and emoji off: ids are data, "[bold]" or ":fire:" in one is printed as is.
-    # Not a terminal: render plain text without a width limit, trailing blanks trimmed.
-    target = out if terminal else io.StringIO()
-    console = Console(
-        file=target,
-        width=None if terminal else 1000,
-        no_color=not terminal,
-        markup=False,
-        emoji=False,
-        highlight=False,
-    )
+    from runtime.console import emit, make_console
+
+    console = make_console(out)
     console.print(Text(describe_scope(report), style="bold"))
     summary = Table(box=box.SIMPLE_HEAD, show_edge=False)
     summary.add_column("tier")
@@ -297,8 +286,7 @@ def render_table(report: Report, out: TextIO) -> None:
     )
     for note in report.notes:
         console.print(Text(f"Note: {note}"))
-    if isinstance(target, io.StringIO):
-        out.write("".join(line.rstrip() + "\n" for line in target.getvalue().splitlines()))
+    emit(console, out)
 
 
 def breach_table(report: Report) -> Any:

@@ -1,9 +1,8 @@
 """How the ops CLI prints: times (UTC, local with UTC), durations and countdowns, the
-tickets table, a ticket's status, a console that is plain text off a terminal, and JSON."""
+tickets table, a ticket's status and JSON (its console: ``runtime.console``)."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,7 +10,7 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich import box
-from rich.console import Console, ConsoleRenderable, Group
+from rich.console import ConsoleRenderable, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -228,30 +227,6 @@ def status_lines(status: TicketStatus) -> list[str]:
     rows.append(("policy", _value(status.policy_version)))
     width = max(len(label) for label, _ in rows) + 2
     return [f"{label.ljust(width)}{value}" for label, value in rows]
-
-
-def make_console(out: TextIO) -> Console:
-    """Colour and the terminal's width on a terminal; plain text without a width limit
-    otherwise. Markup and emoji off: ids and notes are data, printed as they are."""
-    terminal = out.isatty()
-    return Console(
-        file=out if terminal else io.StringIO(),
-        width=None if terminal else 1000,
-        no_color=not terminal,
-        markup=False,
-        emoji=False,
-        highlight=False,
-    )
-
-
-def emit(console: Console, out: TextIO) -> None:
-    """Write what a plain (non-terminal) console recorded, trailing blanks trimmed."""
-    if isinstance(console.file, io.StringIO):
-        text = console.file.getvalue()
-        console.file.seek(0)
-        console.file.truncate()
-        out.write("\n".join(line.rstrip() for line in text.split("\n")))
-        out.flush()
 
 
 def print_json(value: Any, out: TextIO) -> None:

@@ -39,9 +39,10 @@ from ledger.policy_archive import (
     plan_under,
 )
 from ops.common import EXIT_CHANGES, EXIT_FAILED, EXIT_OK, BadInput, Failed, connect_or_fail
-from ops.output import emit, make_console, print_json, utc
+from ops.output import print_json, utc
 from policy.load import parse_policy, policy_path
 from policy.schema import Policy, PolicyError
+from runtime.console import emit, make_console
 
 if TYPE_CHECKING:
     from ledger.store import SqlLedger

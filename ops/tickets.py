@@ -26,7 +26,8 @@ from contract.client import (
 )
 from contract.models import Acknowledge, Resolve, ticket_workflow_id
 from ops.common import EXIT_OK
-from ops.output import emit, make_console, print_json, status_lines, status_view, tickets_table, utc
+from ops.output import print_json, status_lines, status_view, tickets_table, utc
+from runtime.console import emit, make_console
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
