@@ -28,6 +28,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from contract import names
 from contract import search_attributes as sa
 from contract.models import (
     TICKET_ID_PATTERN,
@@ -41,7 +42,7 @@ from contract.models import (
     ticket_workflow_id,
 )
 
-WORKFLOW_TYPE = "SupportTicket"
+WORKFLOW_TYPE = names.TICKET_WORKFLOW
 # Letters, digits and . _ : @ + - in words separated by single spaces: no quote, backslash
 # or control character can reach the query. Ids outside this set cannot be filtered on.
 CUSTOMER_FILTER_PATTERN = r"^[A-Za-z0-9._:@+-]+( [A-Za-z0-9._:@+-]+)*$"
@@ -291,7 +292,9 @@ async def _planned_status(handle: WorkflowHandle[Any, TicketStatus]) -> TicketSt
     deadline = asyncio.get_running_loop().time() + PLANNING_WAIT.total_seconds()
     while True:
         try:
-            return await handle.query("status", result_type=TicketStatus, rpc_timeout=QUERY_TIMEOUT)
+            return await handle.query(
+                names.STATUS, result_type=TicketStatus, rpc_timeout=QUERY_TIMEOUT
+            )
         except WorkflowQueryFailedError as err:
             if "still planning" not in str(err) or asyncio.get_running_loop().time() > deadline:
                 raise
@@ -345,7 +348,7 @@ async def ticket_details(client: Client, ticket_id: str) -> TicketDetails | None
 
 
 # The agent actions, by the name of their update (and of the signal raw clients send).
-ACTIONS = ("acknowledge", "change_severity", "mark_out_of_scope", "resolve", "adopt_policy")
+ACTIONS = names.ACTIONS
 # How long an action waits for a worker to apply it before it is queued as a signal.
 UPDATE_WAIT = timedelta(seconds=10)
 
@@ -427,9 +430,9 @@ async def _not_running(client: Client, ticket_id: str, action: str) -> TicketErr
 
 async def send_acknowledge(client: Client, ticket_id: str, ack: Acknowledge) -> ActionResult:
     """``acknowledge`` through ``apply_action``."""
-    return await apply_action(client, ticket_id, "acknowledge", ack)
+    return await apply_action(client, ticket_id, names.ACKNOWLEDGE, ack)
 
 
 async def send_resolve(client: Client, ticket_id: str, resolve: Resolve) -> ActionResult:
     """``resolve`` through ``apply_action``."""
-    return await apply_action(client, ticket_id, "resolve", resolve)
+    return await apply_action(client, ticket_id, names.RESOLVE, resolve)

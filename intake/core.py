@@ -40,6 +40,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from contract import names
 from contract import search_attributes as sa
 from contract.models import (
     Severity,
@@ -57,7 +58,7 @@ from policy.plan import Entitlement, entitlement, resolve_plan
 from policy.schema import Policy, PolicyError
 from runtime.connection import task_queue
 
-WORKFLOW_TYPE = "SupportTicket"
+WORKFLOW_TYPE = names.TICKET_WORKFLOW
 # Lowest first: an integration may assert a tier up to its scope's ``max_tier``.
 TIER_ORDER = (Tier.COMMUNITY, Tier.STANDARD, Tier.PREMIUM, Tier.MISSION_CRITICAL)
 # How long a repeated intake waits for the existing ticket's status before it answers from
@@ -482,7 +483,7 @@ async def _status(
         if execution is WorkflowExecutionStatus.COMPLETED:
             return await handle.result(follow_runs=False)
         return await handle.query(
-            "status", result_type=TicketStatus, rpc_timeout=EXISTING_STATUS_WAIT
+            names.STATUS, result_type=TicketStatus, rpc_timeout=EXISTING_STATUS_WAIT
         )
     except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None

@@ -56,6 +56,7 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from contract import names
 from contract.labels import tier_label
 from contract.models import (
     CONTROL_CHARACTERS,
@@ -771,7 +772,7 @@ class MailboxHandler:
             if err.status is RPCStatusCode.NOT_FOUND:
                 return None
             raise
-        if description.workflow_type != "SupportTicket":
+        if description.workflow_type != names.TICKET_WORKFLOW:
             return None
         # Who the ticket belongs to, from its input (closed tickets answer no query).
         run = client.get_workflow_handle(handle.id, run_id=description.run_id)
@@ -805,7 +806,7 @@ class MailboxHandler:
             via="email",
         )
         try:
-            await handle.signal("customer_reply", reply)
+            await handle.signal(names.CUSTOMER_REPLY, reply)
             log.info("mail reply recorded", ticket_id=ticket.ticket_id, message_key=mail.key)
             return f"{OK}: added to ticket {ticket.ticket_id}"
         except RPCError as err:

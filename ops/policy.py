@@ -19,6 +19,7 @@ from rich import box
 from rich.table import Table
 from temporalio.client import Client
 
+from contract import names
 from contract.client import (
     UPDATE_WAIT,
     ActionRefused,
@@ -331,7 +332,7 @@ async def adopt_one(
             adoption.outcome = "skipped"
             return adoption
     try:
-        result = await apply_action(client, ticket_id, "adopt_policy", adopt)
+        result = await apply_action(client, ticket_id, names.ADOPT_POLICY, adopt)
     except ActionRefused as err:
         adoption.outcome, adoption.problem = "refused", str(err)
     except TicketError as err:

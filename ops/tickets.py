@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from temporalio.client import Client
 
+from contract import names
 from contract.client import (
     UPDATE_WAIT,
     ActionResult,
@@ -77,11 +78,11 @@ async def signal_command(
     result: ActionResult
     if isinstance(payload, Acknowledge):
         result = await send_acknowledge(client, args.ticket_id, payload)
-        name, who = "acknowledge", payload.agent
+        name, who = names.ACKNOWLEDGE, payload.agent
     else:
         assert isinstance(payload, Resolve)
         result = await send_resolve(client, args.ticket_id, payload)
-        name, who = "resolve", payload.by
+        name, who = names.RESOLVE, payload.by
     workflow_id = ticket_workflow_id(args.ticket_id)
     if args.json:
         print_json(

@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from contract import client as visibility
+from contract import names
 from contract import search_attributes as sa
 from contract.models import (
     Acknowledge,
@@ -242,10 +243,10 @@ async def status_of(client: Client, ticket_id: str) -> TicketStatus:
 ACTION_WAIT = visibility.UPDATE_WAIT
 # The API's action paths -> the update (and signal) each one is.
 ACTIONS = {
-    "ack": "acknowledge",
-    "severity": "change_severity",
-    "out-of-scope": "mark_out_of_scope",
-    "resolve": "resolve",
+    "ack": names.ACKNOWLEDGE,
+    "severity": names.CHANGE_SEVERITY,
+    "out-of-scope": names.MARK_OUT_OF_SCOPE,
+    "resolve": names.RESOLVE,
 }
 
 
