@@ -22,10 +22,22 @@ organisation's MTA, and decides for each message:
   no ticket.
 - **an unknown sender**: a polite reply on how to open a ticket, and no ticket.
 
-The SMTP answer is 250 once the message is taken, 451 when Temporal (or the policy file)
-is unavailable so the sending server retries later, 552 above the size limit, 554 when
-the message cannot become a ticket (the reason is in the answer). Bounces, out-of-office
-replies and other automatic mail never get an answer (no mail loops).
+The SMTP answer is 250 once the message is taken, 451 when Temporal (or the policy file,
+or the database) is unavailable so the sending server retries later, or when the sender,
+its domain or the connecting server is over its rate limit; 552 above the size limit, 554
+when the message cannot become a ticket (the reason is in the answer) or its MIME
+structure cannot be parsed (such a message is kept in the ``mail_quarantine`` table for
+inspection, docs/mailbox.md). MIME is parsed in a worker thread, off the event loop,
+within limits on nesting depth and number of parts; a message may name at most
+``MAX_RECIPIENTS`` recipients and at most ``SUPPORT_MAILBOX_MAX_CONNECTIONS`` servers are
+served at once.
+
+Automatic replies (RFC 3834) go to the envelope sender (``MAIL FROM``), never to
+``From``, and never to a null or automatic sender; each carries
+``Auto-Submitted: auto-replied``. A reply repeats nothing the sender wrote (the subject)
+unless the sender is verified: the trusted MTA's ``Authentication-Results`` says DMARC
+passed for the From domain, and the envelope sender is in that domain. One sender gets
+at most one reply per reason a day, recorded in the database (``intake_replies``).
 """
 
 from __future__ import annotations
@@ -36,7 +48,6 @@ import logging
 import os
 import re
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -81,6 +92,7 @@ from intake.core import (
     prepare,
     start,
 )
+from intake.guards import GuardsUnavailable, IntakeGuards
 from policy.load import load_policy
 from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
@@ -103,6 +115,17 @@ RETRY_LATER = "451 4.3.0 the support system is temporarily unavailable, please r
 # What sending one of the mailbox's own replies can fail with (the sender may then retry).
 REPLY_ERRORS = (ChannelConfigError, aiosmtplib.SMTPException, OSError)
 NOT_A_TICKET = "554 5.6.0 this message cannot become a ticket"
+UNPARSABLE = "554 5.6.0 the message's MIME structure cannot be parsed"
+RATE_LIMITED = "451 4.7.1 too many messages"
+TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients for one message"
+TOO_MANY_CONNECTIONS = b"421 4.7.0 too many connections to the support mailbox, try again later\r\n"
+# What a message may contain: nested multiparts (or attached messages) at most this deep,
+# at most this many parts in all. A message beyond either is refused (554), unparsed.
+MAX_MIME_DEPTH = 8
+MAX_MIME_PARTS = 100
+# RCPT commands per message (only the support address is ever accepted).
+MAX_RECIPIENTS = 5
+DEFAULT_MAX_CONNECTIONS = 20
 
 # A subject's severity tag, e.g. "[SEV1]" or "[sev 2]".
 SEVERITY_TAG = re.compile(r"\[\s*sev\s*-?\s*([1-4])\s*\]", re.IGNORECASE)
@@ -149,6 +172,24 @@ class InboundMail:
     auto_submitted: str | None  # the Auto-Submitted keyword, None for absent or "no"
     bulk: bool  # Precedence bulk/junk/list or a mailing list
     report: bool  # a delivery or read report (multipart/report)
+    # The trusted MTA's Authentication-Results says DMARC passed for the From domain.
+    verified: bool = False
+
+    @property
+    def reply_address(self) -> str | None:
+        """Where an automatic reply goes (RFC 3834): the envelope sender, normalised;
+        None for the null sender or an unusable one."""
+        return normalise_address(self.envelope_sender) if self.envelope_sender else None
+
+    @property
+    def trusted_text(self) -> bool:
+        """Whether a reply may repeat what the sender wrote: only to a verified sender, and
+        only when the reply goes to that sender's own domain."""
+        reply, sender = self.reply_address, self.sender
+        if not (self.verified and reply and sender):
+            return False
+        domain, own = reply.rpartition("@")[2], sender.rpartition("@")[2]
+        return domain == own or domain.endswith("." + own)
 
     @property
     def ticket_id(self) -> str:
@@ -180,9 +221,62 @@ def message_key(raw: bytes, message_id: str | None) -> str:
     return hashlib.sha256(source).hexdigest()[:16]
 
 
-def parse_mail(raw: bytes, envelope_sender: str | None) -> InboundMail:
-    message = message_from_bytes(raw, policy=email_policy.default)
+class MimeRefused(ValueError):
+    """The message's MIME structure cannot be read, or is beyond the mailbox's limits."""
+
+
+# Defects that leave a multipart's parts unknown (anything else the parser mends).
+STRUCTURE_DEFECTS = (
+    "NoBoundaryInMultipartDefect",
+    "StartBoundaryNotFoundDefect",
+    "MultipartInvariantViolationDefect",
+)
+
+
+def _prescan(raw: bytes) -> None:
+    """Refuse a message whose headers alone announce more parts than allowed, before the
+    parser (which recurses into nested parts) spends time on it."""
+    lowered = raw.lower()
+    announced = max(lowered.count(b"boundary="), lowered.count(b"content-type:") - 1)
+    if announced > MAX_MIME_PARTS:
+        raise MimeRefused(f"more than {MAX_MIME_PARTS} MIME parts")
+
+
+def check_structure(message: EmailMessage) -> None:
+    """MimeRefused unless the message is within the depth and part limits and every
+    multipart in it could be split into its parts. Walks iteratively (no recursion)."""
+    stack: list[tuple[Any, int]] = [(message, 0)]
+    parts = 0
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if parts > MAX_MIME_PARTS:
+            raise MimeRefused(f"more than {MAX_MIME_PARTS} MIME parts")
+        if depth > MAX_MIME_DEPTH:
+            raise MimeRefused(f"MIME parts nested more than {MAX_MIME_DEPTH} deep")
+        for defect in getattr(part, "defects", ()):
+            if type(defect).__name__ in STRUCTURE_DEFECTS:
+                name = type(defect).__name__
+                raise MimeRefused(f"a multipart cannot be split into its parts ({name})")
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend((child, depth + 1) for child in payload)
+
+
+def parse_mail(
+    raw: bytes, envelope_sender: str | None, trusted_authserv_id: str | None = None
+) -> InboundMail:
+    """The message read within the limits (MimeRefused saying why not). Runs in a worker
+    thread (``MailboxHandler.handle_DATA``): never on the event loop."""
+    _prescan(raw)
+    try:
+        message = message_from_bytes(raw, policy=email_policy.default)
+    except RecursionError:
+        raise MimeRefused(f"MIME parts nested more than {MAX_MIME_DEPTH} deep") from None
+    except Exception as err:
+        raise MimeRefused(f"the parser failed ({type(err).__name__})") from None
     assert isinstance(message, EmailMessage)
+    check_structure(message)
     message_id = _header(message, "Message-ID").strip() or None
     # Unusable as a reference, and our replies' In-Reply-To must not carry an encoded word.
     if message_id is not None and (
@@ -203,7 +297,40 @@ def parse_mail(raw: bytes, envelope_sender: str | None) -> InboundMail:
         auto_submitted=auto if auto and auto != "no" else None,
         bulk=precedence in ("bulk", "junk", "list") or bool(_header(message, "List-Id")),
         report=message.get_content_type() == "multipart/report",
+        verified=dmarc_passed(message, trusted_authserv_id),
     )
+
+
+_COMMENT = re.compile(r"\([^()]*\)")
+_DMARC_PASS = re.compile(r"^\s*dmarc\s*=\s*pass\b", re.IGNORECASE)
+_HEADER_FROM = re.compile(r"\bheader\.from\s*=\s*\"?([^\s;\"]+)", re.IGNORECASE)
+
+
+def dmarc_passed(message: EmailMessage, trusted_authserv_id: str | None) -> bool:
+    """Whether the trusted MTA vouches for the From domain: the topmost
+    ``Authentication-Results`` (the one that MTA prepended; any below it came with the
+    message and may be forged) names ``trusted_authserv_id`` and ``dmarc=pass`` with
+    ``header.from`` equal to the From address's domain (RFC 8601, RFC 7489)."""
+    if not trusted_authserv_id:
+        return False
+    sender = _sender(message)
+    try:
+        headers = message.get_all("Authentication-Results") or []
+        top = str(headers[0]) if headers else ""
+    except Exception:
+        return False
+    if sender is None or not top:
+        return False
+    pieces = _COMMENT.sub(" ", top).split(";")
+    authserv = pieces[0].split()
+    if not authserv or authserv[0].lower() != trusted_authserv_id.lower():
+        return False
+    domain = sender.rpartition("@")[2].lower()
+    for piece in pieces[1:]:
+        found = _HEADER_FROM.search(piece)
+        if _DMARC_PASS.match(piece) and found and found.group(1).lower().strip(".") == domain:
+            return True
+    return False
 
 
 def _header(message: EmailMessage, name: str) -> str:
@@ -369,23 +496,40 @@ class MailboxSettings:
     address: str
     max_bytes: int
     contact_form_url: str | None
+    trusted_authserv_id: str | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls) -> MailboxSettings:
         address = normalise_address(os.environ.get("SUPPORT_MAILBOX_ADDRESS", DEFAULT_ADDRESS))
         if address is None:
             raise ValueError("SUPPORT_MAILBOX_ADDRESS: not an email address")
-        try:
-            port = int(os.environ.get("SUPPORT_MAILBOX_PORT", "2525"))
-            max_bytes = int(os.environ.get("SUPPORT_MAILBOX_MAX_BYTES", str(DEFAULT_MAX_BYTES)))
-        except ValueError as err:
-            raise ValueError(f"SUPPORT_MAILBOX_PORT / SUPPORT_MAILBOX_MAX_BYTES: {err}") from None
+        numbers = {}
+        for name, default in (
+            ("SUPPORT_MAILBOX_PORT", 2525),
+            ("SUPPORT_MAILBOX_MAX_BYTES", DEFAULT_MAX_BYTES),
+            ("SUPPORT_MAILBOX_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+        ):
+            raw = os.environ.get(name, str(default))
+            if not raw.strip().isdigit() or int(raw) < 1:
+                raise ValueError(f"{name}: {raw!r} is not a positive whole number")
+            numbers[name] = int(raw)
+        authserv = os.environ.get("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "").strip()
+        if authserv and (" " in authserv or ";" in authserv):
+            raise ValueError(
+                f"SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID: {authserv!r} is not an authserv-id"
+                " (the host name the MTA writes first in its Authentication-Results)"
+            )
         return cls(
             host=os.environ.get("SUPPORT_MAILBOX_HOST", "127.0.0.1"),
-            port=port,
+            port=numbers["SUPPORT_MAILBOX_PORT"],
             address=address,
-            max_bytes=max_bytes,
+            max_bytes=numbers["SUPPORT_MAILBOX_MAX_BYTES"],
             contact_form_url=contact_form_url(),
+            trusted_authserv_id=authserv or None,
+            max_connections=numbers["SUPPORT_MAILBOX_MAX_CONNECTIONS"],
+            public_url=os.environ.get("SUPPORT_PUBLIC_URL", "").rstrip("/") or None,
         )
 
 
@@ -404,15 +548,17 @@ AUTOMATIC_SIGN_OFF = "This message was sent automatically by the support system.
 def _reply(
     mail: InboundMail, smtp: SmtpSettings, support: str, subject: str, kind: str, body: list[str]
 ) -> EmailMessage:
-    """An automatic reply (RFC 3834): threaded on the message, marked auto-replied so the
-    customer's own autoresponder stays quiet, replies going to the support address.
-    ``body`` is its paragraphs' lines, between the greeting and the automatic sign-off."""
-    assert mail.sender is not None
+    """An automatic reply (RFC 3834): to the envelope sender (never ``From``, which anyone
+    can write), threaded on the message, marked auto-replied so the customer's own
+    autoresponder stays quiet, replies going to the support address. ``body`` is its
+    paragraphs' lines, between the greeting and the automatic sign-off."""
+    to = mail.reply_address
+    assert to is not None, "never built for a null or unusable envelope sender"
     text = "\n".join(["Hello,", "", *body, "", AUTOMATIC_SIGN_OFF, ""])
     message = EmailMessage()
     message["Subject"] = header_text(subject)[:250]
     message["From"] = smtp.sender
-    message["To"] = mail.sender
+    message["To"] = to
     message["Reply-To"] = support
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = f"<{kind}-{mail.key}@support-sla>"
@@ -449,17 +595,23 @@ def acknowledgement(
             "Community support has no guaranteed response time and no commercial SLA;"
             " we answer on a best-effort basis."
         )
+    # What the sender wrote is repeated only to a verified sender (no reflector).
+    title = f"[{ticket.ticket_id}] We received your request"
+    subject_line: list[str] = []
+    if mail.trusted_text:
+        title += f": {ticket.subject or '(no subject)'}"
+        subject_line = [f"  Subject:   {ticket.subject or '(none)'}"]
     message = _reply(
         mail,
         smtp,
         support,
-        f"[{ticket.ticket_id}] We received your request: {ticket.subject or '(no subject)'}",
+        title,
         "ack",
         [
             f"we have opened ticket {ticket.ticket_id} for your message.",
             "",
             f"  Ticket:    {ticket.ticket_id}",
-            f"  Subject:   {ticket.subject or '(none)'}",
+            *subject_line,
             f"  Tier:      {tier}",
             f"  Severity:  {plan.severity.value.upper()}",
             f"  Received:  {when(ticket.opened_at, 'UTC')}",
@@ -587,29 +739,6 @@ def _send_error(err: BaseException) -> dict[str, Any]:
     return fields
 
 
-class _Recent:
-    """Keys seen within ``window`` (bounded): at most one automatic reply per sender and
-    reason a day, so a redelivery or a chatty sender never gets a stream of replies."""
-
-    def __init__(self, window: float = 86_400.0, size: int = 10_000) -> None:
-        self.window, self.size = window, size
-        self.seen: OrderedDict[str, float] = OrderedDict()
-
-    def first(self, key: str) -> bool:
-        now = time.monotonic()
-        at = self.seen.get(key)
-        if at is not None and now - at < self.window:
-            return False
-        self.seen[key] = now
-        self.seen.move_to_end(key)
-        while len(self.seen) > self.size:
-            self.seen.popitem(last=False)
-        return True
-
-    def forget(self, key: str) -> None:
-        self.seen.pop(key, None)
-
-
 # --- the handler -------------------------------------------------------------------------
 
 
@@ -642,6 +771,10 @@ class MailboxHandler:
         contact_form_url: str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         timeout: float = 60.0,
+        guards: IntakeGuards | None = None,
+        trusted_authserv_id: str | None = None,
+        public_url: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         support = normalise_address(address)
         if support is None:
@@ -657,13 +790,29 @@ class MailboxHandler:
         self._connect = None if isinstance(client, Client) else client
         self._connecting = asyncio.Lock()
         self._received: OrderedDict[str, datetime] = OrderedDict()
-        self._replied = _Recent()
+        # The database's rate limits, reply log and quarantine (the ledger's by default).
+        self._guards = guards
+        self.trusted_authserv_id = trusted_authserv_id
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.max_connections = max_connections
+
+    @property
+    def guards(self) -> IntakeGuards:
+        if self._guards is None:
+            self._guards = IntakeGuards.from_env()
+        return self._guards
 
     # aiosmtpd hooks
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        # Every RCPT of this message counts, refused ones too (no address harvesting).
+        attempts = getattr(envelope, "support_rcpt_attempts", 0) + 1
+        setattr(envelope, "support_rcpt_attempts", attempts)  # noqa: B010
+        if attempts > MAX_RECIPIENTS:
+            log.info("mail refused", reason="too_many_recipients")
+            return TOO_MANY_RECIPIENTS
         if normalise_address(address) != self.address:
             log.info("mail refused", reason="unknown_recipient")
             return "550 5.1.1 no such mailbox: this server takes mail for the support address"
@@ -679,13 +828,24 @@ class MailboxHandler:
             return TOO_BIG
         key = "?"
         try:
-            mail = parse_mail(raw, envelope.mail_from)
+            # The parser is CPU-bound: a worker thread, so the loop keeps serving others.
+            mail = await asyncio.to_thread(
+                parse_mail, raw, envelope.mail_from, self.trusted_authserv_id
+            )
+        except MimeRefused as err:
+            return await self._unparsable(raw, envelope.mail_from or "", str(err))
+        try:
             key = mail.key
+            limited = await self._rate_limited(mail, session)
+            if limited is not None:
+                return limited
             received = self._receipt(mail.key)
             async with asyncio.timeout(self.timeout):
                 answer = await self.take(mail, received)
             self._received.pop(mail.key, None)
             return answer
+        except GuardsUnavailable as err:
+            log.error("mail deferred: the database is unavailable", message_key=key, error=str(err))
         except (TemporalUnavailable, RPCError, TimeoutError) as err:
             log.warning("mail deferred: temporal unavailable", message_key=key, error=_name(err))
         except (PolicyError, PolicyUnavailable):
@@ -693,6 +853,40 @@ class MailboxHandler:
         except Exception as err:
             log.error("mail deferred: unexpected error", message_key=key, error=_name(err))
         return RETRY_LATER
+
+    async def _unparsable(self, raw: bytes, envelope_sender: str, why: str) -> str:
+        """Refuse for good (the sender's server bounces it, no retry loop) and keep the
+        message for inspection; 451 if it cannot be kept (so it is not lost)."""
+        try:
+            kept = await self.guards.quarantine(raw, envelope_sender, why, utc_now())
+        except Exception as err:
+            log.error("mail deferred: cannot quarantine", reason=why, error=_name(err))
+            return RETRY_LATER
+        log.warning("mail refused and quarantined", reason=why, quarantine_key=kept)
+        detail = why.encode("ascii", "backslashreplace").decode("ascii")
+        return f"{UNPARSABLE}: {detail} (kept as {kept})"[:500]
+
+    async def _rate_limited(self, mail: InboundMail, session: Session) -> str | None:
+        """451 when the sender's address, its domain or the connecting server is over its
+        limit (counted in the database, so a restart forgets nothing); automatic mail
+        and bounces are not counted (they are never answered)."""
+        if self._ignored(mail) is not None:
+            return None
+        address = mail.sender or mail.reply_address
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
+        keys = {
+            "address": address,
+            "domain": address.rpartition("@")[2] if address else None,
+            "client": str(peer) if peer else None,
+        }
+        try:
+            refused = await self.guards.admit(keys, utc_now())
+        except Exception as err:
+            raise GuardsUnavailable(type(err).__name__) from err
+        if refused is None:
+            return None
+        log.warning("mail deferred: rate limit", scope=refused.limit.scope, message_key=mail.key)
+        return f"{RATE_LIMITED}: {refused.describe()}"[:500]
 
     def _receipt(self, key: str) -> datetime:
         """When this listener first received the message: a retry after our own outage
@@ -754,6 +948,8 @@ class MailboxHandler:
 
     def _no_reply(self, mail: InboundMail) -> str | None:
         """Why an automatic reply must not be sent (it could start a mail loop)."""
+        if mail.reply_address is None:
+            return "no_envelope_sender"
         if mail.auto_submitted is not None:
             return "auto_submitted"
         if mail.bulk:
@@ -816,7 +1012,7 @@ class MailboxHandler:
         try:
             outcome = await self._reply_once(
                 mail,
-                f"closed:{ticket.ticket_id}:{mail.sender}",
+                f"closed:{ticket.ticket_id}:{mail.reply_address}",
                 lambda smtp: closed_ticket_reply(
                     mail, ticket.ticket_id, smtp, self.address, self.contact_form_url
                 ),
@@ -878,7 +1074,7 @@ class MailboxHandler:
         try:
             outcome = await self._reply_once(
                 mail,
-                f"path:{customer_id}:{mail.sender}",
+                f"path:{customer_id}:{mail.reply_address}",
                 lambda smtp: agreed_path_reply(
                     mail, agreed, smtp, self.address, self.contact_form_url
                 ),
@@ -897,11 +1093,11 @@ class MailboxHandler:
     async def _reply_once(
         self, mail: InboundMail, key: str, build: Callable[[SmtpSettings], EmailMessage]
     ) -> str:
-        """Answer ``mail`` with ``build``'s message at most once a day per ``key``:
-        "sent", or why not (an auto-reply, "replied_recently", ...). A failed send
-        forgets ``key`` (the sender's retry may be answered) and raises."""
+        """Answer ``mail`` with ``build``'s message at most once a day per ``key`` (kept in
+        the database): "sent", or why not (an auto-reply, "replied_recently", ...). A
+        failed send forgets ``key`` (the sender's retry may be answered) and raises."""
         why = self._no_reply(mail)
-        if why is None and not self._replied.first(key):
+        if why is None and not await self.guards.first_reply(key, utc_now()):
             why = "replied_recently"
         if why is not None:
             return why
@@ -909,7 +1105,7 @@ class MailboxHandler:
             smtp = SmtpSettings.from_env()
             await send_mail(build(smtp), smtp)
         except REPLY_ERRORS:
-            self._replied.forget(key)
+            await self.guards.forget_reply(key)
             raise
         return "sent"
 
@@ -935,7 +1131,7 @@ class MailboxHandler:
         try:
             outcome = await self._reply_once(
                 mail,
-                f"unknown:{mail.sender}",
+                f"unknown:{mail.reply_address}",
                 lambda smtp: unknown_sender_reply(mail, smtp, self.address, self.contact_form_url),
             )
         except REPLY_ERRORS as err:
@@ -958,6 +1154,47 @@ def _name(err: BaseException) -> str:
 # --- the listener ------------------------------------------------------------------------
 
 
+@dataclass
+class _Gate:
+    """The connections being served, against the limit."""
+
+    limit: int
+    active: int = 0
+
+
+class _GatedSMTP(SMTP):
+    """aiosmtpd's server, but a connection beyond the gate's limit is answered 421 and
+    closed at once (the sending server tries again later)."""
+
+    def __init__(self, gate: _Gate, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._counted = False
+        self._turned_away = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None and self._original_transport is None
+        if first:
+            if self._gate.active >= self._gate.limit:
+                log.warning("connection refused: too many", limit=self._gate.limit)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(TOO_MANY_CONNECTIONS)
+                transport.close()
+                self._turned_away = True
+                return
+            self._gate.active += 1
+            self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._gate.active -= 1
+            self._counted = False
+        if self._turned_away:
+            return
+        super().connection_lost(error)
+
+
 @asynccontextmanager
 async def listening(
     handler: MailboxHandler, host: str = "127.0.0.1", port: int = 0
@@ -966,8 +1203,10 @@ async def listening(
     ``port=0`` takes a free port (``server.sockets[0].getsockname()[1]``)."""
     loop = asyncio.get_running_loop()
     hostname = handler.address.rpartition("@")[2]
+    gate = _Gate(handler.max_connections)
     server = await loop.create_server(
-        lambda: SMTP(
+        lambda: _GatedSMTP(
+            gate,
             handler,
             data_size_limit=handler.max_bytes,
             enable_SMTPUTF8=True,
@@ -995,7 +1234,16 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
         queue=task_queue(),
         contact_form_url=settings.contact_form_url,
         max_bytes=settings.max_bytes,
+        guards=IntakeGuards.from_env(),
+        trusted_authserv_id=settings.trusted_authserv_id,
+        public_url=settings.public_url,
+        max_connections=settings.max_connections,
     )
+    try:
+        # The database's tables must be there (rate limits, reply log, quarantine).
+        await handler.guards.check()
+    except GuardsUnavailable as err:
+        log.error("intake guards unavailable; mail is deferred until fixed", error=str(err))
     try:
         await handler.client()
     except TemporalUnavailable:
@@ -1009,9 +1257,11 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
                 port=settings.port,
                 task_queue=handler.queue,
                 max_bytes=settings.max_bytes,
+                trusted_authserv_id=settings.trusted_authserv_id,
             )
             await stop.wait()
     finally:
+        await handler.guards.close()
         shutdown_tracing()
     log.info("mailbox stopped")
 
