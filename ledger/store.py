@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from contract.models import SlaEvent, TicketOutcome
 from ledger.policy_archive import ArchivedPolicy
 from ledger.schema import deliveries, policy_versions, sla_events, tickets
-from ledger.url import ledger_url, redacted
+from ledger.url import create_private_sqlite_file, ledger_url, redacted
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -98,8 +98,7 @@ class SqlLedger:
         url = ledger_url(url)
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_sqlite_file(parsed.database or "")  # 0600 from creation
             engine = create_async_engine(url, connect_args={"timeout": 30})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:

@@ -6,10 +6,10 @@ HTTP service (API, contact form, agent board on :8000) and the support mailbox (
 :2525), prints where everything is, and stops them all on Ctrl-C.
 
 Tokens for the API and the board, and the secret that signs acknowledge links, are made
-on first use and kept in ``.data/service.env`` (variables already set in the environment
-win). The demo integration token ``demo-intake`` may open tickets for the policy's
-contracted customers (listed by name in its scope) and, for anyone else, Community only
-(docs/intake.md).
+on first use and kept in ``.data/service.env`` (0600 from its creation, in a 0700
+``.data``; variables already set in the environment win). The demo integration token
+``demo-intake`` may open tickets for the policy's contracted customers (listed by name in
+its scope) and, for anyone else, Community only (docs/intake.md).
 """
 
 from __future__ import annotations
@@ -53,20 +53,37 @@ def demo_scope() -> str:
     return f"{DEMO_INTEGRATION}=customers:{'|'.join([*contracted, '*'])};max_tier:community"
 
 
+def private_data_dir() -> Path:
+    """``.data`` (or SUPPORT_DATA_DIR), the owner's only: made 0700, or brought to 0700
+    when an older checkout made it with the umask's mode (it holds service.env, the
+    ledger and the dev server's database)."""
+    DATA.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if DATA.stat().st_mode & 0o077:
+        DATA.chmod(0o700)
+    return DATA
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file that is 0600 from its creation (``os.open`` with that mode and
+    ``O_EXCL``: never a moment when another local user could open it before a chmod)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
 def service_settings() -> dict[str, str]:
     """The service's tokens and link secret: from the environment, else .data/service.env
     (made with fresh random values the first time)."""
     path = DATA / "service.env"
     if not path.exists():
-        path.write_text(
+        write_private(
+            path,
             "# Made by `make run`: demo credentials for the API, the board and signed links.\n"
             f"SUPPORT_INTAKE_TOKENS={DEMO_INTEGRATION}:{secrets.token_urlsafe(24)}\n"
             f"SUPPORT_INTAKE_SCOPES={demo_scope()}\n"
             f"SUPPORT_AGENT_TOKENS=demo-agent:{secrets.token_urlsafe(24)}\n"
             f"SUPPORT_LINK_SECRET={secrets.token_urlsafe(32)}\n",
-            encoding="utf-8",
         )
-        path.chmod(0o600)
     stored = dict(
         line.split("=", 1)
         for line in path.read_text(encoding="utf-8").splitlines()
@@ -98,7 +115,7 @@ def stop_on_signals() -> None:
 
 def main() -> None:
     stop_on_signals()
-    DATA.mkdir(parents=True, exist_ok=True)
+    private_data_dir()
     for port, what in (
         (PORT, "Temporal server"),
         (HTTP_PORT, "HTTP service"),
