@@ -47,8 +47,9 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
 
 # The compose stack's one-shot and health-check scripts.
 COPY deploy/register_search_attributes.py deploy/healthcheck.py /app/deploy/
-# Where the embedded defaults write (the SQLite ledger when SUPPORT_LEDGER_URL is unset).
-RUN install -d -o 10001 -g 10001 /app/.data
+# Where the embedded defaults write (the SQLite ledger when SUPPORT_LEDGER_URL is unset):
+# the support user's only.
+RUN install -d -m 0700 -o 10001 -g 10001 /app/.data
 
 # Numeric, so that runtimes checking "runAsNonRoot" can verify it: the `support` user.
 USER 10001:10001

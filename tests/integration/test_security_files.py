@@ -159,6 +159,14 @@ def test_service_env_is_never_overwritten(
         run_local.write_private(shared_parent / "service.env", "SUPPORT_LINK_SECRET=x\n")
 
 
+def test_the_images_data_directory_is_the_service_users_only() -> None:
+    """In the image, the directory the embedded defaults write to is made 0700 for the
+    non-root user the roles run as (the Dockerfile's USER)."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "RUN install -d -m 0700 -o 10001 -g 10001 /app/.data\n" in dockerfile
+    assert "\nUSER 10001:10001\n" in dockerfile
+
+
 # --- the SQLite ledger --------------------------------------------------------------------
 
 
