@@ -3,7 +3,7 @@
 ``Notification`` is one step's message for one recipient (deadline in the recipient's time
 zone and in UTC, what step this is, how to acknowledge). ``ChannelSender`` sends it:
 
-- ``log``: a structured log line;
+- ``log``: a structured log line (an acknowledge link in it redacted: ``runtime.logs``);
 - ``webhook``: generic JSON (every field plus the text) for any HTTP endpoint;
 - ``chat``: a Slack-compatible incoming webhook (``text`` plus ``blocks``);
 - ``pager``: a PagerDuty Events API v2 ``trigger`` (``dedup_key`` = the ticket's workflow
@@ -34,6 +34,7 @@ from contract.labels import tier_label
 from contract.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
 from contract.text import header_text, thread_reference, when
 from runtime.links import AckLinks
+from runtime.logs import redact
 from runtime.mail import ChannelConfigError, SmtpSettings
 
 log = structlog.get_logger("support.notify")
@@ -301,7 +302,9 @@ class ChannelSender:
                 tier=r.tier.value,
                 severity=r.severity.value,
                 response_due_at=r.response_due_at.isoformat() if r.response_due_at else None,
-                text=message.text(),
+                # The log is no place for a link that acknowledges: its token is redacted
+                # (the other channels carry it to the responder).
+                text=redact(message.text()),
             )
         elif channel.type is ChannelKind.WEBHOOK:
             await self._post("webhook", _url(channel), message.webhook_payload(), message.key)

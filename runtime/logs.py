@@ -4,11 +4,17 @@
 replay-safe and attach the workflow / activity context); this module renders their stdlib
 records, and structlog's own, as one JSON object per line with that context flattened in
 (``workflow_id``, ``ticket_id``, ``activity_type``...).
+
+No secret reaches a log line (``redact``): an acknowledge link's token
+(``/board/ack/<token>``), a bearer token, and ``token=`` / ``csrf=`` / ``key=`` values
+are replaced by ``[redacted]`` in every string of every line rendered here, and in the
+HTTP access log whatever renders it (``redact_access_log``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -25,6 +31,63 @@ from temporalio.runtime import (
 )
 
 _TEMPORAL_KEYS = ("temporal_workflow", "temporal_activity")
+
+REDACTED = "[redacted]"
+_SECRETS = re.compile(
+    r"(?P<keep>/board/ack/|\bbearer\s+|[?&;](?:token|csrf|key|secret)=)[^\s\"'<>&;,)]+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with acknowledge-link tokens, bearer tokens and secret query values
+    replaced by ``[redacted]``."""
+    if "/board/ack/" not in text and "=" not in text and "earer" not in text:
+        return text
+    return _SECRETS.sub(lambda m: m.group("keep") + REDACTED, text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted(v) for v in value)
+    return value
+
+
+def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: :func:`redact` every string of the line (nested ones too)."""
+    for key, value in event.items():
+        if not key.startswith("_"):
+            event[key] = _redacted(value)
+    return event
+
+
+class RedactSecrets(logging.Filter):
+    """A stdlib filter that redacts a record's message and arguments in place, for loggers
+    whose records may be rendered by a handler other than ours (uvicorn's access log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redacted(v) for k, v in record.args.items()}
+        return True
+
+
+ACCESS_LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+
+def redact_access_log() -> None:
+    """Redact the HTTP server's access and error logs (once per logger)."""
+    for name in ACCESS_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
 
 
 def _flatten_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +123,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
         structlog.stdlib.ExtraAdder(),
         _flatten_temporal_context,
         add_trace_ids,
+        redact_secrets,
     ]
     structlog.configure(
         processors=[

@@ -20,12 +20,14 @@ from temporalio.client import Client
 
 from runtime.codec import DecryptionError, EncryptionCodec, codec_from_env
 from runtime.connection import connect, task_queue
+from runtime.logs import redact_access_log
 from runtime.telemetry import configure_tracing, shutdown_tracing
 from service.api import ApiError, router
 from service.auth import Settings, TokenConfigError
 from service.codec import codec_app
 from service.limits import BodyLimit
 from service.pages import router as pages
+from service.sessions import SessionStore
 
 log = structlog.get_logger("support.service")
 
@@ -42,12 +44,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if client is not None:
-            yield
+            try:
+                yield
+            finally:
+                await app.state.sessions.close()
             return
         app.state.client = await connect(configure_tracing("support-service"))
         try:
             yield
         finally:
+            await app.state.sessions.close()
             shutdown_tracing()  # flush the spans still queued
 
     app = FastAPI(
@@ -56,6 +62,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings.from_env()
+    # The board's sessions, in the ledger's database (service.sessions).
+    app.state.sessions = SessionStore(app.state.settings.ledger_url)
+    # Acknowledge links never reach the access log, whoever configured it (runtime.logs).
+    redact_access_log()
     app.state.task_queue = queue or task_queue()
     if client is not None:
         app.state.client = client
@@ -99,7 +109,9 @@ def create_app(
 
     app.include_router(router)
     app.include_router(pages)
-    app.mount("/codec", codec_app(app.state.settings, codec or codec_from_env()))
+    codec_server = codec_app(app.state.settings, codec or codec_from_env())
+    codec_server.state.sessions = app.state.sessions  # a board session may call it
+    app.mount("/codec", codec_server)
     app.add_middleware(BodyLimit)
     return app
 

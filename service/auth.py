@@ -8,14 +8,19 @@
   at Community only.
 - Agents authenticate with their own token: ``SUPPORT_AGENT_TOKENS="ana:<token>,..."``; the
   agent's name is what the ticket records as who acknowledged or resolved.
-- Acknowledge links in notifications are signed (``SUPPORT_LINK_SECRET``), bound to one
-  ticket and one agent, carry a unique id, and expire (``SUPPORT_LINK_TTL_HOURS``, default
-  24): ``runtime.links``, which the worker's notifications use to make them. A link
-  acknowledges at most once: only an open ticket can be acknowledged, and a ticket is
-  acknowledged once (docs/intake.md says why no store of used links is needed).
+- Acknowledge links in notifications are signed, bound to one ticket and one agent, carry
+  a unique id, and expire (``SUPPORT_LINK_TTL_HOURS``, default 24): ``runtime.links``,
+  which the worker's notifications use to make them. A link acknowledges at most once: only
+  an open ticket can be acknowledged, and a ticket is acknowledged once (docs/intake.md
+  says why no store of used links is needed).
+- ``SUPPORT_LINK_SECRET`` is the key ring (``runtime.links.KeyRing``: one secret, or
+  ``id:secret`` entries newest first) from which the link, session and CSRF keys are
+  derived; a weak or malformed one is refused at start (``KeyConfigError``, naming the
+  setting and the entry).
+- Board sessions live in the ledger's database (``SUPPORT_LEDGER_URL``; ``service.sessions``).
 
 Tokens are compared in constant time. A missing link secret is replaced by a random one
-(links then stop working when the service restarts; the service warns).
+(links and board sessions then stop working when the service restarts; the service warns).
 """
 
 from __future__ import annotations
@@ -26,13 +31,20 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 
 import structlog
 
 from contract.client import CUSTOMER_FILTER_PATTERN
 from contract.models import Tier
 from intake.core import DEFAULT_SCOPE, Scope
-from runtime.links import LINK_SECRET_ENV, PUBLIC_URL_ENV, link_ttl_from_env
+from runtime.links import (
+    LINK_SECRET_ENV,
+    PUBLIC_URL_ENV,
+    KeyConfigError,
+    KeyRing,
+    link_ttl_from_env,
+)
 
 log = structlog.get_logger("support.service")
 
@@ -116,16 +128,30 @@ class Settings:
     agent_tokens: dict[str, str] = field(default_factory=dict)
     # integration name -> what it may assert and read (DEFAULT_SCOPE when not listed)
     intake_scopes: dict[str, Scope] = field(default_factory=dict)
+    # The key ring (runtime.links.KeyRing): links, sessions and CSRF tokens are signed with
+    # keys derived from it. Checked for strength by from_env (tests may pass a short one).
     link_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     link_ttl: timedelta = timedelta(hours=24)
     public_url: str = "http://localhost:8000"
+    # The database of the board's sessions: the SLA ledger's (None: SUPPORT_LEDGER_URL, else
+    # the embedded SQLite file).
+    ledger_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The settings from the environment; TokenConfigError (a KeyConfigError for the key
+        ring) naming the variable and the entry when one is malformed or too weak."""
         secret = os.environ.get(LINK_SECRET_ENV)
         if not secret:
-            log.warning(f"{LINK_SECRET_ENV} not set: acknowledge links last until a restart")
+            log.warning(
+                f"{LINK_SECRET_ENV} not set: acknowledge links and board sessions last"
+                " until a restart"
+            )
             secret = secrets.token_urlsafe(32)
+        try:
+            KeyRing.parse(secret, LINK_SECRET_ENV, strict=True)
+        except KeyConfigError as err:
+            raise TokenConfigError(str(err)) from None
         intake_tokens = parse_tokens(
             "SUPPORT_INTAKE_TOKENS", os.environ.get("SUPPORT_INTAKE_TOKENS")
         )
@@ -142,7 +168,17 @@ class Settings:
             link_secret=secret,
             link_ttl=link_ttl_from_env(),
             public_url=os.environ.get(PUBLIC_URL_ENV, "http://localhost:8000").rstrip("/"),
+            ledger_url=os.environ.get("SUPPORT_LEDGER_URL") or None,
         )
+
+    @property
+    def keys(self) -> KeyRing:
+        return _key_ring(self.link_secret)
+
+    @property
+    def agent_fingerprints(self) -> dict[str, str]:
+        """Fingerprint of each agent token -> the agent (``service.sessions``)."""
+        return _fingerprints(tuple(self.agent_tokens.items()))
 
     def integration(self, token: str) -> str | None:
         return _lookup(self.intake_tokens, token)
@@ -152,6 +188,18 @@ class Settings:
 
     def scope(self, integration: str) -> Scope:
         return self.intake_scopes.get(integration, DEFAULT_SCOPE)
+
+
+@lru_cache(maxsize=8)
+def _key_ring(value: str) -> KeyRing:
+    return KeyRing.parse(value, LINK_SECRET_ENV, strict=False)
+
+
+@lru_cache(maxsize=8)
+def _fingerprints(tokens: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    from service.sessions import token_fingerprint
+
+    return {token_fingerprint(token): name for token, name in tokens}
 
 
 def _lookup(tokens: dict[str, str], presented: str) -> str | None:

@@ -39,11 +39,11 @@ def cors_origins() -> list[str]:
     return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
 
 
-def _caller(request: Request, settings: Settings) -> str | None:
+async def _caller(request: Request, settings: Settings) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token:
         return settings.agent(token.strip())
-    return current_agent(request)
+    return await current_agent(request)
 
 
 def codec_app(
@@ -62,7 +62,7 @@ def codec_app(
     )
 
     async def run(request: Request, operation: str) -> Response:
-        agent = _caller(request, settings)
+        agent = await _caller(request, settings)
         if agent is None:
             return ApiError(
                 401,

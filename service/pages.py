@@ -3,17 +3,18 @@ resolve, login, and the confirm step of a signed acknowledge link.
 
 Pages are rendered on the server (jinja2, autoescaped). The form opens tickets through
 the intake core (``intake.core``, the same rules as every intake path) and claims no tier:
-the contract found by the email's domain decides it. Agents log in with their token; the
-session is a signed, HttpOnly, SameSite=Strict cookie, and every form on the board carries
-a CSRF token tied to that session. A signed link is its own authorisation: it names one
-ticket and one agent, expires, and acknowledges at most once. Board actions and links act
-through the ticket's updates (``service.api.act``), stamped with the instant received.
+the contract found by the email's domain decides it. Agents log in with their token into
+a server-side session (``service.sessions``: logout and a changed token end it) carried by
+a signed, HttpOnly, SameSite=Strict cookie; every form on the board carries that session's
+CSRF token, and the sign-in form a token of its own pre-session. A signed link is its own
+authorisation: it names one ticket and one agent, expires, and acknowledges at most once.
+Board actions and links act through the ticket's updates (``service.api.act``), stamped
+with the instant received.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,6 @@ import structlog
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from temporalio.service import RPCError
 
 from contract import client as visibility
@@ -43,6 +43,16 @@ from policy.schema import PolicyError
 from runtime.links import AckLinks, LinkError
 from service.api import ApiError, act, received_now, status_of
 from service.auth import Settings
+from service.sessions import (
+    LOGIN_FORM_MAX_AGE,
+    SESSION_MAX_AGE,
+    Session,
+    SessionStore,
+    csrf_valid,
+    session_cookie,
+    session_id_of,
+)
+from service.sessions import csrf_token as signed_csrf_token
 
 log = structlog.get_logger("support.service")
 
@@ -50,7 +60,8 @@ templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates"))
 router = APIRouter()
 
 SESSION_COOKIE = "support_agent"
-SESSION_MAX_AGE = timedelta(hours=12)
+# The sign-in form's pre-session: a random nonce its CSRF token is bound to.
+LOGIN_COOKIE = "support_login"
 ISSUE_KINDS = {
     "incident": "Something is broken or unavailable",
     "defect": "A feature does not work as documented",
@@ -75,31 +86,53 @@ def _settings(request: Request) -> Settings:
 
 def links(request: Request) -> AckLinks:
     s = _settings(request)
-    return AckLinks(s.link_secret, s.link_ttl, s.public_url)
+    return AckLinks(s.keys, s.link_ttl, s.public_url)
 
 
-def _sessions(request: Request) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_settings(request).link_secret, salt="support-board-session")
+def _store(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
 
 
-def current_agent(request: Request) -> str | None:
+_UNREAD = object()
+
+
+async def current_session(request: Request) -> Session | None:
+    """The request's live session (kept in ``request.state.session``): its cookie is signed
+    by a listed key, its row exists and has not expired, and its agent still has the token
+    it signed in with."""
+    found = getattr(request.state, "session", _UNREAD)
+    if found is None or isinstance(found, Session):
+        return found
     cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    try:
-        data = _sessions(request).loads(cookie, max_age=int(SESSION_MAX_AGE.total_seconds()))
-    except BadSignature:
-        return None
-    agent = data.get("agent") if isinstance(data, dict) else None
-    # A token removed from the configuration ends its sessions too.
-    if agent not in _settings(request).agent_tokens.values():
-        return None
-    return str(agent)
+    session_id = session_id_of(_settings(request).keys, cookie) if cookie else None
+    store: SessionStore | None = getattr(request.app.state, "sessions", None)
+    session = None
+    if session_id is not None and store is not None:
+        session = await store.find(session_id, _settings(request).agent_fingerprints)
+    request.state.session = session
+    return session
+
+
+async def current_agent(request: Request) -> str | None:
+    session = await current_session(request)
+    return session.agent if session else None
 
 
 def csrf_token(request: Request, agent: str) -> str:
-    key = _settings(request).link_secret.encode()
-    return hmac.new(key, f"csrf:{agent}".encode(), hashlib.sha256).hexdigest()
+    """The CSRF token of the request's session (``current_session`` found it)."""
+    session: Session = request.state.session
+    assert session.agent == agent
+    return signed_csrf_token(_settings(request).keys, "session", session.id)
+
+
+def csrf_ok(request: Request, token: str) -> bool:
+    """Whether ``token`` is the CSRF token of the request's session (signed by any listed
+    key): a token of another session, or none, is refused."""
+    session = getattr(request.state, "session", None)
+    if not isinstance(session, Session):
+        return False
+    return csrf_valid(_settings(request).keys, "session", session.id, token)
 
 
 def human(duration: timedelta | None) -> str:
@@ -270,46 +303,95 @@ def form_refusal(err: IntakeRefused) -> str:
 # --- the agent board -------------------------------------------------------------------------
 
 
-@router.get("/board/login", response_class=HTMLResponse)
-async def login_form(request: Request, next: str = "/board") -> HTMLResponse:
-    return templates.TemplateResponse(request, "login.html", {"error": None, "next": next})
+def _secure(request: Request) -> bool:
+    return _settings(request).public_url.startswith("https://")
 
 
-@router.post("/board/login", response_model=None)
-async def login(
-    request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/board"
-) -> Response:
-    agent = _settings(request).agent(token.strip()) if token.strip() else None
-    if agent is None:
-        return templates.TemplateResponse(
-            request,
-            "login.html",
-            {"error": "That agent token is not valid.", "next": next},
-            status_code=401,
-        )
-    target = next if next.startswith("/board") else "/board"
-    response = RedirectResponse(target, status_code=303)
+def login_page(
+    request: Request, next: str, error: str | None = None, status_code: int = 200
+) -> HTMLResponse:
+    """The sign-in form, with a fresh pre-session: a nonce in a SameSite=Strict cookie and
+    the form's CSRF token bound to it."""
+    nonce = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "login.html",
+        {
+            "error": error,
+            "next": next,
+            "csrf": signed_csrf_token(_settings(request).keys, "login", nonce),
+        },
+        status_code=status_code,
+    )
     response.set_cookie(
-        SESSION_COOKIE,
-        _sessions(request).dumps({"agent": agent}),
-        max_age=int(SESSION_MAX_AGE.total_seconds()),
+        LOGIN_COOKIE,
+        nonce,
+        max_age=int(LOGIN_FORM_MAX_AGE.total_seconds()),
+        path="/board",
         httponly=True,
         samesite="strict",
-        secure=_settings(request).public_url.startswith("https://"),
+        secure=_secure(request),
     )
     return response
 
 
-@router.post("/board/logout")
-async def logout() -> RedirectResponse:
+FORM_EXPIRED = "This sign-in form has expired or was not sent from this site: sign in again."
+
+
+@router.get("/board/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/board") -> HTMLResponse:
+    return login_page(request, next)
+
+
+@router.post("/board/login", response_model=None)
+async def login(
+    request: Request,
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/board",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if not csrf_valid(_settings(request).keys, "login", nonce, csrf):
+        return login_page(request, next, FORM_EXPIRED, 403)
+    agent = _settings(request).agent(token.strip()) if token.strip() else None
+    if agent is None:
+        return login_page(request, next, "That agent token is not valid.", 401)
+    old = await current_session(request)
+    if old is not None:  # signing in again replaces the session the browser had
+        await _store(request).end(old.id)
+    session = await _store(request).create(agent, token.strip())
+    log.info("board: signed in", agent=agent)
+    target = next if next.startswith("/board") else "/board"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_cookie(_settings(request).keys, session.id),
+        max_age=int(SESSION_MAX_AGE.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    response.delete_cookie(LOGIN_COOKIE, path="/board")
+    return response
+
+
+@router.post("/board/logout", response_model=None)
+async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    """End the session on the server (a copy of its cookie stops working too)."""
+    session = await current_session(request)
+    if session is not None:
+        if not csrf_ok(request, csrf):
+            raise ApiError(403, "forbidden", "the form has expired; reload the board")
+        await _store(request).end(session.id)
+        log.info("board: signed out", agent=session.agent)
     response = RedirectResponse("/board/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(SESSION_COOKIE, secure=_secure(request), httponly=True)
     return response
 
 
 @router.get("/board", response_class=HTMLResponse, response_model=None)
 async def board(request: Request, notice: str | None = None) -> Response:
-    agent = current_agent(request)
+    agent = await current_agent(request)
     if agent is None:
         return RedirectResponse("/board/login", status_code=303)
     client = request.app.state.client
@@ -339,10 +421,10 @@ async def board(request: Request, notice: str | None = None) -> Response:
 async def board_action(
     request: Request, ticket_id: str, action: str, csrf: Annotated[str, Form()] = ""
 ) -> Response:
-    agent = current_agent(request)
+    agent = await current_agent(request)
     if agent is None:
         return RedirectResponse("/board/login", status_code=303)
-    if not hmac.compare_digest(csrf, csrf_token(request, agent)):
+    if not csrf_ok(request, csrf):
         raise ApiError(403, "forbidden", "the form has expired; reload the board")
     at = received_now()
     if action == "ack":

@@ -392,7 +392,7 @@ async def test_the_http_service_opens_a_ticket_over_mutual_tls(
         SUPPORT_TASK_QUEUE=f"tls-{uuid.uuid4()}",
         SUPPORT_INTAKE_TOKENS=f"portal:{token}",
         SUPPORT_INTAKE_SCOPES="portal=customers:*;max_tier:premium",
-        SUPPORT_LINK_SECRET="tls-link-secret-0123456789",
+        SUPPORT_LINK_SECRET="tls-link-secret-7Pd2Rg9Lf4Yw1Tk6Hc3Mz",
     )
     async with service_process(env, tmp_path / "service.log") as http:
         health = await http.get("/healthz")

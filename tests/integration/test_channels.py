@@ -801,13 +801,14 @@ def test_messages_carry_a_signed_acknowledge_link_when_the_service_is_known(
     request = delivery([])
     recipient = Recipient(name="duty-engineer", channels=[])
     assert Notification.of(request, recipient, "k").ack_link is None
-    monkeypatch.setenv("SUPPORT_LINK_SECRET", "s3cret")
+    secret = "k1:channel-test-secret-Qm8vT2xL5pR9wE3n"
+    monkeypatch.setenv("SUPPORT_LINK_SECRET", secret)
     monkeypatch.setenv("SUPPORT_PUBLIC_URL", "https://support.example")
     message = Notification.of(request, recipient, "k")
     link = message.ack_link
     assert link is not None and link.startswith("https://support.example/board/ack/")
     token = link.rsplit("/", 1)[1]
-    links = AckLinks("s3cret", timedelta(hours=1), "https://support.example")
+    links = AckLinks(secret, timedelta(hours=1), "https://support.example")
     read = links.read(token)
     assert (read.ticket_id, read.agent) == ("X", "duty-engineer")
     # Every link has its own id (recorded with the acknowledgement it makes).
@@ -828,7 +829,7 @@ def test_a_customers_contact_is_told_the_deadline_but_never_how_to_acknowledge(
 ) -> None:
     """Only the vendor's responders acknowledge: a customer contact's message has the
     deadline and no link, no instructions and no raw signal command, on every channel."""
-    monkeypatch.setenv("SUPPORT_LINK_SECRET", "s3cret")
+    monkeypatch.setenv("SUPPORT_LINK_SECRET", "k1:channel-test-secret-Qm8vT2xL5pR9wE3n")
     monkeypatch.setenv("SUPPORT_PUBLIC_URL", "https://support.example")
     contact = Recipient(name="bank-noc", channels=[], role="customer")
     message = Notification.of(delivery([contact]), contact, "k")

@@ -625,8 +625,13 @@ async def test_codec_server_decodes_for_agents_only(codec_server: httpx.AsyncCli
 
 
 async def test_codec_server_accepts_a_board_session(codec_server: httpx.AsyncClient) -> None:
+    form = await codec_server.get("/board/login")  # the sign-in form's CSRF token
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
     login = await codec_server.post(
-        "/board/login", data={"token": AGENT_TOKEN}, follow_redirects=False
+        "/board/login",
+        data={"token": AGENT_TOKEN, "csrf": csrf.group(1)},
+        follow_redirects=False,
     )
     assert login.status_code == 303, login.text
     sealed = await codec_server.post("/codec/encode", content=payloads_json(plain_payload("hi")))

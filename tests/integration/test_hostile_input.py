@@ -1167,7 +1167,10 @@ async def test_injection_strings_are_inert_in_every_channel_the_board_and_the_re
     assert f"({customer}): =\u200b?utf-8?q?=0D=0ABcc:_evil@evil.example?= Bcc: evil@" in shown
 
     # The agent board and the acknowledge page: autoescaped HTML.
-    login = await rig.http.post("/board/login", data={"token": AGENT})
+    form = await rig.http.get("/board/login")  # the sign-in form's CSRF token
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    login = await rig.http.post("/board/login", data={"token": AGENT, "csrf": csrf.group(1)})
     assert (login.status_code, login.headers["location"]) == (303, "/board"), "signed in"
 
     async def board() -> str | None:

@@ -209,7 +209,7 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
         "SUPPORT_INTAKE_TOKENS": f"obs:{intake_token}",
         "SUPPORT_INTAKE_SCOPES": "obs=customers:*;max_tier:mission_critical",
         "SUPPORT_AGENT_TOKENS": "ana:obs-agent-token-0123456789",
-        "SUPPORT_LINK_SECRET": "obs-link-secret-0123456789",
+        "SUPPORT_LINK_SECRET": "obs-link-secret-4Hs8Kq1Zt6Wm3Xc9Vb5Nj",
     }
     # The caller traces too: the ticket's spans in the worker join the caller's trace.
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "intake-test"}))

@@ -47,7 +47,7 @@ def versioned(tmp_path: Path, version: str, name: str = "policy.yaml", **premium
 
 
 def test_the_archive_is_part_of_the_head_revision() -> None:
-    assert head_revision() == "0002"
+    assert head_revision() >= "0002"
 
 
 async def test_a_version_is_archived_once_and_its_document_round_trips(

@@ -50,7 +50,7 @@ SETTINGS = Settings(
         "globex-portal=customers:globex;max_tier:premium",
         {"web-tests", "globex-portal"},
     ),
-    link_secret="web-test-secret",
+    link_secret="web-test-secret-6Zq0aQm1V8xkP3rT7wYb2cD5eF9gH4jL",
 )
 
 
@@ -68,8 +68,11 @@ async def web(
 ) -> AsyncIterator[Web]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = Settings(**{**SETTINGS.__dict__, "public_url": url})
-    async with running_stack(dev_server, tmp_path_factory.mktemp("web") / "l.sqlite3") as stack:
+    ledger = tmp_path_factory.mktemp("web") / "l.sqlite3"  # the board's sessions too
+    settings = Settings(
+        **{**SETTINGS.__dict__, "public_url": url, "ledger_url": f"sqlite:///{ledger}"}
+    )
+    async with running_stack(dev_server, ledger) as stack:
         app = create_app(client=stack.client, settings=settings, queue=stack.task_queue)
         async with serve(app, port), httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield Web(url, stack, http, AckLinks(settings.link_secret, settings.link_ttl, url))
@@ -344,7 +347,12 @@ async def test_board_actions_need_a_session_and_its_csrf_token(web: Web) -> None
     ticket_id = await open_via_api(web)
     response = await web.http.post(f"/board/tickets/{ticket_id}/ack", data={"csrf": "x"})
     assert response.status_code == 303 and response.headers["location"] == "/board/login"
-    login = await web.http.post("/board/login", data={"token": AGENTS["ana"]})
+    form = await web.http.get("/board/login")  # the sign-in form's CSRF token
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    login = await web.http.post(
+        "/board/login", data={"token": AGENTS["ana"], "csrf": csrf.group(1)}
+    )
     assert login.status_code == 303
     forged = await web.http.post(f"/board/tickets/{ticket_id}/ack", data={"csrf": "forged"})
     assert forged.status_code == 403
