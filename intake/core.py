@@ -9,6 +9,12 @@ plan **once**. ``start`` starts the workflow with search attributes from that pl
 finds the ticket already there (idempotent on ``ticket_id``), and returns the promise:
 the tier, severity, response target and deadline owed. ``intake`` is both in one call.
 
+A requester at a contract's email domain gets the contract's tier only once verified
+(``open_unverified``, ``confirm_requester``): until the address is confirmed by the link
+mailed to it, the ticket runs as Community and its description says why; confirming
+opens the contracted ticket with the clock from the original submission and resolves the
+Community one as moved (docs/intake.md#verified-requesters).
+
 Refusals are exceptions that name the field: ``InvalidTicket`` (the input is not a
 ticket), ``IntakeRefused`` (a ticket this path may not open), ``PolicyUnavailable`` (no
 policy to promise anything from), ``TicketConflict`` (the id belongs to another ticket).
@@ -17,6 +23,7 @@ Nothing is started when one is raised.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -43,6 +51,8 @@ from temporalio.service import RPCError
 from contract import names
 from contract import search_attributes as sa
 from contract.models import (
+    MAX_DESCRIPTION,
+    Resolve,
     Severity,
     TicketInput,
     TicketPlan,
@@ -52,7 +62,9 @@ from contract.models import (
     describe_validation_error,
     intake_problems,
     opened_at_problem,
+    ticket_workflow_id,
 )
+from intake.guards import IntakeGuards
 from policy.load import load_policy
 from policy.plan import Entitlement, entitlement, resolve_plan
 from policy.schema import Policy, PolicyError
@@ -487,6 +499,163 @@ async def _status(
         )
     except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None
+
+
+# --- unverified requesters ------------------------------------------------------------------
+
+# The customer of a ticket whose requester has no (verified) contract.
+COMMUNITY = "community"
+# The confirmed ticket's id: the Community ticket's with this suffix.
+CONFIRMED_SUFFIX = "-C"
+RESOLVE_WAIT = timedelta(seconds=10)
+
+
+def confirmed_ticket_id(ticket_id: str) -> str:
+    return ticket_id[: 64 - len(CONFIRMED_SUFFIX)] + CONFIRMED_SUFFIX
+
+
+def unverified_reason(customer_id: str, address: str, how: str) -> str:
+    """Why a ticket runs as Community: written into its description and the database."""
+    return (
+        f"{address} is at an email domain of the support contract of {customer_id!r}, but"
+        f" the address is not verified ({how}); the ticket runs as Community until the"
+        " requester confirms by the link mailed to that address"
+    )
+
+
+def community_ticket(data: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The Community ticket of an unverified requester: customer ``community``, no tier
+    claimed, and the reason first in its description (its record says why)."""
+    note = f"[Community until confirmed: {reason}]"
+    text = str(data.get("description") or "")
+    description = f"{note}\n\n{text}" if text else note
+    if len(description) > MAX_DESCRIPTION:
+        description = description[: MAX_DESCRIPTION - 22] + "\n\n[message truncated]"
+    ticket = {**data, "customer_id": COMMUNITY, "description": description}
+    ticket.pop("tier", None)
+    return ticket
+
+
+@dataclass(frozen=True)
+class Held:
+    """A ticket opened as Community until its requester confirms: ``promise`` is the
+    Community ticket's, ``contracted`` what it becomes once confirmed, ``token`` the
+    confirmation link's token (None when this ticket had one already: nothing to send)."""
+
+    promise: Promise
+    contracted: Prepared
+    token: str | None
+    reason: str
+
+
+async def open_unverified(
+    client: Client,
+    guards: IntakeGuards,
+    data: dict[str, Any],
+    source: Source,
+    *,
+    customer_id: str,
+    address: str,
+    reason: str,
+    policy: Policy,
+    now: datetime | None = None,
+    queue: str | None = None,
+) -> Held:
+    """Open ``data`` for an unverified requester at ``customer_id``'s domain: every rule of
+    the contract is checked first (its agreed intake channels: IntakeRefused as for a
+    verified requester), then the ticket opens as Community and the contracted ticket is
+    kept, with the submission time, until the requester confirms."""
+    contracted = prepare({**data, "customer_id": customer_id}, source, policy=policy, now=now)
+    submitted = contracted.ticket.opened_at
+    assert submitted is not None
+    community = community_ticket({**data, "opened_at": submitted}, reason)
+    promise = await intake(client, community, source, queue=queue, policy=policy, now=now)
+    later = contracted.ticket.model_dump(
+        mode="json", exclude_none=True, exclude={"tier", "integration", "continued"}
+    )
+    later["ticket_id"] = confirmed_ticket_id(promise.ticket_id)
+    token = await guards.request_confirmation(
+        promise.ticket_id,
+        customer_id,
+        address,
+        submitted,
+        later,
+        reason,
+        (now or datetime.now(UTC)).astimezone(UTC),
+    )
+    return Held(promise, contracted, token, reason)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """What a confirmation did. ``outcome``: ``moved`` (the contracted ticket is open, the
+    Community one resolved as moved), ``already`` (confirmed before), ``expired``,
+    ``unknown`` (no such link), ``closed`` (the Community ticket was already resolved:
+    nothing to move) or ``refused`` (the contract no longer takes the ticket;
+    ``detail`` says why)."""
+
+    outcome: str
+    community_id: str | None = None
+    ticket_id: str | None = None
+    promise: Promise | None = None
+    detail: str = ""
+
+
+async def confirm_requester(
+    client: Client,
+    guards: IntakeGuards,
+    token: str,
+    *,
+    policy: Policy | None = None,
+    now: datetime | None = None,
+    queue: str | None = None,
+) -> Confirmed:
+    """The requester opened the confirmation link: open the contracted ticket with its
+    clock from the submission (idempotent on its id), then resolve the Community ticket
+    as moved to it. Safe to repeat: a failure half-way is finished by the next click.
+    RPCError / TimeoutError when Temporal cannot be reached (nothing is marked)."""
+    at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    found = await guards.confirmation(token)
+    if found is None:
+        return Confirmed("unknown")
+    if found.moved_to is not None or found.confirmed_at is not None:
+        return Confirmed("already", found.ticket_id, found.moved_to)
+    if at > found.expires_at:
+        return Confirmed("expired", found.ticket_id)
+    policy = policy_or_refuse(policy)
+    if found.customer_id not in policy.customers:
+        return Confirmed(
+            "refused",
+            found.ticket_id,
+            detail=f"customer {found.customer_id!r} no longer has a support contract",
+        )
+    community = client.get_workflow_handle(
+        ticket_workflow_id(found.ticket_id),
+        result_type=TicketStatus,
+    )
+    description = await community.describe()
+    status = await _status(community, description.status)
+    if status is None or status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
+        await guards.confirmed(token, at, None)
+        return Confirmed("closed", found.ticket_id)
+    source = MAILBOX if found.ticket.get("intake_channel") == "email" else WEB_FORM
+    try:
+        prepared = prepare(found.ticket, source, policy=policy, now=at)
+    except (InvalidTicket, IntakeRefused) as err:
+        return Confirmed("refused", found.ticket_id, detail="; ".join(err.problems))
+    promise = await start(client, prepared, queue)
+    resolve = Resolve(
+        by="intake",
+        summary=f"moved to {promise.ticket_id}: the requester confirmed {found.address}",
+        at=at,
+    )
+    try:
+        async with asyncio.timeout(RESOLVE_WAIT.total_seconds()):
+            await community.execute_update(names.RESOLVE, resolve)
+    except WorkflowUpdateFailedError:
+        pass  # resolved meanwhile (by an agent): nothing left to move
+    await guards.confirmed(token, at, promise.ticket_id)
+    return Confirmed("moved", found.ticket_id, promise.ticket_id, promise)
 
 
 # --- the raw start (tests, drills, benchmarks) ------------------------------------------------

@@ -183,23 +183,33 @@ class IntakeGuards:
         self._lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
-    def from_env(cls) -> IntakeGuards:
-        """On ``SUPPORT_LEDGER_URL`` (the embedded SQLite file by default)."""
+    def from_url(cls, url: str | None = None) -> IntakeGuards:
+        """On ``url``, else ``SUPPORT_LEDGER_URL`` (the embedded SQLite file by default)."""
         from ledger.store import SqlLedger
 
-        return cls(SqlLedger.from_url().engine)
+        return cls(SqlLedger.from_url(url).engine)
 
-    async def check(self) -> None:
-        """GuardsUnavailable, naming what to do, unless every table is there."""
+    @classmethod
+    def from_env(cls) -> IntakeGuards:
+        return cls.from_url()
+
+    async def ready(self) -> None:
+        """GuardsUnavailable, naming what to do, unless the database is at the head
+        revision. It never migrates: the worker (or ``python -m ledger migrate``) does, so
+        that processes starting together never race on a migration."""
+        from ledger.store import SqlLedger, head_revision
+
         try:
-            async with self.engine.connect() as conn:
-                for table in TABLES:
-                    await conn.execute(select(table).limit(1))
+            found = await SqlLedger(self.engine).schema_revision()
         except Exception as err:
             raise GuardsUnavailable(
-                f"the intake guards' tables cannot be read ({type(err).__name__}):"
-                " run `python -m ledger migrate`"
+                f"the ledger's database cannot be read ({type(err).__name__})"
             ) from err
+        if found != head_revision():
+            raise GuardsUnavailable(
+                f"the ledger's database is at revision {found or 'none'}, this code needs"
+                f" {head_revision()}: run `python -m ledger migrate` (the worker does at start)"
+            )
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -83,16 +83,19 @@ from contract.models import (
 )
 from contract.text import header_text, thread_reference, when
 from intake.core import (
+    CONFIRMED_SUFFIX,
     MAILBOX,
     IntakeRefused,
     InvalidTicket,
     PolicyUnavailable,
     Prepared,
     TicketConflict,
+    open_unverified,
     prepare,
     start,
+    unverified_reason,
 )
-from intake.guards import GuardsUnavailable, IntakeGuards
+from intake.guards import GuardsUnavailable, IntakeGuards, limits_from_env
 from policy.load import load_policy
 from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
@@ -631,6 +634,50 @@ def acknowledgement(
     return message
 
 
+def held_acknowledgement(
+    mail: InboundMail,
+    ticket_id: str,
+    link: str | None,
+    smtp: SmtpSettings,
+    support: str,
+    form_url: str | None,
+) -> EmailMessage:
+    """To an unverified sender at a contract's domain: the Community ticket, why, and the
+    confirmation link (None: how else to be verified). Repeats nothing the sender wrote."""
+    if link is not None:
+        how = [
+            "To have it handled under your organisation's support contract, confirm that you"
+            " sent it by opening this link (valid for 7 days):",
+            "",
+            f"  {link}",
+            "",
+            f"Once confirmed, it moves to ticket {ticket_id}{CONFIRMED_SUFFIX} under the"
+            " contract, its response time counted from when we received your message.",
+        ]
+    else:
+        form = f" ({form_url})" if form_url else ""
+        how = [
+            "To have a request handled under your organisation's support contract, write"
+            " from your organisation's own mail system (it must pass DMARC), or use the"
+            f" contact form on our website{form}, which sends you a link to confirm.",
+        ]
+    return _reply(
+        mail,
+        smtp,
+        support,
+        f"[{ticket_id}] We received your request",
+        "ack",
+        [
+            f"we have opened ticket {ticket_id} for your message. It is handled as"
+            " Community support for now (no guaranteed response time): your address is at"
+            " the domain of a support contract, but we could not verify that the message"
+            " came from it.",
+            "",
+            *how,
+        ],
+    )
+
+
 def unknown_sender_reply(
     mail: InboundMail, smtp: SmtpSettings, support: str, form_url: str | None
 ) -> EmailMessage:
@@ -1037,6 +1084,8 @@ class MailboxHandler:
         contract: CustomerSpec,
     ) -> str:
         data = ticket_from_mail(mail, received, customer_id)
+        if not mail.verified:
+            return await self._open_unverified(mail, received, policy, customer_id, data)
         try:
             # The receipt time is the mailbox's clock: the open time is checked against it.
             prepared = prepare(data, MAILBOX, policy=policy, now=received)
@@ -1064,6 +1113,66 @@ class MailboxHandler:
         log.info("mail ticket opened", **fields)
         await self._acknowledge(mail, prepared, policy)
         return f"{OK}: ticket {promise.ticket_id} opened"
+
+    async def _open_unverified(
+        self,
+        mail: InboundMail,
+        received: datetime,
+        policy: Policy,
+        customer_id: str,
+        data: dict[str, Any],
+    ) -> str:
+        """From a contract's domain, but the trusted MTA did not vouch for the sender: the
+        ticket runs as Community until the sender confirms by a link (sent only when the
+        envelope sender is the From address, so never to a forged From), and says why."""
+        assert mail.sender is not None
+        how = (
+            "the trusted mail server reported no DMARC pass for it"
+            if self.trusted_authserv_id
+            else "no trusted mail server is configured to vouch for it"
+        )
+        reason = unverified_reason(customer_id, mail.sender, how)
+        try:
+            held = await open_unverified(
+                await self.client(),
+                self.guards,
+                data,
+                MAILBOX,
+                customer_id=customer_id,
+                address=mail.sender,
+                reason=reason,
+                policy=policy,
+                now=received,
+                queue=self.queue,
+            )
+        except (IntakeRefused, InvalidTicket) as err:
+            if isinstance(err, IntakeRefused) and err.agreed_channels:
+                return await self._agreed_path(mail, customer_id, err.agreed_channels)
+            log.error("mail not opened", message_key=mail.key, problems=err.problems)
+            return not_a_ticket("; ".join(err.problems))
+        except TicketConflict as err:
+            log.error("mail not opened: ticket id in use", message_key=mail.key)
+            return not_a_ticket(str(err))
+        promise = held.promise
+        fields = {"ticket_id": promise.ticket_id, "customer_id": customer_id}
+        if not promise.created:
+            log.info("mail ticket already open", state=promise.state, **fields)
+            return f"{OK}: ticket {promise.ticket_id} exists"
+        link = None
+        if held.token and self.public_url and mail.reply_address == mail.sender:
+            link = f"{self.public_url}/support/confirm/{held.token}"
+        log.info("mail ticket opened unverified", confirmation=link is not None, **fields)
+        why = self._no_reply(mail)
+        if why is None:
+            try:
+                smtp = SmtpSettings.from_env()
+                message = held_acknowledgement(
+                    mail, promise.ticket_id, link, smtp, self.address, self.contact_form_url
+                )
+                await send_mail(message, smtp)
+            except Exception as err:
+                log.error("acknowledgement not sent", **fields, **_send_error(err))
+        return f"{OK}: ticket {promise.ticket_id} opened (Community until the sender confirms)"
 
     async def _agreed_path(
         self, mail: InboundMail, customer_id: str, agreed: tuple[str, ...]
@@ -1241,7 +1350,7 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
     )
     try:
         # The database's tables must be there (rate limits, reply log, quarantine).
-        await handler.guards.check()
+        await handler.guards.ready()
     except GuardsUnavailable as err:
         log.error("intake guards unavailable; mail is deferred until fixed", error=str(err))
     try:
@@ -1273,6 +1382,7 @@ def main() -> None:
     forward_core_logs()
     try:
         settings = MailboxSettings.from_env()
+        limits_from_env()  # names a rate limit that is not a positive number
         load_policy()  # refuse to start on a broken policy file, loudly
     except (ValueError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ with the instant received.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,15 +33,22 @@ from contract.labels import SEVERITY_LABELS, TIER_LABELS
 from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
 from intake.core import (
     WEB_FORM,
+    Held,
     IntakeRefused,
     InvalidTicket,
     PolicyUnavailable,
     TicketConflict,
+    confirm_requester,
+    confirmed_ticket_id,
     intake,
+    open_unverified,
+    unverified_reason,
 )
+from intake.guards import CONFIRMATION_TTL, GuardsUnavailable, IntakeGuards
 from policy.load import load_policy
 from policy.schema import PolicyError
 from runtime.links import AckLinks, LinkError
+from runtime.mail import SmtpSettings, confirmation_request
 from service.api import ApiError, act, received_now, status_of
 from service.auth import Settings
 from service.sessions import (
@@ -225,6 +233,25 @@ async def contact_submit(
     if errors:
         return form_page(request, values, errors, 422)
     try:
+        guards = await intake_guards(request)
+        refused = await guards.admit(
+            {
+                "address": email.strip(),
+                "domain": email.strip().rpartition("@")[2],
+                "client": request.client.host if request.client else None,
+            },
+            datetime.now(UTC),
+        )
+    except Exception as err:
+        why = str(err) if isinstance(err, GuardsUnavailable) else type(err).__name__
+        log.error("contact form: the database is unavailable", error=why)
+        return form_page(request, values, {}, 503, UNAVAILABLE)
+    if refused is not None:
+        log.warning("contact form: rate limit", scope=refused.limit.scope)
+        page = form_page(request, values, {}, 429, f"Nothing was sent: {refused.describe()}.")
+        page.headers["Retry-After"] = str(int(refused.retry_after.total_seconds()) + 1)
+        return page
+    try:
         policy = load_policy()
     except PolicyError as err:
         log.error("contact form: the policy is unavailable", error=str(err))
@@ -242,14 +269,31 @@ async def contact_submit(
     }
     if severity:
         data["severity"] = severity  # else the policy's default severity
+    held: Held | None = None
     try:
-        result = await intake(
-            request.app.state.client,
-            data,
-            WEB_FORM,
-            queue=request.app.state.task_queue,
-            policy=policy,
-        )
+        if customer is None:
+            result = await intake(
+                request.app.state.client,
+                data,
+                WEB_FORM,
+                queue=request.app.state.task_queue,
+                policy=policy,
+            )
+        else:
+            # Anyone can type an address at a contract's domain: Community until confirmed.
+            address = email.strip()
+            held = await open_unverified(
+                request.app.state.client,
+                guards,
+                data,
+                WEB_FORM,
+                customer_id=customer,
+                address=address,
+                reason=unverified_reason(customer, address, "typed into the contact form"),
+                policy=policy,
+                queue=request.app.state.task_queue,
+            )
+            result = held.promise
     except InvalidTicket as err:
         reverse = {v: k for k, v in FORM_FIELDS.items()}
         for problem in err.problems:
@@ -268,6 +312,14 @@ async def contact_submit(
     except RPCError as err:
         log.error("contact form: Temporal unavailable", error=str(err))
         return form_page(request, values, {}, 503, UNAVAILABLE)
+    pending = None
+    if held is not None:
+        pending = {
+            "tier": TIER_LABELS[held.contracted.plan.tier],
+            "email": held.contracted.ticket.reporter_email,
+            "sent": await send_confirmation(request, held) if held.token else None,
+            "moves_to": confirmed_ticket_id(result.ticket_id),
+        }
     return templates.TemplateResponse(
         request,
         "contact_done.html",
@@ -276,9 +328,131 @@ async def contact_submit(
             "tier": TIER_LABELS[result.tier],
             "target": human(result.response_target),
             "due": result.response_due_at,
+            "pending": pending,
         },
         status_code=201 if result.created else 200,
     )
+
+
+# --- verified requesters: the guards and the confirmation link --------------------------------
+
+_GUARDS_LOCK = asyncio.Lock()
+
+
+async def intake_guards(request: Request) -> IntakeGuards:
+    """The form's rate limits and confirmations (``intake.guards``): ``app.state.guards``,
+    else the ledger's database of the settings, brought to its head revision once."""
+    guards: IntakeGuards | None = getattr(request.app.state, "guards", None)
+    if guards is not None:
+        return guards
+    async with _GUARDS_LOCK:
+        guards = getattr(request.app.state, "guards", None)
+        if guards is None:
+            guards = IntakeGuards.from_url(_settings(request).ledger_url)
+            await guards.ready()
+            request.app.state.guards = guards
+    return guards
+
+
+def confirmation_url(request: Request, token: str) -> str:
+    return f"{_settings(request).public_url}/support/confirm/{token}"
+
+
+async def send_confirmation(request: Request, held: Held) -> bool:
+    """Mail the confirmation link to the address typed into the form; False (logged) when
+    it cannot be sent: the ticket still runs, as Community."""
+    assert held.token is not None and held.contracted.ticket.reporter_email is not None
+    try:
+        smtp = SmtpSettings.from_env()
+        await smtp.send(
+            confirmation_request(
+                smtp,
+                held.contracted.ticket.reporter_email,
+                held.promise.ticket_id,
+                confirmation_url(request, held.token),
+                CONFIRMATION_TTL,
+            )
+        )
+    except Exception as err:
+        log.error(
+            "contact form: confirmation not sent",
+            ticket_id=held.promise.ticket_id,
+            error=type(err).__name__,
+        )
+        return False
+    log.info("contact form: confirmation sent", ticket_id=held.promise.ticket_id)
+    return True
+
+
+CONFIRMED_TEXT = {
+    "already": (200, "Already confirmed", "This request was confirmed already."),
+    "expired": (
+        410,
+        "Link expired",
+        "This confirmation link has expired. The request stays with Community support;"
+        " send a new one through the contact form if you need your contract's support.",
+    ),
+    "unknown": (404, "Link not valid", "This confirmation link is not valid."),
+    "closed": (
+        409,
+        "Nothing to move",
+        "This request was already resolved, so there is nothing to move to your contract.",
+    ),
+}
+
+
+@router.get("/support/confirm/{token}", response_class=HTMLResponse)
+async def confirm_form(request: Request, token: str) -> HTMLResponse:
+    """What the link opens: a button (a POST), so that a mail scanner's visit confirms
+    nothing."""
+    try:
+        found = await (await intake_guards(request)).confirmation(token)
+    except Exception as err:
+        log.error("confirmation: the database is unavailable", error=type(err).__name__)
+        return message(request, "Please try again", UNAVAILABLE, 503)
+    if found is None:
+        status, title, text = CONFIRMED_TEXT["unknown"]
+        return message(request, title, text, status)
+    return templates.TemplateResponse(
+        request,
+        "requester_confirm.html",
+        {"found": found, "token": token, "done": found.moved_to or found.confirmed_at},
+    )
+
+
+@router.post("/support/confirm/{token}", response_class=HTMLResponse)
+async def confirm_submit(request: Request, token: str) -> HTMLResponse:
+    try:
+        done = await confirm_requester(
+            request.app.state.client,
+            await intake_guards(request),
+            token,
+            queue=request.app.state.task_queue,
+        )
+    except PolicyUnavailable as err:
+        log.error("confirmation: the policy is unavailable", error=str(err))
+        return message(request, "Please try again", UNAVAILABLE, 503)
+    except (RPCError, TimeoutError) as err:
+        log.error("confirmation: Temporal unavailable", error=type(err).__name__)
+        return message(request, "Please try again", UNAVAILABLE, 503)
+    if done.outcome == "moved" and done.promise is not None:
+        promise = done.promise
+        due = promise.response_due_at
+        by = f", by {due.strftime('%Y-%m-%d %H:%M UTC')}" if due is not None else ""
+        text = (
+            f"Thank you. Your request is now ticket {promise.ticket_id}, handled under your"
+            f" organisation's contract: {TIER_LABELS[promise.tier]}, severity"
+            f" {promise.severity.value.upper()}. We respond within"
+            f" {human(promise.response_target)}{by}, counted from when you sent it."
+            f" (Ticket {done.community_id} is closed as moved.)"
+        )
+        return message(request, "Request confirmed", text)
+    if done.outcome == "refused":
+        return message(request, "Not moved", f"This request cannot be moved: {done.detail}", 422)
+    if done.outcome == "already" and done.ticket_id:
+        return message(request, "Already confirmed", f"This request is ticket {done.ticket_id}.")
+    status, title, text = CONFIRMED_TEXT[done.outcome]
+    return message(request, title, text, status)
 
 
 CHANNEL_NAMES = {

@@ -42,6 +42,7 @@ from temporalio.testing import WorkflowEnvironment
 from contract.models import TicketInput, ticket_workflow_id
 from harness.serve import serve
 from harness.sinks import Mailbox, Sink, serve_sink, smtp_sink
+from intake.guards import WINDOW, IntakeGuards, Limit
 from intake.mailbox import DEFAULT_MAX_BYTES, MailboxHandler, listening, parse_mail
 from ledger.render import render_html, render_table
 from ledger.report import build_report
@@ -53,6 +54,10 @@ from tests.conftest import ROOT, Stack, running_stack, write_policy
 
 SUPPORT = "support@support.example"
 CUSTOMER_SENDER = "dana@bank.example"  # example-bank's contract: Mission Critical
+# The MTA whose Authentication-Results the mailbox trusts: the customer's letters passed
+# DMARC there (issue 15), and this table sends more than the default rate limits allow.
+MTA = "mx.support.example"
+NO_LIMITS = tuple(Limit(scope, 10_000, WINDOW) for scope in ("address", "domain", "client"))
 DUTY_EMAIL = "duty@support.example"  # the email channel's recipient
 INTAKE = "intake-token-0123456789"
 AGENT = "agent-ana-0123456789"
@@ -160,8 +165,15 @@ async def rig(
         env.setenv("SUPPORT_SMTP_SECURITY", "none")
         async with running_stack(dev_server, directory / "ledger.sqlite3") as stack:
             app = create_app(client=stack.client, settings=SETTINGS, queue=stack.task_queue)
+            guards = IntakeGuards(stack.ledger.engine, limits=NO_LIMITS)
+            app.state.guards = guards
             handler = MailboxHandler(
-                stack.client, address=SUPPORT, queue=stack.task_queue, clock=lambda: NOW
+                stack.client,
+                address=SUPPORT,
+                queue=stack.task_queue,
+                clock=lambda: NOW,
+                guards=guards,
+                trusted_authserv_id=MTA,
             )
             cli_env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
             cli_env["TEMPORAL_ADDRESS"] = dev_server.client.service_client.config.target_host
@@ -750,6 +762,7 @@ def letter(
     """A message as a customer's server delivers it: raw bytes, so that headers and body
     may hold what no well-behaved client writes; a new Message-ID unless given."""
     lines = [
+        f"Authentication-Results: {MTA}; dmarc=pass header.from=bank.example".encode(),
         *([b"From: " + sender] if sender is not None else []),
         b"To: " + SUPPORT.encode(),
         b"Subject: " + subject,

@@ -35,6 +35,7 @@ from contract.models import (
 )
 from harness.processes import free_port
 from harness.sinks import Mailbox
+from intake.guards import IntakeGuards
 from intake.mailbox import (
     MailboxHandler,
     body_text,
@@ -49,12 +50,16 @@ from tests.conftest import (
     now_second,
     open_ticket_at,
     policy_resolved,
+    sqlite_ledger,
     status_of,
     ticket,
     write_policy,
 )
 
 SUPPORT = "support@support.example"
+# The organisation's MTA, whose Authentication-Results the mailbox trusts (issue 15): the
+# mail of these tests passed DMARC there, so its sender is verified.
+MTA = "mx.support.example"
 FORM = "https://support.example/support/new"
 M = timedelta(minutes=1)
 
@@ -101,6 +106,8 @@ def mail(
     **headers: str,
 ) -> EmailMessage:
     message = EmailMessage()
+    domain = sender.rpartition("@")[2].rstrip(">")
+    message["Authentication-Results"] = f"{MTA}; dmarc=pass header.from={domain}"
     message["From"] = sender
     message["To"] = SUPPORT
     message["Subject"] = subject
@@ -128,6 +135,8 @@ async def listener(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Listener]:
         queue=stack.task_queue,
         clock=lambda: state.at,
         contact_form_url=FORM,
+        guards=IntakeGuards(stack.ledger.engine),
+        trusted_authserv_id=MTA,
     )
     async with listening(handler) as server:
         state.port = server.sockets[0].getsockname()[1]
@@ -227,6 +236,7 @@ async def test_no_tag_gives_the_default_severity_and_a_subdomain_is_the_customer
 ) -> None:
     stack, t0 = listener.stack, listener.at
     message = EmailMessage()
+    message["Authentication-Results"] = f"{MTA}; dmarc=pass header.from=eu.ops.bank.example"
     message["From"] = "noc@eu.ops.bank.example"
     message["To"] = SUPPORT
     message["Subject"] = "=?utf-8?q?Latency_in_Z=C3=BCrich?="
@@ -492,7 +502,12 @@ async def test_temporal_unreachable_answers_451_and_the_retry_keeps_the_first_re
     t0 = await now_second(stack.env)
     clock = iter([t0, t0 + 2 * M])
     handler = MailboxHandler(
-        flaky(stack.client, 1), address=SUPPORT, queue=stack.task_queue, clock=lambda: next(clock)
+        flaky(stack.client, 1),
+        address=SUPPORT,
+        queue=stack.task_queue,
+        clock=lambda: next(clock),
+        guards=IntakeGuards(stack.ledger.engine),
+        trusted_authserv_id=MTA,
     )
     message = mail("dana@bank.example", "[SEV1] down")
     ticket_id = ticket_id_of(message)
@@ -511,17 +526,19 @@ async def test_temporal_unreachable_answers_451_and_the_retry_keeps_the_first_re
 
 
 async def test_mail_that_needs_no_temporal_is_still_answered_while_it_is_down(
-    mailbox: Mailbox,
+    mailbox: Mailbox, tmp_path: Path
 ) -> None:
     async def unreachable() -> Client:
         return await Client.connect(f"127.0.0.1:{free_port()}")
 
-    handler = MailboxHandler(unreachable, address=SUPPORT)
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    handler = MailboxHandler(unreachable, address=SUPPORT, guards=IntakeGuards(ledger.engine))
     async with listening(handler) as server:
         port = server.sockets[0].getsockname()[1]
         assert (await deliver(port, mail("dana@bank.example", "[SEV1] down")))[0] == 451
         assert (await deliver(port, mail("x@elsewhere.example", "hello")))[0] == 250
     assert [m["To"] for m in mailbox.received] == ["x@elsewhere.example"]
+    await ledger.close()
 
 
 # --- reading messages ---------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""Attacks on who a requester claims to be (issue 15, part 1), each performed against the
+real HTTP app served on loopback, the real mailbox listener, a real SMTP sink, the dev
+server with a worker and the ledger's database:
+
+- a contracted domain typed into the contact form, and a mail from a contracted domain
+  without a DMARC pass from the trusted MTA: the ticket runs as Community and says why;
+  confirming by the link mailed to the address moves it to the contract's tier, its
+  clock from the submission;
+- a flood from one address, one domain, one client: 429 (form) / 451 (mailbox) after the
+  limit, and still after a restart (the counts are in the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosmtplib
+import httpx
+import pytest_asyncio
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from contract.models import TicketState, TicketStatus
+from harness.processes import free_port
+from harness.serve import serve
+from harness.sinks import Mailbox
+from intake.core import started_input
+from intake.guards import WINDOW, IntakeGuards, Limit
+from intake.mailbox import MailboxHandler, listening, message_key
+from service.app import create_app
+from service.auth import Settings
+from tests.conftest import Stack, running_stack
+
+SUPPORT = "support@support.example"
+MTA = "mx.support.example"
+SPAM = "CHEAP PILLS at http://spam.example/buy"
+M = timedelta(minutes=1)
+T = TypeVar("T")
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    url: str
+    http: httpx.AsyncClient
+    smtp_port: int
+    guards: IntakeGuards
+    settings: Settings
+
+    def ticket(self, ticket_id: str) -> WorkflowHandle[Any, TicketStatus]:
+        self.stack.opened.append(f"ticket-{ticket_id}")
+        return self.stack.client.get_workflow_handle(
+            f"ticket-{ticket_id}", result_type=TicketStatus
+        )
+
+
+def limits(address: int = 100, domain: int = 100, client: int = 100) -> tuple[Limit, ...]:
+    return (
+        Limit("address", address, WINDOW),
+        Limit("domain", domain, WINDOW),
+        Limit("client", client, WINDOW),
+    )
+
+
+@asynccontextmanager
+async def rig_on(stack: Stack, ledger: Path, allowed: tuple[Limit, ...]) -> AsyncIterator[Rig]:
+    """The HTTP app and the mailbox listener on the stack, with their guards on the
+    stack's ledger database (a second one on the same database is a restart)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(
+        agent_tokens={"agent-token-0123456789": "ana"},
+        public_url=url,
+        ledger_url=f"sqlite:///{ledger}",
+    )
+    guards = IntakeGuards(stack.ledger.engine, limits=allowed)
+    app = create_app(client=stack.client, settings=settings, queue=stack.task_queue)
+    app.state.guards = guards
+    handler = MailboxHandler(
+        stack.client,
+        address=SUPPORT,
+        queue=stack.task_queue,
+        guards=guards,
+        trusted_authserv_id=MTA,
+        public_url=url,
+    )
+    async with (
+        serve(app, port),
+        listening(handler) as server,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        smtp_port = server.sockets[0].getsockname()[1]
+        yield Rig(stack, url, http, smtp_port, guards, settings)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def rig(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> AsyncIterator[Rig]:
+    async with running_stack(dev_server, tmp_path / "ledger.sqlite3") as stack:
+        async with rig_on(stack, tmp_path / "ledger.sqlite3", limits()) as running:
+            yield running
+
+
+async def until(what: str, probe: Callable[[], Awaitable[T | None]], seconds: float = 15) -> T:
+    """``await probe()`` until it answers (real time: the dev server's clock)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = await probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {seconds:.0f} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def status(handle: WorkflowHandle[Any, TicketStatus]) -> TicketStatus:
+    async def planned() -> TicketStatus | None:
+        try:
+            found = await handle.query("status", result_type=TicketStatus)
+        except Exception:
+            return None
+        return found if found.policy_version is not None else None
+
+    return await until(f"{handle.id} planned", planned)
+
+
+def form(email: str, **fields: str) -> dict[str, str]:
+    return {
+        "form_id": uuid.uuid4().hex,
+        "email": email,
+        "category": "incident",
+        "severity": "sev1",
+        "subject": SPAM,
+        "description": "Every payment fails.",
+    } | fields
+
+
+def link_in(mail: EmailMessage) -> str:
+    body = mail.get_body(("plain",))
+    assert isinstance(body, EmailMessage)
+    found = re.search(r"https?://\S+/support/confirm/\S+", str(body.get_content()))
+    assert found, body.get_content()
+    return found.group(0)
+
+
+def ticket_id_in(html: str) -> str:
+    found = re.search(r'id="ticket-id">([^<]+)<', html)
+    assert found, html
+    return found.group(1)
+
+
+def letter(sender: str, subject: str, authentication: str | None = None) -> EmailMessage:
+    message = EmailMessage()
+    if authentication is not None:
+        message["Authentication-Results"] = authentication
+    message["From"] = sender
+    message["To"] = SUPPORT
+    message["Subject"] = subject
+    message["Message-ID"] = make_msgid(domain="bank.example")
+    message.set_content("All payment APIs time out.")
+    return message
+
+
+async def deliver(rig: Rig, message: EmailMessage, sender: str) -> tuple[int, str]:
+    try:
+        _, text = await aiosmtplib.send(
+            message, sender=sender, recipients=[SUPPORT], hostname="127.0.0.1", port=rig.smtp_port
+        )
+        return 250, text
+    except aiosmtplib.SMTPResponseException as err:
+        return err.code, err.message
+
+
+# --- unverified requesters -----------------------------------------------------------------
+
+
+async def test_a_contracted_domain_typed_into_the_form_runs_as_community_until_confirmed(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    response = await rig.http.post("/support/new", data=form("noc@bank.example"))
+    assert response.status_code == 201, response.text
+    community_id = ticket_id_in(response.text)
+    assert 'id="tier">Community<' in response.text
+    assert "until\nyou confirm" in response.text and "noc@bank.example" in response.text
+
+    # The ticket runs as Community, and its record says why.
+    community = await status(rig.ticket(community_id))
+    assert (community.customer_id, community.tier.value) == ("community", "community")
+    assert community.response_due_at is None
+    handle = rig.stack.client.get_workflow_handle(f"ticket-{community_id}")
+    run = (await handle.describe()).run_id
+    opened = await started_input(rig.stack.client, handle.id, run)
+    assert opened is not None and opened.description.startswith(
+        "[Community until confirmed: noc@bank.example is at an email domain of the support"
+        " contract of 'example-bank', but the address is not verified"
+    )
+    submitted = community.opened_at
+    assert before <= submitted <= before + timedelta(seconds=5)
+
+    # The link went to the typed address only, and carries nothing the requester typed.
+    [request] = mailbox.received
+    assert mailbox.envelopes == [["noc@bank.example"]]
+    assert "PILLS" not in request.as_string() and "spam.example" not in request.as_string()
+    assert request["Auto-Submitted"] == "auto-generated"
+    link = link_in(request)
+    path = link.removeprefix(rig.url)
+    confirmed_id = f"{community_id}-C"
+
+    # Opening the link (as a mail scanner would) confirms nothing: it shows a button.
+    page = await rig.http.get(path)
+    assert page.status_code == 200 and 'id="confirm"' in page.text, page.text
+    assert "Yes, I sent it" in page.text
+
+    await asyncio.sleep(2)  # the confirmation comes later than the submission
+    done = await rig.http.post(path)
+    assert done.status_code == 200, done.text
+    assert "Request confirmed" in done.text and confirmed_id in done.text
+
+    # The contracted ticket: the contract's tier, its clock from the submission.
+    moved = await status(rig.ticket(confirmed_id))
+    assert (moved.customer_id, moved.tier.value, moved.severity.value) == (
+        "example-bank",
+        "mission_critical",
+        "sev1",
+    )
+    assert moved.opened_at == submitted
+    assert moved.response_due_at == submitted + 15 * M
+
+    # The Community ticket is resolved as moved, saying to which ticket.
+    async def resolved() -> TicketStatus | None:
+        found = await status(rig.ticket(community_id))
+        return found if found.state is TicketState.RESOLVED else None
+
+    closed = await until("the community ticket resolved", resolved)
+    assert any(confirmed_id in (h.detail or "") for h in closed.history), closed.history
+
+    # The link works once.
+    again = await rig.http.post(path)
+    assert again.status_code == 200 and "Already confirmed" in again.text
+    assert (await rig.http.get("/support/confirm/not-a-token")).status_code == 404
+    assert (await rig.http.post("/support/confirm/not-a-token")).status_code == 404
+
+
+async def test_the_form_tells_the_requester_why_and_a_resubmission_sends_no_second_link(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    data = form("noc@bank.example")
+    first = await rig.http.post("/support/new", data=data)
+    assert first.status_code == 201
+    rig.ticket(ticket_id_in(first.text))
+    again = await rig.http.post("/support/new", data=data)
+    assert again.status_code == 200 and "when\nyou first sent this form" in again.text
+    assert len(mailbox.received) == 1
+
+
+async def test_a_mail_without_a_trusted_dmarc_pass_runs_as_community_until_confirmed(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    # A DMARC pass, but from a server that is not the trusted MTA: not verified.
+    message = letter(
+        "dana@bank.example",
+        f"[SEV1] {SPAM}",
+        authentication="mx.evil.example; dmarc=pass header.from=bank.example",
+    )
+    community_id = f"E-{message_key(b'', str(message['Message-ID']))}"
+    received = datetime.now(UTC).replace(microsecond=0)
+    code, text = await deliver(rig, message, sender="dana@bank.example")
+    assert (code, text) == (
+        250,
+        f"2.0.0 OK: ticket {community_id} opened (Community until the sender confirms)",
+    )
+    community = await status(rig.ticket(community_id))
+    assert (community.customer_id, community.tier.value) == ("community", "community")
+
+    # The acknowledgement goes to the envelope sender, names no subject, carries the link.
+    [ack] = mailbox.received
+    assert ack["To"] == "dana@bank.example" and ack["Auto-Submitted"] == "auto-replied"
+    assert "PILLS" not in ack.as_string()
+    link = link_in(ack)
+    done = await rig.http.post(link.removeprefix(rig.url))
+    assert done.status_code == 200 and "Request confirmed" in done.text, done.text
+
+    moved = await status(rig.ticket(f"{community_id}-C"))
+    assert (moved.customer_id, moved.tier.value, moved.severity.value) == (
+        "example-bank",
+        "mission_critical",
+        "sev1",
+    )
+    assert received <= moved.opened_at <= received + timedelta(seconds=5)
+    assert moved.opened_at == community.opened_at
+    assert moved.response_due_at == moved.opened_at + 15 * M
+
+
+async def test_a_forged_from_with_another_envelope_sender_gets_no_link(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    """The link would prove nothing about From: none is sent, and nothing reaches From."""
+    message = letter("dana@bank.example", "[SEV1] down")
+    community_id = f"E-{message_key(b'', str(message['Message-ID']))}"
+    assert (await deliver(rig, message, sender="attacker@evil.example"))[0] == 250
+    community = await status(rig.ticket(community_id))
+    assert community.tier.value == "community"
+    assert mailbox.envelopes == [["attacker@evil.example"]]
+    assert "/support/confirm/" not in mailbox.received[0].as_string()
+
+
+async def test_a_trusted_dmarc_pass_gets_the_contract_at_once(rig: Rig, mailbox: Mailbox) -> None:
+    message = letter(
+        "dana@bank.example",
+        "[SEV1] down",
+        authentication=f"{MTA}; dkim=pass; dmarc=pass (p=reject) header.from=bank.example",
+    )
+    ticket_id = f"E-{message_key(b'', str(message['Message-ID']))}"
+    assert (await deliver(rig, message, sender="dana@bank.example")) == (
+        250,
+        f"2.0.0 OK: ticket {ticket_id} opened",
+    )
+    opened = await status(rig.ticket(ticket_id))
+    assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+
+
+# --- floods ----------------------------------------------------------------------------------
+
+
+async def test_a_flood_through_the_form_is_refused_per_address_domain_and_client_across_a_restart(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=2, domain=3, client=4)
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed) as rig:
+
+            async def post(email: str) -> httpx.Response:
+                response = await rig.http.post("/support/new", data=form(email, subject="question"))
+                if response.status_code in (200, 201):
+                    rig.ticket(ticket_id_in(response.text))
+                return response
+
+            # Per address: the third from one address is refused.
+            assert [(await post("a@one.example")).status_code for _ in range(2)] == [201, 201]
+            refused = await post("a@one.example")
+            assert refused.status_code == 429
+            assert "too many requests from this address (2 per hour per address)" in refused.text
+            assert 0 < int(refused.headers["Retry-After"]) <= 3600
+            # Per domain: another address of the same domain, over the domain's 3.
+            refused = await post("b@one.example")
+            assert refused.status_code == 429 and "from this domain" in refused.text
+            # Per client: four counted from this client already; any address is refused.
+            refused = await post("c@two.example")
+            assert refused.status_code == 429 and "from this client" in refused.text
+
+        # A restart of the service (a new app, new guards) on the same database.
+        async with rig_on(stack, ledger, allowed) as restarted:
+            response = await restarted.http.post(
+                "/support/new", data=form("a@one.example", subject="question")
+            )
+            assert response.status_code == 429, "the counts survive the restart"
+
+
+async def test_a_flood_into_the_mailbox_is_deferred_with_451_across_a_restart(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=2, domain=100, client=100)
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed) as rig:
+            codes = []
+            for n in range(3):
+                message = letter("someone@elsewhere.example", f"hello {n}")
+                codes.append(await deliver(rig, message, sender="someone@elsewhere.example"))
+            assert [c for c, _ in codes] == [250, 250, 451]
+            assert codes[2][1].startswith("4.7.1 too many messages: too many requests from")
+        async with rig_on(stack, ledger, allowed) as restarted:
+            message = letter("someone@elsewhere.example", "hello again")
+            code, _ = await deliver(restarted, message, sender="someone@elsewhere.example")
+            assert code == 451, "the counts survive the restart"
