@@ -1160,7 +1160,7 @@ class MailboxHandler:
             return f"{OK}: ticket {promise.ticket_id} exists"
         link = None
         if held.token and self.public_url and mail.reply_address == mail.sender:
-            link = f"{self.public_url}/support/confirm/{held.token}"
+            link = f"{self.public_url}/support/confirm?token={held.token}"
         log.info("mail ticket opened unverified", confirmation=link is not None, **fields)
         why = self._no_reply(mail)
         if why is None:
