@@ -25,16 +25,20 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from itsdangerous import BadSignature
 from sqlalchemy import Column, Index, MetaData, String, Table, delete, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.schema import UtcDateTime
 from ledger.store import LedgerSchemaError, SqlLedger
 from runtime.links import CSRF_KEY, SESSION_KEY, KeyRing
+from service.api import ApiError
 
 log = structlog.get_logger("support.service")
 
@@ -74,6 +78,23 @@ class Session:
     expires_at: datetime
 
 
+UNAVAILABLE = (
+    "board sessions are unavailable: the ledger's database cannot be used right now;"
+    " try again shortly"
+)
+
+
+@asynccontextmanager
+async def _available() -> AsyncIterator[None]:
+    """A database that cannot be reached or is not at its revision is a 503 (the reason
+    goes to the log, not to the browser)."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError, LedgerSchemaError) as err:
+        log.error("board sessions: the database failed", error=str(err))
+        raise ApiError(503, "sessions_unavailable", UNAVAILABLE) from err
+
+
 class SessionStore:
     def __init__(self, url: str | None = None, migrate: bool | None = None) -> None:
         self.url = url
@@ -85,7 +106,7 @@ class SessionStore:
         """The database, at the head revision (migrated on first use, or checked)."""
         if self._ledger is not None:
             return self._ledger
-        async with self._ready:
+        async with self._ready, _available():
             if self._ledger is None:
                 ledger = SqlLedger.from_url(self.url)
                 try:
@@ -119,7 +140,7 @@ class SessionStore:
         db = await self._db()
         now = now or datetime.now(UTC)
         session = Session(secrets.token_urlsafe(32), agent, now + SESSION_MAX_AGE)
-        async with db._writing() as conn:
+        async with _available(), db._writing() as conn:
             # Expired sessions go as new ones come.
             await conn.execute(delete(agent_sessions).where(agent_sessions.c.expires_at <= now))
             await conn.execute(
@@ -137,7 +158,7 @@ class SessionStore:
         """The live session with this id: it exists, has not expired, and its agent still
         has the token it signed in with (``fingerprints``: fingerprint -> agent)."""
         db = await self._db()
-        async with db.engine.connect() as conn:
+        async with _available(), db.engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(agent_sessions).where(agent_sessions.c.id_digest == _digest(session_id))
@@ -151,7 +172,7 @@ class SessionStore:
 
     async def end(self, session_id: str) -> bool:
         db = await self._db()
-        async with db._writing() as conn:
+        async with _available(), db._writing() as conn:
             result = await conn.execute(
                 delete(agent_sessions).where(agent_sessions.c.id_digest == _digest(session_id))
             )
@@ -160,7 +181,7 @@ class SessionStore:
     async def end_all(self, agent: str) -> int:
         """End every session of ``agent``; how many there were."""
         db = await self._db()
-        async with db._writing() as conn:
+        async with _available(), db._writing() as conn:
             result = await conn.execute(
                 delete(agent_sessions).where(agent_sessions.c.agent == agent)
             )

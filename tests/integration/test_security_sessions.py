@@ -15,18 +15,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
+import structlog
 from sqlalchemy import func, select
 from temporalio.testing import WorkflowEnvironment
 
 from harness.serve import serve
+from service.api import ApiError
 from service.app import create_app
 from service.auth import Settings
 from service.pages import LOGIN_COOKIE, SESSION_COOKIE
-from service.sessions import SessionStore, agent_sessions, session_cookie
+from service.sessions import UNAVAILABLE, SessionStore, agent_sessions, session_cookie
 
 AGENTS = {"ana": "agent-ana-" + secrets.token_hex(12), "bob": "agent-bob-" + secrets.token_hex(12)}
 KEYS = f"k1:{secrets.token_urlsafe(32)}"
@@ -292,14 +295,24 @@ async def test_the_store_keeps_only_a_digest_of_the_session_id(ledger_url: str) 
         await store.close()
 
 
-async def test_the_service_refuses_sessions_on_an_unmigrated_database_when_told_not_to_migrate(
-    ledger_url: str,
+async def test_an_unmigrated_or_unreachable_database_is_a_clear_503(
+    ledger_url: str, dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    from ledger.store import LedgerSchemaError
-
-    store = SessionStore(ledger_url, migrate=False)
+    store = SessionStore(ledger_url, migrate=False)  # SUPPORT_LEDGER_MIGRATE=0
     try:
-        with pytest.raises(LedgerSchemaError, match="python -m ledger migrate"):
-            await store.create("ana", AGENTS["ana"])
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(ApiError) as refused:
+                await store.create("ana", AGENTS["ana"])
+        assert (refused.value.status, refused.value.code) == (503, "sessions_unavailable")
+        assert "python -m ledger migrate" in logs[0]["error"]  # the reason, for operators
     finally:
         await store.close()
+    # Over HTTP: a database the service cannot open answers 503 and says so.
+    unreachable = settings_for(f"sqlite:///{tmp_path}")  # a directory, not a database
+    async with served(dev_server, unreachable) as url, browser(url) as http:
+        form = await http.get("/board/login")
+        answer = await http.post(
+            "/board/login", data={"token": AGENTS["ana"], "csrf": csrf_of(form)}
+        )
+        assert answer.status_code == 503
+        assert answer.json()["message"] == UNAVAILABLE
