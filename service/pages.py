@@ -243,7 +243,9 @@ async def contact_submit(
             datetime.now(UTC),
         )
     except Exception as err:
-        why = str(err) if isinstance(err, GuardsUnavailable) else type(err).__name__
+        # GuardsUnavailable and a bad limit setting name the fix; others only their kind.
+        named = isinstance(err, (GuardsUnavailable, ValueError))
+        why = str(err) if named else type(err).__name__
         log.error("contact form: the database is unavailable", error=why)
         return form_page(request, values, {}, 503, UNAVAILABLE)
     if refused is not None:

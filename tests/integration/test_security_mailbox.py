@@ -20,14 +20,16 @@ from email.utils import make_msgid
 from typing import Any
 
 import aiosmtplib
+import pytest
 import pytest_asyncio
 
 from harness.sinks import Mailbox
-from intake.guards import IntakeGuards
+from intake.guards import IntakeGuards, limits_from_env
 from intake.mailbox import (
     MAX_MIME_DEPTH,
     MAX_RECIPIENTS,
     MailboxHandler,
+    MailboxSettings,
     listening,
     message_key,
 )
@@ -277,3 +279,25 @@ async def test_connections_beyond_the_limit_are_turned_away(rig: Rig) -> None:
         writer.close()
         held[1][1].write(b"QUIT\r\n")
         held[1][1].close()
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_bad_mailbox_and_limit_settings_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (
+        ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "0"),
+        ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "many"),
+        ("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "mx.example; dmarc=pass"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ValueError, match=name):
+                MailboxSettings.from_env()
+    monkeypatch.setenv("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "mx.support.example")
+    assert MailboxSettings.from_env().trusted_authserv_id == "mx.support.example"
+    with pytest.raises(ValueError, match="SUPPORT_INTAKE_LIMIT_PER_DOMAIN: '-3'"):
+        limits_from_env({"SUPPORT_INTAKE_LIMIT_PER_DOMAIN": "-3"})
+    assert [limit.count for limit in limits_from_env({})] == [10, 50, 30]

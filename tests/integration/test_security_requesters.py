@@ -38,6 +38,7 @@ from harness.sinks import Mailbox
 from intake.core import started_input
 from intake.guards import WINDOW, IntakeGuards, Limit
 from intake.mailbox import MailboxHandler, listening, message_key
+from ledger.store import SqlLedger
 from runtime.logs import redact
 from service.app import create_app
 from service.auth import Settings
@@ -391,3 +392,50 @@ async def test_a_flood_into_the_mailbox_is_deferred_with_451_across_a_restart(
             message = letter("someone@elsewhere.example", "hello again")
             code, _ = await deliver(restarted, message, sender="someone@elsewhere.example")
             assert code == 451, "the counts survive the restart"
+
+
+# --- the guards' tables on both backends -----------------------------------------------------
+
+
+async def test_the_guards_keep_counts_replies_confirmations_and_quarantine_on_both_backends(
+    any_ledger: SqlLedger,
+) -> None:
+    guards = IntakeGuards(any_ledger.engine, limits=limits(address=2))
+    now = datetime.now(UTC).replace(microsecond=0)
+    keys = {"address": "Eve@Evil.example", "domain": "evil.example", "client": "127.0.0.9"}
+    assert await guards.admit(keys, now) is None
+    assert await guards.admit(keys | {"address": "eve@evil.example"}, now) is None
+    refused = await guards.admit(keys, now)
+    assert refused is not None and refused.limit.scope == "address"
+    assert timedelta(0) < refused.retry_after <= WINDOW
+    # The next window starts afresh.
+    assert await guards.admit(keys, now + WINDOW) is None
+
+    assert await guards.first_reply("unknown:eve@evil.example", now)
+    assert not await guards.first_reply("unknown:eve@evil.example", now + 23 * 60 * M)
+    assert await guards.first_reply("unknown:eve@evil.example", now + 24 * 60 * M)
+    await guards.forget_reply("unknown:eve@evil.example")
+    assert await guards.first_reply("unknown:eve@evil.example", now)
+
+    kept = await guards.quarantine(b"\xff raw \x00 bytes", "eve@evil.example", "why", now)
+    assert await guards.quarantined(kept) == ("why", b"\xff raw \x00 bytes")
+
+    ticket = {"ticket_id": "W-1-C", "customer_id": "example-bank"}
+    token = await guards.request_confirmation(
+        "W-1", "example-bank", "noc@bank.example", now, ticket, "why", now
+    )
+    assert token is not None
+    assert (
+        await guards.request_confirmation(
+            "W-1", "example-bank", "noc@bank.example", now, ticket, "why", now
+        )
+        is None
+    ), "one link per ticket"
+    found = await guards.confirmation(token)
+    assert found is not None and (found.ticket_id, found.ticket) == ("W-1", ticket)
+    assert found.submitted_at == now and found.moved_to is None
+    assert await guards.confirmation("not-" + token) is None
+    await guards.confirmed(token, now, "W-1-C")
+    done = await guards.confirmation(token)
+    assert done is not None and (done.confirmed_at, done.moved_to) == (now, "W-1-C")
+    await guards.ready()
