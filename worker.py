@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ from ledger.store import SlaLedger, SqlLedger
 from policy.load import load_policy
 from policy.schema import Policy, PolicyError
 from runtime.connection import connect, task_queue
+from runtime.links import LINK_SECRET_ENV, KeyConfigError, KeyRing
 from runtime.logs import configure_logging
 from runtime.process import run_until_stopped
 from runtime.telemetry import (
@@ -153,6 +155,15 @@ async def run(stop: asyncio.Event, metrics: str | None = None) -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
+    secret = os.environ.get(LINK_SECRET_ENV)
+    if secret:
+        # A weak or malformed link secret stops the worker at start, as it stops the
+        # service: links signed with it could be forged (docs/security.md).
+        try:
+            KeyRing.parse(secret)
+        except KeyConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     metrics = install_runtime()
     run_until_stopped(lambda stop: run(stop, metrics))
 

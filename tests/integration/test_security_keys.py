@@ -189,6 +189,8 @@ def test_random_secrets_are_accepted() -> None:
         (f"k1:{OLD},k1:{NEW}", "key id 'k1' is listed twice"),
         (" , ", "no secret given"),
     ],
+    # OLD and NEW are random: ids of their own, the same in every pytest-xdist worker.
+    ids=["an entry without an id", "an id twice", "blank entries"],
 )
 def test_a_malformed_key_ring_is_refused(value: str, problem: str) -> None:
     with pytest.raises(KeyConfigError, match=problem):
@@ -220,6 +222,25 @@ def test_the_service_refuses_to_start_with_a_weak_secret() -> None:
         " characters, at least 32 are needed" in done.stderr
     ), done.stderr
     assert "web-test-secret" not in done.stderr + done.stdout  # the error names no secret
+
+
+def test_the_worker_refuses_to_start_with_a_weak_secret() -> None:
+    env = clean_env(SUPPORT_LINK_SECRET="web-test-secret", SUPPORT_LOG_LEVEL="INFO")
+    done = subprocess.run(
+        [sys.executable, "worker.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
+        " characters, at least 32 are needed" in done.stderr
+    ), done.stderr
+    assert "web-test-secret" not in done.stderr + done.stdout
 
 
 def test_the_worker_makes_no_links_with_a_weak_secret_and_says_why(
