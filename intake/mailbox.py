@@ -237,12 +237,17 @@ STRUCTURE_DEFECTS = (
 
 
 def _prescan(raw: bytes) -> None:
-    """Refuse a message whose headers alone announce more parts than allowed, before the
-    parser (which recurses into nested parts) spends time on it."""
+    """Refuse a message that announces far more parts than allowed (``boundary=`` and
+    ``Content-Type:`` at the start of a line) before the parser, which recurses into nested
+    parts, spends time on it. Text that merely mentions such lines (pasted logs) has room:
+    the limit here is four times the part limit; the exact limits are checked after."""
     lowered = raw.lower()
-    announced = max(lowered.count(b"boundary="), lowered.count(b"content-type:") - 1)
-    if announced > MAX_MIME_PARTS:
-        raise MimeRefused(f"more than {MAX_MIME_PARTS} MIME parts")
+    announced = max(
+        lowered.count(b"boundary="),
+        lowered.count(b"\ncontent-type:"),
+    )
+    if announced > 4 * MAX_MIME_PARTS:
+        raise MimeRefused(f"more than {MAX_MIME_PARTS} MIME parts (it announces {announced})")
 
 
 def check_structure(message: EmailMessage) -> None:

@@ -236,6 +236,17 @@ async def test_deeply_nested_mime_is_refused_and_the_loop_keeps_serving(
     assert mailbox.received == []
 
 
+async def test_text_that_only_mentions_mime_headers_is_read(rig: Rig, mailbox: Mailbox) -> None:
+    """Pasted logs full of Content-Type lines are text, not parts: not refused."""
+    pasted = "\n".join(f"Content-Type: text/html; boundary=x{n}" for n in range(150))
+    message = EmailMessage()
+    message["From"] = "someone@elsewhere.example"
+    message["To"] = SUPPORT
+    message["Subject"] = "headers"
+    message.set_content(pasted)
+    assert (await deliver(rig.port, message, sender="someone@elsewhere.example"))[0] == 250
+
+
 # --- envelopes and connections -----------------------------------------------------------
 
 
