@@ -14,9 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from policy.load import default_policy_path, parse_policy
+from harness.policy import policy_text, webhooks, write_policy
+from policy.load import parse_policy
 
 # Recipients whose deliveries land on the sink (the intake goes to a log line).
 SINK_TARGETS = ("duty-engineer", "duty-manager")
@@ -36,23 +35,18 @@ class DrillPolicy:
     failover_after: timedelta | None = None  # None: the shipped policy's default
     chat_first: bool = False  # duty-manager: chat first, then a webhook
 
-    def data(self, sink_url: str) -> dict[str, Any]:
-        data: dict[str, Any] = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
-        data["version"] = "drill"
+    def targets(self, sink_url: str) -> dict[str, list[dict[str, Any]]]:
+        """intake-log: a log line; duty-engineer and duty-manager: webhooks on the sink
+        (duty-manager on chat first with ``chat_first``)."""
+        targets = {"intake-log": [{"type": "log"}], **webhooks(sink_url, SINK_TARGETS)}
+        if self.chat_first:
+            targets["duty-manager"].insert(0, {"type": "chat", "url": f"{sink_url}/chat"})
+        return targets
+
+    def edit(self, data: dict[str, Any]) -> None:
+        """The shipped policy's delivery settings and tiers, changed for the drill."""
         if self.failover_after is not None:
             data["delivery"] = {"failover_after": iso(self.failover_after)}
-        manager: list[dict[str, str]] = [{"type": "webhook", "url": f"{sink_url}/duty-manager"}]
-        if self.chat_first:
-            manager.insert(0, {"type": "chat", "url": f"{sink_url}/chat"})
-        data["targets"].update(
-            {
-                "intake-log": {"channels": [{"type": "log"}]},
-                "duty-engineer": {
-                    "channels": [{"type": "webhook", "url": f"{sink_url}/duty-engineer"}]
-                },
-                "duty-manager": {"channels": manager},
-            }
-        )
         data["tiers"]["premium"] = {
             "calendar": "always",
             "response_target": iso(self.response_target),
@@ -86,11 +80,10 @@ class DrillPolicy:
         }
         # Mission Critical is never slower than Premium (the policy validator's rule).
         data["tiers"]["mission_critical"] = copy.deepcopy(data["tiers"]["premium"])
-        return data
 
     def write(self, path: Path, sink_url: str) -> Path:
-        """Write the policy file, checked by the same loader the worker uses."""
-        text = yaml.safe_dump(self.data(sink_url), sort_keys=False)
+        """Write the policy file (version ``drill``), checked by the same loader the worker
+        uses."""
+        text = policy_text(self.edit, targets=self.targets(sink_url), version="drill")
         parse_policy(text, str(path))
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_policy(path.parent, name=path.name, text=text)

@@ -10,6 +10,7 @@ is the same wait for synchronous callers (``scripts/run_local.py``, plain pytest
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import signal
@@ -17,17 +18,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast, overload
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.1  # a starting process's readiness
+EVERY_SECONDS = 0.05  # an eventually() probe
 TAIL_CHARS = 2000
 
 
@@ -75,16 +77,100 @@ def binary(name: str) -> Path:
     return Path(located)
 
 
-async def eventually(what: str, probe: Callable[[], T | None], seconds: float) -> T:
-    """Poll ``probe()`` until it returns something truthy; HarnessError after ``seconds``."""
-    deadline = time.monotonic() + seconds
+class _Waiting:
+    """One wait of ``eventually`` / ``eventually_blocking``: its deadline, and what the probe
+    said last (for the message when it runs out)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what, self.seconds = what, seconds
+        self.deadline = time.monotonic() + seconds
+        self.last: object = None
+        self.error: BaseException | None = None
+
+    def over(self) -> HarnessError | None:
+        """The error to raise once the deadline has passed, else None."""
+        if time.monotonic() <= self.deadline:
+            return None
+        message = f"timed out after {self.seconds:g} s waiting for {self.what}"
+        if self.error is not None:
+            message += f"; last error: {self.error!r}"
+        elif self.last is not None:
+            message += f"; last: {self.last!r}"
+        return HarnessError(message)
+
+
+@overload
+async def eventually(
+    what: str,
+    probe: Callable[[], Awaitable[T | None]],
+    seconds: float = 10,
+    *,
+    every: float = EVERY_SECONDS,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> T: ...
+
+
+@overload
+async def eventually(
+    what: str,
+    probe: Callable[[], T | None],
+    seconds: float = 10,
+    *,
+    every: float = EVERY_SECONDS,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> T: ...
+
+
+async def eventually(
+    what: str,
+    probe: Callable[[], Awaitable[T | None] | T | None],
+    seconds: float = 10,
+    *,
+    every: float = EVERY_SECONDS,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``probe()`` (a function or a coroutine function) every ``every`` seconds until
+    it returns something truthy, and return that. The exceptions in ``ignoring`` count as
+    "not yet"; after ``seconds`` (real time) a HarnessError names ``what`` and what the
+    probe returned or raised last."""
+    waiting = _Waiting(what, seconds)
     while True:
-        found = probe()
+        try:
+            found = probe()
+            if inspect.isawaitable(found):
+                found = await found
+            waiting.last, waiting.error = found, None
+        except ignoring as err:
+            found, waiting.error = None, err
+        if found:
+            return cast(T, found)
+        if error := waiting.over():
+            raise error
+        await asyncio.sleep(every)
+
+
+def eventually_blocking(
+    what: str,
+    probe: Callable[[], T | None],
+    seconds: float = 10,
+    *,
+    every: float = EVERY_SECONDS,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> T:
+    """``eventually`` for synchronous callers (plain functions and fixtures): the same wait
+    with ``time.sleep``."""
+    waiting = _Waiting(what, seconds)
+    while True:
+        try:
+            found = probe()
+            waiting.last, waiting.error = found, None
+        except ignoring as err:
+            found, waiting.error = None, err
         if found:
             return found
-        if time.monotonic() > deadline:
-            raise HarnessError(f"timed out after {seconds:.0f} s waiting for {what}")
-        await asyncio.sleep(POLL_SECONDS)
+        if error := waiting.over():
+            raise error
+        time.sleep(every)
 
 
 def spawn(

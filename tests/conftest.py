@@ -7,20 +7,19 @@ conftest.py."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-import yaml
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
@@ -38,13 +37,12 @@ from temporalio.worker import Worker
 from contract import search_attributes as sa
 from contract.models import TicketInput, TicketStatus
 from harness.postgres import ADMIN_URL
-from harness.processes import HarnessError
+from harness.processes import HarnessError, eventually
 from harness.processes import binary as find_binary
 from harness.sinks import Sink, serve_sink
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import open_ticket
 from ledger.store import SqlLedger
-from policy.load import default_policy_path
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +141,24 @@ async def sqlite_ledger(path: Path) -> SqlLedger:
     return ledger
 
 
+async def quiet(handle: WorkflowHandle[Any, Any]) -> bool:
+    """No activity and no workflow task in flight in the workflow's latest run: the last
+    signal was handled and what it started (ledger writes, a new run) has landed."""
+    raw = (await handle.describe()).raw_description
+    return not raw.pending_activities and not raw.pending_workflow_task.ByteSize()
+
+
+async def closed_or_quiet(handle: WorkflowHandle[Any, Any]) -> bool:
+    if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+        return True
+    return await quiet(handle)
+
+
+async def settled(handle: WorkflowHandle[Any, Any], seconds: float = 10) -> None:
+    """Wait (real time, bounded) until ``quiet(handle)``."""
+    await eventually(f"{handle.id} to settle", lambda: quiet(handle), seconds)
+
+
 async def terminate_open(stack: Stack) -> None:
     """Leave nothing running: on the shared time-skipping server a workflow whose worker
     is gone holds pending tasks that stop later tests from skipping time."""
@@ -155,16 +171,13 @@ async def terminate_open(stack: Stack) -> None:
             await handle.describe()
         except RPCError:
             continue  # no such workflow (a ticket without a statement of work)
-        for _ in range(500):
-            # Terminating while an activity is in flight leaves the test server's time
-            # skipping locked for good: let in-flight work (policy, ledger) land first.
-            description = await handle.describe()
-            raw = description.raw_description
-            if description.status != WorkflowExecutionStatus.RUNNING or not (
-                raw.pending_activities or raw.pending_workflow_task.ByteSize()
-            ):
-                break
-            await asyncio.sleep(0.02)
+        # Terminating while an activity is in flight leaves the test server's time skipping
+        # locked for good: let in-flight work (policy, ledger) land first (10 s at most).
+        try:
+            await eventually(f"{workflow_id} to settle", partial(closed_or_quiet, handle))
+        except HarnessError:
+            pass  # terminated below all the same
+        description = await handle.describe()
         if description.status == WorkflowExecutionStatus.RUNNING:
             await handle.terminate(reason="test finished")
 
@@ -237,34 +250,46 @@ async def open_ticket_at(
 
 async def policy_resolved(handle: WorkflowHandle[Any, TicketStatus]) -> None:
     """Wait (real time, bounded) until the ticket has resolved and applied its policy."""
-    for _ in range(200):
-        try:
-            if (await status_of(handle)).policy_version is not None:
-                return
-        except WorkflowQueryFailedError:
-            pass
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{handle.id}: policy not resolved within 4 s")
+
+    async def resolved() -> bool:
+        return (await status_of(handle)).policy_version is not None
+
+    await eventually(
+        f"{handle.id} to resolve its policy",
+        resolved,
+        4,
+        every=0.02,
+        ignoring=WorkflowQueryFailedError,
+    )
 
 
 async def status_of(handle: WorkflowHandle[Any, TicketStatus]) -> TicketStatus:
     return await handle.query("status", result_type=TicketStatus)
 
 
-def write_policy(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """A policy file: the shipped default, changed by ``edit``."""
-    data = yaml.safe_load(default_policy_path().read_text())
-    version = data["version"]
-    edit(data)
-    text = yaml.safe_dump(data, sort_keys=False)
-    if data["version"] == version and data != yaml.safe_load(default_policy_path().read_text()):
-        # Changed rules need their own version: a worker's policy archive refuses a file
-        # that reuses an archived version with other text (docs/policy-versions.md).
-        data["version"] = f"{version}+{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-        text = yaml.safe_dump(data, sort_keys=False)
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    return path
+async def status_if(
+    handle: WorkflowHandle[Any, TicketStatus], check: Callable[[TicketStatus], object]
+) -> TicketStatus | None:
+    """The ticket's status if ``check`` accepts it, else None (a probe for eventually)."""
+    status = await status_of(handle)
+    return status if check(status) else None
+
+
+async def until_status(
+    handle: WorkflowHandle[Any, TicketStatus],
+    what: str,
+    check: Callable[[TicketStatus], object],
+    seconds: float = 10,
+) -> TicketStatus:
+    """The ticket's status once ``check`` accepts it (real time, bounded; a ticket not
+    started yet, or not answering queries yet, is "not yet")."""
+    return await eventually(
+        f"{handle.id}: {what}",
+        partial(status_if, handle, check),
+        seconds,
+        every=0.02,
+        ignoring=(WorkflowQueryFailedError, RPCError),
+    )
 
 
 async def result_of(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> Any:

@@ -32,6 +32,7 @@ from contract.models import (
     Resolve,
     SowDecision,
 )
+from harness.policy import write_policy
 from harness.sinks import serve_sink
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
@@ -43,9 +44,8 @@ from tests.conftest import (
     register_search_attributes,
     result_of,
     running_stack,
-    status_of,
     ticket,
-    write_policy,
+    until_status,
 )
 
 HISTORIES = Path(__file__).with_name("histories")
@@ -153,10 +153,9 @@ async def ack_while_delivery_pending(stack: Stack) -> list[str]:
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(stack, ticket("H-ack-pending"), t0)
     await advance_to(stack.env, t0 + 60 * M)
-    for _ in range(500):
-        if any(e.kind == "breach" for e in (await status_of(handle)).escalations):
-            break
-        await asyncio.sleep(0.02)
+    await until_status(
+        handle, "the breach step", lambda s: any(e.kind == "breach" for e in s.escalations)
+    )
     await handle.signal("acknowledge", Acknowledge(agent="hana"))
     await handle.signal("resolve", Resolve(by="hana"))
     await result_of(stack.env, handle)

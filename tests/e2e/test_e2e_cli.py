@@ -13,9 +13,8 @@ import json
 import signal
 import sqlite3
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,12 +24,14 @@ from typing import Any, TypeVar
 import pytest
 
 from harness import processes
-from harness.processes import ROOT, clean_env
+from harness.policy import write_policy
+from harness.processes import clean_env, eventually_blocking
 from harness.temporal import TEMPORAL, DevServer
 
 TICKET_ID = "E2E-1"
 WORKFLOW_ID = f"ticket-{TICKET_ID}"
 RESPONSE_TARGET_S = 20
+CLI_EVERY = 0.25  # each probe runs the temporal CLI
 TICKET_JSON = json.dumps(
     {
         "ticket_id": TICKET_ID,
@@ -50,39 +51,27 @@ T = TypeVar("T")
 # --- helpers -------------------------------------------------------------------------------
 
 
-def short_policy() -> str:
-    """policy/default.yaml with the premium tier's response target cut to 20 s, and Mission
-    Critical's to the same (a higher tier is never slower: the policy's own rule)."""
-    text = (ROOT / "policy" / "default.yaml").read_text(encoding="utf-8")
-    start = text.index("\n  premium:\n")
-    middle = text.index("\n  mission_critical:\n")
-    end = text.index("\ncustomers:\n")
-    premium, critical = text[start:middle], text[middle:end]
-    assert "response_target: PT1H" in premium and "repeat_every: PT30M" in premium
-    assert "{share: 0.5}" in premium  # the warning falls due at half the target: 10 s
-    premium = premium.replace("response_target: PT1H", f"response_target: PT{RESPONSE_TARGET_S}S")
-    premium = premium.replace("repeat_every: PT30M", "repeat_every: PT1M")
-    assert "response_target: PT15M" in critical and "offset: PT10M" in critical
-    for long, short in [
-        ("response_target: PT1H", f"response_target: PT{RESPONSE_TARGET_S}S"),
-        ("response_target: PT15M", f"response_target: PT{RESPONSE_TARGET_S}S"),
-        ("offset: PT10M", "offset: PT10S"),
-    ]:
-        critical = critical.replace(long, short)
-    return text[:start] + premium + critical + text[end:]
+def short_policy(directory: Path) -> Path:
+    """The shipped policy with the premium tier's response target cut to 20 s (its warning
+    at half of it: 10 s; repeats every minute), and Mission Critical's to the same (a
+    higher tier is never slower: the policy's own rule)."""
+    target = f"PT{RESPONSE_TARGET_S}S"
 
+    def shorten(data: dict[str, Any]) -> None:
+        premium = data["tiers"]["premium"]
+        critical = data["tiers"]["mission_critical"]
+        sev1 = critical["severities"]["sev1"]
+        assert premium["response_target"] == "PT1H"
+        assert premium["ladder"][-1]["repeat_every"] == "PT30M"
+        [warning] = [step for step in premium["ladder"] if step["name"] == "warning"]
+        assert warning["at"] == {"share": 0.5}  # the warning falls due at half the target
+        premium["response_target"] = critical["response_target"] = sev1["response_target"] = target
+        premium["ladder"][-1]["repeat_every"] = "PT1M"
+        [sev1_warning] = [step for step in sev1["ladder"] if step["name"] == "warning"]
+        assert sev1_warning["at"] == {"offset": "PT10M"}
+        sev1_warning["at"] = {"offset": "PT10S"}
 
-def poll(what: str, probe: Callable[[], T | None], seconds: float, every: float = 0.25) -> T:
-    """``probe()`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + seconds
-    last: T | None = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}; last: {last!r}")
-        time.sleep(every)
+    return write_policy(directory, shorten)
 
 
 def at(value: str) -> datetime:
@@ -199,8 +188,7 @@ class WorkerProcess:
 @pytest.fixture
 def worker_process(temporal_server: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     """``worker.py`` as its own process, with a short premium SLA and its own ledger."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(short_policy(), encoding="utf-8")
+    policy = short_policy(tmp_path)
     queue = f"e2e-{uuid.uuid4()}"
     ledger = tmp_path / "ledger.sqlite3"
     env = clean_env(
@@ -254,7 +242,9 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
             return status
         return None
 
-    status = poll("the ticket to be open with its intake escalation", opened, seconds=15)
+    status = eventually_blocking(
+        "the ticket to be open with its intake escalation", opened, 15, every=CLI_EVERY
+    )
     assert status["ticket_id"] == TICKET_ID
     assert status["state"] == "open"
     assert status["tier"] == "premium" and status["severity"] == "sev2"
@@ -274,7 +264,9 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
             return status
         return None
 
-    status = poll("the warning at 50 % of the target", warned, seconds=RESPONSE_TARGET_S)
+    status = eventually_blocking(
+        "the warning at 50 % of the target", warned, RESPONSE_TARGET_S, every=CLI_EVERY
+    )
     warning = next(e for e in status["escalations"] if e["step"] == "warning")
     assert warning["kind"] == "warning"
     warning_offset = (at(warning["due_at"]) - at(status["opened_at"])).total_seconds()
@@ -299,7 +291,7 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
         status = cli.status()
         return status if status and status["state"] == "acknowledged" else None
 
-    status = poll("state acknowledged", acknowledged, seconds=10)
+    status = eventually_blocking("state acknowledged", acknowledged, 10, every=CLI_EVERY)
     assert status["acknowledged_by"] == "e2e-agent"
     assert status["response_breached"] is False
     assert status["breached_at"] is None
@@ -336,7 +328,9 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
         found = cli.list('TicketState="resolved" AND SupportTier="premium"')
         return [e for e in found if e["execution"]["workflowId"] == WORKFLOW_ID]
 
-    [execution] = poll("the ticket in visibility as resolved / premium", listed, seconds=10)
+    [execution] = eventually_blocking(
+        "the ticket in visibility as resolved / premium", listed, 10, every=CLI_EVERY
+    )
     assert execution["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
     attributes = search_attributes(execution)
     assert attributes["TicketState"] == "resolved"
@@ -364,8 +358,11 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
         raw = {"ticket_id": ticket_id, "customer_id": customer, "tier": claimed}
         started = cli.start_raw(queue, raw)
         assert started.returncode == 0, started.stderr
-        raw_status = poll(
-            f"{ticket_id}'s status", lambda t=ticket_id: cli.status(f"ticket-{t}"), seconds=15
+        raw_status = eventually_blocking(
+            f"{ticket_id}'s status",
+            lambda t=ticket_id: cli.status(f"ticket-{t}"),
+            15,
+            every=CLI_EVERY,
         )
         assert raw_status["tier"] == runs_at, raw_status
         corrected = (raw_status["claimed_tier"], raw_status["entitlement"])

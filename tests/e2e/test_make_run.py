@@ -11,19 +11,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from harness.processes import ROOT, free_ports, listening
+from harness.processes import ROOT, eventually_blocking, free_ports, listening
 from harness.temporal import TEMPORAL
-from tests.e2e.test_e2e_cli import poll
-
-
-def wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:
-    return poll(what, probe, seconds)
 
 
 def post(base: str, token: str, ticket: dict[str, str]) -> tuple[int, str]:
@@ -57,7 +50,9 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         ["make", "run"], cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
     )
     try:
-        wait_for("the worker", lambda: "worker started" in (tmp_path / "run.log").read_text())
+        eventually_blocking(
+            "the worker", lambda: "worker started" in (tmp_path / "run.log").read_text(), 60
+        )
         output = (tmp_path / "run.log").read_text()
         assert f"Temporal Web UI:  http://localhost:{ui_port}" in output
         assert "make demo" in output
@@ -65,13 +60,13 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
             assert page.status == 200
         # The HTTP service (form, board, API) and the support mailbox run beside the worker.
-        wait_for("the HTTP service", lambda: listening(service_port))
+        eventually_blocking("the HTTP service", lambda: listening(service_port), 60)
         base = f"http://127.0.0.1:{service_port}"
         with urllib.request.urlopen(f"{base}/healthz", timeout=10) as page:
             assert json.loads(page.read()) == {"status": "ok", "temporal": True}
         with urllib.request.urlopen(f"{base}/support/new", timeout=10) as page:
             assert "Contact support" in page.read().decode()
-        wait_for("the support mailbox", lambda: listening(mailbox_port))
+        eventually_blocking("the support mailbox", lambda: listening(mailbox_port), 60)
         assert (
             f"Agent board:      http://localhost:{service_port}/board"
             in (tmp_path / "run.log").read_text()
@@ -128,10 +123,11 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
             rows = json.loads(done.stdout or "[]") if done.returncode == 0 else []
             return [r for r in rows or [] if r["execution"]["workflowId"] == "ticket-RUN-1"]
 
-        wait_for("the ticket in visibility", listed, seconds=20)
-        wait_for(
+        eventually_blocking("the ticket in visibility", listed, 20, every=0.25)
+        eventually_blocking(
             "the intake notification",
             lambda: "ticket-RUN-1/intake/duty-engineer" in (tmp_path / "run.log").read_text(),
+            60,
         )
         assert (tmp_path / "data" / "sla-ledger.sqlite3").exists()
     finally:
@@ -139,6 +135,8 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         make.wait(timeout=30)
     output = (tmp_path / "run.log").read_text()
     assert "stopping..." in output and "worker stopped" in output
-    wait_for("the ports to close", lambda: not listening(port) and not listening(ui_port), 20)
+    eventually_blocking(
+        "the ports to close", lambda: not listening(port) and not listening(ui_port), 20
+    )
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True)
     assert leftovers.stdout == b"", "a process started by make run is still running"

@@ -17,14 +17,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from subprocess import PIPE
 
@@ -32,7 +31,15 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from harness.processes import ROOT, background, free_port, service_process
+from harness.processes import (
+    ROOT,
+    background,
+    eventually,
+    eventually_blocking,
+    free_port,
+    listening,
+    service_process,
+)
 from policy.load import default_policy_path, load_policy
 from tests.certs import Authority, Issued
 
@@ -199,16 +206,14 @@ def api_key_front(dev_server: WorkflowEnvironment, tmp_path: Path) -> Iterator[A
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(100):
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(
                 f"nginx exited: {process.stderr.read().decode() if process.stderr else ''}"
             )
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("nginx did not listen")
+        return listening(port)
+
+    eventually_blocking(f"nginx to listen on :{port}", up, 5)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -286,15 +291,21 @@ async def show(ticket_id: str, env: dict[str, str]) -> dict[str, object]:
     return status
 
 
+async def shown(ticket_id: str, env: dict[str, str], field: str) -> dict[str, object] | None:
+    """``ops show``'s status once ``field`` is set."""
+    status = await show(ticket_id, env)
+    return status if status.get(field) else None
+
+
 def sessions(access_log: Path, at_least: int) -> list[str]:
     """The stream front's log once it has ``at_least`` lines: nginx logs a session when
     the connection closes, a moment after the client process has exited."""
-    for _ in range(50):
+
+    def logged() -> list[str] | None:
         lines = access_log.read_text().splitlines()
-        if len(lines) >= at_least:
-            break
-        time.sleep(0.1)
-    return lines
+        return lines if len(lines) >= at_least else None
+
+    return eventually_blocking(f"{at_least} sessions in {access_log}", logged, 5, every=0.1)
 
 
 async def open_and_acknowledge(env: dict[str, str], prefix: str) -> str:
@@ -319,22 +330,19 @@ async def open_and_acknowledge(env: dict[str, str], prefix: str) -> str:
         env,
     )
     assert code == 0, err
-    for _ in range(100):  # the worker (through the front) resolves the policy and sets the deadline
-        status = await show(ticket_id, env)
-        if status.get("response_due_at"):
-            break
-        await asyncio.sleep(0.1)
+    # The worker (through the front) resolves the policy and sets the deadline.
+    status = await eventually(
+        f"{ticket_id}'s deadline", partial(shown, ticket_id, env, "response_due_at"), 10
+    )
     assert status["state"] == "open" and status["policy_version"] == (
         load_policy(default_policy_path()).version
     )
 
     code, _, err = await run(["-m", "ops", "ack", ticket_id, "--agent", "ana"], env)
     assert code == 0, err
-    for _ in range(100):
-        status = await show(ticket_id, env)
-        if status["state"] == "acknowledged":
-            break
-        await asyncio.sleep(0.1)
+    status = await eventually(
+        f"{ticket_id} acknowledged", partial(shown, ticket_id, env, "acknowledged_by"), 10
+    )
     assert status["state"] == "acknowledged" and status["acknowledged_by"] == "ana"
     return ticket_id
 

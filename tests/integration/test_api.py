@@ -4,7 +4,6 @@ status, agent actions through the ticket's updates and their refusals."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,11 +17,13 @@ from temporalio.service import RPCError
 import intake.core
 from contract import search_attributes as sa
 from contract.models import Tier
+from harness.policy import write_policy
+from harness.processes import eventually
 from harness.serve import serve
 from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
-from tests.conftest import Stack, now_second, write_policy
+from tests.conftest import Stack, now_second
 
 INTAKE = "intake-token-0123456789"  # acme-portal: acme and globex, up to premium
 BANK = "intake-bank-0123456789"  # bank-portal: example-bank (contracted) and anyone else
@@ -80,12 +81,16 @@ async def opened(api: httpx.AsyncClient, ticket_id: str, **fields: Any) -> dict[
 
 
 async def until(api: httpx.AsyncClient, ticket_id: str, check: Any) -> dict[str, Any]:
-    for _ in range(200):
+    """The ticket as ``GET /api/tickets/<id>`` shows it, once ``check`` accepts it."""
+
+    async def shown() -> dict[str, Any] | None:
         response = await api.get(f"/api/tickets/{ticket_id}", headers=auth(AGENT_ANA))
-        if response.status_code == 200 and check(response.json()):
-            return response.json()
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{ticket_id}: never reached the expected state: {response.text}")
+        if response.status_code != 200:
+            return None
+        body: dict[str, Any] = response.json()
+        return body if check(body) else None
+
+    return await eventually(f"{ticket_id} to reach the expected state", shown, every=0.02)
 
 
 def tid() -> str:

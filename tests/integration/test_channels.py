@@ -7,12 +7,14 @@ customer contracts' contacts at the steps the contract names."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -31,7 +33,10 @@ from contract.models import (
     Resolve,
     Severity,
     StepDelivery,
+    TicketInput,
 )
+from harness.policy import webhooks, write_policy
+from harness.processes import eventually
 from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
 from tests.conftest import (
@@ -42,40 +47,42 @@ from tests.conftest import (
     running_stack,
     skip,
     sqlite_ledger,
+    status_if,
     status_of,
     terminate_open,
     ticket,
-    write_policy,
 )
 from worker import WORKFLOW_RUNNER, build_worker
 from workflows import ALL_WORKFLOWS
 
 M = timedelta(minutes=1)
+T = TypeVar("T")
 
 
-def policy_with(tmp_path: Path, targets: dict[str, list[dict[str, Any]]], **extra: Any) -> Path:
-    """The default policy with some targets' channels replaced (``extra`` sets top-level
-    keys, or target attributes as ``target__attr``)."""
+async def skipping_until(
+    env: WorkflowEnvironment,
+    what: str,
+    probe: Callable[[], Awaitable[T | None] | T | None],
+    seconds: int = 300,
+) -> T:
+    """Skip the test server's clock a second at a time until ``probe()`` (a function or a
+    coroutine function) is truthy, at most ``seconds`` of its time; what it returned. The
+    wait here is on the server's clock, which only moves when skipped (``eventually`` waits
+    in real time)."""
+    for _ in range(seconds):
+        found = probe()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return cast(T, found)
+        await skip(env, timedelta(seconds=1))
+    raise AssertionError(f"not reached within {seconds} s of the server's clock: {what}")
 
-    def edit(policy: dict[str, Any]) -> None:
-        for name, channels in targets.items():
-            policy["targets"][name]["channels"] = channels
-        for key, value in extra.items():
-            if "__" in key:
-                target, attr = key.split("__")
-                policy["targets"][target.replace("_", "-")][attr] = value
-            else:
-                policy[key] = value
 
-    return write_policy(tmp_path, edit)
-
-
-async def wait_until(stack: Stack, check: Any, what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await skip(stack.env, timedelta(seconds=1))
-    raise AssertionError(f"not reached: {what}")
+async def events_with(ledger: SqlLedger, data: TicketInput, step: str) -> dict[str, Any] | None:
+    """The ticket's ledger events by key, once the step's are there."""
+    events = {e.key: e for e in await ledger.events(data.ticket_id)}
+    return events if f"{data.workflow_id}/{step}" in events else None
 
 
 # --- chat ----------------------------------------------------------------------------------
@@ -85,9 +92,9 @@ async def test_chat_gets_slack_text_and_blocks_with_the_key_and_inert_customer_t
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENGINEER_CHAT_URL", f"{sink.url}/engineer")
-    policy = policy_with(
+    policy = write_policy(
         tmp_path,
-        {
+        targets={
             "duty-engineer": [{"type": "chat", "url_env": "ENGINEER_CHAT_URL"}],
             "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
         },
@@ -147,7 +154,7 @@ async def test_pager_triggers_one_incident_per_ticket_and_ack_and_resolve_clear_
     monkeypatch.setenv("PD_ROUTING_KEY", "R0UT1NGKEY")
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key_env": "PD_ROUTING_KEY"}
     monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
     )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
@@ -155,7 +162,7 @@ async def test_pager_triggers_one_incident_per_ticket_and_ack_and_resolve_clear_
         handle = await open_ticket_at(stack, data, t0)
         await advance_to(env, t0 + 31 * M)  # intake and the 30-minute warning page
         await handle.signal("acknowledge", Acknowledge(agent="ana"))
-        await wait_until(stack, lambda: len(sink.messages()) == 3, "the acknowledge event")
+        await skipping_until(env, "the acknowledge event", lambda: len(sink.messages()) == 3)
         await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
         await handle.result()
         events = await stack.ledger.events(data.ticket_id)
@@ -198,14 +205,14 @@ async def test_routing_a_paged_ticket_to_a_statement_of_work_resolves_the_page(
 ) -> None:
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
     monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
     )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         data = ticket(severity="sev4")
         handle = await open_ticket_at(stack, data, t0)
         await handle.signal("mark_out_of_scope", MarkOutOfScope(by="ana", reason="consulting"))
-        await wait_until(stack, lambda: len(sink.messages()) == 2, "the resolve event")
+        await skipping_until(env, "the resolve event", lambda: len(sink.messages()) == 2)
         assert (await status_of(handle)).state.value == "routed_to_sow"
     bodies = [r["body"] for r in sink.messages()]
     assert [(b["event_action"], b.get("payload", {}).get("severity")) for b in bodies] == [
@@ -220,10 +227,10 @@ async def test_routing_a_paged_ticket_to_a_statement_of_work_resolves_the_page(
 async def test_email_says_tier_severity_customer_deadline_in_the_recipients_zone_and_how_to_ack(
     env: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = policy_with(
+    policy = write_policy(
         tmp_path,
-        {"support-lead": [{"type": "email", "to": ["lead@support.example"]}]},
-        support_lead__time_zone="America/Chicago",
+        lambda p: p["targets"]["support-lead"].update(time_zone="America/Chicago"),
+        targets={"support-lead": [{"type": "email", "to": ["lead@support.example"]}]},
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
@@ -339,13 +346,15 @@ async def test_a_chat_sink_that_loses_its_answer_after_accepting_still_holds_one
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [chat]}))
+    )
     sink.fail_after_accept = 1  # the intake message is stored, then the answer says 500
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         data = ticket()
         handle = await open_ticket_at(stack, data, t0)
-        await wait_until(stack, lambda: len(sink.received) == 2, "the retry")
+        await skipping_until(env, "the retry", lambda: len(sink.received) == 2)
         status = await status_of(handle)
     key = f"{data.workflow_id}/intake/duty-engineer"
     assert [(r["key"], r["status"]) for r in sink.received] == [(key, 500), (key, 200)]
@@ -401,8 +410,10 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
         {"type": "chat", "url": f"{sink.url}/engineer"},
         {"type": "email", "to": ["engineer@support.example"]},
     ]
-    policy = policy_with(
-        tmp_path, {"duty-engineer": channels}, delivery={"failover_after": "PT30S"}
+    policy = write_policy(
+        tmp_path,
+        lambda p: p.update(delivery={"failover_after": "PT30S"}),
+        targets={"duty-engineer": channels},
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     sink.down.add("/engineer")
@@ -410,13 +421,14 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
         t0 = await now_second(env)
         data = ticket()
         handle = await open_ticket_at(stack, data, t0)
-        await wait_until(stack, lambda: mailbox.received, "the email")
+        await skipping_until(env, "the email", lambda: mailbox.received)
         status = await status_of(handle)
-        for _ in range(50):
-            events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
-            if f"{data.workflow_id}/intake" in events:
-                break
-            await skip(env, timedelta(seconds=1))
+        events = await skipping_until(
+            env,
+            "the intake's ledger events",
+            partial(events_with, stack.ledger, data, "intake"),
+            50,
+        )
     chat_attempts = [r for r in sink.received if r["path"] == "/engineer"]
     # Attempts at 0 s, then after backoffs of 1, 2, 4, 8, 16 s: those within the 30 s
     # budget (0, 0, 1, 3, 7, 15 s) stay on chat; the one at 31 s goes to email.
@@ -432,14 +444,18 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
 async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failure_is_recorded(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = policy_with(
+
+    def fallback(policy: dict[str, Any]) -> None:
+        policy["targets"]["duty-engineer"]["fallback"] = "duty-manager"
+        policy["delivery"] = {"failover_after": "PT20S"}
+
+    policy = write_policy(
         tmp_path,
-        {
+        fallback,
+        targets={
             "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
             "duty-manager": [{"type": "chat", "url": f"{sink.url}/manager"}],
         },
-        duty_engineer__fallback="duty-manager",
-        delivery={"failover_after": "PT20S"},
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     sink.down.add("/engineer")
@@ -447,13 +463,17 @@ async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failur
         t0 = await now_second(env)
         data = ticket()
         handle = await open_ticket_at(stack, data, t0)
-        await wait_until(stack, lambda: sink.at("/manager"), "the fallback")
-        for _ in range(50):
-            status = await status_of(handle)
-            if status.escalations[0].failed:
-                break
-            await skip(env, timedelta(seconds=1))
-        events = {e.key: e for e in await stack.ledger.events(data.ticket_id)}
+        await skipping_until(env, "the fallback", lambda: sink.at("/manager"))
+        status = await skipping_until(
+            env,
+            "the recorded failure",
+            partial(status_if, handle, lambda s: s.escalations[0].failed),
+            50,
+        )
+        # The ledger is written in the background (real time, not the server's clock).
+        events = await eventually(
+            "the failure in the ledger", partial(events_with, stack.ledger, data, "intake/failed")
+        )
     wf = data.workflow_id
     assert [r["key"] for r in sink.at("/manager")] == [f"{wf}/intake/duty-manager"]
     [failure] = status.escalations[0].failed
@@ -466,9 +486,9 @@ async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failur
 async def test_a_4xx_is_loud_not_retried_and_the_others_are_still_notified(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = policy_with(
+    policy = write_policy(
         tmp_path,
-        {
+        targets={
             "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
             "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
         },
@@ -522,11 +542,8 @@ async def test_a_missing_setting_falls_over_to_the_next_channel_at_once(
 async def test_sow_notifications_say_why_and_what_happens_next(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hooks = {
-        target: [{"type": "webhook", "url": f"{sink.url}/{target}"}]
-        for target in ("advisory-services", "account-team")
-    }
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, hooks)))
+    hooks = webhooks(sink.url, ("advisory-services", "account-team"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets=hooks)))
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         data = ticket(category="custom_engineering")
@@ -655,7 +672,9 @@ async def chat_engineer_stack(
     """A worker over ``ledger`` (a ledger subclass that fails on purpose, migrated here),
     with the duty engineer on chat at the sink."""
     chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [chat]})))
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [chat]}))
+    )
     await ledger.migrate()
     queue = f"tq-{uuid.uuid4()}"
     async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
@@ -682,11 +701,11 @@ async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_res
     async with chat_engineer_stack(env, ledger, tmp_path, sink, monkeypatch) as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
-        await wait_until(stack, lambda: ledger.failed, "the failed ledger write")
-        for _ in range(50):
-            if await ledger.was_delivered(f"{data.workflow_id}/intake/duty-engineer"):
-                break
-            await skip(env, timedelta(seconds=1))
+        await skipping_until(env, "the failed ledger write", lambda: ledger.failed)
+        delivery = f"{data.workflow_id}/intake/duty-engineer"
+        await skipping_until(
+            env, "the delivery recorded", partial(ledger.was_delivered, delivery), 50
+        )
         await handle.signal("resolve", Resolve(by="ana"))
         await handle.result()
     await ledger.close()
@@ -717,11 +736,9 @@ async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_
         data = ticket()
         handle = await open_ticket_at(stack, data)
         key = f"{data.workflow_id}/intake"
-        for _ in range(50):
-            events = {e.key: e for e in await ledger.events(data.ticket_id)}
-            if key in events:
-                break
-            await skip(env, timedelta(seconds=1))
+        events = await skipping_until(
+            env, "the intake's ledger events", partial(events_with, ledger, data, "intake"), 50
+        )
         status = await status_of(handle)
         await handle.signal("resolve", Resolve(by="ana"))
         await handle.result()
@@ -774,14 +791,14 @@ async def test_an_ack_that_overtakes_a_retrying_page_is_sent_after_the_trigger(
 ) -> None:
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
     monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(policy_with(tmp_path, {"duty-engineer": [pager]}))
+        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
     )
     sink.script = [503, 503]  # PagerDuty is briefly unavailable for the intake trigger
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
         await handle.signal("acknowledge", Acknowledge(agent="ana"))  # at once
-        await wait_until(stack, lambda: len(sink.messages()) == 2, "the acknowledge event")
+        await skipping_until(env, "the acknowledge event", lambda: len(sink.messages()) == 2)
         await handle.signal("resolve", Resolve(by="ana"))
         await handle.result()
     assert [(r["body"]["event_action"], r["status"]) for r in sink.received] == [
@@ -863,7 +880,9 @@ async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_f
     lacks it, so every attempt fails at once): the intake notification is delivered when
     a full worker is back, late, and not recorded as failed. Before, its schedule-to-close
     (5 min here) counted the wait and dropped it."""
-    policy = policy_with(tmp_path, {"duty-engineer": [{"type": "webhook", "url": f"{sink.url}/e"}]})
+    policy = write_policy(
+        tmp_path, targets={"duty-engineer": [{"type": "webhook", "url": f"{sink.url}/e"}]}
+    )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     queue = f"tq-{uuid.uuid4()}"
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
@@ -891,12 +910,17 @@ async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_f
         async with worker:
             stack = Stack(env, env.client, queue, ledger, worker, opened=[data.workflow_id])
             try:
-                await wait_until(stack, lambda: sink.at("/e"), "the intake notification")
-                for _ in range(50):
-                    status = await status_of(handle)
-                    if status.escalations and status.escalations[0].failed is not None:
-                        break
-                    await skip(env, timedelta(seconds=1))
+                await skipping_until(env, "the intake notification", lambda: sink.at("/e"))
+                status = await skipping_until(
+                    env,
+                    "the intake step's outcome",
+                    partial(
+                        status_if,
+                        handle,
+                        lambda s: s.escalations and s.escalations[0].failed is not None,
+                    ),
+                    50,
+                )
                 assert not (await env.get_current_time()) < t0 + timedelta(minutes=10)
                 assert [r["key"] for r in sink.at("/e")] == [
                     f"{data.workflow_id}/intake/duty-engineer"

@@ -52,7 +52,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from contract import search_attributes as sa
-from harness.processes import free_port
+from harness.processes import eventually, free_port
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, ROOT, running_stack
 
@@ -927,10 +927,11 @@ async def test_the_setup_one_shot_refuses_an_attribute_of_another_type(
             search_attributes={"SupportTier": IndexedValueType.INDEXED_VALUE_TYPE_TEXT},
         )
     )
-    for _ in range(150):  # visible once the frontend's namespace cache has it
-        if "SupportTier" in await namespace_attributes(bare_server, namespace):
-            break
-        await asyncio.sleep(0.2)
+
+    async def visible() -> bool:  # once the frontend's namespace cache has it
+        return "SupportTier" in await namespace_attributes(bare_server, namespace)
+
+    await eventually("SupportTier in the namespace's attributes", visible, 30, every=0.2)
     result = deploy_script(
         "register_search_attributes.py",
         bare_server,

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import PIPE
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -50,7 +50,9 @@ from contract.models import (
     sow_workflow_id,
     ticket_workflow_id,
 )
-from harness.processes import ROOT
+from harness.policy import webhooks, write_policy
+from harness.processes import ROOT, eventually
+from harness.serve import serve
 from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
 from runtime.codec import (
@@ -65,8 +67,7 @@ from runtime.codec import (
 )
 from service.app import create_app
 from service.auth import Settings
-from tests.conftest import sqlite_ledger
-from tests.integration.test_channels import policy_with
+from tests.conftest import settled, sqlite_ledger
 from worker import build_worker
 
 AGENT_TOKEN = "agent-token-0123456789"
@@ -209,18 +210,18 @@ class Encrypted:
         self.ledger = ledger
 
 
-def webhook_policy(directory: Path, sink: Sink, **extra: Any) -> Path:
-    """The default policy with the SLA ladder's targets posting to ``sink`` at ``/hook``."""
-    webhook = [{"type": "webhook", "url": f"{sink.url}/hook"}]
-    targets = ["support-queue", "duty-engineer", "support-lead", "duty-manager"]
-    return policy_with(directory, dict.fromkeys(targets, webhook), **extra)
+# The SLA ladder's targets, all posting to the sink at /hook.
+LADDER_TARGETS = ("support-queue", "duty-engineer", "support-lead", "duty-manager")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def encrypted(
     dev_server: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Encrypted]:
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(webhook_policy(tmp_path, sink)))
+    monkeypatch.setenv(
+        "SUPPORT_POLICY_FILE",
+        str(write_policy(tmp_path, targets=webhooks(sink.url, LADDER_TARGETS, "hook"))),
+    )
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     setup = Encrypted(dev_server, new_key("k1"), f"tq-{uuid.uuid4()}", ledger)
     async with httpx.AsyncClient(timeout=5.0) as http:
@@ -300,18 +301,6 @@ def revealed(raw: bytes, keys: str) -> str:
     return "\n".join(codec.decrypt(p).data.decode() for p in payloads)
 
 
-async def settled(client: Client, workflow_id: str) -> None:
-    """Wait (real time, bounded) until the workflow's latest run has no task in flight: the
-    last signal was handled and what it started (ledger writes, a new run) has landed."""
-    handle = client.get_workflow_handle(workflow_id)
-    for _ in range(500):
-        raw = (await handle.describe()).raw_description
-        if not raw.pending_activities and not raw.pending_workflow_task.ByteSize():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{workflow_id}: still busy after 10 s")
-
-
 async def run_ticket(client: Client, setup: Encrypted, sink: Sink, ticket_id: str) -> str:
     """Open with ``client``, acknowledge (with a personal note) and resolve; returns the
     workflow id."""
@@ -321,10 +310,10 @@ async def run_ticket(client: Client, setup: Encrypted, sink: Sink, ticket_id: st
     )
     # Signals and the result go through the encrypting client whoever started the ticket.
     handle = setup.client.get_workflow_handle(ticket.workflow_id, result_type=TicketStatus)
-    for _ in range(200):
-        if any(ticket_id in json.dumps(m) for m in sink.messages()):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(
+        f"{ticket_id}'s intake at the sink",
+        lambda: any(ticket_id in json.dumps(m) for m in sink.messages()),
+    )
     await handle.signal("acknowledge", Acknowledge(agent="ana", note=NOTE))
     await handle.signal("resolve", Resolve(by="ana", summary=RESOLUTION))
     status = await handle.result()
@@ -376,9 +365,7 @@ async def test_encrypted_history_holds_no_personal_data_yet_everyone_reads_it(
     )
     for client, expected in ((encrypted.client, 200), (keyless, 503)):
         app = create_app(client, Settings(agent_tokens={AGENT_TOKEN: "ana"}), encrypted.queue)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as http:
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
             reply = await http.get(
                 f"/api/tickets/{ticket_id}", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}
             )
@@ -409,17 +396,16 @@ async def failed_attempt(client: Client, workflow_id: str) -> PendingActivityInf
     """Wait (real time, bounded) until an activity of the workflow failed an attempt and
     waits to retry; returns it as the server holds it."""
     handle = client.get_workflow_handle(workflow_id)
-    for _ in range(500):
-        try:
-            description = await handle.describe()
-        except RPCError:  # not started yet
-            await asyncio.sleep(0.02)
-            continue
+
+    async def failed() -> PendingActivityInfo | None:
+        description = await handle.describe()
         for activity in description.raw_description.pending_activities:
             if activity.HasField("last_failure"):
                 return activity
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{workflow_id}: no failed activity attempt within 10 s")
+        return None
+
+    # RPCError: not started yet
+    return await eventually(f"{workflow_id}: a failed activity attempt", failed, ignoring=RPCError)
 
 
 async def test_a_failed_delivery_keeps_its_error_and_stack_trace_encrypted(
@@ -488,8 +474,10 @@ async def test_severity_reply_continue_as_new_and_sow_child_hold_no_personal_dat
     child (its input holds the reporter's address). No raw history holds any in clear; the
     keys reveal every one, and the worker acted on them."""
     (tmp_path / "short-history").mkdir()
-    policy = webhook_policy(
-        tmp_path / "short-history", sink, limits={"continue_as_new_after_events": 50}
+    policy = write_policy(
+        tmp_path / "short-history",
+        lambda p: p.update(limits={"continue_as_new_after_events": 50}),
+        targets=webhooks(sink.url, LADDER_TARGETS, "hook"),
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = f"LONG-{uuid.uuid4().hex[:8]}"
@@ -502,7 +490,7 @@ async def test_severity_reply_continue_as_new_and_sow_child_hold_no_personal_dat
     await handle.signal(
         "change_severity", ChangeSeverity(severity="sev1", by="triage", reason=REASON)
     )
-    await settled(encrypted.plain, ticket.workflow_id)
+    await settled(encrypted.plain.get_workflow_handle(ticket.workflow_id))
     # Each reply adds a handful of events (signal, workflow task, ledger write): a few take
     # the run past 50 events, and the ticket continues as new once they have landed.
     for n in range(15):
@@ -514,20 +502,13 @@ async def test_severity_reply_continue_as_new_and_sow_child_hold_no_personal_dat
             reference=f"<reply-{n}.{ticket_id}@mail.example>",
         )
         await handle.signal("customer_reply", reply)
-        await settled(encrypted.plain, ticket.workflow_id)
+        await settled(encrypted.plain.get_workflow_handle(ticket.workflow_id))
     second_run = (await handle.describe()).run_id
     assert second_run != first_run, "the ticket did not continue as new"
 
     await handle.signal("mark_out_of_scope", MarkOutOfScope(by="ana", reason=SOW_REASON))
     sow = encrypted.client.get_workflow_handle(sow_workflow_id(ticket_id))
-    for _ in range(500):
-        try:
-            await sow.describe()
-            break
-        except RPCError:
-            await asyncio.sleep(0.02)
-    else:
-        raise AssertionError(f"{sow.id} not started within 10 s")
+    await eventually(f"{sow.id} to start", sow.describe, ignoring=RPCError)
     decision = SowDecision(decision="accepted", by="advisor", reference=SOW_REFERENCE)
     await sow.signal("sow_decision", decision)
     status = await handle.result()
@@ -578,8 +559,7 @@ async def codec_server(dev_server: WorkflowEnvironment) -> AsyncIterator[httpx.A
     settings = Settings(intake_tokens={INTAKE_TOKEN: "portal"}, agent_tokens={AGENT_TOKEN: "ana"})
     codec = codec_of(new_key("k1"))
     app = create_app(dev_server.client, settings, "unused", codec=codec)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         http.headers["x-codec-test"] = "1"
         yield http
 
@@ -666,9 +646,7 @@ async def test_codec_server_cors_allows_only_the_web_ui(codec_server: httpx.Asyn
 
 async def test_codec_server_says_when_encryption_is_off(dev_server: WorkflowEnvironment) -> None:
     app = create_app(dev_server.client, Settings(agent_tokens={AGENT_TOKEN: "ana"}), "unused")
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-    ) as http:
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         reply = await http.post(
             "/codec/decode",
             content=payloads_json(plain_payload("x")),

@@ -16,13 +16,14 @@ what intake turns raw input into.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.header import Header
@@ -40,6 +41,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import TicketInput, ticket_workflow_id
+from harness.policy import write_policy
+from harness.processes import HarnessError, eventually
 from harness.serve import serve
 from harness.sinks import Mailbox, Sink, serve_sink, smtp_sink
 from intake.guards import WINDOW, IntakeGuards, Limit
@@ -50,7 +53,7 @@ from runtime.links import AckLinks
 from service.app import create_app
 from service.auth import Settings, parse_scopes
 from service.limits import MAX_REQUEST_BYTES
-from tests.conftest import ROOT, Stack, running_stack, write_policy
+from tests.conftest import ROOT, Stack, running_stack
 
 SUPPORT = "support@support.example"
 CUSTOMER_SENDER = "dana@bank.example"  # example-bank's contract: Mission Critical
@@ -138,19 +141,17 @@ class Rig:
 
 def sink_policy(directory: Path, hooks: Sink) -> Path:
     """The default policy with the premium intake step sent on every channel kind."""
+    channels = {
+        "support-queue": [{"type": "chat", "url": f"{hooks.url}/chat"}],
+        "duty-engineer": [{"type": "webhook", "url": f"{hooks.url}/webhook"}],
+        "support-lead": [{"type": "pager", "url": f"{hooks.url}/pager", "routing_key": "rk"}],
+        "duty-manager": [{"type": "email", "to": [DUTY_EMAIL]}],
+    }
 
-    def edit(policy: dict[str, Any]) -> None:
-        channels = {
-            "support-queue": {"type": "chat", "url": f"{hooks.url}/chat"},
-            "duty-engineer": {"type": "webhook", "url": f"{hooks.url}/webhook"},
-            "support-lead": {"type": "pager", "url": f"{hooks.url}/pager", "routing_key": "rk"},
-            "duty-manager": {"type": "email", "to": [DUTY_EMAIL]},
-        }
-        for target, channel in channels.items():
-            policy["targets"][target]["channels"] = [channel]
+    def intake_to_all(policy: dict[str, Any]) -> None:
         policy["tiers"]["premium"]["ladder"][0]["targets"] = list(channels)
 
-    return write_policy(directory, edit)
+    return write_policy(directory, intake_to_all, targets=channels)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -243,16 +244,6 @@ async def started(rig: Rig, ticket_id: str) -> tuple[TicketInput, str]:
         assert isinstance(ticket, TicketInput)
         return ticket, run_id
     raise AssertionError(f"{ticket_id}: no history")
-
-
-async def until(what: str, probe: Callable[[], Awaitable[T | None]], seconds: float = 15) -> T:
-    """``await probe()`` until it is truthy (real time: the dev server's clock)."""
-    for _ in range(int(seconds / 0.1)):
-        found = await probe()
-        if found:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not reached within {seconds:.0f} s: {what}")
 
 
 # --- API: POST /api/tickets -----------------------------------------------------------------
@@ -1099,7 +1090,7 @@ async def test_a_repeated_ticket_id_is_answered_and_changes_nothing(rig: Rig) ->
     async def opened_events() -> list[str]:
         return [e.kind for e in await rig.stack.ledger.events(ticket_id) if e.kind == "opened"]
 
-    assert await until("the ledger's 'opened' event", opened_events) == ["opened"]
+    assert await eventually("the ledger's 'opened' event", opened_events, 15) == ["opened"]
 
 
 # --- injection strings are inert wherever a ticket is shown -------------------------------
@@ -1156,7 +1147,7 @@ async def test_injection_strings_are_inert_in_every_channel_the_board_and_the_re
     async def notified() -> bool:
         return all(delivered(p) for p in ("/chat", "/webhook", "/pager")) and bool(emailed())
 
-    await until("the intake step on chat, webhook, pager and email", notified)
+    await eventually("the intake step on chat, webhook, pager and email", notified, 15)
 
     # Chat: no mention, no link; the header block is plain text, shown as it is.
     [chat] = delivered("/chat")
@@ -1190,7 +1181,7 @@ async def test_injection_strings_are_inert_in_every_channel_the_board_and_the_re
         page = await rig.http.get("/board")
         return page.text if f'id="row-{ticket_id}"' in page.text else None
 
-    html = await until("the ticket on the board (visibility)", board)
+    html = await eventually("the ticket on the board (visibility)", board, 15)
     assert f"<td>{escape(customer)}</td>" in html and HTML not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ 7*7 }} &lt;!channel&gt;" in html
     link = AckLinks(SETTINGS.link_secret, SETTINGS.link_ttl, SETTINGS.public_url)
@@ -1200,7 +1191,9 @@ async def test_injection_strings_are_inert_in_every_channel_the_board_and_the_re
 
     # The ledger keeps the SQL as data; the report shows the ticket (a breach two hours
     # later) escaped in HTML, and as plain text in a table (rich markup off).
-    row = await until("the ticket's ledger row", lambda: rig.stack.ledger.outcome(ticket_id))
+    row = await eventually(
+        "the ticket's ledger row", lambda: rig.stack.ledger.outcome(ticket_id), 15
+    )
     assert row.customer_id == customer
     report = build_report([row], row.opened_at + 2 * H)
     html = render_html(report)
@@ -1216,9 +1209,12 @@ async def test_the_task_queue_holds_exactly_the_tickets_the_rows_opened(rig: Rig
     expected = {ticket_workflow_id(t) for t in rig.accepted}
     query = f'TaskQueue = "{rig.stack.task_queue}"'
     found: set[str] = set()
-    for _ in range(100):
+
+    async def all_listed() -> bool:
+        nonlocal found
         found = {w.id async for w in rig.stack.client.list_workflows(query)}
-        if found == expected:
-            break
-        await asyncio.sleep(0.1)
+        return found == expected
+
+    with contextlib.suppress(HarnessError):  # the assertion below shows the difference
+        await eventually("visibility to list exactly the tickets opened", all_listed, 15)
     assert found == expected, (found - expected, expected - found)

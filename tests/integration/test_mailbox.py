@@ -9,7 +9,6 @@ so no customer's email is lost."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,7 +32,8 @@ from contract.models import (
     TicketStatus,
     Tier,
 )
-from harness.processes import free_port
+from harness.policy import write_policy
+from harness.processes import eventually, free_port
 from harness.sinks import Mailbox
 from intake.guards import IntakeGuards
 from intake.mailbox import (
@@ -53,7 +53,7 @@ from tests.conftest import (
     sqlite_ledger,
     status_of,
     ticket,
-    write_policy,
+    until_status,
 )
 
 SUPPORT = "support@support.example"
@@ -166,13 +166,13 @@ async def exists(stack: Stack, ticket_id: str) -> bool:
 async def replies_on(stack: Stack, ticket_id: str, count: int = 1) -> list[str]:
     """The ticket's ``customer_reply`` history entries, once ``count`` have arrived."""
     handle = stack.client.get_workflow_handle(f"ticket-{ticket_id}", result_type=TicketStatus)
-    found: list[str] = []
-    for _ in range(200):
+
+    async def replies() -> tuple[list[str]] | None:
         status = await status_of(handle)
         found = [h.detail or "" for h in status.history if h.kind == "customer_reply"]
-        if len(found) >= count:
-            break
-        await asyncio.sleep(0.02)
+        return (found,) if len(found) >= count else None  # a tuple: truthy with no replies
+
+    [found] = await eventually(f"{count} customer replies on {ticket_id}", replies, every=0.02)
     return found
 
 
@@ -439,10 +439,7 @@ async def test_a_reply_found_by_its_references_header_is_recorded_once(
     assert (await listener.send(reply))[0] == 250  # delivered twice
     # Signals apply in order: once the ack shows, both deliveries have been handled.
     await handle.signal("acknowledge", Acknowledge(agent="alice"))
-    for _ in range(200):
-        if (await status_of(handle)).acknowledged_by == "alice":
-            break
-        await asyncio.sleep(0.02)
+    await until_status(handle, "acknowledged by alice", lambda s: s.acknowledged_by == "alice")
     assert await replies_on(stack, data.ticket_id) == ["via email: Re: your notification"]
     assert not await exists(stack, ticket_id_of(reply))
     assert mailbox.received == []

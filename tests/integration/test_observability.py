@@ -33,7 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import Acknowledge, Resolve, Severity, Tier
-from harness.processes import ROOT, free_port, service_process
+from harness.processes import ROOT, eventually, free_port, service_process
 from runtime.logs import core_runtime
 from runtime.telemetry import prometheus
 from tests.conftest import (
@@ -165,21 +165,21 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 async def intake_delivered(handle: WorkflowHandle[Any, Any]) -> None:
     """Wait until the ticket's first notification activity has completed."""
-    for _ in range(100):
+
+    async def delivered() -> bool:
         events = (await handle.fetch_history()).events
         delivering = {
             e.event_id
             for e in events
             if e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_step"
         }
-        if any(
+        return any(
             e.activity_task_completed_event_attributes.scheduled_event_id in delivering
             for e in events
             if e.HasField("activity_task_completed_event_attributes")
-        ):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{handle.id}: intake notification not delivered")
+        )
+
+    await eventually(f"{handle.id}'s intake notification delivered", delivered)
 
 
 async def test_worker_process_serves_metrics_traces_and_trace_ids(
@@ -247,19 +247,23 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
             ("mission_critical", "open"): 1,
             ("standard", "open"): 0,
         }
-        for _ in range(100):
-            await asyncio.sleep(0.2)
-            try:
-                samples = scrape(metrics)
-            except httpx.HTTPError:
-                continue
+
+        def counted() -> Samples | None:
+            samples = scrape(metrics)
             got = {
                 key: value(samples, "support_tickets_open", tier=key[0], state=key[1])
                 for key in expected
             }
-            if got == expected and value(samples, "support_tickets_opened_total") == 3:
-                break
-        assert got == expected
+            opened_total = value(samples, "support_tickets_opened_total")
+            return samples if got == expected and opened_total == 3 else None
+
+        samples = await eventually(
+            f"the ticket gauges on /metrics: {expected}",
+            counted,
+            20,
+            every=0.2,
+            ignoring=httpx.HTTPError,
+        )
         assert value(samples, "support_tickets_opened_total", tier="mission_critical") == 1
         for t in opened:
             handle = client.get_workflow_handle(t.workflow_id)

@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,6 @@ from typing import Any, cast
 import httpx
 import pytest
 import pytest_asyncio
-import yaml
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -42,6 +41,8 @@ from contract.client import (
     ticket_status,
 )
 from contract.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
+from harness.policy import write_policy
+from harness.processes import eventually
 from ledger.store import SqlLedger
 from ops import cli as ops
 from ops.output import duration, utc
@@ -55,7 +56,6 @@ from tests.conftest import (
     sqlite_ledger,
     terminate_open,
     ticket,
-    write_policy,
 )
 from worker import build_worker
 
@@ -235,8 +235,8 @@ async def tickets(
                     stack.opened.append(data.workflow_id)
                 ids = {name: data.ticket_id for name, data in inputs.items()}
 
-                def ready(found: list[TicketSummary]) -> bool:
-                    by_id = {t.ticket_id: t for t in found}
+                async def ready() -> bool:
+                    by_id = {t.ticket_id: t for t in await list_tickets(client)}
                     return (
                         set(ids.values()) <= set(by_id)
                         and all(
@@ -246,7 +246,8 @@ async def tickets(
                         and by_id[ids["breached"]].breached is True
                     )
 
-                await until(lambda: list_tickets(client), ready, "the tickets in visibility")
+                # Visibility is eventually consistent.
+                await eventually("the tickets in visibility", ready)
                 address = client.service_client.config.target_host
                 yield Tickets(
                     client, address, run, **ids, queue=queue, ledger_url=f"sqlite:///{ledger_path}"
@@ -254,17 +255,6 @@ async def tickets(
             finally:
                 await terminate_open(stack)
     await ledger.close()
-
-
-async def until(probe: Callable[[], Any], done: Callable[[Any], bool], what: str) -> Any:
-    """Await ``probe()`` until ``done`` says so (visibility is eventually consistent)."""
-    last = None
-    for _ in range(200):
-        last = await probe()
-        if done(last):
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after 10 s waiting for {what}; last: {last!r}")
 
 
 @dataclass
@@ -601,7 +591,11 @@ async def test_replay_checks_running_tickets_against_this_release(
             "SupportTicket", ticket("DRIFT").model_dump(mode="json"), id=drifted, task_queue=queue
         )
         try:
-            await until(handle.fetch_history, lambda h: len(h.events) >= 5, "the drifted timer")
+
+            async def drifted_timer() -> bool:
+                return len((await handle.fetch_history()).events) >= 5
+
+            await eventually("the drifted timer", drifted_timer)
             done = await run_ops.process("replay", "--json")
             assert done.returncode == 1, done.stderr
             report = json.loads(done.stdout)
@@ -658,16 +652,14 @@ def test_the_policy_archive_needs_a_migrated_ledger(
 
 
 def premium_in(tmp_path: Path, version: str, target: str = "PT2H") -> Path:
-    """The shipped policy at ``version`` with a slower Premium response target."""
-
-    # Written here, not with write_policy, which gives edited rules a version of their own:
-    # this file must keep exactly ``version`` (even the archived one, to show the conflict).
-    data = yaml.safe_load(default_policy_path().read_text())
-    data["version"] = version
-    data["tiers"]["premium"]["response_target"] = target
-    path = tmp_path / f"{version}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    """The shipped policy at exactly ``version`` (even the archived one, to show the
+    conflict) with a slower Premium response target."""
+    return write_policy(
+        tmp_path,
+        lambda data: data["tiers"]["premium"].update(response_target=target),
+        version=version,
+        name=f"{version}.yaml",
+    )
 
 
 async def open_and_plan(tickets: Tickets, *inputs: Any) -> list[TicketStatus]:
@@ -841,10 +833,9 @@ async def test_policy_archive_and_adopt_move_a_ticket_explicitly_and_record_it(
         assert (status.policy_version, status.response_due_at) == (version, due_after)
         [entry] = [h for h in status.history if h.kind == "policy_adopted"]
         assert entry.by == "ops-lead" and (entry.detail or "").endswith(": Premium is 2 h")
-        recorded = await until(
-            lambda: ledger_events(tickets.ledger_url, ticket_id, "policy_adopted"),
-            bool,
+        recorded = await eventually(
             "the adoption in the ledger",
+            lambda: ledger_events(tickets.ledger_url, ticket_id, "policy_adopted"),
         )
         assert (recorded[0].detail["before"], recorded[0].detail["after"]) == (
             "2026.12.1",

@@ -14,6 +14,7 @@ import pytest_asyncio
 import sqlalchemy
 from sqlalchemy.exc import DBAPIError
 
+from harness.policy import write_policy
 from ledger.policy_archive import (
     MemoryPolicyStore,
     PolicyArchive,
@@ -25,7 +26,6 @@ from ledger.policy_archive import (
 from ledger.store import SqlLedger, head_revision
 from policy.load import default_policy_path
 from policy.schema import PolicyError
-from tests.conftest import write_policy
 
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")
 # Text the database must hand back byte for byte: non-ASCII, quotes, CRLF, trailing blanks.
@@ -34,13 +34,9 @@ ODD_TEXT = "version: 'x'\r\n# naïve ≠ “quoted” \\ 'single' \"double\"  \n
 
 def versioned(tmp_path: Path, version: str, name: str = "policy.yaml", **premium: Any) -> Path:
     """The shipped policy at ``version``; ``premium`` overrides keys of the premium tier."""
-
-    def edit(data: dict[str, Any]) -> None:
-        data["version"] = version
-        data["tiers"]["premium"].update(premium)
-
-    path = write_policy(tmp_path, edit)
-    return path.rename(path.with_name(name))
+    return write_policy(
+        tmp_path, lambda data: data["tiers"]["premium"].update(premium), version=version, name=name
+    )
 
 
 # --- the ledger's table, both backends ------------------------------------------------------

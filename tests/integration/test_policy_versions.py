@@ -7,7 +7,6 @@ version is explicit and recorded. Last, the pure half of ``support-ops policy di
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,8 @@ from contract.models import (
     TicketStatus,
     Tier,
 )
+from harness.policy import policy_data, write_policy
+from harness.processes import eventually
 from intake.core import open_ticket
 from ledger.policy_archive import (
     ArchivedPolicy,
@@ -47,7 +48,7 @@ from tests.conftest import (
     sqlite_ledger,
     status_of,
     ticket,
-    write_policy,
+    until_status,
 )
 
 H, M = timedelta(hours=1), timedelta(minutes=1)
@@ -58,12 +59,10 @@ def policy_file(path: Path, version: str, premium_target: str = "PT1H", **edits:
     """The shipped policy at ``version`` with Premium's response target, written to ``path``."""
 
     def edit(data: dict[str, Any]) -> None:
-        data["version"] = version
         data["tiers"]["premium"]["response_target"] = premium_target
         data.update(edits)
 
-    written = write_policy(path.parent, edit)
-    return written.replace(path) if written != path else path
+    return write_policy(path.parent, edit, version=version, name=path.name)
 
 
 def request(pinned: str | None = None, severity: Severity | None = None) -> PlanRequest:
@@ -219,7 +218,7 @@ async def test_a_ticket_keeps_its_version_through_a_changed_and_a_broken_file_un
         policy_file(path, "pin-2", "PT2H")
         await advance_to(env, t0 + 5 * M)
         await handle.signal("change_severity", ChangeSeverity(severity="sev2", by="triage"))
-        status = await until_severity(handle, Severity.SEV2)
+        status = await until_status(handle, "severity sev2", lambda s: s.severity is Severity.SEV2)
         assert (status.policy_version, status.response_due_at) == ("pin-1", t0 + H)
         newer = await open_ticket_at(stack, ticket(tier="premium", severity="sev3"))
         assert (await status_of(newer)).policy_version == "pin-2"
@@ -227,7 +226,7 @@ async def test_a_ticket_keeps_its_version_through_a_changed_and_a_broken_file_un
         # The file breaks: the next re-triage still plans under pin-1, and nothing is wrong.
         path.write_text("version: pin-3\ntiers: {premium: {response_target: soon}}\n")
         await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
-        status = await until_severity(handle, Severity.SEV1)
+        status = await until_status(handle, "severity sev1", lambda s: s.severity is Severity.SEV1)
         assert (status.policy_version, status.response_due_at) == ("pin-1", t0 + H)
         assert status.policy_problem is None
 
@@ -257,33 +256,23 @@ async def test_a_ticket_keeps_its_version_through_a_changed_and_a_broken_file_un
         assert recorded.detail["reason"] == "new Premium target"
 
 
-async def until_severity(handle: Any, severity: Severity) -> TicketStatus:
-    for _ in range(200):
-        status: TicketStatus = await status_of(handle)
-        if status.severity is severity:
-            return status
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"severity never became {severity}")
-
-
 async def ledger_event(ledger: Any, ticket_id: str, kind: str) -> Any:
-    for _ in range(250):
-        found = [e for e in await ledger.events(ticket_id) if e.kind == kind]
-        if found:
-            return found[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no {kind} event in the ledger")
+    async def found() -> Any:
+        return next((e for e in await ledger.events(ticket_id) if e.kind == kind), None)
+
+    return await eventually(f"a {kind} event in the ledger", found, every=0.02)
 
 
 async def planning_problem(handle: Any) -> str:
-    for _ in range(200):
+    async def problem() -> str | None:
         try:
             await handle.query("status", result_type=TicketStatus)
         except WorkflowQueryFailedError as err:
             if "still planning its SLA: " in str(err):
                 return str(err)
-        await asyncio.sleep(0.02)
-    raise AssertionError("the ticket never reported its planning problem")
+        return None
+
+    return await eventually("the ticket's planning problem", problem, every=0.02)
 
 
 # --- what a move to another version changes (pure) -----------------------------------------
@@ -398,10 +387,7 @@ def test_a_channel_change_for_the_same_recipient_is_a_change(tmp_path: Path) -> 
 
 
 def yaml_ladder(tier: str) -> list[dict[str, Any]]:
-    import yaml
-
-    data = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
-    ladder: list[dict[str, Any]] = data["tiers"][tier]["ladder"]
+    ladder: list[dict[str, Any]] = policy_data()["tiers"][tier]["ladder"]
     return ladder
 
 

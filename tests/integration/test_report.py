@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import yaml
 
 from contract.models import (
     Acknowledge,
@@ -30,6 +29,8 @@ from contract.models import (
     TicketOutcome,
     Tier,
 )
+from harness.policy import policy_text
+from harness.processes import eventually
 from ledger.evidence import collect_evidence, evidence_record
 from ledger.render import CSV_COLUMNS, render_csv, render_html, render_table, report_record
 from ledger.report import (
@@ -42,7 +43,7 @@ from ledger.report import (
     nearest_rank,
 )
 from ledger.store import SqlLedger, head_revision
-from policy.load import default_policy_path, parse_policy
+from policy.load import parse_policy
 from policy.schema import POLICY_FILE_ENV, Policy
 from tests.conftest import ROOT, Stack, advance_to, now_second, open_ticket_at, status_of, ticket
 
@@ -439,13 +440,15 @@ def test_verdicts_of_tickets_that_changed_course(
 def business_policy() -> Policy:
     """The shipped default policy plus a Standard customer on its own calendar (Berlin,
     09:00-17:00, no holidays)."""
-    data = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
-    data["calendars"]["eu-business-hours"] = {
-        "time_zone": "Europe/Berlin",
-        "hours": {day: ["09:00-17:00"] for day in ("mon", "tue", "wed", "thu", "fri")},
-    }
-    data["customers"]["acme-eu"] = {"tier": "standard", "calendar": "eu-business-hours"}
-    return parse_policy(yaml.safe_dump(data), "business-policy")
+
+    def eu_customer(data: dict[str, Any]) -> None:
+        data["calendars"]["eu-business-hours"] = {
+            "time_zone": "Europe/Berlin",
+            "hours": {day: ["09:00-17:00"] for day in ("mon", "tue", "wed", "thu", "fri")},
+        }
+        data["customers"]["acme-eu"] = {"tier": "standard", "calendar": "eu-business-hours"}
+
+    return parse_policy(policy_text(eu_customer), "business-policy")
 
 
 BUSINESS_POLICY = business_policy()
@@ -932,13 +935,12 @@ async def test_cli_input_checks(scenario_url: str, tmp_path: Path) -> None:
 async def ledger_row(stack: Stack, ticket_id: str, done: Any) -> TicketOutcome:
     """Wait (real time, at most 10 s) until the ticket's ledger row satisfies ``done``: the
     ledger writes run as background activities."""
-    row = None
-    for _ in range(500):
-        row = await stack.ledger.outcome(ticket_id)
-        if row is not None and done(row):
-            return row
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{ticket_id}: ledger row not as expected within 10 s: {row}")
+
+    async def row() -> TicketOutcome | None:
+        found = await stack.ledger.outcome(ticket_id)
+        return found if found is not None and done(found) else None
+
+    return await eventually(f"{ticket_id}'s ledger row as expected", row, every=0.02)
 
 
 async def test_report_on_a_ledger_filled_by_real_workflow_runs(stack: Stack) -> None:

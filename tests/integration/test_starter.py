@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract import search_attributes as sa
 from contract.models import TicketStatus
+from harness.policy import write_policy
 from intake.core import InvalidTicket, parse_ticket
 from starter import run_batch
 from tests.conftest import (
@@ -30,7 +31,6 @@ from tests.conftest import (
     policy_resolved,
     status_of,
     terminate_open,
-    write_policy,
 )
 
 GOOD = {"ticket_id": "B-1", "customer_id": "acme", "tier": "premium", "severity": "sev2"}

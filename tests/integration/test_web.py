@@ -25,14 +25,15 @@ from temporalio.testing import WorkflowEnvironment
 
 import service.api
 from contract.models import TicketState, TicketStatus
-from harness.processes import free_port
+from harness.policy import write_policy
+from harness.processes import eventually, free_port
 from harness.serve import serve
 from harness.sinks import Mailbox
 from intake.core import CLI, intake
 from runtime.links import AckLinks, LinkError
 from service.app import create_app
 from service.auth import Settings, parse_scopes
-from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, write_policy
+from tests.conftest import ROOT, Stack, running_stack, sqlite_ledger, status_of, until_status
 from worker import build_worker
 
 CHROMIUM = os.environ.get("SUPPORT_CHROMIUM", "/usr/bin/chromium")
@@ -115,21 +116,17 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def handle_of(web: Web, ticket_id: str) -> Any:
+    return web.stack.client.get_workflow_handle(f"ticket-{ticket_id}", result_type=TicketStatus)
+
+
 async def status(web: Web, ticket_id: str) -> TicketStatus:
-    handle = web.stack.client.get_workflow_handle(f"ticket-{ticket_id}")
-    return await handle.query("status", result_type=TicketStatus)
+    return await status_of(handle_of(web, ticket_id))
 
 
-async def until_status(web: Web, ticket_id: str, check: Any) -> TicketStatus:
-    for _ in range(300):
-        try:
-            found = await status(web, ticket_id)
-            if check(found):
-                return found
-        except Exception:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{ticket_id} never reached the expected state")
+async def status_once(web: Web, ticket_id: str, check: Any) -> TicketStatus:
+    """The ticket's status once ``check`` accepts it."""
+    return await until_status(handle_of(web, ticket_id), "the expected state", check, 15)
 
 
 async def open_via_api(web: Web, token: str = INTAKE, **fields: Any) -> str:
@@ -146,7 +143,7 @@ async def open_via_api(web: Web, token: str = INTAKE, **fields: Any) -> str:
     )
     assert response.status_code == 201, response.text
     web.stack.opened.append(f"ticket-{ticket_id}")
-    await until_status(web, ticket_id, lambda s: s.policy_version is not None)
+    await status_once(web, ticket_id, lambda s: s.policy_version is not None)
     return ticket_id
 
 
@@ -160,13 +157,16 @@ async def sign_in(page: Page, web: Web, agent: str) -> None:
 
 async def row_on_board(page: Page, web: Web, ticket_id: str) -> Any:
     """The ticket's row, reloading while visibility catches up."""
-    for _ in range(100):
+
+    async def shown() -> tuple[Any] | None:
         row = page.locator(f"#row-{ticket_id}")
         if await row.count():
-            return row
-        await asyncio.sleep(0.1)
+            return (row,)
         await page.goto(f"{web.url}/board")
-    raise AssertionError(f"{ticket_id} never appeared on the board")
+        return None
+
+    [row] = await eventually(f"{ticket_id} on the board", shown, 15, every=0.1)
+    return row
 
 
 # --- the contact form ------------------------------------------------------------------------
@@ -204,7 +204,7 @@ async def test_contact_form_shows_errors_by_the_fields_then_opens_one_ticket(
     assert "is handled as Community support" in (await page.text_content("#pending") or "")
     await shot(page, "contact-form-done")
 
-    opened = await until_status(web, ticket_id, lambda s: s.policy_version is not None)
+    opened = await status_once(web, ticket_id, lambda s: s.policy_version is not None)
     assert (opened.customer_id, opened.tier.value, opened.severity.value) == (
         "community",
         "community",
@@ -269,14 +269,14 @@ async def test_board_lists_open_tickets_by_time_to_breach_and_acknowledges(
     await soon_row.locator("button.ack").click()
     await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
     assert await page.text_content("#notice") == f"Acknowledged {soon}."
-    acked = await until_status(web, soon, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    acked = await status_once(web, soon, lambda s: s.state is TicketState.ACKNOWLEDGED)
     assert acked.acknowledged_by == "ana"
     await shot(page, "board-acknowledged")
 
     row = await row_on_board(page, web, late)
     await row.locator("button.resolve").click()
     await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
-    resolved = await until_status(web, late, lambda s: s.state is TicketState.RESOLVED)
+    resolved = await status_once(web, late, lambda s: s.state is TicketState.RESOLVED)
     assert resolved.resolved_by == "ana" and resolved.response_breached
 
 
@@ -293,7 +293,7 @@ async def test_a_signed_link_acknowledges_as_its_agent_after_confirming(
     )
     await page.click("#confirm")
     assert await page.text_content("#title") == "Acknowledged"
-    acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    acked = await status_once(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
     assert acked.acknowledged_by == "bob"
     await shot(page, "link-acknowledged")
 
@@ -376,18 +376,14 @@ async def test_an_agent_acknowledges_straight_from_the_link_in_an_email(
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = await open_via_api(web)
-    for _ in range(100):
-        if mailbox.messages():
-            break
-        await asyncio.sleep(0.05)
-    [mail] = mailbox.messages()
+    [mail] = await eventually("the notification email", mailbox.messages)
     match = re.search(r"To acknowledge in the browser: (\S+)", mail.get_content())
     assert match, mail.get_content()
     await page.goto(match.group(1))
     assert await page.text_content("#confirm") == "Acknowledge as duty-engineer"
     await page.click("#confirm")
     assert await page.text_content("#title") == "Acknowledged"
-    acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    acked = await status_once(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
     assert acked.acknowledged_by == "duty-engineer"
     await shot(page, "email-link-acknowledged")
 
@@ -396,15 +392,17 @@ async def test_the_api_lists_tickets_from_visibility_with_validated_filters(web:
     mc = await open_via_api(web, customer_id="example-bank", tier=None, severity="sev1")
     premium = await open_via_api(web)
     agent = {"Authorization": f"Bearer {AGENTS['ana']}"}
-    for _ in range(100):
+
+    async def mission_critical() -> httpx.Response | None:
         response = await web.http.get(
             "/api/tickets", params={"state": "open", "tier": "mission_critical"}, headers=agent
         )
         found = [t["ticket_id"] for t in response.json()["tickets"]]
-        if mc in found:
-            break
-        await asyncio.sleep(0.1)
+        return response if mc in found else None
+
+    response = await eventually(f"{mc} listed (visibility)", mission_critical, 15)
     assert response.status_code == 200
+    found = [t["ticket_id"] for t in response.json()["tickets"]]
     assert mc in found and premium not in found
     listed = next(t for t in response.json()["tickets"] if t["ticket_id"] == mc)
     assert (listed["customer_id"], listed["severity"], listed["breached"]) == (
@@ -424,11 +422,12 @@ async def test_the_api_lists_tickets_from_visibility_with_validated_filters(web:
 async def listed(web: Web, token: str, expect: str, **params: str) -> list[str]:
     """Ticket ids the list shows ``token``, once ``expect`` is in visibility (agents)."""
     agent = {"Authorization": f"Bearer {AGENTS['ana']}"}
-    for _ in range(100):
+
+    async def agents_see_it() -> bool:
         response = await web.http.get("/api/tickets", params=params, headers=agent)
-        if expect in [t["ticket_id"] for t in response.json()["tickets"]]:
-            break
-        await asyncio.sleep(0.1)
+        return expect in [t["ticket_id"] for t in response.json()["tickets"]]
+
+    await eventually(f"{expect} listed (visibility)", agents_see_it, 15)
     response = await web.http.get(
         "/api/tickets", params=params, headers={"Authorization": f"Bearer {token}"}
     )
@@ -475,7 +474,7 @@ async def test_an_action_no_worker_answers_is_queued_and_applies_at_its_instant(
     await asyncio.sleep(1.5)
     ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     async with httpx.AsyncClient(timeout=5.0) as http, build_worker(client, queue, ledger, http):
-        acked = await until_status(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+        acked = await status_once(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
     await ledger.close()
     assert acked.acknowledged_by == "ana"
     assert acked.acknowledged_at is not None and acked.acknowledged_received_at is not None
@@ -509,7 +508,7 @@ async def test_the_form_without_a_severity_gets_the_policys_default(
     ticket_id = re.search(r'id="ticket-id">([^<]+)<', response.text)
     assert ticket_id
     web.stack.opened.append(f"ticket-{ticket_id.group(1)}")
-    opened = await until_status(web, ticket_id.group(1), lambda s: s.policy_version is not None)
+    opened = await status_once(web, ticket_id.group(1), lambda s: s.policy_version is not None)
     # Community until the typed address is confirmed (issue 15); the severity is the default.
     assert (opened.tier.value, opened.severity.value) == ("community", "sev2")
 

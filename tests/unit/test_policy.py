@@ -3,18 +3,16 @@ instants, and error reports that name both the file and the field."""
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 
 from contract.models import Severity, StepKind, TicketInput, TicketPlan, Tier
+from harness.policy import write_policy
 from harness.processes import ROOT
 from policy.calendar import CountryHolidays
 from policy.load import default_policy_path, load_policy, parse_policy, policy_path
@@ -52,28 +50,6 @@ def step(plan: TicketPlan, name: str):
 
 def recipients(plan: TicketPlan, name: str) -> list[str]:
     return [r.name for r in step(plan, name).recipients]
-
-
-def default_data() -> dict[str, Any]:
-    return yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
-
-
-def write_policy(
-    tmp_path: Path,
-    mutate: Callable[[dict[str, Any]], None] | None = None,
-    *,
-    text: str | None = None,
-    name: str = "policy.yaml",
-) -> Path:
-    """Write the default policy (optionally mutated) or the given raw text to tmp_path."""
-    if text is None:
-        data = copy.deepcopy(default_data())
-        if mutate:
-            mutate(data)
-        text = yaml.safe_dump(data, sort_keys=False)
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def policy_error(path: Path, *, one_line_per_problem: bool = True) -> str:
@@ -629,9 +605,7 @@ def test_changed_policy_file_is_reloaded(tmp_path):
     path = write_policy(tmp_path)
     first = load_policy(path)
     assert load_policy(path) is first
-    data = default_data()
-    data["version"] = "edited"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    write_policy(tmp_path, version="edited")
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert load_policy(path).version == "edited"

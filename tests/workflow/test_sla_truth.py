@@ -31,9 +31,12 @@ from contract.models import (
     Resolve,
     SowOutcome,
     TicketInput,
+    TicketOutcome,
     TicketState,
     TicketStatus,
 )
+from harness.policy import webhooks, write_policy
+from harness.processes import eventually
 from harness.sinks import Sink
 from policy.schema import POLICY_FILE_ENV
 from starter import open_ticket
@@ -49,7 +52,7 @@ from tests.conftest import (
     sqlite_ledger,
     status_of,
     ticket,
-    write_policy,
+    until_status,
 )
 from tests.workflow.failing_sow import FailingStatementOfWork
 from worker import build_worker
@@ -93,27 +96,7 @@ async def sow_started(stack: Stack, handle: WorkflowHandle[Any, TicketStatus]) -
     """Wait until the statement-of-work child runs (a ``mark_out_of_scope`` update answers
     before it starts; the test's clean-up must find it to terminate it first)."""
     child = stack.client.get_workflow_handle(f"sow-{handle.id.removeprefix('ticket-')}")
-    for _ in range(400):
-        try:
-            await child.describe()
-            return
-        except RPCError:
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{child.id} did not start")
-
-
-async def until(handle: WorkflowHandle[Any, TicketStatus], check: Any, what: str) -> TicketStatus:
-    """The ticket's status once ``check(status)`` holds (real time, bounded; the test
-    server's clock does not move)."""
-    for _ in range(400):
-        try:
-            status = await status_of(handle)
-            if check(status):
-                return status
-        except WorkflowQueryFailedError:
-            pass  # still planning
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{handle.id}: not reached: {what}")
+    await eventually(f"{child.id} to start", child.describe, every=0.02, ignoring=RPCError)
 
 
 # --- agent actions as Updates ----------------------------------------------------------------
@@ -236,7 +219,7 @@ async def test_a_raw_start_without_severity_gets_the_policys_default(
             ticket_id="T-default-sev", customer_id="acme", tier="mission_critical", opened_at=t0
         )
         handle = await raw_start(stack, data)
-        await until(handle, lambda s: True, "planned")
+        await until_status(handle, "planned", lambda s: True)
         status = await status_of(handle)
         assert (status.severity.value, status.response_due_at) == ("sev2", t0 + H)
 
@@ -253,18 +236,18 @@ async def test_an_ack_stamped_before_the_deadline_but_processed_after_the_breach
     assert (await status_of(handle)).response_breached
     # The agent clicked at 59 min; the message waited out an outage of the workers.
     await handle.signal("acknowledge", Acknowledge(agent="alice", at=t0 + 59 * M))
-    status = await until(handle, lambda s: s.state is TicketState.ACKNOWLEDGED, "the ack")
+    status = await until_status(handle, "the ack", lambda s: s.state is TicketState.ACKNOWLEDGED)
     assert status.acknowledged_at == t0 + 59 * M
     assert status.acknowledged_received_at is not None
     assert t0 + 62 * M <= status.acknowledged_received_at < t0 + 62 * M + S
     assert not status.response_breached and status.breached_at is None
     assert "breach_withdrawn" in kinds(status)
-    events: dict[str, Any] = {}
-    for _ in range(200):  # the ledger is written in the background
+
+    async def acknowledged() -> dict[str, Any] | None:  # the ledger is written in the background
         events = {e.kind: e for e in await stack.ledger.events(status.ticket_id)}
-        if "acknowledged" in events:
-            break
-        await asyncio.sleep(0.02)
+        return events if "acknowledged" in events else None
+
+    events = await eventually("the ledger's 'acknowledged' event", acknowledged, every=0.02)
     assert events["acknowledged"].at == t0 + 59 * M
     assert (
         events["acknowledged"].detail["received_at"] == status.acknowledged_received_at.isoformat()
@@ -299,7 +282,7 @@ async def test_out_of_scope_at_intake_has_no_deadline_and_is_never_breached(stac
     await open_ticket(stack.client, data, stack.task_queue)
     stack.opened.append(data.workflow_id)
     handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
-    status = await until(handle, lambda s: s.state is TicketState.ROUTED_TO_SOW, "routed")
+    status = await until_status(handle, "routed", lambda s: s.state is TicketState.ROUTED_TO_SOW)
     await sow_started(stack, handle)
     assert status.response_due_at is None and not status.response_breached
     assert not status.commercial_sla
@@ -326,30 +309,27 @@ async def test_an_ack_cancels_a_breach_delivery_still_retrying_and_records_it_su
 ) -> None:
     sink.down.add("/manager")
     policy = write_policy(
-        tmp_path,
-        lambda p: p["targets"]["duty-manager"].update(
-            channels=[{"type": "webhook", "url": f"{sink.url}/manager"}]
-        ),
+        tmp_path, targets={"duty-manager": [{"type": "webhook", "url": f"{sink.url}/manager"}]}
     )
     monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         handle = await open_ticket_at(stack, ticket(), t0)
         await advance_to(env, t0 + H)
-        await until(handle, lambda s: any(e.step == "breach" for e in s.escalations), "breach")
-        for _ in range(200):  # the delivery has tried and is waiting to retry
-            if sink.received:
-                break
-            await asyncio.sleep(0.02)
+        await until_status(
+            handle, "breach", lambda s: any(e.step == "breach" for e in s.escalations)
+        )
+        # The delivery has tried and is waiting to retry.
+        await eventually("a delivery attempt", lambda: sink.received, every=0.02)
         tried = len(sink.received)
         sink.down.clear()
         status = await handle.execute_update(
             "acknowledge", Acknowledge(agent="alice"), result_type=TicketStatus
         )
-        status = await until(
+        status = await until_status(
             handle,
-            lambda s: any(e.superseded_at for e in s.escalations),
             "the breach delivery superseded",
+            lambda s: any(e.superseded_at for e in s.escalations),
         )
         breach = next(e for e in status.escalations if e.step == "breach")
         assert breach.superseded_at is not None and not breach.failed
@@ -366,24 +346,23 @@ async def test_an_ack_cancels_a_breach_delivery_still_retrying_and_records_it_su
 # --- re-triage and customer replies reach people ----------------------------------------------
 
 
-def webhook_targets(sink: Sink) -> Any:
-    def edit(policy: dict[str, Any]) -> None:
-        for name in ("support-queue", "duty-engineer", "duty-manager", "incident-commander"):
-            policy["targets"][name]["channels"] = [{"type": "webhook", "url": f"{sink.url}/{name}"}]
-
-    return edit
+WEBHOOKED = ("support-queue", "duty-engineer", "duty-manager", "incident-commander")
 
 
 async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_keeps_the_breach(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, webhook_targets(sink))))
+    monkeypatch.setenv(
+        POLICY_FILE_ENV, str(write_policy(tmp_path, targets=webhooks(sink.url, WEBHOOKED)))
+    )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
         await advance_to(env, t0 + 5 * M)
         await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="t"))
-        status = await until(handle, lambda s: "retriage_sent" in kinds(s), "the re-triage message")
+        status = await until_status(
+            handle, "the re-triage message", lambda s: "retriage_sent" in kinds(s)
+        )
         await advance_to(env, t0 + 16 * M)
         status = await status_of(handle)
         assert status.response_breached and status.breached_at == t0 + 15 * M
@@ -398,13 +377,13 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
             "acknowledge", Acknowledge(agent="alice", at=t0 + 20 * M), result_type=TicketStatus
         )
         assert acked.response_breached
-        outcome = None
-        for _ in range(200):  # the ledger row is written in the background
+
+        async def acknowledged() -> TicketOutcome | None:  # written in the background
             outcome = await stack.ledger.outcome(acked.ticket_id)
-            if outcome is not None and outcome.acknowledged_at is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert outcome is not None and outcome.overrun == 5 * M
+            return outcome if outcome is not None and outcome.acknowledged_at else None
+
+        outcome = await eventually("the ledger row's acknowledgement", acknowledged, every=0.02)
+        assert outcome.overrun == 5 * M
         assert outcome.breached_at == t0 + 15 * M
         await handle.execute_update("resolve", Resolve(by="alice"))
         await handle.result()
@@ -418,7 +397,9 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
 async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_next_step(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, webhook_targets(sink))))
+    monkeypatch.setenv(
+        POLICY_FILE_ENV, str(write_policy(tmp_path, targets=webhooks(sink.url, WEBHOOKED)))
+    )
     async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
         t0 = await now_second(env)
         handle = await open_ticket_at(stack, ticket(), t0)
@@ -435,7 +416,7 @@ async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_n
                 received_at=t0 + 31 * M, subject="still down", reference="<r2@a.example>"
             ),
         )
-        await until(handle, lambda s: "customer_reply_sent" in kinds(s), "the reply sent")
+        await until_status(handle, "the reply sent", lambda s: "customer_reply_sent" in kinds(s))
         await skip(env, M)
         await handle.execute_update("resolve", Resolve(by="duty-engineer"))
         await handle.result()

@@ -28,6 +28,7 @@ from contract.models import (
     TicketState,
     TicketStatus,
 )
+from harness.policy import write_policy
 from policy.load import default_policy_path, load_policy
 from tests.conftest import (
     Stack,
@@ -38,7 +39,6 @@ from tests.conftest import (
     running_stack,
     status_of,
     ticket,
-    write_policy,
 )
 
 H, M = timedelta(hours=1), timedelta(minutes=1)

@@ -11,7 +11,6 @@ old release, which is why a rollback is unsafe once new tickets have started.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
@@ -23,25 +22,27 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from contract.models import Resolve, TicketState, TicketStatus
+from harness.processes import eventually
 from ledger.store import SqlLedger
-from tests.conftest import sqlite_ledger, ticket
+from tests.conftest import quiet, sqlite_ledger, ticket
 from tests.workflow.previous_release import PREVIOUS_RELEASE
 from worker import build_worker
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES
 
 
-async def settled(client: Client, workflow_id: str) -> None:
-    """Wait until the ticket has no activity or workflow task in flight."""
+async def settled_after_an_activity(client: Client, workflow_id: str) -> None:
+    """Wait until the ticket has no activity or workflow task in flight, and has completed
+    an activity (its policy resolved)."""
     handle = client.get_workflow_handle(workflow_id)
-    for _ in range(200):
-        raw = (await handle.describe()).raw_description
-        if not raw.pending_activities and not raw.pending_workflow_task.ByteSize():
-            history = await handle.fetch_history()
-            if any(e.activity_task_completed_event_attributes.ByteSize() for e in history.events):
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{workflow_id} did not settle")
+
+    async def done() -> bool:
+        if not await quiet(handle):
+            return False
+        history = await handle.fetch_history()
+        return any(e.activity_task_completed_event_attributes.ByteSize() for e in history.events)
+
+    await eventually(f"{workflow_id} to settle", done)
 
 
 def ledger_writes(history: WorkflowHistory) -> int:
@@ -79,18 +80,18 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
         # The previous release opens a ticket, then is replaced while the ticket waits.
         async with build_worker(client, queue, ledger, http, workflows=PREVIOUS_RELEASE):
             await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
-            await settled(client, old.workflow_id)
+            await settled_after_an_activity(client, old.workflow_id)
         deploy: Worker = build_worker(client, queue, ledger, http)
         async with deploy:
             await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
-            await settled(client, new.workflow_id)
+            await settled_after_an_activity(client, new.workflow_id)
 
             # Operators can list the tickets still on the old branch.
-            for _ in range(100):
-                if await running_without_the_change(client, queue) == {old.workflow_id}:
-                    break
-                await asyncio.sleep(0.1)
-            assert await running_without_the_change(client, queue) == {old.workflow_id}
+
+            async def only_the_old() -> bool:
+                return await running_without_the_change(client, queue) == {old.workflow_id}
+
+            await eventually("only the old ticket on the old branch", only_the_old)
 
             # Resolving an open ticket also acknowledges it: two ledger events at once.
             for t in (old, new):
