@@ -258,6 +258,112 @@ async def list_tickets(
     return by_time_to_breach(found)
 
 
+# --- the agent board ----------------------------------------------------------------------
+
+# The states the board shows: every ticket an agent still has to act on.
+BOARD_STATES = (TicketState.OPEN, TicketState.ACKNOWLEDGED)
+# Tickets per visibility request while the board reads every open ticket.
+BOARD_READ_PAGE = 1000
+# The most open tickets one board view reads (50 visibility requests at BOARD_READ_PAGE):
+# far above any real queue. Tickets whose SLA clock runs are read first, in a query of
+# their own, so no number of tickets without a deadline can push one of them past it.
+MAX_BOARD_TICKETS = 50_000
+MAX_BOARD_PAGE_SIZE = 500
+
+
+def board_queries() -> tuple[str, str]:
+    """The two visibility queries of the board: open tickets whose SLA clock runs (a
+    response deadline is set), then every other running ticket in a board state (open
+    without a deadline: Community or still planning; acknowledged)."""
+    states = ", ".join(f"'{state.value}'" for state in BOARD_STATES)
+    base = (
+        f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
+        f" AND {sa.TICKET_STATE.name} IN ({states})"
+    )
+    due = sa.RESPONSE_DUE_AT.name
+    clocked = f"{base} AND {sa.TICKET_STATE.name} = '{TicketState.OPEN}' AND {due} IS NOT NULL"
+    others = f"{base} AND ({sa.TICKET_STATE.name} != '{TicketState.OPEN}' OR {due} IS NULL)"
+    return clocked, others
+
+
+def board_order(tickets: list[TicketSummary]) -> list[TicketSummary]:
+    """The board's order: open tickets whose clock runs, soonest (or longest overdue)
+    deadline first; then open tickets without a deadline, oldest first; then acknowledged
+    ones by deadline, oldest first."""
+
+    def key(ticket: TicketSummary) -> tuple[int, float, float, str]:
+        due = ticket.response_due_at.timestamp() if ticket.response_due_at else float("inf")
+        opened = ticket.opened_at.timestamp()
+        if ticket.state is TicketState.OPEN and ticket.response_due_at is not None:
+            return (0, due, opened, ticket.ticket_id)
+        if ticket.state is TicketState.OPEN:
+            return (1, opened, 0.0, ticket.ticket_id)
+        return (2, due, opened, ticket.ticket_id)
+
+    return sorted(tickets, key=key)
+
+
+@dataclass
+class BoardPage:
+    """One page of the board: ``tickets`` are the page's rows, in ``board_order`` across
+    all ``total`` open tickets. ``truncated`` when more than ``MAX_BOARD_TICKETS`` are open
+    (the page then orders the ones read: every ticket whose clock runs comes first)."""
+
+    tickets: list[TicketSummary]
+    page: int
+    pages: int
+    per_page: int
+    total: int
+    truncated: bool
+
+
+async def _read_all(client: Client, query: str, most: int, read_page: int) -> list[TicketSummary]:
+    """Up to ``most`` tickets of ``query`` (one more tells the caller there are more), in
+    visibility pages of ``read_page``."""
+    found: list[TicketSummary] = []
+    if most < 0:
+        return found
+    async for execution in client.list_workflows(query, page_size=read_page, limit=most + 1):
+        found.append(summary_of(execution))
+    return found
+
+
+async def board_page(
+    client: Client,
+    page: int = 1,
+    per_page: int = 50,
+    *,
+    read_page: int = BOARD_READ_PAGE,
+    most: int = MAX_BOARD_TICKETS,
+) -> BoardPage:
+    """Page ``page`` (from 1; past the last page: the last) of every open or acknowledged
+    running ticket, by ``board_order``. Visibility cannot sort (its SQL stores have no
+    ORDER BY), so every such ticket is read, in pages of ``read_page``, and sorted here:
+    the board's cost grows with the number of open tickets, not with the number opened."""
+    for name, value, top in (("page", page, None), ("per_page", per_page, MAX_BOARD_PAGE_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgument(f"{name}: {value!r} is not a whole number from 1")
+        if top is not None and value > top:
+            raise InvalidArgument(f"{name}: {value!r} is more than {top}")
+    clocked_query, others_query = board_queries()
+    clocked = await _read_all(client, clocked_query, most, read_page)
+    others = await _read_all(client, others_query, most - len(clocked), read_page)
+    found = clocked + others
+    truncated = len(found) > most
+    ordered = board_order(found[:most])
+    pages = max(1, -(-len(ordered) // per_page))
+    page = min(page, pages)
+    start = (page - 1) * per_page
+    return BoardPage(
+        tickets=ordered[start : start + per_page],
+        page=page,
+        pages=pages,
+        per_page=per_page,
+        total=len(ordered),
+        truncated=truncated,
+    )
+
+
 # --- one ticket ---------------------------------------------------------------------------
 
 

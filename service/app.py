@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from temporalio.client import Client
 
@@ -30,6 +32,9 @@ from service.pages import router as pages
 from service.sessions import SessionStore
 
 log = structlog.get_logger("support.service")
+
+# The pages' stylesheet and script (files, not inline: see the Content-Security-Policy).
+STATIC = Path(__file__).with_name("static")
 
 
 def create_app(
@@ -112,6 +117,7 @@ def create_app(
     codec_server = codec_app(app.state.settings, codec or codec_from_env())
     codec_server.state.sessions = app.state.sessions  # a board session may call it
     app.mount("/codec", codec_server)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit)
     return app
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import structlog
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from temporalio.service import RPCError
@@ -66,6 +66,9 @@ log = structlog.get_logger("support.service")
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 router = APIRouter()
+
+# Rows per page of the agent board (every open ticket is ordered before paging).
+BOARD_PAGE_SIZE = 50
 
 SESSION_COOKIE = "support_agent"
 # The sign-in form's pre-session: a random nonce its CSRF token is bound to.
@@ -567,26 +570,26 @@ async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Respons
 
 
 @router.get("/board", response_class=HTMLResponse, response_model=None)
-async def board(request: Request, notice: str | None = None) -> Response:
+async def board(
+    request: Request,
+    notice: str | None = None,
+    page: Annotated[int, Query(ge=1, le=visibility.MAX_BOARD_TICKETS)] = 1,
+) -> Response:
     agent = await current_agent(request)
     if agent is None:
         return RedirectResponse("/board/login", status_code=303)
-    client = request.app.state.client
-    tickets = [
-        t
-        for t in await visibility.list_tickets(client, limit=500)
-        if t.state in (TicketState.OPEN, TicketState.ACKNOWLEDGED) and not t.closed
-    ]
-    now = datetime.now(UTC)
-    far = datetime.max.replace(tzinfo=UTC)
-    tickets.sort(key=lambda t: (t.state is not TicketState.OPEN, t.response_due_at or far))
+    # Every open ticket, by time to breach, whatever was opened since (see board_page).
+    shown = await visibility.board_page(request.app.state.client, page, BOARD_PAGE_SIZE)
+    if shown.truncated:
+        log.warning("board: more open tickets than one view reads", most=shown.total)
     return templates.TemplateResponse(
         request,
         "board.html",
         {
             "agent": agent,
-            "tickets": tickets,
-            "now": now,
+            "tickets": shown.tickets,
+            "board": shown,
+            "now": datetime.now(UTC),
             "csrf": csrf_token(request, agent),
             "notice": notice,
             "tiers": TIER_LABELS,
