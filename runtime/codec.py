@@ -53,7 +53,11 @@ class CodecConfigError(ValueError):
 
 
 class DecryptionError(ValueError):
-    """A payload cannot be decrypted: its key is not configured, or it was tampered with."""
+    """A payload cannot be decrypted: its key is not configured, or it was tampered with.
+
+    The message names no key id, neither the payload's nor the configured ones: it reaches
+    HTTP clients (the codec server, the API) and an id tells an outsider which keys exist.
+    Operators find the ids in the payloads' metadata and in their own configuration."""
 
 
 class EncryptionCodec(PayloadCodec):
@@ -91,16 +95,14 @@ class EncryptionCodec(PayloadCodec):
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             raise DecryptionError(
-                f"payload encrypted with key {key_id!r}, which is not configured"
-                f" (configured: {', '.join(self._ciphers)})"
+                "payload encrypted with a key that is not configured here (keep every key"
+                f" still in use in {KEYS_ENV} after the active one)"
             )
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:
             plain = cipher.decrypt(nonce, sealed, key_id.encode())
         except InvalidTag as err:
-            raise DecryptionError(
-                f"payload under key {key_id!r} failed authentication (wrong key or altered)"
-            ) from err
+            raise DecryptionError("payload failed authentication (wrong key or altered)") from err
         return Payload.FromString(plain)
 
 
@@ -114,10 +116,9 @@ class KeylessCodec(PayloadCodec):
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         for payload in payloads:
             if payload.metadata.get("encoding") == ENCODING:
-                key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
                 raise DecryptionError(
-                    f"payloads are encrypted (key {key_id!r}): set {KEYS_ENV} or"
-                    f" {KEYS_FILE_ENV} to the keys the workers use"
+                    f"payloads are encrypted: set {KEYS_ENV} or {KEYS_FILE_ENV} to the keys"
+                    " the workers use"
                 )
         return list(payloads)
 

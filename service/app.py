@@ -1,7 +1,8 @@
 """The HTTP service: one ASGI app with the JSON API, the web contact form and the agent
 board. ``python -m service`` serves it with uvicorn (``SUPPORT_HTTP_HOST``, default
-127.0.0.1, and ``SUPPORT_HTTP_PORT``, default 8000); ``make run`` starts it beside the
-worker.
+127.0.0.1, and ``SUPPORT_HTTP_PORT``, default 8000) under the limits of ``service.limits``
+(header and body timeouts, keep-alive, concurrency); every response carries the security
+headers of ``service.headers``. ``make run`` starts it beside the worker.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from runtime.logs import redact_access_log
 from runtime.telemetry import configure_tracing, shutdown_tracing
 from service.api import ApiError, router
 from service.auth import Settings, TokenConfigError
-from service.codec import codec_app
-from service.limits import BodyLimit
+from service.codec import CorsConfigError, codec_app
+from service.headers import SecurityHeaders, add_api_docs
+from service.limits import BodyLimit, HttpConfigError, HttpLimits, server_config
 from service.pages import router as pages
 from service.sessions import SessionStore
 
@@ -42,9 +44,11 @@ def create_app(
     settings: Settings | None = None,
     queue: str | None = None,
     codec: EncryptionCodec | None = None,
+    limits: HttpLimits | None = None,
 ) -> FastAPI:
-    """The app; without ``client`` it connects through Temporal's environment config, and
-    without ``codec`` its codec server uses the configured keys (``SUPPORT_CODEC_KEYS``)."""
+    """The app; without ``client`` it connects through Temporal's environment config,
+    without ``codec`` its codec server uses the configured keys (``SUPPORT_CODEC_KEYS``),
+    and without ``limits`` the HTTP limits are read from ``SUPPORT_HTTP_*``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +69,10 @@ def create_app(
         title="Support SLA service",
         description="Ticket intake, status, agent actions and the agent board.",
         lifespan=lifespan,
+        docs_url=None,  # add_api_docs: /docs with a Content-Security-Policy of its own
+        redoc_url=None,
     )
+    limits = limits or HttpLimits.from_env()
     app.state.settings = settings or Settings.from_env()
     # The board's sessions, in the ledger's database (service.sessions).
     app.state.sessions = SessionStore(app.state.settings.ledger_url)
@@ -118,7 +125,9 @@ def create_app(
     codec_server.state.sessions = app.state.sessions  # a board session may call it
     app.mount("/codec", codec_server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit)
+    add_api_docs(app)
+    app.add_middleware(BodyLimit, body_timeout=limits.body_timeout)
+    app.add_middleware(SecurityHeaders)  # outermost: on every response, refusals included
     return app
 
 
@@ -132,11 +141,11 @@ def main() -> None:
     configure_logging(os.environ.get("SUPPORT_LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env()
-    except TokenConfigError as err:  # names the variable and the entry
+        limits = HttpLimits.from_env()
+        app = create_app(settings=settings, limits=limits)
+    except (TokenConfigError, HttpConfigError, CorsConfigError) as err:  # names the variable
         raise SystemExit(f"error: {err}") from None
-    uvicorn.run(
-        create_app(settings=settings),
-        host=os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1"),
-        port=int(os.environ.get("SUPPORT_HTTP_PORT", "8000")),
-        log_config=None,
-    )
+    host = os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1")
+    port = int(os.environ.get("SUPPORT_HTTP_PORT", "8000"))
+    # Header and body timeouts, keep-alive, header size and concurrency: service.limits.
+    uvicorn.Server(server_config(app, limits, host, port, log_config=None)).run()

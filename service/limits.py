@@ -1,12 +1,35 @@
-"""Request bodies are bounded before any route reads them: the JSON API, the public
-contact form, the board's forms and the codec server. A body over its limit, declared
-(``Content-Length``) or streamed (chunked), is answered 413 and never reaches the app."""
+"""Limits on what a client can make the service hold: request bodies, the time a request
+may take to arrive, and the number of connections at once.
+
+Request bodies are bounded before any route reads them: the JSON API, the public contact
+form, the board's forms and the codec server. A body over its limit, declared
+(``Content-Length``) or streamed (chunked), is answered 413 and never reaches the app. A
+body that does not arrive whole within ``SUPPORT_HTTP_BODY_TIMEOUT`` is answered 408. The
+codec server's bodies (up to 4 MiB) are not read here at all: the codec checks the
+caller's token first and only then reads the body, through the same limits.
+
+The server side (``server_config``, what ``python -m service`` runs): a request's line and
+headers must arrive within ``SUPPORT_HTTP_HEADER_TIMEOUT`` (else 408 and the connection is
+closed: a client that trickles headers holds nothing), an idle keep-alive connection is
+closed after ``SUPPORT_HTTP_KEEP_ALIVE``, headers are at most
+``SUPPORT_HTTP_MAX_HEADER_BYTES``, and beyond ``SUPPORT_HTTP_CONCURRENCY`` connections or
+requests at once the service answers 503.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api import ApiError
 from service.pages import message
@@ -18,6 +41,66 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_CODEC_BYTES = 4 * 1024 * 1024
 
 
+class HttpConfigError(ValueError):
+    """An HTTP limit setting that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The HTTP server's limits (seconds, bytes, a count), from ``SUPPORT_HTTP_*``."""
+
+    # The request line and headers, from the connection (or the previous response) on.
+    header_timeout: float = 10.0
+    # The whole body, from the headers on (4 MiB to the codec at 150 KiB/s fits).
+    body_timeout: float = 30.0
+    # An idle connection between two requests (whole seconds: uvicorn's setting).
+    keep_alive: int = 5
+    # Connections or requests in progress at once; more are answered 503.
+    concurrency: int = 200
+    # The request line and headers together (h11's limit on an incomplete event).
+    max_header_bytes: int = 16 * 1024
+
+    ENV = {
+        "header_timeout": "SUPPORT_HTTP_HEADER_TIMEOUT",
+        "body_timeout": "SUPPORT_HTTP_BODY_TIMEOUT",
+        "keep_alive": "SUPPORT_HTTP_KEEP_ALIVE",
+        "concurrency": "SUPPORT_HTTP_CONCURRENCY",
+        "max_header_bytes": "SUPPORT_HTTP_MAX_HEADER_BYTES",
+    }
+    RANGES = {
+        "header_timeout": (0.1, 300.0),
+        "body_timeout": (0.1, 3600.0),
+        "keep_alive": (1, 300),
+        "concurrency": (2, 100_000),
+        "max_header_bytes": (1024, 1024 * 1024),
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpLimits:
+        """The limits set in the environment, the defaults for the others; a value that is
+        not a number in its range raises ``HttpConfigError`` naming the variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, variable in cls.ENV.items():
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            low, high = cls.RANGES[field]
+            whole = isinstance(low, int)
+            try:
+                value: float = int(raw) if whole else float(raw)
+            except ValueError:
+                kind = "a whole number" if whole else "a number of seconds"
+                raise HttpConfigError(f"{variable}: {raw!r} is not {kind}") from None
+            if not low <= value <= high:
+                raise HttpConfigError(f"{variable}: {raw} is not from {low} to {high}")
+            values[field] = value
+        return cls(**values)
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
 def is_codec(path: str) -> bool:
     return path == "/codec" or path.startswith("/codec/")
 
@@ -26,22 +109,68 @@ def limit_for(path: str) -> int:
     return MAX_CODEC_BYTES if is_codec(path) else MAX_REQUEST_BYTES
 
 
-def too_large(scope: Scope, limit: int) -> Response:
+class BodyRefused(Exception):
+    """A body over its limit (413) or not sent in time (408), found while reading it."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def too_large(limit: int) -> BodyRefused:
+    return BodyRefused(413, f"the request body is larger than {limit} bytes")
+
+
+def too_slow(seconds: float) -> BodyRefused:
+    return BodyRefused(408, f"the request body did not arrive within {seconds:g} seconds")
+
+
+def refusal(scope: Scope, refused: BodyRefused, limit: int) -> Response:
     """The API's and the codec server's JSON refusal, or a page for people's forms."""
     path: str = scope["path"]
     if path.startswith("/api/") or is_codec(path):
-        error = ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
-        return error.response()
-    text = f"The form can take at most {limit // 1024} KiB. Shorten it and send it again."
-    return message(Request(scope), "That is too much text", text, status_code=413)
+        code = "too_large" if refused.status == 413 else "timeout"
+        return ApiError(refused.status, code, refused.text).response()
+    if refused.status == 413:
+        text = f"The form can take at most {limit // 1024} KiB. Shorten it and send it again."
+        return message(Request(scope), "That is too much text", text, status_code=413)
+    text = "The form did not arrive in time. Send it again."
+    return message(Request(scope), "That took too long", text, status_code=408)
+
+
+def limited(receive: Receive, limit: int, seconds: float) -> Receive:
+    """``receive`` that raises ``BodyRefused`` once the body passes ``limit`` bytes or has
+    not ended ``seconds`` after the first call: for an app that reads the body itself."""
+    loop = asyncio.get_running_loop()
+    deadline: list[float] = []
+    read = 0
+
+    async def receive_limited() -> Message:
+        nonlocal read
+        if not deadline:
+            deadline.append(loop.time() + seconds)
+        try:
+            async with asyncio.timeout_at(deadline[0]):
+                message = await receive()
+        except TimeoutError:
+            raise too_slow(seconds) from None
+        read += len(message.get("body", b""))
+        if read > limit:
+            raise too_large(limit)
+        return message
+
+    return receive_limited
 
 
 class BodyLimit:
-    """ASGI middleware: reads a request's body up to its path's limit, then hands the app
-    the whole body at once (or answers 413)."""
+    """ASGI middleware: reads a request's body up to its path's limit and within
+    ``body_timeout``, then hands the app the whole body at once (or answers 413 / 408).
+    The codec server reads its body itself, after authentication, through ``limited``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, body_timeout: float = HttpLimits.body_timeout) -> None:
         self.app = app
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -51,22 +180,99 @@ class BodyLimit:
         limit = limit_for(path)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await too_large(scope, limit)(scope, receive, send)
+            await refusal(scope, too_large(limit), limit)(scope, receive, send)
+            return
+        if is_codec(path):
+            await self.app(scope, limited(receive, limit, self.body_timeout), send)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await too_large(scope, limit)(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        read = limited(receive, limit, self.body_timeout)
+        try:
+            while True:
+                message = await read()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        except BodyRefused as refused:
+            await refusal(scope, refused, limit)(scope, receive, send)
+            return
         whole: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
         async def replay() -> Message:
             return whole.pop() if whole else await receive()
 
         await self.app(scope, replay, send)
+
+
+# --- the server: header timeout, keep-alive, concurrency ---------------------------------------
+
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 37\r\nconnection: close\r\n\r\nthe request headers did not arrive.\r\n"
+)
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers, from
+    the connection (or the first byte after a response) on: uvicorn's own keep-alive
+    timeout stops counting at the first byte, so a client sending a header a minute would
+    hold its connection for ever. A request whose body the app did not wait for (a
+    refusal before reading it) ends its connection."""
+
+    header_timeout: float = HttpLimits.header_timeout
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.logger.warning("request headers not received in time: connection closed")
+            self.transport.write(REQUEST_TIMEOUT)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state not in (h11.DONE, h11.IDLE) and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+
+def server_config(
+    app: Any, limits: HttpLimits, host: str, port: int, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with ``limits``."""
+    protocol = type("Protocol", (TimedH11Protocol,), {"header_timeout": limits.header_timeout})
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        timeout_keep_alive=limits.keep_alive,
+        limit_concurrency=limits.concurrency,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        **options,
+    )

@@ -1,0 +1,80 @@
+"""Security headers on every response of the service: pages, the JSON API, the codec
+server, static files and every error.
+
+The pages carry no inline script or style (they load ``/static/support.css`` and
+``/static/board.js``), so the Content-Security-Policy allows scripts and styles from this
+origin only, and nothing may frame a page (clickjacking on the board's buttons). Links to
+the board carry signed tokens in their paths, so no page sends a ``Referer``. The API
+description at ``/docs`` loads Swagger UI from its CDN: its policy names that CDN and the
+hash of the page's one inline script, nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+    " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "cross-origin-opener-policy": "same-origin",
+}
+SWAGGER_CDN = "https://cdn.jsdelivr.net"
+
+
+class SecurityHeaders:
+    """ASGI middleware: adds ``SECURITY_HEADERS`` to every HTTP response that does not set
+    its own value of one (``/docs`` sets its own Content-Security-Policy)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in self.headers if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def add_api_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) with a policy of its own: the CDN the page loads Swagger UI
+    from and the hashes of its inline scripts. (Create the app with ``docs_url=None``.)"""
+    page = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI"
+    )
+    body = bytes(page.body)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+        for script in re.findall(rb"<script>(.*?)</script>", body, re.S)
+    )
+    policy = (
+        f"default-src 'none'; script-src {SWAGGER_CDN} {hashes}; style-src {SWAGGER_CDN};"
+        " img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self';"
+        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(body, headers={"content-security-policy": policy})

@@ -1,0 +1,169 @@
+"""Issue 15, part 7: HTTP hardening, each attack performed against the app on uvicorn with
+the service's own server configuration (``service.limits.server_config``)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.routing import APIRoute
+from temporalio.client import Client
+
+from runtime.codec import DecryptionError, KeylessCodec, new_key, parse_keys
+from service.app import create_app
+from service.auth import Settings
+from service.codec import CorsConfigError, codec_app
+from service.limits import HttpConfigError, HttpLimits, server_config
+from tests.integration.test_encryption import payloads_json, plain_payload
+
+AGENT = "agent-http-0123456789abc"
+UI = "http://localhost:8233"
+
+
+def app_with(limits: HttpLimits) -> Any:
+    settings = Settings(agent_tokens={AGENT: "ana"})
+    return create_app(
+        client=cast(Client, object()),  # no route here reaches Temporal
+        settings=settings,
+        queue="q",
+        codec=parse_keys(new_key("k-secret-id")),
+        limits=limits,
+    )
+
+
+@asynccontextmanager
+async def served(limits: HttpLimits) -> AsyncIterator[tuple[str, int]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        server_config(app_with(limits), limits, "127.0.0.1", port, log_config=None, lifespan="off")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event)
+        await asyncio.sleep(0.01)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def raw(address: tuple[str, int], data: bytes) -> tuple[asyncio.StreamReader, Any]:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_every_route_sends_the_security_headers() -> None:
+    limits = HttpLimits()
+    app = app_with(limits)
+    paths = ["/nope", "/static/board.js", "/static/support.css"]
+    for route in app.routes:
+        if isinstance(route, APIRoute) or getattr(route, "path", None) == "/docs":
+            path = route.path.replace("{token}", "x").replace("{ticket_id}", "T-1")
+            paths.append(path.replace("{action}", "ack"))
+    async with served(limits) as (host, port):
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
+            for path in paths:
+                for method in ("GET", "POST"):
+                    response = await http.request(method, path)
+                    headers = response.headers
+                    assert "unsafe-inline" not in headers["content-security-policy"], path
+                    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+                    assert headers["x-frame-options"] == "DENY", path
+                    assert headers["referrer-policy"] == "no-referrer", path
+                    assert headers["x-content-type-options"] == "nosniff", path
+            page = (await http.get("/support/new")).text
+            assert "<script>" not in page and "<style>" not in page
+
+
+async def test_a_request_that_never_finishes_its_headers_is_cut_off() -> None:
+    async with served(HttpLimits(header_timeout=1.0)) as address:
+        reader, writer = await raw(address, b"GET /support/new HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        writer.write(b"X-Slow: 1\r\n")  # one more header line, then never the blank line
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
+        writer.close()
+
+
+async def test_a_body_that_never_arrives_is_cut_off() -> None:
+    async with served(HttpLimits(body_timeout=1.0)) as address:
+        head = b"POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        reader, writer = await raw(address, head)
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer
+        writer.close()
+
+
+async def test_more_connections_than_the_limit_get_503() -> None:
+    async with served(HttpLimits(concurrency=3, header_timeout=30)) as address:
+        idle = [await asyncio.open_connection(*address) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        reader, writer = await raw(address, b"GET /static/board.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"HTTP/1.1 503")
+        writer.close()
+        for _, w in idle:
+            w.close()
+
+
+async def test_an_unauthenticated_codec_post_is_refused_before_its_body_is_read() -> None:
+    async with served(HttpLimits()) as address:
+        head = (
+            b"POST /codec/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 4000000\r\n\r\n"
+        )
+        reader, writer = await raw(address, head)  # not one byte of the 4 MB body sent
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        assert answer.startswith(b"HTTP/1.1 401") and b"unauthenticated" in answer
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection ends
+        writer.close()
+
+
+async def test_cors_refuses_any_origin_with_credentials() -> None:
+    settings = Settings(agent_tokens={AGENT: "ana"})
+    for origins in (["*"], ["null"], ["http://ui.example/path"], []):
+        with pytest.raises(CorsConfigError):
+            codec_app(settings, None, origins)
+    app = codec_app(settings, None, [UI])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        evil = await h.options("/decode", headers={"Origin": "https://evil.example", **preflight})
+        assert evil.status_code == 400 and "access-control-allow-origin" not in evil.headers
+        ok = await h.options("/decode", headers={"Origin": UI, **preflight})
+        assert ok.headers["access-control-allow-origin"] == UI
+
+
+async def test_decryption_errors_name_no_key_id() -> None:
+    sealed = (await parse_keys(new_key("k-old-secret")).encode([plain_payload("x")]))[0]
+    for codec in (parse_keys(new_key("k-configured")), KeylessCodec()):
+        with pytest.raises(DecryptionError) as err:
+            await codec.decode([sealed])
+        assert "k-old-secret" not in str(err.value) and "k-configured" not in str(err.value)
+    async with served(HttpLimits()) as (host, port):
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+            reply = await http.post(
+                "/codec/decode",
+                content=payloads_json(sealed),
+                headers={"Authorization": f"Bearer {AGENT}"},
+            )
+    assert reply.status_code == 422 and "k-" not in reply.text
+
+
+def test_http_limits_are_checked() -> None:
+    assert HttpLimits.from_env({}) == HttpLimits()
+    with pytest.raises(HttpConfigError, match="SUPPORT_HTTP_CONCURRENCY"):
+        HttpLimits.from_env({"SUPPORT_HTTP_CONCURRENCY": "many"})
+    with pytest.raises(HttpConfigError, match="SUPPORT_HTTP_HEADER_TIMEOUT"):
+        HttpLimits.from_env({"SUPPORT_HTTP_HEADER_TIMEOUT": "0"})
