@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint lock replay-histories demo clean migrate report bench
+.PHONY: run test test-fast lint lock replay-histories demo clean migrate report bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
 
+# Every test, on both cores: pytest-xdist runs TEST_WORKERS pytest processes, each taking
+# whole modules (--dist loadscope: a module's fixtures are set up once, and the fault
+# drills, which one module starts together, stay in one process). A serial run:
+# make test TEST_WORKERS=0 (or .venv/bin/python -m pytest). test-fast: the unit and
+# workflow tests only (docs/testing.md: what each directory holds).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST) $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) tests/unit tests/workflow $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -69,6 +69,21 @@ async def register_search_attributes(environment: WorkflowEnvironment) -> None:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ledger_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Code that falls back on the default ledger (``.data/sla-ledger.sqlite3`` under the
+    working directory: the repository's, which ``make run`` and the other pytest-xdist
+    worker use too), such as the board's sessions of an app a test builds with its own
+    Settings, gets a file of this test process instead. Tests of the default itself unset
+    SUPPORT_LEDGER_URL; processes started with a clean environment set their own."""
+    default = tmp_path_factory.mktemp("default-ledger") / "sla-ledger.sqlite3"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "SUPPORT_LEDGER_URL", os.environ.get("SUPPORT_LEDGER_URL") or f"sqlite:///{default}"
+        )
+        yield
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping test server per test module (it starts in well under a second): a
