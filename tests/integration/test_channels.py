@@ -668,13 +668,13 @@ async def chat_engineer_stack(
     tmp_path: Path,
     sink: Sink,
     monkeypatch: pytest.MonkeyPatch,
+    **more_targets: list[dict[str, Any]],
 ) -> AsyncIterator[Stack]:
     """A worker over ``ledger`` (a ledger subclass that fails on purpose, migrated here),
-    with the duty engineer on chat at the sink."""
+    with the duty engineer on chat at the sink (and ``more_targets``)."""
     chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [chat]}))
-    )
+    targets = {"duty-engineer": [chat], **{k.replace("_", "-"): v for k, v in more_targets.items()}}
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets=targets)))
     await ledger.migrate()
     queue = f"tq-{uuid.uuid4()}"
     async with httpx.AsyncClient() as http, build_worker(env.client, queue, ledger, http):
@@ -695,21 +695,42 @@ class LedgerThatFailsOnce(SqlLedger):
 
 
 async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_resend(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The engineer's message is sent but the ledger cannot record it; the support queue's
+    chat is down, so the attempt fails and Temporal retries it. The retry knows from the
+    attempt's progress (heartbeat details, kept by the server on failure) that the
+    engineer has the message: it sends the queue's and nothing to the engineer again. On
+    the real dev server: the time-skipping test server does not keep heartbeat details
+    across a failed attempt."""
     ledger = LedgerThatFailsOnce.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
-    async with chat_engineer_stack(env, ledger, tmp_path, sink, monkeypatch) as stack:
+    sink.down.add("/queue")
+    queue_chat = [{"type": "chat", "url": f"{sink.url}/queue"}]
+    async with chat_engineer_stack(
+        dev_server, ledger, tmp_path, sink, monkeypatch, support_queue=queue_chat
+    ) as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
-        await skipping_until(env, "the failed ledger write", lambda: ledger.failed)
-        delivery = f"{data.workflow_id}/intake/duty-engineer"
-        await skipping_until(
-            env, "the delivery recorded", partial(ledger.was_delivered, delivery), 50
+        await eventually("the failed ledger write", lambda: ledger.failed, 30)
+        await eventually(
+            "the queue's first attempt",
+            lambda: any(r["path"] == "/queue" for r in sink.received),
+            30,
         )
+        sink.down.discard("/queue")
+        await eventually("the retry's delivery", lambda: bool(sink.at("/queue")), 60)
         await handle.signal("resolve", Resolve(by="ana"))
         await handle.result()
     await ledger.close()
-    assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
+    engineer = [r for r in sink.received if r["path"] == "/engineer"]
+    queue = [r for r in sink.received if r["path"] == "/queue"]
+    assert not queue[0]["stored"] and queue[-1]["stored"], "a second attempt ran"
+    assert [r["key"] for r in engineer] == [f"{data.workflow_id}/intake/duty-engineer"], (
+        "the retry sent the engineer nothing"
+    )
 
 
 class LedgerThatRefusesEventsOnce(SqlLedger):
