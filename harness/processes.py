@@ -59,6 +59,36 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def listening_by(pid: int, port: int, host: str = "127.0.0.1") -> bool:
+    """Whether process ``pid`` itself holds the socket listening on ``port``: a server that
+    could not bind its port (taken by another process between choosing it and binding it;
+    with tests in parallel, e.g. by another dev server's internal services) must not be
+    taken for ready because someone else answers there. Linux's /proc; elsewhere, any
+    listener on the port counts."""
+    try:
+        listeners = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table, encoding="ascii") as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    local, state, inode = fields[1], fields[3], fields[9]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # LISTEN
+                        listeners.add(f"socket:[{inode}]")
+        if not listeners:
+            return False
+        descriptors = Path(f"/proc/{pid}/fd")
+        for descriptor in descriptors.iterdir():
+            try:
+                if os.readlink(descriptor) in listeners:
+                    return True
+            except OSError:
+                continue  # closed meanwhile
+        return False
+    except OSError:  # no /proc, or the process is gone
+        return listening(port, host) if not Path("/proc").is_dir() else False
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This machine's environment without any TEMPORAL_* / SUPPORT_* setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SUPPORT_"))}
@@ -295,7 +325,7 @@ class ServiceProcess(Starts):
         env = {**self.env, "SUPPORT_HTTP_PORT": str(self.port)}
         process = self.process = spawn([sys.executable, "-m", "service"], self.log, env)
         deadline = time.monotonic() + self.ready_seconds
-        while not listening(self.port):
+        while not listening_by(process.pid, self.port):
             if process.poll() is not None:
                 raise HarnessError(
                     f"the HTTP service exited with {process.returncode}:\n{tail(self.log)}"

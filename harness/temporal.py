@@ -39,6 +39,7 @@ from harness.processes import (
     clean_env,
     free_ports,
     listening,
+    listening_by,
     spawn,
     tail,
     terminate,
@@ -188,7 +189,9 @@ class DevServer(Starts):
                     process = self.process = spawn(self.argv(), log, env, append=True)
                 deadline = time.monotonic() + self.startup_seconds
                 while process.poll() is None:
-                    if listening(self.port or 0, probe_host) and process.poll() is None:
+                    # Its own listener: a port taken meanwhile (by another dev server's
+                    # internal services, say) answers too, but not with this server.
+                    if listening_by(process.pid, self.port or 0, probe_host):
                         self._settled = True  # restarts keep these ports
                         return
                     if time.monotonic() > deadline:
