@@ -82,6 +82,17 @@ def build_worker(
         notify.deliver_step,
         notify.update_pages,
     ]
+    return worker_with(client, queue, activities, workflows)
+
+
+def worker_with(
+    client: Client,
+    queue: str,
+    activities: Sequence[object],
+    workflows: Sequence[type] = ALL_WORKFLOWS,
+) -> Worker:
+    """The worker's settings around any set of activities registered under the worker's
+    activity names (the real ones above; the workflow tests' fakes in tests/workflow)."""
     return Worker(
         client,
         task_queue=queue,

@@ -43,6 +43,7 @@ from contract.models import (
     DeliveryFailureDetails,
     PageUpdate,
     Recipient,
+    SlaEvent,
     StepDelivery,
     StepDeliveryResult,
 )
@@ -87,6 +88,26 @@ class Outcome:
     channel: str | None = None
     failures: list[DeliveryFailure] = field(default_factory=list)
     pending: str | None = None  # a transient error: retry
+
+
+def step_events(
+    request: StepDelivery,
+    delivered: list[str],
+    failures: list[DeliveryFailure],
+    channels: dict[str, str],
+) -> list[SlaEvent]:
+    """The ledger events a delivered step writes: the events carried from earlier steps,
+    then the step's own, with who got it, on which channel, and who could not be reached."""
+    events = list(request.earlier_events)
+    if request.event is not None:
+        detail = {
+            **request.event.detail,
+            "delivered": delivered,
+            "channels": channels,
+            "failed": [f.model_dump(exclude_none=True) for f in failures],
+        }
+        events.append(request.event.model_copy(update={"detail": detail}))
+    return events
 
 
 class NotifyActivities:
@@ -168,20 +189,7 @@ class NotifyActivities:
     ) -> None:
         for key, channel in progress.delivered.items():
             await self.ledger.mark_delivered(key, request.ticket_id, channel)
-        events = list(request.earlier_events)
-        if request.event is not None:
-            events.append(
-                request.event.model_copy(
-                    update={
-                        "detail": {
-                            **request.event.detail,
-                            "delivered": delivered,
-                            "channels": channels,
-                            "failed": [f.model_dump(exclude_none=True) for f in failures],
-                        }
-                    }
-                )
-            )
+        events = step_events(request, delivered, failures, channels)
         if events:
             await self.ledger.append(events)
         if request.summary is not None:

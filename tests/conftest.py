@@ -120,9 +120,24 @@ class Stack:
     env: WorkflowEnvironment
     client: Client
     task_queue: str
-    ledger: SqlLedger
+    # The ledger the activities write: a SqlLedger for the real activities; the fake
+    # activities' in-memory record in tests/workflow (both answer ``events`` and ``outcome``).
+    ledger: Any
     worker: Worker
     opened: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def stack_on(
+    env: WorkflowEnvironment, queue: str, worker: Worker, ledger: Any
+) -> AsyncIterator[Stack]:
+    """Run ``worker`` (on ``queue``) for a test; what the test opened is terminated after."""
+    async with worker:
+        stack = Stack(env, env.client, queue, ledger, worker)
+        try:
+            yield stack
+        finally:
+            await terminate_open(stack)
 
 
 @asynccontextmanager
@@ -140,12 +155,8 @@ async def running_stack(
         ledger = await sqlite_ledger(ledger_path)
     async with httpx.AsyncClient(timeout=5.0) as http:
         worker = build_worker(env.client, queue, ledger, http)
-        async with worker:
-            stack = Stack(env, env.client, queue, ledger, worker)
-            try:
-                yield stack
-            finally:
-                await terminate_open(stack)
+        async with stack_on(env, queue, worker, ledger) as stack:
+            yield stack
     await ledger.close()
 
 

@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
@@ -35,9 +34,8 @@ from contract.models import (
     TicketState,
     TicketStatus,
 )
-from harness.policy import webhooks, write_policy
+from harness.policy import write_policy
 from harness.processes import eventually
-from harness.sinks import Sink
 from policy.schema import POLICY_FILE_ENV
 from starter import open_ticket
 from tests.conftest import (
@@ -47,15 +45,14 @@ from tests.conftest import (
     now_second,
     open_ticket_at,
     register_search_attributes,
-    running_stack,
     skip,
-    sqlite_ledger,
     status_of,
     ticket,
     until_status,
 )
 from tests.workflow.failing_sow import FailingStatementOfWork
-from worker import build_worker
+from tests.workflow.fakes import FakeActivities
+from worker import worker_with
 from workflows.ticket import SupportTicket
 
 H, M, S = timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1)
@@ -163,32 +160,32 @@ async def test_a_severity_change_update_answers_with_the_new_severity_and_deadli
 
 
 async def test_a_ticket_whose_policy_cannot_load_has_no_status_until_it_is_planned(
-    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: broken\ntiers: [\n")
     monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        data = ticket(opened_at=t0)
-        await open_ticket(stack.client, data, stack.task_queue)
-        stack.opened.append(data.workflow_id)
-        handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
-        said = ""
-        for _ in range(20):
-            try:
-                await status_of(handle)
-                raise AssertionError("a ticket without a plan answered with a status")
-            except WorkflowQueryFailedError as err:  # no half-planned status
-                said = str(err)
-            if "not valid YAML" in said:
-                break
-            await skip(env, 30 * S)
-        assert "still planning its SLA" in said and "not valid YAML" in said, said
-        write_policy(tmp_path, lambda p: None)  # the default policy, fixed
-        await skip(env, 5 * M)
-        status = await status_of(handle)
-        assert status.response_due_at == t0 + H and status.policy_version is not None
+    env = stack.env
+    t0 = await now_second(env)
+    data = ticket(opened_at=t0)
+    await open_ticket(stack.client, data, stack.task_queue)
+    stack.opened.append(data.workflow_id)
+    handle = stack.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+    said = ""
+    for _ in range(20):
+        try:
+            await status_of(handle)
+            raise AssertionError("a ticket without a plan answered with a status")
+        except WorkflowQueryFailedError as err:  # no half-planned status
+            said = str(err)
+        if "not valid YAML" in said:
+            break
+        await skip(env, 30 * S)
+    assert "still planning its SLA" in said and "not valid YAML" in said, said
+    write_policy(tmp_path, lambda p: None)  # the default policy, fixed
+    await skip(env, 5 * M)
+    status = await status_of(handle)
+    assert status.response_due_at == t0 + H and status.policy_version is not None
 
 
 # --- entitlement and default severity (raw starts) ------------------------------------------
@@ -209,19 +206,18 @@ async def test_a_raw_start_claiming_another_tier_runs_at_the_contracted_tier(sta
 
 
 async def test_a_raw_start_without_severity_gets_the_policys_default(
-    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev2"))
     monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        data = TicketInput(
-            ticket_id="T-default-sev", customer_id="acme", tier="mission_critical", opened_at=t0
-        )
-        handle = await raw_start(stack, data)
-        await until_status(handle, "planned", lambda s: True)
-        status = await status_of(handle)
-        assert (status.severity.value, status.response_due_at) == ("sev2", t0 + H)
+    t0 = await now_second(stack.env)
+    data = TicketInput(
+        ticket_id="T-default-sev", customer_id="acme", tier="mission_critical", opened_at=t0
+    )
+    handle = await raw_start(stack, data)
+    await until_status(handle, "planned", lambda s: True)
+    status = await status_of(handle)
+    assert (status.severity.value, status.response_due_at) == ("sev2", t0 + H)
 
 
 # --- an acknowledgement counts when it was made -----------------------------------------------
@@ -305,127 +301,112 @@ async def test_marked_out_of_scope_after_a_breach_keeps_the_breach(stack: Stack)
 
 
 async def test_an_ack_cancels_a_breach_delivery_still_retrying_and_records_it_superseded(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, fakes: FakeActivities
 ) -> None:
-    sink.down.add("/manager")
-    policy = write_policy(
-        tmp_path, targets={"duty-manager": [{"type": "webhook", "url": f"{sink.url}/manager"}]}
+    fakes.unreachable.add("duty-manager")
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(env, t0 + H)
+    await until_status(handle, "breach", lambda s: any(e.step == "breach" for e in s.escalations))
+    # The delivery has tried and is waiting to retry.
+    to_manager = f"{handle.id}/breach/duty-manager"
+    await eventually("a delivery attempt", lambda: to_manager in fakes.attempts, every=0.02)
+    tried = fakes.attempts.count(to_manager)
+    fakes.unreachable.clear()
+    status = await handle.execute_update(
+        "acknowledge", Acknowledge(agent="alice"), result_type=TicketStatus
     )
-    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        handle = await open_ticket_at(stack, ticket(), t0)
-        await advance_to(env, t0 + H)
-        await until_status(
-            handle, "breach", lambda s: any(e.step == "breach" for e in s.escalations)
-        )
-        # The delivery has tried and is waiting to retry.
-        await eventually("a delivery attempt", lambda: sink.received, every=0.02)
-        tried = len(sink.received)
-        sink.down.clear()
-        status = await handle.execute_update(
-            "acknowledge", Acknowledge(agent="alice"), result_type=TicketStatus
-        )
-        status = await until_status(
-            handle,
-            "the breach delivery superseded",
-            lambda s: any(e.superseded_at for e in s.escalations),
-        )
-        breach = next(e for e in status.escalations if e.step == "breach")
-        assert breach.superseded_at is not None and not breach.failed
-        assert "step_superseded" in kinds(status)
-        await skip(env, 10 * M)
-        # Nothing reached the manager after the acknowledgement.
-        assert sink.messages() == [] and len(sink.received) == tried
-        events = [e.kind for e in await stack.ledger.events(status.ticket_id)]
-        assert "step_superseded" in events and "breached" in events
-        await handle.execute_update("resolve", Resolve(by="alice"))
-        await handle.result()
+    status = await until_status(
+        handle,
+        "the breach delivery superseded",
+        lambda s: any(e.superseded_at for e in s.escalations),
+    )
+    breach = next(e for e in status.escalations if e.step == "breach")
+    assert breach.superseded_at is not None and not breach.failed
+    assert "step_superseded" in kinds(status)
+    await skip(env, 10 * M)
+    # Nothing reached the manager after the acknowledgement.
+    assert [m for m in fakes.sent if m.key == to_manager] == []
+    assert fakes.attempts.count(to_manager) == tried
+    events = [e.kind for e in await stack.ledger.events(status.ticket_id)]
+    assert "step_superseded" in events and "breached" in events
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    await handle.result()
 
 
 # --- re-triage and customer replies reach people ----------------------------------------------
 
 
-WEBHOOKED = ("support-queue", "duty-engineer", "duty-manager", "incident-commander")
-
-
 async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_keeps_the_breach(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, fakes: FakeActivities
 ) -> None:
-    monkeypatch.setenv(
-        POLICY_FILE_ENV, str(write_policy(tmp_path, targets=webhooks(sink.url, WEBHOOKED)))
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    await advance_to(env, t0 + 5 * M)
+    await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="t"))
+    status = await until_status(
+        handle, "the re-triage message", lambda s: "retriage_sent" in kinds(s)
     )
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
-        await advance_to(env, t0 + 5 * M)
-        await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="t"))
-        status = await until_status(
-            handle, "the re-triage message", lambda s: "retriage_sent" in kinds(s)
-        )
-        await advance_to(env, t0 + 16 * M)
-        status = await status_of(handle)
-        assert status.response_breached and status.breached_at == t0 + 15 * M
-        # Raised again (sev2 -> sev1 would be a second raise): nobody new to tell.
-        lowered = await handle.execute_update(
-            "change_severity", ChangeSeverity(severity="sev3", by="t"), result_type=TicketStatus
-        )
-        assert lowered.response_due_at == t0 + H
-        assert lowered.response_breached and lowered.breached_at == t0 + 15 * M
-        await advance_to(env, t0 + 20 * M)
-        acked = await handle.execute_update(
-            "acknowledge", Acknowledge(agent="alice", at=t0 + 20 * M), result_type=TicketStatus
-        )
-        assert acked.response_breached
+    await advance_to(env, t0 + 16 * M)
+    status = await status_of(handle)
+    assert status.response_breached and status.breached_at == t0 + 15 * M
+    # Raised again (sev2 -> sev1 would be a second raise): nobody new to tell.
+    lowered = await handle.execute_update(
+        "change_severity", ChangeSeverity(severity="sev3", by="t"), result_type=TicketStatus
+    )
+    assert lowered.response_due_at == t0 + H
+    assert lowered.response_breached and lowered.breached_at == t0 + 15 * M
+    await advance_to(env, t0 + 20 * M)
+    acked = await handle.execute_update(
+        "acknowledge", Acknowledge(agent="alice", at=t0 + 20 * M), result_type=TicketStatus
+    )
+    assert acked.response_breached
 
-        async def acknowledged() -> TicketOutcome | None:  # written in the background
-            outcome = await stack.ledger.outcome(acked.ticket_id)
-            return outcome if outcome is not None and outcome.acknowledged_at else None
+    async def acknowledged() -> TicketOutcome | None:  # written in the background
+        outcome = await stack.ledger.outcome(acked.ticket_id)
+        return outcome if outcome is not None and outcome.acknowledged_at else None
 
-        outcome = await eventually("the ledger row's acknowledgement", acknowledged, every=0.02)
-        assert outcome.overrun == 5 * M
-        assert outcome.breached_at == t0 + 15 * M
-        await handle.execute_update("resolve", Resolve(by="alice"))
-        await handle.result()
-    retriage = [r for r in sink.messages() if r["key"].split("/")[1].startswith("retriage")]
+    outcome = await eventually("the ledger row's acknowledgement", acknowledged, every=0.02)
+    assert outcome.overrun == 5 * M
+    assert outcome.breached_at == t0 + 15 * M
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    await handle.result()
+    retriage = fakes.messages("retriage")
     # sev1's intake reaches duty-engineer, duty-manager and incident-commander; the
     # duty engineer heard of the ticket at sev3's intake already.
-    assert sorted(r["path"] for r in retriage) == ["/duty-manager", "/incident-commander"]
-    assert "Severity raised sev3 -> sev1 by t" in retriage[0]["body"]["text"]
+    assert sorted(m.recipient for m in retriage) == ["duty-manager", "incident-commander"]
+    assert "Severity raised sev3 -> sev1 by t" in retriage[0].text
 
 
 async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_next_step(
-    env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, fakes: FakeActivities
 ) -> None:
-    monkeypatch.setenv(
-        POLICY_FILE_ENV, str(write_policy(tmp_path, targets=webhooks(sink.url, WEBHOOKED)))
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(env, t0 + 10 * M)
+    reply = CustomerReply(
+        received_at=t0 + 10 * M, subject="more logs attached", reference="<r1@acme.example>"
     )
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        handle = await open_ticket_at(stack, ticket(), t0)
-        await advance_to(env, t0 + 10 * M)
-        reply = CustomerReply(
-            received_at=t0 + 10 * M, subject="more logs attached", reference="<r1@acme.example>"
-        )
-        await handle.signal("customer_reply", reply)
-        await advance_to(env, t0 + 31 * M)  # the warning at 30 min carries it
-        await handle.execute_update("acknowledge", Acknowledge(agent="duty-engineer"))
-        await handle.signal(
-            "customer_reply",
-            CustomerReply(
-                received_at=t0 + 31 * M, subject="still down", reference="<r2@a.example>"
-            ),
-        )
-        await until_status(handle, "the reply sent", lambda s: "customer_reply_sent" in kinds(s))
-        await skip(env, M)
-        await handle.execute_update("resolve", Resolve(by="duty-engineer"))
-        await handle.result()
-    warning = [r for r in sink.messages() if r["key"].endswith("/warning/duty-engineer")]
-    assert "Customer replied via email" in warning[0]["body"]["text"]
-    assert "more logs attached" in warning[0]["body"]["text"]
-    forwarded = [r for r in sink.messages() if "/reply-forward-" in r["key"]]
-    assert [r["path"] for r in forwarded] == ["/duty-engineer"]
-    assert "still down" in forwarded[0]["body"]["text"]
+    await handle.signal("customer_reply", reply)
+    await advance_to(env, t0 + 31 * M)  # the warning at 30 min carries it
+    await handle.execute_update("acknowledge", Acknowledge(agent="duty-engineer"))
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 31 * M, subject="still down", reference="<r2@a.example>"),
+    )
+    await until_status(handle, "the reply sent", lambda s: "customer_reply_sent" in kinds(s))
+    await skip(env, M)
+    await handle.execute_update("resolve", Resolve(by="duty-engineer"))
+    await handle.result()
+    warning = [m for m in fakes.messages("warning") if m.recipient == "duty-engineer"]
+    assert "Customer replied via email" in warning[0].text
+    assert "more logs attached" in warning[0].text
+    forwarded = fakes.messages("reply-forward-")
+    assert [m.recipient for m in forwarded] == ["duty-engineer"]
+    assert "still down" in forwarded[0].text
 
 
 # --- policy failures keep the last good plan --------------------------------------------------
@@ -455,27 +436,22 @@ async def test_adopting_a_version_nobody_has_is_refused_and_the_ticket_keeps_esc
 
 
 async def test_a_failed_statement_of_work_is_recorded_as_failed_not_expired(
-    env: WorkflowEnvironment, tmp_path: Path
+    env: WorkflowEnvironment,
 ) -> None:
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
     queue = f"tq-{uuid.uuid4()}"
-    async with httpx.AsyncClient() as http:
-        worker = build_worker(
-            env.client, queue, ledger, http, workflows=[SupportTicket, FailingStatementOfWork]
+    workflows = [SupportTicket, FailingStatementOfWork]
+    async with worker_with(env.client, queue, FakeActivities().activities(), workflows):
+        data = ticket(category="custom_engineering", opened_at=await now_second(env))
+        handle = await env.client.start_workflow(
+            "SupportTicket",
+            data,
+            id=data.workflow_id,
+            task_queue=queue,
+            result_type=TicketStatus,
         )
-        async with worker:
-            data = ticket(category="custom_engineering", opened_at=await now_second(env))
-            handle = await env.client.start_workflow(
-                "SupportTicket",
-                data,
-                id=data.workflow_id,
-                task_queue=queue,
-                result_type=TicketStatus,
-            )
-            # The child fails at once: wait in real time (skipping time here could
-            # outrun the child's first task).
-            status = await asyncio.wait_for(handle.result(), timeout=30)
-    await ledger.close()
+        # The child fails at once: wait in real time (skipping time here could
+        # outrun the child's first task).
+        status = await asyncio.wait_for(handle.result(), timeout=30)
     assert status.sow is not None and status.sow.outcome is SowOutcome.FAILED
     assert status.state is TicketState.CLOSED
     assert "sow_failed" in kinds(status) and "sow_expired" not in kinds(status)

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
 
 from contract import search_attributes as sa
 from contract.models import (
@@ -36,7 +35,6 @@ from tests.conftest import (
     now_second,
     open_ticket_at,
     result_of,
-    running_stack,
     status_of,
     ticket,
 )
@@ -184,8 +182,9 @@ def crosses_dst(friday: datetime) -> bool:
     ["tuesday-morning", "friday-afternoon", "saturday", "holiday-monday", "dst-change"],
 )
 async def test_standard_target_is_four_business_hours(
-    env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
+    env = stack.env
     from zoneinfo import ZoneInfo
 
     start = await env.get_current_time()
@@ -216,15 +215,14 @@ async def test_standard_target_is_four_business_hours(
             hours["holidays"] = [monday.isoformat()]
 
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        handle = await open_ticket_at(stack, ticket(tier="standard", severity="sev2"), opened)
-        await advance_to(env, due + M)
-        status = await status_of(handle)
-        assert status.response_due_at == due
-        assert status.time_zone == CHICAGO
-        assert_fired(status.escalations[1], "warning", warning, ["duty-engineer"])
-        assert_fired(status.escalations[2], "breach", due, ["duty-engineer", "support-lead"])
-        await finish(handle)
+    handle = await open_ticket_at(stack, ticket(tier="standard", severity="sev2"), opened)
+    await advance_to(env, due + M)
+    status = await status_of(handle)
+    assert status.response_due_at == due
+    assert status.time_zone == CHICAGO
+    assert_fired(status.escalations[1], "warning", warning, ["duty-engineer"])
+    assert_fired(status.escalations[2], "breach", due, ["duty-engineer", "support-lead"])
+    await finish(handle)
 
 
 # --- acknowledgement -----------------------------------------------------------------------
@@ -496,38 +494,38 @@ async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> N
 
 
 async def test_a_long_escalating_ticket_continues_as_new_without_losing_anything(
-    env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def edit(policy: dict[str, Any]) -> None:
         policy["limits"] = {"continue_as_new_after_events": 60}
 
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
-        data = ticket(tier="mission_critical", severity="sev1")
-        handle = await open_ticket_at(stack, data, t0)
-        first_run = (await handle.describe()).run_id
-        await advance_to(env, t0 + 15 * M + 12 * 5 * M + 30 * timedelta(seconds=1))
-        status = await status_of(handle)
-        assert (await handle.describe()).run_id != first_run, "continued as new"
-        assert "continued_as_new" in [h.kind for h in status.history]
-        names = steps(status)
-        assert names == ["intake", "warning", "breach"] + [f"repeat-{n}" for n in range(1, 13)]
-        for n, record in enumerate(status.escalations[3:], start=1):
-            assert_fired(
-                record,
-                f"repeat-{n}",
-                t0 + 15 * M + n * 5 * M,
-                ["duty-manager", "incident-commander"],
-            )
-        await handle.signal("acknowledge", Acknowledge(agent="zoe"))
-        result = await finish(handle)
-        assert result.acknowledged_by == "zoe" and result.response_breached
-        assert steps(result) == names
-        events = await stack.ledger.events(data.ticket_id)
-        keys = [e.key for e in events]
-        assert len(keys) == len(set(keys))
-        assert [e.kind for e in events].count("escalated") == 12
+    env = stack.env
+    t0 = await now_second(env)
+    data = ticket(tier="mission_critical", severity="sev1")
+    handle = await open_ticket_at(stack, data, t0)
+    first_run = (await handle.describe()).run_id
+    await advance_to(env, t0 + 15 * M + 12 * 5 * M + 30 * timedelta(seconds=1))
+    status = await status_of(handle)
+    assert (await handle.describe()).run_id != first_run, "continued as new"
+    assert "continued_as_new" in [h.kind for h in status.history]
+    names = steps(status)
+    assert names == ["intake", "warning", "breach"] + [f"repeat-{n}" for n in range(1, 13)]
+    for n, record in enumerate(status.escalations[3:], start=1):
+        assert_fired(
+            record,
+            f"repeat-{n}",
+            t0 + 15 * M + n * 5 * M,
+            ["duty-manager", "incident-commander"],
+        )
+    await handle.signal("acknowledge", Acknowledge(agent="zoe"))
+    result = await finish(handle)
+    assert result.acknowledged_by == "zoe" and result.response_breached
+    assert steps(result) == names
+    events = await stack.ledger.events(data.ticket_id)
+    keys = [e.key for e in events]
+    assert len(keys) == len(set(keys))
+    assert [e.kind for e in events].count("escalated") == 12
 
 
 async def test_lowering_severity_of_a_breached_ticket_keeps_repeating_on_the_new_cadence(

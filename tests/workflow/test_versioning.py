@@ -1,5 +1,5 @@
-"""Changing the ticket workflow while tickets are in flight (README: "Changing workflow code
-while tickets are in flight"), on the real dev server.
+"""Changing the ticket workflow while tickets are in flight (docs/versioning.md), on the
+real dev server with the fake activities (tests/workflow/fakes.py).
 
 A ticket opened by the previous release keeps the previous branch after the new worker
 takes over (it replays its history, finds no patch marker and stays on the old path for
@@ -14,19 +14,18 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Replayer
 
 from contract.models import Resolve, TicketState, TicketStatus
 from harness.processes import eventually
-from ledger.store import SqlLedger
-from tests.conftest import quiet, sqlite_ledger, ticket
+from tests.conftest import quiet, ticket
+from tests.workflow.fakes import FakeActivities
 from tests.workflow.previous_release import PREVIOUS_RELEASE
-from worker import build_worker
+from worker import worker_with
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES
 
@@ -74,30 +73,28 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
 ) -> None:
     client = dev_server.client
     queue = f"tq-{uuid.uuid4()}"
-    ledger: SqlLedger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    fakes = FakeActivities()  # one ledger for both releases, as in a deploy
     old, new = ticket(f"V-OLD-{uuid.uuid4().hex[:6]}"), ticket(f"V-NEW-{uuid.uuid4().hex[:6]}")
-    async with httpx.AsyncClient(timeout=5.0) as http:
-        # The previous release opens a ticket, then is replaced while the ticket waits.
-        async with build_worker(client, queue, ledger, http, workflows=PREVIOUS_RELEASE):
-            await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
-            await settled_after_an_activity(client, old.workflow_id)
-        deploy: Worker = build_worker(client, queue, ledger, http)
-        async with deploy:
-            await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
-            await settled_after_an_activity(client, new.workflow_id)
+    # The previous release opens a ticket, then is replaced while the ticket waits.
+    async with worker_with(client, queue, fakes.activities(), PREVIOUS_RELEASE):
+        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, old.workflow_id)
+    async with worker_with(client, queue, fakes.activities()):
+        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, new.workflow_id)
 
-            # Operators can list the tickets still on the old branch.
+        # Operators can list the tickets still on the old branch.
 
-            async def only_the_old() -> bool:
-                return await running_without_the_change(client, queue) == {old.workflow_id}
+        async def only_the_old() -> bool:
+            return await running_without_the_change(client, queue) == {old.workflow_id}
 
-            await eventually("only the old ticket on the old branch", only_the_old)
+        await eventually("only the old ticket on the old branch", only_the_old)
 
-            # Resolving an open ticket also acknowledges it: two ledger events at once.
-            for t in (old, new):
-                handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
-                await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
-                assert (await handle.result()).state is TicketState.RESOLVED
+        # Resolving an open ticket also acknowledges it: two ledger events at once.
+        for t in (old, new):
+            handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
+            await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
+            assert (await handle.result()).state is TicketState.RESOLVED
 
     old_history = await client.get_workflow_handle(old.workflow_id).fetch_history()
     new_history = await client.get_workflow_handle(new.workflow_id).fetch_history()
@@ -112,9 +109,8 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
     assert BATCHED_LEDGER_WRITES.encode() in marker.SerializeToString()
     # Either way the ledger holds the same events.
     for t in (old, new):
-        kinds = sorted(e.kind for e in await ledger.events(t.ticket_id))
+        kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
         assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
-    await ledger.close()
 
     current = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
     for history in (old_history, new_history):
