@@ -73,6 +73,20 @@ def entitlement(policy: Policy, customer_id: str, claimed: Tier | None) -> Entit
     return Entitlement(claimed or Tier.COMMUNITY, False, None)
 
 
+# The intake channels anyone can write to without proving an address: the contact form
+# (a typed address) and the support mailbox (a From anyone can write). A ticket from one
+# of them runs under a contract only once its requester is verified (a confirmation link,
+# or a trusted DMARC pass); before that it runs as Community (docs/intake.md).
+PUBLIC_CHANNELS = frozenset({"web_form", "email"})
+
+
+def reporter_verified(policy: Policy, ticket: TicketInput) -> bool:
+    """Whether the ticket's ``reporter_email`` is known to be its requester's: always but
+    for a public channel's ticket outside a contract, whose address is only a claim. The
+    system mails such an address nothing about the ticket (docs/security.md)."""
+    return ticket.intake_channel not in PUBLIC_CHANNELS or ticket.customer_id in policy.customers
+
+
 def resolve_plan(
     policy: Policy,
     ticket: TicketInput,
@@ -150,7 +164,9 @@ def resolve_plan(
 
     sow = policy.statement_of_work
     sow_recipients = policy.recipients([t for t in sow.targets if t != "reporter"])
-    if "reporter" in sow.targets and ticket.reporter_email:
+    # An unverified address is told nothing: the statement-of-work mail repeats the
+    # ticket's subject, which would make the system a reflector (docs/security.md).
+    if "reporter" in sow.targets and ticket.reporter_email and reporter_verified(policy, ticket):
         sow_recipients.append(
             # The recipient's name carries no personal data; the address is the ticket's.
             Recipient(

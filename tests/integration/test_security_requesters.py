@@ -29,10 +29,11 @@ import aiosmtplib
 import httpx
 import pytest_asyncio
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from contract.models import TicketState, TicketStatus
-from harness.processes import free_port
+from contract.models import MarkOutOfScope, TicketState, TicketStatus, sow_workflow_id
+from harness.processes import eventually, free_port
 from harness.serve import serve
 from harness.sinks import Mailbox
 from intake.core import started_input
@@ -42,7 +43,7 @@ from ledger.store import SqlLedger
 from runtime.logs import redact
 from service.app import create_app
 from service.auth import Settings
-from tests.conftest import Stack, running_stack
+from tests.conftest import Stack, running_stack, settled
 
 SUPPORT = "support@support.example"
 MTA = "mx.support.example"
@@ -335,6 +336,59 @@ async def test_a_trusted_dmarc_pass_gets_the_contract_at_once(rig: Rig, mailbox:
     )
     opened = await status(rig.ticket(ticket_id))
     assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+
+
+# --- the statement of work: no reflector -------------------------------------------------------
+
+
+async def out_of_scope_mail(rig: Rig, mailbox: Mailbox, ticket_id: str) -> list[EmailMessage]:
+    """Once the ticket's statement of work has sent its first notices: the mail it sent."""
+    sow = rig.stack.client.get_workflow_handle(sow_workflow_id(ticket_id))
+    await eventually(f"{sow.id} to start", sow.describe, 15, ignoring=RPCError)
+    await settled(sow, 15)
+    return [m for m in mailbox.received if "Statement of work" in str(m["Subject"])]
+
+
+async def test_an_unverified_requesters_statement_of_work_mails_that_address_nothing(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    """The attack: a victim's address typed into the form with an out-of-scope kind of
+    issue (a statement of work at once, whose notice names the subject), and a forged
+    From at a customer's domain whose ticket an agent then marks out of scope. Neither
+    address gets a word. The control: a verified sender's ticket does tell its sender."""
+    typed = await rig.http.post(
+        "/support/new", data=form("victim@elsewhere.example", category="consulting")
+    )
+    assert typed.status_code == 201, typed.text
+    typed_id = ticket_id_in(typed.text)
+    rig.ticket(typed_id)
+    assert await out_of_scope_mail(rig, mailbox, typed_id) == []
+    assert ["victim@elsewhere.example"] not in mailbox.envelopes
+
+    forged = letter("dana@bank.example", SPAM)
+    forged_id = f"E-{message_key(b'', str(forged['Message-ID']))}"
+    assert (await deliver(rig, forged, sender="attacker@evil.example"))[0] == 250
+    await status(rig.ticket(forged_id))
+    await rig.ticket(forged_id).signal(
+        "mark_out_of_scope", MarkOutOfScope(by="ana", reason="consulting")
+    )
+    assert await out_of_scope_mail(rig, mailbox, forged_id) == []
+    assert ["dana@bank.example"] not in mailbox.envelopes
+    assert not [m for m in mailbox.received if "PILLS" in m.as_string()]
+
+    verified = letter(
+        "dana@bank.example",
+        "Design review",
+        authentication=f"{MTA}; dmarc=pass header.from=bank.example",
+    )
+    verified_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
+    assert (await deliver(rig, verified, sender="dana@bank.example"))[0] == 250
+    await status(rig.ticket(verified_id))
+    await rig.ticket(verified_id).signal(
+        "mark_out_of_scope", MarkOutOfScope(by="ana", reason="consulting")
+    )
+    [notice] = await out_of_scope_mail(rig, mailbox, verified_id)
+    assert notice["To"] == "dana@bank.example" and verified_id in str(notice["Subject"])
 
 
 # --- floods ----------------------------------------------------------------------------------
