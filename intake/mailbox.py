@@ -9,8 +9,12 @@ organisation's MTA, and decides for each message:
 - **a reply to a ticket**: the subject carries a ticket id (``[T-1001]``, ``ticket T-1001``,
   ``ticket #T-1001``) or ``In-Reply-To`` / ``References`` carry ``<ticket-T-1001@support-sla>``,
   and the sender belongs to that ticket (its reporter, or the domain of its customer's
-  contract). An open ticket gets a ``customer_reply`` signal (recorded once per
-  Message-ID); a closed one gets nothing, and the sender a note on how to open a new one.
+  contract). It counts only with proof, since anyone can write that ``From``: the sender
+  is verified (as below), or the message answers the mailbox's own mail about that ticket
+  (it quotes the signed reply token of ``runtime.links.ReplyTokens`` that mail carried in
+  its Message-ID). Without either it is refused (554 5.7.1, naming no ticket). An open
+  ticket gets a ``customer_reply`` signal (recorded once per Message-ID); a closed one
+  gets nothing, and the sender a note on how to open a new one.
 - **a new ticket** from a customer's domain (``email_domains`` of the contract, or a
   subdomain), opened through the intake core (``intake.core``: every intake rule, the
   contract's tier, its agreed intake channels, the one plan): severity from a
@@ -99,6 +103,7 @@ from intake.guards import GuardsUnavailable, IntakeGuards, limits_from_env
 from policy.load import load_policy
 from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
+from runtime.links import ReplyTokens
 from runtime.logs import configure_logging, forward_core_logs
 from runtime.mail import ChannelConfigError, SmtpSettings
 from runtime.process import run_until_stopped
@@ -120,6 +125,13 @@ REPLY_ERRORS = (ChannelConfigError, aiosmtplib.SMTPException, OSError)
 NOT_A_TICKET = "554 5.6.0 this message cannot become a ticket"
 UNPARSABLE = "554 5.6.0 the message's MIME structure cannot be parsed"
 RATE_LIMITED = "451 4.7.1 too many messages"
+# A reply to a ticket from a sender neither verified nor answering our mail: it names no
+# ticket (no probing which exist) and repeats nothing the sender wrote.
+UNPROVEN_REPLY = (
+    "554 5.7.1 a reply is added to a ticket only from a verified sender or in answer to our"
+    " mail: reply to the message we sent you (keep its references), or write from a mail"
+    " system that passes DMARC"
+)
 TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients for one message"
 TOO_MANY_CONNECTIONS = b"421 4.7.0 too many connections to the support mailbox, try again later\r\n"
 # What a message may contain: nested multiparts (or attached messages) at most this deep,
@@ -137,6 +149,8 @@ SUBJECT_BRACKET = re.compile(r"\[\s*([A-Za-z0-9._-]{1,64})\s*\]")
 SUBJECT_WORD = re.compile(r"\bticket\s*(?:#|no\.?|:)?\s*([A-Za-z0-9._-]{1,64})", re.IGNORECASE)
 # Our own mail carries References: <ticket-<id>@support-sla> (notifications, acknowledgements).
 HEADER_REFERENCE = re.compile(r"<ticket-([A-Za-z0-9._-]{1,64})@support-sla>")
+# The mailbox's own mail has Message-ID <reply-<reply token>@support-sla> (ReplyTokens).
+REPLY_TOKEN = re.compile(r"<reply-([A-Za-z0-9._-]{1,64}\.[A-Za-z0-9_-]{20,100})@support-sla>")
 MAX_CANDIDATES = 5
 # Addresses that are machines: never answer them (mail loops, bounces).
 ROBOT_LOCAL_PART = re.compile(
@@ -177,6 +191,8 @@ class InboundMail:
     report: bool  # a delivery or read report (multipart/report)
     # The trusted MTA's Authentication-Results says DMARC passed for the From domain.
     verified: bool = False
+    # Reply tokens quoted in In-Reply-To / References (checked by the handler).
+    reply_tokens: tuple[str, ...] = ()
 
     @property
     def reply_address(self) -> str | None:
@@ -302,6 +318,7 @@ def parse_mail(
         subject=one_line(_header(message, "Subject")),
         body=body_text(message),
         references=tuple(dict.fromkeys(HEADER_REFERENCE.findall(refs))),
+        reply_tokens=tuple(dict.fromkeys(REPLY_TOKEN.findall(refs)))[:MAX_CANDIDATES],
         auto_submitted=auto if auto and auto != "no" else None,
         bulk=precedence in ("bulk", "junk", "list") or bool(_header(message, "List-Id")),
         report=message.get_content_type() == "multipart/report",
@@ -507,6 +524,8 @@ class MailboxSettings:
     trusted_authserv_id: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     public_url: str | None = None
+    # From SUPPORT_LINK_SECRET (a weak one is refused here): our mail's reply tokens.
+    reply_tokens: ReplyTokens | None = None
 
     @classmethod
     def from_env(cls) -> MailboxSettings:
@@ -538,6 +557,7 @@ class MailboxSettings:
             trusted_authserv_id=authserv or None,
             max_connections=numbers["SUPPORT_MAILBOX_MAX_CONNECTIONS"],
             public_url=os.environ.get("SUPPORT_PUBLIC_URL", "").rstrip("/") or None,
+            reply_tokens=ReplyTokens.from_env(),
         )
 
 
@@ -554,12 +574,20 @@ AUTOMATIC_SIGN_OFF = "This message was sent automatically by the support system.
 
 
 def _reply(
-    mail: InboundMail, smtp: SmtpSettings, support: str, subject: str, kind: str, body: list[str]
+    mail: InboundMail,
+    smtp: SmtpSettings,
+    support: str,
+    subject: str,
+    kind: str,
+    body: list[str],
+    reply_token: str | None = None,
 ) -> EmailMessage:
     """An automatic reply (RFC 3834): to the envelope sender (never ``From``, which anyone
     can write), threaded on the message, marked auto-replied so the customer's own
     autoresponder stays quiet, replies going to the support address. ``body`` is its
-    paragraphs' lines, between the greeting and the automatic sign-off."""
+    paragraphs' lines, between the greeting and the automatic sign-off. With
+    ``reply_token`` (mail about a ticket) the Message-ID carries it, so a reply quoting it
+    proves it answers this message."""
     to = mail.reply_address
     assert to is not None, "never built for a null or unusable envelope sender"
     text = "\n".join(["Hello,", "", *body, "", AUTOMATIC_SIGN_OFF, ""])
@@ -569,7 +597,8 @@ def _reply(
     message["To"] = to
     message["Reply-To"] = support
     message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = f"<{kind}-{mail.key}@support-sla>"
+    own = f"reply-{reply_token}" if reply_token else f"{kind}-{mail.key}"
+    message["Message-ID"] = f"<{own}@support-sla>"
     if mail.message_id:
         message["In-Reply-To"] = mail.message_id
     message["Auto-Submitted"] = "auto-replied"
@@ -585,6 +614,7 @@ def acknowledgement(
     policy: Policy,
     smtp: SmtpSettings,
     support: str,
+    reply_token: str | None = None,
 ) -> EmailMessage:
     """The promise of ``plan`` (the one intake resolved) told to the customer."""
     tier = tier_label(plan.tier)
@@ -630,6 +660,7 @@ def acknowledgement(
             " subject. For an urgent new issue, put its severity in the subject of a new"
             " message, e.g. [SEV1] for a production outage.",
         ],
+        reply_token,
     )
     # A reply to this message names the ticket in its References as well as its subject.
     chain = [mail.message_id] if mail.message_id else []
@@ -646,6 +677,7 @@ def held_acknowledgement(
     smtp: SmtpSettings,
     support: str,
     form_url: str | None,
+    reply_token: str | None = None,
 ) -> EmailMessage:
     """To an unverified sender at a contract's domain: the Community ticket, why, and the
     confirmation link (None: how else to be verified). Repeats nothing the sender wrote."""
@@ -680,6 +712,7 @@ def held_acknowledgement(
             "",
             *how,
         ],
+        reply_token,
     )
 
 
@@ -827,6 +860,7 @@ class MailboxHandler:
         trusted_authserv_id: str | None = None,
         public_url: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        reply_tokens: ReplyTokens | None = None,
     ) -> None:
         support = normalise_address(address)
         if support is None:
@@ -847,6 +881,8 @@ class MailboxHandler:
         self.trusted_authserv_id = trusted_authserv_id
         self.public_url = public_url.rstrip("/") if public_url else None
         self.max_connections = max_connections
+        # Sign the tickets' reply tokens in our mail; None: only verified replies count.
+        self.reply_tokens = reply_tokens
 
     @property
     def guards(self) -> IntakeGuards:
@@ -972,14 +1008,35 @@ class MailboxHandler:
             log.info("mail ignored", reason=ignored, message_key=mail.key)
             return f"{OK}: not processed ({ignored.replace('_', ' ')})"
         policy = self.policy()
-        for candidate in mail.ticket_candidates():
+        answered = self._answered(mail)
+        candidates = list(dict.fromkeys([*answered, *mail.ticket_candidates()]))
+        for candidate in candidates[:MAX_CANDIDATES]:
             found = await self._ticket(candidate)
             if found is not None and self._belongs(policy, mail.sender, found):
+                if not (mail.verified or found.ticket_id in answered):
+                    # Anyone can write this From: no signal, no reply, no echo.
+                    log.warning(
+                        "mail reply refused: sender not verified and no reply token",
+                        ticket_id=found.ticket_id,
+                        message_key=mail.key,
+                    )
+                    return UNPROVEN_REPLY
                 return await self._reply_to_ticket(mail, received, found)
         customer = customer_for_sender(policy, mail.sender)
         if customer is not None:
             return await self._open(mail, received, policy, *customer)
         return await self._unknown_sender(mail)
+
+    def _answered(self, mail: InboundMail) -> list[str]:
+        """The tickets whose reply token ``mail`` quotes, validly signed: it answers our
+        mail about them."""
+        if self.reply_tokens is None:
+            return []
+        found = (self.reply_tokens.ticket(token) for token in mail.reply_tokens)
+        return [ticket_id for ticket_id in found if ticket_id is not None]
+
+    def _reply_token(self, ticket_id: str) -> str | None:
+        return self.reply_tokens.token(ticket_id) if self.reply_tokens else None
 
     def _ignored(self, mail: InboundMail) -> str | None:
         """Mail that is never a ticket, a reply or answered: bounces, read reports,
@@ -1172,7 +1229,13 @@ class MailboxHandler:
             try:
                 smtp = SmtpSettings.from_env()
                 message = held_acknowledgement(
-                    mail, promise.ticket_id, link, smtp, self.address, self.contact_form_url
+                    mail,
+                    promise.ticket_id,
+                    link,
+                    smtp,
+                    self.address,
+                    self.contact_form_url,
+                    self._reply_token(promise.ticket_id),
                 )
                 await send_mail(message, smtp)
             except Exception as err:
@@ -1234,7 +1297,10 @@ class MailboxHandler:
             return
         try:
             smtp = SmtpSettings.from_env()
-            message = acknowledgement(mail, ticket, prepared.plan, policy, smtp, self.address)
+            token = self._reply_token(ticket.ticket_id)
+            message = acknowledgement(
+                mail, ticket, prepared.plan, policy, smtp, self.address, token
+            )
             await send_mail(message, smtp)
         except Exception as err:
             log.error("acknowledgement not sent", ticket_id=ticket.ticket_id, **_send_error(err))
@@ -1352,6 +1418,7 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
         trusted_authserv_id=settings.trusted_authserv_id,
         public_url=settings.public_url,
         max_connections=settings.max_connections,
+        reply_tokens=settings.reply_tokens,
     )
     try:
         # The database's tables must be there (rate limits, reply log, quarantine).
@@ -1372,6 +1439,8 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
                 task_queue=handler.queue,
                 max_bytes=settings.max_bytes,
                 trusted_authserv_id=settings.trusted_authserv_id,
+                # Off without SUPPORT_LINK_SECRET: only verified senders' replies count.
+                reply_tokens=settings.reply_tokens is not None,
             )
             await stop.wait()
     finally:

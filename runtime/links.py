@@ -11,6 +11,10 @@ sessions: 12 hours); what a removed key signed stops working. Every secret must 
 (``check_strength``): the service refuses to start, and the worker makes no links, with a
 weak one, and the error names the setting and the entry.
 
+**Reply tokens.** The support mailbox's own mail about a ticket carries a token bound to
+that ticket (``ReplyTokens``, HMAC-SHA256 with the mail-reply key): a reply that quotes it
+proves its sender received that mail (docs/mailbox.md).
+
 **Links.** An acknowledge link is signed (HMAC-SHA256 with the link key), bound to one
 ticket and one agent, carries a unique id, and expires after ``SUPPORT_LINK_TTL_HOURS``
 (default 24). It points to the board's acknowledge step under ``SUPPORT_PUBLIC_URL``.
@@ -48,7 +52,8 @@ MIN_DISTINCT_CHARACTERS = 8
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # The purposes keys are derived for; the label makes each key unrelated to the others.
 LINK_KEY, SESSION_KEY, CSRF_KEY = "ack-link", "board-session", "csrf"
-PURPOSES = (LINK_KEY, SESSION_KEY, CSRF_KEY)
+MAIL_REPLY_KEY = "mail-reply"
+PURPOSES = (LINK_KEY, SESSION_KEY, CSRF_KEY, MAIL_REPLY_KEY)
 NEW_SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -197,3 +202,31 @@ class AckLinks:
         if not isinstance(data, dict) or not {"t", "a", "n"} <= set(data):
             raise LinkError("this acknowledge link is not valid")
         return AckLink(str(data["t"]), str(data["a"]), str(data["n"]))
+
+
+class ReplyTokens:
+    """A ticket's reply token, ``<ticket id>.<signature>``: the mailbox puts it in the
+    Message-ID of the mail it sends about the ticket, which a reply quotes in its
+    ``In-Reply-To`` and ``References``. Bound to one ticket; it ends when its key leaves
+    the ring."""
+
+    SALT = "support-mail-reply/v1"
+
+    def __init__(self, keys: KeyRing) -> None:
+        self._signer = keys.signer(MAIL_REPLY_KEY, self.SALT)
+
+    @classmethod
+    def from_env(cls) -> ReplyTokens | None:
+        """None without ``SUPPORT_LINK_SECRET``; KeyConfigError for a weak or malformed one."""
+        secret = os.environ.get(LINK_SECRET_ENV)
+        return cls(KeyRing.parse(secret)) if secret else None
+
+    def token(self, ticket_id: str) -> str:
+        return self._signer.sign(ticket_id).decode()
+
+    def ticket(self, token: str) -> str | None:
+        """The ticket ``token`` was made for, or None when it is not a valid token."""
+        try:
+            return self._signer.unsign(token).decode()
+        except BadSignature:
+            return None

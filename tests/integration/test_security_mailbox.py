@@ -3,6 +3,9 @@ listener on loopback, a real SMTP sink for its replies and the ledger's database
 
 - a forged ``From`` with another envelope sender: the reply goes to the envelope sender
   and repeats nothing the sender wrote (the mailbox is no reflector);
+- a forged ``From`` at a customer's domain naming that customer's open ticket: refused,
+  nothing reaches the ticket, unless the sender is verified or quotes the reply token of
+  our mail about that ticket;
 - the once-a-day reply limit survives a restart (it is in the database);
 - unparsable MIME is refused for good (5xx, not 451) and kept in the quarantine;
 - deeply nested or many-part MIME is refused, and the event loop keeps serving meanwhile;
@@ -23,6 +26,8 @@ import aiosmtplib
 import pytest
 import pytest_asyncio
 
+from contract.models import TicketStatus
+from harness.processes import eventually
 from harness.sinks import Mailbox
 from intake.guards import IntakeGuards, limits_from_env
 from intake.mailbox import (
@@ -33,6 +38,7 @@ from intake.mailbox import (
     listening,
     message_key,
 )
+from runtime.links import KeyRing, ReplyTokens
 from tests.conftest import Stack, now_second
 
 SUPPORT = "support@support.example"
@@ -64,7 +70,8 @@ def handler_for(stack: Stack, guards: IntakeGuards, **options: Any) -> MailboxHa
 async def rig(stack: Stack, mailbox: Mailbox) -> AsyncIterator[Rig]:
     guards = IntakeGuards(stack.ledger.engine)
     at = await now_second(stack.env)
-    handler = handler_for(stack, guards, clock=lambda: at)
+    tokens = ReplyTokens(KeyRing.random())
+    handler = handler_for(stack, guards, clock=lambda: at, reply_tokens=tokens)
     async with listening(handler) as server:
         yield Rig(stack, guards, server.sockets[0].getsockname()[1], handler)
 
@@ -159,6 +166,106 @@ async def test_the_once_a_day_reply_limit_survives_a_restart(rig: Rig, mailbox: 
         again = message("someone@elsewhere.example", "question again")
         assert (await deliver(port, again, sender="someone@elsewhere.example"))[0] == 250
     assert len(mailbox.received) == 1
+
+
+# --- replies to a ticket: only with proof ---------------------------------------------------
+
+
+def dmarc_pass(domain: str) -> dict[str, str]:
+    return {"Authentication_Results": f"{MTA}; dmarc=pass header.from={domain}"}
+
+
+async def customer_replies(rig: Rig, ticket_id: str) -> list[str]:
+    handle = rig.stack.client.get_workflow_handle(f"ticket-{ticket_id}")
+    status = await handle.query("status", result_type=TicketStatus)
+    return [h.detail or "" for h in status.history if h.kind == "customer_reply"]
+
+
+async def test_a_forged_customer_from_adds_nothing_to_the_customers_open_ticket(
+    rig: Rig, mailbox: Mailbox
+) -> None:
+    """The attack: anyone can write ``From: dana@bank.example`` and name the bank's open
+    ticket, in the subject, in References, with a made-up reply token, or with the valid
+    token of the attacker's own ticket. Each is refused with a fixed answer, the ticket
+    records nothing and nobody is mailed. The genuine customer's reply quotes the token of
+    our acknowledgement (or comes with a DMARC pass) and is recorded."""
+    opened = message("dana@bank.example", "[SEV2] Payments slow", **dmarc_pass("bank.example"))
+    ticket_id = f"E-{message_key(b'', str(opened['Message-ID']))}"
+    rig.stack.opened.append(f"ticket-{ticket_id}")
+    assert await deliver(rig.port, opened, sender="dana@bank.example") == (
+        250,
+        f"2.0.0 OK: ticket {ticket_id} opened",
+    )
+    [ack] = mailbox.received
+    assert str(ack["Message-ID"]).startswith(f"<reply-{ticket_id}.")
+
+    # The attacker's own forged mail opens a Community ticket: its acknowledgement carries
+    # a valid token, for that ticket only.
+    own = message("lee@bank.example", "hello")
+    own_id = f"E-{message_key(b'', str(own['Message-ID']))}"
+    rig.stack.opened.append(f"ticket-{own_id}")
+    assert (await deliver(rig.port, own, sender="attacker@evil.example"))[0] == 250
+    own_token = str(mailbox.received[-1]["Message-ID"])
+    assert own_token.startswith(f"<reply-{own_id}.")
+    sent = len(mailbox.received)
+
+    thread = f"<ticket-{ticket_id}@support-sla>"
+    forged_token = f"<reply-{ticket_id}.{'A' * 43}@support-sla>"
+    attempts = [
+        message("dana@bank.example", f"Re: [{ticket_id}] {SPAM}"),
+        message("lee@bank.example", f"Re: [{ticket_id}] {SPAM}"),
+        message("dana@bank.example", SPAM, In_Reply_To=thread, References=thread),
+        message(
+            "dana@bank.example",
+            SPAM,
+            In_Reply_To=forged_token,
+            References=f"{thread} {forged_token}",
+        ),
+        # A DMARC pass, but not from the trusted MTA.
+        message(
+            "dana@bank.example",
+            f"Re: [{ticket_id}] {SPAM}",
+            Authentication_Results="mx.evil.example; dmarc=pass header.from=bank.example",
+        ),
+    ]
+    for attempt in attempts:
+        code, text = await deliver(rig.port, attempt, sender="attacker@evil.example")
+        assert code == 554 and text.startswith("5.7.1 a reply is added to a ticket only"), text
+        assert ticket_id not in text and "PILLS" not in text
+    assert len(mailbox.received) == sent, "no reply, so nothing to reflect"
+    # The valid token of the attacker's own ticket proves an answer to that ticket only.
+    mixed = message("lee@bank.example", f"Re: [{ticket_id}] {SPAM}", In_Reply_To=own_token)
+    assert await deliver(rig.port, mixed, sender="attacker@evil.example") == (
+        250,
+        f"2.0.0 OK: added to ticket {own_id}",
+    )
+
+    # The genuine reply to our acknowledgement, though her MTA vouches for nothing.
+    genuine = message(
+        "dana@bank.example",
+        f"Re: {ack['Subject']}",
+        In_Reply_To=str(ack["Message-ID"]),
+        References=f"{ack['References']} {ack['Message-ID']}",
+    )
+    assert await deliver(rig.port, genuine, sender="dana@bank.example") == (
+        250,
+        f"2.0.0 OK: added to ticket {ticket_id}",
+    )
+    # And a verified sender's reply needs no token.
+    verified = message("lee@bank.example", f"Re: [{ticket_id}] more", **dmarc_pass("bank.example"))
+    assert (await deliver(rig.port, verified, sender="lee@bank.example"))[0] == 250
+    replies = await eventually(
+        "both replies recorded",
+        lambda: _at_least(customer_replies(rig, ticket_id), 2),
+        15,
+    )
+    assert len(replies) == 2 and not [r for r in replies if "PILLS" in r]
+    assert len(mailbox.received) == sent
+
+
+async def _at_least(found: Any, count: int) -> list[str] | None:
+    replies: list[str] = await found
+    return replies if len(replies) >= count else None
 
 
 # --- MIME the parser cannot or must not read ---------------------------------------------
@@ -302,6 +409,7 @@ def test_bad_mailbox_and_limit_settings_are_refused_naming_the_variable(
         ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "0"),
         ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "many"),
         ("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "mx.example; dmarc=pass"),
+        ("SUPPORT_LINK_SECRET", "short"),  # it signs the reply tokens
     ):
         with monkeypatch.context() as env:
             env.setenv(name, value)
