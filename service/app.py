@@ -28,7 +28,7 @@ from runtime.telemetry import configure_tracing, shutdown_tracing
 from service.api import ApiError, router
 from service.auth import Settings, TokenConfigError
 from service.codec import CorsConfigError, codec_app
-from service.headers import SecurityHeaders, add_api_docs
+from service.headers import SecureApp, add_api_docs
 from service.limits import BodyLimit, HttpConfigError, HttpLimits, server_config
 from service.pages import router as pages
 from service.sessions import SessionStore
@@ -65,7 +65,8 @@ def create_app(
             await app.state.sessions.close()
             shutdown_tracing()  # flush the spans still queued
 
-    app = FastAPI(
+    # Security headers on every response, the unhandled exception's 500 included.
+    app = SecureApp(
         title="Support SLA service",
         description="Ticket intake, status, agent actions and the agent board.",
         lifespan=lifespan,
@@ -127,7 +128,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_api_docs(app)
     app.add_middleware(BodyLimit, body_timeout=limits.body_timeout)
-    app.add_middleware(SecurityHeaders)  # outermost: on every response, refusals included
     return app
 
 

@@ -1,6 +1,12 @@
 """Security headers on every response of the service: pages, the JSON API, the codec
 server, static files and every error.
 
+Three layers put them there, so that no response leaves without them: ``SecurityHeaders``
+(ASGI middleware) on what the app's routes and handlers send; ``SecureApp``, which puts that
+middleware outside Starlette's own error handler too (its plain 500 page for an unhandled
+exception); and the server's h11 connection (``service.limits``) on what uvicorn answers by
+itself (408 for late headers, 503 over the concurrency limit, 400 for a malformed request).
+
 The pages carry no inline script or style (they load ``/static/support.css`` and
 ``/static/board.js``), so the Content-Security-Policy allows scripts and styles from this
 origin only, and nothing may frame a page (clickjacking on the board's buttons). Links to
@@ -32,6 +38,14 @@ SECURITY_HEADERS = {
     "cross-origin-opener-policy": "same-origin",
 }
 SWAGGER_CDN = "https://cdn.jsdelivr.net"
+ENCODED_HEADERS = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
+def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` and each security header it does not set itself (``/docs`` sets its own
+    Content-Security-Policy)."""
+    present = {name.lower() for name, _ in headers}
+    return headers + [(k, v) for k, v in ENCODED_HEADERS if k not in present]
 
 
 class SecurityHeaders:
@@ -40,7 +54,6 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,13 +62,20 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in self.headers if k not in present]
+                headers = with_security_headers(list(message.get("headers", [])))
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class SecureApp(FastAPI):
+    """FastAPI with ``SecurityHeaders`` outside everything: Starlette always puts its
+    ``ServerErrorMiddleware`` outermost, so an unhandled exception's 500 page would
+    otherwise bypass every middleware added to the app."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def add_api_docs(app: FastAPI) -> None:

@@ -13,7 +13,8 @@ headers must arrive within ``SUPPORT_HTTP_HEADER_TIMEOUT`` (else 408 and the con
 closed: a client that trickles headers holds nothing), an idle keep-alive connection is
 closed after ``SUPPORT_HTTP_KEEP_ALIVE``, headers are at most
 ``SUPPORT_HTTP_MAX_HEADER_BYTES``, and beyond ``SUPPORT_HTTP_CONCURRENCY`` connections or
-requests at once the service answers 503.
+requests at once the service answers 503. Each of these answers of the server's own
+carries the security headers (``SecureConnection``), like every answer of the app.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api import ApiError
+from service.headers import with_security_headers
 from service.pages import message
 
 # A ticket at every limit (20,000 characters of description) fits even with each character
@@ -208,10 +210,39 @@ class BodyLimit:
 
 # --- the server: header timeout, keep-alive, concurrency ---------------------------------------
 
+LATE_HEADERS = b"the request headers did not arrive.\r\n"
+# Written as it is: h11 has no request to answer yet.
 REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 37\r\nconnection: close\r\n\r\nthe request headers did not arrive.\r\n"
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    + b"".join(
+        name + b": " + value + b"\r\n"
+        for name, value in with_security_headers(
+            [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(LATE_HEADERS)).encode()),
+                (b"connection", b"close"),
+            ]
+        )
+    )
+    + b"\r\n"
+    + LATE_HEADERS
 )
+
+
+class SecureConnection(h11.Connection):
+    """h11's server side, giving every response it writes the security headers it lacks:
+    uvicorn's own answers (503 over the concurrency limit, 400 for a malformed request,
+    500 when the app fails before it answers) never pass through the app's middleware."""
+
+    def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
+        if isinstance(event, h11.Response):
+            event = h11.Response(
+                status_code=event.status_code,
+                headers=with_security_headers(list(event.headers.raw_items())),
+                http_version=event.http_version,
+                reason=event.reason,
+            )
+        return super().send_with_data_passthrough(event)
 
 
 class TimedH11Protocol(H11Protocol):
@@ -222,6 +253,11 @@ class TimedH11Protocol(H11Protocol):
     refusal before reading it) ends its connection."""
 
     header_timeout: float = HttpLimits.header_timeout
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size
+        self.conn = SecureConnection(h11.SERVER, *([size] if size is not None else []))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -20,6 +20,7 @@ from runtime.codec import DecryptionError, KeylessCodec, new_key, parse_keys
 from service.app import create_app
 from service.auth import Settings
 from service.codec import CorsConfigError, codec_app
+from service.headers import SECURITY_HEADERS
 from service.limits import HttpConfigError, HttpLimits, server_config
 from tests.integration.test_encryption import payloads_json, plain_payload
 
@@ -39,12 +40,13 @@ def app_with(limits: HttpLimits) -> Any:
 
 
 @asynccontextmanager
-async def served(limits: HttpLimits) -> AsyncIterator[tuple[str, int]]:
+async def served(limits: HttpLimits, app: Any = None) -> AsyncIterator[tuple[str, int]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    app = app or app_with(limits)
     server = uvicorn.Server(
-        server_config(app_with(limits), limits, "127.0.0.1", port, log_config=None, lifespan="off")
+        server_config(app, limits, "127.0.0.1", port, log_config=None, lifespan="off")
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event)
@@ -95,6 +97,66 @@ async def test_a_request_that_never_finishes_its_headers_is_cut_off() -> None:
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
+        writer.close()
+
+
+def headers_of(answer: bytes) -> dict[str, str]:
+    """The headers of a raw HTTP/1.1 response, names in lower case."""
+    lines = answer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
+
+
+def assert_secure(answer: bytes) -> None:
+    headers = headers_of(answer)
+    assert {name: headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS, answer
+
+
+async def test_the_servers_own_answers_carry_the_security_headers() -> None:
+    """What uvicorn answers by itself, never passing the app's middleware: late headers
+    (408), a malformed request (400), one connection over the limit (503)."""
+    async with served(HttpLimits(header_timeout=1.0)) as address:
+        reader, writer = await raw(address, b"GET /support/new HTTP/1.1\r\nHost: x\r\n")
+        late = await asyncio.wait_for(reader.read(), 5)
+        assert late.startswith(b"HTTP/1.1 408")
+        assert_secure(late)
+        writer.close()
+        reader, writer = await raw(address, b"NOT HTTP AT ALL\r\n\r\n")
+        malformed = await asyncio.wait_for(reader.read(), 5)
+        assert malformed.startswith(b"HTTP/1.1 400")
+        assert_secure(malformed)
+        writer.close()
+    async with served(HttpLimits(concurrency=3, header_timeout=30)) as address:
+        idle = [await asyncio.open_connection(*address) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        reader, writer = await raw(address, b"GET /static/board.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        busy = await asyncio.wait_for(reader.read(4096), 5)
+        assert busy.startswith(b"HTTP/1.1 503")
+        assert_secure(busy)
+        writer.close()
+        for _, w in idle:
+            w.close()
+
+
+async def test_an_unhandled_exception_is_a_500_with_the_security_headers() -> None:
+    """Starlette's plain 500 page comes from its outermost error middleware: the headers
+    are put outside it, in the app itself (whatever serves it) and on uvicorn."""
+    limits = HttpLimits()
+    app = app_with(limits)
+
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/fails", fails)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/fails")
+    assert response.status_code == 500 and "a bug" not in response.text
+    assert {n: response.headers.get(n) for n in SECURITY_HEADERS} == SECURITY_HEADERS
+    async with served(limits, app) as address:
+        reader, writer = await raw(address, b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 500")
+        assert_secure(answer)
         writer.close()
 
 
