@@ -119,14 +119,20 @@ CONFIRMATION_TTL = timedelta(days=7)
 REPLY_WINDOW = timedelta(days=1)
 
 
+class LimitConfigError(ValueError):
+    """A ``SUPPORT_INTAKE_LIMIT_*`` setting that is not a positive whole number; the
+    message names it. The service and the mailbox check them at start."""
+
+
 def limits_from_env(environ: dict[str, str] | None = None) -> tuple[Limit, ...]:
-    """The three limits (per hour); each a positive integer, else ValueError naming it."""
+    """The three limits (per hour); each a positive integer, else LimitConfigError naming
+    it."""
     env = os.environ if environ is None else environ
     found = []
     for scope, name in LIMIT_ENV.items():
         raw = env.get(name, str(DEFAULT_LIMITS[scope]))
         if not raw.strip().isdigit() or int(raw) < 1:
-            raise ValueError(f"{name}: {raw!r} is not a positive whole number of submissions")
+            raise LimitConfigError(f"{name}: {raw!r} is not a positive whole number of submissions")
         found.append(Limit(scope, int(raw), WINDOW))
     return tuple(found)
 

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from temporalio.client import Client
 
+from intake.guards import LimitConfigError, limits_from_env
 from runtime.codec import DecryptionError, EncryptionCodec, codec_from_env
 from runtime.connection import connect, task_queue
 from runtime.logs import redact_access_log
@@ -142,8 +143,11 @@ def main() -> None:
     try:
         settings = Settings.from_env()
         limits = HttpLimits.from_env()
+        # The form's rate limits: a bad one stops the service here, not as a 503 later.
+        limits_from_env()
         app = create_app(settings=settings, limits=limits)
-    except (TokenConfigError, HttpConfigError, CorsConfigError) as err:  # names the variable
+    except (TokenConfigError, HttpConfigError, CorsConfigError, LimitConfigError) as err:
+        # The message names the variable.
         raise SystemExit(f"error: {err}") from None
     host = os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1")
     port = int(os.environ.get("SUPPORT_HTTP_PORT", "8000"))

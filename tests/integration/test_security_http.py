@@ -23,6 +23,7 @@ from service.codec import CorsConfigError, codec_app
 from service.headers import SECURITY_HEADERS
 from service.limits import HttpConfigError, HttpLimits, server_config
 from tests.integration.test_encryption import payloads_json, plain_payload
+from tests.integration.test_security_keys import start_refused
 
 AGENT = "agent-http-0123456789abc"
 UI = "http://localhost:8233"
@@ -229,3 +230,14 @@ def test_http_limits_are_checked() -> None:
         HttpLimits.from_env({"SUPPORT_HTTP_CONCURRENCY": "many"})
     with pytest.raises(HttpConfigError, match="SUPPORT_HTTP_HEADER_TIMEOUT"):
         HttpLimits.from_env({"SUPPORT_HTTP_HEADER_TIMEOUT": "0"})
+
+
+def test_the_service_refuses_to_start_with_a_bad_intake_limit() -> None:
+    """A rate limit of the form that cannot be used stops the service at start, naming the
+    setting, instead of turning every form submission into a 503 later."""
+    done = start_refused(["-m", "service"], SUPPORT_INTAKE_LIMIT_PER_DOMAIN="lots")
+    assert done.returncode != 0
+    assert (
+        "error: SUPPORT_INTAKE_LIMIT_PER_DOMAIN: 'lots' is not a positive whole number of"
+        " submissions" in done.stderr
+    ), done.stderr

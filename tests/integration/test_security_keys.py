@@ -205,17 +205,22 @@ def test_the_settings_refuse_a_weak_secret(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings.from_env().keys.ids == ["k2", "k1"]
 
 
-def test_the_service_refuses_to_start_with_a_weak_secret() -> None:
-    env = clean_env(SUPPORT_LINK_SECRET="web-test-secret", SUPPORT_LOG_LEVEL="INFO")
-    done = subprocess.run(
-        [sys.executable, "-m", "service"],
+def start_refused(command: list[str], **settings: str) -> subprocess.CompletedProcess[str]:
+    """``python <command>`` from the project's root with none of this machine's Temporal or
+    support settings but ``settings``: a process expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, *command],
         cwd=ROOT,
-        env=env,
+        env=clean_env(**settings),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_the_service_refuses_to_start_with_a_weak_secret() -> None:
+    done = start_refused(["-m", "service"], SUPPORT_LINK_SECRET="web-test-secret")
     assert done.returncode != 0
     assert (
         "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
@@ -225,16 +230,7 @@ def test_the_service_refuses_to_start_with_a_weak_secret() -> None:
 
 
 def test_the_worker_refuses_to_start_with_a_weak_secret() -> None:
-    env = clean_env(SUPPORT_LINK_SECRET="web-test-secret", SUPPORT_LOG_LEVEL="INFO")
-    done = subprocess.run(
-        [sys.executable, "worker.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = start_refused(["worker.py"], SUPPORT_LINK_SECRET="web-test-secret")
     assert done.returncode == 2
     assert (
         "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
