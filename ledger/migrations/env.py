@@ -2,7 +2,9 @@
 
 Run through ``python -m ledger migrate`` (or ``SqlLedger.migrate()``), which hands a live
 connection in ``config.attributes["connection"]``; plain ``alembic -c ledger/alembic.ini``
-also works and connects to ``SUPPORT_LEDGER_URL``.
+also works and connects to ``SUPPORT_LEDGER_URL`` through the ledger's own engine, so a
+SQLite file it has to create is the owner's only (0600) from its creation, as the
+ledger's is.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from ledger.schema import metadata
+from ledger.store import SqlLedger
 from ledger.url import ledger_url
 
 config = context.config
@@ -31,10 +32,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(ledger_url(), poolclass=NullPool)
-    async with engine.connect() as connection:
+    ledger = SqlLedger.from_url()
+    async with ledger.engine.connect() as connection:
         await connection.run_sync(_run)
-    await engine.dispose()
+    await ledger.close()
 
 
 if context.is_offline_mode():

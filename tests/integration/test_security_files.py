@@ -202,6 +202,27 @@ async def test_an_existing_ledger_file_is_left_as_it_is(shared_parent: Path) -> 
     assert mode(database) == 0o640
 
 
+def test_alembic_run_directly_makes_a_new_sqlite_ledger_the_owners_only(
+    shared_parent: Path, umask_022: None
+) -> None:
+    """``alembic -c ledger/alembic.ini upgrade head`` by hand (not ``python -m ledger
+    migrate``), under umask 022, on a ledger file that does not exist yet."""
+    database = shared_parent / "sla-ledger.sqlite3"
+    config = str(ROOT / "ledger" / "alembic.ini")
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", config, "upgrade", "head"],
+        cwd=shared_parent,
+        env={**os.environ, "SUPPORT_LEDGER_URL": f"sqlite:///{database}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert mode(database) == 0o600, oct(mode(database))
+    assert read_as_nobody(database) == "refused"
+
+
 # --- the dev server's database (make run) ---------------------------------------------------
 
 
