@@ -33,7 +33,7 @@ import structlog
 from contract.labels import tier_label
 from contract.models import Channel, ChannelKind, PageUpdate, Recipient, StepDelivery
 from contract.text import header_text, thread_reference, when
-from runtime.links import AckLinks
+from runtime.links import AckLinks, ReplyTokens
 from runtime.logs import redact
 from runtime.mail import ChannelConfigError, SmtpSettings
 
@@ -127,6 +127,14 @@ class Notification:
         return links.url(self.request.ticket_id, self.recipient.name) if links else None
 
     @property
+    def message(self) -> str | None:
+        """The step's free text: the customer's version for a customer's contact."""
+        r = self.request
+        if self.recipient.role == "customer" and r.customer_message is not None:
+            return r.customer_message
+        return r.message
+
+    @property
     def due(self) -> str | None:
         due = self.request.response_due_at
         return when(due, self.time_zone) if due is not None else None
@@ -137,8 +145,8 @@ class Notification:
         lines = [self.headline, f"Subject: {r.subject or '(none)'}", f"Step: {r.step}"]
         if self.due is not None:
             lines.append(f"Response due: {self.due}")
-        if r.message:
-            lines.append(r.message)
+        if self.message:
+            lines.append(self.message)
         if self.acknowledgeable:
             if self.ack_link:
                 lines.append(f"Acknowledge in the browser: {self.ack_link}")
@@ -191,9 +199,9 @@ class Notification:
                 },
             },
         ]
-        if r.message:
+        if self.message:
             blocks.append(
-                {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(r.message)}}
+                {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(self.message)}}
             )
         if self.ack_link:
             blocks.append(
@@ -255,7 +263,13 @@ class Notification:
         # per Message-ID drops the copy a retry after a lost "250 OK" would send.
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
         message["Message-ID"] = f"<{digest}@support-sla>"
-        message["References"] = thread_reference(r.workflow_id)
+        references = [thread_reference(r.workflow_id)]
+        tokens = ReplyTokens.from_env() if self.recipient.role == "customer" else None
+        if tokens is not None:
+            # A customer's reply to this mail quotes it: the mailbox counts the reply as the
+            # customer's without a DMARC pass (docs/mailbox.md#replies-need-proof).
+            references.append(tokens.reference(r.ticket_id))
+        message["References"] = " ".join(references)
         message["X-Support-Idempotency-Key"] = self.key
         message["X-Support-Ticket"] = r.ticket_id
         lines = [
@@ -270,8 +284,8 @@ class Notification:
         if r.response_due_at is not None:
             local = when(r.response_due_at, self.time_zone)
             lines.append(f"Deadline:  {local}")
-        if r.message:
-            lines += ["", r.message]
+        if self.message:
+            lines += ["", self.message]
         if self.acknowledgeable:
             lines += [
                 "",

@@ -439,6 +439,9 @@ class StepDelivery(Message):
     subject: str
     recipients: list[Recipient]
     message: str | None = None
+    # What a customer's contact (``Recipient.role == "customer"``) is told instead of
+    # ``message``, which may carry the vendor's own instructions; None: ``message``.
+    customer_message: str | None = None
     time_zone: str = "UTC"
     failover_after: timedelta = timedelta(minutes=2)
     # Ledger rows written with the delivery: events the ticket recorded just before the

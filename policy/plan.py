@@ -171,6 +171,7 @@ def resolve_plan(
             # The recipient's name carries no personal data; the address is the ticket's.
             Recipient(
                 name="reporter",
+                role="customer",
                 channels=[
                     Channel(type=ChannelKind.EMAIL, to=[ticket.reporter_email]),
                     Channel(type=ChannelKind.LOG),

@@ -224,6 +224,11 @@ class ReplyTokens:
     def token(self, ticket_id: str) -> str:
         return self._signer.sign(ticket_id).decode()
 
+    def reference(self, ticket_id: str) -> str:
+        """``<reply-<token>@support-sla>``: a message id carrying the ticket's token, for a
+        mail's Message-ID or References (a reply quotes both)."""
+        return f"<reply-{self.token(ticket_id)}@support-sla>"
+
     def ticket(self, token: str) -> str | None:
         """The ticket ``token`` was made for, or None when it is not a valid token."""
         try:

@@ -87,6 +87,11 @@ class StatementOfWork:
             f"workflow signal --workflow-id {workflow.info().workflow_id} --name sow_decision "
             '--input \'{"decision": "accepted", "by": "<you>", "reference": "<SOW id>"}\''
             f' (or "declined"). Without a decision it expires on {expires}.',
+            customer_message=(
+                f"Your request is outside the scope of {tier} support, so it will not be"
+                " handled as a support ticket. Our advisory services and your account team"
+                " will contact you about a statement of work or an advisory engagement."
+            ),
         )
         decided = await self._wait_for_decision(sow.terms.remind_after)
         if not decided:
@@ -136,7 +141,12 @@ class StatementOfWork:
         return self._result.outcome is not SowOutcome.PENDING
 
     async def _notify(
-        self, sow: SowInput, step: str, recipients: list[Recipient], message: str
+        self,
+        sow: SowInput,
+        step: str,
+        recipients: list[Recipient],
+        message: str,
+        customer_message: str | None = None,
     ) -> None:
         request = StepDelivery(
             workflow_id=workflow.info().workflow_id,
@@ -151,6 +161,7 @@ class StatementOfWork:
             subject=sow.subject,
             recipients=recipients,
             message=message,
+            customer_message=customer_message,
             failover_after=sow.terms.failover_after,
         )
         try:

@@ -38,6 +38,7 @@ from tests.conftest import (
     status_of,
     ticket,
 )
+from tests.workflow.fakes import FakeActivities
 
 H, M = timedelta(hours=1), timedelta(minutes=1)
 
@@ -340,13 +341,22 @@ async def test_lowering_severity_moves_deadlines_and_fired_steps_do_not_repeat(
 # --- out of scope ------------------------------------------------------------------------
 
 
-async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(stack: Stack) -> None:
+async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(
+    stack: Stack, fakes: FakeActivities
+) -> None:
     t0 = await now_second(stack.env)
     handle = await open_ticket_at(stack, ticket(category="custom_engineering"), t0)
     await advance_to(stack.env, t0 + 2 * H)
     status = await status_of(handle)
     assert status.state is TicketState.ROUTED_TO_SOW and status.out_of_scope
     assert status.escalations == [], "no SLA ladder for out-of-scope work"
+    # The vendor's people are told how to record the decision; the reporter (a customer)
+    # is told what happens next, and nothing of the vendor's instructions.
+    told = {m.recipient: m.text for m in fakes.messages("opened")}
+    assert set(told) == {"advisory-services", "account-team", "reporter"}
+    assert "--name sow_decision" in told["advisory-services"]
+    assert "outside the scope of Premium support" in told["reporter"]
+    assert "temporal" not in told["reporter"] and "sow_decision" not in told["reporter"]
     assert status.sow is not None and "custom_engineering" in status.sow.reason
     sow = stack.client.get_workflow_handle(status.sow.workflow_id)
     assert status.sow.workflow_id == f"sow-{status.ticket_id}"
