@@ -37,13 +37,13 @@ from drills.tickets import (
 )
 from drills.verdict import (
     Verdict,
-    percentile,
+    delay_figures,
     recovery_delays,
+    recovery_problems,
     run_drill,
     seconds,
     superseded,
     tally,
-    unresolved,
 )
 
 NAME = "server-restart"
@@ -141,13 +141,9 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "superseded": superseded(statuses),
         "ledger_events": counted.ledger.events,
         "queries_ok_after": "/".join(seconds(r.queried_after) for r in restarts),
-        "due_while_down": len(delays),
-        "fire_delay_p50": seconds(percentile(delays, 50)),
-        "max": seconds(max(delays, default=0.0)),
+        **delay_figures(delays, "due_while_down", "fire_delay_p50"),
     }
-    verdict.problems = counted.problems() + unresolved(statuses)
-    if not delays:
-        verdict.problems.append("no escalation fell due while the server was down")
+    verdict.problems = recovery_problems(counted, statuses, delays, "the server")
     return verdict
 
 

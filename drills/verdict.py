@@ -239,6 +239,27 @@ def unresolved(statuses: Mapping[str, TicketStatus]) -> list[str]:
     ]
 
 
+def recovery_problems(
+    counted: Tally, statuses: Mapping[str, TicketStatus], delays: list[float], down: str
+) -> list[str]:
+    """The problems of a drill that took ``down`` (the worker, the server) down while
+    escalations fell due: the tally's, every unresolved ticket, and none having fallen due."""
+    problems = counted.problems() + unresolved(statuses)
+    if not delays:
+        problems.append(f"no escalation fell due while {down} was down")
+    return problems
+
+
+def delay_figures(delays: list[float], due: str, p50: str) -> dict[str, object]:
+    """How many escalations fell due while a process was down (named ``due``), and the p50
+    (named ``p50``) and max of their delay after it came back."""
+    return {
+        due: len(delays),
+        p50: seconds(percentile(delays, 50)),
+        "max": seconds(max(delays, default=0.0)),
+    }
+
+
 def percentile(values: Iterable[float], p: float) -> float:
     """Nearest-rank percentile (the README's definition); 0 for no values."""
     ordered = sorted(values)

@@ -34,13 +34,13 @@ from drills.stack import Stack, running_stack, say
 from drills.tickets import Paced, final_statuses, open_tickets, resolve_when_breached
 from drills.verdict import (
     Verdict,
-    percentile,
+    delay_figures,
     recovery_delays,
+    recovery_problems,
     run_drill,
     seconds,
     superseded,
     tally,
-    unresolved,
 )
 
 NAME = "worker-kill"
@@ -102,13 +102,9 @@ async def drill(profile: Profile, keep: bool) -> Verdict:
         "superseded": superseded(statuses),
         "ledger_events": counted.ledger.events,
         "down": seconds(restarted - killed),
-        "overdue_at_restart": len(delays),
-        "restart_delay_p50": seconds(percentile(delays, 50)),
-        "max": seconds(max(delays, default=0.0)),
+        **delay_figures(delays, "overdue_at_restart", "restart_delay_p50"),
     }
-    verdict.problems = counted.problems() + unresolved(statuses)
-    if not delays:
-        verdict.problems.append("no escalation fell due while the worker was down")
+    verdict.problems = recovery_problems(counted, statuses, delays, "the worker")
     return verdict
 
 
