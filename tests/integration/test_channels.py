@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from temporalio.worker import Worker
 
 from activities.channels import ChannelSender, Notification
 from activities.ledger import LedgerActivities
-from activities.notify import NotifyActivities
+from activities.notify import NotifyActivities, StepDeliveryResult
 from activities.policy import resolve_ticket_plan
 from contract.models import (
     Acknowledge,
@@ -35,7 +36,7 @@ from contract.models import (
     StepDelivery,
     TicketInput,
 )
-from harness.policy import webhooks, write_policy
+from harness.policy import Channels, Edit, webhooks, write_policy
 from harness.processes import eventually
 from harness.sinks import Mailbox, Sink
 from ledger.store import SqlLedger
@@ -85,6 +86,55 @@ async def events_with(ledger: SqlLedger, data: TicketInput, step: str) -> dict[s
     return events if f"{data.workflow_id}/{step}" in events else None
 
 
+@asynccontextmanager
+async def policy_stack(
+    env: WorkflowEnvironment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *edits: Edit,
+    targets: Mapping[str, Channels] | None = None,
+) -> AsyncIterator[Stack]:
+    """A worker with a SQLite ledger under ``tmp_path``, on the policy that
+    ``write_policy(tmp_path, *edits, targets=targets)`` writes there."""
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, *edits, targets=targets)))
+    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        yield stack
+
+
+def chats(sink: Sink, **paths: str) -> dict[str, Channels]:
+    """``targets=``: each target (``duty_engineer`` for duty-engineer) on chat at
+    ``<sink>/<path>``."""
+    return {
+        name.replace("_", "-"): [{"type": "chat", "url": f"{sink.url}/{path}"}]
+        for name, path in paths.items()
+    }
+
+
+@dataclass
+class Notifier:
+    """The notify activities over a SQLite ledger, outside any workflow."""
+
+    ledger: SqlLedger
+    notify: NotifyActivities
+
+    async def __call__(self, request: StepDelivery) -> StepDeliveryResult:
+        """One attempt of ``deliver_step``, as an activity."""
+        return await ActivityEnvironment().run(self.notify.deliver_step, request)
+
+
+@asynccontextmanager
+async def notifier(
+    tmp_path: Path, sender: Callable[[httpx.AsyncClient], ChannelSender] = ChannelSender
+) -> AsyncIterator[Notifier]:
+    """A ``Notifier`` over ``tmp_path / "ledger.sqlite3"``, sending with ``sender``."""
+    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
+    try:
+        async with httpx.AsyncClient() as http:
+            yield Notifier(ledger, NotifyActivities(ledger, sender(http)))
+    finally:
+        await ledger.close()
+
+
 # --- chat ----------------------------------------------------------------------------------
 
 
@@ -92,15 +142,15 @@ async def test_chat_gets_slack_text_and_blocks_with_the_key_and_inert_customer_t
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENGINEER_CHAT_URL", f"{sink.url}/engineer")
-    policy = write_policy(
+    async with policy_stack(
+        env,
         tmp_path,
+        monkeypatch,
         targets={
             "duty-engineer": [{"type": "chat", "url_env": "ENGINEER_CHAT_URL"}],
             "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
         },
-    )
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    ) as stack:
         t0 = await now_second(env)
         data = ticket(subject="<!channel> outage & <http://evil.example|click here>")
         handle = await open_ticket_at(stack, data, t0)
@@ -153,10 +203,9 @@ async def test_pager_triggers_one_incident_per_ticket_and_ack_and_resolve_clear_
 ) -> None:
     monkeypatch.setenv("PD_ROUTING_KEY", "R0UT1NGKEY")
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key_env": "PD_ROUTING_KEY"}
-    monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
-    )
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    async with policy_stack(
+        env, tmp_path, monkeypatch, targets={"duty-engineer": [pager]}
+    ) as stack:
         t0 = await now_second(env)
         data = ticket(severity="sev1")
         handle = await open_ticket_at(stack, data, t0)
@@ -204,13 +253,11 @@ async def test_routing_a_paged_ticket_to_a_statement_of_work_resolves_the_page(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
-    monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
-    )
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
+    async with policy_stack(
+        env, tmp_path, monkeypatch, targets={"duty-engineer": [pager]}
+    ) as stack:
         data = ticket(severity="sev4")
-        handle = await open_ticket_at(stack, data, t0)
+        handle = await open_ticket_at(stack, data)
         await handle.signal("mark_out_of_scope", MarkOutOfScope(by="ana", reason="consulting"))
         await skipping_until(env, "the resolve event", lambda: len(sink.messages()) == 2)
         assert (await status_of(handle)).state.value == "routed_to_sow"
@@ -227,13 +274,13 @@ async def test_routing_a_paged_ticket_to_a_statement_of_work_resolves_the_page(
 async def test_email_says_tier_severity_customer_deadline_in_the_recipients_zone_and_how_to_ack(
     env: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = write_policy(
+    async with policy_stack(
+        env,
         tmp_path,
+        monkeypatch,
         lambda p: p["targets"]["support-lead"].update(time_zone="America/Chicago"),
         targets={"support-lead": [{"type": "email", "to": ["lead@support.example"]}]},
-    )
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    ) as stack:
         t0 = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
         if t0 <= await env.get_current_time():
             t0 = await now_second(env)
@@ -271,14 +318,11 @@ async def test_email_says_tier_severity_customer_deadline_in_the_recipients_zone
 
 
 async def test_email_over_starttls_with_auth(tmp_path: Path, tls_mailbox: Mailbox) -> None:
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery(
             [Recipient(name="lead", channels=[Channel(type="email", to=["lead@support.example"])])]
         )
-        result = await ActivityEnvironment().run(notify.deliver_step, request)
-    await ledger.close()
+        result = await deliver(request)
     assert result.delivered == ["lead"] and result.channels == {"lead": "email"}
     assert tls_mailbox.logins == ["sla"] and tls_mailbox.tls_sessions == 1
     assert [m["X-Support-Idempotency-Key"] for m in tls_mailbox.received] == [
@@ -290,9 +334,7 @@ async def test_a_refused_address_is_a_loud_configuration_error_and_the_next_chan
     tmp_path: Path, mailbox: Mailbox
 ) -> None:
     mailbox.refuse.add("gone@support.example")
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery(
             [
                 Recipient(
@@ -304,8 +346,7 @@ async def test_a_refused_address_is_a_loud_configuration_error_and_the_next_chan
                 )
             ]
         )
-        result = await ActivityEnvironment().run(notify.deliver_step, request)
-    await ledger.close()
+        result = await deliver(request)
     assert result.delivered == ["lead"]
     assert [m["To"] for m in mailbox.received] == ["lead@support.example"]
 
@@ -327,17 +368,14 @@ async def test_a_retry_that_overlaps_a_slow_attempt_in_the_same_worker_sends_not
 ) -> None:
     """Temporal starts the retry of an attempt that outlived its timeout while that attempt
     is still running in the worker: the retry waits for it and finds its delivery."""
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, SlowSender(http))
+    async with notifier(tmp_path, SlowSender) as deliver:
         request = delivery(
             [Recipient(name="eng", channels=[Channel(type="chat", url=f"{sink.url}/eng")])]
         )
         timed_out, retry = await asyncio.gather(
-            ActivityEnvironment().run(notify.deliver_step, request),
-            ActivityEnvironment().run(notify.deliver_step, request),
+            deliver(request),
+            deliver(request),
         )
-    await ledger.close()
     assert timed_out.delivered == retry.delivered == ["eng"]
     assert [r["key"] for r in sink.received] == ["ticket-X/breach/eng"]
 
@@ -345,15 +383,12 @@ async def test_a_retry_that_overlaps_a_slow_attempt_in_the_same_worker_sends_not
 async def test_a_chat_sink_that_loses_its_answer_after_accepting_still_holds_one_message(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [chat]}))
-    )
     sink.fail_after_accept = 1  # the intake message is stored, then the answer says 500
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
+    async with policy_stack(
+        env, tmp_path, monkeypatch, targets=chats(sink, duty_engineer="engineer")
+    ) as stack:
         data = ticket()
-        handle = await open_ticket_at(stack, data, t0)
+        handle = await open_ticket_at(stack, data)
         await skipping_until(env, "the retry", lambda: len(sink.received) == 2)
         status = await status_of(handle)
     key = f"{data.workflow_id}/intake/duty-engineer"
@@ -367,17 +402,14 @@ async def test_a_mailbox_that_loses_its_answer_after_accepting_still_holds_one_m
     tmp_path: Path, mailbox: Mailbox
 ) -> None:
     mailbox.fail_after_accept = 1
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery(
             [Recipient(name="lead", channels=[Channel(type="email", to=["lead@support.example"])])]
         )
         with pytest.raises(Exception, match="451"):
-            await ActivityEnvironment().run(notify.deliver_step, request)
-        retried = await ActivityEnvironment().run(notify.deliver_step, request)
-        again = await ActivityEnvironment().run(notify.deliver_step, request)
-    await ledger.close()
+            await deliver(request)
+        retried = await deliver(request)
+        again = await deliver(request)
     assert retried.delivered == again.delivered == ["lead"]
     assert len(mailbox.received) == 2, "the retry re-sent the message the answer was lost for"
     first, second = mailbox.received
@@ -386,15 +418,12 @@ async def test_a_mailbox_that_loses_its_answer_after_accepting_still_holds_one_m
 
 
 async def test_a_replayed_activity_never_sends_again(tmp_path: Path, sink: Sink) -> None:
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery(
             [Recipient(name="eng", channels=[Channel(type="chat", url=f"{sink.url}/eng")])]
         )
-        first = await ActivityEnvironment().run(notify.deliver_step, request)
-        second = await ActivityEnvironment().run(notify.deliver_step, request)
-    await ledger.close()
+        first = await deliver(request)
+        second = await deliver(request)
     assert first.delivered == second.delivered == ["eng"]
     assert len(sink.received) == 1, "the ledger's delivery log stopped the second send"
 
@@ -410,17 +439,16 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
         {"type": "chat", "url": f"{sink.url}/engineer"},
         {"type": "email", "to": ["engineer@support.example"]},
     ]
-    policy = write_policy(
+    sink.down.add("/engineer")
+    async with policy_stack(
+        env,
         tmp_path,
+        monkeypatch,
         lambda p: p.update(delivery={"failover_after": "PT30S"}),
         targets={"duty-engineer": channels},
-    )
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
-    sink.down.add("/engineer")
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
+    ) as stack:
         data = ticket()
-        handle = await open_ticket_at(stack, data, t0)
+        handle = await open_ticket_at(stack, data)
         await skipping_until(env, "the email", lambda: mailbox.received)
         status = await status_of(handle)
         events = await skipping_until(
@@ -449,20 +477,16 @@ async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failur
         policy["targets"]["duty-engineer"]["fallback"] = "duty-manager"
         policy["delivery"] = {"failover_after": "PT20S"}
 
-    policy = write_policy(
-        tmp_path,
-        fallback,
-        targets={
-            "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
-            "duty-manager": [{"type": "chat", "url": f"{sink.url}/manager"}],
-        },
-    )
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     sink.down.add("/engineer")
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
-        t0 = await now_second(env)
+    async with policy_stack(
+        env,
+        tmp_path,
+        monkeypatch,
+        fallback,
+        targets=chats(sink, duty_engineer="engineer", duty_manager="manager"),
+    ) as stack:
         data = ticket()
-        handle = await open_ticket_at(stack, data, t0)
+        handle = await open_ticket_at(stack, data)
         await skipping_until(env, "the fallback", lambda: sink.at("/manager"))
         status = await skipping_until(
             env,
@@ -486,15 +510,12 @@ async def test_a_target_nobody_reaches_falls_over_to_its_fallback_and_the_failur
 async def test_a_4xx_is_loud_not_retried_and_the_others_are_still_notified(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    policy = write_policy(
+    async with policy_stack(
+        env,
         tmp_path,
-        targets={
-            "duty-engineer": [{"type": "chat", "url": f"{sink.url}/engineer"}],
-            "support-lead": [{"type": "chat", "url": f"{sink.url}/lead"}],
-        },
-    )
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+        monkeypatch,
+        targets=chats(sink, duty_engineer="engineer", support_lead="lead"),
+    ) as stack:
         t0 = await now_second(env)
         data = ticket()
         handle = await open_ticket_at(stack, data, t0)
@@ -518,9 +539,7 @@ async def test_a_missing_setting_falls_over_to_the_next_channel_at_once(
 ) -> None:
     monkeypatch.delenv("UNSET_HOOK", raising=False)
     monkeypatch.delenv("SUPPORT_SMTP_HOST", raising=False)
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery(
             [
                 Recipient(
@@ -533,18 +552,16 @@ async def test_a_missing_setting_falls_over_to_the_next_channel_at_once(
                 )
             ]
         )
-        result = await ActivityEnvironment().run(notify.deliver_step, request)
+        result = await deliver(request)
+        assert await deliver.ledger.was_delivered("ticket-X/breach/lead")
     assert result.delivered == ["lead"] and result.channels == {"lead": "log"}
-    assert await ledger.was_delivered("ticket-X/breach/lead")
-    await ledger.close()
 
 
 async def test_sow_notifications_say_why_and_what_happens_next(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hooks = webhooks(sink.url, ("advisory-services", "account-team"))
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets=hooks)))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    async with policy_stack(env, tmp_path, monkeypatch, targets=hooks) as stack:
         t0 = await now_second(env)
         data = ticket(category="custom_engineering")
         handle = await open_ticket_at(stack, data, t0)
@@ -596,8 +613,7 @@ async def test_mission_critical_contract_contacts_are_reached_at_intake_and_brea
             },
         ]
 
-    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, edit)))
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    async with policy_stack(env, tmp_path, monkeypatch, edit) as stack:
         t0 = await now_second(env)
         data = ticket(customer_id="example-bank", tier="mission_critical", severity="sev1")
         handle = await open_ticket_at(stack, data, t0)
@@ -672,8 +688,8 @@ async def chat_engineer_stack(
 ) -> AsyncIterator[Stack]:
     """A worker over ``ledger`` (a ledger subclass that fails on purpose, migrated here),
     with the duty engineer on chat at the sink (and ``more_targets``)."""
-    chat = {"type": "chat", "url": f"{sink.url}/engineer"}
-    targets = {"duty-engineer": [chat], **{k.replace("_", "-"): v for k, v in more_targets.items()}}
+    more = {k.replace("_", "-"): v for k, v in more_targets.items()}
+    targets = {**chats(sink, duty_engineer="engineer"), **more}
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets=targets)))
     await ledger.migrate()
     queue = f"tq-{uuid.uuid4()}"
@@ -791,15 +807,12 @@ async def test_every_http_channel_resends_the_same_message_once_after_a_lost_ans
     channel = Channel(
         type=kind, url=f"{sink.url}/{kind}", routing_key="rk" if kind == "pager" else None
     )
-    ledger = await sqlite_ledger(tmp_path / "ledger.sqlite3")
-    async with httpx.AsyncClient() as http:
-        notify = NotifyActivities(ledger, ChannelSender(http))
+    async with notifier(tmp_path) as deliver:
         request = delivery([Recipient(name="eng", channels=[channel])])
         with pytest.raises(Exception, match=f"{kind} answered 500"):
-            await ActivityEnvironment().run(notify.deliver_step, request)
-        retried = await ActivityEnvironment().run(notify.deliver_step, request)
-        again = await ActivityEnvironment().run(notify.deliver_step, request)
-    await ledger.close()
+            await deliver(request)
+        retried = await deliver(request)
+        again = await deliver(request)
     assert retried.channels == {"eng": kind} and again.delivered == ["eng"]
     first, second = sink.received
     assert first["key"] == second["key"] == "ticket-X/breach/eng"
@@ -811,11 +824,10 @@ async def test_an_ack_that_overtakes_a_retrying_page_is_sent_after_the_trigger(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pager = {"type": "pager", "url": f"{sink.url}/pager", "routing_key": "K"}
-    monkeypatch.setenv(
-        "SUPPORT_POLICY_FILE", str(write_policy(tmp_path, targets={"duty-engineer": [pager]}))
-    )
     sink.script = [503, 503]  # PagerDuty is briefly unavailable for the intake trigger
-    async with running_stack(env, tmp_path / "ledger.sqlite3") as stack:
+    async with policy_stack(
+        env, tmp_path, monkeypatch, targets={"duty-engineer": [pager]}
+    ) as stack:
         data = ticket()
         handle = await open_ticket_at(stack, data)
         await handle.signal("acknowledge", Acknowledge(agent="ana"))  # at once
