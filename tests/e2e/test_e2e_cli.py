@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,7 +106,10 @@ class Cli:
         assert done.returncode == 0, f"temporal {' '.join(args)}: {done.stderr}{done.stdout}"
         return json.loads(done.stdout) if done.stdout.strip() else None
 
-    def start_ticket(self, queue: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    def start(
+        self, queue: str, workflow_id: str, ticket_json: str, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``temporal workflow start`` of a ``SupportTicket`` with raw JSON input."""
         return self.run(
             "workflow",
             "start",
@@ -114,11 +118,19 @@ class Cli:
             "--task-queue",
             queue,
             "--workflow-id",
+            workflow_id,
+            "--input",
+            ticket_json,
+            *extra,
+        )
+
+    def start_ticket(self, queue: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.start(
+            queue,
             WORKFLOW_ID,
+            TICKET_JSON,
             "--id-reuse-policy",
             "RejectDuplicate",
-            "--input",
-            TICKET_JSON,
             "--output",
             "json",
             *extra,
@@ -126,18 +138,7 @@ class Cli:
 
     def start_raw(self, queue: str, ticket: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """A raw start of another ticket: no intake path in between."""
-        return self.run(
-            "workflow",
-            "start",
-            "--type",
-            "SupportTicket",
-            "--task-queue",
-            queue,
-            "--workflow-id",
-            f"ticket-{ticket['ticket_id']}",
-            "--input",
-            json.dumps(ticket),
-        )
+        return self.start(queue, f"ticket-{ticket['ticket_id']}", json.dumps(ticket))
 
     def status(self, workflow_id: str = WORKFLOW_ID) -> dict[str, Any] | None:
         """The ``status`` query, or None while the ticket cannot answer yet."""
@@ -155,6 +156,13 @@ class Cli:
             return None
         result = json.loads(done.stdout)["queryResult"]
         return result[0] if isinstance(result, list) else result
+
+    def status_with_step(self, step: str) -> dict[str, Any] | None:
+        """The ``status`` query once the ticket has escalated ``step``; None before."""
+        status = self.status()
+        if status and any(e["step"] == step for e in status["escalations"] or []):
+            return status
+        return None
 
     def list(self, query: str) -> list[dict[str, Any]]:
         return self.json("workflow", "list", "--query", query) or []
@@ -236,14 +244,11 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
     assert [e["execution"]["runId"] for e in executions] == [run_id]
 
     # Open, with the 20 s response target computed from the open time, intake notified.
-    def opened() -> dict[str, Any] | None:
-        status = cli.status()
-        if status and any(e["step"] == "intake" for e in status["escalations"] or []):
-            return status
-        return None
-
     status = eventually_blocking(
-        "the ticket to be open with its intake escalation", opened, 15, every=CLI_EVERY
+        "the ticket to be open with its intake escalation",
+        partial(cli.status_with_step, "intake"),
+        15,
+        every=CLI_EVERY,
     )
     assert status["ticket_id"] == TICKET_ID
     assert status["state"] == "open"
@@ -258,14 +263,11 @@ def test_ticket_lifecycle_through_cli_and_raw_json(
     assert status["next_step"] == "warning"
 
     # The warning falls due at half the target (10 s) and fires on the real clock.
-    def warned() -> dict[str, Any] | None:
-        status = cli.status()
-        if status and any(e["step"] == "warning" for e in status["escalations"] or []):
-            return status
-        return None
-
     status = eventually_blocking(
-        "the warning at 50 % of the target", warned, RESPONSE_TARGET_S, every=CLI_EVERY
+        "the warning at 50 % of the target",
+        partial(cli.status_with_step, "warning"),
+        RESPONSE_TARGET_S,
+        every=CLI_EVERY,
     )
     warning = next(e for e in status["escalations"] if e["step"] == "warning")
     assert warning["kind"] == "warning"
