@@ -16,11 +16,11 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowHistory
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -31,6 +31,8 @@ from contract.models import (
     MarkOutOfScope,
     Resolve,
     SowDecision,
+    TicketInput,
+    TicketStatus,
 )
 from harness.policy import write_policy
 from harness.sinks import serve_sink
@@ -52,9 +54,24 @@ HISTORIES = Path(__file__).with_name("histories")
 M = timedelta(minutes=1)
 
 
-async def ack_before_breach(stack: Stack) -> list[str]:
+async def open_now(
+    stack: Stack, data: TicketInput
+) -> tuple[datetime, WorkflowHandle[Any, TicketStatus]]:
+    """Open ``data`` now (to the second): that instant, and the ticket's handle."""
     t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-ack-before-breach"), t0)
+    return t0, await open_ticket_at(stack, data, t0)
+
+
+async def ack_and_resolve(handle: WorkflowHandle[Any, TicketStatus], agent: str) -> list[str]:
+    """``agent`` acknowledges and resolves the ticket; its workflow id once it closed."""
+    await handle.signal("acknowledge", Acknowledge(agent=agent))
+    await handle.signal("resolve", Resolve(by=agent))
+    await handle.result()
+    return [handle.id]
+
+
+async def ack_before_breach(stack: Stack) -> list[str]:
+    t0, handle = await open_now(stack, ticket("H-ack-before-breach"))
     await advance_to(stack.env, t0 + 35 * M)
     await handle.signal("acknowledge", Acknowledge(agent="alice", note="on it"))
     await advance_to(stack.env, t0 + 40 * M)
@@ -65,23 +82,17 @@ async def ack_before_breach(stack: Stack) -> list[str]:
 
 
 async def breach_and_repeat(stack: Stack) -> list[str]:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(
+    t0, handle = await open_now(
         stack,
         ticket("H-breach", customer_id="example-bank", tier="mission_critical", severity="sev1"),
-        t0,
     )
     await advance_to(stack.env, t0 + 26 * M)
-    await handle.signal("acknowledge", Acknowledge(agent="carol"))
-    await handle.signal("resolve", Resolve(by="carol"))
-    await handle.result()
-    return [handle.id]
+    return await ack_and_resolve(handle, "carol")
 
 
 async def severity_changes(stack: Stack) -> list[str]:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(
-        stack, ticket("H-severity", tier="mission_critical", severity="sev3"), t0
+    t0, handle = await open_now(
+        stack, ticket("H-severity", tier="mission_critical", severity="sev3")
     )
     await advance_to(stack.env, t0 + 20 * M)
     await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
@@ -105,8 +116,7 @@ async def out_of_scope_accepted(stack: Stack) -> list[str]:
 
 
 async def marked_out_of_scope_expired(stack: Stack) -> list[str]:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-sow-expired", tier="standard"), t0)
+    t0, handle = await open_now(stack, ticket("H-sow-expired", tier="standard"))
     await advance_to(stack.env, t0 + 5 * M)
     await handle.signal("mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature request"))
     await result_of(stack.env, handle)
@@ -121,24 +131,17 @@ async def community_idle(stack: Stack) -> list[str]:
 
 async def long_escalation_continued(stack: Stack) -> list[str]:
     """Runs under a policy whose history limit is tiny, so the ticket continues as new."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(
-        stack, ticket("H-long", tier="mission_critical", severity="sev1"), t0
-    )
+    t0, handle = await open_now(stack, ticket("H-long", tier="mission_critical", severity="sev1"))
     # Not on a step's instant: the time-skipping server cannot complete a continue-as-new
     # task that a signal raced ("invalid history builder state"), which a real server
     # handles by retrying the task with the signal.
     await advance_to(stack.env, t0 + 82 * M)
-    await handle.signal("acknowledge", Acknowledge(agent="frank"))
-    await handle.signal("resolve", Resolve(by="frank"))
-    await handle.result()
-    return [handle.id]
+    return await ack_and_resolve(handle, "frank")
 
 
 async def paged_ack_resolve(stack: Stack) -> list[str]:
     """The duty engineer is paged; the ack and the resolve are sent to the pager too."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-paged", severity="sev1"), t0)
+    t0, handle = await open_now(stack, ticket("H-paged", severity="sev1"))
     await advance_to(stack.env, t0 + 31 * M)
     await handle.signal("acknowledge", Acknowledge(agent="gina"))
     await advance_to(stack.env, t0 + 33 * M)
@@ -150,8 +153,7 @@ async def paged_ack_resolve(stack: Stack) -> list[str]:
 async def ack_while_delivery_pending(stack: Stack) -> list[str]:
     """The breach step's webhook is down (its delivery retries) when the ticket is
     acknowledged: the delivery is still pending at the acknowledgement."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-ack-pending"), t0)
+    t0, handle = await open_now(stack, ticket("H-ack-pending"))
     await advance_to(stack.env, t0 + 60 * M)
     await until_status(
         handle, "the breach step", lambda s: any(e.kind == "breach" for e in s.escalations)
@@ -164,8 +166,7 @@ async def ack_while_delivery_pending(stack: Stack) -> list[str]:
 
 async def customer_replies(stack: Stack) -> list[str]:
     """The customer writes while the ticket is open, and again once it is acknowledged."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-replies"), t0)
+    t0, handle = await open_now(stack, ticket("H-replies"))
     await advance_to(stack.env, t0 + 10 * M)
     await handle.signal(
         "customer_reply",
@@ -186,8 +187,7 @@ async def customer_replies(stack: Stack) -> list[str]:
 
 async def agent_updates(stack: Stack) -> list[str]:
     """The agent surfaces' path: actions as Updates, the ack stamped by the surface."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("H-updates", tier="mission_critical"), t0)
+    t0, handle = await open_now(stack, ticket("H-updates", tier="mission_critical"))
     await advance_to(stack.env, t0 + 5 * M)
     await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="triage"))
     await advance_to(stack.env, t0 + 17 * M)
