@@ -1,6 +1,7 @@
 """Fixtures of the integration tests only: ledgers on both backends (SQLite and a scratch
-PostgreSQL database) and SMTP servers on loopback. The ones the workflow or end-to-end
-tests share (the Temporal servers, the stack, the HTTP sink) are in ``tests/conftest.py``."""
+PostgreSQL database) and a check of what their triggers refuse, SMTP servers on loopback,
+and the body of a valid intake request. The ones the workflow or end-to-end tests share
+(the Temporal servers, the stack, the HTTP sink) are in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -8,15 +9,34 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy
+from sqlalchemy.exc import DBAPIError
 
 from harness.postgres import PostgresUnavailable, scratch_database
 from harness.sinks import Mailbox, smtp_settings, smtp_sink
 from ledger.store import SqlLedger
 from tests.certs import Authority
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES
+
+# --- intake -------------------------------------------------------------------------------
+
+
+def intake_body(ticket_id: str, **fields: Any) -> dict[str, Any]:
+    """The JSON of a valid intake ticket (premium: its intake step goes out on every
+    channel), ``fields`` overriding."""
+    return {
+        "ticket_id": ticket_id,
+        "customer_id": "acme",
+        "tier": "premium",
+        "severity": "sev2",
+        "subject": "Checkout API returns 500",
+        "reporter_email": "ops@acme.example",
+    } | fields
+
 
 # --- the SLA ledger on both backends ------------------------------------------------------
 
@@ -53,6 +73,15 @@ async def any_ledger(ledger_url: str) -> AsyncIterator[SqlLedger]:
     await ledger.migrate()
     yield ledger
     await ledger.close()
+
+
+async def assert_refused(ledger: SqlLedger, match: str, *statements: str) -> None:
+    """Each of ``statements`` (raw SQL) is refused by the database itself, with an error
+    matching ``match`` (a trigger, not the ledger's code)."""
+    for statement in statements:
+        with pytest.raises(DBAPIError, match=match):
+            async with ledger.engine.begin() as conn:
+                await conn.execute(sqlalchemy.text(statement))
 
 
 # --- SMTP servers on loopback (harness.sinks) ---------------------------------------------

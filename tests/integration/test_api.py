@@ -24,6 +24,7 @@ from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
 from tests.conftest import Stack, now_second
+from tests.integration.conftest import intake_body
 
 INTAKE = "intake-token-0123456789"  # acme-portal: acme and globex, up to premium
 BANK = "intake-bank-0123456789"  # bank-portal: example-bank (contracted) and anyone else
@@ -62,19 +63,10 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def body(ticket_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "ticket_id": ticket_id,
-        "customer_id": "acme",
-        "tier": "premium",
-        "severity": "sev2",
-        "subject": "Checkout API returns 500",
-        "reporter_email": "ops@acme.example",
-    } | fields
-
-
 async def opened(api: httpx.AsyncClient, ticket_id: str, **fields: Any) -> dict[str, Any]:
-    response = await api.post("/api/tickets", json=body(ticket_id, **fields), headers=auth(INTAKE))
+    response = await api.post(
+        "/api/tickets", json=intake_body(ticket_id, **fields), headers=auth(INTAKE)
+    )
     assert response.status_code == 201, response.text
     api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
     return response.json()
@@ -137,12 +129,12 @@ async def test_intake_is_idempotent_on_ticket_id_and_refuses_a_reused_id(
 ) -> None:
     ticket_id = tid()
     first = await opened(api, ticket_id)
-    again = await api.post("/api/tickets", json=body(ticket_id), headers=auth(INTAKE))
+    again = await api.post("/api/tickets", json=intake_body(ticket_id), headers=auth(INTAKE))
     assert again.status_code == 200
     assert again.json()["created"] is False
     assert again.json()["response_due_at"] == first["response_due_at"]
     other = await api.post(
-        "/api/tickets", json=body(ticket_id, customer_id="globex"), headers=auth(INTAKE)
+        "/api/tickets", json=intake_body(ticket_id, customer_id="globex"), headers=auth(INTAKE)
     )
     assert other.status_code == 409
     assert other.json() == {
@@ -166,7 +158,7 @@ async def test_invalid_intake_is_422_with_field_errors_and_starts_nothing(
     api: httpx.AsyncClient, change: dict[str, Any], field: str, message: str
 ) -> None:
     ticket_id = tid()
-    data = {k: v for k, v in (body(ticket_id) | change).items() if v is not None}
+    data = {k: v for k, v in (intake_body(ticket_id) | change).items() if v is not None}
     response = await api.post("/api/tickets", json=data, headers=auth(INTAKE))
     assert response.status_code == 422
     reply = response.json()
@@ -194,9 +186,13 @@ async def test_a_body_that_is_not_a_ticket_object_is_422(api: httpx.AsyncClient)
 
 async def test_refusals_are_401_403_404_with_a_json_body(api: httpx.AsyncClient) -> None:
     cases = [
-        (api.post("/api/tickets", json=body(tid())), 401, "unauthenticated"),
-        (api.post("/api/tickets", json=body(tid()), headers=auth("wrong-token")), 401, None),
-        (api.post("/api/tickets", json=body(tid()), headers=auth(AGENT_ANA)), 403, "forbidden"),
+        (api.post("/api/tickets", json=intake_body(tid())), 401, "unauthenticated"),
+        (api.post("/api/tickets", json=intake_body(tid()), headers=auth("wrong-token")), 401, None),
+        (
+            api.post("/api/tickets", json=intake_body(tid()), headers=auth(AGENT_ANA)),
+            403,
+            "forbidden",
+        ),
         (api.post(f"/api/tickets/{tid()}/ack", headers=auth(INTAKE)), 403, "forbidden"),
         (api.get(f"/api/tickets/{tid()}"), 401, "unauthenticated"),
         (api.get(f"/api/tickets/{tid()}", headers=auth(AGENT_ANA)), 404, "not_found"),
@@ -307,7 +303,7 @@ async def test_a_contracted_customer_claiming_another_tier_is_refused_naming_bot
     ticket_id = tid()
     response = await api.post(
         "/api/tickets",
-        json=body(ticket_id, customer_id="example-bank", tier="premium"),
+        json=intake_body(ticket_id, customer_id="example-bank", tier="premium"),
         headers=auth(BANK),
     )
     assert response.status_code == 422
@@ -325,7 +321,9 @@ async def test_a_contracted_customer_claiming_another_tier_is_refused_naming_bot
 
 async def test_an_omitted_tier_is_the_contracted_tier(api: httpx.AsyncClient) -> None:
     ticket_id = tid()
-    data = {k: v for k, v in body(ticket_id, customer_id="example-bank").items() if k != "tier"}
+    data = {
+        k: v for k, v in intake_body(ticket_id, customer_id="example-bank").items() if k != "tier"
+    }
     response = await api.post("/api/tickets", json=data, headers=auth(BANK))
     assert response.status_code == 201, response.text
     api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
@@ -346,7 +344,7 @@ async def test_a_token_asserts_at_most_its_tier_for_customers_without_a_contract
     above = tid()
     response = await api.post(
         "/api/tickets",
-        json=body(above, customer_id="initech", tier="standard"),
+        json=intake_body(above, customer_id="initech", tier="standard"),
         headers=auth(ANYONE),
     )
     assert response.status_code == 422
@@ -361,7 +359,7 @@ async def test_a_token_asserts_at_most_its_tier_for_customers_without_a_contract
     community = tid()
     response = await api.post(
         "/api/tickets",
-        json=body(community, customer_id="initech", tier="community"),
+        json=intake_body(community, customer_id="initech", tier="community"),
         headers=auth(ANYONE),
     )
     assert response.status_code == 201, response.text
@@ -369,7 +367,7 @@ async def test_a_token_asserts_at_most_its_tier_for_customers_without_a_contract
     assert (response.json()["tier"], response.json()["response_due_at"]) == ("community", None)
     # Left out, the tier of a customer without a contract is Community.
     omitted = tid()
-    data = {k: v for k, v in body(omitted, customer_id="initech").items() if k != "tier"}
+    data = {k: v for k, v in intake_body(omitted, customer_id="initech").items() if k != "tier"}
     response = await api.post("/api/tickets", json=data, headers=auth(ANYONE))
     assert (response.status_code, response.json()["tier"]) == (201, "community")
     api.stack.opened.append(f"ticket-{omitted}")  # type: ignore[attr-defined]
@@ -380,7 +378,7 @@ async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
 ) -> None:
     # A contracted customer needs a token that lists it, whatever the tier.
     bank = tid()
-    data = {k: v for k, v in body(bank, customer_id="example-bank").items() if k != "tier"}
+    data = {k: v for k, v in intake_body(bank, customer_id="example-bank").items() if k != "tier"}
     for token in (ANYONE, INTAKE):
         response = await api.post("/api/tickets", json=data, headers=auth(token))
         assert response.status_code == 403, response.text
@@ -390,7 +388,7 @@ async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
     # A token that lists its customers serves no one else.
     other = tid()
     response = await api.post(
-        "/api/tickets", json=body(other, customer_id="initech"), headers=auth(INTAKE)
+        "/api/tickets", json=intake_body(other, customer_id="initech"), headers=auth(INTAKE)
     )
     assert response.status_code == 403
     assert response.json()["message"] == (
@@ -402,7 +400,7 @@ async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
 
 async def test_an_integration_reads_only_its_customers_tickets(api: httpx.AsyncClient) -> None:
     mine = (await opened(api, tid()))["ticket_id"]  # acme, by acme-portal
-    data = {k: v for k, v in body(tid(), customer_id="example-bank").items() if k != "tier"}
+    data = {k: v for k, v in intake_body(tid(), customer_id="example-bank").items() if k != "tier"}
     response = await api.post("/api/tickets", json=data, headers=auth(BANK))
     assert response.status_code == 201, response.text
     bank = response.json()["ticket_id"]
@@ -472,7 +470,7 @@ async def test_the_default_severity_applies_when_none_is_given(
     policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev1"))
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = tid()
-    data = {k: v for k, v in body(ticket_id).items() if k != "severity"}
+    data = {k: v for k, v in intake_body(ticket_id).items() if k != "severity"}
     response = await api.post("/api/tickets", json=data, headers=auth(INTAKE))
     assert response.status_code == 201, response.text
     api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
@@ -488,7 +486,7 @@ async def test_a_broken_policy_is_503_and_starts_nothing(
     broken.write_text("version: x\ntiers: [\n")
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(broken))
     ticket_id = tid()
-    response = await api.post("/api/tickets", json=body(ticket_id), headers=auth(INTAKE))
+    response = await api.post("/api/tickets", json=intake_body(ticket_id), headers=auth(INTAKE))
     assert response.status_code == 503
     assert response.json()["error"] == "policy_unavailable"
     assert (
@@ -506,7 +504,9 @@ async def test_a_contracts_intake_channels_are_the_only_way_in(
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = tid()
-    data = {k: v for k, v in body(ticket_id, customer_id="example-bank").items() if k != "tier"}
+    data = {
+        k: v for k, v in intake_body(ticket_id, customer_id="example-bank").items() if k != "tier"
+    }
     response = await api.post("/api/tickets", json=data, headers=auth(BANK))
     assert response.status_code == 422
     assert response.json()["errors"] == [

@@ -54,6 +54,7 @@ from service.app import create_app
 from service.auth import Settings, parse_scopes
 from service.limits import MAX_REQUEST_BYTES
 from tests.conftest import ROOT, Stack, running_stack
+from tests.integration.conftest import intake_body
 
 SUPPORT = "support@support.example"
 CUSTOMER_SENDER = "dana@bank.example"  # example-bank's contract: Mission Critical
@@ -192,18 +193,6 @@ def new_id() -> str:
     return f"HI-{uuid.uuid4().hex[:12]}"
 
 
-def valid(ticket_id: str) -> dict[str, Any]:
-    """A valid intake ticket (premium: its intake step goes out on every channel)."""
-    return {
-        "ticket_id": ticket_id,
-        "customer_id": "acme",
-        "tier": "premium",
-        "severity": "sev2",
-        "subject": "Checkout API returns 500",
-        "reporter_email": "ops@acme.example",
-    }
-
-
 DROP = object()  # a change that removes the field
 RAW_ID = "HI-raw"  # the ticket id in raw rows (so that offsets in their errors are fixed)
 
@@ -219,7 +208,7 @@ def ticket_json(change: dict[str, Any] | bytes, ticket_id: str) -> tuple[bytes, 
     ticket id a start would have used)."""
     if isinstance(change, bytes):
         return change, RAW_ID
-    data = {k: v for k, v in (valid(ticket_id) | change).items() if v is not DROP}
+    data = {k: v for k, v in (intake_body(ticket_id) | change).items() if v is not DROP}
     would_be = data.get("ticket_id")
     return json.dumps(data).encode(), would_be if isinstance(would_be, str) else ticket_id
 

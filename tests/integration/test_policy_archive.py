@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import sqlalchemy
-from sqlalchemy.exc import DBAPIError
 
 from harness.policy import write_policy
 from ledger.policy_archive import (
@@ -26,6 +24,7 @@ from ledger.policy_archive import (
 from ledger.store import SqlLedger, head_revision
 from policy.load import default_policy_path
 from policy.schema import PolicyError
+from tests.integration.conftest import assert_refused
 
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")
 # Text the database must hand back byte for byte: non-ASCII, quotes, CRLF, trailing blanks.
@@ -90,13 +89,12 @@ async def test_archived_versions_cannot_be_changed_in_the_database_itself(
     any_ledger: SqlLedger,
 ) -> None:
     await any_ledger.archive_policy("v1", document_digest("a"), "a")
-    for statement in (
+    await assert_refused(
+        any_ledger,
+        "insert-only",
         "UPDATE policy_versions SET document = 'forged'",
         "DELETE FROM policy_versions",
-    ):
-        with pytest.raises(DBAPIError, match="insert-only"):
-            async with any_ledger.engine.begin() as conn:
-                await conn.execute(sqlalchemy.text(statement))
+    )
     assert await any_ledger.policy_document("v1") == "a"
 
 
