@@ -122,28 +122,31 @@ def test_consecutive_holidays_before_a_weekend_are_skipped_together():
     assert CAL.add(utc(2026, 11, 25, 22), 4 * H) == utc(2026, 11, 30, 16)
 
 
-def test_friday_ticket_across_the_autumn_dst_end_is_due_monday_10_cst():
-    # Fri 2026-10-30 16:00 CDT (21:00 UTC); DST ends Sun 2026-11-01
-    # -> Mon 2026-11-02 10:00 CST = 16:00 UTC
-    opened = utc(2026, 10, 30, 21)
-    assert opened == chicago(2026, 10, 30, 16)
+@pytest.mark.parametrize(
+    ("friday", "utc_hour", "monday", "due_utc_hour", "real_hours"),
+    [
+        # Fri 2026-10-30 16:00 CDT (21:00 UTC); DST ends Sun 2026-11-01
+        # -> Mon 2026-11-02 10:00 CST = 16:00 UTC: the weekend one real hour longer.
+        ((2026, 10, 30), 21, (2026, 11, 2), 16, 67),
+        # Fri 2027-03-12 16:00 CST (22:00 UTC); DST starts Sun 2027-03-14
+        # -> Mon 2027-03-15 10:00 CDT = 15:00 UTC: the weekend one real hour shorter.
+        ((2027, 3, 12), 22, (2027, 3, 15), 15, 65),
+    ],
+    ids=["autumn-dst-end-due-monday-10-cst", "spring-dst-start-due-monday-10-cdt"],
+)
+def test_friday_ticket_across_a_dst_change_is_due_monday_10_local(
+    friday: tuple[int, int, int],
+    utc_hour: int,
+    monday: tuple[int, int, int],
+    due_utc_hour: int,
+    real_hours: int,
+) -> None:
+    opened = utc(*friday, utc_hour)
+    assert opened == chicago(*friday, 16)
     due = CAL.add(opened, 4 * H)
-    assert due == utc(2026, 11, 2, 16)
-    assert due == chicago(2026, 11, 2, 10)
-    # The weekend was one real hour longer than usual.
-    assert due - opened == timedelta(hours=67)
-
-
-def test_friday_ticket_across_the_spring_dst_start_is_due_monday_10_cdt():
-    # Fri 2027-03-12 16:00 CST (22:00 UTC); DST starts Sun 2027-03-14
-    # -> Mon 2027-03-15 10:00 CDT = 15:00 UTC
-    opened = utc(2027, 3, 12, 22)
-    assert opened == chicago(2027, 3, 12, 16)
-    due = CAL.add(opened, 4 * H)
-    assert due == utc(2027, 3, 15, 15)
-    assert due == chicago(2027, 3, 15, 10)
-    # The weekend was one real hour shorter than usual.
-    assert due - opened == timedelta(hours=65)
+    assert due == utc(*monday, due_utc_hour)
+    assert due == chicago(*monday, 10)
+    assert due - opened == timedelta(hours=real_hours)
 
 
 def test_business_day_after_dst_change_keeps_local_opening_hours():
