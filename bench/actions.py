@@ -467,23 +467,25 @@ async def agent_acts(
     await handle.signal(signal, payload)
 
 
-async def premium_ack_before_breach(stack: Stack) -> Driven:
-    """Premium (1 h): intake, warning at 30 min, acknowledged at 35, resolved at 40."""
+async def premium_acknowledged(stack: Stack, agent: str, ack: int, resolve: int) -> Driven:
+    """A Premium ticket that ``agent`` acknowledges ``ack`` minutes after it opened and
+    resolves at ``resolve`` minutes."""
     t0 = await now_second(stack.env)
     handle = await open_now(stack, ticket(tier="premium"), t0)
-    await agent_acts(stack, handle, t0 + 35 * M, "acknowledge", Acknowledge(agent="alice"))
-    await agent_acts(stack, handle, t0 + 40 * M, "resolve", Resolve(by="alice"))
+    await agent_acts(stack, handle, t0 + ack * M, "acknowledge", Acknowledge(agent=agent))
+    await agent_acts(stack, handle, t0 + resolve * M, "resolve", Resolve(by=agent))
     return Driven([handle.id], await result_of(stack.env, handle))
+
+
+async def premium_ack_before_breach(stack: Stack) -> Driven:
+    """Premium (1 h): intake, warning at 30 min, acknowledged at 35, resolved at 40."""
+    return await premium_acknowledged(stack, "alice", ack=35, resolve=40)
 
 
 async def premium_breach_then_ack(stack: Stack) -> Driven:
     """Premium: intake, warning (30 min), final warning (45), breach (60); acknowledged at
     65 (before the first repeat at 90), resolved at 70."""
-    t0 = await now_second(stack.env)
-    handle = await open_now(stack, ticket(tier="premium"), t0)
-    await agent_acts(stack, handle, t0 + 65 * M, "acknowledge", Acknowledge(agent="bob"))
-    await agent_acts(stack, handle, t0 + 70 * M, "resolve", Resolve(by="bob"))
-    return Driven([handle.id], await result_of(stack.env, handle))
+    return await premium_acknowledged(stack, "bob", ack=65, resolve=70)
 
 
 async def out_of_scope_sow_accepted(stack: Stack) -> Driven:
