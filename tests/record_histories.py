@@ -167,18 +167,18 @@ async def ack_while_delivery_pending(stack: Stack) -> list[str]:
 async def customer_replies(stack: Stack) -> list[str]:
     """The customer writes while the ticket is open, and again once it is acknowledged."""
     t0, handle = await open_now(stack, ticket("H-replies"))
-    await advance_to(stack.env, t0 + 10 * M)
-    await handle.signal(
-        "customer_reply",
-        CustomerReply(received_at=t0 + 10 * M, subject="more logs", reference="<m1@acme.example>"),
-    )
+
+    async def reply_at(minutes: int, subject: str, reference: str) -> None:
+        """The customer's reply arrives ``minutes`` after the ticket opened."""
+        at = t0 + minutes * M
+        await advance_to(stack.env, at)
+        reply = CustomerReply(received_at=at, subject=subject, reference=reference)
+        await handle.signal("customer_reply", reply)
+
+    await reply_at(10, "more logs", "<m1@acme.example>")
     await advance_to(stack.env, t0 + 20 * M)
     await handle.signal("acknowledge", Acknowledge(agent="ivan"))
-    await advance_to(stack.env, t0 + 25 * M)
-    await handle.signal(
-        "customer_reply",
-        CustomerReply(received_at=t0 + 25 * M, subject="still down", reference="<m2@acme.example>"),
-    )
+    await reply_at(25, "still down", "<m2@acme.example>")
     await advance_to(stack.env, t0 + 30 * M)
     await handle.signal("resolve", Resolve(by="ivan"))
     await handle.result()
