@@ -58,6 +58,12 @@ EMAIL_TAGS = {
     "retriage": "Severity raised",
     "customer_reply": "Customer reply",
 }
+# A step of another target's ladder (next reply, resolution): "<Target> due soon" ...
+TARGET_HEADLINES = {
+    "warning": "SLA warning: {target} due soon",
+    "breach": "SLA BREACHED: {target} target missed",
+    "repeat": "SLA breached, {target} still missing",
+}
 PAGER_SEVERITY = {"sev1": "critical", "sev2": "error", "sev3": "warning", "sev4": "info"}
 
 
@@ -101,20 +107,32 @@ class Notification:
     def headline(self) -> str:
         r = self.request
         return (
-            f"{STEP_HEADLINES.get(r.kind, r.kind)} [{self.tier} {r.severity.value.upper()}]"
+            f"{self.what} [{self.tier} {r.severity.value.upper()}]"
             f" ticket {r.ticket_id} for customer {r.customer_id}"
         )
+
+    @property
+    def what(self) -> str:
+        r = self.request
+        if r.metric is not None and r.kind in TARGET_HEADLINES:
+            return TARGET_HEADLINES[r.kind].format(target=r.metric.value.replace("_", " "))
+        return STEP_HEADLINES.get(r.kind, r.kind)
 
     @property
     def acknowledgeable(self) -> bool:
         """Whether the message says how to acknowledge (a link, the raw signal): only to the
         vendor's responders. A customer's contact is told of the ticket and its deadline."""
-        return self.recipient.role == "responder" and self.request.kind in (
-            "intake",
-            "warning",
-            "breach",
-            "repeat",
-            "retriage",
+        return (
+            self.recipient.role == "responder"
+            and self.request.metric is None
+            and self.request.kind
+            in (
+                "intake",
+                "warning",
+                "breach",
+                "repeat",
+                "retriage",
+            )
         )
 
     @cached_property
@@ -136,8 +154,12 @@ class Notification:
 
     @property
     def due(self) -> str | None:
+        """The response deadline, for a step of the first response's ladder (another
+        target's step says its own deadline in its message)."""
         due = self.request.response_due_at
-        return when(due, self.time_zone) if due is not None else None
+        if due is None or self.request.metric is not None:
+            return None
+        return when(due, self.time_zone)
 
     def text(self) -> str:
         """Plain text shared by every channel (customer text is inert in plain text)."""
@@ -251,7 +273,7 @@ class Notification:
     def email(self, sender: str, to: list[str]) -> EmailMessage:
         r = self.request
         message = EmailMessage()
-        tag = EMAIL_TAGS.get(r.kind, r.kind)
+        tag = EMAIL_TAGS.get(r.kind, r.kind) if r.metric is None else self.what.split(":")[0]
         message["Subject"] = header_text(
             f"[{tag}] {self.tier} {r.severity.value.upper()} ticket {r.ticket_id}"
             f" ({r.customer_id}): {r.subject}"
@@ -281,9 +303,8 @@ class Notification:
             f"Subject:   {r.subject or '(none)'}",
             f"Step:      {r.step} ({r.kind})",
         ]
-        if r.response_due_at is not None:
-            local = when(r.response_due_at, self.time_zone)
-            lines.append(f"Deadline:  {local}")
+        if self.due is not None:
+            lines.append(f"Deadline:  {self.due}")
         if self.message:
             lines += ["", self.message]
         if self.acknowledgeable:

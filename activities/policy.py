@@ -38,6 +38,7 @@ class PolicyActivities:
             request.opened_at,
             request.repeats_after,
             tier=request.tier,
+            clocks=request.clocks,
         )
         activity.logger.info(
             "policy resolved",

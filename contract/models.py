@@ -251,6 +251,24 @@ class Acknowledge(Message):
     at: UtcDatetime | None = None
 
 
+class AgentReply(Message):
+    """An agent answered the customer (publicly). ``at`` as for ``Acknowledge``: when the
+    agent acted, stamped by the surface."""
+
+    agent: Name
+    summary: Note | None = None
+    at: UtcDatetime | None = None
+
+
+class AwaitCustomer(Message):
+    """The ticket waits on the customer (an answer, logs, a test): the clocks the policy
+    marks pausable stop until the customer replies. ``at`` as for ``Acknowledge``."""
+
+    by: Name
+    reason: Note
+    at: UtcDatetime | None = None
+
+
 class ChangeSeverity(Message):
     severity: Severity
     by: Name
@@ -357,6 +375,42 @@ class Recipient(Message):
         return any(c.type is ChannelKind.PAGER for r in self.chain() for c in r.channels)
 
 
+class Metric(StrEnum):
+    """An SLA target: the first response (``response_*`` fields), the next reply after
+    each customer reply, and the resolution."""
+
+    FIRST_RESPONSE = "first_response"
+    NEXT_REPLY = "next_reply"
+    RESOLUTION = "resolution"
+
+
+class TargetStatus(Message):
+    """One SLA target of the ticket, on the ticket's clock. ``due_at`` includes the time
+    paused so far; while ``paused_since`` is set the clock is stopped (nothing escalates)
+    and the deadline moves on resume. ``breached_at`` is the deadline in force when the
+    breach happened."""
+
+    metric: Metric
+    target: timedelta
+    # The n-th clock of this metric (next reply: one per customer reply answered).
+    cycle: int = 1
+    started_at: UtcDatetime
+    due_at: UtcDatetime | None = None
+    met_at: UtcDatetime | None = None
+    breached: bool = False
+    breached_at: UtcDatetime | None = None
+    pausable: bool = False
+    # Wall-clock time the clock has been stopped, and since when it is stopped now.
+    paused: timedelta = timedelta(0)
+    paused_since: UtcDatetime | None = None
+    # Business time paused, for business-hours tiers (what moves the deadline).
+    paused_business: timedelta = timedelta(0)
+
+    @property
+    def running(self) -> bool:
+        return self.met_at is None and self.paused_since is None
+
+
 class StepKind(StrEnum):
     INTAKE = "intake"
     WARNING = "warning"
@@ -371,6 +425,37 @@ class PlannedStep(Message):
     kind: StepKind
     due_at: UtcDatetime
     recipients: list[Recipient]
+
+
+class ClockRequest(Message):
+    """A target clock to plan: its start and the time it has been paused (on the ticket's
+    clock); ``repeats_after`` as for the response ladder."""
+
+    metric: Metric
+    cycle: int = 1
+    started_at: UtcDatetime
+    # Time paused so far on the ticket's clock, and a pause that just ended (its open time
+    # on the calendar is added to it).
+    paused_business: timedelta = timedelta(0)
+    pause_from: UtcDatetime | None = None
+    pause_to: UtcDatetime | None = None
+    repeats_after: UtcDatetime | None = None
+
+
+class PlannedClock(Message):
+    """A target beyond the first response, planned: its deadline and its own ladder (step
+    names ``<metric>-<cycle>-<step>``), the paused time already added."""
+
+    metric: Metric
+    cycle: int = 1
+    target: timedelta
+    pausable: bool
+    started_at: UtcDatetime
+    due_at: UtcDatetime
+    steps: list[PlannedStep]
+    more_steps: bool = False
+    # The time paused on the ticket's clock, every pause so far included.
+    paused_business: timedelta = timedelta(0)
 
 
 class SowTerms(Message):
@@ -404,6 +489,11 @@ class TicketPlan(Message):
     history_limit: int = 5000
     # A channel that keeps failing is retried this long before the next one is tried.
     failover_after: timedelta = timedelta(minutes=2)
+    # The targets beyond the first response (docs/policy.md#more-targets): those the
+    # request named, or at intake the ones that start with the ticket (resolution).
+    clocks: list[PlannedClock] = Field(default_factory=list)
+    # Whether the tier has a next-reply target (its clock starts at a customer reply).
+    next_reply_target: timedelta | None = None
 
 
 class PlanRequest(Message):
@@ -418,6 +508,9 @@ class PlanRequest(Message):
     pinned_version: str | None = None
     # The tier the ticket runs at (after the entitlement check at intake); None at intake.
     tier: Tier | None = None
+    # The target clocks to plan; None: the ones that start at intake (a new ticket, or one
+    # planned before targets existed).
+    clocks: list[ClockRequest] | None = None
 
 
 # --- notifications and the ledger --------------------------------------------------------
@@ -439,6 +532,9 @@ class StepDelivery(Message):
     subject: str
     recipients: list[Recipient]
     message: str | None = None
+    # The target whose ladder the step belongs to (None: the first response's, or no
+    # ladder's); its deadline is in ``message``.
+    metric: Metric | None = None
     # What a customer's contact (``Recipient.role == "customer"``) is told instead of
     # ``message``, which may carry the vendor's own instructions; None: ``message``.
     customer_message: str | None = None
@@ -531,6 +627,10 @@ class TicketFacts(Message):
     claimed_tier: Tier | None = None
     # The intake integration that opened the ticket (None: a raw start).
     integration: str | None = None
+    # Every SLA target beyond the first response (docs/ticket-life.md#targets), and how
+    # long the ticket waited on the customer in all.
+    targets: list[TargetStatus] = Field(default_factory=list)
+    customer_wait: timedelta = timedelta(0)
 
 
 class TicketOutcome(TicketFacts):
@@ -593,6 +693,9 @@ class TicketStatus(TicketFacts):
     acknowledged_received_at: UtcDatetime | None = None
     # The last time the ticket could not resolve its policy (it keeps its last good plan).
     policy_problem: str | None = None
+    # Set while the ticket waits on the customer (``await_customer``), with why.
+    awaiting_customer_since: UtcDatetime | None = None
+    awaiting_customer_reason: str | None = None
 
     def overrun(self, now: datetime) -> timedelta | None:
         """How far past the deadline the first response came (or is, until ``now``)."""
@@ -656,6 +759,8 @@ class TicketCarry(Message):
     paged: list[Recipient] = Field(default_factory=list)
     # Names of everyone a step has been sent to (re-triage tells only those who have not).
     notified: list[str] = Field(default_factory=list)
+    # Whether the ticket keeps target clocks (the sla-targets patch branch).
+    clocks_on: bool = False
 
 
 # Finish every model whose annotations name a class defined after it (StepDelivery names

@@ -14,7 +14,19 @@ CHANGE_SEVERITY = "change_severity"
 MARK_OUT_OF_SCOPE = "mark_out_of_scope"
 RESOLVE = "resolve"
 ADOPT_POLICY = "adopt_policy"
-ACTIONS = (ACKNOWLEDGE, CHANGE_SEVERITY, MARK_OUT_OF_SCOPE, RESOLVE, ADOPT_POLICY)
+# A public answer to the customer (meets the first response if still open, and the
+# pending next reply), and "the ticket waits on the customer" (pausable clocks stop).
+AGENT_REPLY = "agent_reply"
+AWAIT_CUSTOMER = "await_customer"
+ACTIONS = (
+    ACKNOWLEDGE,
+    CHANGE_SEVERITY,
+    MARK_OUT_OF_SCOPE,
+    RESOLVE,
+    ADOPT_POLICY,
+    AGENT_REPLY,
+    AWAIT_CUSTOMER,
+)
 # A signal only: the customer answered (mailbox, API).
 CUSTOMER_REPLY = "customer_reply"
 # The statement-of-work child's decision signal.

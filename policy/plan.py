@@ -11,6 +11,9 @@ from datetime import datetime, timedelta
 from contract.models import (
     Channel,
     ChannelKind,
+    ClockRequest,
+    Metric,
+    PlannedClock,
     PlannedStep,
     Recipient,
     Severity,
@@ -21,7 +24,7 @@ from contract.models import (
     Tier,
 )
 from policy.calendar import BusinessCalendar
-from policy.schema import REPEAT_WINDOW, Policy
+from policy.schema import REPEAT_WINDOW, ClockSpec, Policy, StepSpec
 
 
 def _first_repeat_after(
@@ -42,6 +45,95 @@ def _first_repeat_after(
     while due(n) <= after:
         n += 1
     return n
+
+
+def _ladder_steps(
+    ladder: list[StepSpec],
+    calendar: BusinessCalendar,
+    origin: datetime,
+    target: timedelta | None,
+    repeats_after: datetime | None,
+    recipients_for: Callable[[str, list[str]], list[Recipient]],
+    prefix: str = "",
+    shift: timedelta = timedelta(0),
+) -> tuple[list[PlannedStep], bool]:
+    """A ladder's steps on ``calendar`` from ``origin`` (a share of ``target`` or an offset,
+    plus ``shift``: time paused), named ``prefix`` + the step's name; repeats expanded
+    ``REPEAT_WINDOW`` at a time after ``repeats_after``. Also whether more repeats follow."""
+    steps: list[PlannedStep] = []
+    more = False
+    for step in ladder:
+        base = step.at.amount(target) + shift
+        name = prefix + step.name
+        if step.kind is StepKind.REPEAT:
+            assert step.repeat_every is not None
+            every = step.repeat_every
+
+            def due(n: int, base: timedelta = base, every: timedelta = every) -> datetime:
+                return calendar.add(origin, base + every * n)
+
+            start = _first_repeat_after(calendar, origin, base, every, repeats_after, due)
+            stop = start + REPEAT_WINDOW
+            if step.max_repeats is not None:
+                stop = min(stop, step.max_repeats + 1)
+            steps += [
+                PlannedStep(
+                    name=f"{name}-{n}",
+                    kind=step.kind,
+                    due_at=due(n),
+                    recipients=recipients_for(name, step.targets),
+                )
+                for n in range(start, stop)
+            ]
+            more = more or step.max_repeats is None or stop <= step.max_repeats
+        else:
+            steps.append(
+                PlannedStep(
+                    name=name,
+                    kind=step.kind,
+                    due_at=calendar.add(origin, base),
+                    recipients=recipients_for(name, step.targets),
+                )
+            )
+    steps.sort(key=lambda s: s.due_at)
+    return steps, more
+
+
+def _plan_clock(
+    spec: ClockSpec,
+    request: ClockRequest,
+    severity: Severity,
+    calendar: BusinessCalendar,
+    recipients_for: Callable[[str, list[str]], list[Recipient]],
+) -> PlannedClock:
+    """One target beyond the first response: its deadline ``target`` of open time after
+    its start, plus every pause (a pause that just ended counted in open time, so a
+    business-hours clock paused over a weekend moves by the business time it lost)."""
+    paused = request.paused_business
+    if request.pause_from is not None and request.pause_to is not None:
+        paused += calendar.open_time_between(request.pause_from, request.pause_to)
+    target = spec.target_for(severity)
+    steps, more = _ladder_steps(
+        spec.ladder,
+        calendar,
+        request.started_at,
+        target,
+        request.repeats_after,
+        recipients_for,
+        prefix=f"{request.metric.value}-{request.cycle}-",
+        shift=paused,
+    )
+    return PlannedClock(
+        metric=request.metric,
+        cycle=request.cycle,
+        target=target,
+        pausable=spec.pausable,
+        started_at=request.started_at,
+        due_at=calendar.add(request.started_at, target + paused),
+        steps=steps,
+        more_steps=more,
+        paused_business=paused,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,6 +186,7 @@ def resolve_plan(
     opened_at: datetime,
     repeats_after: datetime | None = None,
     tier: Tier | None = None,
+    clocks: list[ClockRequest] | None = None,
 ) -> TicketPlan:
     """Every deadline of one ticket at one severity, computed from its original open time.
 
@@ -106,6 +199,9 @@ def resolve_plan(
     ``repeats_after``, the repeats falling due after that instant (the last repeat the
     ticket already sent, whatever severity it was at then). ``more_steps`` tells the
     workflow to ask for the next window once these have fired.
+
+    ``clocks``: the targets beyond the first response to plan (each from its own start,
+    its paused time added); None plans those that start with the ticket (resolution).
     """
     entitled = entitlement(policy, ticket.customer_id, ticket.tier)
     tier_name = tier or entitled.tier
@@ -124,43 +220,14 @@ def resolve_plan(
             found += [policy.contact(c) for c in customer.contacts if step_name in c.at_steps]
         return found
 
-    steps: list[PlannedStep] = []
-    more = False
-    for step in ladder if reason is None else []:
-        if not commercial and step.kind is not StepKind.INTAKE:
-            continue
-        base = step.at.amount(target)
-        if step.kind is StepKind.REPEAT:
-            assert step.repeat_every is not None
-            every = step.repeat_every
-
-            def due(n: int, base: timedelta = base, every: timedelta = every) -> datetime:
-                return calendar.add(opened_at, base + every * n)
-
-            start = _first_repeat_after(calendar, opened_at, base, every, repeats_after, due)
-            stop = start + REPEAT_WINDOW
-            if step.max_repeats is not None:
-                stop = min(stop, step.max_repeats + 1)
-            steps += [
-                PlannedStep(
-                    name=f"{step.name}-{n}",
-                    kind=step.kind,
-                    due_at=due(n),
-                    recipients=recipients_for(step.name, step.targets),
-                )
-                for n in range(start, stop)
-            ]
-            more = more or step.max_repeats is None or stop <= step.max_repeats
-        else:
-            steps.append(
-                PlannedStep(
-                    name=step.name,
-                    kind=step.kind,
-                    due_at=calendar.add(opened_at, base),
-                    recipients=recipients_for(step.name, step.targets),
-                )
-            )
-    steps.sort(key=lambda s: s.due_at)
+    steps, more = _ladder_steps(
+        [s for s in ladder if commercial or s.kind is StepKind.INTAKE] if reason is None else [],
+        calendar,
+        opened_at,
+        target,
+        repeats_after,
+        recipients_for,
+    )
 
     sow = policy.statement_of_work
     sow_recipients = policy.recipients([t for t in sow.targets if t != "reporter"])
@@ -178,6 +245,15 @@ def resolve_plan(
                 ],
             )
         )
+    planned_clocks = [
+        _plan_clock(metric_spec, request, severity, calendar, recipients_for)
+        for request in (
+            clocks
+            if clocks is not None
+            else [ClockRequest(metric=Metric.RESOLUTION, started_at=opened_at)]
+        )
+        if commercial and (metric_spec := spec.clock(request.metric.value)) is not None
+    ]
     return TicketPlan(
         policy_version=policy.version,
         tier=tier_name,
@@ -190,6 +266,10 @@ def resolve_plan(
         response_due_at=calendar.add(opened_at, target) if commercial and target else None,
         steps=steps,
         more_steps=commercial and more,
+        clocks=planned_clocks,
+        next_reply_target=(
+            spec.next_reply.target_for(severity) if commercial and spec.next_reply else None
+        ),
         out_of_scope_reason=(
             f"category '{ticket.category}': {reason}" if reason is not None else None
         ),

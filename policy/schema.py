@@ -412,6 +412,30 @@ class SeverityRule(Spec):
     ladder: list[StepSpec] | None = None
 
 
+class ClockSpec(Spec):
+    """A target beyond the first response (``next_reply``, ``resolution``): due ``target``
+    after its clock starts, on the tier's calendar, with a ladder of its own (warning,
+    breach at share 1.0, repeats; shares are of this target). ``severities`` gives a
+    severity its own target. A ``pausable`` clock stops while the ticket waits on the
+    customer and its deadline moves by the time paused (docs/policy.md#more-targets)."""
+
+    target: timedelta = Field(gt=timedelta(0))
+    severities: dict[Severity, timedelta] = Field(default_factory=dict)
+    pausable: bool = True
+    ladder: list[StepSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _check_ladder(self.ladder, "ladder")
+        for severity, target in self.severities.items():
+            if target <= timedelta(0):
+                raise ValueError(f"severities.{severity.value}: a target must be positive")
+        return self
+
+    def target_for(self, severity: Severity) -> timedelta:
+        return self.severities.get(severity, self.target)
+
+
 class TierSpec(Spec):
     commercial_sla: bool = True
     calendar: str | None = None
@@ -420,6 +444,14 @@ class TierSpec(Spec):
     severities: dict[Severity, SeverityRule] = Field(default_factory=dict)
     # Community: close a ticket nobody touched for this long.
     idle_close_after: timedelta | None = None
+    # More targets (the first response is never paused): after each customer reply, the
+    # next agent reply is due within ``next_reply``; the ticket is resolved within
+    # ``resolution``.
+    next_reply: ClockSpec | None = None
+    resolution: ClockSpec | None = None
+
+    def clock(self, metric: str) -> ClockSpec | None:
+        return {"next_reply": self.next_reply, "resolution": self.resolution}.get(metric)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -433,6 +465,10 @@ class TierSpec(Spec):
         else:
             if self.response_target is not None:
                 raise ValueError("a tier without a commercial SLA has no response_target")
+            if self.next_reply is not None or self.resolution is not None:
+                raise ValueError(
+                    "a tier without a commercial SLA has no next_reply or resolution target"
+                )
             for i, step in enumerate(self.ladder):
                 if step.kind is not StepKind.INTAKE or step.at.offset is None:
                     raise ValueError(
@@ -553,6 +589,14 @@ class Policy(Spec):
                 (f"severities.{sev.value}.ladder", rule.ladder)
                 for sev, rule in spec.severities.items()
                 if rule.ladder
+            ]
+            ladders += [
+                (f"{metric}.ladder", clock.ladder)
+                for metric, clock in (
+                    ("next_reply", spec.next_reply),
+                    ("resolution", spec.resolution),
+                )
+                if clock is not None
             ]
             for where, ladder in ladders:
                 for i, step in enumerate(ladder):

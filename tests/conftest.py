@@ -20,9 +20,14 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.testservice.v1 import SleepRequest
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkflowExecutionRequest,
+    DescribeWorkflowExecutionResponse,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -177,15 +182,31 @@ async def sqlite_ledger(path: Path) -> SqlLedger:
     return ledger
 
 
+async def described(handle: WorkflowHandle[Any, Any]) -> DescribeWorkflowExecutionResponse:
+    """The workflow's latest run as the server describes it, undecoded: the time-skipping
+    server answers a Datetime search attribute that was unset with a null, which
+    ``handle.describe()`` cannot decode (the dev server removes it)."""
+    client = handle._client
+    return await client.workflow_service.describe_workflow_execution(
+        DescribeWorkflowExecutionRequest(
+            namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id)
+        )
+    )
+
+
+def running(raw: DescribeWorkflowExecutionResponse) -> bool:
+    return raw.workflow_execution_info.status == WorkflowExecutionStatus.RUNNING.value
+
+
 async def quiet(handle: WorkflowHandle[Any, Any]) -> bool:
     """No activity and no workflow task in flight in the workflow's latest run: the last
     signal was handled and what it started (ledger writes, a new run) has landed."""
-    raw = (await handle.describe()).raw_description
+    raw = await described(handle)
     return not raw.pending_activities and not raw.pending_workflow_task.ByteSize()
 
 
 async def closed_or_quiet(handle: WorkflowHandle[Any, Any]) -> bool:
-    if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+    if not running(await described(handle)):
         return True
     return await quiet(handle)
 
@@ -204,7 +225,7 @@ async def terminate_open(stack: Stack) -> None:
     for workflow_id in children + stack.opened:
         handle = stack.client.get_workflow_handle(workflow_id)
         try:
-            await handle.describe()
+            await described(handle)
         except RPCError:
             continue  # no such workflow (a ticket without a statement of work)
         # Terminating while an activity is in flight leaves the test server's time skipping
@@ -213,8 +234,7 @@ async def terminate_open(stack: Stack) -> None:
             await eventually(f"{workflow_id} to settle", partial(closed_or_quiet, handle))
         except HarnessError:
             pass  # terminated below all the same
-        description = await handle.describe()
-        if description.status == WorkflowExecutionStatus.RUNNING:
+        if running(await described(handle)):
             await handle.terminate(reason="test finished")
 
 

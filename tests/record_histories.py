@@ -26,6 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from contract.models import (
     Acknowledge,
+    AgentReply,
+    AwaitCustomer,
     ChangeSeverity,
     CustomerReply,
     MarkOutOfScope,
@@ -197,6 +199,52 @@ async def agent_updates(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def sla_targets(stack: Stack) -> list[str]:
+    """Next reply and resolution targets: an agent's public answer, customer replies that
+    start the next reply's clock, a wait on the customer that pauses them, a missed next
+    reply, a re-triage of the answered ticket, the resolution."""
+    t0, handle = await open_now(stack, ticket("H-targets"))
+
+    async def reply_at(hours: float, reference: str) -> None:
+        at = t0 + timedelta(hours=hours)
+        await advance_to(stack.env, at)
+        await handle.signal(
+            "customer_reply", CustomerReply(received_at=at, subject="more", reference=reference)
+        )
+
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.execute_update("agent_reply", AgentReply(agent="kim", at=t0 + 10 * M))
+    await reply_at(1, "<t1@acme.example>")
+    await advance_to(stack.env, t0 + 4 * 60 * M + 30 * M)
+    await handle.execute_update("agent_reply", AgentReply(agent="kim", summary="try this"))
+    await advance_to(stack.env, t0 + 5 * 60 * M)
+    await handle.execute_update("await_customer", AwaitCustomer(by="kim", reason="did it help?"))
+    await reply_at(8, "<t2@acme.example>")
+    await advance_to(stack.env, t0 + 12 * 60 * M + M)
+    await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="lead"))
+    await handle.execute_update("resolve", Resolve(by="kim", summary="fixed"))
+    await handle.result()
+    return [handle.id]
+
+
+TARGET_LADDER = [
+    {"name": "warning", "kind": "warning", "at": {"share": 0.75}, "targets": ["duty-engineer"]},
+    {"name": "breach", "kind": "breach", "at": {"share": 1.0}, "targets": ["support-lead"]},
+    {
+        "name": "repeat",
+        "kind": "repeat",
+        "at": {"share": 1.0},
+        "repeat_every": "PT1H",
+        "targets": ["duty-manager"],
+    },
+]
+
+
+def with_premium_targets(policy: dict[str, Any]) -> None:
+    policy["tiers"]["premium"]["next_reply"] = {"target": "PT4H", "ladder": TARGET_LADDER}
+    policy["tiers"]["premium"]["resolution"] = {"target": "P1D", "ladder": TARGET_LADDER}
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -209,6 +257,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_while_delivery_pending": ack_while_delivery_pending,
     "customer_replies": customer_replies,
     "agent_updates": agent_updates,
+    "sla_targets": sla_targets,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -219,6 +268,7 @@ POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ack_while_delivery_pending": lambda p: p["targets"]["duty-manager"].update(
         channels=[{"type": "webhook", "url_env": "RECORDING_DOWN_URL"}]
     ),
+    "sla_targets": with_premium_targets,
 }
 
 

@@ -22,6 +22,7 @@ from workflows.activity_options import (
     LEDGER_TIMEOUT,
     delivery_deadline,
 )
+from workflows.ticket import targets
 from workflows.ticket.events import Event, Record
 from workflows.ticket.patches import BATCHED_LEDGER_WRITES
 
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryFailureDetails,
         EscalationRecord,
         HistoryEntry,
+        Metric,
         PageUpdate,
         Recipient,
         SlaEvent,
@@ -68,6 +70,8 @@ class Outbox:
         self._unwritten: list[SlaEvent] = []
         # Everyone a step has been sent to (re-triage tells only those who have not heard).
         self._notified: set[str] = set()
+        # Whether the ticket keeps target clocks beyond the first response (SLA_TARGETS).
+        self._clocks_on = False
 
     def _send(
         self,
@@ -111,6 +115,7 @@ class Outbox:
         source: str,
         detail: dict[str, Any],
         record: EscalationRecord,
+        metric: Metric | None = None,
     ) -> asyncio.Task[Any]:
         """Deliver one message to ``recipients`` in the background, keyed like a step
         (``<workflow id>/<name>/<recipient>``). The delivery also writes the ledger: the
@@ -132,6 +137,7 @@ class Outbox:
             subject=self._ticket.subject,
             recipients=recipients,
             message=message,
+            metric=metric,
             time_zone=status.time_zone,
             failover_after=self._current_plan().failover_after,
             earlier_events=self._claim_unwritten(),
@@ -297,6 +303,11 @@ class Outbox:
             sa.RESPONSE_DUE_AT: status.response_due_at,
             sa.SLA_BREACHED: status.response_breached if status.commercial_sla else None,
         }
+        if self._clocks_on:
+            nearest = targets.nearest(status)
+            desired[sa.SLA_BREACHED] = targets.breached(status)
+            desired[sa.SLA_NEXT_DEADLINE] = nearest[0] if nearest else None
+            desired[sa.SLA_NEXT_METRIC] = nearest[1].value if nearest else None
         updates: list[SearchAttributeUpdate[Any]] = []
         for key, value in desired.items():
             if self._search.get(key.name) != value:
@@ -310,6 +321,7 @@ class Outbox:
         (in the background), then upsert the search attributes that changed. Transitions
         call it once the status is complete, so one change is one upsert."""
         status = self._state()
+        targets.first_response(status)
         for event in events:
             if event.logged:
                 status.history.append(

@@ -13,3 +13,6 @@ ACK_SUPERSEDES_DELIVERIES = "ack-supersedes-pending-deliveries"
 RETRIAGE_NOTIFIES = "retriage-notifies-new-responders"
 # A customer reply on an acknowledged ticket is sent to whoever acknowledged it.
 REPLY_NOTIFIES = "customer-reply-notifies"
+# Targets beyond the first response (next reply, resolution), agent replies and the pause
+# while the ticket waits on the customer.
+SLA_TARGETS = "sla-targets-next-reply-resolution-pause"

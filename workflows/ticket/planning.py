@@ -17,12 +17,14 @@ from workflows.activity_options import (
     POLICY_SCHEDULE_TIMEOUT,
     POLICY_TIMEOUT,
 )
+from workflows.ticket import targets
 from workflows.ticket.events import Event, Record, iso
 from workflows.ticket.ladder import Progress
 
 with workflow.unsafe.imports_passed_through():
     from activities.policy import PolicyActivities
     from contract.models import (
+        ClockRequest,
         PlannedStep,
         PlanRequest,
         Severity,
@@ -95,12 +97,17 @@ class Planning(Outbox):
         opened_at: datetime | None = None,
         pinned_version: str | None = None,
         tier: Tier | None = None,
+        clocks: list[ClockRequest] | None = None,
     ) -> TicketPlan | None:
         """The ticket's plan at ``severity``, under its pinned policy version (or
         ``pinned_version`` when adopting another), from its original open time. None when
         the policy cannot be resolved: the failure is recorded on the ticket and logged at
-        error level, and the caller keeps the last good plan."""
+        error level, and the caller keeps the last good plan. A ticket with target clocks
+        has them all planned again (``clocks``, default: each open one from its own start,
+        its paused time kept)."""
         status = self._status
+        if clocks is None and self._clocks_on and status is not None:
+            clocks = targets.requests(status, workflow.now())
         request = PlanRequest(
             ticket=self._ticket,
             severity=severity,
@@ -108,6 +115,7 @@ class Planning(Outbox):
             repeats_after=repeats_after,
             pinned_version=pinned_version or (status.policy_version if status else None),
             tier=tier or (status.tier if status else None),
+            clocks=clocks,
         )
         try:
             return await workflow.execute_activity_method(
@@ -176,4 +184,6 @@ class Planning(Outbox):
         status.response_due_at = plan.response_due_at
         status.time_zone = plan.time_zone
         status.policy_problem = None
+        if self._clocks_on:
+            targets.merge(status, plan.clocks)
         self._emit(*events)

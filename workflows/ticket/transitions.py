@@ -12,6 +12,7 @@ from types import MappingProxyType
 from contract.models import (
     Acknowledge,
     AdoptPolicy,
+    AgentReply,
     ChangeSeverity,
     CustomerReply,
     RejectedSignal,
@@ -32,6 +33,8 @@ ACTION_STATES: Mapping[str, tuple[TicketState, ...]] = MappingProxyType(
         "mark_out_of_scope": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
         "resolve": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
         "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "agent_reply": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "await_customer": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
     }
 )
 
@@ -287,6 +290,21 @@ def ignored(status: TicketStatus, what: str, by: str, at: datetime, n: int) -> t
         record=Record(f"ignored-{n}", kind=f"{what}_ignored", by=by, detail={"state": state}),
     )
     return event, f"cannot {what}: ticket {status.ticket_id} is {state}"
+
+
+def agent_replied(reply: AgentReply, at: datetime, n: int) -> Event:
+    return Event(
+        "agent_replied",
+        at,
+        by=reply.agent,
+        detail=reply.summary or "answered the customer",
+        record=Record(
+            f"agent-reply-{n}",
+            kind="agent_replied",
+            by=reply.agent,
+            detail={"summary": reply.summary},
+        ),
+    )
 
 
 def customer_replied(reply: CustomerReply, digest: str, at: datetime) -> Event:

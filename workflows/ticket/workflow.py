@@ -38,12 +38,17 @@ from temporalio.exceptions import (
 from temporalio.workflow import ChildWorkflowHandle
 
 from workflows.inputs import decode_input
-from workflows.ticket import ladder, metrics, transitions
+from workflows.ticket import ladder, metrics, targets, transitions
+from workflows.ticket.clocks import Clocks
 from workflows.ticket.events import Event, Record, iso
 from workflows.ticket.ladder import MOOT_ON_ACK, TERMINAL, Progress
 from workflows.ticket.outbox import current_search_attributes
-from workflows.ticket.patches import ACK_SUPERSEDES_DELIVERIES, REPLY_NOTIFIES, RETRIAGE_NOTIFIES
-from workflows.ticket.planning import Planning
+from workflows.ticket.patches import (
+    ACK_SUPERSEDES_DELIVERIES,
+    REPLY_NOTIFIES,
+    RETRIAGE_NOTIFIES,
+    SLA_TARGETS,
+)
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
@@ -52,10 +57,13 @@ with workflow.unsafe.imports_passed_through():
     from contract.models import (
         Acknowledge,
         AdoptPolicy,
+        AgentReply,
+        AwaitCustomer,
         ChangeSeverity,
         CustomerReply,
         EscalationRecord,
         MarkOutOfScope,
+        Metric,
         PlannedStep,
         Recipient,
         RejectedSignal,
@@ -92,10 +100,11 @@ class _Command:
 
 
 @workflow.defn(name=names.TICKET_WORKFLOW)
-class SupportTicket(Planning):
+class SupportTicket(Clocks):
     """The workflow: its messages, its life (``run`` and the loop) and what each command
-    does. Plan resolution is in ``Planning`` (planning.py); history, ledger, search
-    attributes and deliveries in ``Outbox`` (outbox.py)."""
+    does. Target clocks beyond the first response are in ``Clocks`` (clocks.py), plan
+    resolution in ``Planning`` (planning.py); history, ledger, search attributes and
+    deliveries in ``Outbox`` (outbox.py)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -141,6 +150,14 @@ class SupportTicket(Planning):
     @workflow.signal(name=names.CUSTOMER_REPLY)
     def customer_reply(self, reply: RawValue) -> None:
         self._receive(names.CUSTOMER_REPLY, CustomerReply, reply)
+
+    @workflow.signal(name=names.AGENT_REPLY)
+    def agent_reply(self, reply: RawValue) -> None:
+        self._receive(names.AGENT_REPLY, AgentReply, reply)
+
+    @workflow.signal(name=names.AWAIT_CUSTOMER)
+    def await_customer(self, wait: RawValue) -> None:
+        self._receive(names.AWAIT_CUSTOMER, AwaitCustomer, wait)
 
     @workflow.update(name=names.ACKNOWLEDGE)
     async def acknowledge_update(self, ack: Acknowledge) -> TicketStatus:
@@ -191,6 +208,34 @@ class SupportTicket(Planning):
                 f"cannot adopt_policy: ticket {self._status.ticket_id} already runs under"
                 f" policy {adopt.version}"
             )
+
+    @workflow.update(name=names.AGENT_REPLY)
+    async def agent_reply_update(self, reply: AgentReply) -> TicketStatus:
+        return await self._act(names.AGENT_REPLY, reply)
+
+    @agent_reply_update.validator
+    def _validate_agent_reply(self, reply: AgentReply) -> None:
+        self._check_action(names.AGENT_REPLY)
+
+    @workflow.update(name=names.AWAIT_CUSTOMER)
+    async def await_customer_update(self, wait: AwaitCustomer) -> TicketStatus:
+        return await self._act(names.AWAIT_CUSTOMER, wait)
+
+    @await_customer_update.validator
+    def _validate_await_customer(self, wait: AwaitCustomer) -> None:
+        self._check_action(names.AWAIT_CUSTOMER)
+        refusal = self._waiting_refusal()
+        if refusal:
+            raise ValueError(refusal)
+
+    def _waiting_refusal(self) -> str | None:
+        status = self._status
+        if status is None or status.awaiting_customer_since is None:
+            return None
+        return (
+            f"cannot await_customer: ticket {status.ticket_id} waits on the customer since"
+            f" {status.awaiting_customer_since.isoformat()}"
+        )
 
     def _check_action(self, action: str) -> None:
         """Refuse an update whose action cannot apply to the ticket as it stands (a ticket
@@ -272,6 +317,7 @@ class SupportTicket(Planning):
                     f" ({plan.entitlement})",
                 )
             )
+        self._start_clocks(plan)
         self._apply_plan(plan)
         metrics.ticket_opened(plan.tier.value, plan.severity.value)
         opened = Record(
@@ -330,6 +376,8 @@ class SupportTicket(Planning):
                     continue
                 if await self._extend_ladder():
                     continue
+            if await self._run_clocks(now):
+                continue
             history_full = self._history_full()
             if history_full:
                 self._background = [task for task in self._background if not task.done()]
@@ -389,6 +437,7 @@ class SupportTicket(Planning):
             counters=self._counters,
             paged=self._paged,
             notified=sorted(self._notified),
+            clocks_on=self._clocks_on,
         )
         workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
 
@@ -408,6 +457,7 @@ class SupportTicket(Planning):
         self._revision, self._counters = carry.revision, dict(carry.counters)
         self._paged = list(carry.paged)
         self._notified = set(carry.notified)
+        self._clocks_on = carry.clocks_on
         self._search = current_search_attributes()
         self._emit(
             Event(
@@ -418,13 +468,19 @@ class SupportTicket(Planning):
         )
 
     def _next_wake(self) -> datetime | None:
-        return ladder.next_wake(
-            self._state(), self._pending_steps(), self._idle_close_at(), self._plan_retry_at
-        )
+        wakes = [
+            ladder.next_wake(
+                self._state(), self._pending_steps(), self._idle_close_at(), self._plan_retry_at
+            ),
+            self._clock_wake(),
+        ]
+        return min((w for w in wakes if w is not None), default=None)
 
     def _refresh_next_step(self) -> None:
         status = self._state()
         pending = self._pending_steps() if status.state is TicketState.OPEN else []
+        pending += [step for _, step in self._pending_clock_steps()]
+        pending.sort(key=lambda s: s.due_at)
         status.next_step = pending[0].name if pending else None
         status.next_step_due_at = pending[0].due_at if pending else None
 
@@ -470,8 +526,12 @@ class SupportTicket(Planning):
             case AdoptPolicy():
                 return await self._on_adopt_policy(payload, at)
             case CustomerReply():
-                self._on_customer_reply(payload, at)
+                await self._on_customer_reply(payload, at)
                 return None
+            case AgentReply():
+                return self._on_agent_reply(payload, at)
+            case AwaitCustomer():
+                return self._on_await_customer(payload, at)
             case RejectedSignal():
                 self._emit(transitions.rejected(payload, at, self._next("rejected")))
                 return None
@@ -541,6 +601,19 @@ class SupportTicket(Planning):
                 self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
                 return f"cannot change_severity: {problem}"
             self._apply_plan(plan)
+        elif any(t.met_at is None for t in targets.clocks_of(status)):
+            # An answered ticket's open clocks (next reply, resolution) take the new
+            # severity's targets, each from its own start, its paused time kept.
+            plan = await self._resolve(change.severity, repeats_after=self._progress.repeat_horizon)
+            if plan is None:
+                problem = status.policy_problem or "the policy could not be resolved"
+                self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
+                return f"cannot change_severity: {problem}"
+            keep = {
+                "response_due_at": status.response_due_at,
+                "response_target": status.response_target,
+            }
+            self._apply_plan(plan.model_copy(update=keep))
         self._emit(transitions.severity_changed(status, change, before, at, n))
         if ladder.rank(change.severity) < ladder.rank(before):
             self._tell_new_responders(before, change, at)
@@ -573,7 +646,9 @@ class SupportTicket(Planning):
         if status.state is not TicketState.ACKNOWLEDGED:
             return self._ignored(names.RESOLVE, resolve.by, received)
         at = transitions.acted_at(resolve.at, received, status.opened_at)
-        self._emit(transitions.resolve(status, resolve, at))
+        targets.stop_waiting(status, at)
+        met = targets.met(status, {Metric.NEXT_REPLY, Metric.RESOLUTION}, at, resolve.by)
+        self._emit(transitions.resolve(status, resolve, at), *met)
         self._update_pages("resolve", resolve.by)
         return None
 
@@ -614,7 +689,7 @@ class SupportTicket(Planning):
         self._emit(transitions.policy_adopted(status, adopt, before, due_before, at, n))
         return None
 
-    def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
+    async def _on_customer_reply(self, reply: CustomerReply, at: datetime) -> None:
         # Keyed by the message's reference: the same reply delivered twice is one event.
         digest = hashlib.sha256(reply.reference.encode()).hexdigest()[:16]
         if digest in self._replies:
@@ -622,6 +697,37 @@ class SupportTicket(Planning):
         self._replies.add(digest)
         self._emit(transitions.customer_replied(reply, digest, at))
         self._tell_of_reply(reply, digest, at)
+        if self._clocks_on or self._state().awaiting_customer_since is not None:
+            received = transitions.acted_at(reply.received_at, at, self._state().opened_at)
+            await self._customer_answered(received)
+
+    def _on_agent_reply(self, reply: AgentReply, received: datetime) -> str | None:
+        """A public answer to the customer: the first response if the ticket is still open
+        (it acknowledges it), and the next reply the customer waits for."""
+        status = self._state()
+        if status.state not in targets.LIVE or not workflow.patched(SLA_TARGETS):
+            return self._ignored(names.AGENT_REPLY, reply.agent, received)
+        at = transitions.acted_at(reply.at, received, status.opened_at)
+        if status.state is TicketState.OPEN:
+            ack = Acknowledge(agent=reply.agent, note="answered the customer", at=reply.at)
+            self._on_acknowledge(ack, received)
+        n = self._next("agent-reply")
+        met = targets.met(status, {Metric.NEXT_REPLY}, at, reply.agent)
+        self._emit(transitions.agent_replied(reply, at, n), *met)
+        return None
+
+    def _on_await_customer(self, wait: AwaitCustomer, at: datetime) -> str | None:
+        """The ticket waits on the customer: its pausable clocks stop until the customer
+        replies (the first response never pauses)."""
+        status = self._state()
+        if status.state not in targets.LIVE or not workflow.patched(SLA_TARGETS):
+            return self._ignored(names.AWAIT_CUSTOMER, wait.by, at)
+        refusal = self._waiting_refusal()
+        if refusal:
+            return refusal
+        at = transitions.acted_at(wait.at, at, status.opened_at)
+        self._emit(targets.pause(status, wait.by, wait.reason, at, self._next("await")))
+        return None
 
     def _tell_of_reply(self, reply: CustomerReply, digest: str, at: datetime) -> None:
         """A reply reaches people: on an acknowledged ticket, whoever acknowledged it (a
