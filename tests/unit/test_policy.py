@@ -924,6 +924,21 @@ def test_the_production_example_policy_is_valid_and_uses_every_channel():
     assert all(c.at_steps == ["intake", "breach"] for c in bank.contacts)
 
 
+def test_the_production_example_sets_next_reply_and_resolution_on_every_commercial_tier():
+    policy = load_policy(ROOT / "examples" / "policy.production.yaml")
+    for tier in (Tier.STANDARD, Tier.PREMIUM, Tier.MISSION_CRITICAL):
+        spec = policy.tiers[tier]
+        assert spec.next_reply is not None and spec.resolution is not None, tier
+    assert policy.tiers[Tier.COMMUNITY].resolution is None
+    plan = resolve_plan(policy, ticket(Tier.MISSION_CRITICAL), Severity.SEV1, T0)
+    assert [(c.metric.value, c.due_at - T0) for c in plan.clocks] == [
+        ("resolution", timedelta(hours=4))
+    ]
+    assert plan.next_reply_target == timedelta(minutes=30)
+    default = load_policy(default_policy_path())
+    assert all(t.next_reply is None and t.resolution is None for t in default.tiers.values())
+
+
 def test_missing_channel_settings_are_listed_for_the_worker_to_warn_about():
     policy = load_policy(ROOT / "examples" / "policy.production.yaml")
     everything = {
