@@ -77,3 +77,41 @@ def webhooks(base_url: str, names: Iterable[str], path: str | None = None) -> di
     """``targets=`` for a sink: each target one webhook, at ``<base_url>/<target>`` (or all
     at ``<base_url>/<path>``)."""
     return {name: [{"type": "webhook", "url": f"{base_url}/{path or name}"}] for name in names}
+
+
+# A ladder for the targets beyond the first response (docs/policy.md#more-targets): a
+# warning at 75 %, the breach, then a repeat every hour.
+TARGET_LADDER: list[dict[str, Any]] = [
+    {"name": "warning", "kind": "warning", "at": {"share": 0.75}, "targets": ["duty-engineer"]},
+    {"name": "breach", "kind": "breach", "at": {"share": 1.0}, "targets": ["support-lead"]},
+    {
+        "name": "repeat",
+        "kind": "repeat",
+        "at": {"share": 1.0},
+        "repeat_every": "PT1H",
+        "targets": ["duty-manager"],
+    },
+]
+
+
+def with_targets(
+    tier: str,
+    next_reply: str | None = None,
+    resolution: str | None = None,
+    ladder: list[dict[str, Any]] | None = None,
+    open_every_weekday: bool = True,
+) -> Edit:
+    """An edit giving ``tier`` a ``next_reply`` and/or ``resolution`` target (ISO 8601
+    durations) with ``ladder`` (default ``TARGET_LADDER``); by default the business
+    calendar keeps no holidays or closures, so instants in tests depend on weekdays only."""
+
+    def edit(policy: dict[str, Any]) -> None:
+        spec = policy["tiers"][tier]
+        for metric, target in (("next_reply", next_reply), ("resolution", resolution)):
+            if target:
+                spec[metric] = {"target": target, "ladder": copy.deepcopy(ladder or TARGET_LADDER)}
+        if open_every_weekday:
+            hours = policy["calendars"]["us-business-hours"]
+            hours["holidays"], hours["closures"] = [], []
+
+    return edit

@@ -36,7 +36,7 @@ from contract.models import (
     TicketInput,
     TicketStatus,
 )
-from harness.policy import write_policy
+from harness.policy import Edit, with_targets, write_policy
 from harness.sinks import serve_sink
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
@@ -227,24 +227,6 @@ async def sla_targets(stack: Stack) -> list[str]:
     return [handle.id]
 
 
-TARGET_LADDER = [
-    {"name": "warning", "kind": "warning", "at": {"share": 0.75}, "targets": ["duty-engineer"]},
-    {"name": "breach", "kind": "breach", "at": {"share": 1.0}, "targets": ["support-lead"]},
-    {
-        "name": "repeat",
-        "kind": "repeat",
-        "at": {"share": 1.0},
-        "repeat_every": "PT1H",
-        "targets": ["duty-manager"],
-    },
-]
-
-
-def with_premium_targets(policy: dict[str, Any]) -> None:
-    policy["tiers"]["premium"]["next_reply"] = {"target": "PT4H", "ladder": TARGET_LADDER}
-    policy["tiers"]["premium"]["resolution"] = {"target": "P1D", "ladder": TARGET_LADDER}
-
-
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -260,7 +242,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "sla_targets": sla_targets,
 }
 # Paths recorded under a policy changed by the given edit.
-POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+POLICY_EDITS: dict[str, Edit] = {
     "long_escalation_continued": lambda p: p.update(limits={"continue_as_new_after_events": 60}),
     "paged_ack_resolve": lambda p: p["targets"]["duty-engineer"].update(
         channels=[{"type": "pager", "url_env": "RECORDING_PAGER_URL", "routing_key": "rk"}]
@@ -268,7 +250,9 @@ POLICY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ack_while_delivery_pending": lambda p: p["targets"]["duty-manager"].update(
         channels=[{"type": "webhook", "url_env": "RECORDING_DOWN_URL"}]
     ),
-    "sla_targets": with_premium_targets,
+    "sla_targets": with_targets(
+        "premium", next_reply="PT4H", resolution="P1D", open_every_weekday=False
+    ),
 }
 
 

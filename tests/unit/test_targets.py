@@ -17,7 +17,7 @@ from contract.models import (
     TicketInput,
     TicketState,
 )
-from harness.policy import policy_text
+from harness.policy import TARGET_LADDER, policy_text, with_targets
 from policy.load import parse_policy
 from policy.plan import resolve_plan
 from policy.schema import PolicyError
@@ -27,25 +27,17 @@ from workflows.ticket import targets
 H = timedelta(hours=1)
 CHICAGO = ZoneInfo("America/Chicago")
 LADDER = [
-    {"name": "warning", "kind": "warning", "at": {"share": 0.5}, "targets": ["duty-engineer"]},
-    {"name": "breach", "kind": "breach", "at": {"share": 1.0}, "targets": ["support-lead"]},
-    {
-        "name": "repeat",
-        "kind": "repeat",
-        "at": {"share": 1.0},
-        "repeat_every": "PT2H",
-        "max_repeats": 2,
-        "targets": ["duty-manager"],
-    },
+    *TARGET_LADDER[:2],
+    {**TARGET_LADDER[2], "repeat_every": "PT2H", "max_repeats": 2},
 ]
+LADDER[0] = {**LADDER[0], "at": {"share": 0.5}}
 
 
 def policy_with(tier: str, **clocks: dict[str, Any]) -> Any:
     def edit(policy: dict[str, Any]) -> None:
+        with_targets(tier)(policy)
         for metric, spec in clocks.items():
             policy["tiers"][tier][metric] = {"ladder": LADDER, **spec}
-        hours = policy["calendars"]["us-business-hours"]
-        hours["holidays"], hours["closures"] = [], []
 
     return parse_policy(policy_text(edit), "policy.yaml")
 

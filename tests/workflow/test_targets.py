@@ -25,7 +25,7 @@ from contract.models import (
     TicketState,
     TicketStatus,
 )
-from harness.policy import write_policy
+from harness.policy import with_targets, write_policy
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
@@ -41,31 +41,6 @@ from tests.workflow.fakes import FakeActivities
 
 H, M = timedelta(hours=1), timedelta(minutes=1)
 CHICAGO = ZoneInfo("America/Chicago")
-
-LADDER = [
-    {"name": "warning", "kind": "warning", "at": {"share": 0.75}, "targets": ["duty-engineer"]},
-    {"name": "breach", "kind": "breach", "at": {"share": 1.0}, "targets": ["support-lead"]},
-    {
-        "name": "repeat",
-        "kind": "repeat",
-        "at": {"share": 1.0},
-        "repeat_every": "PT1H",
-        "targets": ["duty-manager"],
-    },
-]
-
-
-def with_targets(tier: str, next_reply: str | None, resolution: str | None) -> Any:
-    def edit(policy: dict[str, Any]) -> None:
-        spec = policy["tiers"][tier]
-        if next_reply:
-            spec["next_reply"] = {"target": next_reply, "ladder": LADDER}
-        if resolution:
-            spec["resolution"] = {"target": resolution, "ladder": LADDER}
-        hours = policy["calendars"]["us-business-hours"]
-        hours["holidays"], hours["closures"] = [], []
-
-    return edit
 
 
 def target(status: TicketStatus, metric: Metric, cycle: int = 1) -> TargetStatus:

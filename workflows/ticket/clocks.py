@@ -13,8 +13,8 @@ from datetime import datetime
 from temporalio import workflow
 
 from workflows.activity_options import POLICY_RETRY_AFTER
-from workflows.ticket import ladder, targets
-from workflows.ticket.events import Event, Record
+from workflows.ticket import ladder, targets, transitions
+from workflows.ticket.events import Event
 from workflows.ticket.patches import SLA_TARGETS
 from workflows.ticket.planning import Planning
 
@@ -81,19 +81,7 @@ class Clocks(Planning):
         self._progress.fired.add(step.name)
         metric = clock.metric.value
         if superseded:
-            self._emit(
-                Event(
-                    "step_superseded",
-                    now,
-                    detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
-                    " a later step of its ladder is due",
-                    record=Record(
-                        f"superseded/{step.due_at.isoformat()}/{step.name}",
-                        kind="step_superseded",
-                        detail={"step": step.name, "due_at": step.due_at.isoformat()},
-                    ),
-                )
-            )
+            self._emit(transitions.superseded(step, now))
             return
         status = self._state()
         record = EscalationRecord(

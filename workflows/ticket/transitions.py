@@ -15,6 +15,7 @@ from contract.models import (
     AgentReply,
     ChangeSeverity,
     CustomerReply,
+    PlannedStep,
     RejectedSignal,
     Resolve,
     Severity,
@@ -290,6 +291,21 @@ def ignored(status: TicketStatus, what: str, by: str, at: datetime, n: int) -> t
         record=Record(f"ignored-{n}", kind=f"{what}_ignored", by=by, detail={"state": state}),
     )
     return event, f"cannot {what}: ticket {status.ticket_id} is {state}"
+
+
+def superseded(step: PlannedStep, now: datetime) -> Event:
+    """A due step recorded, not sent: a later step of its ladder is due at the same time."""
+    return Event(
+        "step_superseded",
+        now,
+        detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
+        " a later step of the ladder is due",
+        record=Record(
+            f"superseded/{step.due_at.isoformat()}/{step.name}",
+            kind="step_superseded",
+            detail={"step": step.name, "due_at": step.due_at.isoformat()},
+        ),
+    )
 
 
 def agent_replied(reply: AgentReply, at: datetime, n: int) -> Event:

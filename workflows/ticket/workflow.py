@@ -782,19 +782,7 @@ class SupportTicket(Clocks):
                 self._fire(step, now)
                 continue
             self._progress.done(step)
-            self._emit(
-                Event(
-                    "step_superseded",
-                    now,
-                    detail=f"step {step.name} (due {step.due_at.isoformat()}) not sent:"
-                    " a later step of the ladder is due",
-                    record=Record(
-                        f"superseded/{step.due_at.isoformat()}/{step.name}",
-                        kind="step_superseded",
-                        detail={"step": step.name, "due_at": step.due_at.isoformat()},
-                    ),
-                )
-            )
+            self._emit(transitions.superseded(step, now))
 
     def _fire(self, step: PlannedStep, now: datetime) -> None:
         status = self._state()
