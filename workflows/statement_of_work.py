@@ -88,9 +88,10 @@ class StatementOfWork:
             '--input \'{"decision": "accepted", "by": "<you>", "reference": "<SOW id>"}\''
             f' (or "declined"). Without a decision it expires on {expires}.',
             customer_message=(
-                f"Your request is outside the scope of {tier} support, so it will not be"
-                " handled as a support ticket. Our advisory services and your account team"
-                " will contact you about a statement of work or an advisory engagement."
+                f"Your request is outside the scope of {tier} support ({sow.reason}), so it"
+                " will not be handled as a support ticket. Our advisory services and your"
+                " account team will contact you about a statement of work or an advisory"
+                " engagement."
             ),
         )
         decided = await self._wait_for_decision(sow.terms.remind_after)
