@@ -53,6 +53,7 @@ from tests.conftest import (
     terminate_open,
     ticket,
 )
+from tests.unit.tickets import delivery
 from worker import WORKFLOW_RUNNER, build_worker
 from workflows import ALL_WORKFLOWS
 
@@ -659,22 +660,6 @@ def test_pager_severity_follows_ours() -> None:
             "k",
         )
         assert message.pagerduty_event("R")["payload"]["severity"] == theirs
-
-
-def delivery(recipients: list[Recipient]) -> StepDelivery:
-    return StepDelivery(
-        workflow_id="ticket-X",
-        ticket_id="X",
-        customer_id="acme",
-        tier="premium",
-        severity="sev1",
-        step="breach",
-        kind="breach",
-        due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
-        response_due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
-        subject="s",
-        recipients=recipients,
-    )
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -22,13 +22,14 @@ import structlog
 from temporalio.testing import WorkflowEnvironment
 
 from activities.channels import ChannelSender, Notification
-from contract.models import Channel, Recipient, StepDelivery
+from contract.models import Channel, Recipient
 from harness.processes import clean_env, service_process
 from harness.serve import serve
 from runtime.links import AckLinks
 from runtime.logs import REDACTED, configure_logging, redact
 from service.app import create_app
 from service.auth import Settings
+from tests.unit.tickets import delivery
 
 SECRET = f"k1:{secrets.token_urlsafe(32)}"
 AGENT = "agent-ana-" + secrets.token_hex(12)
@@ -122,29 +123,15 @@ async def test_the_access_log_is_redacted_whoever_configures_uvicorns_logging(
         access.handlers[:], access.level, access.propagate, access.filters[:] = before
 
 
-def acknowledgeable(ticket_id: str) -> StepDelivery:
-    return StepDelivery(
-        workflow_id=f"ticket-{ticket_id}",
-        ticket_id=ticket_id,
-        customer_id="acme",
-        tier="premium",
-        severity="sev1",
-        step="breach",
-        kind="breach",
-        due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
-        response_due_at=datetime(2026, 11, 26, 12, tzinfo=UTC),
-        subject="s",
-        recipients=[],
-    )
-
-
 async def test_the_log_channel_writes_no_acknowledge_link(
     root_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SUPPORT_LINK_SECRET", SECRET)
     monkeypatch.setenv("SUPPORT_PUBLIC_URL", "https://support.example")
     recipient = Recipient(name="duty-engineer", channels=[Channel(type="log")])
-    message = Notification.of(acknowledgeable("LOG-1"), recipient, "k")
+    message = Notification.of(
+        delivery(ticket_id="LOG-1", workflow_id="ticket-LOG-1"), recipient, "k"
+    )
     link = message.ack_link
     assert link is not None and "/board/ack/" in link  # the other channels carry it
     token = link.rsplit("/", 1)[1]

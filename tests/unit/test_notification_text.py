@@ -9,22 +9,20 @@ from datetime import UTC, datetime
 import pytest
 
 from activities.channels import Notification
-from contract.models import Channel, ChannelKind, Recipient, StepDelivery
+from contract.models import Channel, ChannelKind, Recipient
 from runtime.links import LINK_SECRET_ENV, ReplyTokens
+from tests.unit.tickets import delivery
 
 SECRET = "k1:" + "3f9c1a7e5b2d4c6a8e0f1b3d5c7a9e2f4b6d8c0a"
-REQUEST = StepDelivery(
+REQUEST = delivery(
     workflow_id="sow-T-9",
     ticket_id="T-9",
-    customer_id="acme",
-    tier="premium",
     severity="sev3",
     step="opened",
     kind="sow",
     due_at=datetime(2026, 12, 1, 9, tzinfo=UTC),
     response_due_at=None,
     subject="Build us a connector",
-    recipients=[],
     message="Record the decision with: temporal workflow signal --name sow_decision",
     customer_message="Your request is outside the scope of Premium support.",
 )

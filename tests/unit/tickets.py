@@ -1,10 +1,11 @@
-"""One builder of a ticket's status for the unit tests of the ticket's pure rules."""
+"""The builders of the tests of the ticket's pure rules and its messages: a ticket's status
+and one step's delivery."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from contract.models import Severity, TicketState, TicketStatus, Tier
+from contract.models import Recipient, Severity, StepDelivery, TicketState, TicketStatus, Tier
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 DUE = T0 + timedelta(hours=1)
@@ -22,3 +23,23 @@ def ticket(**changes: object) -> TicketStatus:
         opened_at=T0,
         response_due_at=DUE,
     ).model_copy(update=changes)
+
+
+def delivery(recipients: list[Recipient] | None = None, **changes: object) -> StepDelivery:
+    """The breach step of ticket X (Premium sev1, due 2026-11-26 12:00 UTC) to
+    ``recipients``, with ``changes`` (validated as the model's fields)."""
+    due = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    fields: dict[str, object] = {
+        "workflow_id": "ticket-X",
+        "ticket_id": "X",
+        "customer_id": "acme",
+        "tier": Tier.PREMIUM,
+        "severity": Severity.SEV1,
+        "step": "breach",
+        "kind": "breach",
+        "due_at": due,
+        "response_due_at": due,
+        "subject": "s",
+        "recipients": recipients or [],
+    }
+    return StepDelivery.model_validate({**fields, **changes})
