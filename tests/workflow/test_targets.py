@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from contract import search_attributes as sa
 from contract.models import (
@@ -26,6 +27,7 @@ from contract.models import (
     TicketStatus,
 )
 from harness.policy import with_targets, write_policy
+from harness.processes import eventually
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
@@ -307,3 +309,50 @@ async def test_tickets_under_a_policy_without_more_targets_behave_as_before(stac
     assert attributes.get(sa.SLA_NEXT_DEADLINE) is None
     await handle.execute_update("resolve", Resolve(by="alice"))
     await handle.result()
+
+
+async def test_a_resolution_clock_survives_continue_as_new_without_repeating_a_step(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def edit(policy: dict[str, Any]) -> None:
+        with_targets("premium", resolution="PT4H")(policy)
+        policy["limits"] = {"continue_as_new_after_events": 60}
+
+    monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, edit)))
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    first_run = (await handle.describe()).run_id
+    await advance_to(stack.env, t0 + 5 * M)
+    await handle.execute_update("acknowledge", {"agent": "alice"})
+    await advance_to(stack.env, t0 + 20 * H + M)
+    status = await status_of(handle)
+    assert (await handle.describe()).run_id != first_run, "continued as new"
+    fired = [e.step for e in status.escalations if e.step.startswith("resolution")]
+    assert fired == [
+        "resolution-1-warning",
+        "resolution-1-breach",
+        *[f"resolution-1-repeat-{n}" for n in range(1, 17)],
+    ]
+    assert target(status, Metric.RESOLUTION).breached_at == t0 + 4 * H
+    await handle.execute_update("resolve", Resolve(by="alice", at=t0 + 20 * H + M))
+    done = await handle.result()
+    assert target(done, Metric.RESOLUTION).met_at == t0 + 20 * H + M
+
+
+@pytest.mark.usefixtures("premium")
+async def test_the_new_actions_are_refused_once_the_ticket_left_the_sla_path(stack: Stack) -> None:
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    await handle.execute_update("mark_out_of_scope", {"by": "alice", "reason": "a feature"})
+    child = stack.client.get_workflow_handle(f"sow-{handle.id.removeprefix('ticket-')}")
+    await eventually(f"{child.id} to start", child.describe, every=0.02, ignoring=RPCError)
+    for name, payload in (
+        ("agent_reply", AgentReply(agent="bob")),
+        ("await_customer", AwaitCustomer(by="bob", reason="r")),
+    ):
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(name, payload)
+        assert f"cannot {name}: ticket" in str(refused.value.cause), name
+    status = await status_of(handle)
+    assert status.awaiting_customer_since is None
+    assert all(t.met_at is None for t in status.targets if t.metric is Metric.RESOLUTION)
