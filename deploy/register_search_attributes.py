@@ -2,8 +2,8 @@
 
 Creates the namespace when it does not exist (retention ``SUPPORT_NAMESPACE_RETENTION_DAYS``,
 default 30), then registers the contract's search attributes from
-``contract/search_attributes.py``: SupportTier, SupportSeverity, TicketState, CustomerId
-(Keyword), ResponseDueAt (Datetime), SlaBreached (Bool).
+``contract/search_attributes.py``: SupportTier, SupportSeverity, TicketState, CustomerId,
+SlaNextMetric (Keyword), ResponseDueAt, SlaNextDeadline (Datetime), SlaBreached (Bool).
 
 Idempotent: what exists already is left alone, so it runs on every ``docker compose up``.
 An attribute that exists with another type is an error: the workflow's upserts would fail.
