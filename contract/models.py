@@ -265,7 +265,7 @@ class AwaitCustomer(Message):
     marks pausable stop until the customer replies. ``at`` as for ``Acknowledge``."""
 
     by: Name
-    reason: Note
+    reason: Annotated[Note, StringConstraints(min_length=1)]
     at: UtcDatetime | None = None
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import StringConstraints, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -26,6 +26,8 @@ from contract import names
 from contract import search_attributes as sa
 from contract.models import (
     Acknowledge,
+    AgentReply,
+    AwaitCustomer,
     ChangeSeverity,
     MarkOutOfScope,
     Message,
@@ -247,11 +249,14 @@ ACTIONS = {
     "severity": names.CHANGE_SEVERITY,
     "out-of-scope": names.MARK_OUT_OF_SCOPE,
     "resolve": names.RESOLVE,
+    "reply": names.AGENT_REPLY,
+    "wait": names.AWAIT_CUSTOMER,
 }
 
 
 def received_now() -> datetime:
-    """The instant an agent's action is received: stamped on acknowledge and resolve."""
+    """The instant an agent's action is received: stamped on acknowledge, resolve, reply
+    and wait."""
     return datetime.now(UTC)
 
 
@@ -295,7 +300,13 @@ class AckBody(Message):
 
 
 class ResolveBody(Message):
+    """A resolution's, or a reply's, optional summary."""
+
     summary: Note | None = None
+
+
+class WaitBody(Message):
+    reason: Annotated[Note, StringConstraints(min_length=1)]
 
 
 router = APIRouter(prefix="/api")
@@ -372,6 +383,30 @@ async def post_out_of_scope(
 ) -> JSONResponse:
     mark = _model(MarkOutOfScope, {**data, "by": who}, "out-of-scope mark")
     return await _act(request, ticket_id, "out-of-scope", mark)
+
+
+@router.post("/tickets/{ticket_id}/reply")
+async def post_reply(
+    request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
+) -> JSONResponse:
+    """The agent answered the customer: the first response if the ticket is still open,
+    and the pending next reply (docs/ticket-life.md#targets)."""
+    at = received_now()
+    body = _model(ResolveBody, data, "reply")
+    reply = AgentReply(agent=who, summary=body.summary, at=at)
+    return await _act(request, ticket_id, "reply", reply)
+
+
+@router.post("/tickets/{ticket_id}/wait")
+async def post_wait(
+    request: Request, ticket_id: str, who: Annotated[str, Depends(agent)], data: Body_
+) -> JSONResponse:
+    """The ticket waits on the customer (``reason``): its pausable clocks stop until the
+    customer replies."""
+    at = received_now()
+    body = _model(WaitBody, data, "wait")
+    wait = AwaitCustomer(by=who, reason=body.reason, at=at)
+    return await _act(request, ticket_id, "wait", wait)
 
 
 @router.post("/tickets/{ticket_id}/resolve")

@@ -558,3 +558,37 @@ def test_token_settings_name_the_variable_and_entry() -> None:
     }
     with pytest.raises(TokenConfigError, match="V: entry 2 must be name:token"):
         parse_tokens("V", "web:abcdefghijklmnop,short:123")
+
+
+async def test_reply_and_wait_answer_with_the_status_after_them(api: httpx.AsyncClient) -> None:
+    ticket_id = tid()
+    await opened(api, ticket_id)
+    await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    before = datetime.now(UTC)
+    reply = await api.post(
+        f"/api/tickets/{ticket_id}/reply", json={"summary": "on it"}, headers=auth(AGENT_ANA)
+    )
+    assert reply.status_code == 200, reply.text
+    status = reply.json()
+    # An agent's public answer on an open ticket is its first response, at receipt.
+    assert (status["state"], status["acknowledged_by"]) == ("acknowledged", "ana")
+    assert before <= datetime.fromisoformat(status["acknowledged_at"]) <= datetime.now(UTC)
+    assert [t["metric"] for t in status["targets"]] == ["first_response"]
+    assert status["targets"][0]["met_at"] == status["acknowledged_at"]
+    wait = await api.post(
+        f"/api/tickets/{ticket_id}/wait", json={"reason": "logs?"}, headers=auth(AGENT_BOB)
+    )
+    assert wait.status_code == 200, wait.text
+    assert wait.json()["awaiting_customer_reason"] == "logs?"
+    assert wait.json()["awaiting_customer_since"] is not None
+    again = await api.post(
+        f"/api/tickets/{ticket_id}/wait", json={"reason": "again"}, headers=auth(AGENT_ANA)
+    )
+    assert again.status_code == 409
+    assert "waits on the customer since" in again.json()["message"]
+    for body, field in (({}, "reason"), ({"reason": ""}, "reason"), ({"at": "x"}, "at")):
+        bad = await api.post(f"/api/tickets/{ticket_id}/wait", json=body, headers=auth(AGENT_ANA))
+        assert bad.status_code == 422, (body, bad.text)
+        assert field in [e["field"] for e in bad.json()["errors"]], bad.json()
+    anonymous = await api.post(f"/api/tickets/{ticket_id}/reply", json={})
+    assert anonymous.status_code == 401
