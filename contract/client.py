@@ -33,8 +33,6 @@ from contract import search_attributes as sa
 from contract.models import (
     TICKET_ID_PATTERN,
     TICKET_WORKFLOW_PREFIX,
-    Acknowledge,
-    Resolve,
     Severity,
     TicketState,
     TicketStatus,
@@ -532,13 +530,3 @@ async def _not_running(client: Client, ticket_id: str, action: str) -> TicketErr
     state = description.typed_search_attributes.get(sa.TICKET_STATE)
     execution = (description.status or WorkflowExecutionStatus.COMPLETED).name.lower()
     return TicketClosed(ticket_id, state, execution, action)
-
-
-async def send_acknowledge(client: Client, ticket_id: str, ack: Acknowledge) -> ActionResult:
-    """``acknowledge`` through ``apply_action``."""
-    return await apply_action(client, ticket_id, names.ACKNOWLEDGE, ack)
-
-
-async def send_resolve(client: Client, ticket_id: str, resolve: Resolve) -> ActionResult:
-    """``resolve`` through ``apply_action``."""
-    return await apply_action(client, ticket_id, names.RESOLVE, resolve)

@@ -1,10 +1,13 @@
-"""Ops CLI: list, inspect, acknowledge, resolve and watch support tickets.
+"""Ops CLI: list, inspect, acknowledge, reply to, set waiting, resolve and watch support
+tickets.
 
     python -m ops list [--state S] [--tier T] [--severity S] [--breached | --not-breached]
                        [--customer C] [--limit N] [--json]
     python -m ops show TICKET_ID [--json]
     python -m ops ack TICKET_ID [--agent NAME] [--note TEXT] [--json]
     python -m ops resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
+    python -m ops reply TICKET_ID [--agent NAME] [--summary TEXT] [--json]
+    python -m ops wait TICKET_ID --reason TEXT [--agent NAME] [--json]
     python -m ops watch [filters] [--interval SECONDS] [--iterations N]
     python -m ops replay [--limit N] [--json]
     python -m ops policy diff FILE [--limit N] [--json]
@@ -15,7 +18,7 @@
 
 Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists come
 from visibility (search attributes), sorted by time to breach; ``show`` reads the ticket's
-``status``; ``ack`` and ``resolve`` act through the ticket's update and print the status
+``status``; ``ack``, ``resolve``, ``reply`` and ``wait`` act through the ticket's update and print the status
 after it. ``policy`` commands also read the SLA ledger's policy archive (``--ledger-url``,
 default ``SUPPORT_LEDGER_URL``; docs/policy-versions.md). Exit codes: 0 done, 2 bad
 arguments or an invalid policy file, 1 no such ticket, ticket closed, an action refused, or
@@ -39,6 +42,8 @@ from contract.client import MAX_LIMIT, InvalidArgument, TicketError, check_custo
 from contract.models import (
     Acknowledge,
     AdoptPolicy,
+    AgentReply,
+    AwaitCustomer,
     Resolve,
     Severity,
     TicketState,
@@ -124,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--agent", metavar="NAME", help=f"who resolves (default ${AGENT_ENV})")
     resolve.add_argument("--summary", metavar="TEXT")
     resolve.add_argument("--json", action="store_true")
+
+    reply = sub.add_parser(
+        "reply", help="the agent answered the customer (first response, next reply)"
+    )
+    reply.add_argument("ticket_id", metavar="TICKET_ID", type=ticket_id)
+    reply.add_argument("--agent", metavar="NAME", help=f"who replied (default ${AGENT_ENV})")
+    reply.add_argument("--summary", metavar="TEXT")
+    reply.add_argument("--json", action="store_true")
+
+    wait = sub.add_parser(
+        "wait", help="the ticket waits on the customer (its pausable clocks stop)"
+    )
+    wait.add_argument("ticket_id", metavar="TICKET_ID", type=ticket_id)
+    wait.add_argument("--reason", metavar="TEXT", required=True, help="what the customer owes")
+    wait.add_argument("--agent", metavar="NAME", help=f"who says so (default ${AGENT_ENV})")
+    wait.add_argument("--json", action="store_true")
 
     watch = sub.add_parser("watch", help="a live table of running tickets and countdowns")
     _add_filters(watch)
@@ -239,6 +260,10 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("--iterations: must be at least 1")
 
 
+# The commands that act on a ticket through its update.
+ACTING = ("ack", "resolve", "reply", "wait")
+
+
 def _signal_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BaseModel:
     """The action's payload, checked before anything is contacted; ack and resolve are
     stamped with the instant the agent acted (now), which counts even if no worker is up."""
@@ -253,9 +278,14 @@ def _signal_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     try:
         if adopting:
             return AdoptPolicy(version=args.version, by=agent, reason=args.reason)
+        now = datetime.now(UTC)
         if args.command == "ack":
-            return Acknowledge(agent=agent, note=args.note, at=datetime.now(UTC))
-        return Resolve(by=agent, summary=args.summary, at=datetime.now(UTC))
+            return Acknowledge(agent=agent, note=args.note, at=now)
+        if args.command == "reply":
+            return AgentReply(agent=agent, summary=args.summary, at=now)
+        if args.command == "wait":
+            return AwaitCustomer(by=agent, reason=args.reason, at=now)
+        return Resolve(by=agent, summary=args.summary, at=now)
     except ValidationError as err:
         flags = {
             "agent": flag,
@@ -306,7 +336,10 @@ def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_numbers(parser, args)
-    acting = args.command in ("ack", "resolve") or getattr(args, "policy_command", "") == "adopt"
+    acting = (
+        args.command in ("ack", "resolve", "reply", "wait")
+        or getattr(args, "policy_command", "") == "adopt"
+    )
     payload = _signal_payload(parser, args) if acting else None
     try:
         return asyncio.run(run(args, payload, out))

@@ -161,6 +161,8 @@ def status_view(status: TicketStatus, execution: str, now: datetime) -> Group:
         row("breached", Text(f"yes {breached_at}".rstrip(), style="bold red"))
     else:
         row("breached", "no")
+    for line in target_lines(status):
+        row(*line)
     if status.next_step is not None:
         row("next step", f"{status.next_step} at {local_and_utc(status.next_step_due_at, zone)}")
     else:
@@ -205,6 +207,30 @@ def status_view(status: TicketStatus, execution: str, now: datetime) -> Group:
     return Group(*parts)
 
 
+def target_lines(status: TicketStatus) -> list[tuple[str, str]]:
+    """The targets beyond the first response (next reply, resolution) and a wait on the
+    customer, one ``(label, value)`` each (docs/ticket-life.md#targets)."""
+    zone = status.time_zone
+    rows: list[tuple[str, str]] = []
+    for t in status.targets:
+        if t.metric.value == "first_response":
+            continue
+        due = local_and_utc(t.due_at, zone) if t.due_at else "-"
+        if t.met_at is not None:
+            state = f"met {local_and_utc(t.met_at, zone)}" + (" (late)" if t.breached else "")
+        elif t.paused_since is not None:
+            state = "paused"
+        else:
+            state = "breached" if t.breached else "running"
+        paused = f", paused {duration(t.paused)}" if t.paused else ""
+        label = t.metric.value.replace("_", " ") + (f" {t.cycle}" if t.cycle > 1 else "")
+        rows.append((label, f"due {due}: {state}{paused}"))
+    if status.awaiting_customer_since is not None:
+        since = local_and_utc(status.awaiting_customer_since, zone)
+        rows.append(("waiting on customer", f"since {since}: {status.awaiting_customer_reason}"))
+    return rows
+
+
 def status_lines(status: TicketStatus) -> list[str]:
     """The part of a ticket's status an action changes, one ``label  value`` line each."""
     zone = status.time_zone
@@ -224,6 +250,7 @@ def status_lines(status: TicketStatus) -> list[str]:
         rows.append(
             ("resolved", f"{local_and_utc(status.resolved_at, zone)} by {status.resolved_by}")
         )
+    rows += target_lines(status)
     rows.append(("policy", _value(status.policy_version)))
     width = max(len(label) for label, _ in rows) + 2
     return [f"{label.ljust(width)}{value}" for label, value in rows]

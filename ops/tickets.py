@@ -17,15 +17,19 @@ from temporalio.client import Client
 from contract import names
 from contract.client import (
     UPDATE_WAIT,
-    ActionResult,
     TicketNotFound,
     TicketSummary,
+    apply_action,
     list_tickets,
-    send_acknowledge,
-    send_resolve,
     ticket_details,
 )
-from contract.models import Acknowledge, Resolve, ticket_workflow_id
+from contract.models import (
+    Acknowledge,
+    AgentReply,
+    AwaitCustomer,
+    Resolve,
+    ticket_workflow_id,
+)
 from ops.common import EXIT_OK
 from ops.output import print_json, status_lines, status_view, tickets_table, utc
 from runtime.console import emit, make_console
@@ -69,20 +73,24 @@ async def show_command(client: Client, args: argparse.Namespace, out: TextIO) ->
     return EXIT_OK
 
 
+# The CLI's acting commands' payloads -> the update (and signal) each one is.
+ACTION_OF: dict[type[BaseModel], str] = {
+    Acknowledge: names.ACKNOWLEDGE,
+    Resolve: names.RESOLVE,
+    AgentReply: names.AGENT_REPLY,
+    AwaitCustomer: names.AWAIT_CUSTOMER,
+}
+
+
 async def signal_command(
     client: Client, args: argparse.Namespace, payload: BaseModel, out: TextIO
 ) -> int:
-    """``ack`` / ``resolve`` through the ticket's update: the status after the action, or
-    "queued" when no worker answered (Temporal keeps it as a signal; the stamped ``at``
-    counts when a worker applies it)."""
-    result: ActionResult
-    if isinstance(payload, Acknowledge):
-        result = await send_acknowledge(client, args.ticket_id, payload)
-        name, who = names.ACKNOWLEDGE, payload.agent
-    else:
-        assert isinstance(payload, Resolve)
-        result = await send_resolve(client, args.ticket_id, payload)
-        name, who = names.RESOLVE, payload.by
+    """``ack`` / ``resolve`` / ``reply`` / ``wait`` through the ticket's update: the status
+    after the action, or "queued" when no worker answered (Temporal keeps it as a signal;
+    the stamped ``at`` counts when a worker applies it)."""
+    name = ACTION_OF[type(payload)]
+    result = await apply_action(client, args.ticket_id, name, payload)
+    who = getattr(payload, "agent", None) or getattr(payload, "by", "")
     workflow_id = ticket_workflow_id(args.ticket_id)
     if args.json:
         print_json(

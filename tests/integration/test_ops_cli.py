@@ -883,3 +883,37 @@ async def test_policy_adopt_all_open_moves_every_running_ticket_not_already_on_i
     assert again.stdout.splitlines()[-1] == (
         f"policy {version}: 0 moved, 0 queued, 0 refused, 0 failed, {len(outcomes)} already on it"
     )
+
+
+async def test_reply_and_wait_act_through_the_update_and_show_lists_the_wait(
+    tickets: Tickets, run_ops: Ops
+) -> None:
+    ticket_id = f"OPS-W-{tickets.run}"
+    data = ticket(ticket_id, customer_id=f"hooli-{tickets.run}")
+    assert (await open_ticket(tickets.client, data, tickets.queue)).created
+    handle = tickets.client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+    await eventually("planned", lambda: ticket_status(tickets.client, ticket_id))
+    reply = await run_ops.process("reply", ticket_id, "--agent", "alice", "--summary", "hi")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout.splitlines()[0] == (
+        f"agent_reply applied to ticket {ticket_id} (workflow ticket-{ticket_id}) as alice"
+    )
+    assert "acknowledged" in reply.stdout, "the reply was the first response"
+    wait = await run_ops.process(
+        "wait", ticket_id, "--reason", "need logs", "--json", SUPPORT_AGENT="bob"
+    )
+    assert wait.returncode == 0, wait.stderr
+    answer = json.loads(wait.stdout)
+    assert (answer["action"], answer["payload"]["by"], answer["payload"]["reason"]) == (
+        "await_customer",
+        "bob",
+        "need logs",
+    )
+    assert answer["status"]["awaiting_customer_reason"] == "need logs"
+    again = await run_ops.process("wait", ticket_id, "--reason", "x", "--agent", "bob")
+    assert again.returncode == 1 and "waits on the customer since" in again.stderr
+    shown = await run_ops.inline("show", ticket_id)
+    assert header_of(shown.stdout)["waiting on customer"].endswith(": need logs")
+    await handle.signal("resolve", Resolve(by="test"))
+    no_reason = await run_ops.process("wait", ticket_id, "--agent", "bob")
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
