@@ -16,15 +16,14 @@ tickets.
     python -m ops policy archive [FILE]
     python -m ops policy versions [--json]
 
-Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists come
-from visibility (search attributes), sorted by time to breach; ``show`` reads the ticket's
-``status``; ``ack``, ``resolve``, ``reply`` and ``wait`` act through the ticket's update and print the status
-after it. ``policy`` commands also read the SLA ledger's policy archive (``--ledger-url``,
-default ``SUPPORT_LEDGER_URL``; docs/policy-versions.md). Exit codes: 0 done, 2 bad
-arguments or an invalid policy file, 1 no such ticket, ticket closed, an action refused, or
-Temporal or the ledger unreachable (one line on stderr); ``policy diff``: 3 when a ticket
-would change (or could not be compared).
-"""
+Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists
+come from visibility (search attributes), sorted by time to breach; ``show`` reads the
+ticket's ``status``; ``ack``, ``resolve``, ``reply`` and ``wait`` act through the ticket's
+update and print the status after it. ``policy`` commands also read the SLA ledger's policy
+archive (``--ledger-url``, default ``SUPPORT_LEDGER_URL``; docs/policy-versions.md). Exit
+codes: 0 done, 2 bad arguments or an invalid policy file, 1 no such ticket, ticket closed,
+an action refused, or Temporal or the ledger unreachable (one line on stderr); ``policy
+diff``: 3 when a ticket would change (or could not be compared)."""
 
 from __future__ import annotations
 
