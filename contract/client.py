@@ -94,6 +94,10 @@ class TicketSummary(BaseModel):
     response_due_at: datetime | None = None
     # None when the tier has no commercial SLA (Community) or before the plan is applied.
     breached: bool | None = None
+    # A ticket with next-reply or resolution targets: its nearest running deadline and
+    # that target (docs/ticket-life.md#targets); None on other tickets.
+    next_deadline: datetime | None = None
+    next_metric: str | None = None
     # The workflow's start time. A ticket opened retroactively (intake's ``opened_at``) was
     # opened earlier: its ``status`` has the ticket's own open time.
     opened_at: datetime
@@ -106,6 +110,18 @@ class TicketSummary(BaseModel):
         return (
             not self.closed and self.state is TicketState.OPEN and self.response_due_at is not None
         )
+
+    @property
+    def deadline(self) -> tuple[datetime, str] | None:
+        """The nearest deadline that runs, with its target: ``next_deadline`` on a ticket
+        with more targets, else the response deadline while the ticket is open."""
+        if self.closed:
+            return None
+        if self.next_deadline is not None:
+            return self.next_deadline, self.next_metric or "first_response"
+        if self.state is TicketState.OPEN and self.response_due_at is not None:
+            return self.response_due_at, "first_response"
+        return None
 
     def time_to_breach(self, now: datetime) -> timedelta | None:
         """Time left until the response deadline (negative once past), while the clock runs."""
@@ -208,6 +224,8 @@ def summary_of(execution: WorkflowExecution) -> TicketSummary:
         state=_enum_or_none(TicketState, attributes.get(sa.TICKET_STATE)),
         response_due_at=attributes.get(sa.RESPONSE_DUE_AT),
         breached=attributes.get(sa.SLA_BREACHED),
+        next_deadline=attributes.get(sa.SLA_NEXT_DEADLINE),
+        next_metric=attributes.get(sa.SLA_NEXT_METRIC),
         opened_at=execution.start_time,
         closed=status is not WorkflowExecutionStatus.RUNNING,
         execution_status=status.name.lower(),
@@ -285,15 +303,15 @@ def board_queries() -> tuple[str, str]:
 
 
 def board_order(tickets: list[TicketSummary]) -> list[TicketSummary]:
-    """The board's order: open tickets whose clock runs, soonest (or longest overdue)
-    deadline first; then open tickets without a deadline, oldest first; then acknowledged
-    ones by deadline, oldest first."""
+    """The board's order: tickets with a deadline that runs (the response while open; the
+    nearest of a ticket's targets), soonest (or longest overdue) first; then open tickets
+    without a deadline, oldest first; then acknowledged ones by deadline, oldest first."""
 
     def key(ticket: TicketSummary) -> tuple[int, float, float, str]:
         due = ticket.response_due_at.timestamp() if ticket.response_due_at else float("inf")
         opened = ticket.opened_at.timestamp()
-        if ticket.state is TicketState.OPEN and ticket.response_due_at is not None:
-            return (0, due, opened, ticket.ticket_id)
+        if ticket.deadline is not None:
+            return (0, ticket.deadline[0].timestamp(), opened, ticket.ticket_id)
         if ticket.state is TicketState.OPEN:
             return (1, opened, 0.0, ticket.ticket_id)
         return (2, due, opened, ticket.ticket_id)

@@ -26,11 +26,19 @@ import structlog
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from temporalio.service import RPCError
 
 from contract import client as visibility
 from contract.labels import SEVERITY_LABELS, TIER_LABELS
-from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
+from contract.models import (
+    Acknowledge,
+    AgentReply,
+    AwaitCustomer,
+    Resolve,
+    TicketState,
+    TicketStatus,
+)
 from intake.core import (
     WEB_FORM,
     Held,
@@ -593,13 +601,33 @@ async def board(
             "csrf": csrf_token(request, agent),
             "notice": notice,
             "tiers": TIER_LABELS,
+            "metrics": METRIC_LABELS,
         },
     )
 
 
+# What the board says an action did.
+BOARD_DONE = {
+    "ack": "Acknowledged",
+    "resolve": "Resolved",
+    "reply": "Replied to the customer on",
+    "wait": "Waiting on the customer:",
+}
+# How the board names a target (docs/ticket-life.md#targets).
+METRIC_LABELS = {
+    "first_response": "first response",
+    "next_reply": "next reply",
+    "resolution": "resolution",
+}
+
+
 @router.post("/board/tickets/{ticket_id}/{action}", response_model=None)
 async def board_action(
-    request: Request, ticket_id: str, action: str, csrf: Annotated[str, Form()] = ""
+    request: Request,
+    ticket_id: str,
+    action: str,
+    csrf: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
 ) -> Response:
     agent = await current_agent(request)
     if agent is None:
@@ -607,15 +635,24 @@ async def board_action(
     if not csrf_ok(request, csrf):
         raise ApiError(403, "forbidden", "the form has expired; reload the board")
     at = received_now()
+    payload: Acknowledge | Resolve | AgentReply | AwaitCustomer
     if action == "ack":
-        payload: Acknowledge | Resolve = Acknowledge(agent=agent, note="from the board", at=at)
+        payload = Acknowledge(agent=agent, note="from the board", at=at)
     elif action == "resolve":
         payload = Resolve(by=agent, summary="resolved from the board", at=at)
+    elif action == "reply":
+        payload = AgentReply(agent=agent, summary="replied from the board", at=at)
+    elif action == "wait":
+        try:
+            payload = AwaitCustomer(by=agent, reason=reason.strip(), at=at)
+        except ValidationError:
+            notice = "Say what the customer owes (the reason) to set a ticket waiting."
+            return RedirectResponse(f"/board?notice={quote(notice)}", status_code=303)
     else:
         raise ApiError(404, "not_found", f"no action {action!r}")
     try:
         code, _ = await act(request.app.state.client, ticket_id, action, payload)
-        done = "Acknowledged" if action == "ack" else "Resolved"
+        done = BOARD_DONE[action]
         notice = f"{done} {ticket_id}."
         if code == 202:
             notice = (

@@ -24,8 +24,8 @@ from playwright.async_api import Browser, Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 import service.api
-from contract.models import TicketState, TicketStatus
-from harness.policy import write_policy
+from contract.models import AgentReply, CustomerReply, Resolve, TicketState, TicketStatus
+from harness.policy import with_targets, write_policy
 from harness.processes import eventually, free_port
 from harness.serve import serve
 from harness.sinks import Mailbox
@@ -547,3 +547,46 @@ async def test_the_form_says_it_cannot_open_tickets_while_the_policy_is_broken(
     assert 'value="Payments API down"' in response.text
     with pytest.raises(Exception, match="not found"):
         await web.stack.client.get_workflow_handle(f"ticket-W-{data['form_id'][:16]}").describe()
+
+
+async def test_the_board_shows_the_nearest_deadline_with_its_target_and_sets_a_wait(
+    web: Web, page: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, with_targets("premium", next_reply="PT4H", resolution="P1D"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = await open_via_api(web)
+    handle = handle_of(web, ticket_id)
+    await handle.execute_update("agent_reply", AgentReply(agent="ana"))
+    replied = datetime.now(UTC).replace(microsecond=0)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=replied, subject="still broken", reference=f"<{ticket_id}>"),
+    )
+    status = await status_once(
+        web, ticket_id, lambda s: any(t.metric.value == "next_reply" for t in s.targets)
+    )
+    due = next(t.due_at for t in status.targets if t.metric.value == "next_reply")
+    assert due == replied + timedelta(hours=4)
+
+    await sign_in(page, web, "ana")
+
+    async def with_next_reply() -> Any:
+        row = await row_on_board(page, web, ticket_id)
+        if await row.locator(".deadline .metric").text_content() == "next reply":
+            return row
+        await page.goto(f"{web.url}/board")
+        return None
+
+    row = await eventually("the next reply on the board", with_next_reply, 15, every=0.2)
+    assert await row.locator(".deadline time").get_attribute("datetime") == due.isoformat()
+    countdown = await row.locator(".countdown").text_content() or ""
+    assert re.fullmatch(r"3:5\d:\d\d", countdown), countdown
+    await shot(page, "board-next-reply")
+
+    await row.locator("input.reason").fill("the logs")
+    await row.locator("button.wait").click()
+    await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
+    assert await page.text_content("#notice") == f"Waiting on the customer: {ticket_id}."
+    waiting = await status_once(web, ticket_id, lambda s: s.awaiting_customer_since is not None)
+    assert (waiting.awaiting_customer_reason, waiting.acknowledged_by) == ("the logs", "ana")
+    await handle.execute_update("resolve", Resolve(by="ana"))
