@@ -22,7 +22,7 @@ from matplotlib.ticker import PercentFormatter
 
 from contract.labels import TIER_LABELS
 from contract.models import Tier
-from ledger.report import Report
+from ledger.report import TARGET_METRICS, TIER_ORDER, Report
 
 TIER_COLOURS = {
     Tier.MISSION_CRITICAL: "#b2182b",
@@ -134,4 +134,63 @@ def acknowledge_figure(report: Report) -> Figure:
     axes.set_ylim(bottom=0)
     axes.set_ylabel(f"time to acknowledge ({unit}, wall clock)")
     axes.grid(axis="y", color="#dddddd")
+    return figure
+
+
+def targets_chart(report: Report) -> str:
+    """Next reply and resolution: attainment per tier (bars) and the business time to
+    meet each (box plots), as SVG."""
+    with rc_context(STYLE):
+        return _svg(targets_figure(report), "sla-report-targets")
+
+
+def targets_figure(report: Report) -> Figure:
+    figure = Figure(figsize=(8, 3.4), layout="constrained")
+    bars, boxes = figure.subplots(1, 2)
+    metrics = [m for m in TARGET_METRICS if any(t.metric is m for t in report.targets)]
+    tiers = [tier for tier in TIER_ORDER if any(t.tier is tier for t in report.targets)]
+    width = 0.8 / max(len(tiers), 1)
+    for i, tier in enumerate(tiers):
+        values = [
+            next(
+                (
+                    t.attainment
+                    for t in report.targets
+                    if (t.tier, t.metric) == (tier, m) and t.attainment is not None
+                ),
+                math.nan,
+            )
+            for m in metrics
+        ]
+        positions = [j + (i - (len(tiers) - 1) / 2) * width for j in range(len(metrics))]
+        bars.bar(positions, values, width, color=TIER_COLOURS[tier], label=TIER_LABELS[tier])
+    bars.set_xticks(range(len(metrics)), [m.value.replace("_", " ") for m in metrics])
+    bars.set_ylim(0, 105)
+    bars.yaxis.set_major_formatter(PercentFormatter(100))
+    bars.set_ylabel("target met")
+    bars.grid(axis="y", color="#dddddd")
+    series = [
+        (f"{m.value.replace('_', ' ')}\n{TIER_LABELS[tier]}", times, tier)
+        for m in metrics
+        for tier, times in report.target_times_business.get(m, {}).items()
+        if times
+    ]
+    if series:
+        longest = max(max(times) for _, times, _ in series)
+        unit, size = ("hours", 3600) if longest.total_seconds() > 3 * 3600 else ("minutes", 60)
+        per_box = [[t.total_seconds() / size for t in times] for _, times, _ in series]
+        drawn: dict[str, Any] = boxes.boxplot(
+            per_box, showfliers=False, widths=0.5, medianprops={"color": "#000"}
+        )
+        for box, (_, _, tier) in zip(drawn["boxes"], series, strict=True):
+            box.set_color(TIER_COLOURS[tier])
+        boxes.set_xticks(range(1, len(series) + 1), [label for label, _, _ in series])
+        boxes.tick_params(axis="x", labelsize=7)
+        boxes.set_ylim(bottom=0)
+        boxes.set_ylabel(f"time to meet ({unit}, business)")
+        boxes.grid(axis="y", color="#dddddd")
+    else:
+        boxes.set_axis_off()
+        boxes.text(0.5, 0.5, "none met yet", ha="center", va="center", color="#555555")
+    figure.legend(loc="outside right upper", frameon=False)
     return figure

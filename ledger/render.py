@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from contract.text import span
-from ledger.report import Figures, Report, Row
+from ledger.report import Figures, Report, Row, TargetFigures, WaitFigures
 
 CSV_COLUMNS = (
     "scope",
@@ -202,7 +202,54 @@ def report_record(report: Report) -> dict[str, Any]:
             },
         },
         "notes": list(report.notes),
+        # Only when some ticket has them (a report of first responses only is unchanged).
+        **({"targets": [target_record(t) for t in report.targets]} if report.targets else {}),
+        **({"customer_wait": [wait_record(w) for w in report.waits]} if report.waits else {}),
     }
+
+
+def wait_record(w: WaitFigures) -> dict[str, Any]:
+    return {
+        "tier": w.tier.value,
+        "tickets": w.tickets,
+        "total_seconds": seconds(w.total),
+        "total_business_seconds": seconds(w.business_total),
+        "p50_seconds": seconds(w.p50),
+    }
+
+
+def target_record(t: TargetFigures) -> dict[str, Any]:
+    return {
+        "tier": t.tier.value,
+        "metric": t.metric.value,
+        "clocks": t.clocks,
+        "met": t.met,
+        "breached": t.breached,
+        "pending": t.pending,
+        "attainment_pct": percent(t.attainment),
+        "p50_business_seconds": seconds(t.business_p50),
+        "p90_business_seconds": seconds(t.business_p90),
+        "p50_seconds": seconds(t.p50),
+        "p90_seconds": seconds(t.p90),
+    }
+
+
+def target_cells(t: TargetFigures) -> list[str]:
+    """A target row's cells: tier, metric, counts, attainment, then p50 and p90 each as
+    business and wall."""
+    return [
+        t.tier.value,
+        t.metric.value.replace("_", " "),
+        str(t.clocks),
+        str(t.met),
+        str(t.breached),
+        str(t.pending),
+        human_percent(t.attainment),
+        human(t.business_p50, days=False),
+        human(t.p50),
+        human(t.business_p90, days=False),
+        human(t.p90),
+    ]
 
 
 def render_json(report: Report, out: TextIO) -> None:
@@ -273,6 +320,31 @@ def render_table(report: Report, out: TextIO) -> None:
         )
     console.print(summary)
     console.print()
+    if report.targets:
+        targets = Table(
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            title="Next reply and resolution (time paused left out)",
+            title_justify="left",
+        )
+        for name in ("tier", "target", "clocks", "met", "breached", "pending", "attainment"):
+            targets.add_column(name, justify="left" if name in ("tier", "target") else "right")
+        for name in ("p50\nbusiness", "p50\nwall", "p90\nbusiness", "p90\nwall"):
+            targets.add_column(name, justify="right")
+        for t in report.targets:
+            targets.add_row(*(Text(c) for c in target_cells(t)))
+        console.print(targets)
+        console.print()
+    for w in report.waits:
+        console.print(
+            Text(
+                f"Waiting on the customer, {w.tier.value}: {w.tickets} ticket(s),"
+                f" {human(w.business_total, days=False)} business / {human(w.total)} wall"
+                f" in all, p50 {human(w.p50)} wall"
+            )
+        )
+    if report.waits:
+        console.print()
     if report.breaches:
         console.print(breach_table(report))
     else:
@@ -331,7 +403,7 @@ def render_html(report: Report) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
     from markupsafe import Markup
 
-    from ledger.charts import acknowledge_chart, attainment_chart
+    from ledger.charts import acknowledge_chart, attainment_chart, targets_chart
 
     environment = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -386,4 +458,16 @@ def render_html(report: Report) -> str:
         # Our own SVG (no customer data in it): the only markup let through unescaped.
         attainment_svg=Markup(attainment_chart(report)),
         acknowledge_svg=Markup(acknowledge_chart(report)),
+        targets=[target_cells(t) for t in report.targets],
+        waits=[
+            {
+                "tier": w.tier.value,
+                "tickets": w.tickets,
+                "business": human(w.business_total, days=False),
+                "wall": human(w.total),
+                "p50": human(w.p50),
+            }
+            for w in report.waits
+        ],
+        targets_svg=Markup(targets_chart(report)) if report.targets else "",
     )

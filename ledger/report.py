@@ -18,6 +18,13 @@ tier and an overall total, and lists every breach. Definitions (also in docs/rep
   values is the value at rank ``ceil(p / 100 * n)`` (1-based), i.e. the smallest value with
   at least p % of the values at or below it. It is always one of the observed values, never
   an interpolation.
+- *next reply* and *resolution* (tiers whose policy sets them): each clock is *met* when
+  answered (``agent_reply``) or resolved by its deadline, *breached* when the workflow
+  recorded the breach, when it was met late, or when it still runs past its deadline at
+  ``as_of`` (a paused clock is not overdue), *pending* otherwise. Time to meet it runs
+  from the clock's start to the instant met, the time paused left out (business: on the
+  ticket's calendar, minus the business time paused). *Waiting on the customer*: the
+  ticket's ``customer_wait`` (wall) and the business time its pausable clocks lost.
 - *overrun* of a breach: ``acknowledged_at - response_due_at`` when acknowledged late;
   ``as_of - response_due_at`` when still open and unacknowledged; otherwise (closed or
   routed without an acknowledgement, or a breach that stays on record after the deadline
@@ -40,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from contract.models import Severity, TicketOutcome, TicketState, Tier
+from contract.models import Metric, Severity, TargetStatus, TicketOutcome, TicketState, Tier
 from policy.calendar import BusinessCalendar
 from policy.load import load_policy
 from policy.schema import Policy, PolicyError
@@ -247,6 +254,97 @@ class Figures:
         )
 
 
+# The targets beyond the first response, in the order the report shows them.
+TARGET_METRICS: tuple[Metric, ...] = (Metric.NEXT_REPLY, Metric.RESOLUTION)
+LIVE_STATES = (TicketState.OPEN, TicketState.ACKNOWLEDGED)
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    """One target clock (a next reply, a resolution) of one ticket."""
+
+    met: bool
+    breached: bool
+    pending: bool
+    # Time from the clock's start to the target met, the time paused left out (what the
+    # deadline measured): wall clock, and on the ticket's contract clock.
+    elapsed: timedelta | None = None
+    elapsed_business: timedelta | None = None
+
+
+def judge_target(
+    target: TargetStatus, ticket: TicketOutcome, as_of: datetime, clock: TicketClock
+) -> TargetVerdict:
+    due, done = target.due_at, target.met_at
+    if done is not None:
+        breached = target.breached or (due is not None and done > due)
+        wall = max(done - target.started_at - target.paused, timedelta(0))
+        business = clock.between(target.started_at, done) - target.paused_business
+        return TargetVerdict(not breached, breached, False, wall, max(business, timedelta(0)))
+    running = ticket.state in LIVE_STATES and target.paused_since is None
+    overdue = running and due is not None and as_of > due
+    breached = target.breached or overdue
+    return TargetVerdict(False, breached, not breached)
+
+
+@dataclass(frozen=True)
+class TargetFigures:
+    """One target of one tier: its clocks (a next reply per answered customer reply, one
+    resolution per ticket) met, breached or pending, and the time to meet them (p50/p90,
+    business and wall, the time paused left out)."""
+
+    tier: Tier
+    metric: Metric
+    clocks: int = 0
+    met: int = 0
+    breached: int = 0
+    pending: int = 0
+    p50: timedelta | None = None
+    p90: timedelta | None = None
+    business_p50: timedelta | None = None
+    business_p90: timedelta | None = None
+
+    @property
+    def attainment(self) -> float | None:
+        return attainment(self.met, self.breached)
+
+    @classmethod
+    def of(cls, tier: Tier, metric: Metric, verdicts: Sequence[TargetVerdict]) -> TargetFigures:
+        wall = [v.elapsed for v in verdicts if v.elapsed is not None]
+        business = [v.elapsed_business for v in verdicts if v.elapsed_business is not None]
+        return cls(
+            tier=tier,
+            metric=metric,
+            clocks=len(verdicts),
+            met=sum(v.met for v in verdicts),
+            breached=sum(v.breached for v in verdicts),
+            pending=sum(v.pending for v in verdicts),
+            p50=nearest_rank(wall, 50),
+            p90=nearest_rank(wall, 90),
+            business_p50=nearest_rank(business, 50),
+            business_p90=nearest_rank(business, 90),
+        )
+
+
+@dataclass(frozen=True)
+class WaitFigures:
+    """Time a tier's tickets spent waiting on the customer: wall clock (``customer_wait``)
+    and on the contract's clock (as the ticket's pausable clocks counted it)."""
+
+    tier: Tier
+    tickets: int
+    total: timedelta
+    business_total: timedelta
+    p50: timedelta | None
+
+
+def wait_of(ticket: TicketOutcome) -> tuple[timedelta, timedelta]:
+    """A ticket's wait on the customer: wall, and business as its pausable clocks lost it
+    (the most any of them lost: a clock that ran through the whole wait lost all of it)."""
+    business = max((t.paused_business for t in ticket.targets), default=timedelta(0))
+    return ticket.customer_wait, business
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the report: a (tier, severity) group, a tier's subtotal or the total."""
@@ -318,6 +416,11 @@ class Report:
     ack_times_business: dict[Tier, list[timedelta]] = field(default_factory=dict)
     # What the reader should know about the figures (tickets measured without a policy).
     notes: list[str] = field(default_factory=list)
+    # The targets beyond the first response, per tier and metric (tiers with such clocks
+    # only), their times to meet (business) for the chart, and the waits on the customer.
+    targets: list[TargetFigures] = field(default_factory=list)
+    target_times_business: dict[Metric, dict[Tier, list[timedelta]]] = field(default_factory=dict)
+    waits: list[WaitFigures] = field(default_factory=list)
 
     @property
     def total(self) -> Figures:
@@ -444,6 +547,43 @@ def build_report(
 
     ack_times = per_tier(lambda v: v.time_to_acknowledge)
     ack_times_business = per_tier(lambda v: v.business_to_acknowledge)
+    target_verdicts: dict[tuple[Tier, Metric], list[TargetVerdict]] = defaultdict(list)
+    for t in tickets:
+        for target in t.targets:
+            if target.metric in TARGET_METRICS:
+                verdict = judge_target(target, t, as_of, ticket_clocks[id(t)])
+                target_verdicts[(t.tier, target.metric)].append(verdict)
+    targets = [
+        TargetFigures.of(tier, metric, target_verdicts[(tier, metric)])
+        for tier in TIER_ORDER
+        for metric in TARGET_METRICS
+        if (tier, metric) in target_verdicts
+    ]
+    target_times_business = {
+        metric: {
+            tier: sorted(
+                v.elapsed_business
+                for v in target_verdicts[(tier, metric)]
+                if v.elapsed_business is not None
+            )
+            for tier in TIER_ORDER
+            if any(v.elapsed_business is not None for v in target_verdicts.get((tier, metric), []))
+        }
+        for metric in TARGET_METRICS
+    }
+    waits = []
+    for tier in TIER_ORDER:
+        waited = [wait_of(t) for t in tickets if t.tier is tier and t.customer_wait]
+        if waited:
+            waits.append(
+                WaitFigures(
+                    tier=tier,
+                    tickets=len(waited),
+                    total=sum((w for w, _ in waited), timedelta(0)),
+                    business_total=sum((b for _, b in waited), timedelta(0)),
+                    p50=nearest_rank([w for w, _ in waited], 50),
+                )
+            )
     return Report(
         as_of=as_of,
         filters=filters,
@@ -453,6 +593,9 @@ def build_report(
         ack_times=ack_times,
         ack_times_business=ack_times_business,
         notes=clocks.notes(),
+        targets=targets,
+        target_times_business=target_times_business,
+        waits=waits,
     )
 
 

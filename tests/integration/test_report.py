@@ -1056,3 +1056,86 @@ async def test_report_on_a_ledger_filled_by_real_workflow_runs(stack: Stack) -> 
     assert record["ticket"]["response_breached"] is True
     instants = [datetime.fromisoformat(e["at"]) for e in record["events"]]
     assert instants == sorted(instants), "events in time order"
+
+
+# --- next reply and resolution (issue 16) -------------------------------------------------
+# T1, Standard: resolution started Thu 5 Nov 09:00 CST, paused Fri 17:00 CST -> Mon 10:00 CST
+# (65 h wall; 3 business hours: Fri 17-18, Mon 08-10), resolved Mon 11:00 CST. Business:
+# Thu 9 h + Fri 10 h + Mon 3 h = 22 h, minus the 3 paused = 19 h; wall 98 h - 65 h = 33 h.
+# T2, Premium: next reply 1 met after 2 h; next reply 2 met late (breached); resolution runs.
+def clock(
+    metric: str, cycle: int, start: datetime, due: datetime, **fields: object
+) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "cycle": cycle,
+        "target": due - start,
+        "started_at": start,
+        "due_at": due,
+        "pausable": True,
+        **fields,
+    }
+
+
+TARGETS_SCENARIO = [
+    outcome(
+        "T1", "standard", "sev3", "initech", at(5, 15), at(5, 19), at(5, 16), "resolved",
+        customer_wait=timedelta(hours=65),
+        targets=[
+            clock(
+                "resolution", 1, at(5, 15), at(9, 19), met_at=at(9, 17),
+                paused=timedelta(hours=65), paused_business=timedelta(hours=3),
+            )
+        ],
+    ),
+    outcome(
+        "T2", "premium", "sev2", "acme", at(9, 10), at(9, 11), at(9, 10, 30), "acknowledged",
+        targets=[
+            clock("next_reply", 1, at(9, 11), at(9, 15), met_at=at(9, 13)),
+            clock("next_reply", 2, at(9, 16), at(9, 20), met_at=at(9, 21), breached=True,
+                  breached_at=at(9, 20)),
+            clock("resolution", 1, at(9, 10), at(12, 10)),
+        ],
+    ),
+]  # fmt: skip
+
+
+def test_next_reply_and_resolution_figures_leave_the_paused_time_out() -> None:
+    report = build_report(TARGETS_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
+    figures = {(t.tier.value, t.metric.value): t for t in report.targets}
+    resolution = figures[("standard", "resolution")]
+    assert (resolution.clocks, resolution.met, resolution.breached) == (1, 1, 0)
+    assert (resolution.business_p50, resolution.p50) == (timedelta(hours=19), timedelta(hours=33))
+    replies = figures[("premium", "next_reply")]
+    assert (replies.clocks, replies.met, replies.breached, replies.attainment) == (2, 1, 1, 50.0)
+    assert (replies.p50, replies.p90) == (timedelta(hours=2), timedelta(hours=5))
+    assert (figures[("premium", "resolution")].pending, figures[("premium", "resolution")].met) == (
+        1,
+        0,
+    )
+    [wait] = report.waits
+    assert (wait.tier.value, wait.tickets, wait.total, wait.business_total) == (
+        "standard",
+        1,
+        timedelta(hours=65),
+        timedelta(hours=3),
+    )
+    record = report_record(report)
+    assert [(t["tier"], t["metric"], t["attainment_pct"]) for t in record["targets"]] == [
+        ("premium", "next_reply", 50.0),
+        ("premium", "resolution", None),
+        ("standard", "resolution", 100.0),
+    ]
+    assert record["customer_wait"][0]["total_business_seconds"] == 3 * HOUR
+    page = render_html(report)
+    assert 'id="targets"' in page and 'id="targets-chart"' in page and 'id="waits"' in page
+    out = io.StringIO()
+    render_table(report, out)
+    assert "Next reply and resolution" in out.getvalue()
+    assert "Waiting on the customer, standard: 1 ticket(s)" in out.getvalue()
+
+
+def test_a_report_without_more_targets_has_no_target_section() -> None:
+    report = build_report(SCENARIO, AS_OF)
+    assert report.targets == [] and report.waits == []
+    assert "targets" not in report_record(report) and 'id="targets"' not in render_html(report)
