@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import matplotlib
@@ -17,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib import rc_context
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
@@ -59,9 +62,7 @@ def _figure() -> Figure:
 
 
 def _empty(figure: Figure, message: str) -> None:
-    axes = figure.add_subplot()
-    axes.set_axis_off()
-    axes.text(0.5, 0.5, message, ha="center", va="center", color="#555555")
+    _blank(figure.add_subplot(), message)
 
 
 def attainment_chart(report: Report) -> str:
@@ -117,7 +118,7 @@ def acknowledge_figure(report: Report) -> Figure:
     tiers = list(report.ack_times)
     positions = list(range(1, len(tiers) + 1))
     longest = max(max(times) for times in report.ack_times.values())
-    unit, size = ("hours", 3600) if longest.total_seconds() > 3 * 3600 else ("minutes", 60)
+    unit, size = _unit(longest)
     values_per_tier = [[t.total_seconds() / size for t in report.ack_times[t]] for t in tiers]
     boxes: dict[str, Any] = axes.boxplot(
         values_per_tier,
@@ -138,16 +139,20 @@ def acknowledge_figure(report: Report) -> Figure:
 
 
 def targets_chart(report: Report) -> str:
-    """Next reply and resolution: attainment per tier (bars) and the business time to
-    meet each (box plots), as SVG."""
+    """Next reply and resolution: attainment per tier (bars), the business time to meet
+    each (box plots), and the time waited on the customer per tier (bars), as SVG."""
     with rc_context(STYLE):
         return _svg(targets_figure(report), "sla-report-targets")
 
 
 def targets_figure(report: Report) -> Figure:
-    figure = Figure(figsize=(8, 3.4), layout="constrained")
-    bars, boxes = figure.subplots(1, 2)
-    metrics = [m for m in TARGET_METRICS if any(t.metric is m for t in report.targets)]
+    figure = _figure()
+    waits = [w for w in report.waits if w.tier is not None]
+    if not report.has_targets and not waits:
+        _empty(figure, "no ticket has a next-reply or resolution target in this range")
+        return figure
+    bars, boxes, waited = figure.subplots(1, 3, width_ratios=(2, 3, 2))
+    metrics = [m for m in TARGET_METRICS if any(t.metric is m and t.clocks for t in report.targets)]
     tiers = [tier for tier in TIER_ORDER if any(t.tier is tier for t in report.targets)]
     width = 0.8 / max(len(tiers), 1)
     for i, tier in enumerate(tiers):
@@ -163,12 +168,15 @@ def targets_figure(report: Report) -> Figure:
             for m in metrics
         ]
         positions = [j + (i - (len(tiers) - 1) / 2) * width for j in range(len(metrics))]
-        bars.bar(positions, values, width, color=TIER_COLOURS[tier], label=TIER_LABELS[tier])
-    bars.set_xticks(range(len(metrics)), [m.value.replace("_", " ") for m in metrics])
+        drawn_bars = bars.bar(
+            positions, values, width, color=TIER_COLOURS[tier], label=TIER_LABELS[tier]
+        )
+        # The share on each bar, so a 0 % bar reads apart from a target without data.
+        labels = ["" if math.isnan(v) else f"{v:.0f}%" for v in values]
+        bars.bar_label(drawn_bars, labels, fontsize=7)
     bars.set_ylim(0, 105)
     bars.yaxis.set_major_formatter(PercentFormatter(100))
-    bars.set_ylabel("target met")
-    bars.grid(axis="y", color="#dddddd")
+    _label(bars, range(len(metrics)), [m.value.replace("_", "\n") for m in metrics], "target met")
     series = [
         (f"{m.value.replace('_', ' ')}\n{TIER_LABELS[tier]}", times, tier)
         for m in metrics
@@ -177,20 +185,56 @@ def targets_figure(report: Report) -> Figure:
     ]
     if series:
         longest = max(max(times) for _, times, _ in series)
-        unit, size = ("hours", 3600) if longest.total_seconds() > 3 * 3600 else ("minutes", 60)
+        unit, size = _unit(longest)
         per_box = [[t.total_seconds() / size for t in times] for _, times, _ in series]
         drawn: dict[str, Any] = boxes.boxplot(
             per_box, showfliers=False, widths=0.5, medianprops={"color": "#000"}
         )
         for box, (_, _, tier) in zip(drawn["boxes"], series, strict=True):
             box.set_color(TIER_COLOURS[tier])
-        boxes.set_xticks(range(1, len(series) + 1), [label for label, _, _ in series])
-        boxes.tick_params(axis="x", labelsize=7)
         boxes.set_ylim(bottom=0)
-        boxes.set_ylabel(f"time to meet ({unit}, business)")
-        boxes.grid(axis="y", color="#dddddd")
+        _label(
+            boxes,
+            range(1, len(series) + 1),
+            [label for label, _, _ in series],
+            f"time to meet ({unit}, business)",
+        )
     else:
-        boxes.set_axis_off()
-        boxes.text(0.5, 0.5, "none met yet", ha="center", va="center", color="#555555")
-    figure.legend(loc="outside right upper", frameon=False)
+        _blank(boxes, "none met yet")
+    if waits:
+        unit, size = _unit(max(max(w.business_total, w.total) for w in waits))
+        positions = list(range(len(waits)))
+        colours = [TIER_COLOURS[w.tier] for w in waits if w.tier is not None]
+        business = [w.business_total.total_seconds() / size for w in waits]
+        wall = [w.total.total_seconds() / size for w in waits]
+        waited.bar([x - 0.2 for x in positions], business, 0.4, color=colours)
+        waited.bar([x + 0.2 for x in positions], wall, 0.4, color=colours, alpha=0.35)
+        _label(
+            waited,
+            positions,
+            [TIER_LABELS[w.tier] for w in waits if w.tier],
+            f"waited on the customer ({unit})\nbusiness (solid) | wall (light)",
+        )
+    else:
+        _blank(waited, "no wait")
+    if tiers:
+        figure.legend(loc="outside right upper", frameon=False)
     return figure
+
+
+def _label(axes: Axes, positions: Iterable[float], labels: list[str], ylabel: str) -> None:
+    """A panel's small x labels, its y label and grid."""
+    axes.set_xticks(list(positions), labels)
+    axes.tick_params(axis="x", labelsize=7)
+    axes.set_ylabel(ylabel)
+    axes.grid(axis="y", color="#dddddd")
+
+
+def _blank(axes: Axes, message: str) -> None:
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, message, ha="center", va="center", color="#555555")
+
+
+def _unit(longest: timedelta) -> tuple[str, int]:
+    """Hours beyond three hours, else minutes: the axis unit and its size in seconds."""
+    return ("hours", 3600) if longest.total_seconds() > 3 * 3600 else ("minutes", 60)

@@ -202,25 +202,43 @@ def report_record(report: Report) -> dict[str, Any]:
             },
         },
         "notes": list(report.notes),
-        # Only when some ticket has them (a report of first responses only is unchanged).
-        **({"targets": [target_record(t) for t in report.targets]} if report.targets else {}),
-        **({"customer_wait": [wait_record(w) for w in report.waits]} if report.waits else {}),
+        # Only when some ticket has them: a report of first responses only keeps its keys.
+        **({"targets": [target_record(t) for t in report.targets]} if report.has_targets else {}),
+        **({"customer_wait": [wait_record(w) for w in report.waits]} if report.waited else {}),
     }
 
 
 def wait_record(w: WaitFigures) -> dict[str, Any]:
     return {
-        "tier": w.tier.value,
+        "scope": "tier" if w.tier else "total",
+        "tier": w.tier.value if w.tier else None,
         "tickets": w.tickets,
         "total_seconds": seconds(w.total),
         "total_business_seconds": seconds(w.business_total),
         "p50_seconds": seconds(w.p50),
+        "p50_business_seconds": seconds(w.business_p50),
     }
+
+
+def wait_cells(w: WaitFigures) -> list[str]:
+    """A wait row's cells: tier, tickets that waited, total and p50 each as business and
+    wall (``no data`` when no ticket waited)."""
+    if not w.tickets:
+        return [w.tier.value if w.tier else "all tiers", "0", "no data", "-", "-", "-"]
+    return [
+        w.tier.value if w.tier else "all tiers",
+        str(w.tickets),
+        human(w.business_total, days=False),
+        human(w.total),
+        human(w.business_p50, days=False),
+        human(w.p50),
+    ]
 
 
 def target_record(t: TargetFigures) -> dict[str, Any]:
     return {
-        "tier": t.tier.value,
+        "scope": "tier" if t.tier else "total",
+        "tier": t.tier.value if t.tier else None,
         "metric": t.metric.value,
         "clocks": t.clocks,
         "met": t.met,
@@ -235,16 +253,16 @@ def target_record(t: TargetFigures) -> dict[str, Any]:
 
 
 def target_cells(t: TargetFigures) -> list[str]:
-    """A target row's cells: tier, metric, counts, attainment, then p50 and p90 each as
-    business and wall."""
+    """A target row's cells: metric, tier, counts, attainment (``no data`` without clocks),
+    then p50 and p90 each as business and wall."""
     return [
-        t.tier.value,
         t.metric.value.replace("_", " "),
+        t.tier.value if t.tier else "all tiers",
         str(t.clocks),
         str(t.met),
         str(t.breached),
         str(t.pending),
-        human_percent(t.attainment),
+        human_percent(t.attainment) if t.clocks else "no data",
         human(t.business_p50, days=False),
         human(t.p50),
         human(t.business_p90, days=False),
@@ -320,31 +338,29 @@ def render_table(report: Report, out: TextIO) -> None:
         )
     console.print(summary)
     console.print()
-    if report.targets:
-        targets = Table(
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            title="Next reply and resolution (time paused left out)",
-            title_justify="left",
+    targets = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="Next reply and resolution (time to meet: the time paused left out)",
+        title_justify="left",
+    )
+    for name in ("target", "tier", "clocks", "met", "breached", "pending", "attainment"):
+        targets.add_column(name, justify="left" if name in ("target", "tier") else "right")
+    for name in ("p50\nbusiness", "p50\nwall", "p90\nbusiness", "p90\nwall"):
+        targets.add_column(name, justify="right")
+    for t in report.targets:
+        targets.add_row(
+            *(Text(c) for c in target_cells(t)),
+            style=None if t.tier else "bold",
+            end_section=t.tier is None,
         )
-        for name in ("tier", "target", "clocks", "met", "breached", "pending", "attainment"):
-            targets.add_column(name, justify="left" if name in ("tier", "target") else "right")
-        for name in ("p50\nbusiness", "p50\nwall", "p90\nbusiness", "p90\nwall"):
-            targets.add_column(name, justify="right")
-        for t in report.targets:
-            targets.add_row(*(Text(c) for c in target_cells(t)))
-        console.print(targets)
-        console.print()
-    for w in report.waits:
-        console.print(
-            Text(
-                f"Waiting on the customer, {w.tier.value}: {w.tickets} ticket(s),"
-                f" {human(w.business_total, days=False)} business / {human(w.total)} wall"
-                f" in all, p50 {human(w.p50)} wall"
-            )
-        )
-    if report.waits:
-        console.print()
+    console.print(targets)
+    console.print()
+    if report.waited:
+        console.print(wait_table(report))
+    else:
+        console.print(Text("Waiting on the customer: no data (no ticket waited)."))
+    console.print()
     if report.breaches:
         console.print(breach_table(report))
     else:
@@ -359,6 +375,25 @@ def render_table(report: Report, out: TextIO) -> None:
     for note in report.notes:
         console.print(Text(f"Note: {note}"))
     emit(console, out)
+
+
+def wait_table(report: Report) -> Any:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    waits = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="Waiting on the customer (tickets that waited)",
+        title_justify="left",
+    )
+    waits.add_column("tier")
+    for name in ("tickets", "total\nbusiness", "total\nwall", "p50\nbusiness", "p50\nwall"):
+        waits.add_column(name, justify="right")
+    for w in report.waits:
+        waits.add_row(*(Text(c) for c in wait_cells(w)), style=None if w.tier else "bold")
+    return waits
 
 
 def breach_table(report: Report) -> Any:
@@ -399,7 +434,7 @@ def breach_table(report: Report) -> Any:
 
 
 def render_html(report: Report) -> str:
-    """One self-contained page: the tables and two inline SVG charts."""
+    """One self-contained page: the tables and three inline SVG charts."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
     from markupsafe import Markup
 
@@ -458,16 +493,13 @@ def render_html(report: Report) -> str:
         # Our own SVG (no customer data in it): the only markup let through unescaped.
         attainment_svg=Markup(attainment_chart(report)),
         acknowledge_svg=Markup(acknowledge_chart(report)),
-        targets=[target_cells(t) for t in report.targets],
-        waits=[
-            {
-                "tier": w.tier.value,
-                "tickets": w.tickets,
-                "business": human(w.business_total, days=False),
-                "wall": human(w.total),
-                "p50": human(w.p50),
-            }
-            for w in report.waits
+        targets=[
+            {"scope": "tier" if t.tier else "total", "cells": target_cells(t)}
+            for t in report.targets
         ],
-        targets_svg=Markup(targets_chart(report)) if report.targets else "",
+        waits=[
+            {"scope": "tier" if w.tier else "total", "cells": wait_cells(w)} for w in report.waits
+        ],
+        waited=report.waited,
+        targets_svg=Markup(targets_chart(report)) if report.has_targets or report.waited else "",
     )

@@ -289,11 +289,12 @@ def judge_target(
 
 @dataclass(frozen=True)
 class TargetFigures:
-    """One target of one tier: its clocks (a next reply per answered customer reply, one
-    resolution per ticket) met, breached or pending, and the time to meet them (p50/p90,
-    business and wall, the time paused left out)."""
+    """One target of one tier (``tier`` None: all tiers): its clocks (a next reply per
+    answered customer reply, one resolution per ticket) met, breached or pending, and the
+    time to meet them (p50/p90, business and wall, the time paused left out). A total
+    without clocks is the report's "no data" row for that target."""
 
-    tier: Tier
+    tier: Tier | None
     metric: Metric
     clocks: int = 0
     met: int = 0
@@ -309,7 +310,9 @@ class TargetFigures:
         return attainment(self.met, self.breached)
 
     @classmethod
-    def of(cls, tier: Tier, metric: Metric, verdicts: Sequence[TargetVerdict]) -> TargetFigures:
+    def of(
+        cls, tier: Tier | None, metric: Metric, verdicts: Sequence[TargetVerdict]
+    ) -> TargetFigures:
         wall = [v.elapsed for v in verdicts if v.elapsed is not None]
         business = [v.elapsed_business for v in verdicts if v.elapsed_business is not None]
         return cls(
@@ -328,14 +331,27 @@ class TargetFigures:
 
 @dataclass(frozen=True)
 class WaitFigures:
-    """Time a tier's tickets spent waiting on the customer: wall clock (``customer_wait``)
-    and on the contract's clock (as the ticket's pausable clocks counted it)."""
+    """Time a tier's tickets (``tier`` None: all tiers) spent waiting on the customer,
+    per ticket that waited: wall clock (``customer_wait``) and on the contract's clock (as
+    the ticket's pausable clocks counted it)."""
 
-    tier: Tier
+    tier: Tier | None
     tickets: int
     total: timedelta
     business_total: timedelta
     p50: timedelta | None
+    business_p50: timedelta | None
+
+    @classmethod
+    def of(cls, tier: Tier | None, waited: Sequence[tuple[timedelta, timedelta]]) -> WaitFigures:
+        return cls(
+            tier=tier,
+            tickets=len(waited),
+            total=sum((wall for wall, _ in waited), timedelta(0)),
+            business_total=sum((business for _, business in waited), timedelta(0)),
+            p50=nearest_rank([wall for wall, _ in waited], 50),
+            business_p50=nearest_rank([business for _, business in waited], 50),
+        )
 
 
 def wait_of(ticket: TicketOutcome) -> tuple[timedelta, timedelta]:
@@ -417,7 +433,8 @@ class Report:
     # What the reader should know about the figures (tickets measured without a policy).
     notes: list[str] = field(default_factory=list)
     # The targets beyond the first response, per tier and metric (tiers with such clocks
-    # only), their times to meet (business) for the chart, and the waits on the customer.
+    # only) then a total per metric, their times to meet (business) for the chart, and the
+    # waits on the customer (per tier that waited, then a total).
     targets: list[TargetFigures] = field(default_factory=list)
     target_times_business: dict[Metric, dict[Tier, list[timedelta]]] = field(default_factory=dict)
     waits: list[WaitFigures] = field(default_factory=list)
@@ -425,6 +442,16 @@ class Report:
     @property
     def total(self) -> Figures:
         return self.rows[-1].figures
+
+    @property
+    def has_targets(self) -> bool:
+        """Whether any ticket in the report has a next-reply or resolution clock."""
+        return any(t.clocks for t in self.targets)
+
+    @property
+    def waited(self) -> bool:
+        """Whether any ticket in the report waited on the customer."""
+        return any(w.tickets for w in self.waits)
 
     def group(self, tier: Tier, severity: Severity) -> Figures | None:
         return next(
@@ -553,11 +580,15 @@ def build_report(
             if target.metric in TARGET_METRICS:
                 verdict = judge_target(target, t, as_of, ticket_clocks[id(t)])
                 target_verdicts[(t.tier, target.metric)].append(verdict)
+    # Per target: each tier with such clocks, then the total, always (no clocks: no data).
     targets = [
-        TargetFigures.of(tier, metric, target_verdicts[(tier, metric)])
-        for tier in TIER_ORDER
+        TargetFigures.of(tier, metric, verdicts)
         for metric in TARGET_METRICS
-        if (tier, metric) in target_verdicts
+        for tier, verdicts in [
+            *((tier, target_verdicts[(tier, metric)]) for tier in TIER_ORDER),
+            (None, [v for tier in TIER_ORDER for v in target_verdicts[(tier, metric)]]),
+        ]
+        if verdicts or tier is None
     ]
     target_times_business = {
         metric: {
@@ -571,19 +602,13 @@ def build_report(
         }
         for metric in TARGET_METRICS
     }
-    waits = []
-    for tier in TIER_ORDER:
-        waited = [wait_of(t) for t in tickets if t.tier is tier and t.customer_wait]
-        if waited:
-            waits.append(
-                WaitFigures(
-                    tier=tier,
-                    tickets=len(waited),
-                    total=sum((w for w, _ in waited), timedelta(0)),
-                    business_total=sum((b for _, b in waited), timedelta(0)),
-                    p50=nearest_rank([w for w, _ in waited], 50),
-                )
-            )
+    waited = {
+        tier: [wait_of(t) for t in tickets if t.tier is tier and t.customer_wait]
+        for tier in TIER_ORDER
+    }
+    waits = [WaitFigures.of(tier, waited[tier]) for tier in TIER_ORDER if waited[tier]] + [
+        WaitFigures.of(None, [w for tier in TIER_ORDER for w in waited[tier]])
+    ]
     return Report(
         as_of=as_of,
         filters=filters,

@@ -1059,10 +1059,17 @@ async def test_report_on_a_ledger_filled_by_real_workflow_runs(stack: Stack) -> 
 
 
 # --- next reply and resolution (issue 16) -------------------------------------------------
+# Judged at BUSINESS_AS_OF (Tue 10 Nov 15:30 UTC) on BUSINESS_POLICY (Premium 24x7).
 # T1, Standard: resolution started Thu 5 Nov 09:00 CST, paused Fri 17:00 CST -> Mon 10:00 CST
 # (65 h wall; 3 business hours: Fri 17-18, Mon 08-10), resolved Mon 11:00 CST. Business:
 # Thu 9 h + Fri 10 h + Mon 3 h = 22 h, minus the 3 paused = 19 h; wall 98 h - 65 h = 33 h.
-# T2, Premium: next reply 1 met after 2 h; next reply 2 met late (breached); resolution runs.
+# T2, Premium: next reply 1 met after 2 h; next reply 2 met after 5 h, late (breached);
+#   resolution still runs, due after as_of: pending.
+# T3, Premium: resolution due Mon 20:00, met Mon 22:00 (breached), paused 2 h waiting on the
+#   customer: 14 h - 2 h = 12 h, business = wall (24x7).
+# T4, Premium: resolution due Tue 12:00, still running at as_of: breached, found by the
+#   report (no breach recorded).
+# T5, Premium: resolution due Tue 12:00 but paused since Tue 10:00 (waiting): not overdue.
 def clock(
     metric: str, cycle: int, start: datetime, due: datetime, **fields: object
 ) -> dict[str, Any]:
@@ -1082,10 +1089,11 @@ TARGETS_SCENARIO = [
         "T1", "standard", "sev3", "initech", at(5, 15), at(5, 19), at(5, 16), "resolved",
         customer_wait=timedelta(hours=65),
         targets=[
+            clock("first_response", 1, at(5, 15), at(5, 19), met_at=at(5, 16), pausable=False),
             clock(
                 "resolution", 1, at(5, 15), at(9, 19), met_at=at(9, 17),
                 paused=timedelta(hours=65), paused_business=timedelta(hours=3),
-            )
+            ),
         ],
     ),
     outcome(
@@ -1097,45 +1105,131 @@ TARGETS_SCENARIO = [
             clock("resolution", 1, at(9, 10), at(12, 10)),
         ],
     ),
+    outcome(
+        "T3", "premium", "sev2", "acme", at(9, 8), at(9, 9), at(9, 8, 30), "resolved",
+        customer_wait=2 * H,
+        targets=[
+            clock("resolution", 1, at(9, 8), at(9, 20), met_at=at(9, 22), breached=True,
+                  breached_at=at(9, 20), paused=2 * H, paused_business=2 * H),
+        ],
+    ),
+    outcome(
+        "T4", "premium", "sev2", "acme", at(9, 12), at(9, 13), at(9, 12, 30), "acknowledged",
+        targets=[clock("resolution", 1, at(9, 12), at(10, 12))],
+    ),
+    outcome(
+        "T5", "premium", "sev2", "acme", at(9, 12), at(9, 13), at(9, 12, 30), "acknowledged",
+        targets=[clock("resolution", 1, at(9, 12), at(10, 12), paused_since=at(10, 10))],
+    ),
 ]  # fmt: skip
+# Hand-computed: (clocks, met, breached, pending, attainment, business p50, p90, wall p50, p90)
+#   next reply, premium (= all tiers): 2, 1 (cycle 1), 1 (cycle 2), 0 -> 50 %; [2 h, 5 h].
+#   resolution, premium: T2 pending, T3 breached, T4 breached, T5 pending -> 0 %; [12 h].
+#   resolution, standard: T1 met -> 100 %; business [19 h], wall [33 h].
+#   resolution, all tiers: 5 clocks, met 1, breached 2, pending 2 -> 33.33 %;
+#     business [12, 19]: p50 12, p90 19; wall [12, 33]: p50 12, p90 33.
+#   waiting: premium T3 (2 h, 2 h business); standard T1 (65 h, 3 h business);
+#     all: 2 tickets, 67 h wall, 5 h business, p50 wall [2, 65] -> 2 h, business [2, 3] -> 2 h.
+EXPECTED_TARGETS = {
+    ("next_reply", "premium"): (2, 1, 1, 0, 50.0, 2 * H, 5 * H, 2 * H, 5 * H),
+    ("next_reply", None): (2, 1, 1, 0, 50.0, 2 * H, 5 * H, 2 * H, 5 * H),
+    ("resolution", "premium"): (4, 0, 2, 2, 0.0, 12 * H, 12 * H, 12 * H, 12 * H),
+    ("resolution", "standard"): (1, 1, 0, 0, 100.0, 19 * H, 19 * H, 33 * H, 33 * H),
+    ("resolution", None): (5, 1, 2, 2, 100 / 3, 12 * H, 19 * H, 12 * H, 33 * H),
+}
 
 
-def test_next_reply_and_resolution_figures_leave_the_paused_time_out() -> None:
-    report = build_report(TARGETS_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
-    figures = {(t.tier.value, t.metric.value): t for t in report.targets}
-    resolution = figures[("standard", "resolution")]
-    assert (resolution.clocks, resolution.met, resolution.breached) == (1, 1, 0)
-    assert (resolution.business_p50, resolution.p50) == (timedelta(hours=19), timedelta(hours=33))
-    replies = figures[("premium", "next_reply")]
-    assert (replies.clocks, replies.met, replies.breached, replies.attainment) == (2, 1, 1, 50.0)
-    assert (replies.p50, replies.p90) == (timedelta(hours=2), timedelta(hours=5))
-    assert (figures[("premium", "resolution")].pending, figures[("premium", "resolution")].met) == (
-        1,
-        0,
-    )
-    [wait] = report.waits
-    assert (wait.tier.value, wait.tickets, wait.total, wait.business_total) == (
-        "standard",
-        1,
-        timedelta(hours=65),
-        timedelta(hours=3),
-    )
-    record = report_record(report)
-    assert [(t["tier"], t["metric"], t["attainment_pct"]) for t in record["targets"]] == [
-        ("premium", "next_reply", 50.0),
-        ("premium", "resolution", None),
-        ("standard", "resolution", 100.0),
+def targets_report() -> Report:
+    return build_report(TARGETS_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
+
+
+def test_next_reply_and_resolution_attainment_and_times_leave_the_paused_time_out() -> None:
+    report = targets_report()
+    assert {
+        (t.metric.value, t.tier.value if t.tier else None): (
+            t.clocks, t.met, t.breached, t.pending, t.attainment,
+            t.business_p50, t.business_p90, t.p50, t.p90,
+        )
+        for t in report.targets
+    } == EXPECTED_TARGETS  # fmt: skip
+    # In the report's order: per target, each tier then the total.
+    assert [(t.metric.value, t.tier) for t in report.targets] == [
+        ("next_reply", Tier.PREMIUM),
+        ("next_reply", None),
+        ("resolution", Tier.PREMIUM),
+        ("resolution", Tier.STANDARD),
+        ("resolution", None),
     ]
-    assert record["customer_wait"][0]["total_business_seconds"] == 3 * HOUR
-    page = render_html(report)
-    assert 'id="targets"' in page and 'id="targets-chart"' in page and 'id="waits"' in page
-    out = io.StringIO()
-    render_table(report, out)
-    assert "Next reply and resolution" in out.getvalue()
-    assert "Waiting on the customer, standard: 1 ticket(s)" in out.getvalue()
+    # The first response keeps its own figures (the targets' first_response is not counted).
+    standard = report.subtotal(Tier.STANDARD)
+    assert standard is not None and (standard.met, standard.breached) == (1, 0)
+    assert [
+        (w.tier, w.tickets, w.total, w.business_total, w.p50, w.business_p50) for w in report.waits
+    ] == [
+        (Tier.PREMIUM, 1, 2 * H, 2 * H, 2 * H, 2 * H),
+        (Tier.STANDARD, 1, 65 * H, 3 * H, 65 * H, 3 * H),
+        (None, 2, 67 * H, 5 * H, 2 * H, 2 * H),
+    ]
 
 
-def test_a_report_without_more_targets_has_no_target_section() -> None:
-    report = build_report(SCENARIO, AS_OF)
-    assert report.targets == [] and report.waits == []
-    assert "targets" not in report_record(report) and 'id="targets"' not in render_html(report)
+def test_next_reply_and_resolution_in_json_table_and_html() -> None:
+    report = targets_report()
+    record = report_record(report)
+    assert [
+        (t["scope"], t["metric"], t["tier"], t["clocks"], t["attainment_pct"])
+        for t in record["targets"]
+    ] == [
+        ("tier", "next_reply", "premium", 2, 50.0),
+        ("total", "next_reply", None, 2, 50.0),
+        ("tier", "resolution", "premium", 4, 0.0),
+        ("tier", "resolution", "standard", 1, 100.0),
+        ("total", "resolution", None, 5, 33.33),
+    ]
+    standard = record["targets"][3]
+    assert (standard["p50_business_seconds"], standard["p50_seconds"]) == (19 * HOUR, 33 * HOUR)
+    assert record["customer_wait"][-1] == {
+        "scope": "total",
+        "tier": None,
+        "tickets": 2,
+        "total_seconds": 67 * HOUR,
+        "total_business_seconds": 5 * HOUR,
+        "p50_seconds": 2 * HOUR,
+        "p50_business_seconds": 2 * HOUR,
+    }
+    text = table_text(report)
+    assert "Next reply and resolution (time to meet: the time paused left out)" in text
+    lines = [line.split() for line in text.splitlines()]
+    # target, tier, clocks, met, breached, pending, attainment, p50 and p90 business | wall.
+    assert "resolution standard 1 1 0 0 100.0 % 19h 1d 9h 19h 1d 9h".split() in lines
+    assert "next reply all tiers 2 1 1 0 50.0 % 2h 2h 5h 5h".split() in lines
+    assert "standard 1 3h 2d 17h 3h 2d 17h".split() in lines  # waited: business | wall
+    html = render_html(report)
+    assert html == render_html(report), "same report, same bytes (charts included)"
+    charts = re.findall(r'<figure id="([a-z-]+)">\s*<svg', html)
+    assert charts == ["attainment-chart", "acknowledge-chart", "targets-chart"]
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    assert '<td class="text">resolution</td><td class="text">standard</td>' in html
+    assert "<td>33.3 %</td>" in html and 'id="waits"' in html
+    assert "waited on the customer" in html  # the chart's third panel
+
+
+def test_a_report_without_more_targets_adds_no_data_rows_only() -> None:
+    report = scenario_report()
+    assert [(t.metric.value, t.tier, t.clocks, t.attainment) for t in report.targets] == [
+        ("next_reply", None, 0, None),
+        ("resolution", None, 0, None),
+    ]
+    assert not report.has_targets and not report.waited
+    # JSON and CSV keep their shape (test_scenario_figures_per_group_tier_and_total_as_json).
+    assert "targets" not in report_record(report)
+    assert "customer_wait" not in report_record(report)
+    lines = [line.split() for line in table_text(report).splitlines()]
+    assert "next reply all tiers 0 0 0 0 no data - - - -".split() in lines
+    assert "resolution all tiers 0 0 0 0 no data - - - -".split() in lines
+    assert "Waiting on the customer: no data (no ticket waited).".split() in lines
+    html = render_html(report)
+    assert html.count("<svg") == 2 and 'id="targets-chart"' not in html
+    assert "<td>no data</td>" in html
+    assert "No data: no ticket in this report has a next-reply or resolution target." in html
+    assert "No data: no ticket waited on the customer." in html
