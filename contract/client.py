@@ -281,24 +281,32 @@ BOARD_STATES = (TicketState.OPEN, TicketState.ACKNOWLEDGED)
 # Tickets per visibility request while the board reads every open ticket.
 BOARD_READ_PAGE = 1000
 # The most open tickets one board view reads (50 visibility requests at BOARD_READ_PAGE):
-# far above any real queue. Tickets whose SLA clock runs are read first, in a query of
+# far above any real queue. Tickets with a running deadline are read first, in a query of
 # their own, so no number of tickets without a deadline can push one of them past it.
 MAX_BOARD_TICKETS = 50_000
 MAX_BOARD_PAGE_SIZE = 500
 
 
 def board_queries() -> tuple[str, str]:
-    """The two visibility queries of the board: open tickets whose SLA clock runs (a
-    response deadline is set), then every other running ticket in a board state (open
-    without a deadline: Community or still planning; acknowledged)."""
+    """The two visibility queries of the board: tickets with a running deadline (open with
+    a response deadline, or any with a target's ``SlaNextDeadline``), then every other
+    running ticket in a board state (open without a deadline: Community or still planning;
+    acknowledged with no target running)."""
     states = ", ".join(f"'{state.value}'" for state in BOARD_STATES)
     base = (
         f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
         f" AND {sa.TICKET_STATE.name} IN ({states})"
     )
     due = sa.RESPONSE_DUE_AT.name
-    clocked = f"{base} AND {sa.TICKET_STATE.name} = '{TicketState.OPEN}' AND {due} IS NOT NULL"
-    others = f"{base} AND ({sa.TICKET_STATE.name} != '{TicketState.OPEN}' OR {due} IS NULL)"
+    nearest = sa.SLA_NEXT_DEADLINE.name
+    clocked = (
+        f"{base} AND (({sa.TICKET_STATE.name} = '{TicketState.OPEN}' AND {due} IS NOT NULL)"
+        f" OR {nearest} IS NOT NULL)"
+    )
+    others = (
+        f"{base} AND ({sa.TICKET_STATE.name} != '{TicketState.OPEN}' OR {due} IS NULL)"
+        f" AND {nearest} IS NULL"
+    )
     return clocked, others
 
 

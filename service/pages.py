@@ -628,6 +628,7 @@ async def board_action(
     action: str,
     csrf: Annotated[str, Form()] = "",
     reason: Annotated[str, Form()] = "",
+    summary: Annotated[str, Form()] = "",
 ) -> Response:
     agent = await current_agent(request)
     if agent is None:
@@ -641,13 +642,17 @@ async def board_action(
     elif action == "resolve":
         payload = Resolve(by=agent, summary="resolved from the board", at=at)
     elif action == "reply":
-        payload = AgentReply(agent=agent, summary="replied from the board", at=at)
+        try:
+            payload = AgentReply(agent=agent, summary=summary.strip() or None, at=at)
+        except ValidationError as err:
+            return board_notice(f"Not sent: the summary: {err.errors()[0]['msg']}.")
     elif action == "wait":
         try:
             payload = AwaitCustomer(by=agent, reason=reason.strip(), at=at)
-        except ValidationError:
-            notice = "Say what the customer owes (the reason) to set a ticket waiting."
-            return RedirectResponse(f"/board?notice={quote(notice)}", status_code=303)
+        except ValidationError as err:
+            if not reason.strip():
+                return board_notice("Say what the customer owes (the reason) to set it waiting.")
+            return board_notice(f"Not set waiting: the reason: {err.errors()[0]['msg']}.")
     else:
         raise ApiError(404, "not_found", f"no action {action!r}")
     try:
@@ -663,6 +668,11 @@ async def board_action(
         if err.status not in (404, 409):
             raise
         notice = err.message
+    return board_notice(notice)
+
+
+def board_notice(notice: str) -> RedirectResponse:
+    """Back to the board, saying ``notice``."""
     return RedirectResponse(f"/board?notice={quote(notice)}", status_code=303)
 
 

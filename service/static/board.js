@@ -1,4 +1,4 @@
-// The agent board: a live countdown to each open ticket's response deadline (overdue rows
+// The agent board: a live countdown to each ticket's nearest deadline (overdue rows
 // turn red), and a reload of the same page every 30 s to pick up new tickets.
 function pad(n) { return String(n).padStart(2, "0"); }
 function tick() {
@@ -14,4 +14,11 @@ function tick() {
 tick();
 setInterval(tick, 1000);
 const table = document.getElementById("tickets");
-setTimeout(() => location.replace(table.dataset.refresh || "/board"), 30000);
+// Not while an agent is typing a reply's summary or what the customer owes: try again later.
+function refresh() {
+  const typing = [...table.querySelectorAll("input.summary, input.reason")].some(
+    (input) => input.value !== "" || input === document.activeElement);
+  if (typing) setTimeout(refresh, 30000);
+  else location.replace(table.dataset.refresh || "/board");
+}
+setTimeout(refresh, 30000);

@@ -592,3 +592,8 @@ async def test_reply_and_wait_answer_with_the_status_after_them(api: httpx.Async
         assert field in [e["field"] for e in bad.json()["errors"]], bad.json()
     anonymous = await api.post(f"/api/tickets/{ticket_id}/reply", json={})
     assert anonymous.status_code == 401
+    for action in ("reply", "wait"):  # an intake token opens tickets; it does not act on them
+        refused = await api.post(
+            f"/api/tickets/{ticket_id}/{action}", json={"reason": "x"}, headers=auth(INTAKE)
+        )
+        assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")

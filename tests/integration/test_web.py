@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -24,7 +25,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from temporalio.testing import WorkflowEnvironment
 
 import service.api
-from contract.models import AgentReply, CustomerReply, Resolve, TicketState, TicketStatus
+from contract.models import CustomerReply, Resolve, TicketState, TicketStatus
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually, free_port
 from harness.serve import serve
@@ -549,14 +550,35 @@ async def test_the_form_says_it_cannot_open_tickets_while_the_policy_is_broken(
         await web.stack.client.get_workflow_handle(f"ticket-W-{data['form_id'][:16]}").describe()
 
 
-async def test_the_board_shows_the_nearest_deadline_with_its_target_and_sets_a_wait(
+async def test_the_board_shows_the_nearest_deadline_with_its_target_replies_and_sets_a_wait(
     web: Web, page: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy = write_policy(tmp_path, with_targets("premium", next_reply="PT4H", resolution="P1D"))
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = await open_via_api(web)
     handle = handle_of(web, ticket_id)
-    await handle.execute_update("agent_reply", AgentReply(agent="ana"))
+    await sign_in(page, web, "ana")
+
+    async def with_metric(metric: str) -> Any:
+        row = await row_on_board(page, web, ticket_id)
+        if await row.locator(".deadline .metric").text_content() == metric:
+            return row
+        await page.goto(f"{web.url}/board")
+        return None
+
+    # Open: the first response is its nearest deadline; answered from the board.
+    row = await eventually("the first response", lambda: with_metric("first response"), 15)
+    await row.locator("input.summary").fill("restarted the ingest job")
+    await row.locator("button.reply").click()
+    await page.wait_for_url(re.compile(r".*/board\?notice=.*"))
+    assert await page.text_content("#notice") == f"Replied to the customer on {ticket_id}."
+    answered = await status_once(web, ticket_id, lambda s: s.state is TicketState.ACKNOWLEDGED)
+    assert answered.acknowledged_by == "ana"
+    assert ("agent_replied", "ana", "restarted the ingest job") in [
+        (h.kind, h.by, h.detail) for h in answered.history
+    ]
+
+    # The customer answers: the next reply is due in 4 h and leads the row.
     replied = datetime.now(UTC).replace(microsecond=0)
     await handle.signal(
         "customer_reply",
@@ -567,21 +589,33 @@ async def test_the_board_shows_the_nearest_deadline_with_its_target_and_sets_a_w
     )
     due = next(t.due_at for t in status.targets if t.metric.value == "next_reply")
     assert due == replied + timedelta(hours=4)
-
-    await sign_in(page, web, "ana")
-
-    async def with_next_reply() -> Any:
-        row = await row_on_board(page, web, ticket_id)
-        if await row.locator(".deadline .metric").text_content() == "next reply":
-            return row
-        await page.goto(f"{web.url}/board")
-        return None
-
-    row = await eventually("the next reply on the board", with_next_reply, 15, every=0.2)
+    row = await eventually("the next reply on the board", lambda: with_metric("next reply"), 15)
     assert await row.locator(".deadline time").get_attribute("datetime") == due.isoformat()
     countdown = await row.locator(".countdown").text_content() or ""
-    assert re.fullmatch(r"3:5\d:\d\d", countdown), countdown
+    assert re.fullmatch(r"3:5\d:\d\d|4:00:00", countdown), countdown
     await shot(page, "board-next-reply")
+    # The API's list gives the same nearest deadline and target.
+    listed = await web.http.get(
+        "/api/tickets",
+        params={"customer": "acme"},
+        headers={"Authorization": f"Bearer {AGENTS['ana']}"},
+    )
+    [mine] = [t for t in listed.json()["tickets"] if t["ticket_id"] == ticket_id]
+    assert mine["next_metric"] == "next_reply"
+    assert datetime.fromisoformat(mine["next_deadline"]) == due
+
+    # No reason, or a summary over the limit: the board says so and sends nothing.
+    csrf = await row.locator("form[action$='/wait'] input[name=csrf]").get_attribute("value")
+    for action, form in (("wait", {"reason": "  "}), ("reply", {"summary": "x" * 2001})):
+        sent = await page.request.post(
+            f"{web.url}/board/tickets/{ticket_id}/{action}", form={"csrf": csrf or ""} | form
+        )
+        assert sent.ok and "notice=" in sent.url, sent.url
+    notice = unquote(sent.url.split("notice=", 1)[1])
+    assert notice == "Not sent: the summary: String should have at most 2000 characters."
+    unchanged = await status_once(web, ticket_id, lambda s: True)
+    assert unchanged.awaiting_customer_since is None
+    assert [h.kind for h in unchanged.history].count("agent_replied") == 1
 
     await row.locator("input.reason").fill("the logs")
     await row.locator("button.wait").click()
