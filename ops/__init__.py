@@ -2,7 +2,7 @@
 
 - ``cli``: the arguments and the dispatch of each command (``cli()`` runs one, ``main()``
   is the console script);
-- ``tickets``: ``list``, ``show``, ``ack`` / ``resolve``, ``watch``;
+- ``tickets``: ``list``, ``show``, ``ack`` / ``resolve`` / ``reply`` / ``wait``, ``watch``;
 - ``replay``: ``replay``;
 - ``policy``: ``policy diff`` / ``adopt`` / ``archive`` / ``versions``;
 - ``output``: times, durations, tables, a ticket's status, JSON;

@@ -264,8 +264,9 @@ ACTING = ("ack", "resolve", "reply", "wait")
 
 
 def _signal_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BaseModel:
-    """The action's payload, checked before anything is contacted; ack and resolve are
-    stamped with the instant the agent acted (now), which counts even if no worker is up."""
+    """The action's payload, checked before anything is contacted; ack, resolve, reply and
+    wait are stamped with the instant the agent acted (now), which counts even if no worker
+    is up."""
     adopting = args.command == "policy"
     given = args.by if adopting else args.agent
     agent = given if given is not None else os.environ.get(AGENT_ENV)
@@ -335,10 +336,7 @@ def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_numbers(parser, args)
-    acting = (
-        args.command in ("ack", "resolve", "reply", "wait")
-        or getattr(args, "policy_command", "") == "adopt"
-    )
+    acting = args.command in ACTING or getattr(args, "policy_command", "") == "adopt"
     payload = _signal_payload(parser, args) if acting else None
     try:
         return asyncio.run(run(args, payload, out))

@@ -1,5 +1,6 @@
-"""``list``, ``show``, ``ack`` / ``resolve`` and ``watch``: tickets from visibility, one
-ticket's status, and the agent's actions through the ticket's update."""
+"""``list``, ``show``, ``ack`` / ``resolve`` / ``reply`` / ``wait`` and ``watch``: tickets
+from visibility, one ticket's status, and the agent's actions through the ticket's
+update."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,8 +41,16 @@ from contract.client import (
     list_tickets,
     ticket_status,
 )
-from contract.models import Acknowledge, Resolve, Severity, TicketState, TicketStatus, Tier
-from harness.policy import write_policy
+from contract.models import (
+    Acknowledge,
+    CustomerReply,
+    Resolve,
+    Severity,
+    TicketState,
+    TicketStatus,
+    Tier,
+)
+from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from ledger.store import SqlLedger
 from ops import cli as ops
@@ -917,3 +926,40 @@ async def test_reply_and_wait_act_through_the_update_and_show_lists_the_wait(
     await handle.signal("resolve", Resolve(by="test"))
     no_reason = await run_ops.process("wait", ticket_id, "--agent", "bob")
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+
+
+async def test_show_lists_the_next_reply_and_resolution_and_pauses_them_while_waiting(
+    tickets: Tickets, run_ops: Ops, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = write_policy(tmp_path, with_targets("premium", next_reply="PT4H", resolution="P1D"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    run = uuid.uuid4().hex[:6]  # not the module's run: its listing tests count those
+    ticket_id = f"TGT-{run}"
+    [opened] = await open_and_plan(tickets, ticket(ticket_id, customer_id=f"targets-{run}"))
+    handle = tickets.client.get_workflow_handle(f"ticket-{ticket_id}", result_type=TicketStatus)
+    reply = await run_ops.process("reply", ticket_id, "--agent", "alice")
+    assert reply.returncode == 0, reply.stderr
+    replied = datetime.now(UTC).replace(microsecond=0)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=replied, subject="still broken", reference=f"<{ticket_id}>"),
+    )
+
+    async def next_reply_started() -> dict[str, str] | None:
+        header = header_of((await run_ops.inline("show", ticket_id)).stdout)
+        return header if "next reply" in header else None
+
+    header = await eventually("the next reply in show", next_reply_started)
+    [resolution] = [t for t in opened.targets if t.metric.value == "resolution"]
+    resolution_due = resolution.started_at + timedelta(days=1)
+    assert header["next reply"] == f"due {utc(replied + timedelta(hours=4))} UTC: running"
+    assert header["resolution"] == f"due {utc(resolution_due)} UTC: running"
+
+    wait = await run_ops.process("wait", ticket_id, "--reason", "the logs", "--agent", "bob")
+    assert wait.returncode == 0, wait.stderr
+    after = textwrap.dedent(wait.stdout.split("\n", 1)[1])  # the status after the action
+    header = header_of(after)
+    assert header["next reply"].endswith(": paused")
+    assert header["resolution"].endswith(": paused")
+    assert header["waiting on customer"].endswith(": the logs")
+    await close_all(tickets, ticket_id)
