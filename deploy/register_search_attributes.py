@@ -6,6 +6,9 @@ default 30), then registers the contract's search attributes from
 SlaNextMetric (Keyword), ResponseDueAt, SlaNextDeadline (Datetime), SlaBreached (Bool).
 
 Idempotent: what exists already is left alone, so it runs on every ``docker compose up``.
+Run it before the workers of a release that adds an attribute (SlaNextDeadline and
+SlaNextMetric came with the next-reply and resolution targets): a ticket upserting an
+unregistered attribute fails its workflow task (docs/deploy.md).
 An attribute that exists with another type is an error: the workflow's upserts would fail.
 It connects like the worker (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, TLS / API key)
 and waits for a server that is still starting (``SUPPORT_SETUP_TIMEOUT`` seconds, 120).
