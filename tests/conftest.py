@@ -42,7 +42,7 @@ from temporalio.worker import Worker
 from contract import search_attributes as sa
 from contract.models import TicketInput, TicketStatus
 from harness.postgres import ADMIN_URL
-from harness.processes import HarnessError, eventually
+from harness.processes import HarnessError, eventually, tail
 from harness.processes import binary as find_binary
 from harness.sinks import Sink, serve_sink
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
@@ -127,7 +127,15 @@ async def dev_server(
         await server.start()
         yield WorkflowEnvironment.from_client(await connect(server.address))
     finally:
+        died = server.process.poll() if server.process is not None else None
         await asyncio.to_thread(server.stop)
+    if died is not None:
+        # A server that exits under a module fails its tests with "tcp connect error"
+        # only: say so, with its own last words.
+        raise HarnessError(
+            f"the module's dev server exited with {died} before the module ended;"
+            f" the end of {server.log}:\n{tail(server.log)}"
+        )
 
 
 @dataclass
@@ -235,7 +243,11 @@ async def terminate_open(stack: Stack) -> None:
         except HarnessError:
             pass  # terminated below all the same
         if running(await described(handle)):
-            await handle.terminate(reason="test finished")
+            try:
+                await handle.terminate(reason="test finished")
+            except RPCError as err:
+                if "completed" not in str(err).lower():
+                    raise  # it closed between the look and the terminate: nothing to do
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -21,6 +21,9 @@ import pytest_asyncio
 
 from contract.models import (
     Acknowledge,
+    AgentReply,
+    AwaitCustomer,
+    CustomerReply,
     MarkOutOfScope,
     Resolve,
     Severity,
@@ -29,7 +32,7 @@ from contract.models import (
     TicketOutcome,
     Tier,
 )
-from harness.policy import policy_text
+from harness.policy import policy_text, with_targets, write_policy
 from harness.processes import eventually
 from ledger.evidence import collect_evidence, evidence_record
 from ledger.render import CSV_COLUMNS, render_csv, render_html, render_table, report_record
@@ -1056,6 +1059,68 @@ async def test_report_on_a_ledger_filled_by_real_workflow_runs(stack: Stack) -> 
     assert record["ticket"]["response_breached"] is True
     instants = [datetime.fromisoformat(e["at"]) for e in record["events"]]
     assert instants == sorted(instants), "events in time order"
+
+
+async def test_report_on_real_runs_with_next_reply_and_resolution_targets(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Premium ticket (24x7: business time is wall time) with a 4 h next reply and a 1 day
+    resolution, run through the workflow: three next replies (one late), a wait on the
+    customer, then resolved; the report reads it from the ledger row."""
+    monkeypatch.setenv(
+        POLICY_FILE_ENV, str(write_policy(tmp_path, with_targets("premium", "PT4H", "P1D")))
+    )
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket("R-targets"), t0)
+
+    async def act(offset: timedelta, name: str, payload: Any) -> None:
+        await advance_to(stack.env, t0 + offset)
+        if name == "customer_reply":
+            await handle.signal(name, payload)
+        else:
+            await handle.execute_update(name, payload)
+
+    def answer(offset: timedelta) -> AgentReply:
+        return AgentReply(agent="ana", at=t0 + offset)
+
+    def customer(offset: timedelta) -> CustomerReply:
+        return CustomerReply(received_at=t0 + offset, reference=f"<r{offset}@acme.example>")
+
+    await act(10 * M, "agent_reply", answer(10 * M))  # the first response
+    await act(H, "customer_reply", customer(H))  # next reply 1, due 5 h
+    await act(2 * H, "agent_reply", answer(2 * H))  # met after 1 h
+    await act(3 * H, "customer_reply", customer(3 * H))  # next reply 2, due 7 h
+    await act(8 * H, "agent_reply", answer(8 * H))  # met after 5 h: late
+    wait = AwaitCustomer(by="ana", reason="logs?", at=t0 + 9 * H)
+    await act(9 * H, "await_customer", wait)  # the resolution pauses
+    await act(12 * H, "customer_reply", customer(12 * H))  # 3 h waited; next reply 3
+    await act(12 * H + 30 * M, "agent_reply", answer(12 * H + 30 * M))  # met after 30 min
+    await act(13 * H, "resolve", Resolve(by="ana"))
+    await handle.result()
+    row = await ledger_row(stack, "R-targets", lambda r: r.state.value == "resolved")
+    assert row.customer_wait == 3 * H
+
+    report = build_report(await stack.ledger.outcomes(), t0 + 14 * H)
+    figures = {(t.metric.value, t.tier): t for t in report.targets}
+    replies = figures[("next_reply", Tier.PREMIUM)]
+    # [30 min, 1 h, 5 h]: p50 rank 2 = 1 h, p90 rank 3 = 5 h.
+    assert (replies.clocks, replies.met, replies.breached, replies.pending) == (3, 2, 1, 0)
+    assert (replies.p50, replies.p90, replies.business_p50, replies.business_p90) == (
+        H, 5 * H, H, 5 * H,
+    )  # fmt: skip
+    resolution = figures[("resolution", Tier.PREMIUM)]
+    # Resolved at 13 h (the ticket processed the signal then), 3 h paused: 10 h.
+    assert (resolution.clocks, resolution.met, resolution.attainment) == (1, 1, 100.0)
+    assert resolution.p50 is not None and 10 * H <= resolution.p50 < 10 * H + M
+    assert resolution.business_p50 == resolution.p50
+    [premium, total] = report.waits
+    assert (premium.tier, premium.tickets, premium.total, premium.business_total) == (
+        Tier.PREMIUM, 1, 3 * H, 3 * H,
+    )  # fmt: skip
+    assert (total.tier, total.tickets) == (None, 1)
+    # The first response keeps its figures: answered after 10 min of 1 h.
+    first = report.group(Tier.PREMIUM, Severity.SEV2)
+    assert first is not None and (first.met, first.breached, first.ack_p50) == (1, 0, 10 * M)
 
 
 # --- next reply and resolution (issue 16) -------------------------------------------------
