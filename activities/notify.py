@@ -1,9 +1,11 @@
 """Notify an escalation step's recipients on their channels, exactly once per key.
 
 Each delivery is keyed ``<workflow id>/<step>/<recipient>``. Before sending, the attempt's
-progress (heartbeat details) and the ledger's delivery log are checked; after the sink
-accepted, the key goes into the delivery log at once (into the heartbeat only when the
-ledger cannot take it, or before the attempt fails: heartbeats are billed Actions). Every
+progress (heartbeat details), the keys this worker delivered lately and the ledger's
+delivery log are checked. When every recipient is reached, the keys go into the delivery
+log in the same transaction as the step's events and the ticket's row (one commit per
+step); an attempt that fails writes the keys it did deliver before it raises (into the
+heartbeat too: heartbeats are billed Actions, so only then). Every
 message carries the key (``Idempotency-Key`` header, email ``Message-ID``) so a sink can
 drop the duplicate that a crash between "accepted" and "stored" would otherwise cause.
 
@@ -22,6 +24,7 @@ Failure handling, per recipient:
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,6 +53,8 @@ from contract.models import (
 from ledger.store import SlaLedger
 
 log = structlog.get_logger("support.notify")
+# How many recently delivered keys a worker remembers (a few seconds' worth in a burst).
+RECENT_KEYS = 10_000
 
 
 class RecipientUnreachable(Exception):
@@ -116,6 +121,10 @@ class NotifyActivities:
         self.sender = sender
         # Keys being sent in this worker, and how many attempts want each.
         self._sending: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Keys this worker delivered lately (-> channel), oldest first: an attempt that
+        # outlived its timeout and the retry that waited for it (``_exclusive``) meet here
+        # before the first one's ledger write has landed.
+        self._recent: OrderedDict[str, str] = OrderedDict()
 
     @asynccontextmanager
     async def _exclusive(self, key: str) -> AsyncIterator[None]:
@@ -149,7 +158,7 @@ class NotifyActivities:
         delivered = [o.name for o in outcomes if o.delivered_by is not None]
         pending = [o.pending for o in outcomes if o.pending]
         if pending:
-            progress.save()
+            await self._remember(request, progress)
             # Raised after trying everyone (concurrently, so one hanging sink cannot eat the
             # others' time); the retry skips those already delivered. The details tell the
             # workflow who did get the message if the attempts run out.
@@ -187,13 +196,10 @@ class NotifyActivities:
         failures: list[DeliveryFailure],
         channels: dict[str, str],
     ) -> None:
-        for key, channel in progress.delivered.items():
-            await self.ledger.mark_delivered(key, request.ticket_id, channel)
+        marks = [(key, request.ticket_id, ch) for key, ch in progress.delivered.items()]
         events = step_events(request, delivered, failures, channels)
-        if events:
-            await self.ledger.append(events)
-        if request.summary is not None:
-            await self.ledger.save_outcome(request.summary)
+        if marks or events or request.summary is not None:
+            await self.ledger.record_delivery(marks, events, request.summary)
 
     async def _deliver_chain(
         self,
@@ -238,17 +244,24 @@ class NotifyActivities:
             return outcome
         return outcome
 
-    async def _remember(self, key: str, ticket_id: str, channel: str, progress: Progress) -> None:
-        """Record a delivery at once in the ledger's delivery log, so no later attempt
-        sends it again. Only when the ledger cannot take it does the attempt heartbeat
-        its progress instead: a heartbeat is a billed Action, a ledger row is not."""
+    async def _remember(self, request: StepDelivery, progress: Progress) -> None:
+        """Before a failed attempt raises: what it delivered into the ledger's delivery
+        log (so no later attempt, on any worker, sends it again) and the attempt's progress
+        into the heartbeat (which also tells the retry which channels were tried)."""
+        marks = [(key, request.ticket_id, ch) for key, ch in progress.delivered.items()]
         try:
-            await self.ledger.mark_delivered(key, ticket_id, channel)
+            if marks:
+                await self.ledger.record_delivery(marks, [], None)
         except Exception as err:
             log.warning(
                 "delivery log unavailable, keeping progress in the heartbeat", error=str(err)
             )
-            progress.save()
+        progress.save()
+
+    def _sent(self, key: str, channel: str) -> None:
+        self._recent[key] = channel
+        if len(self._recent) > RECENT_KEYS:
+            self._recent.popitem(last=False)
 
     async def _deliver_one(
         self,
@@ -262,6 +275,9 @@ class NotifyActivities:
         The caller holds ``_exclusive(key)``."""
         if key in progress.delivered:
             return progress.delivered[key]
+        if key in self._recent:
+            progress.delivered[key] = self._recent[key]
+            return self._recent[key]
         if await self._was_delivered(key):
             return "earlier attempt"
         # A channel's turn comes from the time spent on the step, but a channel whose time
@@ -290,7 +306,7 @@ class NotifyActivities:
             except TransientDeliveryError as err:
                 raise TransientDeliveryError(f"{channel.type.value}: {err}") from err
             progress.delivered[key] = channel.type.value
-            await self._remember(key, request.ticket_id, channel.type.value, progress)
+            self._sent(key, channel.type.value)
             return channel.type.value
         budget = request.failover_after * len(recipient.channels)
         problems = config_errors or [

@@ -688,11 +688,11 @@ class LedgerThatFailsOnce(SqlLedger):
 
     failed = False
 
-    async def mark_delivered(self, key: str, ticket_id: str, channel: str) -> None:
-        if not self.failed:
+    async def record_delivery(self, delivered: Any, events: Any, outcome: Any) -> int:
+        if delivered and not self.failed:
             self.failed = True
             raise ConnectionError("ledger unavailable")
-        await super().mark_delivered(key, ticket_id, channel)
+        return await super().record_delivery(delivered, events, outcome)
 
 
 async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_resend(
@@ -740,11 +740,11 @@ class LedgerThatRefusesEventsOnce(SqlLedger):
 
     refused = False
 
-    async def append(self, events: Any) -> None:
-        if not self.refused:
+    async def record_delivery(self, delivered: Any, events: Any, outcome: Any) -> int:
+        if events and not self.refused:
             self.refused = True
             raise ConnectionError("ledger unavailable")
-        await super().append(events)
+        return await super().record_delivery(delivered, events, outcome)
 
 
 async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_at_once(
