@@ -19,7 +19,7 @@ import httpx
 import structlog
 from temporalio.client import Client
 from temporalio.runtime import Runtime
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.channels import ChannelSender
@@ -54,15 +54,29 @@ CACHE_ENV = "SUPPORT_WORKFLOW_CACHE"
 # before the cache thrashes (a ticket that wakes outside it replays its history first).
 DEFAULT_WORKFLOW_CACHE = 500
 
-# The sandbox still runs every ticket in its own sandbox with the SDK's call restrictions,
-# but takes our workflow package from outside it instead of executing its modules again for
-# every ticket it loads: half the memory per cached ticket, and a cheaper replay when a
-# ticket wakes outside the cache (bench/results: memory-passthrough). Safe because the
-# package keeps no mutable state at module or class level (constants and functions only);
-# keep it that way.
+# The SDK's sandbox, for development and the tests: every ticket in its own sandbox with the
+# SDK's call restrictions (a non-deterministic call fails the task at once), our workflow
+# package taken from outside it instead of executed again for every ticket it loads.
+# Safe because the package keeps no mutable state at module or class level (constants
+# and functions only; tests/unit/test_worker_settings.py); keep it that way.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
 )
+# "1": run tickets in the sandbox above. The worker's default ("0") runs them without
+# it: during a burst the sandbox was a quarter of the worker's Python time, mostly
+# building a new sandbox for every ticket that wakes outside the cache
+# (bench/results/profile.md). Determinism is still checked where it is cheap: every test
+# that runs a ticket runs it sandboxed (tests/conftest.py sets "1"), and CI replays the
+# committed histories.
+SANDBOX_ENV = "SUPPORT_WORKFLOW_SANDBOX"
+
+
+def workflow_runner() -> WorkflowRunner:
+    """The runner ``SUPPORT_WORKFLOW_SANDBOX`` asks for (docs/performance.md)."""
+    value = os.environ.get(SANDBOX_ENV) or "0"
+    if value not in ("0", "1"):
+        raise SystemExit(f"{SANDBOX_ENV}: expected 0 or 1, got {value!r}")
+    return WORKFLOW_RUNNER if value == "1" else UnsandboxedWorkflowRunner()
 
 
 def build_worker(
@@ -100,7 +114,7 @@ def worker_with(
         activities=activities,  # type: ignore[arg-type]
         graceful_shutdown_timeout=timedelta(seconds=10),
         max_cached_workflows=workflow_cache(),
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=workflow_runner(),
     )
 
 

@@ -48,7 +48,7 @@ from harness.sinks import Sink, serve_sink
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import open_ticket
 from ledger.store import SqlLedger
-from worker import build_worker
+from worker import SANDBOX_ENV, build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +72,16 @@ async def register_search_attributes(environment: WorkflowEnvironment) -> None:
             },
         )
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandboxed_workflows() -> Iterator[None]:
+    """Every worker a test builds in this process runs tickets in the SDK's sandbox, which
+    fails a task on a non-deterministic call at once (worker.SANDBOX_ENV); the worker
+    processes the end-to-end tests and drills start run the deployed default, without."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SANDBOX_ENV, "1")
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,10 +12,18 @@ from typing import TypeVar
 
 import pytest
 from temporalio.common import RetryPolicy
+from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import workflows
-from worker import CACHE_ENV, DEFAULT_WORKFLOW_CACHE, WORKFLOW_RUNNER, workflow_cache
+from worker import (
+    CACHE_ENV,
+    DEFAULT_WORKFLOW_CACHE,
+    SANDBOX_ENV,
+    WORKFLOW_RUNNER,
+    workflow_cache,
+    workflow_runner,
+)
 
 # What a module of the workflow package may hold at its top level: the sandbox takes the
 # package from outside (worker.WORKFLOW_RUNNER), so every ticket sees the same objects and
@@ -69,3 +77,17 @@ def test_the_cache_defaults_to_the_measured_size_and_refuses_nonsense(
         monkeypatch.setenv(CACHE_ENV, bad)
         with pytest.raises(SystemExit, match=f"{CACHE_ENV}: expected a positive whole number"):
             workflow_cache()
+
+
+def test_the_worker_runs_tickets_unsandboxed_by_default_and_the_tests_sandboxed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The session fixture in tests/conftest.py: every worker a test builds is sandboxed.
+    assert workflow_runner() is WORKFLOW_RUNNER
+    monkeypatch.delenv(SANDBOX_ENV)
+    assert isinstance(workflow_runner(), UnsandboxedWorkflowRunner)
+    monkeypatch.setenv(SANDBOX_ENV, "1")
+    assert workflow_runner() is WORKFLOW_RUNNER
+    monkeypatch.setenv(SANDBOX_ENV, "yes")
+    with pytest.raises(SystemExit, match=f"{SANDBOX_ENV}: expected 0 or 1, got 'yes'"):
+        workflow_runner()
