@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast lint lock replay-histories demo clean migrate report bench
+.PHONY: run test test-fast lint lock replay-histories demo clean migrate report bench bench-short
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ replay-histories: $(STAMP)
 # smaller runs with e.g. make bench ARGS="--tickets 1000 --window 120".
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# The regression guard (about 5 minutes on 2 cores, at most 10): the burst (500 due at one
+# instant) and throughput (300 tickets) phases with their floors, no steady phase and no
+# Actions (python -m bench --short); writes bench/results/latest.md and .json like
+# make bench. Compare two builds without overwriting latest: make bench-short ARGS="--out DIR".
+bench-short: $(STAMP)
+	$(BIN)/python -m bench --short $(ARGS)
 
 # The contract gives example-bank its tier (Mission Critical): no --tier to claim.
 demo: $(STAMP)

@@ -1,0 +1,347 @@
+"""The benchmark's pure parts (bench/run.py): lateness counting every expected delivery,
+each phase counting only its own keys, the targets' verdicts and the report's text."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.run import (
+    PREFIX,
+    SHORT,
+    Check,
+    Lateness,
+    Report,
+    burst_check,
+    checks,
+    lateness_at,
+    measure,
+    parse,
+    polling_comparison,
+    render,
+    rss_check,
+    run_kind,
+    server_args,
+    steady_checks,
+    throughput_check,
+    write,
+)
+from contract.models import ticket_workflow_id
+from harness.sinks import Sink
+
+DUE = 1_000.0
+
+
+def record(path: str, key: str, due: float, arrived: float, stored: bool = True) -> dict[str, Any]:
+    return {
+        "path": path,
+        "key": key,
+        "body": {"due_at": datetime.fromtimestamp(due, UTC).isoformat()},
+        "stored": stored,
+        "arrived": arrived,
+    }
+
+
+def lateness(p99: float, *, expected: int = 100, missing: int = 0) -> Lateness:
+    return Lateness(expected - missing, expected, p99 / 2, p99, p99, None, missing)
+
+
+def report(**fields: Any) -> Report:
+    machine = {"date": "2026-12-01T00:00:00+00:00", "cores": 2, "python": "3.11", "temporal": "t"}
+    settings = {
+        "tickets": 0,
+        "window": 600,
+        "burst": 500,
+        "throughput": 300,
+        "poll_interval": 30,
+        "actions": False,
+        "worker_processes": 1,
+        "server_setting": [],
+        "workflow_cache": 500,
+    }
+    settings.update(fields.pop("settings", {}))
+    return Report({**machine, "platform": "linux"}, settings, **fields)
+
+
+# --- lateness -------------------------------------------------------------------------------
+
+
+def test_lateness_counts_missing_deliveries_as_arriving_at_the_phase_end() -> None:
+    got = [(f"F-{i:05d}", DUE, DUE + 0.1) for i in range(98)]
+    expected = {f"F-{i:05d}": DUE for i in range(100)}
+    late = measure(got, expected, end=DUE + 120)
+    assert (late.count, late.expected, late.missing) == (98, 100, 2)
+    assert late.max == pytest.approx(120)
+    assert late.p99 == pytest.approx(120)  # two missing out of 100 are in the top 1 %
+    assert late.p50 == pytest.approx(0.1)
+
+
+def test_lateness_with_nothing_delivered_is_all_missing_not_empty() -> None:
+    late = measure([], {"FB-00000": DUE, "FB-00001": DUE}, end=DUE + 130, burst=True)
+    assert (late.count, late.missing) == (0, 2)
+    assert late.p50 == pytest.approx(130)
+    assert late.drain_seconds == pytest.approx(130)
+
+
+def test_lateness_of_no_expected_delivery_is_not_a_number() -> None:
+    late = Lateness.of([], 0)
+    assert (late.count, late.missing) == (0, 0)
+    assert math.isnan(late.p99)
+
+
+def test_measure_counts_each_workflow_once_and_ignores_unexpected_keys() -> None:
+    key = ticket_workflow_id("B-00000")
+    got = [
+        (f"{key}/breach/bench-hook", DUE, DUE + 2),
+        (f"{key}/repeat-1/bench-hook", DUE, DUE + 50),
+        (f"{ticket_workflow_id('B-99999')}/breach/bench-hook", DUE, DUE + 90),
+    ]
+    late = measure(got, {key: DUE}, end=DUE + 120, burst=True)
+    assert (late.count, late.missing, late.max, late.drain_seconds) == (1, 0, 2, 2)
+
+
+def test_lateness_at_keeps_only_its_phase_prefix() -> None:
+    sink = Sink()
+    steady = f"{ticket_workflow_id('S-00000')}/breach/bench-hook"
+    burst = f"{ticket_workflow_id('B-00000')}/breach/bench-hook"
+    sink.received += [
+        record("/bench", steady, DUE, DUE + 1),
+        record("/bench", burst, DUE, DUE + 2),
+        record("/bench", burst, DUE, DUE + 3),  # a second copy: the first counts
+        record("/floor", "F-00000", DUE, DUE + 4),
+        record("/floor", "FB-00000", DUE, DUE + 5),
+        record("/floor", "FB-00001", DUE, DUE + 6, stored=False),
+    ]
+    assert lateness_at(sink, "/bench", PREFIX["burst"]) == [(burst, DUE, DUE + 2)]
+    assert lateness_at(sink, "/bench", PREFIX["steady"]) == [(steady, DUE, DUE + 1)]
+    assert lateness_at(sink, "/floor", PREFIX["steady_floor"]) == [("F-00000", DUE, DUE + 4)]
+    assert lateness_at(sink, "/floor", PREFIX["burst_floor"]) == [("FB-00000", DUE, DUE + 5)]
+    assert len(lateness_at(sink, "/bench")) == 2  # no prefix: every key (bench/profile.py)
+
+
+# --- the targets ----------------------------------------------------------------------------
+
+
+def test_burst_short_of_its_floor_says_by_how_much() -> None:
+    ours = Lateness(500, 500, 10, 20, 20, drain_seconds=20)  # 25/s
+    floor = Lateness(500, 500, 2, 5, 5, drain_seconds=12.5)  # 40/s
+    check = burst_check(ours, floor)
+    assert check.met is False
+    assert check.verdict() == "**not met**: 0.62 of floor, target 0.8: short by 0.18"
+    assert check.measured == "25.0/s, floor 40.0/s"
+
+
+def test_burst_with_missing_breaches_names_them() -> None:
+    ours = Lateness(499, 500, 10, 20, 130, drain_seconds=130, missing=1)
+    floor = Lateness(500, 500, 2, 5, 5, drain_seconds=10)
+    check = burst_check(ours, floor)
+    assert check.met is False
+    assert "1 of 500 breaches not delivered when the phase ended" in check.note
+
+
+def test_burst_at_its_floor_is_met_with_the_margin() -> None:
+    check = burst_check(
+        Lateness(500, 500, 1, 2, 10, drain_seconds=10),
+        Lateness(500, 500, 1, 2, 10, drain_seconds=11),
+    )
+    assert check.met is True
+    assert check.verdict() == "met: 1.10 of floor, target 0.8: 0.30 to spare"
+
+
+def test_steady_checks_render_both_conditions() -> None:
+    absolute, relative = steady_checks(lateness(1.17), lateness(0.52))
+    assert absolute.met is False
+    assert absolute.note == "p99 1.17 s, target 1 s: over by 0.17 s"
+    assert relative.met is False
+    assert relative.note == "2.25 x the floor's p99, target 1.5: over by 0.75"
+
+
+def test_steady_one_second_does_not_apply_when_the_floor_itself_misses_it() -> None:
+    absolute, relative = steady_checks(lateness(30.0), lateness(23.2))
+    assert absolute.met is None
+    assert absolute.verdict() == "n/a: the floor's own p99 is 23.20 s in this run, over 1 s"
+    assert relative.met is True  # 1.29 x the floor's
+    assert relative.note.endswith("0.21 to spare")
+
+
+def test_steady_p99_within_one_second_but_over_the_floor_factor() -> None:
+    absolute, relative = steady_checks(lateness(0.9), lateness(0.3))
+    assert absolute.met is True
+    assert relative.met is False
+    assert relative.note == "3.00 x the floor's p99, target 1.5: over by 1.50"
+
+
+def test_throughput_counts_what_did_not_complete() -> None:
+    check = throughput_check(
+        report(
+            throughput=9.1,
+            throughput_floor=19.1,
+            throughput_completed=290,
+            throughput_floor_completed=300,
+        )
+    )
+    assert check.met is False
+    assert check.note == (
+        "0.48 of floor, target 0.8: short by 0.32; 10 of 300 tickets did not complete"
+    )
+
+
+def test_rss_target_is_judged_at_ten_thousand_open() -> None:
+    assert rss_check({0: 120, 10_000: 294}).met is True
+    over = rss_check({0: 120, 10_000: 340})
+    assert (over.met, over.note) == (False, "340 MB, target 300 MB: over by 40 MB")
+    short = rss_check({0: 120, 500: 240})
+    assert short.met is None
+    assert (
+        short.note == "not measured at 10,000 open: at most 500 in this run (60 MB to spare there)"
+    )
+    assert rss_check({500: 320}).met is False
+    assert "the sum of 2 processes" in rss_check({500: 200}, processes=2).target
+    assert rss_check({}).met is None
+
+
+def test_every_target_has_a_verdict_even_when_its_phase_did_not_run() -> None:
+    found = checks(report())
+    assert [c.phase for c in found] == [
+        "steady",
+        "steady",
+        "burst",
+        "throughput",
+        "memory",
+        "actions",
+        "actions",
+    ]
+    assert all(c.met is None and c.measured == "not run" for c in found if c.phase != "memory")
+
+
+def test_actions_targets_as_bench_actions_measured_them() -> None:
+    targets = {
+        "ack_path_total": {"target": 10, "measured": 12},
+        "per_escalation_step": {"target": 2, "measured": 2.5},
+    }
+    found = checks(report(actions_targets=targets, settings={"actions": True}))
+    ack, step = found[-2:]
+    assert (ack.met, ack.note) == (False, "12 Actions, target 10: over by 2")
+    assert (step.met, step.note) == (False, "2.50 per step, target 2: over by 0.5")
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def test_report_says_delivered_of_expected_and_missing() -> None:
+    text = render(
+        report(
+            kind="full",
+            steady=Lateness(7_832, 10_000, 73.6, 417.4, 521.1, None, 2_168),
+            steady_floor=lateness(23.2, expected=10_000),
+            polling=lateness(29.97, expected=10_000),
+            settings={"tickets": 10_000},
+        )
+    )
+    assert text.startswith("# Benchmark report: full run (`make bench`)")
+    assert "| steady: 10,000 breaches over 600 s | 7,832 of 10,000 | **2,168** |" in text
+    assert "| phase | delivered | missing | p50 | p99 | max | drain |" in text
+
+
+def test_polling_row_is_reported_whichever_way_it_compares() -> None:
+    slower = render(report(steady=lateness(417.0), polling=lateness(29.97)))
+    assert "polling baseline: a checker every 30 s" in slower
+    assert "did better than the tickets" in slower
+    faster = polling_comparison(lateness(29.97), lateness(0.5))
+    assert "its p99 is 59.94x the tickets' (0.50 s)." in faster
+    alone = render(report(polling=lateness(29.97)))
+    assert "polling baseline" in alone and "Database-polling baseline" in alone
+
+
+def test_short_report_header_and_verdicts(tmp_path: Path) -> None:
+    short = report(
+        kind="short",
+        burst=Lateness(500, 500, 10, 20, 20, drain_seconds=20),
+        burst_floor=Lateness(500, 500, 2, 5, 5, drain_seconds=12.5),
+        throughput=12.0,
+        throughput_floor=30.0,
+        throughput_completed=300,
+        throughput_floor_completed=300,
+        rss_mb={0: 120.0, 500: 240.0},
+    )
+    text = render(short)
+    assert text.startswith("# Benchmark report: short run (`make bench-short`")
+    assert "| burst | drain rate ≥ 0.8 x the floor's | 25.0/s, floor 40.0/s |" in text
+    assert "short by 0.18" in text
+    assert "| tickets opened, acknowledged and resolved | 300 of 300 | 12.0 |" in text
+    write(short, tmp_path)
+    document = json.loads((tmp_path / "latest.json").read_text())
+    assert document["kind"] == "short"
+    burst = next(t for t in document["targets"] if t["phase"] == "burst")
+    assert burst["met"] is False
+    assert (tmp_path / "latest.md").read_text() == text
+
+
+def test_per_process_rss_rows() -> None:
+    text = render(
+        report(
+            rss_mb={0: 240.0, 500: 400.0},
+            rss_per_process_mb={0: [120.0, 120.0], 500: [210.0, 190.0]},
+            settings={"worker_processes": 2},
+        )
+    )
+    assert "2 processes: their sum" in text
+    assert "| worker0 (MB) | 120 | 210 |" in text
+    assert "| worker1 (MB) | 120 | 190 |" in text
+
+
+def test_check_verdict_text() -> None:
+    assert Check("x", "t", "m", None).verdict() == "n/a"
+    assert Check("x", "t", "m", True, "fine").verdict() == "met: fine"
+    assert Check("x", "t", "m", False, "short").verdict() == "**not met**: short"
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_defaults_are_the_full_run_and_short_is_the_regression_guard() -> None:
+    assert run_kind(parse([])) == "full"
+    short = parse(["--short"])
+    assert {k: getattr(short, k) for k in SHORT} == SHORT
+    assert run_kind(short) == "short"
+    assert run_kind(parse(["--short", "--burst", "1000"])) == "short"
+    assert parse(["--short", "--burst", "1000"]).burst == 1000
+    assert (
+        run_kind(parse(["--tickets", "0", "--burst", "500", "--throughput", "300", "--no-actions"]))
+        == "short"
+    )
+    assert run_kind(parse(["--tickets", "1000"])) == "custom"
+
+
+def test_worker_processes_and_server_settings() -> None:
+    args = parse(
+        [
+            "--worker-processes",
+            "2",
+            "--server-setting",
+            "matching.numTaskqueueReadPartitions=1",
+            "--server-setting",
+            "history.cacheMaxSize=1024",
+            "--out",
+            "/tmp/compare",
+        ]
+    )
+    assert args.worker_processes == 2
+    assert args.out == Path("/tmp/compare")
+    assert server_args(args.server_setting) == [
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--dynamic-config-value",
+        "matching.numTaskqueueReadPartitions=1",
+        "--dynamic-config-value",
+        "history.cacheMaxSize=1024",
+    ]
+    with pytest.raises(SystemExit):
+        parse(["--server-setting", "no-value"])
+    with pytest.raises(SystemExit):
+        parse(["--worker-processes", "0"])
