@@ -3,7 +3,10 @@ process, loopback sinks, the SLA ledger on SQLite or PostgreSQL.
 
 Each drill is a module with ``main(argv)``, run as ``python -m drills.<name>`` (``--help``,
 ``--tickets N``, ``--short`` for the test suite's size, ``--keep`` to keep its temporary
-directory) and prints one verdict line; it exits 1 on FAIL.
+directory) and prints one verdict line; it exits 1 on FAIL. A full-size run also writes
+the verdict, with the run's date, machine, command, profile and problems, to
+``drills/results/latest-<drill>.md`` (``--out DIR`` elsewhere; a ``--short`` run writes
+no file unless given ``--out``).
 
 - ``worker_kill``: kill -9 the worker while escalations fall due, then restart it;
 - ``server_restart``: stop (SIGTERM, then SIGKILL) and restart the dev server;

@@ -20,11 +20,14 @@ import argparse
 import asyncio
 import dataclasses
 import math
+import os
+import platform
 import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
@@ -35,6 +38,11 @@ from harness.processes import HarnessError
 from harness.sinks import Sink
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
+
+# Where a full-size drill writes its verdict (``latest-<drill>.md``); ``--short`` runs (the
+# test suite's) write nothing unless given ``--out``.
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBLEMS_SHOWN = 40
 
 # History entries the workflow also writes to the ledger, under the same kind.
 LEDGER_KINDS = {
@@ -287,12 +295,42 @@ class Verdict:
 
     def report(self) -> int:
         """Problems on stderr, the verdict line on stdout; the exit code."""
-        for problem in self.problems[:40]:
+        for problem in self.problems[:PROBLEMS_SHOWN]:
             print(f"  problem: {problem}", file=sys.stderr)
-        if len(self.problems) > 40:
-            print(f"  ... and {len(self.problems) - 40} more", file=sys.stderr)
+        if len(self.problems) > PROBLEMS_SHOWN:
+            print(f"  ... and {len(self.problems) - PROBLEMS_SHOWN} more", file=sys.stderr)
         print(self.line(), flush=True)
         return 1 if self.problems else 0
+
+    def markdown(self, command: str, profile: Mapping[str, object], date: str = "") -> str:
+        """The results file: the run (when, where, the command and its profile), the
+        verdict line and the problems."""
+        date = date or datetime.now(UTC).isoformat(timespec="seconds")
+        outcome = "FAIL" if self.problems else "PASS"
+        settings = ", ".join(f"{name}={value}" for name, value in profile.items())
+        lines = [
+            f"# Drill {self.drill}: {outcome}",
+            "",
+            f"Run {date} on {os.cpu_count()} cores, Python {platform.python_version()}"
+            f" ({platform.platform()}): `{command}` ({settings}).",
+            "",
+            "```",
+            self.line(),
+            "```",
+        ]
+        if self.problems:
+            lines += ["", "Problems:", ""]
+            lines += [f"- {problem}" for problem in self.problems[:PROBLEMS_SHOWN]]
+            if len(self.problems) > PROBLEMS_SHOWN:
+                lines.append(f"- ... and {len(self.problems) - PROBLEMS_SHOWN} more")
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: Path, command: str, profile: Mapping[str, object]) -> Path:
+        """``latest-<drill>.md`` in ``directory`` (replacing the last run's)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"latest-{self.drill}.md"
+        path.write_text(self.markdown(command, profile), encoding="utf-8")
+        return path
 
 
 def parser(
@@ -316,6 +354,13 @@ def parser(
     )
     result.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (logs, databases)"
+    )
+    result.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help=f"where latest-{drill}.md goes (default {RESULTS.relative_to(RESULTS.parents[1])}/;"
+        " with --short, nowhere unless given)",
     )
     if down is not None:
         result.add_argument(
@@ -356,4 +401,12 @@ def run_drill(
         verdict = asyncio.run(drill(profile, args.keep))
     except HarnessError as err:
         verdict = Verdict(name, problems=[str(err)])
+    out = args.out if args.out is not None or args.short else RESULTS
+    if out is not None:
+        module = f"python -m drills.{name.replace('-', '_')}"
+        command = " ".join([module, *(sys.argv[1:] if argv is None else argv)])
+        sizes = dataclasses.asdict(profile)  # type: ignore[call-overload]
+        shown = {"profile": "short" if args.short else "full", **sizes}
+        written = verdict.write(out, command, shown)
+        print(f"verdict written to {written}", file=sys.stderr)
     return verdict.report()
