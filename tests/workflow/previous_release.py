@@ -18,13 +18,17 @@ with workflow.unsafe.imports_passed_through():
 
 @workflow.defn(name="SupportTicket")
 class TicketBeforeBatching(SupportTicket):
-    """Before ``BATCHED_LEDGER_WRITES``: one ledger activity per SLA event."""
+    """Before ``BATCHED_LEDGER_WRITES``: one ledger activity per SLA event (and before the
+    later ``KEEP_WAKE_TIMER``: a timer per turn of the loop)."""
 
     @workflow.run
     async def run(self, raw: RawValue) -> TicketStatus:
         return await super().run(raw)
 
     def _batch_ledger_writes(self) -> bool:
+        return False
+
+    def _keeps_wake_timer(self) -> bool:
         return False
 
 

@@ -480,6 +480,7 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
         # The SDK marks a ticket with each workflow.patched() id it takes, once per run:
         # that is how open tickets still on an old branch are found (README: versioning).
         ["TemporalChangeVersion"],
+        ["TemporalChangeVersion"],  # one per patch id the run takes (not billed)
         ["SlaBreached"],  # breach
         ["TicketState"],  # acknowledged
         ["TicketState"],  # resolved
@@ -681,3 +682,25 @@ async def test_a_customer_reply_is_recorded_once_per_message_and_changes_no_cloc
     await finish(handle)
     events = [e for e in await stack.ledger.events(data.ticket_id) if e.kind == "customer_reply"]
     assert len(events) == 1 and events[0].detail["subject"] == "Re: still failing"
+
+
+async def test_messages_that_move_no_deadline_keep_the_running_timer(stack: Stack) -> None:
+    """KEEP_WAKE_TIMER: the wake-up timer is started once per wake, not once per message
+    (each timer started is a billed Action); the step still fires at its exact instant."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    for minute in (5, 6, 7):  # customer replies: recorded, no deadline moves
+        await advance_to(stack.env, t0 + minute * M)
+        reply = CustomerReply(
+            received_at=t0 + minute * M, subject="Re: still down", reference=f"<m{minute}@x>"
+        )
+        await handle.signal("customer_reply", reply)
+    await advance_to(stack.env, t0 + 31 * M)
+    status = await status_of(handle)
+    assert steps(status) == ["intake", "warning"]
+    assert_fired(status.escalations[1], "warning", t0 + 30 * M, ["duty-engineer"])
+    kinds = [e.event_type async for e in handle.fetch_history_events()]
+    # The warning's timer, then the final warning's: none cancelled and started again.
+    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == 2
+    assert kinds.count(EventType.EVENT_TYPE_TIMER_CANCELED) == 0
+    await finish(handle)

@@ -16,3 +16,7 @@ REPLY_NOTIFIES = "customer-reply-notifies"
 # Targets beyond the first response (next reply, resolution), agent replies and the pause
 # while the ticket waits on the customer.
 SLA_TARGETS = "sla-targets-next-reply-resolution-pause"
+# The wake-up timer is kept across turns of the loop while the next wake does not move,
+# instead of one timer started (and one cancelled) per turn: a step then costs its timer
+# and its delivery activity, the two Actions an escalation step cannot do without.
+KEEP_WAKE_TIMER = "keep-wake-timer"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -45,6 +45,7 @@ from workflows.ticket.ladder import MOOT_ON_ACK, TERMINAL, Progress
 from workflows.ticket.outbox import current_search_attributes
 from workflows.ticket.patches import (
     ACK_SUPERSEDES_DELIVERIES,
+    KEEP_WAKE_TIMER,
     REPLY_NOTIFIES,
     RETRIAGE_NOTIFIES,
     SLA_TARGETS,
@@ -85,6 +86,8 @@ with workflow.unsafe.imports_passed_through():
 # A ticket carried into a new run keeps its latest history entries and escalations; the
 # ledger keeps every one.
 CARRIED_ENTRIES = 200
+# The shortest wake-up timer (a wake already due is handled before the loop waits).
+MIN_TIMER = timedelta(milliseconds=1)
 
 
 @dataclass
@@ -118,6 +121,11 @@ class SupportTicket(Clocks):
         self._current: _Command | None = None
         # The statement of work a ticket routed out of scope waits for.
         self._sow_child: ChildWorkflowHandle[Any, SowResult] | None = None
+        # The wake-up timer and its instant (ONE_ROUND_TRIP: kept across loop turns).
+        self._wake_timer: asyncio.Task[None] | None = None
+        self._wake_at: datetime | None = None
+        # Whether this run keeps its wake-up timer across loop turns (KEEP_WAKE_TIMER).
+        self._keep_timer = False
 
     # --- messages ----------------------------------------------------------------------
 
@@ -284,6 +292,7 @@ class SupportTicket(Clocks):
         # A TicketInput, decoded here: a bad one fails the start, never an open ticket.
         ticket = decode_input(raw, TicketInput, "InvalidTicket", "(ticket)")
         if ticket.continued is not None:
+            self._keep_timer = self._keeps_wake_timer()
             self._resume(ticket)
             await self._live()
             return self._state()
@@ -295,6 +304,10 @@ class SupportTicket(Clocks):
         self._ticket = ticket
         self._search = current_search_attributes()
         plan = await self._first_plan(opened_at)
+        # Decided once per run, before its first step (with the plan, in the task where the
+        # other patches are first asked): a run that began before the change keeps the old
+        # commands to its end (its replay finds no marker); its next run takes the new.
+        self._keep_timer = self._keeps_wake_timer()
         self._status = TicketStatus(
             ticket_id=ticket.ticket_id,
             customer_id=ticket.customer_id,
@@ -354,6 +367,7 @@ class SupportTicket(Clocks):
                 if sow.done():
                     await self._close_sow(sow)
                     continue
+                self._disarm()
                 await workflow.wait_condition(
                     lambda sow=sow: bool(self._inbox) or sow.done()  # type: ignore[misc]
                 )
@@ -363,6 +377,7 @@ class SupportTicket(Clocks):
             if status.state is TicketState.ROUTED_TO_SOW:
                 continue
             if status.state in TERMINAL:
+                self._disarm()
                 if not self._background:
                     break
                 await self._await_background()
@@ -387,6 +402,9 @@ class SupportTicket(Clocks):
             timeout = (wake_at - now) if wake_at else None
             self._refresh_next_step()
             self._sync_search_attributes()
+            if self._keep_timer:
+                await self._wait_for_wake(wake_at, now, history_full)
+                continue
             try:
                 # With a full history, also wake when background work has landed (it may
                 # be a ledger outage: the timers keep running meanwhile).
@@ -401,6 +419,46 @@ class SupportTicket(Clocks):
                 if self._idle_close_due(workflow.now()):
                     self._close_idle(workflow.now())
         await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _wait_for_wake(self, wake_at: datetime | None, now: datetime, full: bool) -> None:
+        """Wait until a message arrives or ``wake_at`` (with a full history, also until the
+        background work has landed). The running timer is kept while the next wake stays
+        where it is (a step's delivery landing, a message that moves no deadline), started
+        again only when the wake moves, and cancelled when there is nothing left to wake
+        for: each timer started is a billed Action, and before KEEP_WAKE_TIMER every turn
+        of the loop started one."""
+        if wake_at is None:
+            self._disarm()
+        elif self._wake_timer is None or wake_at != self._wake_at:
+            self._disarm()
+            delay = max(wake_at - now, MIN_TIMER)
+            self._wake_at, self._wake_timer = (
+                wake_at,
+                asyncio.ensure_future(asyncio.sleep(delay.total_seconds())),
+            )
+        timer = self._wake_timer
+        await workflow.wait_condition(
+            lambda: (
+                bool(self._inbox)
+                or (timer is not None and timer.done())
+                or (full and all(task.done() for task in self._background))
+            )
+        )
+        if timer is not None and timer.done():
+            self._wake_timer = self._wake_at = None
+            if self._idle_close_due(workflow.now()):
+                self._close_idle(workflow.now())
+
+    def _keeps_wake_timer(self) -> bool:
+        """Whether this run keeps its wake-up timer (KEEP_WAKE_TIMER); a method so that the
+        tests' previous release can run without it."""
+        return workflow.patched(KEEP_WAKE_TIMER)
+
+    def _disarm(self) -> None:
+        if self._wake_timer is not None:
+            if not self._wake_timer.done():
+                self._wake_timer.cancel()
+            self._wake_timer = self._wake_at = None
 
     # --- long-lived tickets -------------------------------------------------------------
 
