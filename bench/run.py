@@ -26,7 +26,9 @@ interval; that only makes the tickets' figures more pessimistic):
 2. floor steady: N bare workflows sleeping to the same instants, then one activity;
 3. burst: B tickets, then B bare workflows, all due at one instant (drain time);
 4. throughput: T tickets opened, acknowledged and resolved; T trivial workflows;
-5. Actions per ticket (bench.actions, on the time-skipping server).
+5. Actions per ticket (bench.actions, on the time-skipping server);
+6. replay after cache eviction of a ticket escalating for a week (bench.replay, on the
+   time-skipping server; every run but ``--short``).
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ class Report:
     actions: list[dict[str, Any]] = field(default_factory=list)
     actions_targets: dict[str, dict[str, float]] = field(default_factory=dict)
     actions_markdown: str = ""
+    replay: dict[str, Any] = field(default_factory=dict)  # bench.replay's JSON document
+    replay_markdown: str = ""
 
 
 def machine() -> dict[str, Any]:
@@ -509,6 +513,14 @@ async def actions(report: Report) -> None:
     report.actions_markdown = markdown(costs)
 
 
+async def replay(report: Report) -> None:
+    """Replay after cache eviction of a ticket escalating for a week (bench.replay, on the
+    time-skipping server; about 90 s on 2 cores, so not in the short run)."""
+    from bench.replay import measured
+
+    report.replay_markdown, report.replay = await measured()
+
+
 # --- the targets ----------------------------------------------------------------------------
 
 
@@ -829,6 +841,9 @@ def render(report: Report) -> str:
             "",
             report.actions_markdown,
         ]
+    if report.replay_markdown:
+        lines += ["", "## Replay after cache eviction (`python -m bench.replay`)", ""]
+        lines.append(report.replay_markdown.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -919,6 +934,8 @@ async def run(args: argparse.Namespace) -> Report:
             server.stop()
     if args.actions:
         await actions(report)
+    if report.kind != "short":
+        await replay(report)
     return report
 
 
