@@ -201,7 +201,7 @@ def test_rss_target_is_judged_at_ten_thousand_open() -> None:
         short.note == "not measured at 10,000 open: at most 500 in this run (60 MB to spare there)"
     )
     assert rss_check({500: 320}).met is False
-    assert "the sum of 2 processes" in rss_check({500: 200}, processes=2).target
+    assert "the largest of 2 processes" in rss_check({500: 200}, processes=2).target
     assert rss_check({}).met is None
 
 
@@ -345,3 +345,17 @@ def test_worker_processes_and_server_settings() -> None:
         parse(["--server-setting", "no-value"])
     with pytest.raises(SystemExit):
         parse(["--worker-processes", "0"])
+
+
+def test_the_memory_target_judges_the_largest_worker_process() -> None:
+    """Each process holds its own cache: two at 210 and 190 MB meet 300 MB per worker."""
+    found = checks(
+        report(
+            rss_mb={0: 240.0, 10_000: 400.0},
+            rss_per_process_mb={0: [120.0, 120.0], 10_000: [210.0, 190.0]},
+            settings={"worker_processes": 2},
+        )
+    )
+    memory = next(c for c in found if c.phase == "memory")
+    assert (memory.met, memory.measured) == (True, "210 MB with 10,000 open")
+    assert "the largest of 2 processes" in memory.target
