@@ -64,8 +64,8 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 )
 # "1": run tickets in the sandbox above. The worker's default ("0") runs them without
 # it: during a burst the sandbox was a quarter of the worker's Python time, mostly
-# building a new sandbox for every ticket that wakes outside the cache
-# (bench/results/profile.md). Determinism is still checked where it is cheap: every test
+# building a new sandbox for every ticket that wakes outside the cache (the profile in
+# bench/results/README.md). Determinism is still checked where it is cheap: every test
 # that runs a ticket runs it sandboxed (tests/conftest.py sets "1"), and CI replays the
 # committed histories.
 SANDBOX_ENV = "SUPPORT_WORKFLOW_SANDBOX"

@@ -10,8 +10,10 @@ activation handling, the webhook send, the ledger write, ...) and gives, from th
 metrics, how many workflow tasks ran, how many were replays after a cache eviction
 (sticky cache misses) and the time spent replaying.
 
-Writes ``bench/results/profile.md`` (and the raw collapsed stacks beside the run's work
-directory, named in the report); ``--out`` elsewhere.
+Prints the report (``--out FILE`` also writes it; the raw collapsed stacks stay in the
+run's work directory, named on stderr). ``bench/results/`` keeps only the benchmark's
+latest report and the notebook: a finding worth keeping goes into the notebook's
+"Where the worker's time goes" by hand, with its date and command.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.run import RESULTS, Bench, bench_policy, lateness_at, open_due
+from bench.run import Bench, bench_policy, lateness_at, open_due, server_args
 from harness.processes import HarnessError, WorkerProcess, binary, clean_env, eventually, free_port
 from harness.sinks import serve_sink
 from harness.temporal import DevServer, connect
@@ -138,7 +140,7 @@ async def profile(burst: int, rate: float, worker_env: dict[str, str]) -> Profil
         text = yaml.safe_dump(bench_policy(sink.url), sort_keys=False)
         parse_policy(text, str(policy))
         policy.write_text(text, encoding="utf-8")
-        server = DevServer(workdir, extra_args=["--sqlite-pragma", "journal_mode=wal"])
+        server = DevServer(workdir, extra_args=server_args([]))  # the benchmark's server
         await server.start()
         queue = f"profile-{uuid.uuid4().hex[:8]}"
         worker = WorkerProcess(
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--burst", type=int, default=1_000, help="breaches due at one instant")
     parser.add_argument("--open-rate", type=float, default=15, help="tickets opened per second")
-    parser.add_argument("--out", type=Path, default=RESULTS / "profile.md")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
     parser.add_argument(
         "--worker-env",
         action="append",
@@ -270,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(profile(args.burst, args.open_rate, worker_env))
     result.settings = worker_env
     text = render(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
     print(text)
     print(f"raw stacks: {result.raw}", file=sys.stderr)
     return 0

@@ -188,8 +188,8 @@ class SqlLedger:
     ) -> int:
         """A step delivery's whole record in one transaction: the delivery log's rows
         (key, ticket id, channel), the step's events and the ticket's row. One commit per
-        delivery instead of one per row (bench/results/profile.md: the ledger's share of
-        the worker during a burst). Returns how many events were new."""
+        delivery instead of one per row (the ledger was a sixth of the worker's time in a
+        burst: the profile in bench/results/README.md). Returns how many events were new."""
         async with self._writing() as conn:
             await self._mark_in(conn, delivered)
             added = await self._append_in(conn, events)
