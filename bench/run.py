@@ -61,7 +61,7 @@ from contract.models import Acknowledge, Resolve, Severity, TicketInput, Tier, t
 from drills.tickets import bounded
 from harness.processes import WorkerProcess, clean_env
 from harness.sinks import Sink, serve_sink
-from harness.temporal import TEMPORAL, DevServer, connect
+from harness.temporal import SERVER_SETTINGS, TEMPORAL, DevServer, connect, server_settings
 from intake.core import open_ticket
 from policy.load import default_policy_path, parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE
@@ -869,18 +869,22 @@ def write(report: Report, directory: Path) -> None:
 
 
 def server_args(settings: Sequence[str]) -> list[str]:
-    """The dev server's arguments: SQLite in WAL mode, then each ``--server-setting`` as a
-    ``--dynamic-config-value`` (after the harness's own defaults, so they override them)."""
-    extra = ["--sqlite-pragma", "journal_mode=wal"]
-    for setting in settings:
-        extra += ["--dynamic-config-value", setting]
-    return extra
+    """The dev server's arguments: SQLite in WAL mode, the server settings `make run` uses
+    (``harness.temporal.SERVER_SETTINGS``), each ``--server-setting`` replacing or adding
+    to them."""
+    return ["--sqlite-pragma", "journal_mode=wal", *server_settings(settings)]
 
 
 async def run(args: argparse.Namespace) -> Report:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "short")}
     report = Report(
-        machine(), {**settings, "workflow_cache": DEFAULT_WORKFLOW_CACHE}, kind=run_kind(args)
+        machine(),
+        {
+            **settings,
+            "workflow_cache": DEFAULT_WORKFLOW_CACHE,
+            "server_defaults": dict(SERVER_SETTINGS),  # make run's; --server-setting overrides
+        },
+        kind=run_kind(args),
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     with serve_sink() as sink:

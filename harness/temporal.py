@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,33 @@ SDK_DYNAMIC_CONFIG = [
     "--dynamic-config-value",
     "frontend.enableUpdateWorkflowExecutionAsyncAccepted=true",
 ]
+
+# The dev server the user gets: `make run` and the benchmark (its floor and its tickets
+# alike) start it with these dynamic-config values; docs/performance.md#server-settings
+# gives each one's measured effect, and those of the settings tried and left out.
+SERVER_SETTINGS: dict[str, str] = {
+    # One task-queue partition instead of four: partitions spread a busy queue over
+    # several matching hosts; on one server they only make a poller on an empty partition
+    # wait while tasks sit in another (or be forwarded to it).
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def server_settings(overrides: Sequence[str] = ()) -> list[str]:
+    """``--dynamic-config-value`` arguments: SERVER_SETTINGS, then each ``NAME=VALUE`` of
+    ``overrides`` (a name given again replaces the default's value)."""
+    values = dict(SERVER_SETTINGS)
+    for setting in overrides:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"server setting {setting!r}: expected NAME=VALUE")
+        values[name.strip()] = value.strip()
+    return [
+        arg
+        for name, value in values.items()
+        for arg in ("--dynamic-config-value", f"{name}={value}")
+    ]
 
 
 @contextmanager

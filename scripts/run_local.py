@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.processes import HarnessError, listening, spawn, stop_all  # noqa: E402
-from harness.temporal import DevServer  # noqa: E402
+from harness.temporal import DevServer, server_settings  # noqa: E402
 from policy.load import load_policy  # noqa: E402
 from policy.schema import PolicyError  # noqa: E402
 
@@ -141,9 +141,12 @@ def main() -> None:
         http_port=int(os.environ["TEMPORAL_HTTP_PORT"])
         if os.environ.get("TEMPORAL_HTTP_PORT")
         else None,
-        extra_args=(
-            ["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []
-        ),
+        extra_args=[
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            *server_settings(),  # the same settings the benchmark measures
+            *(["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []),
+        ],
         log_name=None,
         env=dict(os.environ),
         startup_seconds=30,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.processes import ROOT, eventually_blocking, free_ports, listening
-from harness.temporal import TEMPORAL
+from harness.temporal import TEMPORAL, server_settings
 
 
 def post(base: str, token: str, ticket: dict[str, str]) -> tuple[int, str]:
@@ -31,6 +31,18 @@ def post(base: str, token: str, ticket: dict[str, str]) -> tuple[int, str]:
             return answer.status, json.loads(answer.read())["tier"]
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())["error"]
+
+
+def dev_server_argv(port: int) -> list[str]:
+    """The command line of the dev server listening on ``port`` (from /proc)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "start-dev" in argv and str(port) in argv:
+            return argv
+    raise AssertionError(f"no dev server on port {port}")
 
 
 @pytest.mark.e2e
@@ -59,6 +71,11 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         assert (tmp_path / "data" / "temporal.sqlite").exists()
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
             assert page.status == 200
+        # The server the user gets runs with the settings the benchmark measured.
+        server = dev_server_argv(port)
+        for setting in server_settings():
+            assert setting in server, setting
+        assert "journal_mode=wal" in server
         # The HTTP service (form, board, API) and the support mailbox run beside the worker.
         eventually_blocking("the HTTP service", lambda: listening(service_port), 60)
         base = f"http://127.0.0.1:{service_port}"

@@ -33,6 +33,7 @@ from bench.run import (
 )
 from contract.models import ticket_workflow_id
 from harness.sinks import Sink
+from harness.temporal import SERVER_SETTINGS
 
 DUE = 1_000.0
 
@@ -336,11 +337,18 @@ def test_worker_processes_and_server_settings() -> None:
     assert server_args(args.server_setting) == [
         "--sqlite-pragma",
         "journal_mode=wal",
+        # make run's server settings, a run's own replacing the value of the same name
         "--dynamic-config-value",
         "matching.numTaskqueueReadPartitions=1",
         "--dynamic-config-value",
+        "matching.numTaskqueueWritePartitions=1",
+        "--dynamic-config-value",
         "history.cacheMaxSize=1024",
     ]
+    # A run's setting replaces make run's value of the same name.
+    again = server_args(["matching.numTaskqueueReadPartitions=4"])
+    assert again[3] == "matching.numTaskqueueReadPartitions=4"
+    assert again.count("--dynamic-config-value") == len(SERVER_SETTINGS)
     with pytest.raises(SystemExit):
         parse(["--server-setting", "no-value"])
     with pytest.raises(SystemExit):
