@@ -695,7 +695,7 @@ def actions_checks(targets: Mapping[str, Mapping[str, float]], ran: bool) -> lis
         over = measured - target
         shown = figure.format(measured=measured)
         note = f"{shown}, target {target:g}: " + (
-            f"over by {over:g}" if over > 0 else f"{-over:g} to spare"
+            f"over by {over:g}" if over > 0 else f"{abs(over):g} to spare"
         )
         checks.append(Check("actions", label.format(target=target), shown, over <= 0, note))
     return checks

@@ -367,3 +367,9 @@ def test_the_memory_target_judges_the_largest_worker_process() -> None:
     memory = next(c for c in found if c.phase == "memory")
     assert (memory.met, memory.measured) == (True, "210 MB with 10,000 open")
     assert "the largest of 2 processes" in memory.target
+
+
+def test_a_target_met_exactly_has_nothing_to_spare() -> None:
+    targets = {"per_escalation_step": {"target": 2, "measured": 2.0}}
+    [step] = [c for c in checks(report(actions_targets=targets)) if "step" in c.target]
+    assert (step.met, step.note) == (True, "2.00 per step, target 2: 0 to spare")
