@@ -869,10 +869,9 @@ def write(report: Report, directory: Path) -> None:
 
 
 def server_args(settings: Sequence[str]) -> list[str]:
-    """The dev server's arguments: SQLite in WAL mode, the server settings `make run` uses
-    (``harness.temporal.SERVER_SETTINGS``), each ``--server-setting`` replacing or adding
-    to them."""
-    return ["--sqlite-pragma", "journal_mode=wal", *server_settings(settings)]
+    """The dev server's arguments: `make run`'s (``harness.temporal.server_settings``),
+    each ``--server-setting`` replacing or adding to them."""
+    return server_settings(settings)
 
 
 async def run(args: argparse.Namespace) -> Report:

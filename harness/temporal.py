@@ -71,18 +71,20 @@ SERVER_SETTINGS: dict[str, str] = {
 
 
 def server_settings(overrides: Sequence[str] = ()) -> list[str]:
-    """``--dynamic-config-value`` arguments: SERVER_SETTINGS, then each ``NAME=VALUE`` of
-    ``overrides`` (a name given again replaces the default's value)."""
+    """The server's arguments for `make run` and the benchmark: SQLite in WAL mode, then
+    SERVER_SETTINGS as ``--dynamic-config-value`` arguments, each ``NAME=VALUE`` of
+    ``overrides`` replacing the default's value or adding one."""
     values = dict(SERVER_SETTINGS)
     for setting in overrides:
         name, sep, value = setting.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise ValueError(f"server setting {setting!r}: expected NAME=VALUE")
         values[name.strip()] = value.strip()
+    dynamic = [f"{name}={value}" for name, value in values.items()]
     return [
-        arg
-        for name, value in values.items()
-        for arg in ("--dynamic-config-value", f"{name}={value}")
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        *(arg for setting in dynamic for arg in ("--dynamic-config-value", setting)),
     ]
 
 

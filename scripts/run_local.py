@@ -142,9 +142,7 @@ def main() -> None:
         if os.environ.get("TEMPORAL_HTTP_PORT")
         else None,
         extra_args=[
-            "--sqlite-pragma",
-            "journal_mode=wal",
-            *server_settings(),  # the same settings the benchmark measures
+            *server_settings(),  # WAL and the settings the benchmark measures
             *(["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []),
         ],
         log_name=None,
