@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import math
 import os
 import platform
 import sys
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from contract.models import TicketStatus
 from drills.policy import SINK_TARGETS
 from harness.processes import HarnessError
 from harness.sinks import Sink
+from ledger.report import nearest_rank
 from ledger.schema import sla_events
 from ledger.store import SqlLedger
 
@@ -263,17 +263,9 @@ def delay_figures(delays: list[float], due: str, p50: str) -> dict[str, object]:
     (named ``p50``) and max of their delay after it came back."""
     return {
         due: len(delays),
-        p50: seconds(percentile(delays, 50)),
+        p50: seconds(nearest_rank(delays, 50) or 0.0),
         "max": seconds(max(delays, default=0.0)),
     }
-
-
-def percentile(values: Iterable[float], p: float) -> float:
-    """Nearest-rank percentile (the README's definition); 0 for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def seconds(value: float) -> str:

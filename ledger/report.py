@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from contract.models import Metric, Severity, TargetStatus, TicketOutcome, TicketState, Tier
 from policy.calendar import BusinessCalendar
@@ -116,8 +116,13 @@ class TicketClock:
 WALL_CLOCK = TicketClock()
 
 
-def nearest_rank(values: Sequence[timedelta], percent: int) -> timedelta | None:
-    """The ``percent``-th percentile of ``values`` by the nearest-rank method (see above)."""
+# Durations here; seconds in the drills' verdicts (drills.verdict).
+Measure = TypeVar("Measure", timedelta, float)
+
+
+def nearest_rank(values: Iterable[Measure], percent: int) -> Measure | None:
+    """The ``percent``-th percentile of ``values`` by the nearest-rank method (see above);
+    None for no values."""
     if not values:
         return None
     ordered = sorted(values)
