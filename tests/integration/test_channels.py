@@ -684,12 +684,14 @@ async def chat_engineer_stack(
 
 class LedgerThatFailsOnce(SqlLedger):
     """The real ledger, except that recording the first delivery fails (a database blip
-    right after the sink accepted the message)."""
+    right after the sink accepted the message); a subclass names another ``part`` of the
+    record whose first write fails."""
 
+    part = "delivered"
     failed = False
 
     async def record_delivery(self, delivered: Any, events: Any, outcome: Any) -> int:
-        if delivered and not self.failed:
+        if {"delivered": delivered, "events": events}[self.part] and not self.failed:
             self.failed = True
             raise ConnectionError("ledger unavailable")
         return await super().record_delivery(delivered, events, outcome)
@@ -734,17 +736,11 @@ async def test_a_retry_after_the_ledger_failed_to_record_a_delivery_does_not_res
     )
 
 
-class LedgerThatRefusesEventsOnce(SqlLedger):
+class LedgerThatRefusesEventsOnce(LedgerThatFailsOnce):
     """The real ledger, except that the first batch of events fails (the database is away
     between a delivery and the write of its step's events)."""
 
-    refused = False
-
-    async def record_delivery(self, delivered: Any, events: Any, outcome: Any) -> int:
-        if events and not self.refused:
-            self.refused = True
-            raise ConnectionError("ledger unavailable")
-        return await super().record_delivery(delivered, events, outcome)
+    part = "events"
 
 
 async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_at_once(
@@ -766,7 +762,7 @@ async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_
         await handle.result()
         history = await handle.fetch_history()
     await ledger.close()
-    assert ledger.refused
+    assert ledger.failed
     assert [r["key"] for r in sink.received] == [f"{data.workflow_id}/intake/duty-engineer"]
     assert sorted(events[key].detail["delivered"]) == ["duty-engineer", "support-queue"]
     assert events[key].detail["channels"]["duty-engineer"] == "chat"
