@@ -63,13 +63,38 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def opened(api: httpx.AsyncClient, ticket_id: str, **fields: Any) -> dict[str, Any]:
-    response = await api.post(
-        "/api/tickets", json=intake_body(ticket_id, **fields), headers=auth(INTAKE)
-    )
+def body_without(field: str, ticket_id: str, **fields: Any) -> dict[str, Any]:
+    """``intake_body(...)`` with ``field`` left out (the intake's default applies)."""
+    return {k: v for k, v in intake_body(ticket_id, **fields).items() if k != field}
+
+
+async def accepted(
+    api: httpx.AsyncClient, data: dict[str, Any], token: str = INTAKE
+) -> dict[str, Any]:
+    """Intake of ``data`` with ``token`` answers 201 (the ticket is closed after the test);
+    its reply."""
+    response = await api.post("/api/tickets", json=data, headers=auth(token))
     assert response.status_code == 201, response.text
-    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
-    return response.json()
+    api.stack.opened.append(f"ticket-{data['ticket_id']}")  # type: ignore[attr-defined]
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+async def opened(api: httpx.AsyncClient, ticket_id: str, **fields: Any) -> dict[str, Any]:
+    return await accepted(api, intake_body(ticket_id, **fields))
+
+
+async def refused(
+    api: httpx.AsyncClient, data: dict[str, Any], token: str, field: str, message: str
+) -> dict[str, Any]:
+    """Intake of ``data`` with ``token`` answers 422 with one error, ``field``: ``message``,
+    and starts nothing; its reply."""
+    response = await api.post("/api/tickets", json=data, headers=auth(token))
+    assert response.status_code == 422, response.text
+    reply: dict[str, Any] = response.json()
+    assert reply["errors"] == [{"field": field, "message": message}]
+    assert not await started(api, data["ticket_id"]), "nothing is started"
+    return reply
 
 
 async def until(api: httpx.AsyncClient, ticket_id: str, check: Any) -> dict[str, Any]:
@@ -300,34 +325,20 @@ async def test_severity_and_out_of_scope_take_validated_bodies(api: httpx.AsyncC
 async def test_a_contracted_customer_claiming_another_tier_is_refused_naming_both(
     api: httpx.AsyncClient,
 ) -> None:
-    ticket_id = tid()
-    response = await api.post(
-        "/api/tickets",
-        json=intake_body(ticket_id, customer_id="example-bank", tier="premium"),
-        headers=auth(BANK),
+    reply = await refused(
+        api,
+        intake_body(tid(), customer_id="example-bank", tier="premium"),
+        BANK,
+        "tier",
+        "customer 'example-bank' has a mission_critical contract; open the"
+        " ticket at mission_critical (or leave tier out), not premium",
     )
-    assert response.status_code == 422
-    reply = response.json()
     assert reply["error"] == "refused"
-    assert reply["errors"] == [
-        {
-            "field": "tier",
-            "message": "customer 'example-bank' has a mission_critical contract; open the"
-            " ticket at mission_critical (or leave tier out), not premium",
-        }
-    ]
-    assert not await started(api, ticket_id), "nothing is started"
 
 
 async def test_an_omitted_tier_is_the_contracted_tier(api: httpx.AsyncClient) -> None:
     ticket_id = tid()
-    data = {
-        k: v for k, v in intake_body(ticket_id, customer_id="example-bank").items() if k != "tier"
-    }
-    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
-    assert response.status_code == 201, response.text
-    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
-    promise = response.json()
+    promise = await accepted(api, body_without("tier", ticket_id, customer_id="example-bank"), BANK)
     assert (promise["tier"], promise["entitlement"]) == (
         "mission_critical",
         "contract example-bank",
@@ -341,36 +352,20 @@ async def test_an_omitted_tier_is_the_contracted_tier(api: httpx.AsyncClient) ->
 async def test_a_token_asserts_at_most_its_tier_for_customers_without_a_contract(
     api: httpx.AsyncClient,
 ) -> None:
-    above = tid()
-    response = await api.post(
-        "/api/tickets",
-        json=intake_body(above, customer_id="initech", tier="standard"),
-        headers=auth(ANYONE),
+    await refused(
+        api,
+        intake_body(tid(), customer_id="initech", tier="standard"),
+        ANYONE,
+        "tier",
+        "integration 'any-portal' may assert at most community for a customer"
+        " without a contract, not standard",
     )
-    assert response.status_code == 422
-    assert response.json()["errors"] == [
-        {
-            "field": "tier",
-            "message": "integration 'any-portal' may assert at most community for a customer"
-            " without a contract, not standard",
-        }
-    ]
-    assert not await started(api, above)
-    community = tid()
-    response = await api.post(
-        "/api/tickets",
-        json=intake_body(community, customer_id="initech", tier="community"),
-        headers=auth(ANYONE),
-    )
-    assert response.status_code == 201, response.text
-    api.stack.opened.append(f"ticket-{community}")  # type: ignore[attr-defined]
-    assert (response.json()["tier"], response.json()["response_due_at"]) == ("community", None)
+    community = intake_body(tid(), customer_id="initech", tier="community")
+    promise = await accepted(api, community, ANYONE)
+    assert (promise["tier"], promise["response_due_at"]) == ("community", None)
     # Left out, the tier of a customer without a contract is Community.
-    omitted = tid()
-    data = {k: v for k, v in intake_body(omitted, customer_id="initech").items() if k != "tier"}
-    response = await api.post("/api/tickets", json=data, headers=auth(ANYONE))
-    assert (response.status_code, response.json()["tier"]) == (201, "community")
-    api.stack.opened.append(f"ticket-{omitted}")  # type: ignore[attr-defined]
+    omitted = await accepted(api, body_without("tier", tid(), customer_id="initech"), ANYONE)
+    assert omitted["tier"] == "community"
 
 
 async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
@@ -378,7 +373,7 @@ async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
 ) -> None:
     # A contracted customer needs a token that lists it, whatever the tier.
     bank = tid()
-    data = {k: v for k, v in intake_body(bank, customer_id="example-bank").items() if k != "tier"}
+    data = body_without("tier", bank, customer_id="example-bank")
     for token in (ANYONE, INTAKE):
         response = await api.post("/api/tickets", json=data, headers=auth(token))
         assert response.status_code == 403, response.text
@@ -400,11 +395,8 @@ async def test_a_token_opens_tickets_only_for_the_customers_it_serves(
 
 async def test_an_integration_reads_only_its_customers_tickets(api: httpx.AsyncClient) -> None:
     mine = (await opened(api, tid()))["ticket_id"]  # acme, by acme-portal
-    data = {k: v for k, v in intake_body(tid(), customer_id="example-bank").items() if k != "tier"}
-    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
-    assert response.status_code == 201, response.text
-    bank = response.json()["ticket_id"]
-    api.stack.opened.append(f"ticket-{bank}")  # type: ignore[attr-defined]
+    data = body_without("tier", tid(), customer_id="example-bank")
+    bank = (await accepted(api, data, BANK))["ticket_id"]
     await until(api, mine, lambda s: s["policy_version"] is not None)
     await until(api, bank, lambda s: s["policy_version"] is not None)
     assert (await api.get(f"/api/tickets/{mine}", headers=auth(INTAKE))).status_code == 200
@@ -470,11 +462,8 @@ async def test_the_default_severity_applies_when_none_is_given(
     policy = write_policy(tmp_path, lambda p: p.update(default_severity="sev1"))
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
     ticket_id = tid()
-    data = {k: v for k, v in intake_body(ticket_id).items() if k != "severity"}
-    response = await api.post("/api/tickets", json=data, headers=auth(INTAKE))
-    assert response.status_code == 201, response.text
-    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
-    assert response.json()["severity"] == "sev1"
+    promise = await accepted(api, body_without("severity", ticket_id))
+    assert promise["severity"] == "sev1"
     status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
     assert status["severity"] == "sev1"
 
@@ -503,25 +492,15 @@ async def test_a_contracts_intake_channels_are_the_only_way_in(
         lambda p: p["customers"]["example-bank"].update(intake_channels=["named_contact"]),
     )
     monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
-    ticket_id = tid()
-    data = {
-        k: v for k, v in intake_body(ticket_id, customer_id="example-bank").items() if k != "tier"
-    }
-    response = await api.post("/api/tickets", json=data, headers=auth(BANK))
-    assert response.status_code == 422
-    assert response.json()["errors"] == [
-        {
-            "field": "intake_channel",
-            "message": "customer 'example-bank' has agreed to open tickets through"
-            " named_contact, not api",
-        }
-    ]
-    assert not await started(api, ticket_id)
-    agreed = await api.post(
-        "/api/tickets", json=data | {"intake_channel": "named_contact"}, headers=auth(BANK)
+    data = body_without("tier", tid(), customer_id="example-bank")
+    await refused(
+        api,
+        data,
+        BANK,
+        "intake_channel",
+        "customer 'example-bank' has agreed to open tickets through named_contact, not api",
     )
-    assert agreed.status_code == 201
-    api.stack.opened.append(f"ticket-{ticket_id}")  # type: ignore[attr-defined]
+    await accepted(api, data | {"intake_channel": "named_contact"}, BANK)
 
 
 async def test_health_reports_the_temporal_connection(api: httpx.AsyncClient) -> None:
