@@ -110,6 +110,19 @@ async def until(api: httpx.AsyncClient, ticket_id: str, check: Any) -> dict[str,
     return await eventually(f"{ticket_id} to reach the expected state", shown, every=0.02)
 
 
+async def planned(api: httpx.AsyncClient, ticket_id: str) -> dict[str, Any]:
+    """The ticket once its plan is resolved (it shows a policy version)."""
+    return await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+
+
+async def open_planned(api: httpx.AsyncClient) -> str:
+    """A new ticket (``opened``), once its plan is resolved; its id."""
+    ticket_id = tid()
+    await opened(api, ticket_id)
+    await planned(api, ticket_id)
+    return ticket_id
+
+
 def tid() -> str:
     import uuid
 
@@ -143,7 +156,7 @@ async def test_intake_opens_a_ticket_and_answers_the_promised_deadline(
         "response_due_at": (t0 + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
         "entitlement": None,
     }
-    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    status = await planned(api, ticket_id)
     assert datetime.fromisoformat(status["response_due_at"]) == t0 + timedelta(hours=1)
     assert status["state"] == "open" and status["escalations"][0]["step"] == "intake"
     assert status["integration"] == "acme-portal", "the ticket records who opened it"
@@ -236,9 +249,7 @@ async def test_refusals_are_401_403_404_with_a_json_body(api: httpx.AsyncClient)
 async def test_an_action_answers_200_with_the_status_after_it_and_a_refused_one_409(
     api: httpx.AsyncClient,
 ) -> None:
-    ticket_id = tid()
-    await opened(api, ticket_id)
-    await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    ticket_id = await open_planned(api)
     before = datetime.now(UTC)
     ack = await api.post(
         f"/api/tickets/{ticket_id}/ack", json={"note": "looking"}, headers=auth(AGENT_ANA)
@@ -284,9 +295,7 @@ async def test_an_agent_cannot_choose_the_instant_of_an_action(api: httpx.AsyncC
 
 
 async def test_severity_and_out_of_scope_take_validated_bodies(api: httpx.AsyncClient) -> None:
-    ticket_id = tid()
-    await opened(api, ticket_id)
-    await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    ticket_id = await open_planned(api)
     bad = await api.post(
         f"/api/tickets/{ticket_id}/severity", json={"severity": "urgent"}, headers=auth(AGENT_ANA)
     )
@@ -344,7 +353,7 @@ async def test_an_omitted_tier_is_the_contracted_tier(api: httpx.AsyncClient) ->
         "contract example-bank",
     )
     assert promise["response_target"] == "PT1H"  # Mission Critical sev2
-    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    status = await planned(api, ticket_id)
     assert status["tier"] == "mission_critical"
     assert status["response_due_at"].replace("+00:00", "Z") == promise["response_due_at"]
 
@@ -397,8 +406,8 @@ async def test_an_integration_reads_only_its_customers_tickets(api: httpx.AsyncC
     mine = (await opened(api, tid()))["ticket_id"]  # acme, by acme-portal
     data = body_without("tier", tid(), customer_id="example-bank")
     bank = (await accepted(api, data, BANK))["ticket_id"]
-    await until(api, mine, lambda s: s["policy_version"] is not None)
-    await until(api, bank, lambda s: s["policy_version"] is not None)
+    await planned(api, mine)
+    await planned(api, bank)
     assert (await api.get(f"/api/tickets/{mine}", headers=auth(INTAKE))).status_code == 200
     outside = await api.get(f"/api/tickets/{bank}", headers=auth(INTAKE))
     missing = await api.get("/api/tickets/API-none", headers=auth(INTAKE))
@@ -433,7 +442,7 @@ async def test_the_promise_comes_from_one_plan_and_is_the_tickets_deadline(
     ticket_id = tid()
     promise = await opened(api, ticket_id)
     assert calls == [ticket_id], "intake resolves the plan once"
-    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    status = await planned(api, ticket_id)
     assert datetime.fromisoformat(status["response_due_at"]) == datetime.fromisoformat(
         promise["response_due_at"]
     )
@@ -464,7 +473,7 @@ async def test_the_default_severity_applies_when_none_is_given(
     ticket_id = tid()
     promise = await accepted(api, body_without("severity", ticket_id))
     assert promise["severity"] == "sev1"
-    status = await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    status = await planned(api, ticket_id)
     assert status["severity"] == "sev1"
 
 
@@ -540,9 +549,7 @@ def test_token_settings_name_the_variable_and_entry() -> None:
 
 
 async def test_reply_and_wait_answer_with_the_status_after_them(api: httpx.AsyncClient) -> None:
-    ticket_id = tid()
-    await opened(api, ticket_id)
-    await until(api, ticket_id, lambda s: s["policy_version"] is not None)
+    ticket_id = await open_planned(api)
     before = datetime.now(UTC)
     reply = await api.post(
         f"/api/tickets/{ticket_id}/reply", json={"summary": "on it"}, headers=auth(AGENT_ANA)
