@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file (drills/server_restart.py): the p
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drills.policy import DrillPolicy
-from drills.stack import DrillError, Stack, running_stack, say
+from drills.stack import DrillError, Stack, running_stack, say, stop_and_restart
 from drills.tickets import (
     Paced,
     bounded,
@@ -111,14 +111,11 @@ async def _answers(stack: Stack, ticket_id: str) -> bool:
 
 
 async def outage(stack: Stack, began: float, planned: Outage, ids: list[str]) -> Restart:
-    await asyncio.sleep(max(0.0, began + planned.after - time.monotonic()))
-    stack.server.stop(planned.signal)
-    stopped = time.time()
-    say(f"dev server stopped ({planned.signal.name}); {len(stack.sink.accepted())} deliveries")
-    await asyncio.sleep(planned.down)
-    restarted = await stack.server.start()
+    stopped, restarted = await stop_and_restart(
+        stack, stack.server, "dev server", planned.signal, began + planned.after, planned.down
+    )
     took = await all_answer(stack, ids, seconds=120)
-    say(f"dev server back after {restarted - stopped:.1f} s; all tickets answered in {took:.1f} s")
+    say(f"all tickets answered {took:.1f} s after the restart")
     return Restart(stopped, restarted, took)
 
 

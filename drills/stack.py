@@ -7,10 +7,13 @@ Every process started here is stopped on the way out, whatever happened. The HTT
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -80,6 +83,27 @@ async def running_stack(
         await worker.start()
         say(f"{name}: dev server {server.address}, worker started, in {workdir}")
         yield Stack(workdir, server, worker, sink, client, queue, ledger)
+
+
+async def stop_and_restart(
+    stack: Stack,
+    process: DevServer | WorkerProcess,
+    name: str,
+    sig: signal.Signals,
+    at: float,
+    down: float,
+) -> tuple[float, float]:
+    """Stop ``process`` (``name`` in the progress lines) with ``sig`` at monotonic instant
+    ``at``, start it again ``down`` seconds later; (stop instant, restart instant) on the
+    wall clock."""
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    process.stop(sig)
+    stopped = time.time()
+    say(f"{name} stopped ({sig.name}); {len(stack.sink.accepted())} deliveries so far")
+    await asyncio.sleep(down)
+    restarted = await process.start()
+    say(f"{name} back after {restarted - stopped:.1f} s")
+    return stopped, restarted
 
 
 def _remove_or_keep(workdir: Path, keep: bool) -> None:

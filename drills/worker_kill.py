@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file (drills/worker_kill.py): the proj
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drills.policy import DrillPolicy
-from drills.stack import Stack, running_stack, say
+from drills.stack import running_stack, say, stop_and_restart
 from drills.tickets import Paced, final_statuses, open_tickets, resolve_when_breached
 from drills.verdict import (
     Verdict,
@@ -64,26 +64,20 @@ FULL = Profile(1000, timedelta(seconds=150), 100, 0.6, 160, 10)
 SHORT = Profile(20, timedelta(seconds=12), 3, 0.5, 10, 3)
 
 
-async def kill_and_restart(stack: Stack, at: float, down: float) -> tuple[float, float]:
-    """SIGKILL the worker at monotonic instant ``at``, start a new one ``down`` seconds
-    later; (kill instant, restart instant) on the wall clock."""
-    await asyncio.sleep(max(0.0, at - time.monotonic()))
-    stack.worker.stop(signal.SIGKILL)
-    killed = time.time()
-    say(f"worker killed (SIGKILL); {len(stack.sink.accepted())} deliveries so far")
-    await asyncio.sleep(down)
-    restarted = await stack.worker.start()
-    say(f"worker restarted after {restarted - killed:.1f} s")
-    return killed, restarted
-
-
 async def drill(profile: Profile, keep: bool) -> Verdict:
     verdict = Verdict(NAME)
     ids = [f"WK-{i:05d}" for i in range(profile.tickets)]
     async with running_stack("worker-kill", profile.policy, keep=keep) as stack:
         began = time.monotonic()
         outage = asyncio.create_task(
-            kill_and_restart(stack, began + profile.kill_after, profile.down_seconds)
+            stop_and_restart(
+                stack,
+                stack.worker,
+                "worker",
+                signal.SIGKILL,
+                began + profile.kill_after,
+                profile.down_seconds,
+            )
         )
         await open_tickets(stack, ids, per_second=profile.per_second)
         say(f"opened {len(ids)} tickets in {time.monotonic() - began:.1f} s")
