@@ -235,9 +235,9 @@ def test_http_limits_are_checked() -> None:
 def test_the_service_refuses_to_start_with_a_bad_intake_limit() -> None:
     """A rate limit of the form that cannot be used stops the service at start, naming the
     setting, instead of turning every form submission into a 503 later."""
-    done = start_refused(["-m", "service"], SUPPORT_INTAKE_LIMIT_PER_DOMAIN="lots")
-    assert done.returncode != 0
-    assert (
+    start_refused(
+        ["-m", "service"],
         "error: SUPPORT_INTAKE_LIMIT_PER_DOMAIN: 'lots' is not a positive whole number of"
-        " submissions" in done.stderr
-    ), done.stderr
+        " submissions",
+        SUPPORT_INTAKE_LIMIT_PER_DOMAIN="lots",
+    )

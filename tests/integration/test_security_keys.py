@@ -205,10 +205,13 @@ def test_the_settings_refuse_a_weak_secret(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings.from_env().keys.ids == ["k2", "k1"]
 
 
-def start_refused(command: list[str], **settings: str) -> subprocess.CompletedProcess[str]:
+def start_refused(
+    command: list[str], error: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
     """``python <command>`` from the project's root with none of this machine's Temporal or
-    support settings but ``settings``: a process expected to refuse to start."""
-    return subprocess.run(
+    support settings but ``settings``: it must refuse to start (a non-zero exit), with
+    ``error`` on stderr."""
+    done = subprocess.run(
         [sys.executable, *command],
         cwd=ROOT,
         env=clean_env(**settings),
@@ -217,26 +220,27 @@ def start_refused(command: list[str], **settings: str) -> subprocess.CompletedPr
         timeout=60,
         check=False,
     )
+    assert done.returncode != 0
+    assert error in done.stderr, done.stderr
+    return done
+
+
+WEAK_SECRET = "web-test-secret"
+WEAK_SECRET_ERROR = (
+    "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
+    " characters, at least 32 are needed"
+)
 
 
 def test_the_service_refuses_to_start_with_a_weak_secret() -> None:
-    done = start_refused(["-m", "service"], SUPPORT_LINK_SECRET="web-test-secret")
-    assert done.returncode != 0
-    assert (
-        "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
-        " characters, at least 32 are needed" in done.stderr
-    ), done.stderr
-    assert "web-test-secret" not in done.stderr + done.stdout  # the error names no secret
+    done = start_refused(["-m", "service"], WEAK_SECRET_ERROR, SUPPORT_LINK_SECRET=WEAK_SECRET)
+    assert WEAK_SECRET not in done.stderr + done.stdout  # the error names no secret
 
 
 def test_the_worker_refuses_to_start_with_a_weak_secret() -> None:
-    done = start_refused(["worker.py"], SUPPORT_LINK_SECRET="web-test-secret")
+    done = start_refused(["worker.py"], WEAK_SECRET_ERROR, SUPPORT_LINK_SECRET=WEAK_SECRET)
     assert done.returncode == 2
-    assert (
-        "error: SUPPORT_LINK_SECRET: the secret of key '0' (entry 1) is too weak: it has 15"
-        " characters, at least 32 are needed" in done.stderr
-    ), done.stderr
-    assert "web-test-secret" not in done.stderr + done.stdout
+    assert WEAK_SECRET not in done.stderr + done.stdout
 
 
 def test_the_worker_makes_no_links_with_a_weak_secret_and_says_why(
