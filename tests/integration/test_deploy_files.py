@@ -590,13 +590,10 @@ def test_the_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools() -
         assert name not in pins, f"dev tool {name} in the lock"
 
 
-@pytest.mark.e2e
-def test_pip_resolves_the_lock_to_exactly_itself(tmp_path: Path) -> None:
-    """Complete and consistent: pip, resolving the lock with dependencies (from the
-    package index, installing nothing), picks exactly the locked packages and versions,
-    so --no-deps in the image leaves nothing out."""
-    report = tmp_path / "report.json"
-    done = subprocess.run(
+def pip_dry_run(*options: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``pip install --dry-run --ignore-installed --quiet`` with ``options``: pip resolves
+    and fetches from the package index and installs nothing."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -605,16 +602,22 @@ def test_pip_resolves_the_lock_to_exactly_itself(tmp_path: Path) -> None:
             "--dry-run",
             "--ignore-installed",
             "--quiet",
-            "--report",
-            str(report),
-            "-r",
-            str(LOCK),
+            *options,
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.e2e
+def test_pip_resolves_the_lock_to_exactly_itself(tmp_path: Path) -> None:
+    """Complete and consistent: pip, resolving the lock with dependencies (from the
+    package index, installing nothing), picks exactly the locked packages and versions,
+    so --no-deps in the image leaves nothing out."""
+    report = tmp_path / "report.json"
+    done = pip_dry_run("--report", str(report), "-r", str(LOCK), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     installs = json.loads(report.read_text(encoding="utf-8"))["install"]
     resolved = {

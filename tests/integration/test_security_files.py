@@ -34,8 +34,8 @@ from packaging.utils import canonicalize_name
 from harness.temporal import DevServer
 from ledger.store import SqlLedger
 from tests.conftest import ROOT
+from tests.integration.test_deploy_files import LOCK, lock_entries, pip_dry_run
 
-LOCK = ROOT / "deploy" / "requirements.lock"
 NOBODY = 65534
 
 
@@ -250,10 +250,8 @@ def test_the_dev_servers_database_is_the_owners_only_from_creation(
 
 def lock_entry(name: str) -> tuple[str, list[str]]:
     """``name==version`` and its hashes, from deploy/requirements.lock."""
-    text = LOCK.read_text(encoding="utf-8").replace("\\\n", " ")
-    for line in text.splitlines():
-        if line.startswith(f"{name}=="):
-            pin, *options = line.split()
+    for pin, options in lock_entries().items():
+        if pin.startswith(f"{name}=="):
             return pin, [option.removeprefix("--hash=") for option in options]
     raise AssertionError(f"{name} is not in {LOCK}")
 
@@ -261,24 +259,13 @@ def lock_entry(name: str) -> tuple[str, list[str]]:
 def pip_install_dry_run(lock: Path) -> subprocess.CompletedProcess[str]:
     """The Dockerfile's install of a lock, without installing: pip still fetches each file
     from the index and checks it against the lock's hash."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--dry-run",
-            "--ignore-installed",
-            "--no-deps",
-            "--require-hashes",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-r",
-            str(lock),
-        ],
-        capture_output=True,
-        text=True,
+    return pip_dry_run(
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-r",
+        str(lock),
         timeout=180,
     )
 
