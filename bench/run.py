@@ -59,11 +59,12 @@ from bench.floor import FloorInput
 from bench.polling import PollingChecker
 from contract.models import Acknowledge, Resolve, Severity, TicketInput, Tier, ticket_workflow_id
 from drills.tickets import bounded
+from harness.policy import policy_data
 from harness.processes import WorkerProcess, clean_env
 from harness.sinks import Sink, serve_sink
 from harness.temporal import SERVER_SETTINGS, TEMPORAL, DevServer, connect, server_settings
 from intake.core import open_ticket
-from policy.load import default_policy_path, parse_policy
+from policy.load import parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,10 +242,17 @@ async def wait_for_deliveries(
 
 
 def bench_policy(sink_url: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    """The shipped policy (harness.policy) with a Premium ladder that logs its intake and
+    warning and posts its breach and repeats to the sink."""
+    targets = {
+        "bench-log": [{"type": "log"}],
+        "bench-hook": [{"type": "webhook", "url": f"{sink_url}/bench"}],
+    }
+    return policy_data(_bench_tier, targets=targets)
+
+
+def _bench_tier(data: dict[str, Any]) -> None:
     data["version"] = "bench"
-    data["targets"]["bench-log"] = {"channels": [{"type": "log"}]}
-    data["targets"]["bench-hook"] = {"channels": [{"type": "webhook", "url": f"{sink_url}/bench"}]}
     data["tiers"]["premium"] = {
         "calendar": "always",
         "response_target": "PT1H",
@@ -266,7 +274,6 @@ def bench_policy(sink_url: str) -> dict[str, Any]:
             },
         ],
     }
-    return data
 
 
 @dataclass
