@@ -145,21 +145,23 @@ def drills(
         started.stop()
 
 
-def run_drill(drills: Drills, module: str) -> str:
-    """The verdict line of ``drills.<module> --short`` (problems in the failure message)."""
-    return drills.verdict(module)
-
-
 def figures(verdict: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in verdict.split() if "=" in part)
 
 
+def passed(drills: Drills, module: str) -> dict[str, str]:
+    """The figures of ``drills.<module> --short``, once its verdict line says PASS and that
+    nothing was lost or duplicated (problems in the failure message)."""
+    verdict = drills.verdict(module)
+    found = figures(verdict)
+    assert verdict.startswith(f"DRILL {module.replace('_', '-')}: PASS")
+    assert found["lost"] == "0" and found["duplicated"] == "0"
+    return found
+
+
 @drill("worker_kill")
 def test_worker_kill_loses_and_duplicates_no_escalation(drills: Drills) -> None:
-    verdict = run_drill(drills, "worker_kill")
-    found = figures(verdict)
-    assert verdict.startswith("DRILL worker-kill: PASS")
-    assert found["lost"] == "0" and found["duplicated"] == "0"
+    found = passed(drills, "worker_kill")
     assert found["delivered"] == found["escalations"]
     assert int(found["overdue_at_restart"]) > 0
 
@@ -168,20 +170,14 @@ def test_worker_kill_loses_and_duplicates_no_escalation(drills: Drills) -> None:
 def test_server_restart_resumes_every_ticket_and_fires_missed_timers(
     drills: Drills,
 ) -> None:
-    verdict = run_drill(drills, "server_restart")
-    found = figures(verdict)
-    assert verdict.startswith("DRILL server-restart: PASS")
-    assert found["lost"] == "0" and found["duplicated"] == "0"
+    found = passed(drills, "server_restart")
     assert found["restarts"] == "term+kill"
     assert int(found["due_while_down"]) > 0
 
 
 @drill("chat_outage")
 def test_chat_outage_retries_then_falls_over_once_per_key(drills: Drills) -> None:
-    verdict = run_drill(drills, "chat_outage")
-    found = figures(verdict)
-    assert verdict.startswith("DRILL chat-outage: PASS")
-    assert found["lost"] == "0" and found["duplicated"] == "0"
+    found = passed(drills, "chat_outage")
     assert int(found["fell_over"]) > 0 and int(found["retried"]) > 0
 
 
@@ -193,19 +189,13 @@ def test_ledger_outage_writes_every_event_once_when_it_returns(
         if REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is required (CI) but unreachable")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-    verdict = run_drill(drills, "ledger_outage")
-    found = figures(verdict)
-    assert verdict.startswith("DRILL ledger-outage: PASS")
-    assert found["lost"] == "0" and found["duplicated"] == "0"
+    found = passed(drills, "ledger_outage")
     assert int(found["written_late"]) > 0
 
 
 @drill("races")
 def test_races_give_one_outcome_per_ticket_and_clear_refusals(drills: Drills) -> None:
-    verdict = run_drill(drills, "races")
-    found = figures(verdict)
-    assert verdict.startswith("DRILL races: PASS")
-    assert found["lost"] == "0" and found["duplicated"] == "0"
+    found = passed(drills, "races")
     done, total = found["refused_ok"].split("/")
     assert done == total
     # The races happened: acks landed on both sides of the deadline, and API calls got
