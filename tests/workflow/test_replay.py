@@ -39,6 +39,10 @@ def load(path: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(workflow_id, path.read_text())
 
 
+# A change that alters one path only keeps that path's history from before it.
+NARROW_CHANGES = {"before-retriage-after-ack": {"raise_after_ack"}}
+
+
 def test_the_main_paths_are_committed_for_now_and_before_each_change() -> None:
     releases = {p.parent.relative_to(ROOT).as_posix() for p in HISTORIES}
     assert releases >= {
@@ -47,10 +51,11 @@ def test_the_main_paths_are_committed_for_now_and_before_each_change() -> None:
         "before-sla-truth",
         "before-sla-targets",
         "before-keep-wake-timer",
+        *NARROW_CHANGES,
     }
     for release in releases:
         names = {p.name.split(".")[0] for p in HISTORIES if p.parent == ROOT / release}
-        assert names >= MAIN_PATHS, release
+        assert names >= NARROW_CHANGES.get(release, MAIN_PATHS), release
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.relative_to(ROOT).as_posix())

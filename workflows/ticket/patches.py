@@ -11,6 +11,9 @@ BATCHED_LEDGER_WRITES = "ledger-writes-batched-per-activation"
 ACK_SUPERSEDES_DELIVERIES = "ack-supersedes-pending-deliveries"
 # Raising the severity tells the new severity's first responders who have not heard yet.
 RETRIAGE_NOTIFIES = "retriage-notifies-new-responders"
+# Raising the severity of an acknowledged ticket tells them too: the new severity's plan is
+# resolved for its first responders (the ticket keeps its deadlines).
+RETRIAGE_AFTER_ACK = "retriage-after-ack-notifies"
 # A customer reply on an acknowledged ticket is sent to whoever acknowledged it.
 REPLY_NOTIFIES = "customer-reply-notifies"
 # Targets beyond the first response (next reply, resolution), agent replies and the pause

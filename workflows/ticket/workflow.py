@@ -47,6 +47,7 @@ from workflows.ticket.patches import (
     ACK_SUPERSEDES_DELIVERIES,
     KEEP_WAKE_TIMER,
     REPLY_NOTIFIES,
+    RETRIAGE_AFTER_ACK,
     RETRIAGE_NOTIFIES,
     SLA_TARGETS,
 )
@@ -76,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         StepKind,
         TicketCarry,
         TicketInput,
+        TicketPlan,
         TicketState,
         TicketStatus,
         describe_validation_error,
@@ -649,38 +651,53 @@ class SupportTicket(Clocks):
         if change.severity == before:
             self._emit(Event("severity_unchanged", at, by=change.by, detail=before.value))
             return f"cannot change_severity: ticket {status.ticket_id} is already {before.value}"
+        raised = ladder.rank(change.severity) < ladder.rank(before)
+        # The plan whose intake step names the new severity's first responders.
+        responders: TicketPlan | None = None
         if status.state is TicketState.OPEN:
             # Deadlines are recomputed from the original open time under the ticket's own
             # policy version: a re-triage does not give the support team a fresh clock. The
             # new severity and its deadline are applied together, or neither.
             plan = await self._resolve(change.severity, repeats_after=self._progress.repeat_horizon)
             if plan is None:
-                problem = status.policy_problem or "the policy could not be resolved"
-                self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
-                return f"cannot change_severity: {problem}"
+                return self._severity_change_failed(change, at)
             self._apply_plan(plan)
         elif any(t.met_at is None for t in targets.clocks_of(status)):
             # An answered ticket's open clocks (next reply, resolution) take the new
             # severity's targets, each from its own start, its paused time kept.
             plan = await self._resolve(change.severity, repeats_after=self._progress.repeat_horizon)
             if plan is None:
-                problem = status.policy_problem or "the policy could not be resolved"
-                self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
-                return f"cannot change_severity: {problem}"
+                return self._severity_change_failed(change, at)
             keep = {
                 "response_due_at": status.response_due_at,
                 "response_target": status.response_target,
             }
             self._apply_plan(plan.model_copy(update=keep))
+        elif raised and workflow.patched(RETRIAGE_AFTER_ACK):
+            # An acknowledged ticket without open clocks keeps its plan and deadlines; the
+            # new severity's plan only says who its first responders are. When the policy
+            # cannot be resolved (recorded on the ticket) the severity still changes.
+            responders = await self._resolve(
+                change.severity, repeats_after=self._progress.repeat_horizon
+            )
         self._emit(transitions.severity_changed(status, change, before, at, n))
-        if ladder.rank(change.severity) < ladder.rank(before):
-            self._tell_new_responders(before, change, at)
+        if raised:
+            self._tell_new_responders(before, change, at, responders or self._current_plan())
         return None
 
-    def _tell_new_responders(self, before: Severity, change: ChangeSeverity, at: datetime) -> None:
-        """Raising the severity tells the new severity's first responders (its intake step)
-        who have not heard of the ticket yet, once."""
-        intake = next((s for s in self._current_plan().steps if s.kind is StepKind.INTAKE), None)
+    def _severity_change_failed(self, change: ChangeSeverity, at: datetime) -> str:
+        """The new severity's plan could not be resolved: the ticket keeps its severity and
+        deadline (the failure is recorded) and the action is refused with why."""
+        problem = self._state().policy_problem or "the policy could not be resolved"
+        self._emit(Event("severity_change_failed", at, by=change.by, detail=problem))
+        return f"cannot change_severity: {problem}"
+
+    def _tell_new_responders(
+        self, before: Severity, change: ChangeSeverity, at: datetime, plan: TicketPlan
+    ) -> None:
+        """Raising the severity tells the new severity's first responders (the intake step
+        of ``plan``) who have not heard of the ticket yet, once."""
+        intake = next((s for s in plan.steps if s.kind is StepKind.INTAKE), None)
         if intake is None:
             return
         fresh = [r for r in intake.recipients if r.name not in self._notified]
