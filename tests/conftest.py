@@ -326,6 +326,14 @@ async def open_ticket_at(
     return handle
 
 
+async def open_now(
+    stack: Stack, data: TicketInput
+) -> tuple[datetime, WorkflowHandle[Any, TicketStatus]]:
+    """Open ``data`` now (to the second): that instant, and the ticket's handle."""
+    t0 = await now_second(stack.env)
+    return t0, await open_ticket_at(stack, data, t0)
+
+
 async def policy_resolved(handle: WorkflowHandle[Any, TicketStatus]) -> None:
     """Wait (real time, bounded) until the ticket has resolved and applied its policy."""
 

@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from contract.models import (
     MarkOutOfScope,
     Resolve,
     SowDecision,
-    TicketInput,
     TicketStatus,
 )
 from harness.policy import Edit, with_targets, write_policy
@@ -44,6 +43,7 @@ from tests.conftest import (
     advance_to,
     binary,
     now_second,
+    open_now,
     open_ticket_at,
     register_search_attributes,
     result_of,
@@ -54,14 +54,6 @@ from tests.conftest import (
 
 HISTORIES = Path(__file__).with_name("histories")
 M = timedelta(minutes=1)
-
-
-async def open_now(
-    stack: Stack, data: TicketInput
-) -> tuple[datetime, WorkflowHandle[Any, TicketStatus]]:
-    """Open ``data`` now (to the second): that instant, and the ticket's handle."""
-    t0 = await now_second(stack.env)
-    return t0, await open_ticket_at(stack, data, t0)
 
 
 async def ack_and_resolve(handle: WorkflowHandle[Any, TicketStatus], agent: str) -> list[str]:

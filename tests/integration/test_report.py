@@ -48,7 +48,16 @@ from ledger.report import (
 from ledger.store import SqlLedger, head_revision
 from policy.load import parse_policy
 from policy.schema import POLICY_FILE_ENV, Policy
-from tests.conftest import ROOT, Stack, advance_to, now_second, open_ticket_at, status_of, ticket
+from tests.conftest import (
+    ROOT,
+    Stack,
+    advance_to,
+    now_second,
+    open_now,
+    open_ticket_at,
+    status_of,
+    ticket,
+)
 
 M, H = timedelta(minutes=1), timedelta(hours=1)
 SCRIPT_CUSTOMER = '<script>alert("x")</script>'
@@ -1070,8 +1079,7 @@ async def test_report_on_real_runs_with_next_reply_and_resolution_targets(
     monkeypatch.setenv(
         POLICY_FILE_ENV, str(write_policy(tmp_path, with_targets("premium", "PT4H", "P1D")))
     )
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket("R-targets"), t0)
+    t0, handle = await open_now(stack, ticket("R-targets"))
 
     async def act(offset: timedelta, name: str, payload: Any) -> None:
         await advance_to(stack.env, t0 + offset)

@@ -41,6 +41,7 @@ from tests.conftest import (
     Stack,
     advance_to,
     now_second,
+    open_now,
     open_ticket_at,
     skip,
     status_of,
@@ -95,8 +96,7 @@ async def sow_started(stack: Stack, handle: WorkflowHandle[Any, TicketStatus]) -
 async def test_an_acknowledge_update_answers_with_the_status_after_it_and_a_second_is_refused(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 10 * M)
     after = await handle.execute_update(
         "acknowledge", Acknowledge(agent="alice", at=t0 + 9 * M), result_type=TicketStatus
@@ -128,8 +128,7 @@ async def test_an_acknowledge_update_answers_with_the_status_after_it_and_a_seco
 async def test_a_severity_change_update_answers_with_the_new_severity_and_deadline_together(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev3"))
     assert (await status_of(handle)).response_due_at == t0 + H
     await advance_to(stack.env, t0 + 5 * M)
     after = await handle.execute_update(
@@ -219,8 +218,7 @@ async def test_a_raw_start_without_severity_gets_the_policys_default(
 async def test_an_ack_stamped_before_the_deadline_but_processed_after_the_breach_is_in_time(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 62 * M)
     assert (await status_of(handle)).response_breached
     # The agent clicked at 59 min; the message waited out an outage of the workers.
@@ -246,8 +244,7 @@ async def test_an_ack_stamped_before_the_deadline_but_processed_after_the_breach
 async def test_an_ack_stamp_is_never_later_than_the_workflow_clock_nor_before_opening(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    early = await open_ticket_at(stack, ticket(), t0)
+    t0, early = await open_now(stack, ticket())
     late = await open_ticket_at(stack, ticket(), t0)
     await advance_to(stack.env, t0 + 10 * M)
     before = await early.execute_update(
@@ -280,8 +277,7 @@ async def test_out_of_scope_at_intake_has_no_deadline_and_is_never_breached(stac
 
 
 async def test_marked_out_of_scope_after_a_breach_keeps_the_breach(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 61 * M)
     routed = await handle.execute_update(
         "mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature"), result_type=TicketStatus
@@ -408,8 +404,7 @@ async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_n
 async def test_adopting_a_version_nobody_has_is_refused_and_the_ticket_keeps_escalating(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     version = (await status_of(handle)).policy_version
     await advance_to(stack.env, t0 + 5 * M)
     with pytest.raises(WorkflowUpdateFailedError) as refused:

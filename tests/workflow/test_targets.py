@@ -32,7 +32,7 @@ from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     Stack,
     advance_to,
-    now_second,
+    open_now,
     open_ticket_at,
     skip,
     status_of,
@@ -70,8 +70,7 @@ def premium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_next_reply_is_due_after_each_customer_reply_and_met_by_an_agent_reply(
     stack: Stack, fakes: FakeActivities
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    t0, handle = await open_now(stack, ticket(tier="premium"))
     status = await status_of(handle)
     assert [t.metric for t in status.targets] == [Metric.FIRST_RESPONSE, Metric.RESOLUTION]
     assert target(status, Metric.RESOLUTION).due_at == t0 + 24 * H
@@ -150,8 +149,7 @@ async def test_next_reply_is_due_after_each_customer_reply_and_met_by_an_agent_r
 async def test_a_resolution_breach_fires_its_ladder_and_repeats_until_resolved(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    t0, handle = await open_now(stack, ticket(tier="premium"))
     await advance_to(stack.env, t0 + 5 * M)
     await handle.execute_update("acknowledge", {"agent": "alice"})
     await advance_to(stack.env, t0 + 27 * H + M)
@@ -245,8 +243,7 @@ async def test_a_retriage_during_a_pause_recomputes_from_the_start_keeping_the_p
         policy["tiers"]["premium"]["resolution"]["severities"] = {"sev1": "PT8H"}
 
     monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, edit)))
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium", severity="sev2"), t0)
+    t0, handle = await open_now(stack, ticket(tier="premium", severity="sev2"))
     await advance_to(stack.env, t0 + 5 * M)
     await handle.execute_update("acknowledge", {"agent": "alice"})
     await advance_to(stack.env, t0 + 2 * H)
@@ -281,8 +278,7 @@ async def test_a_retriage_during_a_pause_recomputes_from_the_start_keeping_the_p
 async def test_a_community_ticket_waiting_on_the_customer_still_closes_when_idle(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="community", customer_id="someone"), t0)
+    t0, handle = await open_now(stack, ticket(tier="community", customer_id="someone"))
     await advance_to(stack.env, t0 + H)
     waiting = await handle.execute_update(
         "await_customer",
@@ -298,8 +294,7 @@ async def test_a_community_ticket_waiting_on_the_customer_still_closes_when_idle
 
 
 async def test_tickets_under_a_policy_without_more_targets_behave_as_before(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    t0, handle = await open_now(stack, ticket(tier="premium"))
     status = await status_of(handle)
     assert [t.metric for t in status.targets] == [Metric.FIRST_RESPONSE]
     await reply(handle, t0, "<x@acme.example>")
@@ -319,8 +314,7 @@ async def test_a_resolution_clock_survives_continue_as_new_without_repeating_a_s
         policy["limits"] = {"continue_as_new_after_events": 60}
 
     monkeypatch.setenv(POLICY_FILE_ENV, str(write_policy(tmp_path, edit)))
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    t0, handle = await open_now(stack, ticket(tier="premium"))
     first_run = (await handle.describe()).run_id
     await advance_to(stack.env, t0 + 5 * M)
     await handle.execute_update("acknowledge", {"agent": "alice"})
@@ -341,8 +335,7 @@ async def test_a_resolution_clock_survives_continue_as_new_without_repeating_a_s
 
 @pytest.mark.usefixtures("premium")
 async def test_the_new_actions_are_refused_once_the_ticket_left_the_sla_path(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="premium"), t0)
+    handle = await open_ticket_at(stack, ticket(tier="premium"))
     await handle.execute_update("mark_out_of_scope", {"by": "alice", "reason": "a feature"})
     child = stack.client.get_workflow_handle(f"sow-{handle.id.removeprefix('ticket-')}")
     await eventually(f"{child.id} to start", child.describe, every=0.02, ignoring=RPCError)

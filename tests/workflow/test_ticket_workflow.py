@@ -33,6 +33,7 @@ from tests.conftest import (
     Stack,
     advance_to,
     now_second,
+    open_now,
     open_ticket_at,
     result_of,
     status_of,
@@ -64,8 +65,7 @@ async def finish(handle: WorkflowHandle[Any, TicketStatus], by: str = "alice") -
 
 
 async def test_premium_ladder_warns_breaches_and_repeats_at_exact_instants(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 95 * M)
     status = await status_of(handle)
     assert status.response_due_at == t0 + H
@@ -120,16 +120,14 @@ async def test_mission_critical_sev1_has_15_minute_target_and_contract_contacts(
 
 
 async def test_mission_critical_below_sev1_is_no_worse_than_premium(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev2"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev2"))
     status = await status_of(handle)
     assert status.response_due_at == t0 + H
     await finish(handle)
 
 
 async def test_community_ticket_has_no_clock_and_closes_when_idle(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="community", severity="sev1"), t0)
+    t0, handle = await open_now(stack, ticket(tier="community", severity="sev1"))
     await advance_to(stack.env, t0 + 2 * H)
     status = await status_of(handle)
     assert status.commercial_sla is False
@@ -230,8 +228,7 @@ async def test_standard_target_is_four_business_hours(
 
 
 async def test_ack_before_breach_stops_the_clock_and_is_met(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 20 * M)
     await handle.signal("acknowledge", Acknowledge(agent="bob", note="looking"))
     await advance_to(stack.env, t0 + 5 * H)
@@ -253,8 +250,7 @@ async def test_ack_before_breach_stops_the_clock_and_is_met(stack: Stack) -> Non
 
 
 async def test_duplicate_and_late_acks_are_recorded_and_change_nothing(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 5 * M)
     await handle.signal("acknowledge", Acknowledge(agent="bob"))
     await advance_to(stack.env, t0 + 6 * M)
@@ -273,8 +269,7 @@ async def test_duplicate_and_late_acks_are_recorded_and_change_nothing(stack: St
 
 
 async def test_resolve_without_ack_counts_as_the_response(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 10 * M)
     result = await finish(handle, by="dave")
     assert result.state is TicketState.RESOLVED
@@ -294,8 +289,7 @@ async def test_resolve_twice_and_signals_after_resolution_are_refused_by_the_ser
 
 
 async def test_raising_severity_recomputes_from_the_original_open_time(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev3"))
     assert (await status_of(handle)).response_due_at == t0 + H
     await advance_to(stack.env, t0 + 20 * M)
     await handle.signal("change_severity", ChangeSeverity(severity="sev1", by="triage"))
@@ -323,8 +317,7 @@ async def test_raising_severity_recomputes_from_the_original_open_time(stack: St
 async def test_lowering_severity_moves_deadlines_and_fired_steps_do_not_repeat(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev1"))
     await advance_to(stack.env, t0 + 11 * M)  # intake and the sev1 warning (10 min) fired
     await handle.signal(
         "change_severity",
@@ -344,8 +337,7 @@ async def test_lowering_severity_moves_deadlines_and_fired_steps_do_not_repeat(
 async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(
     stack: Stack, fakes: FakeActivities
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(category="custom_engineering"), t0)
+    t0, handle = await open_now(stack, ticket(category="custom_engineering"))
     await advance_to(stack.env, t0 + 2 * H)
     status = await status_of(handle)
     assert status.state is TicketState.ROUTED_TO_SOW and status.out_of_scope
@@ -374,8 +366,7 @@ async def test_out_of_scope_category_goes_to_sow_and_accepted_closes(
 
 
 async def test_mark_out_of_scope_stops_the_clock_and_sow_can_be_declined(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 10 * M)
     await handle.signal(
         "mark_out_of_scope", MarkOutOfScope(by="bob", reason="asks for a custom operator")
@@ -395,8 +386,7 @@ async def test_mark_out_of_scope_stops_the_clock_and_sow_can_be_declined(stack: 
 
 
 async def test_sow_reminds_then_expires_without_a_decision(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(category="consulting"), t0)
+    t0, handle = await open_now(stack, ticket(category="consulting"))
     result = await result_of(stack.env, handle)
     assert result.state is TicketState.CLOSED and result.sow is not None
     assert result.sow.outcome.value == "expired"
@@ -459,8 +449,7 @@ async def test_opened_at_in_the_future_is_refused(stack: Stack) -> None:
 
 
 async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 65 * M)  # warning, final warning, breach
     await handle.signal("acknowledge", Acknowledge(agent="bob"))
     await finish(handle)
@@ -542,8 +531,7 @@ async def test_a_long_escalating_ticket_continues_as_new_without_losing_anything
 async def test_lowering_severity_of_a_breached_ticket_keeps_repeating_on_the_new_cadence(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev1"))
     await advance_to(stack.env, t0 + 2 * H + 30 * timedelta(seconds=1))  # repeats to 2:00
     before = await status_of(handle)
     assert before.escalations[-1].step == "repeat-21"
@@ -565,8 +553,7 @@ async def test_lowering_severity_of_a_breached_ticket_keeps_repeating_on_the_new
 async def test_a_day_of_repeats_then_a_severity_change_fetches_a_bounded_number_of_plans(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await advance_to(stack.env, t0 + 25 * H + 40 * M)
     await handle.signal("change_severity", ChangeSeverity(severity="sev3", by="triage"))
     await advance_to(stack.env, t0 + 26 * H + 10 * M)
@@ -626,8 +613,7 @@ async def test_a_client_cannot_start_a_ticket_with_forged_carried_state(stack: S
 async def test_a_malformed_signal_is_recorded_with_what_was_wrong_and_changes_nothing(
     stack: Stack,
 ) -> None:
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     await handle.signal("acknowledge", {"agent": "", "mood": "grumpy"})
     await handle.signal("change_severity", {"severity": "sev9", "by": "x"})
     await advance_to(stack.env, t0 + M)
@@ -687,8 +673,7 @@ async def test_a_customer_reply_is_recorded_once_per_message_and_changes_no_cloc
 async def test_messages_that_move_no_deadline_keep_the_running_timer(stack: Stack) -> None:
     """KEEP_WAKE_TIMER: the wake-up timer is started once per wake, not once per message
     (each timer started is a billed Action); the step still fires at its exact instant."""
-    t0 = await now_second(stack.env)
-    handle = await open_ticket_at(stack, ticket(), t0)
+    t0, handle = await open_now(stack, ticket())
     for minute in (5, 6, 7):  # customer replies: recorded, no deadline moves
         await advance_to(stack.env, t0 + minute * M)
         reply = CustomerReply(
