@@ -219,6 +219,24 @@ async def sla_targets(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def raise_after_ack(stack: Stack) -> list[str]:
+    """A Mission Critical sev3 ticket acknowledged, then raised to sev1: the new severity's
+    first responders who have not heard of it are told."""
+    t0, handle = await open_now(
+        stack, ticket("H-raise-acked", tier="mission_critical", severity="sev3")
+    )
+    await advance_to(stack.env, t0 + 2 * M)
+    await handle.execute_update("acknowledge", Acknowledge(agent="lee"))
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.execute_update(
+        "change_severity", ChangeSeverity(severity="sev1", by="lee", reason="all regions")
+    )
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.execute_update("resolve", Resolve(by="lee"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -232,6 +250,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "customer_replies": customer_replies,
     "agent_updates": agent_updates,
     "sla_targets": sla_targets,
+    "raise_after_ack": raise_after_ack,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Edit] = {
