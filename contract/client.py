@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -33,6 +34,7 @@ from contract import search_attributes as sa
 from contract.models import (
     TICKET_ID_PATTERN,
     TICKET_WORKFLOW_PREFIX,
+    Action,
     Severity,
     TicketState,
     TicketStatus,
@@ -518,9 +520,17 @@ async def apply_action(
         raise ValueError(f"unknown action {action!r}")
     workflow_id = ticket_workflow_id(check_ticket_id(ticket_id))
     handle = client.get_workflow_handle(workflow_id)
+    # One id for the update and, if it finds no worker, the signal: the ticket applies it
+    # once, whichever arrives first (Action.request_id). A payload that names one keeps it
+    # (a link's nonce, a retried request), so a repeat is answered without acting again.
+    if isinstance(payload, Action):
+        request_id = payload.request_id or uuid.uuid4().hex
+        payload = payload.model_copy(update={"request_id": request_id})
+    else:
+        request_id = uuid.uuid4().hex
     try:
         status = await handle.execute_update(
-            action, payload, result_type=TicketStatus, rpc_timeout=wait
+            action, payload, id=request_id, result_type=TicketStatus, rpc_timeout=wait
         )
         return ActionResult(ticket_id, action, status)
     except WorkflowUpdateFailedError as err:

@@ -126,6 +126,8 @@ Note = Annotated[str, StringConstraints(max_length=MAX_NOTE), AfterValidator(_no
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
 TicketId = Annotated[str, StringConstraints(pattern=TICKET_ID_PATTERN)]
 IntegrationName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+# A surface's id for one agent action (``Action.request_id``).
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")]
 # The local part excludes RFC 5322's specials: "a:b@x.example" is a group that mails b,
 # "[a](http://x)@x.example" no address at all.
 EmailAddress = Annotated[
@@ -240,7 +242,18 @@ def opened_at_problem(opened_at: datetime, now: datetime) -> str | None:
 # --- signals ---------------------------------------------------------------------------
 
 
-class Acknowledge(Message):
+class Action(Message):
+    """An agent action (the signals and updates of the same names). ``request_id``: the
+    surface's id for this one action. The ticket applies an id once, whichever of its update
+    and its signal arrives first (a surface whose update found no worker sends the signal
+    too), and an update repeated with an applied id answers with the status without acting
+    again. Without it every message acts (and none is written: the payload is what the
+    previous release sent)."""
+
+    request_id: RequestId | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class Acknowledge(Action):
     """``at``: when the agent acted, stamped by the surface that received it. The ticket
     counts the acknowledgement at that instant (never later than its own clock, never
     before it opened) and records when it processed it; without ``at`` it counts when
@@ -251,7 +264,7 @@ class Acknowledge(Message):
     at: UtcDatetime | None = None
 
 
-class AgentReply(Message):
+class AgentReply(Action):
     """An agent answered the customer (publicly). ``at`` as for ``Acknowledge``: when the
     agent acted, stamped by the surface."""
 
@@ -260,7 +273,7 @@ class AgentReply(Message):
     at: UtcDatetime | None = None
 
 
-class AwaitCustomer(Message):
+class AwaitCustomer(Action):
     """The ticket waits on the customer (an answer, logs, a test): the clocks the policy
     marks pausable stop until the customer replies. ``at`` as for ``Acknowledge``."""
 
@@ -269,25 +282,25 @@ class AwaitCustomer(Message):
     at: UtcDatetime | None = None
 
 
-class ChangeSeverity(Message):
+class ChangeSeverity(Action):
     severity: Severity
     by: Name
     reason: Note | None = None
 
 
-class MarkOutOfScope(Message):
+class MarkOutOfScope(Action):
     by: Name
     reason: Annotated[Note, StringConstraints(min_length=1)]
 
 
-class Resolve(Message):
+class Resolve(Action):
     by: Name
     summary: Note | None = None
     # As for Acknowledge: resolving an open ticket is also its first response.
     at: UtcDatetime | None = None
 
 
-class AdoptPolicy(Message):
+class AdoptPolicy(Action):
     """Move a ticket to another policy version (an explicit, recorded operation; see
     ``support-ops policy adopt``): its deadlines and ladder are recomputed under that
     version from the original open time."""
@@ -761,6 +774,8 @@ class TicketCarry(Message):
     notified: list[str] = Field(default_factory=list)
     # Whether the ticket keeps target clocks (the sla-targets patch branch).
     clocks_on: bool = False
+    # The request ids of the latest agent actions applied (``Action.request_id``).
+    requests: list[str] = Field(default_factory=list)
 
 
 # Finish every model whose annotations name a class defined after it (StepDelivery names

@@ -731,9 +731,11 @@ async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
     except LinkError as err:
         return message(request, "Link refused", str(err), 403)
     note = "from an acknowledge link" + (f" ({link.nonce})" if link.nonce else "")
-    ack = Acknowledge(agent=link.agent, note=note, at=at)
+    # The link's id is the action's: confirming it again while the first is queued (no
+    # worker) acts once.
+    ack = Acknowledge(agent=link.agent, note=note, at=at, request_id=f"ack-link-{link.nonce}")
     try:
-        code, _ = await act(request.app.state.client, link.ticket_id, "ack", ack)
+        code, body = await act(request.app.state.client, link.ticket_id, "ack", ack)
     except ApiError as err:
         if err.status == 409:
             try:
@@ -753,9 +755,12 @@ async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
             f" by {link.agent} as of {stamp} as soon as one is back.",
             202,
         )
+    # As the ticket records it (a link confirmed again answers with the first time).
+    acked_at = datetime.fromisoformat(body.get("acknowledged_at") or at.isoformat())
+    by = body.get("acknowledged_by") or link.agent
     return message(
         request,
         "Acknowledged",
-        f"Ticket {link.ticket_id} is acknowledged by {link.agent} at {stamp}. The escalation"
-        " stops.",
+        f"Ticket {link.ticket_id} is acknowledged by {by} at"
+        f" {acked_at.strftime('%Y-%m-%d %H:%M:%S UTC')}. The escalation stops.",
     )

@@ -23,6 +23,7 @@ from contract import search_attributes as sa
 from contract.models import (
     Acknowledge,
     AdoptPolicy,
+    AgentReply,
     ChangeSeverity,
     CustomerReply,
     MarkOutOfScope,
@@ -367,6 +368,82 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
     # duty engineer heard of the ticket at sev3's intake already.
     assert sorted(m.recipient for m in retriage) == ["duty-manager", "incident-commander"]
     assert "Severity raised sev3 -> sev1 by t" in retriage[0].text
+
+
+async def test_raising_an_acknowledged_ticket_tells_the_new_first_responders_once(
+    stack: Stack, fakes: FakeActivities
+) -> None:
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    await advance_to(env, t0 + 2 * M)
+    await handle.execute_update("acknowledge", Acknowledge(agent="alice", at=t0 + 2 * M))
+    await advance_to(env, t0 + 10 * M)
+    raised = await handle.execute_update(
+        "change_severity",
+        ChangeSeverity(severity="sev1", by="alice", reason="all regions"),
+        result_type=TicketStatus,
+    )
+    # The acknowledged ticket keeps its deadline; only the severity moves.
+    assert raised.severity == "sev1" and raised.state is TicketState.ACKNOWLEDGED
+    assert raised.response_due_at == t0 + H and not raised.response_breached
+    status = await until_status(
+        handle, "the re-triage message", lambda s: "retriage_sent" in kinds(s)
+    )
+    changed = next(e for e in status.history if e.kind == "severity_changed")
+    sent = next(e for e in status.history if e.kind == "retriage_sent")
+    # Told as soon as the new severity's plan named them (an activity's milliseconds).
+    assert {changed.at.replace(microsecond=0), sent.at.replace(microsecond=0)} == {t0 + 10 * M}
+    # Lowered and raised again: everyone at sev1 has heard of it already.
+    await advance_to(env, t0 + 12 * M)
+    await handle.execute_update("change_severity", ChangeSeverity(severity="sev2", by="alice"))
+    await advance_to(env, t0 + 14 * M)
+    await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="alice"))
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    final = await handle.result()
+    assert kinds(final).count("retriage_sent") == 1
+    retriage = fakes.messages("retriage")
+    # sev1's intake reaches duty-engineer, duty-manager and incident-commander; the duty
+    # engineer heard of the ticket at sev3's intake already.
+    assert sorted(m.recipient for m in retriage) == ["duty-manager", "incident-commander"]
+    assert "Severity raised sev3 -> sev1 by alice: all regions" in retriage[0].text
+    assert final.response_due_at == t0 + H and final.acknowledged_at == t0 + 2 * M
+
+
+async def test_an_action_acts_once_per_request_id_whether_update_or_signal(
+    stack: Stack, fakes: FakeActivities
+) -> None:
+    """A surface whose update found no worker sends the same action as a signal: the ticket
+    applies the request id once, whichever comes first, and an update repeated with it
+    answers with the status without acting again."""
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    await advance_to(env, t0 + 5 * M)
+    ack = Acknowledge(agent="alice", at=t0 + 5 * M, request_id="ack-link-1f2e")
+    await handle.execute_update("acknowledge", ack, result_type=TicketStatus)
+    await handle.signal("acknowledge", ack)
+    again = await handle.execute_update(
+        "acknowledge", ack.model_copy(update={"at": None}), result_type=TicketStatus
+    )
+    assert (again.acknowledged_by, again.acknowledged_at) == ("alice", t0 + 5 * M)
+    # Another id acts: a second acknowledgement is refused.
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(
+            "acknowledge", Acknowledge(agent="bob", request_id="api-2"), result_type=TicketStatus
+        )
+    await advance_to(env, t0 + 8 * M)
+    reply = AgentReply(agent="alice", summary="rolling back", at=t0 + 8 * M, request_id="r-3")
+    await handle.signal("agent_reply", reply)
+    answered = await handle.execute_update("agent_reply", reply, result_type=TicketStatus)
+    assert kinds(answered).count("agent_replied") == 1
+    await handle.execute_update("resolve", Resolve(by="alice", request_id="r-4"))
+    final = await handle.result()
+    assert kinds(final).count("acknowledged") == 1
+    assert "acknowledge_repeated" not in kinds(final)
+    assert kinds(final).count("agent_replied") == 1
+    events = [e.kind for e in await fakes.events(final.ticket_id)]
+    assert events.count("acknowledged") == 1 and events.count("agent_replied") == 1
 
 
 async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_next_step(

@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from contract import names
     from contract.models import (
         Acknowledge,
+        Action,
         AdoptPolicy,
         AgentReply,
         AwaitCustomer,
@@ -88,6 +89,8 @@ with workflow.unsafe.imports_passed_through():
 # A ticket carried into a new run keeps its latest history entries and escalations; the
 # ledger keeps every one.
 CARRIED_ENTRIES = 200
+# The request ids of this many latest agent actions are kept, to apply each id once.
+KEPT_REQUESTS = 200
 # The shortest wake-up timer (a wake already due is handled before the loop waits).
 MIN_TIMER = timedelta(milliseconds=1)
 
@@ -128,6 +131,8 @@ class SupportTicket(Clocks):
         self._wake_at: datetime | None = None
         # Whether this run keeps its wake-up timer across loop turns (KEEP_WAKE_TIMER).
         self._keep_timer = False
+        # Request ids of the agent actions applied, oldest first (at most KEPT_REQUESTS).
+        self._requests: list[str] = []
 
     # --- messages ----------------------------------------------------------------------
 
@@ -175,7 +180,7 @@ class SupportTicket(Clocks):
 
     @acknowledge_update.validator
     def _validate_acknowledge(self, ack: Acknowledge) -> None:
-        self._check_action(names.ACKNOWLEDGE)
+        self._check_action(names.ACKNOWLEDGE, ack)
 
     @workflow.update(name=names.CHANGE_SEVERITY)
     async def change_severity_update(self, change: ChangeSeverity) -> TicketStatus:
@@ -183,7 +188,8 @@ class SupportTicket(Clocks):
 
     @change_severity_update.validator
     def _validate_change_severity(self, change: ChangeSeverity) -> None:
-        self._check_action(names.CHANGE_SEVERITY)
+        if self._check_action(names.CHANGE_SEVERITY, change):
+            return
         if self._status is not None and change.severity is self._status.severity:
             raise ValueError(
                 f"cannot change_severity: ticket {self._status.ticket_id} is already"
@@ -196,7 +202,7 @@ class SupportTicket(Clocks):
 
     @mark_out_of_scope_update.validator
     def _validate_mark_out_of_scope(self, mark: MarkOutOfScope) -> None:
-        self._check_action(names.MARK_OUT_OF_SCOPE)
+        self._check_action(names.MARK_OUT_OF_SCOPE, mark)
 
     @workflow.update(name=names.RESOLVE)
     async def resolve_update(self, resolve: Resolve) -> TicketStatus:
@@ -204,7 +210,7 @@ class SupportTicket(Clocks):
 
     @resolve_update.validator
     def _validate_resolve(self, resolve: Resolve) -> None:
-        self._check_action(names.RESOLVE)
+        self._check_action(names.RESOLVE, resolve)
 
     @workflow.update(name=names.ADOPT_POLICY)
     async def adopt_policy_update(self, adopt: AdoptPolicy) -> TicketStatus:
@@ -212,7 +218,8 @@ class SupportTicket(Clocks):
 
     @adopt_policy_update.validator
     def _validate_adopt_policy(self, adopt: AdoptPolicy) -> None:
-        self._check_action(names.ADOPT_POLICY)
+        if self._check_action(names.ADOPT_POLICY, adopt):
+            return
         if self._status is not None and adopt.version == self._status.policy_version:
             raise ValueError(
                 f"cannot adopt_policy: ticket {self._status.ticket_id} already runs under"
@@ -225,7 +232,7 @@ class SupportTicket(Clocks):
 
     @agent_reply_update.validator
     def _validate_agent_reply(self, reply: AgentReply) -> None:
-        self._check_action(names.AGENT_REPLY)
+        self._check_action(names.AGENT_REPLY, reply)
 
     @workflow.update(name=names.AWAIT_CUSTOMER)
     async def await_customer_update(self, wait: AwaitCustomer) -> TicketStatus:
@@ -233,7 +240,8 @@ class SupportTicket(Clocks):
 
     @await_customer_update.validator
     def _validate_await_customer(self, wait: AwaitCustomer) -> None:
-        self._check_action(names.AWAIT_CUSTOMER)
+        if self._check_action(names.AWAIT_CUSTOMER, wait):
+            return
         refusal = self._waiting_refusal()
         if refusal:
             raise ValueError(refusal)
@@ -247,12 +255,16 @@ class SupportTicket(Clocks):
             f" {status.awaiting_customer_since.isoformat()}"
         )
 
-    def _check_action(self, action: str) -> None:
+    def _check_action(self, action: str, payload: Action) -> bool:
         """Refuse an update whose action cannot apply to the ticket as it stands (a ticket
-        still planning its SLA is open)."""
+        still planning its SLA is open). True when its request id was applied already: it
+        is accepted, to answer with the status without acting again."""
+        if payload.request_id is not None and payload.request_id in self._requests:
+            return True
         refusal = transitions.refusal(self._status, action)
         if refusal:
             raise ValueError(refusal)
+        return False
 
     async def _act(self, name: str, payload: BaseModel) -> TicketStatus:
         """Queue an update's command for the loop, wait until it is applied, and answer
@@ -498,6 +510,7 @@ class SupportTicket(Clocks):
             paged=self._paged,
             notified=sorted(self._notified),
             clocks_on=self._clocks_on,
+            requests=self._requests,
         )
         workflow.continue_as_new(self._ticket.model_copy(update={"continued": carry}))
 
@@ -518,6 +531,7 @@ class SupportTicket(Clocks):
         self._paged = list(carry.paged)
         self._notified = set(carry.notified)
         self._clocks_on = carry.clocks_on
+        self._requests = list(carry.requests)
         self._search = current_search_attributes()
         self._emit(
             Event(
@@ -549,6 +563,11 @@ class SupportTicket(Clocks):
     async def _drain_inbox(self) -> None:
         while self._inbox:
             command = self._inbox.pop(0)
+            if self._repeated(command):
+                # Applied already (its update or its signal came first): an update waiting
+                # for it answers with the status, a signal is dropped.
+                command.done = True
+                continue
             self._current = command
             routed = self._state().state is TicketState.ROUTED_TO_SOW
             try:
@@ -558,6 +577,21 @@ class SupportTicket(Clocks):
             if not routed and self._state().state is TicketState.ROUTED_TO_SOW:
                 # The loop waits for the statement of work (and applies the rest there).
                 return
+
+    def _repeated(self, command: _Command) -> bool:
+        """Whether ``command`` is an agent action whose request id was applied already;
+        else its id (if any) is kept as applied from now on."""
+        request = getattr(command.payload, "request_id", None)
+        if request is None:
+            return False
+        if request in self._requests:
+            workflow.logger.info(
+                "agent action applied already",
+                extra={"action": command.name, "request_id": request},
+            )
+            return True
+        self._requests = [*self._requests, request][-KEPT_REQUESTS:]
+        return False
 
     def _settle(self, command: _Command | None = None) -> None:
         """Tell an update waiting for ``command`` (default: the one being applied) that the
