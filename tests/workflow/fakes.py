@@ -3,7 +3,7 @@ under the same names (``contract.names``) and taking the same payloads, with no 
 
 - ``resolve_ticket_plan`` plans with the real, pure planner (``policy.plan``) under the
   policy file as loaded now, its versions kept in memory (as a worker without a ledger
-  database does);
+  database does; ``forget_policy_versions`` loses them, as such a worker's restart does);
 - ``record_sla_events`` keeps the SLA events (idempotent by key) and the ticket's row (the
   newest revision wins) in memory, and answers the ledger's two reads the tests make,
   ``events`` and ``outcome``;
@@ -82,6 +82,11 @@ class FakeActivities:
 
     async def outcome(self, ticket_id: str) -> TicketOutcome | None:
         return self._outcomes.get(ticket_id)
+
+    def forget_policy_versions(self) -> None:
+        """Lose the policy versions kept in memory, as a restarted worker without a ledger
+        database does: a pinned version resolves again only while the file has it."""
+        self._policy = PolicyActivities(MemoryPolicyStore())
 
     def messages(self, step: str | None = None) -> list[Sent]:
         """What was sent, of one step family (``breach``, ``retriage``...) if given."""

@@ -1,15 +1,16 @@
 """The record stays true (issue 13, workflow side), on the time-skipping server with exact
 instants: agent actions as Updates, a status planned before its first answer, stamped
 acknowledgements, entitlement, default severity, out of scope without a clock, deliveries
-an acknowledgement makes moot, re-triage and customer replies that reach people, policy
-failures that keep the last good plan, and a failed statement of work."""
+an acknowledgement makes moot, re-triage and customer replies that reach people, a pinned
+policy version's cadence after the file changes, policy failures that keep the last good
+plan, and a statement of work that failed or could not notify."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from contract.models import (
     CustomerReply,
     MarkOutOfScope,
     Resolve,
+    SowDecision,
     SowOutcome,
+    SowResult,
+    StepKind,
     TicketInput,
     TicketOutcome,
     TicketState,
@@ -69,6 +73,17 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 def kinds(status: TicketStatus) -> list[str]:
     return [entry.kind for entry in status.history]
+
+
+def assert_repeats_on_time(status: TicketStatus, first: int, dues: list[datetime]) -> None:
+    """The ticket's repeats from the ``first``-th on were sent as ``repeat-<n>``, due at
+    ``dues`` exactly and each fired within a second after it (the server's task latency)."""
+    sent = [e for e in status.escalations if e.kind is StepKind.REPEAT][first - 1 :]
+    assert [(e.step, e.due_at) for e in sent] == [
+        (f"repeat-{n}", due) for n, due in enumerate(dues, start=first)
+    ]
+    for record in sent:
+        assert record.due_at <= record.fired_at < record.due_at + S, record
 
 
 async def raw_start(stack: Stack, data: TicketInput) -> WorkflowHandle[Any, TicketStatus]:
@@ -342,9 +357,22 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
     await advance_to(env, t0 + 16 * M)
     status = await status_of(handle)
     assert status.response_breached and status.breached_at == t0 + 15 * M
-    # Raised again (sev2 -> sev1 would be a second raise): nobody new to tell.
     lowered = await handle.execute_update(
         "change_severity", ChangeSeverity(severity="sev3", by="t"), result_type=TicketStatus
+    )
+    assert lowered.response_due_at == t0 + H
+    assert lowered.response_breached and lowered.breached_at == t0 + 15 * M
+    # Raised to sev1 a second time: everyone sev1 reaches has heard of the ticket already,
+    # so nobody is told again (and the breach stays where it was).
+    await advance_to(env, t0 + 17 * M)
+    raised = await handle.execute_update(
+        "change_severity", ChangeSeverity(severity="sev1", by="t"), result_type=TicketStatus
+    )
+    assert raised.response_due_at == t0 + 15 * M and raised.breached_at == t0 + 15 * M
+    # Lowered again before sev1's first repeat (20 min): acknowledged at sev2 below.
+    await advance_to(env, t0 + 18 * M)
+    lowered = await handle.execute_update(
+        "change_severity", ChangeSeverity(severity="sev2", by="t"), result_type=TicketStatus
     )
     assert lowered.response_due_at == t0 + H
     assert lowered.response_breached and lowered.breached_at == t0 + 15 * M
@@ -362,11 +390,14 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
     assert outcome.overrun == 5 * M
     assert outcome.breached_at == t0 + 15 * M
     await handle.execute_update("resolve", Resolve(by="alice"))
-    await handle.result()
+    final = await handle.result()
+    assert kinds(final).count("severity_changed") == 4
+    assert kinds(final).count("retriage_sent") == 1
     retriage = fakes.messages("retriage")
     # sev1's intake reaches duty-engineer, duty-manager and incident-commander; the
     # duty engineer heard of the ticket at sev3's intake already.
     assert sorted(m.recipient for m in retriage) == ["duty-manager", "incident-commander"]
+    assert {m.step for m in retriage} == {"retriage-1"}
     assert "Severity raised sev3 -> sev1 by t" in retriage[0].text
 
 
@@ -475,6 +506,80 @@ async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_n
     assert "still down" in forwarded[0].text
 
 
+async def test_replies_on_a_ticket_acknowledged_by_someone_no_step_names_reach_the_first_responders(
+    stack: Stack, fakes: FakeActivities
+) -> None:
+    """Premium's intake step reaches support-queue and duty-engineer; alice is named by no
+    step of the policy. A reply that waited on the open ticket for its next step (the
+    warning at 30 min) goes out at the acknowledgement instead; a later one at once."""
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(env, t0 + 5 * M)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 5 * M, subject="more logs attached", reference="<r1@a>"),
+    )
+    await advance_to(env, t0 + 10 * M)
+    acked = await handle.execute_update(
+        "acknowledge", Acknowledge(agent="alice", at=t0 + 10 * M), result_type=TicketStatus
+    )
+    assert "customer_reply_sent" in kinds(acked)
+    await advance_to(env, t0 + 12 * M)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 12 * M, subject="still down", reference="<r2@a>"),
+    )
+    status = await until_status(
+        handle, "both replies sent", lambda s: kinds(s).count("customer_reply_sent") == 2
+    )
+    at_ack, later = [e for e in status.history if e.kind == "customer_reply_sent"]
+    assert at_ack.at == t0 + 10 * M  # the acknowledgement's instant
+    assert t0 + 12 * M <= later.at < t0 + 12 * M + S
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    final = await handle.result()
+    handed = fakes.messages("reply-forward-ack-")
+    assert sorted(m.recipient for m in handed) == ["duty-engineer", "support-queue"]
+    assert all("more logs attached" in m.text and "still down" not in m.text for m in handed)
+    forwarded = [m for m in fakes.messages("reply-forward-") if m not in handed]
+    assert sorted(m.recipient for m in forwarded) == ["duty-engineer", "support-queue"]
+    assert all("still down" in m.text and "more logs" not in m.text for m in forwarded)
+    # No step carried the first reply: the warnings were moot once acknowledged.
+    assert fakes.messages("warning") == [] and fakes.messages("final-warning") == []
+    events = [e for e in await fakes.events(final.ticket_id) if e.kind == "customer_reply_sent"]
+    assert [e.at for e in events] == [at_ack.at, later.at]
+    assert [sorted(e.detail["delivered"]) for e in events] == [
+        ["duty-engineer", "support-queue"]
+    ] * 2
+
+
+async def test_a_reply_waiting_on_an_open_ticket_is_handed_to_whoever_acknowledges_it(
+    stack: Stack, fakes: FakeActivities
+) -> None:
+    """The duty manager is named by Premium's breach and repeat steps only (not intake): a
+    reply waiting for the next step goes to the duty manager alone, at the acknowledgement."""
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(env, t0 + 5 * M)
+    await handle.signal(
+        "customer_reply",
+        CustomerReply(received_at=t0 + 5 * M, subject="more logs attached", reference="<r3@a>"),
+    )
+    await advance_to(env, t0 + 20 * M)
+    acked = await handle.execute_update(
+        "acknowledge", Acknowledge(agent="duty-manager", at=t0 + 19 * M), result_type=TicketStatus
+    )
+    sent = next(e for e in acked.history if e.kind == "customer_reply_sent")
+    assert sent.at == t0 + 19 * M and "(to duty-manager)" in (sent.detail or "")
+    await handle.execute_update("resolve", Resolve(by="duty-manager"))
+    await handle.result()
+    handed = fakes.messages("reply-forward-")
+    assert [(m.step, m.recipient) for m in handed] == [("reply-forward-ack-1", "duty-manager")]
+    assert "Customer replied via email" in handed[0].text
+    assert "more logs attached" in handed[0].text
+
+
 # --- policy failures keep the last good plan --------------------------------------------------
 
 
@@ -495,6 +600,90 @@ async def test_adopting_a_version_nobody_has_is_refused_and_the_ticket_keeps_esc
     status = await status_of(handle)
     assert [e.step for e in status.escalations][-1] == "breach"
     assert status.policy_version == version
+
+
+async def test_a_ticket_keeps_its_pinned_repeat_cadence_after_the_policy_file_changes(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mission Critical sev1 repeats every 5 min after its 15 min breach, 24 at a time: the
+    next window is fetched at the 24th (2:15), here after the file went to 10 min."""
+    policy = write_policy(tmp_path, lambda p: None)
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    env = stack.env
+    t0 = await now_second(env)
+    pinned = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    version = (await status_of(pinned)).policy_version
+    await advance_to(env, t0 + H + 2 * M)
+
+    def every_ten_minutes(p: dict[str, Any]) -> None:
+        repeat = p["tiers"]["mission_critical"]["severities"]["sev1"]["ladder"][-1]
+        repeat["repeat_every"] = "PT10M"
+
+    write_policy(tmp_path, every_ten_minutes)
+    t1 = t0 + H + 3 * M
+    later = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t1)
+    await advance_to(env, t0 + 2 * H + 31 * M)
+    status = await status_of(pinned)
+    # Before and after the change, and across the window fetched after it: every 5 min.
+    assert_repeats_on_time(status, 1, [t0 + 15 * M + n * 5 * M for n in range(1, 28)])
+    assert status.policy_version == version and "policy_version_changed" not in kinds(status)
+    # The new file took effect for the ticket opened under it.
+    new = await status_of(later)
+    assert new.policy_version not in (None, version)
+    assert_repeats_on_time(new, 1, [t1 + 15 * M + n * 10 * M for n in range(1, 8)])
+    await advance_to(env, t0 + 2 * H + 32 * M)  # between both tickets' repeats
+    for handle in (pinned, later):
+        await handle.execute_update("resolve", Resolve(by="alice"))
+        assert (await handle.result()).state is TicketState.RESOLVED
+
+
+async def test_a_ladder_extension_without_its_policy_keeps_the_plan_and_retries(
+    stack: Stack, fakes: FakeActivities, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker restarts without the versions it kept in memory while the file is broken:
+    the window of repeats after the 24th (2:15) cannot be fetched until the file is fixed."""
+    policy = write_policy(tmp_path, lambda p: None)
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    env = stack.env
+    t0 = await now_second(env)
+    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev1"), t0)
+    version = (await status_of(handle)).policy_version
+    await advance_to(env, t0 + 2 * H + 12 * M)
+    fakes.forget_policy_versions()
+    policy.write_text("version: broken\ntiers: [\n")
+    await advance_to(env, t0 + 2 * H + 17 * M + 30 * S)
+    status = await status_of(handle)
+    assert_repeats_on_time(status, 1, [t0 + 15 * M + n * 5 * M for n in range(1, 25)])
+    failures = [e for e in status.history if e.kind == "policy_unavailable"]
+    # At the window's end, then again every POLICY_RETRY_AFTER (1 min).
+    assert [e.at.replace(microsecond=0) for e in failures] == [
+        t0 + 2 * H + 15 * M,
+        t0 + 2 * H + 16 * M,
+        t0 + 2 * H + 17 * M,
+    ]
+    assert all(f"keeps its plan under policy {version}" in (e.detail or "") for e in failures)
+    assert status.policy_problem and "not valid YAML" in status.policy_problem
+    # The last good plan stays: version and deadline unchanged, nothing new pending.
+    assert (status.policy_version, status.response_due_at) == (version, t0 + 15 * M)
+    assert status.next_step is None
+
+    async def recorded() -> list[Any] | None:  # the ledger is written in the background
+        events = [e for e in await fakes.events(status.ticket_id) if e.kind == "policy_unavailable"]
+        return events if len(events) == 3 else None
+
+    ledger = await eventually("three policy_unavailable events", recorded, every=0.02)
+    assert [e.at for e in ledger] == [e.at for e in failures]
+    assert all("not valid YAML" in e.detail["problem"] for e in ledger)
+    # Fixed between two tries: the try at 2:18 fetches the window, at the pinned cadence.
+    write_policy(tmp_path, lambda p: None)
+    await advance_to(env, t0 + 2 * H + 26 * M)
+    status = await status_of(handle)
+    assert_repeats_on_time(status, 25, [t0 + 2 * H + 20 * M, t0 + 2 * H + 25 * M])
+    assert status.policy_problem is None and kinds(status).count("policy_unavailable") == 3
+    assert status.next_step_due_at == t0 + 2 * H + 30 * M
+    await advance_to(env, t0 + 2 * H + 27 * M)
+    await handle.execute_update("resolve", Resolve(by="alice"))
+    assert (await handle.result()).policy_version == version
 
 
 # --- statement of work ------------------------------------------------------------------------
@@ -520,3 +709,51 @@ async def test_a_failed_statement_of_work_is_recorded_as_failed_not_expired(
     assert status.sow is not None and status.sow.outcome is SowOutcome.FAILED
     assert status.state is TicketState.CLOSED
     assert "sow_failed" in kinds(status) and "sow_expired" not in kinds(status)
+
+
+async def test_failed_statement_of_work_notifications_are_recorded_on_the_ticket_and_ledger(
+    stack: Stack, fakes: FakeActivities
+) -> None:
+    """Advisory services cannot be reached: the child's opening message retries until its
+    delivery deadline (1 day 7 min: a day of worker outage plus the channels' turns), then
+    the child records the failure; the ticket records it when the statement of work is
+    decided."""
+    fakes.unreachable.add("advisory-services")
+    env = stack.env
+    t0, handle = await open_now(stack, ticket())
+    await advance_to(env, t0 + 10 * M)
+    await handle.execute_update("mark_out_of_scope", MarkOutOfScope(by="erin", reason="feature"))
+    await sow_started(stack, handle)
+    child = stack.client.get_workflow_handle(
+        f"sow-{handle.id.removeprefix('ticket-')}", result_type=SowResult
+    )
+    opened = f"{child.id}/opened/advisory-services"
+    await advance_to(env, t0 + 10 * M + timedelta(days=1, minutes=6))
+    assert (await child.query("status", result_type=SowResult)).failed_notifications == []
+    tried = fakes.attempts.count(opened)
+    await advance_to(env, t0 + 10 * M + timedelta(days=1, minutes=8))
+    failed = (await child.query("status", result_type=SowResult)).failed_notifications
+    assert fakes.attempts.count(opened) > tried  # retried to the end, then given up
+    failure = "opened: advisory-services: TransientDeliveryError: delivery failed for"
+    assert any(f.startswith(failure) for f in failed), failed
+    assert not [m for m in fakes.sent if m.key == opened]
+    fakes.unreachable.clear()
+    decided_at = t0 + timedelta(days=1, minutes=30)
+    await advance_to(env, decided_at)
+    await child.signal("sow_decision", SowDecision(decision="declined", by="advisor"))
+    status = await until_status(handle, "closed", lambda s: s.state is TicketState.CLOSED)
+    assert status.sow is not None and status.sow.outcome is SowOutcome.DECLINED
+    assert status.closed_at is not None and decided_at <= status.closed_at < decided_at + S
+    recorded = [e for e in status.history if e.kind == "sow_notification_failed"]
+    assert [e.detail for e in recorded] == failed
+    assert {e.at for e in recorded} == {status.closed_at}
+    assert kinds(status)[-1] == "sow_declined"
+
+    async def in_ledger() -> Any:  # written in the background
+        events = await fakes.events(status.ticket_id)
+        return next((e for e in events if e.kind == "sow_notification_failed"), None)
+
+    event = await eventually("the ledger's sow_notification_failed", in_ledger, every=0.02)
+    assert event.at == status.closed_at and event.detail["failed"] == failed
+    # The decision's message reached advisory services once it was back.
+    assert [m.recipient for m in fakes.messages("declined")][:1] == ["advisory-services"]
