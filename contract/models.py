@@ -577,6 +577,26 @@ class DeliveryFailureDetails(Message):
     failed: list[DeliveryFailure] | None = None
     channels: dict[str, str] | None = None
 
+    @classmethod
+    def of(cls, cause: BaseException | None) -> DeliveryFailureDetails:
+        """The details a failed ``deliver_step`` carries on its cause (an
+        ``ApplicationError``'s first detail); none for a timeout or a cancellation."""
+        details = getattr(cause, "details", None)
+        if details and isinstance(details[0], dict):
+            return cls.model_validate(details[0])
+        return cls()
+
+    def undelivered(self, recipients: list[Recipient], error: str) -> list[DeliveryFailure]:
+        """The step's failures: the activity's own outcome when only the ledger was behind,
+        else every recipient not reported delivered, with ``error``."""
+        if self.failed is not None:
+            return self.failed
+        return [
+            DeliveryFailure(recipient=r.name, channel="all", error=error)
+            for r in recipients
+            if r.name not in self.delivered
+        ]
+
 
 class StepDeliveryResult(Message):
     delivered: list[str]

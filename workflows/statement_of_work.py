@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.activity_options import DELIVERY_RETRY, DELIVERY_TIMEOUT, delivery_deadline
 from workflows.inputs import decode_input
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from contract import names
     from contract.labels import TIER_LABELS
     from contract.models import (
+        DeliveryFailureDetails,
         Recipient,
         SowDecision,
         SowInput,
@@ -175,7 +176,12 @@ class StatementOfWork:
             )
             failed = [f"{step}: {f.recipient}: {f.error}" for f in result.failed]
         except ActivityError as err:
-            failed = [f"{step}: {r.name}: {err.cause or err}" for r in recipients]
+            # Those the activity reports delivered before it gave up are not failures.
+            cause = err.cause if isinstance(err.cause, ApplicationError) else None
+            undelivered = DeliveryFailureDetails.of(cause).undelivered(
+                recipients, str(err.cause or err)
+            )
+            failed = [f"{step}: {f.recipient}: {f.error}" for f in undelivered]
         for failure in failed:
             # Never silently lost: the ticket and the ledger record it (SowResult).
             workflow.logger.error("sow notification failed", extra={"failure": failure})

@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from contract import search_attributes as sa
     from contract.models import (
-        DeliveryFailure,
         DeliveryFailureDetails,
         EscalationRecord,
         HistoryEntry,
@@ -176,17 +175,11 @@ class Outbox:
                 self._superseded_by_ack(request, record)
                 return
             cause = err.cause
-            details = DeliveryFailureDetails()
-            if isinstance(cause, ApplicationError) and cause.details:
-                details = DeliveryFailureDetails.model_validate(cause.details[0])
-            if details.failed is not None:  # only the ledger was behind: its own outcome
-                record.failed = details.failed
-            else:
-                record.failed = [
-                    DeliveryFailure(recipient=r.name, channel="all", error=str(cause or err))
-                    for r in request.recipients
-                    if r.name not in details.delivered
-                ]
+            details = DeliveryFailureDetails.of(
+                cause if isinstance(cause, ApplicationError) else None
+            )
+            # Only the ledger behind: its own outcome; else who was not reached.
+            record.failed = details.undelivered(request.recipients, str(cause or err))
             # The activity writes the step's ledger events only when it succeeds.
             dumped = details.model_dump(mode="json")
             outcome = {key: value for key, value in dumped.items() if value is not None}
