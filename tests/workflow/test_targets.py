@@ -146,6 +146,46 @@ async def test_next_reply_is_due_after_each_customer_reply_and_met_by_an_agent_r
 
 
 @pytest.mark.usefixtures("premium")
+async def test_clocks_met_while_paused_are_met_in_time(stack: Stack, fakes: FakeActivities) -> None:
+    """Resolved (or answered) while the ticket waits on the customer: the paused clock's
+    deadline moves by the wait, so meeting it then is never late, even past the deadline
+    it had when the wait began."""
+    t0, handle = await open_now(stack, ticket(tier="premium"))
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.execute_update("agent_reply", AgentReply(agent="kim", at=t0 + 10 * M))
+    await advance_to(stack.env, t0 + H)
+    await reply(handle, t0 + H, "<p1@acme.example>")  # next reply due at 5 h
+    await advance_to(stack.env, t0 + 2 * H)
+    await handle.execute_update(
+        "await_customer", AwaitCustomer(by="kim", reason="logs?", at=t0 + 2 * H)
+    )
+    # Past both deadlines the clocks had when the wait began (5 h and 24 h).
+    await advance_to(stack.env, t0 + 30 * H)
+    answered = await handle.execute_update(
+        "agent_reply", AgentReply(agent="kim", at=t0 + 30 * H), result_type=TicketStatus
+    )
+    next_reply = target(answered, Metric.NEXT_REPLY)
+    assert next_reply.met_at == t0 + 30 * H and not next_reply.breached
+    resolved = await handle.execute_update(
+        "resolve", Resolve(by="kim", at=t0 + 30 * H), result_type=TicketStatus
+    )
+    resolution = target(resolved, Metric.RESOLUTION)
+    assert resolution.met_at == t0 + 30 * H and not resolution.breached
+    assert resolution.paused == 28 * H and resolved.customer_wait == 28 * H
+    assert not resolved.response_breached
+    final = await handle.result()
+    assert not any(t.breached for t in final.targets)
+    assert "within the target" in next(
+        h.detail or "" for h in final.history if h.kind == "resolution_met"
+    )
+    met = [e for e in await fakes.events(final.ticket_id) if e.kind == "target_met"]
+    assert {e.detail["metric"]: e.detail["breached"] for e in met} == {
+        "next_reply": False,
+        "resolution": False,
+    }
+
+
+@pytest.mark.usefixtures("premium")
 async def test_a_resolution_breach_fires_its_ladder_and_repeats_until_resolved(
     stack: Stack,
 ) -> None:

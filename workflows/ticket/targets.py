@@ -170,9 +170,12 @@ def met(status: TicketStatus, metrics: set[Metric], at: datetime, by: str) -> li
     for t in clocks_of(status):
         if t.metric not in metrics or t.met_at is not None:
             continue
+        # A clock met while paused is in time: its deadline moves by the pause, which
+        # began before that deadline (a clock breached earlier stays breached).
+        was_paused = t.paused_since is not None
         _end_pause(t, at)
         t.met_at = max(at, t.started_at)
-        late = t.due_at is not None and t.met_at > t.due_at
+        late = t.due_at is not None and t.met_at > t.due_at and not was_paused
         if late and not t.breached:
             t.breached, t.breached_at = True, t.due_at
         events.append(
