@@ -731,9 +731,9 @@ async def ack_link_confirm(request: Request, token: str) -> HTMLResponse:
     except LinkError as err:
         return message(request, "Link refused", str(err), 403)
     note = "from an acknowledge link" + (f" ({link.nonce})" if link.nonce else "")
-    # The link's id is the action's: confirming it again while the first is queued (no
-    # worker) acts once.
-    ack = Acknowledge(agent=link.agent, note=note, at=at, request_id=f"ack-link-{link.nonce}")
+    # Each confirm is its own action (apply_action gives it a request id): a link confirmed
+    # again is refused by the ticket, so the page says the link is used up.
+    ack = Acknowledge(agent=link.agent, note=note, at=at)
     try:
         code, body = await act(request.app.state.client, link.ticket_id, "ack", ack)
     except ApiError as err:
