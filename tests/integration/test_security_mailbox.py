@@ -26,12 +26,14 @@ import aiosmtplib
 import pytest
 import pytest_asyncio
 
+import intake.mailbox
 from contract.models import TicketStatus
 from harness.processes import eventually
 from harness.sinks import Mailbox
 from intake.guards import IntakeGuards, limits_from_env
 from intake.mailbox import (
     MAX_MIME_DEPTH,
+    MAX_MIME_PARTS,
     MAX_RECIPIENTS,
     MailboxHandler,
     MailboxSettings,
@@ -324,9 +326,33 @@ async def loop_lag_while(work: Any) -> tuple[Any, float]:
     return result, worst
 
 
+def flat(parts: int) -> bytes:
+    """A message of ``parts`` text parts side by side in one multipart."""
+    message = EmailMessage()
+    message["From"], message["To"] = "someone@elsewhere.example", "support@support.example"
+    message["Subject"] = "many parts"
+    message.set_content("first")
+    for n in range(parts - 1):
+        message.add_attachment(f"part {n}", filename=f"p{n}.txt")
+    return message.as_bytes()
+
+
 async def test_deeply_nested_mime_is_refused_and_the_loop_keeps_serving(
-    rig: Rig, mailbox: Mailbox
+    rig: Rig, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Where the parser runs: never on an event loop (a running loop in its thread).
+    on_a_loop: list[bool] = []
+    parse = intake.mailbox.parse_mail
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_a_loop.append(True)
+        except RuntimeError:
+            on_a_loop.append(False)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(intake.mailbox, "parse_mail", watched)
     # Deeper than the limit, within the part count: the parser (in a thread) reads it and
     # the depth check refuses it.
     (code, text), lag = await loop_lag_while(
@@ -340,6 +366,12 @@ async def test_deeply_nested_mime_is_refused_and_the_loop_keeps_serving(
     )
     assert code == 554 and "more than 100 MIME parts" in text, text
     assert lag < 0.5, f"the event loop stalled {lag:.2f} s"
+    # Side by side, past the part limit but below what the pre-scan refuses: the parser
+    # reads it and the walk counts the parts.
+    code, text = await deliver(rig.port, flat(MAX_MIME_PARTS + 5), sender="a@elsewhere.example")
+    assert code == 554 and f"more than {MAX_MIME_PARTS} MIME parts" in text, text
+    assert "announces" not in text, text
+    assert on_a_loop == [False, False, False]
     assert mailbox.received == []
 
 
