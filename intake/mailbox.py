@@ -957,15 +957,18 @@ class MailboxHandler:
     async def _rate_limited(self, mail: InboundMail, session: Session) -> str | None:
         """451 when the sender's address, its domain or the connecting server is over its
         limit (counted in the database, so a restart forgets nothing); automatic mail
-        and bounces are not counted (they are never answered)."""
-        if self._ignored(mail) is not None:
+        and bounces are not counted (they are never answered). Mail whose sender the
+        trusted MTA verified (DMARC pass) is neither limited nor counted, and mail is
+        counted apart from the contact form (keys ``mail:...``): nobody can spend a
+        customer's allowance by typing its address into the form or forging its From."""
+        if self._ignored(mail) is not None or mail.verified:
             return None
         address = mail.sender or mail.reply_address
         peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
         keys = {
-            "address": address,
-            "domain": address.rpartition("@")[2] if address else None,
-            "client": str(peer) if peer else None,
+            "address": f"mail:{address}" if address else None,
+            "domain": f"mail:{address.rpartition('@')[2]}" if address else None,
+            "client": f"mail:{peer}" if peer else None,
         }
         try:
             refused = await self.guards.admit(keys, utc_now())

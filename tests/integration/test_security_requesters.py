@@ -448,6 +448,41 @@ async def test_a_flood_into_the_mailbox_is_deferred_with_451_across_a_restart(
             assert code == 451, "the counts survive the restart"
 
 
+async def test_a_form_flood_at_a_customers_domain_does_not_defer_its_mail(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """The attack: typing the bank's addresses into the form (or forging its From in mail)
+    until its domain is over the limit, so the bank's own mail is deferred. The form's
+    counts are not the mailbox's, and verified mail is neither limited nor counted."""
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=100, domain=2, client=100)
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed) as rig:
+            for n in range(2):
+                response = await rig.http.post(
+                    "/support/new", data=form(f"x{n}@bank.example", subject="question")
+                )
+                assert response.status_code == 201, response.text
+                rig.ticket(ticket_id_in(response.text))
+            response = await rig.http.post("/support/new", data=form("x9@bank.example"))
+            assert response.status_code == 429 and "from this domain" in response.text
+            # Forged mail from the domain, unverified: deferred once its own count is over.
+            codes = []
+            for n in range(3):
+                forged = letter(f"f{n}@bank.example", f"forged {n}")
+                codes.append((await deliver(rig, forged, sender=f"f{n}@bank.example"))[0])
+            assert codes == [250, 250, 451]
+            # The bank's verified mail still gets in, again and again.
+            for n in range(3):
+                verified = letter(
+                    "noc@bank.example",
+                    f"Payments down {n}",
+                    authentication=f"{MTA}; dmarc=pass header.from=bank.example",
+                )
+                code, _ = await deliver(rig, verified, sender="noc@bank.example")
+                assert code == 250, n
+
+
 # --- the guards' tables on both backends -----------------------------------------------------
 
 
