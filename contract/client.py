@@ -235,12 +235,13 @@ def summary_of(execution: WorkflowExecution) -> TicketSummary:
 
 
 def by_time_to_breach(tickets: list[TicketSummary]) -> list[TicketSummary]:
-    """Tickets whose SLA clock runs first, soonest (or longest overdue) deadline first;
-    then the other running tickets, then closed ones, newest first."""
+    """Tickets with a deadline that runs first (the first response while open, or the
+    nearest next reply or resolution: ``TicketSummary.deadline``), soonest (or longest
+    overdue) first; then the other running tickets, then closed ones, newest first."""
 
     def key(ticket: TicketSummary) -> tuple[int, float, str]:
-        if ticket.clock_running and ticket.response_due_at is not None:
-            return (0, ticket.response_due_at.timestamp(), ticket.ticket_id)
+        if ticket.deadline is not None:
+            return (0, ticket.deadline[0].timestamp(), ticket.ticket_id)
         return (1 if not ticket.closed else 2, -ticket.opened_at.timestamp(), ticket.ticket_id)
 
     return sorted(tickets, key=key)

@@ -59,12 +59,16 @@ def duration(delta: timedelta) -> str:
 
 
 def countdown(ticket: TicketSummary, now: datetime) -> Text:
-    left = ticket.time_to_breach(now)
-    if left is None:
+    """Time to the nearest deadline that runs, naming its target unless it is the first
+    response (``in 2h 10m (resolution)``)."""
+    if ticket.deadline is None:
         return Text("-")
+    due, metric = ticket.deadline
+    left = due - now
+    which = "" if metric == "first_response" else f" ({metric.replace('_', ' ')})"
     if left <= timedelta(0):
-        return Text(f"overdue {duration(left)}", style="bold red")
-    return Text(f"in {duration(left)}", style="yellow" if left <= SOON else "")
+        return Text(f"overdue {duration(left)}{which}", style="bold red")
+    return Text(f"in {duration(left)}{which}", style="yellow" if left <= SOON else "")
 
 
 def _breached(value: bool | None) -> Text:
@@ -94,8 +98,7 @@ def tickets_table(tickets: Sequence[TicketSummary], now: datetime, title: str | 
     table.add_column("to breach", justify="right")
     table.add_column("breached")
     for ticket in tickets:
-        left = ticket.time_to_breach(now)
-        overdue = left is not None and left <= timedelta(0)
+        overdue = ticket.deadline is not None and ticket.deadline[0] <= now
         table.add_row(
             ticket.ticket_id,
             _value(ticket.customer_id),

@@ -54,7 +54,7 @@ from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from ledger.store import SqlLedger
 from ops import cli as ops
-from ops.output import duration, utc
+from ops.output import countdown, duration, utc
 from ops.tickets import watch_command
 from policy.load import default_policy_path
 from starter import open_ticket
@@ -166,12 +166,22 @@ def test_tickets_are_sorted_by_time_to_breach() -> None:
         summary("overdue", response_due_at=at - timedelta(minutes=5), breached=True),
         summary("soon", response_due_at=at + timedelta(minutes=10)),
         summary("terminated", closed=True, execution_status="terminated", response_due_at=at),
+        summary(
+            "resolution",
+            state="acknowledged",
+            response_due_at=at - timedelta(hours=2),
+            next_deadline=at + timedelta(hours=1),
+            next_metric="resolution",
+        ),
     ]
     ordered = [t.ticket_id for t in by_time_to_breach(tickets)]
-    # Running clocks by deadline; then other running tickets newest first; then closed ones.
-    assert ordered[:3] == ["overdue", "soon", "later"]
-    assert ordered[3:5] == ["community", "acked"]
-    assert set(ordered[5:]) == {"closed", "terminated"}
+    # Running deadlines (an answered ticket's nearest target too) soonest first; then
+    # other running tickets newest first; then closed ones.
+    assert ordered[:4] == ["overdue", "soon", "resolution", "later"]
+    assert ordered[4:6] == ["community", "acked"]
+    assert set(ordered[6:]) == {"closed", "terminated"}
+    assert str(countdown(tickets[7], at)) == "in 1h (resolution)"
+    assert str(countdown(tickets[4], at)) == "overdue 5m"
     assert tickets[4].time_to_breach(at) == timedelta(minutes=-5)
     assert tickets[1].time_to_breach(at) is None  # acknowledged: the clock stopped
     assert tickets[6].time_to_breach(at) is None  # terminated: nothing runs any more
