@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -366,3 +368,35 @@ def test_the_other_user_does_read_a_world_readable_file(shared_parent: Path) -> 
     public.write_text("anyone\n")
     public.chmod(0o644)
     assert read_as_nobody(public) == "read"
+
+
+# --- what the compose stacks publish ----------------------------------------------------------
+
+
+def published(compose: Path) -> dict[str, list[str]]:
+    """Each service's published ports as compose reads them with no variable set (the
+    ``${VAR:-default}`` defaults)."""
+    services = yaml.safe_load(compose.read_text())["services"]
+    default = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+    return {
+        name: [default.sub(r"\1", str(port)) for port in service.get("ports", [])]
+        for name, service in services.items()
+    }
+
+
+@pytest.mark.parametrize("stack", ["docker-compose.yml", "docker-compose.remote.yml"])
+def test_the_compose_stacks_publish_only_the_service_beyond_loopback(stack: str) -> None:
+    """The attack: reaching Temporal's frontend (a trusted boundary: any client may start
+    tickets at any tier), its UI, Prometheus or the mailbox from another host. By default
+    only the HTTP service listens beyond loopback (docs/security.md)."""
+    ports = published(ROOT / stack)
+    public = {
+        f"{name} {port}"
+        for name, mappings in ports.items()
+        for port in mappings
+        if not port.startswith("127.0.0.1:")
+    }
+    assert {entry.split(" ")[1] for entry in public} == {"8000:8000"}, public
+    if stack == "docker-compose.yml":
+        loopback = {port.split(":")[-1] for mappings in ports.values() for port in mappings}
+        assert {"7233", "8080", "9090", "2525"} <= loopback
