@@ -506,6 +506,19 @@ async def test_a_customer_reply_reaches_whoever_acknowledged_or_rides_with_the_n
     assert "still down" in forwarded[0].text
 
 
+async def open_with_a_waiting_reply(
+    stack: Stack, reference: str
+) -> tuple[datetime, WorkflowHandle[Any, TicketStatus]]:
+    """A Premium ticket opened now (to the second) with a customer reply at 5 min, which
+    waits on the open ticket for its next step."""
+    t0 = await now_second(stack.env)
+    handle = await open_ticket_at(stack, ticket(), t0)
+    await advance_to(stack.env, t0 + 5 * M)
+    reply = CustomerReply(received_at=t0 + 5 * M, subject="more logs attached", reference=reference)
+    await handle.signal("customer_reply", reply)
+    return t0, handle
+
+
 async def test_replies_on_a_ticket_acknowledged_by_someone_no_step_names_reach_the_first_responders(
     stack: Stack, fakes: FakeActivities
 ) -> None:
@@ -513,13 +526,7 @@ async def test_replies_on_a_ticket_acknowledged_by_someone_no_step_names_reach_t
     step of the policy. A reply that waited on the open ticket for its next step (the
     warning at 30 min) goes out at the acknowledgement instead; a later one at once."""
     env = stack.env
-    t0 = await now_second(env)
-    handle = await open_ticket_at(stack, ticket(), t0)
-    await advance_to(env, t0 + 5 * M)
-    await handle.signal(
-        "customer_reply",
-        CustomerReply(received_at=t0 + 5 * M, subject="more logs attached", reference="<r1@a>"),
-    )
+    t0, handle = await open_with_a_waiting_reply(stack, "<r1@a>")
     await advance_to(env, t0 + 10 * M)
     acked = await handle.execute_update(
         "acknowledge", Acknowledge(agent="alice", at=t0 + 10 * M), result_type=TicketStatus
@@ -559,13 +566,7 @@ async def test_a_reply_waiting_on_an_open_ticket_is_handed_to_whoever_acknowledg
     """The duty manager is named by Premium's breach and repeat steps only (not intake): a
     reply waiting for the next step goes to the duty manager alone, at the acknowledgement."""
     env = stack.env
-    t0 = await now_second(env)
-    handle = await open_ticket_at(stack, ticket(), t0)
-    await advance_to(env, t0 + 5 * M)
-    await handle.signal(
-        "customer_reply",
-        CustomerReply(received_at=t0 + 5 * M, subject="more logs attached", reference="<r3@a>"),
-    )
+    t0, handle = await open_with_a_waiting_reply(stack, "<r3@a>")
     await advance_to(env, t0 + 20 * M)
     acked = await handle.execute_update(
         "acknowledge", Acknowledge(agent="duty-manager", at=t0 + 19 * M), result_type=TicketStatus
