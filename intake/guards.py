@@ -234,10 +234,13 @@ class IntakeGuards:
 
     async def admit(self, keys: dict[str, str | None], now: datetime) -> Refusal | None:
         """Count one submission under each of ``keys`` (scope -> what is counted; None
-        counts nothing) and answer the first limit it goes over, or None."""
+        counts nothing) and answer the first limit it goes over, or None. A refused
+        submission counts nowhere: one address refused again and again spends none of its
+        domain's or its client's allowance."""
 
         async def count(conn: Any) -> Refusal | None:
             refused: Refusal | None = None
+            counted: list[tuple[str, str, datetime]] = []
             for limit in self.limits:
                 key = keys.get(limit.scope)
                 if not key:
@@ -251,6 +254,7 @@ class IntakeGuards:
                     set_={"count": intake_counts.c.count + 1},
                 )
                 await conn.execute(statement)
+                counted.append((limit.scope, key[:320].lower(), start))
                 seen = await conn.scalar(
                     select(intake_counts.c.count).where(
                         intake_counts.c.scope == limit.scope,
@@ -260,6 +264,18 @@ class IntakeGuards:
                 )
                 if refused is None and seen is not None and seen > limit.count:
                     refused = Refusal(limit, start + limit.window - now)
+            if refused is not None:
+                # Taken back in the same transaction (the upsert's row lock keeps it exact).
+                for scope, counted_key, window_start in counted:
+                    await conn.execute(
+                        update(intake_counts)
+                        .where(
+                            intake_counts.c.scope == scope,
+                            intake_counts.c.key == counted_key,
+                            intake_counts.c.window_start == window_start,
+                        )
+                        .values(count=intake_counts.c.count - 1)
+                    )
             # Old windows are of no use: drop them as we go.
             await conn.execute(
                 delete(intake_counts).where(intake_counts.c.window_start < now - 2 * WINDOW)

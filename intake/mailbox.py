@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -514,6 +515,10 @@ def is_robot(address: str | None) -> bool:
 # --- what we send back -------------------------------------------------------------------
 
 
+# The trusted MTA's addresses (SUPPORT_MAILBOX_TRUSTED_MTA).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class MailboxSettings:
     host: str
@@ -526,6 +531,8 @@ class MailboxSettings:
     public_url: str | None = None
     # From SUPPORT_LINK_SECRET (a weak one is refused here): our mail's reply tokens.
     reply_tokens: ReplyTokens | None = None
+    # SUPPORT_MAILBOX_TRUSTED_MTA: the MTA's addresses, exempt from the per-client limit.
+    trusted_mta: tuple[Network, ...] = ()
 
     @classmethod
     def from_env(cls) -> MailboxSettings:
@@ -558,7 +565,24 @@ class MailboxSettings:
             max_connections=numbers["SUPPORT_MAILBOX_MAX_CONNECTIONS"],
             public_url=os.environ.get("SUPPORT_PUBLIC_URL", "").rstrip("/") or None,
             reply_tokens=ReplyTokens.from_env(),
+            trusted_mta=networks(os.environ.get("SUPPORT_MAILBOX_TRUSTED_MTA", "")),
         )
+
+
+def networks(raw: str) -> tuple[Network, ...]:
+    """``SUPPORT_MAILBOX_TRUSTED_MTA``: addresses or networks (``10.0.0.5``,
+    ``172.16.0.0/12``) separated by commas; ValueError naming a bad one."""
+    found = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        try:
+            found.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"SUPPORT_MAILBOX_TRUSTED_MTA: {item.strip()!r} is not an IP address or network"
+            ) from None
+    return tuple(found)
 
 
 def contact_form_url() -> str | None:
@@ -861,6 +885,7 @@ class MailboxHandler:
         public_url: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         reply_tokens: ReplyTokens | None = None,
+        trusted_mta: tuple[Network, ...] = (),
     ) -> None:
         support = normalise_address(address)
         if support is None:
@@ -883,6 +908,8 @@ class MailboxHandler:
         self.max_connections = max_connections
         # Sign the tickets' reply tokens in our mail; None: only verified replies count.
         self.reply_tokens = reply_tokens
+        # The MTA's own addresses: all mail comes from there, so no per-client limit.
+        self.trusted_mta = trusted_mta
 
     @property
     def guards(self) -> IntakeGuards:
@@ -956,19 +983,21 @@ class MailboxHandler:
 
     async def _rate_limited(self, mail: InboundMail, session: Session) -> str | None:
         """451 when the sender's address, its domain or the connecting server is over its
-        limit (counted in the database, so a restart forgets nothing); automatic mail
-        and bounces are not counted (they are never answered). Mail whose sender the
-        trusted MTA verified (DMARC pass) is neither limited nor counted, and mail is
-        counted apart from the contact form (keys ``mail:...``): nobody can spend a
-        customer's allowance by typing its address into the form or forging its From."""
+        limit (counted in the database, so a restart forgets nothing; docs/mailbox.md).
+        Not counted: automatic mail and bounces (never answered), and mail whose sender
+        the trusted MTA verified (DMARC pass). Mail quoting our valid reply token for a
+        ticket is not counted per address or domain. The counts are apart from the
+        contact form's (keys ``mail:...``), and the trusted MTA's own address has no
+        per-client limit: nobody can spend a customer's allowance by typing its address
+        into the form or forging its From, nor all inbound mail's by flooding the MTA."""
         if self._ignored(mail) is not None or mail.verified:
             return None
-        address = mail.sender or mail.reply_address
+        address = None if self._answered(mail) else (mail.sender or mail.reply_address)
         peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
         keys = {
             "address": f"mail:{address}" if address else None,
             "domain": f"mail:{address.rpartition('@')[2]}" if address else None,
-            "client": f"mail:{peer}" if peer else None,
+            "client": f"mail:{peer}" if peer and not self._from_trusted_mta(peer) else None,
         }
         try:
             refused = await self.guards.admit(keys, utc_now())
@@ -978,6 +1007,15 @@ class MailboxHandler:
             return None
         log.warning("mail deferred: rate limit", scope=refused.limit.scope, message_key=mail.key)
         return f"{RATE_LIMITED}: {refused.describe()}"[:500]
+
+    def _from_trusted_mta(self, peer: str) -> bool:
+        try:
+            found = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+            found = found.ipv4_mapped
+        return any(found in network for network in self.trusted_mta)
 
     def _receipt(self, key: str) -> datetime:
         """When this listener first received the message: a retry after our own outage
@@ -1422,6 +1460,7 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
         public_url=settings.public_url,
         max_connections=settings.max_connections,
         reply_tokens=settings.reply_tokens,
+        trusted_mta=settings.trusted_mta,
     )
     try:
         # The database's tables must be there (rate limits, reply log, quarantine).
@@ -1442,6 +1481,7 @@ async def run(settings: MailboxSettings, stop: asyncio.Event) -> None:
                 task_queue=handler.queue,
                 max_bytes=settings.max_bytes,
                 trusted_authserv_id=settings.trusted_authserv_id,
+                trusted_mta=[str(network) for network in settings.trusted_mta],
                 # Off without SUPPORT_LINK_SECRET: only verified senders' replies count.
                 reply_tokens=settings.reply_tokens is not None,
             )

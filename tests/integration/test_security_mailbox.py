@@ -441,6 +441,7 @@ def test_bad_mailbox_and_limit_settings_are_refused_naming_the_variable(
         ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "0"),
         ("SUPPORT_MAILBOX_MAX_CONNECTIONS", "many"),
         ("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "mx.example; dmarc=pass"),
+        ("SUPPORT_MAILBOX_TRUSTED_MTA", "mx.support.example"),
         ("SUPPORT_LINK_SECRET", "short"),  # it signs the reply tokens
     ):
         with monkeypatch.context() as env:
@@ -449,6 +450,11 @@ def test_bad_mailbox_and_limit_settings_are_refused_naming_the_variable(
                 MailboxSettings.from_env()
     monkeypatch.setenv("SUPPORT_MAILBOX_TRUSTED_AUTHSERV_ID", "mx.support.example")
     assert MailboxSettings.from_env().trusted_authserv_id == "mx.support.example"
+    monkeypatch.setenv("SUPPORT_MAILBOX_TRUSTED_MTA", "10.0.0.5, 172.16.0.0/12")
+    assert [str(n) for n in MailboxSettings.from_env().trusted_mta] == [
+        "10.0.0.5/32",
+        "172.16.0.0/12",
+    ]
     with pytest.raises(ValueError, match="SUPPORT_INTAKE_LIMIT_PER_DOMAIN: '-3'"):
         limits_from_env({"SUPPORT_INTAKE_LIMIT_PER_DOMAIN": "-3"})
     assert [limit.count for limit in limits_from_env({})] == [10, 50, 30]

@@ -7,7 +7,9 @@ server with a worker and the ledger's database:
   confirming by the link mailed to the address moves it to the contract's tier, its
   clock from the submission;
 - a flood from one address, one domain, one client: 429 (form) / 451 (mailbox) after the
-  limit, and still after a restart (the counts are in the database).
+  limit, and still after a restart (the counts are in the database);
+- a flood that spends a customer's allowance (the form typed at its domain, forged mail
+  through the one MTA every message comes from): its verified mail still gets in.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from harness.serve import serve
 from harness.sinks import Mailbox
 from intake.core import started_input
 from intake.guards import WINDOW, IntakeGuards, Limit
-from intake.mailbox import MailboxHandler, listening, message_key
+from intake.mailbox import MailboxHandler, Network, listening, message_key, networks
 from ledger.store import SqlLedger
+from runtime.links import KeyRing, ReplyTokens
 from runtime.logs import redact
 from service.app import create_app
 from service.auth import Settings
@@ -77,7 +80,13 @@ def limits(address: int = 100, domain: int = 100, client: int = 100) -> tuple[Li
 
 
 @asynccontextmanager
-async def rig_on(stack: Stack, ledger: Path, allowed: tuple[Limit, ...]) -> AsyncIterator[Rig]:
+async def rig_on(
+    stack: Stack,
+    ledger: Path,
+    allowed: tuple[Limit, ...],
+    trusted_mta: tuple[Network, ...] = (),
+    reply_tokens: ReplyTokens | None = None,
+) -> AsyncIterator[Rig]:
     """The HTTP app and the mailbox listener on the stack, with their guards on the
     stack's ledger database (a second one on the same database is a restart)."""
     port = free_port()
@@ -97,6 +106,8 @@ async def rig_on(stack: Stack, ledger: Path, allowed: tuple[Limit, ...]) -> Asyn
         guards=guards,
         trusted_authserv_id=MTA,
         public_url=url,
+        trusted_mta=trusted_mta,
+        reply_tokens=reply_tokens,
     )
     async with (
         serve(app, port),
@@ -164,10 +175,15 @@ def ticket_id_in(html: str) -> str:
     return found.group(1)
 
 
-def letter(sender: str, subject: str, authentication: str | None = None) -> EmailMessage:
+def letter(
+    sender: str, subject: str, authentication: str | None = None, in_reply_to: str | None = None
+) -> EmailMessage:
     message = EmailMessage()
     if authentication is not None:
         message["Authentication-Results"] = authentication
+    if in_reply_to is not None:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = in_reply_to
     message["From"] = sender
     message["To"] = SUPPORT
     message["Subject"] = subject
@@ -414,11 +430,14 @@ async def test_a_flood_through_the_form_is_refused_per_address_domain_and_client
             assert refused.status_code == 429
             assert "too many requests from this address (2 per hour per address)" in refused.text
             assert 0 < int(refused.headers["Retry-After"]) <= 3600
-            # Per domain: another address of the same domain, over the domain's 3.
-            refused = await post("b@one.example")
+            # Per domain: the refused one counted nowhere, so one more address of the
+            # domain gets in (its 3rd), and the next is over the domain's 3.
+            assert (await post("b@one.example")).status_code == 201
+            refused = await post("c@one.example")
             assert refused.status_code == 429 and "from this domain" in refused.text
-            # Per client: four counted from this client already; any address is refused.
-            refused = await post("c@two.example")
+            # Per client: three counted from this client; a 4th, then any address is refused.
+            assert (await post("d@two.example")).status_code == 201
+            refused = await post("e@three.example")
             assert refused.status_code == 429 and "from this client" in refused.text
 
         # A restart of the service (a new app, new guards) on the same database.
@@ -483,6 +502,149 @@ async def test_a_form_flood_at_a_customers_domain_does_not_defer_its_mail(
                 assert code == 250, n
 
 
+async def test_the_mailbox_defers_a_flood_per_domain_and_per_client(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """Unverified mail from many addresses of one domain, then of many domains through one
+    connecting server (not the configured MTA): 451 at each limit, naming it."""
+    ledger = tmp_path / "ledger.sqlite3"
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, limits(domain=2, client=4)) as rig:
+            codes = []
+            for n in range(3):
+                message = letter(f"u{n}@one.example", f"hello {n}")
+                codes.append(await deliver(rig, message, sender=f"u{n}@one.example"))
+            assert [c for c, _ in codes] == [250, 250, 451]
+            assert "too many requests from this domain (2 per hour per domain)" in codes[2][1]
+            # The refused one counted nowhere: two more from elsewhere, then the client's 5th.
+            codes = []
+            for n in range(3):
+                message = letter(f"u@d{n}.example", f"hello {n}")
+                codes.append(await deliver(rig, message, sender=f"u@d{n}.example"))
+            assert [c for c, _ in codes] == [250, 250, 451]
+            assert "too many requests from this client (4 per hour per client)" in codes[2][1]
+            # Verified mail is not limited, even from a server over its limit.
+            verified = letter(
+                "noc@bank.example",
+                "[SEV2] Payments slow",
+                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
+            )
+            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
+            assert await deliver(rig, verified, sender="noc@bank.example") == (
+                250,
+                f"2.0.0 OK: ticket {ticket_id} opened",
+            )
+            opened = await status(rig.ticket(ticket_id))
+            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+
+
+async def test_a_flood_through_the_trusted_mta_does_not_cap_all_inbound_mail(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """The attack: behind one MTA every message comes from one client address, so 31
+    messages from anyone would defer everybody's mail for the hour. The configured MTA
+    (SUPPORT_MAILBOX_TRUSTED_MTA) has no per-client limit; addresses and domains still
+    have theirs, and the bank's verified mail opens its ticket."""
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=2, domain=50, client=30)
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed, trusted_mta=networks("127.0.0.1")) as rig:
+            for n in range(35):
+                message = letter(f"u@d{n}.example", f"hello {n}")
+                code, text = await deliver(rig, message, sender=f"u@d{n}.example")
+                assert code == 250, (n, text)
+            codes = []
+            for n in range(3):
+                message = letter("x@bank.example", f"forged {n}")
+                codes.append((await deliver(rig, message, sender="x@bank.example"))[0])
+            assert codes == [250, 250, 451], "the per-address limit still holds"
+            verified = letter(
+                "noc@bank.example",
+                "[SEV2] Payments slow",
+                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
+            )
+            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
+            assert await deliver(rig, verified, sender="noc@bank.example") == (
+                250,
+                f"2.0.0 OK: ticket {ticket_id} opened",
+            )
+            opened = await status(rig.ticket(ticket_id))
+            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+
+
+async def test_a_form_flood_then_the_customers_verified_mail_opens_its_ticket(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """The audit's case at the default limits: 51 form submissions typing addresses at
+    bank.example (all but the first 50 refused), then the bank's verified mail: 250 and
+    its ticket at the contract's tier."""
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=10, domain=50, client=1000)
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed) as rig:
+            # Without spending 50 tickets: the form's own domain count, filled directly.
+            keys = {"address": None, "domain": "bank.example", "client": "203.0.113.9"}
+            now = datetime.now(UTC)
+            assert all([await rig.guards.admit(keys, now) is None for _ in range(50)])
+            response = await rig.http.post("/support/new", data=form("x@bank.example"))
+            assert response.status_code == 429 and "from this domain" in response.text
+            verified = letter(
+                "noc@bank.example",
+                "[SEV1] Payments down",
+                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
+            )
+            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
+            assert await deliver(rig, verified, sender="noc@bank.example") == (
+                250,
+                f"2.0.0 OK: ticket {ticket_id} opened",
+            )
+            opened = await status(rig.ticket(ticket_id))
+            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+
+
+async def test_a_dmarc_pass_for_another_domain_is_neither_trusted_nor_exempt(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """The trusted MTA's DMARC pass, but for evil.example (the attacker's own domain)
+    while From says bank.example: not verified, so Community and counted."""
+    ledger = tmp_path / "ledger.sqlite3"
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, limits(address=1)) as rig:
+            codes = []
+            for n in range(2):
+                message = letter(
+                    "dana@bank.example",
+                    f"[SEV1] down {n}",
+                    authentication=f"{MTA}; dmarc=pass header.from=evil.example",
+                )
+                if n == 0:
+                    rig.stack.opened.append(
+                        f"ticket-E-{message_key(b'', str(message['Message-ID']))}"
+                    )
+                codes.append(await deliver(rig, message, sender="dana@bank.example"))
+            assert codes[0][0] == 250
+            assert codes[0][1].endswith("opened (Community until the sender confirms)")
+            assert codes[1][0] == 451, "not verified, so limited like any claim"
+
+
+async def test_a_reply_quoting_our_token_is_not_limited_per_address(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """A reply carrying the signed reply token of our mail proves the sender got that mail:
+    not counted per address or domain. A forged token proves nothing and is counted."""
+    ledger = tmp_path / "ledger.sqlite3"
+    tokens = ReplyTokens(KeyRing.random())
+    ours = tokens.reference("E-0123456789abcdef")
+    forged = f"<reply-E-0123456789abcdef.{'A' * 43}@support-sla>"
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, limits(address=1), reply_tokens=tokens) as rig:
+            codes = []
+            for n, reference in enumerate([ours, ours, ours, None, forged]):
+                message = letter("someone@elsewhere.example", f"Re: {n}", in_reply_to=reference)
+                codes.append((await deliver(rig, message, sender="someone@elsewhere.example"))[0])
+            assert codes == [250, 250, 250, 250, 451]
+
+
 # --- the guards' tables on both backends -----------------------------------------------------
 
 
@@ -499,6 +661,16 @@ async def test_the_guards_keep_counts_replies_confirmations_and_quarantine_on_bo
     assert timedelta(0) < refused.retry_after <= WINDOW
     # The next window starts afresh.
     assert await guards.admit(keys, now + WINDOW) is None
+    # A refused submission counts nowhere: an address refused again and again spends none
+    # of its domain's allowance (3 here), so two more addresses get in, then the domain's
+    # limit holds.
+    guards = IntakeGuards(any_ledger.engine, limits=limits(address=1, domain=3))
+    keys = {"address": "a@flood.example", "domain": "flood.example", "client": None}
+    assert [await guards.admit(keys, now) is None for _ in range(4)] == [True, False, False, False]
+    assert await guards.admit(keys | {"address": "b@flood.example"}, now) is None
+    assert await guards.admit(keys | {"address": "c@flood.example"}, now) is None
+    refused = await guards.admit(keys | {"address": "d@flood.example"}, now)
+    assert refused is not None and refused.limit.scope == "domain"
 
     assert await guards.first_reply("unknown:eve@evil.example", now)
     assert not await guards.first_reply("unknown:eve@evil.example", now + 23 * 60 * M)
