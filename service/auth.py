@@ -189,6 +189,17 @@ class Settings:
     def scope(self, integration: str) -> Scope:
         return self.intake_scopes.get(integration, DEFAULT_SCOPE)
 
+    def bearer_refusal(self, authorization: str | None) -> str | None:
+        """Why an ``Authorization`` header names no caller of the API (None: an agent's
+        or an integration's token; the route still checks which kind it needs). The
+        body limit asks this before it reads an ``/api/`` body (service/limits.py)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return "send the token as 'Authorization: Bearer <token>'"
+        if self.agent(token) is None and self.integration(token) is None:
+            return "the token is not valid"
+        return None
+
 
 @lru_cache(maxsize=8)
 def _key_ring(value: str) -> KeyRing:

@@ -6,7 +6,9 @@ form, the board's forms and the codec server. A body over its limit, declared
 (``Content-Length``) or streamed (chunked), is answered 413 and never reaches the app. A
 body that does not arrive whole within ``SUPPORT_HTTP_BODY_TIMEOUT`` is answered 408. The
 codec server's bodies (up to 4 MiB) are not read here at all: the codec checks the
-caller's token first and only then reads the body, through the same limits.
+caller's token first and only then reads the body, through the same limits. An ``/api/``
+body is read only for a request whose bearer token names an agent or an integration: any
+other is answered 401 unread, so nobody without a token makes the service hold 256 KiB.
 
 The server side (``server_config``, what ``python -m service`` runs): a request's line and
 headers must arrive within ``SUPPORT_HTTP_HEADER_TIMEOUT`` (else 408 and the connection is
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api import ApiError
+from service.auth import Settings
 from service.headers import with_security_headers
 from service.pages import message
 
@@ -165,6 +168,16 @@ def limited(receive: Receive, limit: int, seconds: float) -> Receive:
     return receive_limited
 
 
+def unauthenticated(scope: Scope) -> str | None:
+    """Why an ``/api/`` request's bearer token names no caller of the app's ``Settings``
+    (None: it does, or the app has no settings to ask)."""
+    settings: Settings | None = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+    if settings is None:
+        return None
+    header = dict(scope["headers"]).get(b"authorization")
+    return settings.bearer_refusal(header.decode("latin-1") if header is not None else None)
+
+
 class BodyLimit:
     """ASGI middleware: reads a request's body up to its path's limit and within
     ``body_timeout``, then hands the app the whole body at once (or answers 413 / 408).
@@ -187,6 +200,11 @@ class BodyLimit:
         if is_codec(path):
             await self.app(scope, limited(receive, limit, self.body_timeout), send)
             return
+        if path.startswith("/api/"):
+            why = unauthenticated(scope)
+            if why is not None:
+                await ApiError(401, "unauthenticated", why).response()(scope, receive, send)
+                return
         body = bytearray()
         read = limited(receive, limit, self.body_timeout)
         try:

@@ -163,7 +163,10 @@ async def test_an_unhandled_exception_is_a_500_with_the_security_headers() -> No
 
 async def test_a_body_that_never_arrives_is_cut_off() -> None:
     async with served(HttpLimits(body_timeout=1.0)) as address:
-        head = b"POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        head = (
+            b"POST /api/tickets/T1/ack HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            b"Authorization: Bearer " + AGENT.encode() + b"\r\n\r\n{"
+        )
         reader, writer = await raw(address, head)
         answer = await asyncio.wait_for(reader.read(4096), 5)
         assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer
@@ -191,6 +194,36 @@ async def test_an_unauthenticated_codec_post_is_refused_before_its_body_is_read(
         answer = await asyncio.wait_for(reader.read(4096), 5)
         assert answer.startswith(b"HTTP/1.1 401") and b"unauthenticated" in answer
         assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection ends
+        writer.close()
+
+
+async def test_an_api_post_without_a_valid_token_is_refused_before_its_body_is_read() -> None:
+    """The attack: many connections each declaring a 256 KiB body to ``/api/``, no token,
+    so the service holds their bodies. Refused 401 before one byte of the body is read,
+    with no token, a wrong scheme or an unknown one; a known token's body is read."""
+    async with served(HttpLimits(body_timeout=1.0)) as address:
+        for authorization in (
+            b"",
+            b"Authorization: Basic YTpi\r\n",
+            b"Authorization: Bearer x\r\n",
+        ):
+            head = (
+                b"POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 262000\r\n" + authorization + b"\r\n"
+            )
+            reader, writer = await raw(address, head)  # not one byte of the body sent
+            answer = await asyncio.wait_for(reader.read(4096), 5)
+            assert answer.startswith(b"HTTP/1.1 401") and b"unauthenticated" in answer, answer
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection ends
+            writer.close()
+        # An agent's token: the body is waited for (and, never sent, times out).
+        head = (
+            b"POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 262000\r\n"
+            b"Authorization: Bearer " + AGENT.encode() + b"\r\n\r\n"
+        )
+        reader, writer = await raw(address, head)
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
         writer.close()
 
 
