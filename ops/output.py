@@ -58,6 +58,12 @@ def duration(delta: timedelta) -> str:
     return " ".join(shown) or "0s"
 
 
+def next_due(ticket: TicketSummary) -> str:
+    """The nearest deadline that runs (the countdown names its target); ``-`` when none
+    runs (acknowledged with no target running, Community, closed)."""
+    return "-" if ticket.deadline is None else utc(ticket.deadline[0])
+
+
 def countdown(ticket: TicketSummary, now: datetime) -> Text:
     """Time to the nearest deadline that runs, naming its target unless it is the first
     response (``in 2h 10m (resolution)``)."""
@@ -94,7 +100,7 @@ def tickets_table(tickets: Sequence[TicketSummary], now: datetime, title: str | 
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, title_justify="left")
     for name in ("ticket", "customer", "tier", "severity", "state", "started (UTC)"):
         table.add_column(name)
-    table.add_column("response due (UTC)")
+    table.add_column("next due (UTC)")
     table.add_column("to breach", justify="right")
     table.add_column("breached")
     for ticket in tickets:
@@ -106,7 +112,7 @@ def tickets_table(tickets: Sequence[TicketSummary], now: datetime, title: str | 
             _value(ticket.severity),
             _state(ticket),
             utc(ticket.opened_at),
-            utc(ticket.response_due_at),
+            next_due(ticket),
             countdown(ticket, now),
             _breached(ticket.breached),
             style="red" if ticket.breached or overdue else None,

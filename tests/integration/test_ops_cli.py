@@ -359,7 +359,7 @@ async def test_list_filters_and_sorts_by_time_to_breach(tickets: Tickets, run_op
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == (
-        "ticket customer tier severity state started (UTC) response due (UTC) to breach"
+        "ticket customer tier severity state started (UTC) next due (UTC) to breach"
         " breached".split()
     )
     [premium_line] = [line for line in lines if tickets.premium in line]
@@ -973,3 +973,50 @@ async def test_show_lists_the_next_reply_and_resolution_and_pauses_them_while_wa
     assert header["resolution"].endswith(": paused")
     assert header["waiting on customer"].endswith(": the logs")
     await close_all(tickets, ticket_id)
+
+
+async def test_list_and_watch_show_and_sort_by_the_nearest_deadline_of_any_target(
+    tickets: Tickets, run_ops: Ops, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mission Critical resolves within 30 minutes; Premium has its first response only.
+    policy = write_policy(tmp_path, with_targets("mission_critical", resolution="PT30M"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    run = uuid.uuid4().hex[:6]
+    customer = f"nearest-{run}"
+    answered, waiting = await open_and_plan(
+        tickets,
+        ticket(f"NEAR-A-{run}", customer_id=customer, tier="mission_critical"),
+        ticket(f"NEAR-O-{run}", customer_id=customer),
+    )
+    reply = await run_ops.process("reply", answered.ticket_id, "--agent", "alice")
+    assert reply.returncode == 0, reply.stderr
+    [resolution] = [t for t in answered.targets if t.metric.value == "resolution"]
+    resolution_due = resolution.started_at + timedelta(minutes=30)
+    assert waiting.response_due_at is not None
+    assert resolution_due < waiting.response_due_at  # the answered ticket's is the nearest
+
+    async def answered_listed() -> list[dict[str, Any]] | None:
+        listed = json.loads((await run_ops.inline("list", "--customer", customer, "--json")).stdout)
+        states = {t["ticket_id"]: t["state"] for t in listed}
+        return listed if states.get(answered.ticket_id) == "acknowledged" else None
+
+    listed = await eventually("the answered ticket in visibility", answered_listed)
+    # Sorted by the nearest deadline: the answered ticket's resolution comes before the
+    # open ticket's first response (by its response deadline alone it sorted last).
+    assert [t["ticket_id"] for t in listed] == [answered.ticket_id, waiting.ticket_id]
+    assert listed[0]["next_metric"] == "resolution"
+    assert datetime.fromisoformat(listed[0]["next_deadline"]) == resolution_due
+    table, watch = await asyncio.gather(
+        run_ops.inline("list", "--customer", customer),
+        run_ops.process("watch", "--customer", customer, "--iterations", "1", "--interval", "0.1"),
+    )
+    for done in (table, watch):
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stdout.splitlines() if customer in line]
+        assert [line.split()[0] for line in lines] == [answered.ticket_id, waiting.ticket_id]
+        first, second = lines
+        assert f" {utc(resolution_due)} " in first
+        assert re.search(r" in 2\dm( \d\ds)? \(resolution\) +no$", first)
+        assert f" {utc(waiting.response_due_at)} " in second
+        assert re.search(r" in (59m \d\ds|1h) +no$", second)
+    await close_all(tickets, answered.ticket_id, waiting.ticket_id)
