@@ -391,6 +391,55 @@ async def board_page(
     )
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A ticket that waits on the customer: since when, and what the customer owes."""
+
+    since: datetime
+    reason: str | None
+
+
+# How long the board waits for its rows' statuses: rows not read by then show no wait.
+BOARD_STATUS_TIMEOUT = timedelta(seconds=3)
+
+
+async def waits_on_customer(client: Client, tickets: list[TicketSummary]) -> dict[str, Waiting]:
+    """Which of ``tickets`` (one board page: at most ``MAX_BOARD_PAGE_SIZE``) wait on the
+    customer, by ticket id. No search attribute says so (a paused clock only drops out of
+    ``SlaNextDeadline``, which a ticket without pausable targets never sets), so each
+    running ticket's ``status`` is queried, all at once, for ``BOARD_STATUS_TIMEOUT``; a ticket
+    whose status cannot be read in time (no worker) is left out, and the board then offers
+    its actions as it would without the wait (the workflow still refuses a second wait)."""
+
+    async def read(ticket: TicketSummary) -> tuple[str, TicketStatus]:
+        handle = client.get_workflow_handle(ticket.workflow_id)
+        status = await handle.query(
+            names.STATUS, result_type=TicketStatus, rpc_timeout=BOARD_STATUS_TIMEOUT
+        )
+        return ticket.ticket_id, status
+
+    reads = [asyncio.ensure_future(read(t)) for t in tickets if not t.closed]
+    if not reads:
+        return {}
+    done, late = await asyncio.wait(reads, timeout=BOARD_STATUS_TIMEOUT.total_seconds())
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    found: dict[str, Waiting] = {}
+    for task in done:
+        failed = task.exception()
+        if isinstance(failed, RPCError | WorkflowQueryFailedError | WorkflowQueryRejectedError):
+            continue
+        if failed is not None:
+            raise failed
+        ticket_id, status = task.result()
+        if status.awaiting_customer_since is not None:
+            found[ticket_id] = Waiting(
+                status.awaiting_customer_since, status.awaiting_customer_reason
+            )
+    return found
+
+
 # --- one ticket ---------------------------------------------------------------------------
 
 

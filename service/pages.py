@@ -590,6 +590,8 @@ async def board(
     shown = await visibility.board_page(request.app.state.client, page, BOARD_PAGE_SIZE)
     if shown.truncated:
         log.warning("board: more open tickets than one view reads", most=shown.total)
+    # Visibility does not say which tickets wait on the customer: the page's statuses do.
+    waiting = await visibility.waits_on_customer(request.app.state.client, shown.tickets)
     return templates.TemplateResponse(
         request,
         "board.html",
@@ -597,6 +599,7 @@ async def board(
             "agent": agent,
             "tickets": shown.tickets,
             "board": shown,
+            "waiting": waiting,
             "now": datetime.now(UTC),
             "csrf": csrf_token(request, agent),
             "notice": notice,

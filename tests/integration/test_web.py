@@ -612,13 +612,19 @@ async def test_the_board_shows_the_nearest_deadline_with_its_target_replies_and_
 
     # No reason, or a summary over the limit: the board says so and sends nothing.
     csrf = await row.locator("form[action$='/wait'] input[name=csrf]").get_attribute("value")
-    for action, form in (("wait", {"reason": "  "}), ("reply", {"summary": "x" * 2001})):
+    for action, form, said in (
+        ("wait", {"reason": "  "}, "Say what the customer owes (the reason) to set it waiting."),
+        (
+            "reply",
+            {"summary": "x" * 2001},
+            "Not sent: the summary: String should have at most 2000 characters.",
+        ),
+    ):
         sent = await page.request.post(
             f"{web.url}/board/tickets/{ticket_id}/{action}", form={"csrf": csrf or ""} | form
         )
         assert sent.ok and "notice=" in sent.url, sent.url
-    notice = unquote(sent.url.split("notice=", 1)[1])
-    assert notice == "Not sent: the summary: String should have at most 2000 characters."
+        assert unquote(sent.url.split("notice=", 1)[1]) == said
     unchanged = await status_once(web, ticket_id, lambda s: True)
     assert unchanged.awaiting_customer_since is None
     assert [h.kind for h in unchanged.history].count("agent_replied") == 1
@@ -629,4 +635,34 @@ async def test_the_board_shows_the_nearest_deadline_with_its_target_replies_and_
     assert await page.text_content("#notice") == f"Waiting on the customer: {ticket_id}."
     waiting = await status_once(web, ticket_id, lambda s: s.awaiting_customer_since is not None)
     assert (waiting.awaiting_customer_reason, waiting.acknowledged_by) == ("the logs", "ana")
+    assert waiting.awaiting_customer_since is not None
+    since = waiting.awaiting_customer_since.strftime("%Y-%m-%d %H:%M UTC")
+
+    # The row says it waits, with no deadline once visibility has the paused clocks, and
+    # offers no second wait.
+    async def waiting_row() -> Any:
+        row = await row_on_board(page, web, ticket_id)
+        if await row.locator(".deadline .metric").count() == 0:
+            return row
+        await page.goto(f"{web.url}/board")
+        return None
+
+    row = await eventually("the waiting row", waiting_row, 15)
+    assert await row.locator(".deadline").text_content() == (
+        f"waiting on the customer (since {since}): the logs"
+    )
+    assert await row.locator("button.wait").count() == 0
+    assert await row.locator("button.reply").count() == 1
+    assert await row.locator("button.resolve").count() == 1
+    await shot(page, "board-waiting")
+    # A wait posted from a page older than the wait gets the workflow's refusal.
+    csrf = await row.locator("form[action$='/reply'] input[name=csrf]").get_attribute("value")
+    again = await page.request.post(
+        f"{web.url}/board/tickets/{ticket_id}/wait", form={"csrf": csrf or "", "reason": "x"}
+    )
+    assert again.ok and "notice=" in again.url, again.url
+    assert unquote(again.url.split("notice=", 1)[1]) == (
+        f"cannot await_customer: ticket {ticket_id} waits on the customer"
+        f" since {waiting.awaiting_customer_since.isoformat()}"
+    )
     await handle.execute_update("resolve", Resolve(by="ana"))
