@@ -23,8 +23,11 @@ tier and an overall total, and lists every breach. Definitions (also in docs/rep
   recorded the breach, when it was met late, or when it still runs past its deadline at
   ``as_of`` (a paused clock is not overdue), *pending* otherwise. Time to meet it runs
   from the clock's start to the instant met, the time paused left out (business: on the
-  ticket's calendar, minus the business time paused). *Waiting on the customer*: the
-  ticket's ``customer_wait`` (wall) and the business time its pausable clocks lost.
+  ticket's calendar, minus the business time paused). *Waiting on the customer*: each
+  wait from the ledger's ``awaiting-customer-<n>`` event to its ``customer_resumed`` one
+  (one still open up to the resolution or close, else up to ``as_of``), in wall time and
+  on the ticket's calendar; given the waits (``customer_waits``), else the row's
+  ``customer_wait`` and the business time its pausable clocks lost (``wait_of``).
 - *overrun* of a breach: ``acknowledged_at - response_due_at`` when acknowledged late;
   ``as_of - response_due_at`` when still open and unacknowledged; otherwise (closed or
   routed without an acknowledgement, or a breach that stays on record after the deadline
@@ -42,12 +45,20 @@ both, counted in ``no_policy`` and named in the report's notes.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal, TypeVar
 
-from contract.models import Metric, Severity, TargetStatus, TicketOutcome, TicketState, Tier
+from contract.models import (
+    Metric,
+    Severity,
+    SlaEvent,
+    TargetStatus,
+    TicketOutcome,
+    TicketState,
+    Tier,
+)
 from policy.calendar import BusinessCalendar
 from policy.load import load_policy
 from policy.schema import Policy, PolicyError
@@ -359,11 +370,50 @@ class WaitFigures:
         )
 
 
-def wait_of(ticket: TicketOutcome) -> tuple[timedelta, timedelta]:
-    """A ticket's wait on the customer: wall, and business as its pausable clocks lost it
-    (the most any of them lost: a clock that ran through the whole wait lost all of it)."""
-    business = max((t.paused_business for t in ticket.targets), default=timedelta(0))
-    return ticket.customer_wait, business
+# One wait on the customer: from the ticket's ``awaiting-customer-<n>`` ledger event to its
+# ``customer_resumed`` one; the end is None while no resume is on record (still waiting,
+# or the wait ended with the ticket: resolved or closed). workflows/ticket/targets.py.
+WaitSpan = tuple[datetime, datetime | None]
+WAIT_BEGINS = "awaiting-customer-"
+WAIT_ENDS = "customer_resumed"
+
+
+def wait_spans(events: Iterable[SlaEvent]) -> list[WaitSpan]:
+    """A ticket's waits on the customer from its ledger events (any order), oldest first."""
+    spans: list[WaitSpan] = []
+    for event in sorted(events, key=lambda e: e.at):
+        open_wait = bool(spans) and spans[-1][1] is None
+        if event.kind.startswith(WAIT_BEGINS) and not open_wait:
+            spans.append((event.at, None))
+        elif event.kind == WAIT_ENDS and open_wait:
+            spans[-1] = (spans[-1][0], event.at)
+    return spans
+
+
+def wait_of(
+    ticket: TicketOutcome,
+    as_of: datetime,
+    clock: TicketClock = WALL_CLOCK,
+    spans: Sequence[WaitSpan] | None = None,
+) -> tuple[timedelta, timedelta]:
+    """A ticket's wait on the customer up to ``as_of``: wall, and business on the ticket's
+    clock. From its ``spans`` when given: each on the calendar, a wait without a resume on
+    record counted up to the ticket's resolution or close, else up to ``as_of``. Without
+    them (the ledger's events not read) only the row is known: ``customer_wait`` and the
+    most business time any pausable clock lost, which is nothing for a ticket without a
+    pausable clock and misses a wait that ended at the resolution."""
+    if spans is None:
+        business = max((t.paused_business for t in ticket.targets), default=timedelta(0))
+        return ticket.customer_wait, business
+    ended = ticket.resolved_at or ticket.closed_at
+    stop = min(ended, as_of) if ended is not None else as_of
+    wall = business = timedelta(0)
+    for start, end in spans:
+        until = min(end, as_of) if end is not None else stop
+        if until > start:
+            wall += until - start
+            business += clock.between(start, until)
+    return wall, business
 
 
 @dataclass(frozen=True)
@@ -519,9 +569,12 @@ def build_report(
     as_of: datetime,
     filters: Filters | None = None,
     policy_for_version: PolicyResolver = loaded_policy,
+    customer_waits: Mapping[str, Sequence[WaitSpan]] | None = None,
 ) -> Report:
     """The report for ``outcomes`` (already filtered by the store) as of ``as_of``; each
-    ticket's business time on the calendar of ``policy_for_version(its policy_version)``."""
+    ticket's business time on the calendar of ``policy_for_version(its policy_version)``.
+    ``customer_waits``: each ticket's waits on the customer by ticket id (``wait_spans`` of
+    its ledger events); a ticket not in it is measured by its row alone (``wait_of``)."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     as_of = as_of.astimezone(UTC)
@@ -607,9 +660,12 @@ def build_report(
         }
         for metric in TARGET_METRICS
     }
+    spans_of = customer_waits or {}
+    waits_of = [
+        (t, wait_of(t, as_of, ticket_clocks[id(t)], spans_of.get(t.ticket_id))) for t in tickets
+    ]
     waited = {
-        tier: [wait_of(t) for t in tickets if t.tier is tier and t.customer_wait]
-        for tier in TIER_ORDER
+        tier: [wait for t, wait in waits_of if t.tier is tier and wait[0]] for tier in TIER_ORDER
     }
     waits = [WaitFigures.of(tier, waited[tier]) for tier in TIER_ORDER if waited[tier]] + [
         WaitFigures.of(None, [w for tier in TIER_ORDER for w in waited[tier]])

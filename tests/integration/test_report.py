@@ -44,6 +44,7 @@ from ledger.report import (
     build_report,
     judge,
     nearest_rank,
+    wait_spans,
 )
 from ledger.store import SqlLedger, head_revision
 from policy.load import parse_policy
@@ -1110,6 +1111,8 @@ async def test_report_on_real_runs_with_next_reply_and_resolution_targets(
     await handle.result()
     row = await ledger_row(stack, "R-targets", lambda r: r.state.value == "resolved")
     assert row.customer_wait == 3 * H
+    # The wait as the ledger's events record it (what customer_waits is read from).
+    assert wait_spans(await stack.ledger.events("R-targets")) == [(t0 + 9 * H, t0 + 12 * H)]
 
     report = build_report(await stack.ledger.outcomes(), t0 + 14 * H)
     figures = {(t.metric.value, t.tier): t for t in report.targets}
@@ -1310,3 +1313,67 @@ def test_a_report_without_more_targets_adds_no_data_rows_only() -> None:
     assert "<td>no data</td>" in html
     assert "No data: no ticket in this report has a next-reply or resolution target." in html
     assert "No data: no ticket waited on the customer." in html
+
+
+# --- waiting on the customer, on the ticket's calendar --------------------------------------
+# Standard (us-business-hours: weekdays 08:00-18:00 CST = 14:00-24:00 UTC), judged at
+# BUSINESS_AS_OF (Tue 10 Nov 09:30 CST = 15:30 UTC):
+# W1, no pausable clock: waited Fri 6 Nov 17:00 CST -> Mon 9 Nov 10:00 CST: 65 h wall,
+#   Fri 17-18 + Mon 08-10 = 3 business hours (the row alone said 0).
+# W2, waited Mon 9 Nov 10:00 CST -> resolved 13:00 CST while waiting (no resume on record;
+#   the resolution clock's paused_business was never added): 3 h wall, 3 h business.
+# W3, two waits: Mon 9 Nov 16:00-17:00 CST (resumed: 1 h), then since Mon 17:30 CST and
+#   still waiting at as_of: Mon 17:30-18:00 + Tue 08:00-09:30 = 2 h business; 16 h wall.
+# Standard: 3 tickets, wall 65 + 3 + 17 = 85 h, business 3 + 3 + 3 = 9 h;
+#   p50 (rank 2 of 3): wall [3, 17, 65] -> 17 h, business [3, 3, 3] -> 3 h.
+def waited(kind: str, instant: datetime, n: int) -> SlaEvent:
+    return SlaEvent(
+        key=f"ticket-W/{kind}-{n}", ticket_id="W", kind=kind, at=instant, source="workflow"
+    )
+
+
+WAIT_SCENARIO = [
+    outcome("W1", "standard", "sev3", "initech", at(6, 20), at(9, 14), at(6, 21), "acknowledged",
+            customer_wait=65 * H),
+    outcome("W2", "standard", "sev3", "initech", at(9, 15), at(9, 19), at(9, 15, 30), "resolved",
+            resolved_at=at(9, 19), customer_wait=3 * H,
+            targets=[clock("resolution", 1, at(9, 15), at(10, 15), met_at=at(9, 19))]),
+    outcome("W3", "standard", "sev3", "initech", at(9, 21), at(10, 15), at(9, 21, 30),
+            "acknowledged", customer_wait=H,
+            targets=[clock("resolution", 1, at(9, 21), at(11, 21), paused=H,
+                           paused_business=H, paused_since=at(9, 23, 30))]),
+]  # fmt: skip
+WAIT_EVENTS = {
+    "W1": [waited("awaiting-customer-1", at(6, 23), 1), waited("customer_resumed", at(9, 16), 1)],
+    "W2": [waited("awaiting-customer-1", at(9, 16), 1), waited("resolved", at(9, 19), 1)],
+    "W3": [
+        waited("customer_resumed", at(9, 23), 1),  # any order: sorted by instant
+        waited("awaiting-customer-1", at(9, 22), 1),
+        waited("awaiting-customer-2", at(9, 23, 30), 2),
+    ],
+}
+
+
+def test_waiting_on_the_customer_is_measured_from_its_waits_on_the_ticket_calendar() -> None:
+    spans = {ticket_id: wait_spans(events) for ticket_id, events in WAIT_EVENTS.items()}
+    assert spans == {
+        "W1": [(at(6, 23), at(9, 16))],
+        "W2": [(at(9, 16), None)],
+        "W3": [(at(9, 22), at(9, 23)), (at(9, 23, 30), None)],
+    }
+    report = build_report(
+        WAIT_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies, customer_waits=spans
+    )
+    assert [
+        (w.tier, w.tickets, w.total, w.business_total, w.p50, w.business_p50) for w in report.waits
+    ] == [
+        (Tier.STANDARD, 3, 85 * H, 9 * H, 17 * H, 3 * H),
+        (None, 3, 85 * H, 9 * H, 17 * H, 3 * H),
+    ]
+    # Without the events, the rows alone: W1 lost no pausable clock's time, W2's wait
+    # ended at the resolution, W3's open wait is not counted.
+    rows_only = build_report(WAIT_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
+    assert [(w.tickets, w.total, w.business_total) for w in rows_only.waits] == [
+        (3, 69 * H, H),
+        (3, 69 * H, H),
+    ]
