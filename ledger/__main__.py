@@ -169,7 +169,7 @@ async def migrate(args: argparse.Namespace, out: TextIO) -> None:
 
 async def report(args: argparse.Namespace, out: TextIO) -> None:
     from ledger.policy_archive import PolicyArchive
-    from ledger.report import Filters, build_report, loaded_policy
+    from ledger.report import Filters, build_report, loaded_policy, wait_spans
     from policy.schema import Policy
 
     opened_from = parse_instant("--from", args.opened_from) if args.opened_from else None
@@ -198,11 +198,15 @@ async def report(args: argparse.Namespace, out: TextIO) -> None:
         # the policy archive in the ledger, else the loaded file.
         archive = PolicyArchive(ledger)
         await archive.preload()
+        # Each ticket's waits on the customer, from its ledger events (one read a ticket).
+        waits = {o.ticket_id: wait_spans(await ledger.events(o.ticket_id)) for o in outcomes}
 
     def policy_for_version(version: str | None) -> Policy | None:
         return archive.policy_for_version(version) or loaded_policy(version)
 
-    result = build_report(outcomes, as_of, filters, policy_for_version=policy_for_version)
+    result = build_report(
+        outcomes, as_of, filters, policy_for_version=policy_for_version, customer_waits=waits
+    )
     write(args.output, out, lambda stream: render_report(result, args.format, stream))
 
 
