@@ -339,19 +339,33 @@ async def test_a_forged_from_with_another_envelope_sender_gets_no_link(
     assert "/support/confirm" not in mailbox.received[0].as_string()
 
 
-async def test_a_trusted_dmarc_pass_gets_the_contract_at_once(rig: Rig, mailbox: Mailbox) -> None:
+async def verified_mail_opens_its_ticket(
+    rig: Rig, subject: str, authentication: str | None = None, sender: str = "noc@bank.example"
+) -> TicketStatus:
+    """Mail from ``sender`` at bank.example with the trusted MTA's DMARC pass is answered
+    250 with its ticket opened, at the bank's contracted tier; that ticket's status."""
     message = letter(
-        "dana@bank.example",
-        "[SEV1] down",
-        authentication=f"{MTA}; dkim=pass; dmarc=pass (p=reject) header.from=bank.example",
+        sender,
+        subject,
+        authentication=authentication or f"{MTA}; dmarc=pass header.from=bank.example",
     )
     ticket_id = f"E-{message_key(b'', str(message['Message-ID']))}"
-    assert (await deliver(rig, message, sender="dana@bank.example")) == (
+    assert await deliver(rig, message, sender=sender) == (
         250,
         f"2.0.0 OK: ticket {ticket_id} opened",
     )
     opened = await status(rig.ticket(ticket_id))
     assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+    return opened
+
+
+async def test_a_trusted_dmarc_pass_gets_the_contract_at_once(rig: Rig, mailbox: Mailbox) -> None:
+    await verified_mail_opens_its_ticket(
+        rig,
+        "[SEV1] down",
+        f"{MTA}; dkim=pass; dmarc=pass (p=reject) header.from=bank.example",
+        sender="dana@bank.example",
+    )
 
 
 # --- the statement of work: no reflector -------------------------------------------------------
@@ -524,18 +538,7 @@ async def test_the_mailbox_defers_a_flood_per_domain_and_per_client(
             assert [c for c, _ in codes] == [250, 250, 451]
             assert "too many requests from this client (4 per hour per client)" in codes[2][1]
             # Verified mail is not limited, even from a server over its limit.
-            verified = letter(
-                "noc@bank.example",
-                "[SEV2] Payments slow",
-                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
-            )
-            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
-            assert await deliver(rig, verified, sender="noc@bank.example") == (
-                250,
-                f"2.0.0 OK: ticket {ticket_id} opened",
-            )
-            opened = await status(rig.ticket(ticket_id))
-            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+            await verified_mail_opens_its_ticket(rig, "[SEV2] Payments slow")
 
 
 async def test_a_flood_through_the_trusted_mta_does_not_cap_all_inbound_mail(
@@ -558,18 +561,7 @@ async def test_a_flood_through_the_trusted_mta_does_not_cap_all_inbound_mail(
                 message = letter("x@bank.example", f"forged {n}")
                 codes.append((await deliver(rig, message, sender="x@bank.example"))[0])
             assert codes == [250, 250, 451], "the per-address limit still holds"
-            verified = letter(
-                "noc@bank.example",
-                "[SEV2] Payments slow",
-                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
-            )
-            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
-            assert await deliver(rig, verified, sender="noc@bank.example") == (
-                250,
-                f"2.0.0 OK: ticket {ticket_id} opened",
-            )
-            opened = await status(rig.ticket(ticket_id))
-            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+            await verified_mail_opens_its_ticket(rig, "[SEV2] Payments slow")
 
 
 async def test_a_form_flood_then_the_customers_verified_mail_opens_its_ticket(
@@ -588,18 +580,7 @@ async def test_a_form_flood_then_the_customers_verified_mail_opens_its_ticket(
             assert all([await rig.guards.admit(keys, now) is None for _ in range(50)])
             response = await rig.http.post("/support/new", data=form("x@bank.example"))
             assert response.status_code == 429 and "from this domain" in response.text
-            verified = letter(
-                "noc@bank.example",
-                "[SEV1] Payments down",
-                authentication=f"{MTA}; dmarc=pass header.from=bank.example",
-            )
-            ticket_id = f"E-{message_key(b'', str(verified['Message-ID']))}"
-            assert await deliver(rig, verified, sender="noc@bank.example") == (
-                250,
-                f"2.0.0 OK: ticket {ticket_id} opened",
-            )
-            opened = await status(rig.ticket(ticket_id))
-            assert (opened.customer_id, opened.tier.value) == ("example-bank", "mission_critical")
+            await verified_mail_opens_its_ticket(rig, "[SEV1] Payments down")
 
 
 async def test_a_dmarc_pass_for_another_domain_is_neither_trusted_nor_exempt(

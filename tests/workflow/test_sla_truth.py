@@ -347,8 +347,7 @@ async def test_raising_to_sev1_tells_the_new_first_responders_once_and_lowering_
     stack: Stack, fakes: FakeActivities
 ) -> None:
     env = stack.env
-    t0 = await now_second(env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev3"))
     await advance_to(env, t0 + 5 * M)
     await handle.execute_update("change_severity", ChangeSeverity(severity="sev1", by="t"))
     status = await until_status(
@@ -405,8 +404,7 @@ async def test_raising_an_acknowledged_ticket_tells_the_new_first_responders_onc
     stack: Stack, fakes: FakeActivities
 ) -> None:
     env = stack.env
-    t0 = await now_second(env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev3"))
     await advance_to(env, t0 + 2 * M)
     await handle.execute_update("acknowledge", Acknowledge(agent="alice", at=t0 + 2 * M))
     await advance_to(env, t0 + 10 * M)
@@ -448,8 +446,7 @@ async def test_an_action_acts_once_per_request_id_whether_update_or_signal(
     applies the request id once, whichever comes first, and an update repeated with it
     answers with the status without acting again."""
     env = stack.env
-    t0 = await now_second(env)
-    handle = await open_ticket_at(stack, ticket(tier="mission_critical", severity="sev3"), t0)
+    t0, handle = await open_now(stack, ticket(tier="mission_critical", severity="sev3"))
     await advance_to(env, t0 + 5 * M)
     ack = Acknowledge(agent="alice", at=t0 + 5 * M, request_id="ack-link-1f2e")
     await handle.execute_update("acknowledge", ack, result_type=TicketStatus)
