@@ -47,6 +47,7 @@ STEP_HEADLINES = {
     "repeat": "SLA breached, still unacknowledged",
     "sow": "Statement of work",
     "retriage": "Severity raised",
+    "verified": "Requester verified: now under contract",
     "customer_reply": "Customer replied",
 }
 EMAIL_TAGS = {
@@ -56,6 +57,7 @@ EMAIL_TAGS = {
     "repeat": "SLA BREACH, unacknowledged",
     "sow": "Statement of work",
     "retriage": "Severity raised",
+    "verified": "Under contract",
     "customer_reply": "Customer reply",
 }
 # A step of another target's ladder (next reply, resolution): "<Target> due soon" ...
@@ -132,6 +134,7 @@ class Notification:
                 "breach",
                 "repeat",
                 "retriage",
+                "verified",
             )
         )
 

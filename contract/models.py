@@ -310,6 +310,23 @@ class AdoptPolicy(Action):
     reason: Note | None = None
 
 
+# The customer of a ticket whose requester is not (yet) verified at a contracted domain.
+UNVERIFIED_CUSTOMER = "community"
+
+
+class VerifyRequester(Action):
+    """The requester of an unverified Community ticket (customer ``community``) proved
+    ``address`` is theirs (the confirmation link mailed to it): the ticket takes the
+    contract of ``customer_id`` under the policy in force, its deadlines planned again from
+    when it opened (the clock starts at submission). ``at``: when the requester confirmed.
+    Sent by intake only (docs/security.md#verified-requesters)."""
+
+    customer_id: Name
+    address: EmailAddress
+    by: Name = "intake"
+    at: UtcDatetime | None = None
+
+
 class CustomerReply(Message):
     """The customer wrote again about an open ticket (e.g. a reply to the support mailbox):
     recorded on the ticket, never a new ticket. ``reference`` identifies the message (its

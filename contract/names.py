@@ -27,6 +27,10 @@ ACTIONS = (
     AGENT_REPLY,
     AWAIT_CUSTOMER,
 )
+# Intake's own action (a signal and an update of this name, never an agent's): the
+# requester of an unverified Community ticket confirmed their address, so the ticket takes
+# the contract of its address's domain, its clock from the submission.
+VERIFY_REQUESTER = "verify_requester"
 # A signal only: the customer answered (mailbox, API).
 CUSTOMER_REPLY = "customer_reply"
 # The statement-of-work child's decision signal.

@@ -12,8 +12,8 @@ the tier, severity, response target and deadline owed. ``intake`` is both in one
 A requester at a contract's email domain gets the contract's tier only once verified
 (``open_unverified``, ``confirm_requester``): until the address is confirmed by the link
 mailed to it, the ticket runs as Community and its description says why; confirming
-opens the contracted ticket with the clock from the original submission and resolves the
-Community one as moved (docs/intake.md#verified-requesters).
+moves the same ticket to the contract (the ``verify_requester`` update), its clock from
+the original submission (docs/intake.md#verified-requesters).
 
 Refusals are exceptions that name the field: ``InvalidTicket`` (the input is not a
 ticket), ``IntakeRefused`` (a ticket this path may not open), ``PolicyUnavailable`` (no
@@ -24,6 +24,7 @@ Nothing is started when one is raised.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -45,20 +46,21 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from contract import names
 from contract import search_attributes as sa
 from contract.models import (
     MAX_DESCRIPTION,
-    Resolve,
+    UNVERIFIED_CUSTOMER,
     Severity,
     TicketInput,
     TicketPlan,
     TicketState,
     TicketStatus,
     Tier,
+    VerifyRequester,
     describe_validation_error,
     intake_problems,
     opened_at_problem,
@@ -458,17 +460,7 @@ async def _existing(client: Client, prepared: Prepared) -> Promise:
         raise TicketConflict(ticket.ticket_id)
     status = await _status(handle, description.status)
     if status is not None:
-        return Promise(
-            ticket_id=status.ticket_id,
-            workflow_id=ticket.workflow_id,
-            created=False,
-            state=status.state.value,
-            tier=status.tier,
-            severity=status.severity,
-            response_target=status.response_target,
-            response_due_at=status.response_due_at,
-            entitlement=status.entitlement,
-        )
+        return _promise_of(status, ticket.workflow_id)
     # No status now (no worker, still planning): what the ticket shows ops.
     execution = description.status or WorkflowExecutionStatus.RUNNING
     state = attributes.get(sa.TICKET_STATE) or execution.name.lower()
@@ -488,6 +480,21 @@ async def _existing(client: Client, prepared: Prepared) -> Promise:
     )
 
 
+def _promise_of(status: TicketStatus, workflow_id: str) -> Promise:
+    """What an existing ticket is owed, from its status."""
+    return Promise(
+        ticket_id=status.ticket_id,
+        workflow_id=workflow_id,
+        created=False,
+        state=status.state.value,
+        tier=status.tier,
+        severity=status.severity,
+        response_target=status.response_target,
+        response_due_at=status.response_due_at,
+        entitlement=status.entitlement,
+    )
+
+
 async def _status(
     handle: WorkflowHandle[Any, TicketStatus], execution: WorkflowExecutionStatus | None
 ) -> TicketStatus | None:
@@ -504,14 +511,9 @@ async def _status(
 # --- unverified requesters ------------------------------------------------------------------
 
 # The customer of a ticket whose requester has no (verified) contract.
-COMMUNITY = "community"
-# The confirmed ticket's id: the Community ticket's with this suffix.
-CONFIRMED_SUFFIX = "-C"
-RESOLVE_WAIT = timedelta(seconds=10)
-
-
-def confirmed_ticket_id(ticket_id: str) -> str:
-    return ticket_id[: 64 - len(CONFIRMED_SUFFIX)] + CONFIRMED_SUFFIX
+COMMUNITY = UNVERIFIED_CUSTOMER
+# How long a confirmation waits for the ticket to take its contract.
+VERIFY_WAIT = timedelta(seconds=10)
 
 
 def unverified_reason(customer_id: str, address: str, how: str) -> str:
@@ -573,7 +575,7 @@ async def open_unverified(
     later = contracted.ticket.model_dump(
         mode="json", exclude_none=True, exclude={"tier", "integration", "continued"}
     )
-    later["ticket_id"] = confirmed_ticket_id(promise.ticket_id)
+    later["ticket_id"] = promise.ticket_id
     token = await guards.request_confirmation(
         promise.ticket_id,
         customer_id,
@@ -588,17 +590,22 @@ async def open_unverified(
 
 @dataclass(frozen=True)
 class Confirmed:
-    """What a confirmation did. ``outcome``: ``moved`` (the contracted ticket is open, the
-    Community one resolved as moved), ``already`` (confirmed before), ``expired``,
-    ``unknown`` (no such link), ``closed`` (the Community ticket was already resolved:
-    nothing to move) or ``refused`` (the contract no longer takes the ticket;
+    """What a confirmation did. ``outcome``: ``verified`` (the ticket runs under the
+    contract now: ``promise`` says what it is owed), ``already`` (confirmed before),
+    ``expired``, ``unknown`` (no such link), ``closed`` (the ticket was resolved or closed
+    before: nothing to move) or ``refused`` (the contract no longer takes the ticket;
     ``detail`` says why)."""
 
     outcome: str
-    community_id: str | None = None
     ticket_id: str | None = None
     promise: Promise | None = None
     detail: str = ""
+
+
+def verify_request_id(token: str) -> str:
+    """The one request id of a confirmation link's ``verify_requester``: a second click
+    while the first is still queued is applied once."""
+    return "verify:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 async def confirm_requester(
@@ -608,18 +615,17 @@ async def confirm_requester(
     *,
     policy: Policy | None = None,
     now: datetime | None = None,
-    queue: str | None = None,
 ) -> Confirmed:
-    """The requester opened the confirmation link: open the contracted ticket with its
-    clock from the submission (idempotent on its id), then resolve the Community ticket
-    as moved to it. Safe to repeat: a failure half-way is finished by the next click.
+    """The requester opened the confirmation link: the Community ticket takes the contract
+    (``verify_requester``), its deadlines planned again from the submission, and the link
+    is marked used. Safe to repeat: a link is marked only once the ticket took it.
     RPCError / TimeoutError when Temporal cannot be reached (nothing is marked)."""
     at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     found = await guards.confirmation(token)
     if found is None:
         return Confirmed("unknown")
     if found.moved_to is not None or found.confirmed_at is not None:
-        return Confirmed("already", found.ticket_id, found.moved_to)
+        return Confirmed("already", found.moved_to or found.ticket_id)
     if at > found.expires_at:
         return Confirmed("expired", found.ticket_id)
     policy = policy_or_refuse(policy)
@@ -629,33 +635,44 @@ async def confirm_requester(
             found.ticket_id,
             detail=f"customer {found.customer_id!r} no longer has a support contract",
         )
-    community = client.get_workflow_handle(
-        ticket_workflow_id(found.ticket_id),
-        result_type=TicketStatus,
-    )
-    description = await community.describe()
-    status = await _status(community, description.status)
+    source = MAILBOX if found.ticket.get("intake_channel") == "email" else WEB_FORM
+    try:
+        # The contract's rules as they stand now (its agreed intake channels).
+        prepare(found.ticket, source, policy=policy, now=at)
+    except (InvalidTicket, IntakeRefused) as err:
+        return Confirmed("refused", found.ticket_id, detail="; ".join(err.problems))
+    workflow_id = ticket_workflow_id(found.ticket_id)
+    handle = client.get_workflow_handle(workflow_id, result_type=TicketStatus)
+    description = await handle.describe()
+    status = await _status(handle, description.status)
     if status is None or status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
         await guards.confirmed(token, at, None)
         return Confirmed("closed", found.ticket_id)
-    source = MAILBOX if found.ticket.get("intake_channel") == "email" else WEB_FORM
-    try:
-        prepared = prepare(found.ticket, source, policy=policy, now=at)
-    except (InvalidTicket, IntakeRefused) as err:
-        return Confirmed("refused", found.ticket_id, detail="; ".join(err.problems))
-    promise = await start(client, prepared, queue)
-    resolve = Resolve(
-        by="intake",
-        summary=f"moved to {promise.ticket_id}: the requester confirmed {found.address}",
+    verify = VerifyRequester(
+        customer_id=found.customer_id,
+        address=found.address,
         at=at,
+        request_id=verify_request_id(token),
     )
     try:
-        async with asyncio.timeout(RESOLVE_WAIT.total_seconds()):
-            await community.execute_update(names.RESOLVE, resolve)
-    except WorkflowUpdateFailedError:
-        pass  # resolved meanwhile (by an agent): nothing left to move
-    await guards.confirmed(token, at, promise.ticket_id)
-    return Confirmed("moved", found.ticket_id, promise.ticket_id, promise)
+        async with asyncio.timeout(VERIFY_WAIT.total_seconds()):
+            status = await handle.execute_update(
+                names.VERIFY_REQUESTER, verify, result_type=TicketStatus
+            )
+    except WorkflowUpdateFailedError as err:
+        detail = str(err.cause.message if isinstance(err.cause, ApplicationError) else err.cause)
+        if await _closed_meanwhile(handle):
+            await guards.confirmed(token, at, None)
+            return Confirmed("closed", found.ticket_id)
+        return Confirmed("refused", found.ticket_id, detail=detail)
+    await guards.confirmed(token, at, found.ticket_id)
+    return Confirmed("verified", found.ticket_id, _promise_of(status, workflow_id))
+
+
+async def _closed_meanwhile(handle: WorkflowHandle[Any, TicketStatus]) -> bool:
+    description = await handle.describe()
+    status = await _status(handle, description.status)
+    return status is None or status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED)
 
 
 # --- the raw start (tests, drills, benchmarks) ------------------------------------------------

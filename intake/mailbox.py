@@ -88,7 +88,6 @@ from contract.models import (
 )
 from contract.text import header_text, thread_reference, when
 from intake.core import (
-    CONFIRMED_SUFFIX,
     MAILBOX,
     IntakeRefused,
     InvalidTicket,
@@ -712,8 +711,8 @@ def held_acknowledgement(
             "",
             f"  {link}",
             "",
-            f"Once confirmed, it moves to ticket {ticket_id}{CONFIRMED_SUFFIX} under the"
-            " contract, its response time counted from when we received your message.",
+            f"Once confirmed, ticket {ticket_id} is handled under the contract, its"
+            " response time counted from when we received your message.",
         ]
     else:
         form = f" ({form_url})" if form_url else ""

@@ -47,7 +47,6 @@ from intake.core import (
     PolicyUnavailable,
     TicketConflict,
     confirm_requester,
-    confirmed_ticket_id,
     intake,
     open_unverified,
     unverified_reason,
@@ -331,7 +330,6 @@ async def contact_submit(
             "tier": TIER_LABELS[held.contracted.plan.tier],
             "email": held.contracted.ticket.reporter_email,
             "sent": await send_confirmation(request, held) if held.token else None,
-            "moves_to": confirmed_ticket_id(result.ticket_id),
         }
     return templates.TemplateResponse(
         request,
@@ -410,7 +408,8 @@ CONFIRMED_TEXT = {
     "closed": (
         409,
         "Nothing to move",
-        "This request was already resolved, so there is nothing to move to your contract.",
+        "This request was already resolved or closed, so there is nothing to move to your"
+        " contract.",
     ),
 }
 
@@ -441,7 +440,6 @@ async def confirm_submit(request: Request, token: Annotated[str, Form()] = "") -
             request.app.state.client,
             await intake_guards(request),
             token,
-            queue=request.app.state.task_queue,
         )
     except PolicyUnavailable as err:
         log.error("confirmation: the policy is unavailable", error=str(err))
@@ -449,20 +447,21 @@ async def confirm_submit(request: Request, token: Annotated[str, Form()] = "") -
     except (RPCError, TimeoutError) as err:
         log.error("confirmation: Temporal unavailable", error=type(err).__name__)
         return message(request, "Please try again", UNAVAILABLE, 503)
-    if done.outcome == "moved" and done.promise is not None:
+    if done.outcome == "verified" and done.promise is not None:
         promise = done.promise
         due = promise.response_due_at
         by = f", by {due.strftime('%Y-%m-%d %H:%M UTC')}" if due is not None else ""
         text = (
-            f"Thank you. Your request is now ticket {promise.ticket_id}, handled under your"
+            f"Thank you. Ticket {promise.ticket_id} is now handled under your"
             f" organisation's contract: {TIER_LABELS[promise.tier]}, severity"
             f" {promise.severity.value.upper()}. We respond within"
             f" {human(promise.response_target)}{by}, counted from when you sent it."
-            f" (Ticket {done.community_id} is closed as moved.)"
         )
         return message(request, "Request confirmed", text)
     if done.outcome == "refused":
-        return message(request, "Not moved", f"This request cannot be moved: {done.detail}", 422)
+        return message(
+            request, "Not moved", f"This request cannot move to the contract: {done.detail}", 422
+        )
     if done.outcome == "already" and done.ticket_id:
         return message(request, "Already confirmed", f"This request is ticket {done.ticket_id}.")
     status, title, text = CONFIRMED_TEXT[done.outcome]

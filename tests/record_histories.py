@@ -237,6 +237,32 @@ async def raise_after_ack(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def verify_requester(stack: Stack) -> list[str]:
+    """The Community ticket of an unverified address at the bank's domain: a signal naming
+    another address is refused, then the requester's confirmation moves the ticket to the
+    bank's contract with the clock from the submission (its deadline is past: breached).
+    Plain payloads, so that the release before the signal existed records it too."""
+    unverified = ticket(
+        "H-verify",
+        customer_id="community",
+        tier=None,
+        severity="sev1",
+        reporter_email="noc@bank.example",
+        intake_channel="web_form",
+    )
+    t0, handle = await open_now(stack, unverified)
+    await advance_to(stack.env, t0 + 5 * M)
+    wrong = {"customer_id": "example-bank", "address": "eve@bank.example", "by": "intake"}
+    await handle.signal("verify_requester", wrong)
+    await advance_to(stack.env, t0 + 18 * M)
+    await handle.signal("verify_requester", wrong | {"address": "noc@bank.example"})
+    await advance_to(stack.env, t0 + 21 * M)
+    await handle.execute_update("acknowledge", Acknowledge(agent="lee"))
+    await handle.execute_update("resolve", Resolve(by="lee"))
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -251,6 +277,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "agent_updates": agent_updates,
     "sla_targets": sla_targets,
     "raise_after_ack": raise_after_ack,
+    "verify_requester": verify_requester,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Edit] = {

@@ -34,6 +34,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from contract import search_attributes as sa
 from contract.models import MarkOutOfScope, TicketState, TicketStatus, sow_workflow_id
 from harness.processes import eventually, free_port
 from harness.serve import serve
@@ -239,7 +240,6 @@ async def test_a_contracted_domain_typed_into_the_form_runs_as_community_until_c
     token = {"token": path.partition("token=")[2]}
     # The token rides in the query as token=, which every log (the access log too) redacts.
     assert token["token"] not in redact(f'"GET {path} HTTP/1.1" 200')
-    confirmed_id = f"{community_id}-C"
 
     # Opening the link (as a mail scanner would) confirms nothing: it shows a button.
     page = await rig.http.get(path)
@@ -249,25 +249,32 @@ async def test_a_contracted_domain_typed_into_the_form_runs_as_community_until_c
     await asyncio.sleep(2)  # the confirmation comes later than the submission
     done = await rig.http.post("/support/confirm", data=token)
     assert done.status_code == 200, done.text
-    assert "Request confirmed" in done.text and confirmed_id in done.text
+    assert "Request confirmed" in done.text and community_id in done.text
 
-    # The contracted ticket: the contract's tier, its clock from the submission.
-    moved = await status(rig.ticket(confirmed_id))
-    assert (moved.customer_id, moved.tier.value, moved.severity.value) == (
+    # The same ticket runs under the contract: its tier, its clock from the submission.
+    moved = await status(rig.ticket(community_id))
+    assert (moved.customer_id, moved.tier.value, moved.severity.value, moved.state) == (
         "example-bank",
         "mission_critical",
         "sev1",
+        TicketState.OPEN,
     )
     assert moved.opened_at == submitted
     assert moved.response_due_at == submitted + 15 * M
+    [verified] = [h for h in moved.history if h.kind == "requester_verified"]
+    assert verified.detail is not None and verified.detail.startswith(
+        "noc@bank.example confirmed: the contract of example-bank, community -> mission_critical"
+    )
 
-    # The Community ticket is resolved as moved, saying to which ticket.
-    async def resolved() -> TicketStatus | None:
-        found = await status(rig.ticket(community_id))
-        return found if found.state is TicketState.RESOLVED else None
+    # Found by the contract's customer and tier (visibility), never as a second ticket.
+    async def contracted() -> tuple[str | None, str | None] | None:
+        found = (await handle.describe()).typed_search_attributes
+        pair = (found.get(sa.CUSTOMER_ID), found.get(sa.SUPPORT_TIER))
+        return pair if pair == ("example-bank", "mission_critical") else None
 
-    closed = await until("the community ticket resolved", resolved)
-    assert any(confirmed_id in (h.detail or "") for h in closed.history), closed.history
+    await until("the search attributes of the contract", contracted)
+    second = await rig.stack.client.count_workflows(f"WorkflowId = 'ticket-{community_id}-C'")
+    assert second.count == 0
 
     # The link works once.
     again = await rig.http.post("/support/confirm", data=token)
@@ -315,7 +322,7 @@ async def test_a_mail_without_a_trusted_dmarc_pass_runs_as_community_until_confi
     done = await rig.http.post("/support/confirm", data={"token": link.partition("token=")[2]})
     assert done.status_code == 200 and "Request confirmed" in done.text, done.text
 
-    moved = await status(rig.ticket(f"{community_id}-C"))
+    moved = await status(rig.ticket(community_id))
     assert (moved.customer_id, moved.tier.value, moved.severity.value) == (
         "example-bank",
         "mission_critical",
@@ -662,7 +669,7 @@ async def test_the_guards_keep_counts_replies_confirmations_and_quarantine_on_bo
     kept = await guards.quarantine(b"\xff raw \x00 bytes", "eve@evil.example", "why", now)
     assert await guards.quarantined(kept) == ("why", b"\xff raw \x00 bytes")
 
-    ticket = {"ticket_id": "W-1-C", "customer_id": "example-bank"}
+    ticket = {"ticket_id": "W-1", "customer_id": "example-bank"}
     token = await guards.request_confirmation(
         "W-1", "example-bank", "noc@bank.example", now, ticket, "why", now
     )
@@ -677,7 +684,7 @@ async def test_the_guards_keep_counts_replies_confirmations_and_quarantine_on_bo
     assert found is not None and (found.ticket_id, found.ticket) == ("W-1", ticket)
     assert found.submitted_at == now and found.moved_to is None
     assert await guards.confirmation("not-" + token) is None
-    await guards.confirmed(token, now, "W-1-C")
+    await guards.confirmed(token, now, "W-1")
     done = await guards.confirmation(token)
-    assert done is not None and (done.confirmed_at, done.moved_to) == (now, "W-1-C")
+    assert done is not None and (done.confirmed_at, done.moved_to) == (now, "W-1")
     await guards.ready()

@@ -40,7 +40,10 @@ def load(path: Path) -> WorkflowHistory:
 
 
 # A change that alters one path only keeps that path's history from before it.
-NARROW_CHANGES = {"before-retriage-after-ack": {"raise_after_ack"}}
+NARROW_CHANGES = {
+    "before-retriage-after-ack": {"raise_after_ack"},
+    "before-verify-requester": {"verify_requester"},
+}
 
 
 def test_the_main_paths_are_committed_for_now_and_before_each_change() -> None:

@@ -23,3 +23,6 @@ SLA_TARGETS = "sla-targets-next-reply-resolution-pause"
 # instead of one timer started (and one cancelled) per turn: a step then costs its timer
 # and its delivery activity, the two Actions an escalation step cannot do without.
 KEEP_WAKE_TIMER = "keep-wake-timer"
+# The requester of a Community ticket confirms their address: the same ticket takes the
+# contract (before: the signal had no handler; intake opened a second ticket).
+VERIFY_IN_PLACE = "verify-requester-in-place"

@@ -98,13 +98,15 @@ class Planning(Outbox):
         pinned_version: str | None = None,
         tier: Tier | None = None,
         clocks: list[ClockRequest] | None = None,
+        entitle: bool = False,
     ) -> TicketPlan | None:
         """The ticket's plan at ``severity``, under its pinned policy version (or
         ``pinned_version`` when adopting another), from its original open time. None when
         the policy cannot be resolved: the failure is recorded on the ticket and logged at
         error level, and the caller keeps the last good plan. A ticket with target clocks
         has them all planned again (``clocks``, default: each open one from its own start,
-        its paused time kept)."""
+        its paused time kept). ``entitle``: as at intake, under the policy in force and at
+        the tier the ticket's customer is entitled to (a requester just verified)."""
         status = self._status
         if clocks is None and self._clocks_on and status is not None:
             clocks = targets.requests(status, workflow.now())
@@ -113,8 +115,10 @@ class Planning(Outbox):
             severity=severity,
             opened_at=opened_at or self._state().opened_at,
             repeats_after=repeats_after,
-            pinned_version=pinned_version or (status.policy_version if status else None),
-            tier=tier or (status.tier if status else None),
+            pinned_version=None
+            if entitle
+            else pinned_version or (status.policy_version if status else None),
+            tier=None if entitle else tier or (status.tier if status else None),
             clocks=clocks,
         )
         try:

@@ -23,6 +23,8 @@ from contract.models import (
     SowStatus,
     TicketState,
     TicketStatus,
+    Tier,
+    VerifyRequester,
 )
 from workflows.ticket.events import Event, Record, iso
 
@@ -36,6 +38,7 @@ ACTION_STATES: Mapping[str, tuple[TicketState, ...]] = MappingProxyType(
         "adopt_policy": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
         "agent_reply": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
         "await_customer": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
+        "verify_requester": (TicketState.OPEN, TicketState.ACKNOWLEDGED),
     }
 )
 
@@ -199,6 +202,49 @@ def policy_adopted(
             },
         ),
     )
+
+
+def requester_verified(
+    status: TicketStatus, verify: VerifyRequester, before: Tier, at: datetime
+) -> list[Event]:
+    """The requester of a Community ticket confirmed their address: the ticket is
+    ``verify.customer_id``'s now (its new plan applied already, deadlines from when it
+    opened). An acknowledgement given before it counts as the first response, late if it
+    came after the new deadline."""
+    status.customer_id = verify.customer_id
+    events = [
+        Event(
+            "requester_verified",
+            at,
+            by=verify.by,
+            detail=f"{verify.address} confirmed: the contract of {verify.customer_id},"
+            f" {before.value} -> {status.tier.value}; response due"
+            f" {iso(status.response_due_at)} (from the submission)",
+            record=Record(
+                "requester-verified",
+                kind="requester_verified",
+                by=verify.by,
+                detail={
+                    "customer_id": verify.customer_id,
+                    "tier_before": before.value,
+                    "tier": status.tier.value,
+                    "response_due_at": iso(status.response_due_at),
+                },
+            ),
+        )
+    ]
+    due, acked = status.response_due_at, status.acknowledged_at
+    if status.state is not TicketState.OPEN and due and acked and acked > due:
+        status.response_breached, status.breached_at = True, due
+        events.append(
+            Event(
+                "response_target_missed",
+                due,
+                detail="acknowledged after the contract's response target (the requester"
+                " confirmed later)",
+            )
+        )
+    return events
 
 
 def resolve(status: TicketStatus, resolve: Resolve, at: datetime) -> Event:

@@ -50,6 +50,7 @@ from workflows.ticket.patches import (
     RETRIAGE_AFTER_ACK,
     RETRIAGE_NOTIFIES,
     SLA_TARGETS,
+    VERIFY_IN_PLACE,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
 
     from contract import names
     from contract.models import (
+        UNVERIFIED_CUSTOMER,
         Acknowledge,
         Action,
         AdoptPolicy,
@@ -81,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         TicketPlan,
         TicketState,
         TicketStatus,
+        VerifyRequester,
         describe_validation_error,
         opened_at_problem,
         sow_workflow_id,
@@ -174,6 +177,13 @@ class SupportTicket(Clocks):
     def await_customer(self, wait: RawValue) -> None:
         self._receive(names.AWAIT_CUSTOMER, AwaitCustomer, wait)
 
+    @workflow.signal(name=names.VERIFY_REQUESTER)
+    def verify_requester(self, verify: RawValue) -> None:
+        # Before VERIFY_IN_PLACE the signal had no handler: a run that received it then
+        # replays as if it never came.
+        if workflow.patched(VERIFY_IN_PLACE):
+            self._receive(names.VERIFY_REQUESTER, VerifyRequester, verify)
+
     @workflow.update(name=names.ACKNOWLEDGE)
     async def acknowledge_update(self, ack: Acknowledge) -> TicketStatus:
         return await self._act(names.ACKNOWLEDGE, ack)
@@ -245,6 +255,38 @@ class SupportTicket(Clocks):
         refusal = self._waiting_refusal()
         if refusal:
             raise ValueError(refusal)
+
+    @workflow.update(name=names.VERIFY_REQUESTER)
+    async def verify_requester_update(self, verify: VerifyRequester) -> TicketStatus:
+        return await self._act(names.VERIFY_REQUESTER, verify)
+
+    @verify_requester_update.validator
+    def _validate_verify_requester(self, verify: VerifyRequester) -> None:
+        if self._check_action(names.VERIFY_REQUESTER, verify):
+            return
+        refusal = self._verify_refusal(verify)
+        if refusal:
+            raise ValueError(refusal)
+
+    def _verify_refusal(self, verify: VerifyRequester) -> str | None:
+        """Why ``verify`` cannot apply: the ticket is not an unverified requester's, or the
+        address confirmed is not its requester's. None too when it is verified already."""
+        status = self._status
+        if status is None or status.customer_id == verify.customer_id:
+            return None
+        ticket_id = status.ticket_id
+        if status.customer_id != UNVERIFIED_CUSTOMER:
+            return (
+                f"cannot verify_requester: ticket {ticket_id} is customer"
+                f" {status.customer_id}'s, not an unverified requester's"
+            )
+        reporter = self._ticket.reporter_email
+        if reporter is None or reporter.lower() != verify.address.lower():
+            return (
+                f"cannot verify_requester: {verify.address} is not the requester of ticket"
+                f" {ticket_id}"
+            )
+        return None
 
     def _waiting_refusal(self) -> str | None:
         status = self._status
@@ -626,6 +668,8 @@ class SupportTicket(Clocks):
                 return self._on_agent_reply(payload, at)
             case AwaitCustomer():
                 return self._on_await_customer(payload, at)
+            case VerifyRequester():
+                return await self._on_verify_requester(payload, at)
             case RejectedSignal():
                 self._emit(transitions.rejected(payload, at, self._next("rejected")))
                 return None
@@ -731,10 +775,7 @@ class SupportTicket(Clocks):
     ) -> None:
         """Raising the severity tells the new severity's first responders (the intake step
         of ``plan``) who have not heard of the ticket yet, once."""
-        intake = next((s for s in plan.steps if s.kind is StepKind.INTAKE), None)
-        if intake is None:
-            return
-        fresh = [r for r in intake.recipients if r.name not in self._notified]
+        fresh = self._fresh_first_responders(plan)
         if not fresh or not workflow.patched(RETRIAGE_NOTIFIES):
             return
         n = self._next("retriage")
@@ -742,6 +783,11 @@ class SupportTicket(Clocks):
             f": {change.reason}" if change.reason else ""
         )
         self._send(f"retriage-{n}", "retriage", fresh, at, message, due_at=at)
+
+    def _fresh_first_responders(self, plan: TicketPlan) -> list[Recipient]:
+        """Who ``plan``'s intake step names that has not heard of the ticket yet."""
+        intake = next((s for s in plan.steps if s.kind is StepKind.INTAKE), None)
+        return [r for r in (intake.recipients if intake else []) if r.name not in self._notified]
 
     def _on_resolve(self, resolve: Resolve, received: datetime) -> str | None:
         status = self._state()
@@ -836,6 +882,57 @@ class SupportTicket(Clocks):
             return refusal
         at = transitions.acted_at(wait.at, at, status.opened_at)
         self._emit(targets.pause(status, wait.by, wait.reason, at, self._next("await")))
+        return None
+
+    async def _on_verify_requester(self, verify: VerifyRequester, received: datetime) -> str | None:
+        """The requester of a Community ticket confirmed their address: the ticket becomes
+        the contracted customer's, planned again under the policy in force from when it
+        opened (a deadline already past is breached at once, its steps caught up); the
+        contract's first responders are told. Applied once: a repeat changes nothing."""
+        status = self._state()
+        if status.state not in transitions.ACTION_STATES[names.VERIFY_REQUESTER]:
+            return self._ignored(names.VERIFY_REQUESTER, verify.by, received)
+        if status.customer_id == verify.customer_id:
+            return None
+        refusal = self._verify_refusal(verify)
+        if refusal:
+            self._emit(Event("requester_not_verified", received, by=verify.by, detail=refusal))
+            return refusal
+        at = transitions.acted_at(verify.at, received, status.opened_at)
+        ticket, before = self._ticket, status.tier
+        self._ticket = ticket.model_copy(update={"customer_id": verify.customer_id, "tier": None})
+        plan = await self._resolve(
+            status.severity, repeats_after=self._progress.repeat_horizon, entitle=True
+        )
+        problem = None
+        if plan is None:
+            problem = status.policy_problem or "the policy could not be resolved"
+        elif plan.entitlement is None:
+            problem = (
+                f"customer {verify.customer_id!r} has no support contract under policy"
+                f" {plan.policy_version}"
+            )
+        if plan is None or problem is not None:
+            self._ticket = ticket
+            self._emit(Event("requester_not_verified", received, by=verify.by, detail=problem))
+            return f"cannot verify_requester: {problem}"
+        self._apply_plan(plan, adopted=True)
+        if not self._clocks_on:
+            self._start_clocks(plan)
+        if status.awaiting_customer_since is not None:
+            # Waiting on the customer already: the new pausable clocks start paused.
+            for target in targets.clocks_of(status):
+                if target.pausable and target.met_at is None and target.paused_since is None:
+                    target.paused_since = status.awaiting_customer_since
+        status.entitlement = plan.entitlement
+        self._emit(*transitions.requester_verified(status, verify, before, at))
+        fresh = self._fresh_first_responders(plan)
+        if fresh:
+            message = (
+                f"{verify.address} confirmed: the ticket is under the contract of"
+                f" {verify.customer_id} now, opened {status.opened_at.isoformat()}"
+            )
+            self._send("verified-notice", "verified", fresh, at, message, due_at=at)
         return None
 
     def _tell_of_reply(self, reply: CustomerReply, digest: str, at: datetime) -> None:
