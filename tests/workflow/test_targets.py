@@ -345,6 +345,9 @@ async def test_a_community_ticket_waiting_on_the_customer_still_closes_when_idle
     # server sets a few milliseconds past the timer.
     assert closed.closed_at.replace(microsecond=0) == t0 + H + 14 * 24 * H
     assert closed.history[-1].kind == "closed_idle"
+    # The wait ends with the ticket and counts up to the close (14 days, to the second).
+    assert closed.awaiting_customer_since is None and closed.awaiting_customer_reason is None
+    assert closed.customer_wait.total_seconds() // 1 == (14 * 24 * H).total_seconds()
 
 
 async def test_tickets_under_a_policy_without_more_targets_behave_as_before(stack: Stack) -> None:

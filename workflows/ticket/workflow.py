@@ -1032,6 +1032,8 @@ class SupportTicket(Clocks):
         return idle_at is not None and now >= idle_at
 
     def _close_idle(self, now: datetime) -> None:
+        # A wait on the customer ends with the ticket: it counts up to the close.
+        targets.stop_waiting(self._state(), now)
         self._emit(transitions.close_idle(self._state(), now))
 
     # --- out of scope ----------------------------------------------------------------------
