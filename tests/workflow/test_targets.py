@@ -41,7 +41,7 @@ from tests.conftest import (
 )
 from tests.workflow.fakes import FakeActivities
 
-H, M = timedelta(hours=1), timedelta(minutes=1)
+H, M, S = timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1)
 CHICAGO = ZoneInfo("America/Chicago")
 
 
@@ -388,6 +388,28 @@ async def test_a_resolution_clock_survives_continue_as_new_without_repeating_a_s
     await handle.execute_update("resolve", Resolve(by="alice", at=t0 + 20 * H + M))
     done = await handle.result()
     assert target(done, Metric.RESOLUTION).met_at == t0 + 20 * H + M
+
+
+@pytest.mark.usefixtures("premium")
+async def test_a_ticket_routed_to_a_statement_of_work_ends_its_wait_there(stack: Stack) -> None:
+    t0, handle = await open_now(stack, ticket(tier="premium"))
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.execute_update("agent_reply", AgentReply(agent="bob", at=t0 + 10 * M))
+    await handle.execute_update(
+        "await_customer", AwaitCustomer(by="bob", reason="which release?", at=t0 + 10 * M)
+    )
+    await advance_to(stack.env, t0 + 70 * M)
+    routed = await handle.execute_update(
+        "mark_out_of_scope",
+        {"by": "bob", "reason": "a feature"},
+        result_type=TicketStatus,
+    )
+    child = stack.client.get_workflow_handle(f"sow-{handle.id.removeprefix('ticket-')}")
+    await eventually(f"{child.id} to start", child.describe, every=0.02, ignoring=RPCError)
+    assert routed.state is TicketState.ROUTED_TO_SOW
+    assert routed.awaiting_customer_since is None
+    # The hour waited, to the second (the route is stamped when the update is applied).
+    assert routed.customer_wait // S == 60 * M // S
 
 
 @pytest.mark.usefixtures("premium")

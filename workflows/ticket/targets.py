@@ -260,8 +260,8 @@ def resume(status: TicketStatus, at: datetime, n: int) -> Event:
 
 
 def stop_waiting(status: TicketStatus, at: datetime) -> None:
-    """The ticket is done with waiting (resolved, or closed idle): the wait counts up to
-    ``at``."""
+    """The ticket is done with waiting (resolved, closed idle, routed to a statement of
+    work): the wait counts up to ``at``."""
     since = status.awaiting_customer_since
     if since is not None:
         status.customer_wait += max(timedelta(0), at - since)

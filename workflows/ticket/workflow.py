@@ -1041,6 +1041,8 @@ class SupportTicket(Clocks):
     async def _route_to_sow(self, reason: str, by: str, at: datetime) -> None:
         status = self._state()
         self._check_breach(at, at_due_counts=False)
+        # Support's part ends here: so does a wait on the customer.
+        targets.stop_waiting(status, at)
         child_id = sow_workflow_id(status.ticket_id)
         self._emit(transitions.route_to_sow(status, reason, by, at, child_id))
         self._update_pages("resolve", by)
