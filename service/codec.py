@@ -12,7 +12,9 @@ request's headers before its body (up to 4 MiB) is read: a request without a val
 is refused having read none of it. Cross-origin requests are allowed only from the Web
 UI's origin(s) in ``SUPPORT_CODEC_CORS_ORIGINS`` (default ``http://localhost:8233``):
 ``*``, ``null`` or anything but ``scheme://host[:port]`` is refused at start, since
-credentials are allowed. Errors name no key id.
+credentials are allowed. Errors name no key id. Every answer says ``Cache-Control:
+no-store`` (a decoded payload is ticket data in plain text), besides the security headers
+every response of the service carries (``service.headers``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from temporalio.api.common.v1 import Payloads
 from runtime.codec import DecryptionError, EncryptionCodec
 from service.api import ApiError
 from service.auth import Settings
+from service.headers import NoStore
 from service.limits import BodyRefused
 from service.pages import current_agent
 
@@ -95,6 +98,8 @@ def codec_app(
         allow_credentials=True,
         max_age=600,
     )
+    # Outermost, so the preflight's and every refusal's answer say it too.
+    app.add_middleware(NoStore)
 
     async def run(request: Request, operation: str) -> Response:
         agent = await _caller(request, settings)

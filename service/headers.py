@@ -12,7 +12,9 @@ The pages carry no inline script or style (they load ``/static/support.css`` and
 origin only, and nothing may frame a page (clickjacking on the board's buttons). Links to
 the board carry signed tokens in their paths, so no page sends a ``Referer``. The API
 description at ``/docs`` loads Swagger UI from its CDN: its policy names that CDN and the
-hash of the page's one inline script, nothing else.
+hash of the page's one inline script, nothing else. The codec server's answers (decrypted
+ticket data) also say ``Cache-Control: no-store`` (``NoStore``): no browser or proxy keeps
+them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class NoStore:
+    """ASGI middleware: ``Cache-Control: no-store`` on every HTTP response of ``app`` (that
+    sets no ``Cache-Control`` itself), for answers no cache may keep: the codec server's
+    decrypted payloads are ticket data in plain text."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if all(name.lower() != NO_STORE[0] for name, _ in headers):
+                    message = {**message, "headers": [*headers, NO_STORE]}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
 
 
 class SecureApp(FastAPI):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.routing import APIRoute
+from starlette.routing import Mount
 from temporalio.client import Client
 
 from runtime.codec import DecryptionError, KeylessCodec, new_key, parse_keys
@@ -67,27 +68,62 @@ async def raw(address: tuple[str, int], data: bytes) -> tuple[asyncio.StreamRead
     return reader, writer
 
 
+def assert_secure_headers(response: httpx.Response) -> None:
+    headers, where = response.headers, f"{response.request.method} {response.request.url.path}"
+    assert "unsafe-inline" not in headers["content-security-policy"], where
+    assert "frame-ancestors 'none'" in headers["content-security-policy"], where
+    assert headers["x-frame-options"] == "DENY", where
+    assert headers["referrer-policy"] == "no-referrer", where
+    assert headers["x-content-type-options"] == "nosniff", where
+
+
 async def test_every_route_sends_the_security_headers() -> None:
+    """Every route of the app and of the codec server mounted at ``/codec`` (its routes
+    read from the mount, so a new one is covered too), GET and POST, with and without an
+    agent's token, and the codec's CORS preflight: the security headers on each; the
+    codec's answers (decrypted ticket data on success) also ``Cache-Control: no-store``."""
     limits = HttpLimits()
     app = app_with(limits)
     paths = ["/nope", "/static/board.js", "/static/support.css"]
+    codec_paths = ["/codec", "/codec/", "/codec/nope"]
     for route in app.routes:
         if isinstance(route, APIRoute) or getattr(route, "path", None) == "/docs":
             path = route.path.replace("{token}", "x").replace("{ticket_id}", "T-1")
             paths.append(path.replace("{action}", "ack"))
+        if isinstance(route, Mount) and route.path == "/codec":
+            codec_paths += [route.path + sub.path for sub in route.routes if hasattr(sub, "path")]
+    assert {"/codec/decode", "/codec/encode"} <= set(codec_paths)
+    agent = {"Authorization": f"Bearer {AGENT}"}
+    payloads = payloads_json(plain_payload("x"))
     async with served(limits) as (host, port):
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
             for path in paths:
                 for method in ("GET", "POST"):
-                    response = await http.request(method, path)
-                    headers = response.headers
-                    assert "unsafe-inline" not in headers["content-security-policy"], path
-                    assert "frame-ancestors 'none'" in headers["content-security-policy"]
-                    assert headers["x-frame-options"] == "DENY", path
-                    assert headers["referrer-policy"] == "no-referrer", path
-                    assert headers["x-content-type-options"] == "nosniff", path
+                    assert_secure_headers(await http.request(method, path))
             page = (await http.get("/support/new")).text
             assert "<script>" not in page and "<style>" not in page
+            codec_answers = [
+                await http.options(
+                    "/codec/decode",
+                    headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+                )
+                for origin in (UI, "https://evil.example")
+            ]
+            for path in codec_paths:
+                for method in ("GET", "POST"):
+                    codec_answers.append(await http.request(method, path))
+                    codec_answers.append(
+                        await http.request(method, path, headers=agent, content=payloads)
+                    )
+            statuses = {(r.request.url.path, r.status_code) for r in codec_answers}
+            assert {("/codec/decode", 200), ("/codec/encode", 200), ("/codec/decode", 401)} <= (
+                statuses
+            )
+            for response in codec_answers:
+                assert_secure_headers(response)
+                where = (response.request.method, response.request.url.path, response.status_code)
+                if where[1] != "/codec":  # the app's redirect to /codec/, before the mount
+                    assert response.headers.get("cache-control") == "no-store", where
 
 
 async def test_a_request_that_never_finishes_its_headers_is_cut_off() -> None:
