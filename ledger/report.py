@@ -289,13 +289,29 @@ class TargetVerdict:
 
 
 def judge_target(
-    target: TargetStatus, ticket: TicketOutcome, as_of: datetime, clock: TicketClock
+    target: TargetStatus,
+    ticket: TicketOutcome,
+    as_of: datetime,
+    clock: TicketClock,
+    spans: Sequence[WaitSpan] | None = None,
 ) -> TargetVerdict:
+    """``spans``: the ticket's waits on the customer (``wait_spans``). Given them, the time
+    a pausable clock met was paused is measured from the waits within its run, on the
+    ticket's calendar; without them, from the row (whose business time lacks a last pause
+    that the clock's own meeting ended: the workflow cannot count business time)."""
     due, done = target.due_at, target.met_at
     if done is not None:
         breached = target.breached or (due is not None and done > due)
-        wall = max(done - target.started_at - target.paused, timedelta(0))
-        business = clock.between(target.started_at, done) - target.paused_business
+        paused, paused_business = target.paused, target.paused_business
+        if spans is not None and target.pausable:
+            paused = paused_business = timedelta(0)
+            for start, end in spans:
+                since, until = max(start, target.started_at), min(end or done, done)
+                if until > since:
+                    paused += until - since
+                    paused_business += clock.between(since, until)
+        wall = max(done - target.started_at - paused, timedelta(0))
+        business = clock.between(target.started_at, done) - paused_business
         return TargetVerdict(not breached, breached, False, wall, max(business, timedelta(0)))
     running = ticket.state in LIVE_STATES and target.paused_since is None
     overdue = running and due is not None and as_of > due
@@ -632,11 +648,13 @@ def build_report(
 
     ack_times = per_tier(lambda v: v.time_to_acknowledge)
     ack_times_business = per_tier(lambda v: v.business_to_acknowledge)
+    spans_of = customer_waits or {}
     target_verdicts: dict[tuple[Tier, Metric], list[TargetVerdict]] = defaultdict(list)
     for t in tickets:
+        spans = spans_of.get(t.ticket_id)
         for target in t.targets:
             if target.metric in TARGET_METRICS:
-                verdict = judge_target(target, t, as_of, ticket_clocks[id(t)])
+                verdict = judge_target(target, t, as_of, ticket_clocks[id(t)], spans)
                 target_verdicts[(t.tier, target.metric)].append(verdict)
     # Per target: each tier with such clocks, then the total, always (no clocks: no data).
     targets = [
@@ -660,7 +678,6 @@ def build_report(
         }
         for metric in TARGET_METRICS
     }
-    spans_of = customer_waits or {}
     waits_of = [
         (t, wait_of(t, as_of, ticket_clocks[id(t)], spans_of.get(t.ticket_id))) for t in tickets
     ]

@@ -25,6 +25,7 @@ from contract.models import (
     AwaitCustomer,
     CustomerReply,
     MarkOutOfScope,
+    Metric,
     Resolve,
     Severity,
     SlaEvent,
@@ -1337,7 +1338,8 @@ WAIT_SCENARIO = [
             customer_wait=65 * H),
     outcome("W2", "standard", "sev3", "initech", at(9, 15), at(9, 19), at(9, 15, 30), "resolved",
             resolved_at=at(9, 19), customer_wait=3 * H,
-            targets=[clock("resolution", 1, at(9, 15), at(10, 15), met_at=at(9, 19))]),
+            targets=[clock("resolution", 1, at(9, 15), at(10, 15), met_at=at(9, 19),
+                           paused=3 * H)]),
     outcome("W3", "standard", "sev3", "initech", at(9, 21), at(10, 15), at(9, 21, 30),
             "acknowledged", customer_wait=H,
             targets=[clock("resolution", 1, at(9, 21), at(11, 21), paused=H,
@@ -1352,6 +1354,9 @@ WAIT_EVENTS = {
         waited("awaiting-customer-2", at(9, 23, 30), 2),
     ],
 }
+
+
+RESOLUTION, STANDARD = Metric.RESOLUTION, Tier.STANDARD
 
 
 def test_waiting_on_the_customer_is_measured_from_its_waits_on_the_ticket_calendar() -> None:
@@ -1370,6 +1375,16 @@ def test_waiting_on_the_customer_is_measured_from_its_waits_on_the_ticket_calend
         (Tier.STANDARD, 3, 85 * H, 9 * H, 17 * H, 3 * H),
         (None, 3, 85 * H, 9 * H, 17 * H, 3 * H),
     ]
+    # W2's resolution, met while waiting: Mon 09:00-13:00 CST less the wait from 10:00, so
+    # 1 h on both clocks (the row's paused_business never got the last pause: the workflow
+    # cannot count business time, so the waits measure it).
+    [resolution] = [t for t in report.targets if (t.metric, t.tier) == (RESOLUTION, STANDARD)]
+    assert (resolution.met, resolution.pending, resolution.business_p50, resolution.p50) == (
+        1,
+        1,
+        H,
+        H,
+    )
     # Without the events, the rows alone: W1 lost no pausable clock's time, W2's wait
     # ended at the resolution, W3's open wait is not counted.
     rows_only = build_report(WAIT_SCENARIO, BUSINESS_AS_OF, policy_for_version=business_policies)
@@ -1377,3 +1392,5 @@ def test_waiting_on_the_customer_is_measured_from_its_waits_on_the_ticket_calend
         (3, 69 * H, H),
         (3, 69 * H, H),
     ]
+    [resolution] = [t for t in rows_only.targets if (t.metric, t.tier) == (RESOLUTION, STANDARD)]
+    assert (resolution.business_p50, resolution.p50) == (4 * H, H)
