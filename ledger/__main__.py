@@ -198,8 +198,9 @@ async def report(args: argparse.Namespace, out: TextIO) -> None:
         # the policy archive in the ledger, else the loaded file.
         archive = PolicyArchive(ledger)
         await archive.preload()
-        # Each ticket's waits on the customer, from its ledger events (one read a ticket).
-        waits = {o.ticket_id: wait_spans(await ledger.events(o.ticket_id)) for o in outcomes}
+        # Each ticket's waits on the customer, from its ledger events (one query per 500).
+        events = await ledger.wait_events([o.ticket_id for o in outcomes])
+        waits = {ticket_id: wait_spans(found) for ticket_id, found in events.items()}
 
     def policy_for_version(version: str | None) -> Policy | None:
         return archive.policy_for_version(version) or loaded_policy(version)

@@ -1114,6 +1114,12 @@ async def test_report_on_real_runs_with_next_reply_and_resolution_targets(
     assert row.customer_wait == 3 * H
     # The wait as the ledger's events record it (what customer_waits is read from).
     assert wait_spans(await stack.ledger.events("R-targets")) == [(t0 + 9 * H, t0 + 12 * H)]
+    # Read for many tickets in one query (what `python -m ledger report` does); a ticket
+    # without waits has none.
+    read = await stack.ledger.wait_events(["R-targets", "no-such-ticket"])
+    assert [e.kind for e in read["R-targets"]] == ["awaiting-customer-1", "customer_resumed"]
+    assert wait_spans(read["R-targets"]) == [(t0 + 9 * H, t0 + 12 * H)]
+    assert read["no-such-ticket"] == []
 
     report = build_report(await stack.ledger.outcomes(), t0 + 14 * H)
     figures = {(t.metric.value, t.tier): t for t in report.targets}
