@@ -1,8 +1,9 @@
 """The HTTP service: one ASGI app with the JSON API, the web contact form and the agent
 board. ``python -m service`` serves it with uvicorn (``SUPPORT_HTTP_HOST``, default
 127.0.0.1, and ``SUPPORT_HTTP_PORT``, default 8000) under the limits of ``service.limits``
-(header and body timeouts, keep-alive, concurrency); every response carries the security
-headers of ``service.headers``. ``make run`` starts it beside the worker.
+(header and body timeouts, keep-alive, concurrency) and takes the client's address from
+``X-Forwarded-For`` only from the proxies in ``SUPPORT_FORWARDED_ALLOW_IPS``; every response
+carries the security headers of ``service.headers``. ``make run`` starts it beside the worker.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from service.api import ApiError, router
 from service.auth import Settings, TokenConfigError
 from service.codec import CorsConfigError, codec_app
 from service.headers import SecureApp, add_api_docs
-from service.limits import BodyLimit, HttpConfigError, HttpLimits, server_config
+from service.limits import BodyLimit, HttpConfigError, HttpLimits, server_config, trusted_proxies
 from service.pages import router as pages
 from service.sessions import SessionStore
 
@@ -143,6 +144,8 @@ def main() -> None:
     try:
         settings = Settings.from_env()
         limits = HttpLimits.from_env()
+        # Whose X-Forwarded-For names the client (the form's per-client rate limit).
+        proxies = trusted_proxies()
         # The form's rate limits: a bad one stops the service here, not as a 503 later.
         limits_from_env()
         app = create_app(settings=settings, limits=limits)
@@ -152,4 +155,4 @@ def main() -> None:
     host = os.environ.get("SUPPORT_HTTP_HOST", "127.0.0.1")
     port = int(os.environ.get("SUPPORT_HTTP_PORT", "8000"))
     # Header and body timeouts, keep-alive, header size and concurrency: service.limits.
-    uvicorn.Server(server_config(app, limits, host, port, log_config=None)).run()
+    uvicorn.Server(server_config(app, limits, host, port, proxies, log_config=None)).run()

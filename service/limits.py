@@ -17,13 +17,21 @@ closed after ``SUPPORT_HTTP_KEEP_ALIVE``, headers are at most
 ``SUPPORT_HTTP_MAX_HEADER_BYTES``, and beyond ``SUPPORT_HTTP_CONCURRENCY`` connections or
 requests at once the service answers 503. Each of these answers of the server's own
 carries the security headers (``SecureConnection``), like every answer of the app.
+
+Behind a reverse proxy every request comes from the proxy's address, which the form's
+per-client rate limit would count as one client for everybody. ``SUPPORT_FORWARDED_ALLOW_IPS``
+names the proxies (addresses or networks; unset: loopback, a proxy on this host; ``none``:
+no proxy) whose ``X-Forwarded-For`` names the client: uvicorn then takes the address that
+the nearest untrusted hop appended, so a client's own forged entries are ignored, and from
+any other peer the header is ignored altogether (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,11 +323,62 @@ class TimedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+# --- the client's address behind a reverse proxy ----------------------------------------------
+
+FORWARDED_ENV = "SUPPORT_FORWARDED_ALLOW_IPS"
+# Unset: only a proxy on this host (the service listens on loopback unless told otherwise).
+LOOPBACK_PROXIES = ("127.0.0.1", "::1")
+
+
+def trusted_proxies(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The peers whose ``X-Forwarded-For`` names the client, from ``SUPPORT_FORWARDED_ALLOW_IPS``:
+    IP addresses or networks separated by commas, ``none`` for no proxy (the header is
+    never read), unset for loopback. ``HttpConfigError`` naming the variable for anything
+    else, ``*`` and a network of every address included: with those, any client could
+    name any address and so spend anybody's allowance, or escape its own."""
+    env = os.environ if environ is None else environ
+    raw = env.get(FORWARDED_ENV, "").strip()
+    if not raw:
+        return LOOPBACK_PROXIES
+    if raw.lower() == "none":
+        return ()
+    found: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            network = None if item == "*" else ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            network = None
+        if network is None or network.prefixlen == 0:
+            everyone = item == "*" or network is not None
+            why = "trusts everyone" if everyone else "is not an IP address or network"
+            raise HttpConfigError(
+                f"{FORWARDED_ENV}: {item!r} {why}: name the reverse proxies' addresses or"
+                " networks (e.g. 10.0.0.5, 172.16.0.0/12), or none"
+            )
+        single = network.num_addresses == 1
+        found.append(str(network.network_address) if single else str(network))
+    if not found:
+        raise HttpConfigError(f"{FORWARDED_ENV}: {raw!r} names no proxy (or say none)")
+    return tuple(found)
+
+
 def server_config(
-    app: Any, limits: HttpLimits, host: str, port: int, **options: Any
+    app: Any,
+    limits: HttpLimits,
+    host: str,
+    port: int,
+    proxies: Sequence[str] = LOOPBACK_PROXIES,
+    **options: Any,
 ) -> uvicorn.Config:
-    """uvicorn's configuration for ``app`` with ``limits``."""
+    """uvicorn's configuration for ``app`` with ``limits``, taking the client's address
+    from ``X-Forwarded-For`` only on a connection from one of ``proxies`` (none: never)."""
     protocol = type("Protocol", (TimedH11Protocol,), {"header_timeout": limits.header_timeout})
+    # Always given: uvicorn would otherwise read its own FORWARDED_ALLOW_IPS.
+    forwarded: dict[str, Any] = {"proxy_headers": bool(proxies)}
+    if proxies:
+        forwarded["forwarded_allow_ips"] = list(proxies)
     return uvicorn.Config(
         app,
         host=host,
@@ -328,5 +387,6 @@ def server_config(
         timeout_keep_alive=limits.keep_alive,
         limit_concurrency=limits.concurrency,
         h11_max_incomplete_event_size=limits.max_header_bytes,
+        **forwarded,
         **options,
     )

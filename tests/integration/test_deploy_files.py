@@ -54,6 +54,7 @@ from temporalio.testing import WorkflowEnvironment
 from contract import search_attributes as sa
 from harness.processes import eventually, free_port
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer
+from service.limits import LOOPBACK_PROXIES, trusted_proxies
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES, ROOT, running_stack
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -454,6 +455,26 @@ def test_the_roles_commands_ports_and_settings(services: dict[str, dict[str, Any
             source = str(volume).split(":", 1)[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name}: {source} missing"
+
+
+def test_both_stacks_pass_the_trusted_proxies_to_the_service() -> None:
+    """Behind a reverse proxy the form's per-client rate limit needs the proxy named
+    (``SUPPORT_FORWARDED_ALLOW_IPS``): both stacks pass it to the service, the example
+    settings list it, and unset it trusts loopback only (inside the container: nobody
+    else), so nobody's forged ``X-Forwarded-For`` is read."""
+    for file, example in (
+        (COMPOSE_FILE, "env.example"),
+        (REMOTE_COMPOSE_FILE, "remote.env.example"),
+    ):
+        service = yaml.safe_load(file.read_text(encoding="utf-8"))["services"]["service"]
+        passed = service["environment"]["SUPPORT_FORWARDED_ALLOW_IPS"]
+        assert passed == "${SUPPORT_FORWARDED_ALLOW_IPS:-}", file.name
+        unset = interpolate(passed, {})
+        assert trusted_proxies({"SUPPORT_FORWARDED_ALLOW_IPS": unset}) == LOOPBACK_PROXIES
+        proxy = interpolate(passed, {"SUPPORT_FORWARDED_ALLOW_IPS": "172.16.0.0/12"})
+        assert trusted_proxies({"SUPPORT_FORWARDED_ALLOW_IPS": proxy}) == ("172.16.0.0/12",)
+        listed = (DEPLOY / example).read_text(encoding="utf-8")
+        assert "# SUPPORT_FORWARDED_ALLOW_IPS=" in listed, example
 
 
 # --- the Dockerfile ----------------------------------------------------------------------

@@ -6,23 +6,35 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 import uvicorn
 from fastapi.routing import APIRoute
+from sqlalchemy import select
 from starlette.routing import Mount
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
+from intake.guards import WINDOW, IntakeGuards, Limit, intake_counts
 from runtime.codec import DecryptionError, KeylessCodec, new_key, parse_keys
 from service.app import create_app
 from service.auth import Settings
 from service.codec import CorsConfigError, codec_app
 from service.headers import SECURITY_HEADERS
-from service.limits import HttpConfigError, HttpLimits, server_config
+from service.limits import (
+    LOOPBACK_PROXIES,
+    HttpConfigError,
+    HttpLimits,
+    server_config,
+    trusted_proxies,
+)
+from tests.conftest import sqlite_ledger
 from tests.integration.test_encryption import payloads_json, plain_payload
 from tests.integration.test_security_keys import start_refused
 
@@ -42,13 +54,15 @@ def app_with(limits: HttpLimits) -> Any:
 
 
 @asynccontextmanager
-async def served(limits: HttpLimits, app: Any = None) -> AsyncIterator[tuple[str, int]]:
+async def served(
+    limits: HttpLimits, app: Any = None, proxies: Sequence[str] = LOOPBACK_PROXIES
+) -> AsyncIterator[tuple[str, int]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = app or app_with(limits)
     server = uvicorn.Server(
-        server_config(app, limits, "127.0.0.1", port, log_config=None, lifespan="off")
+        server_config(app, limits, "127.0.0.1", port, proxies, log_config=None, lifespan="off")
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event)
@@ -309,4 +323,117 @@ def test_the_service_refuses_to_start_with_a_bad_intake_limit() -> None:
         "error: SUPPORT_INTAKE_LIMIT_PER_DOMAIN: 'lots' is not a positive whole number of"
         " submissions",
         SUPPORT_INTAKE_LIMIT_PER_DOMAIN="lots",
+    )
+
+
+# --- the client's address behind a reverse proxy ----------------------------------------------
+
+
+class TemporalDown:
+    """A Temporal client that cannot start anything: a submission the form admits (and
+    counts) is answered 503, one over a limit 429, and nothing else is needed."""
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> None:
+        raise RPCError("unreachable", RPCStatusCode.UNAVAILABLE, b"")
+
+
+@asynccontextmanager
+async def form_behind(
+    tmp_path: Path, proxies: Sequence[str]
+) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeGuards]]:
+    """The contact form on uvicorn (``server_config`` with ``proxies``), one submission
+    an hour per client, its counts in a fresh database."""
+    path = tmp_path / f"ledger-{uuid.uuid4().hex[:8]}.sqlite3"
+    ledger = await sqlite_ledger(path)
+    limits = HttpLimits()
+    app = create_app(
+        client=cast(Client, TemporalDown()),
+        settings=Settings(agent_tokens={AGENT: "ana"}, ledger_url=f"sqlite:///{path}"),
+        queue="q",
+        limits=limits,
+    )
+    guards = IntakeGuards(ledger.engine, limits=(Limit("client", 1, WINDOW),))
+    app.state.guards = guards
+    try:
+        async with served(limits, app, proxies) as (host, port):
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
+                yield http, guards
+    finally:
+        await ledger.close()
+
+
+async def submit(http: httpx.AsyncClient, forwarded_for: str) -> int:
+    form = {
+        "form_id": uuid.uuid4().hex,
+        "email": f"{uuid.uuid4().hex[:8]}@public.example",
+        "category": "question",
+        "subject": "How do I export a report?",
+    }
+    response = await http.post(
+        "/support/new", data=form, headers={"X-Forwarded-For": forwarded_for}
+    )
+    return response.status_code
+
+
+async def counted_clients(guards: IntakeGuards) -> dict[str, int]:
+    async with guards.engine.connect() as conn:
+        rows = await conn.execute(
+            select(intake_counts.c.key, intake_counts.c.count).where(
+                intake_counts.c.scope == "client"
+            )
+        )
+        return {key: count for key, count in rows}
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance(
+    tmp_path: Path,
+) -> None:
+    """The attack: behind a reverse proxy every submission comes from the proxy's address,
+    so one client spending its allowance (1 here) would lock everyone out of the form.
+    With the proxy trusted (``SUPPORT_FORWARDED_ALLOW_IPS``; loopback is the proxy here)
+    each client in ``X-Forwarded-For`` is counted apart; a client's own forged entries
+    before the address the proxy appended are ignored."""
+    async with form_behind(tmp_path, ["127.0.0.1"]) as (http, guards):
+        assert await submit(http, "203.0.113.1") == 503  # admitted (Temporal is down here)
+        assert await submit(http, "203.0.113.2") == 503, "another client: its own allowance"
+        assert await submit(http, "203.0.113.1") == 429, "the first client's is spent"
+        # A client naming a fresh address in the header it sends: the proxy appends the
+        # real one, and that is the one counted.
+        assert await submit(http, "198.51.100.99, 203.0.113.2") == 429
+        assert await counted_clients(guards) == {"203.0.113.1": 1, "203.0.113.2": 1}
+
+
+async def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    """The attack: a client that is not a trusted proxy sends ``X-Forwarded-For`` with a
+    new address each time, to escape its per-client limit (or to spend someone else's).
+    The header is ignored: the peer's own address is counted, and refused once spent,
+    whether the setting names other proxies or none."""
+    for proxies in (["10.0.0.5", "172.16.0.0/12"], []):
+        async with form_behind(tmp_path, proxies) as (http, guards):
+            assert await submit(http, "203.0.113.1") == 503  # admitted, counted as the peer
+            assert await submit(http, "203.0.113.2") == 429, proxies
+            assert await submit(http, "127.0.0.1, 203.0.113.3") == 429, proxies
+            assert await counted_clients(guards) == {"127.0.0.1": 1}
+
+
+def test_trusted_proxies_are_addresses_or_networks_never_everyone() -> None:
+    assert trusted_proxies({}) == LOOPBACK_PROXIES == ("127.0.0.1", "::1")
+    assert trusted_proxies({"SUPPORT_FORWARDED_ALLOW_IPS": "none"}) == ()
+    assert trusted_proxies(
+        {"SUPPORT_FORWARDED_ALLOW_IPS": " 10.0.0.5, 172.16.0.0/12,fd00::/8"}
+    ) == (
+        "10.0.0.5",
+        "172.16.0.0/12",
+        "fd00::/8",
+    )
+    for everyone in ("*", "0.0.0.0/0", "::/0", "10.0.0.5,*"):
+        with pytest.raises(HttpConfigError, match="trusts everyone"):
+            trusted_proxies({"SUPPORT_FORWARDED_ALLOW_IPS": everyone})
+    for bad in ("proxy.example", ","):
+        with pytest.raises(HttpConfigError, match="SUPPORT_FORWARDED_ALLOW_IPS"):
+            trusted_proxies({"SUPPORT_FORWARDED_ALLOW_IPS": bad})
+    start_refused(
+        ["-m", "service"],
+        "error: SUPPORT_FORWARDED_ALLOW_IPS: '*' trusts everyone",
+        SUPPORT_FORWARDED_ALLOW_IPS="*",
     )
