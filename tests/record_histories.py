@@ -263,6 +263,22 @@ async def verify_requester(stack: Stack) -> list[str]:
     return [handle.id]
 
 
+async def agent_signals(stack: Stack) -> list[str]:
+    """A Premium ticket (no targets beyond the first response) answered and put on hold by
+    the agent_reply and await_customer SIGNALS (a surface's fallback while no worker
+    answered), then resolved: plain payloads, so that the releases before those signals
+    had a handler (before-sla-targets) record it too."""
+    t0, handle = await open_now(stack, ticket("H-agent-signals", tier="premium", severity="sev2"))
+    await advance_to(stack.env, t0 + 5 * M)
+    await handle.signal("agent_reply", {"agent": "lee", "summary": "looking"})
+    await advance_to(stack.env, t0 + 10 * M)
+    await handle.signal("await_customer", {"by": "lee", "reason": "logs?"})
+    await advance_to(stack.env, t0 + 20 * M)
+    await handle.signal("resolve", {"by": "lee"})
+    await handle.result()
+    return [handle.id]
+
+
 PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "ack_before_breach": ack_before_breach,
     "breach_and_repeat": breach_and_repeat,
@@ -278,6 +294,7 @@ PATHS: dict[str, Callable[[Stack], Awaitable[list[str]]]] = {
     "sla_targets": sla_targets,
     "raise_after_ack": raise_after_ack,
     "verify_requester": verify_requester,
+    "agent_signals": agent_signals,
 }
 # Paths recorded under a policy changed by the given edit.
 POLICY_EDITS: dict[str, Edit] = {

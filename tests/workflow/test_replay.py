@@ -43,6 +43,8 @@ def load(path: Path) -> WorkflowHistory:
 NARROW_CHANGES = {
     "before-retriage-after-ack": {"raise_after_ack"},
     "before-verify-requester": {"verify_requester"},
+    # The agent_reply and await_customer signals' handlers taken at apply (e7b7e15).
+    "before-signal-guard": {"agent_signals"},
 }
 
 

@@ -169,18 +169,21 @@ class SupportTicket(Clocks):
     def customer_reply(self, reply: RawValue) -> None:
         self._receive(names.CUSTOMER_REPLY, CustomerReply, reply)
 
+    # Before SLA_TARGETS (and VERIFY_IN_PLACE) these signals had no handler: a run that
+    # received one then replays as if it never came (it issued no command for it).
+
     @workflow.signal(name=names.AGENT_REPLY)
     def agent_reply(self, reply: RawValue) -> None:
-        self._receive(names.AGENT_REPLY, AgentReply, reply)
+        if workflow.patched(SLA_TARGETS):
+            self._receive(names.AGENT_REPLY, AgentReply, reply)
 
     @workflow.signal(name=names.AWAIT_CUSTOMER)
     def await_customer(self, wait: RawValue) -> None:
-        self._receive(names.AWAIT_CUSTOMER, AwaitCustomer, wait)
+        if workflow.patched(SLA_TARGETS):
+            self._receive(names.AWAIT_CUSTOMER, AwaitCustomer, wait)
 
     @workflow.signal(name=names.VERIFY_REQUESTER)
     def verify_requester(self, verify: RawValue) -> None:
-        # Before VERIFY_IN_PLACE the signal had no handler: a run that received it then
-        # replays as if it never came.
         if workflow.patched(VERIFY_IN_PLACE):
             self._receive(names.VERIFY_REQUESTER, VerifyRequester, verify)
 
