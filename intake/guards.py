@@ -3,7 +3,8 @@ database, so that it survives a restart and holds across processes (docs/intake.
 
 - **rate limits**: submissions per requester address, per email domain and per client
   (the form's remote address, the mailbox's connecting server), counted in fixed windows
-  (``intake_counts``). Over a limit the form answers 429 and the mailbox 451.
+  (``intake_counts``), each source apart (keys ``form:<value>``, ``mail:<value>``). Over a
+  limit the form answers 429 and the mailbox 451.
 - **the reply log**: the mailbox answers one sender for one reason at most once a day
   (``intake_replies``), so a redelivered message or a flood never becomes a stream of
   mail from the company's relay.
@@ -115,6 +116,12 @@ LIMIT_ENV = {
 }
 DEFAULT_LIMITS = {"address": 10, "domain": 50, "client": 30}
 WINDOW = timedelta(hours=1)
+# Where a submission comes from. Each counts under keys of its own ("form:<value>",
+# "mail:<value>"), so no value typed into one (an address at "mail:bank.example") can
+# reach the other's counter: a flood through the form never defers a customer's mail.
+FORM = "form"
+MAIL = "mail"
+SOURCES = (FORM, MAIL)
 CONFIRMATION_TTL = timedelta(days=7)
 REPLY_WINDOW = timedelta(days=1)
 
@@ -232,33 +239,39 @@ class IntakeGuards:
 
     # rate limits
 
-    async def admit(self, keys: dict[str, str | None], now: datetime) -> Refusal | None:
-        """Count one submission under each of ``keys`` (scope -> what is counted; None
-        counts nothing) and answer the first limit it goes over, or None. A refused
-        submission counts nowhere: one address refused again and again spends none of its
-        domain's or its client's allowance."""
+    async def admit(
+        self, keys: dict[str, str | None], now: datetime, *, source: str = FORM
+    ) -> Refusal | None:
+        """Count one submission from ``source`` (``FORM``, the contact form, or ``MAIL``)
+        under each of ``keys`` (scope -> what is counted, as given; None counts nothing),
+        stored as ``<source>:<value>`` so the sources never share a counter, and answer the
+        first limit it goes over, or None. A refused submission counts nowhere: one address
+        refused again and again spends none of its domain's or its client's allowance."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown intake source {source!r} (one of {', '.join(SOURCES)})")
 
         async def count(conn: Any) -> Refusal | None:
             refused: Refusal | None = None
             counted: list[tuple[str, str, datetime]] = []
             for limit in self.limits:
-                key = keys.get(limit.scope)
-                if not key:
+                value = keys.get(limit.scope)
+                if not value:
                     continue
+                key = f"{source}:{value}"[:320].lower()
                 start = _window_start(now, limit.window)
                 statement = self._insert(intake_counts).values(
-                    scope=limit.scope, key=key[:320].lower(), window_start=start, count=1
+                    scope=limit.scope, key=key, window_start=start, count=1
                 )
                 statement = statement.on_conflict_do_update(
                     index_elements=["scope", "key", "window_start"],
                     set_={"count": intake_counts.c.count + 1},
                 )
                 await conn.execute(statement)
-                counted.append((limit.scope, key[:320].lower(), start))
+                counted.append((limit.scope, key, start))
                 seen = await conn.scalar(
                     select(intake_counts.c.count).where(
                         intake_counts.c.scope == limit.scope,
-                        intake_counts.c.key == key[:320].lower(),
+                        intake_counts.c.key == key,
                         intake_counts.c.window_start == start,
                     )
                 )

@@ -99,7 +99,7 @@ from intake.core import (
     start,
     unverified_reason,
 )
-from intake.guards import GuardsUnavailable, IntakeGuards, limits_from_env
+from intake.guards import MAIL, GuardsUnavailable, IntakeGuards, limits_from_env
 from policy.load import load_policy
 from policy.schema import CustomerSpec, Policy, PolicyError
 from runtime.connection import connect, task_queue
@@ -986,20 +986,21 @@ class MailboxHandler:
         Not counted: automatic mail and bounces (never answered), and mail whose sender
         the trusted MTA verified (DMARC pass). Mail quoting our valid reply token for a
         ticket is not counted per address or domain. The counts are apart from the
-        contact form's (keys ``mail:...``), and the trusted MTA's own address has no
-        per-client limit: nobody can spend a customer's allowance by typing its address
-        into the form or forging its From, nor all inbound mail's by flooding the MTA."""
+        contact form's (source ``MAIL``: keys ``mail:...``, the form's ``form:...``), and
+        the trusted MTA's own address has no per-client limit: nobody can spend a
+        customer's allowance by typing its address into the form or forging its From, nor
+        all inbound mail's by flooding the MTA."""
         if self._ignored(mail) is not None or mail.verified:
             return None
         address = None if self._answered(mail) else (mail.sender or mail.reply_address)
         peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
         keys = {
-            "address": f"mail:{address}" if address else None,
-            "domain": f"mail:{address.rpartition('@')[2]}" if address else None,
-            "client": f"mail:{peer}" if peer and not self._from_trusted_mta(peer) else None,
+            "address": address,
+            "domain": address.rpartition("@")[2] if address else None,
+            "client": peer if peer and not self._from_trusted_mta(peer) else None,
         }
         try:
-            refused = await self.guards.admit(keys, utc_now())
+            refused = await self.guards.admit(keys, utc_now(), source=MAIL)
         except Exception as err:
             raise GuardsUnavailable(type(err).__name__) from err
         if refused is None:

@@ -1,5 +1,7 @@
 """Issue 15, part 7: HTTP hardening, each attack performed against the app on uvicorn with
-the service's own server configuration (``service.limits.server_config``)."""
+the service's own server configuration (``service.limits.server_config``); and from part 1,
+the contact form's rate-limit keys: whose address is the client's behind a reverse proxy,
+and counts of their own (``form:``), apart from the mailbox's."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +24,7 @@ from starlette.routing import Mount
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from intake.guards import WINDOW, IntakeGuards, Limit, intake_counts
+from intake.guards import MAIL, WINDOW, IntakeGuards, Limit, intake_counts
 from runtime.codec import DecryptionError, KeylessCodec, new_key, parse_keys
 from service.app import create_app
 from service.auth import Settings
@@ -337,12 +340,15 @@ class TemporalDown:
         raise RPCError("unreachable", RPCStatusCode.UNAVAILABLE, b"")
 
 
+ONE_PER_CLIENT = Limit("client", 1, WINDOW)
+
+
 @asynccontextmanager
 async def form_behind(
-    tmp_path: Path, proxies: Sequence[str]
+    tmp_path: Path, proxies: Sequence[str], limit: Limit = ONE_PER_CLIENT
 ) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeGuards]]:
-    """The contact form on uvicorn (``server_config`` with ``proxies``), one submission
-    an hour per client, its counts in a fresh database."""
+    """The contact form on uvicorn (``server_config`` with ``proxies``) under the one
+    ``limit`` (one submission an hour per client), its counts in a fresh database."""
     path = tmp_path / f"ledger-{uuid.uuid4().hex[:8]}.sqlite3"
     ledger = await sqlite_ledger(path)
     limits = HttpLimits()
@@ -352,7 +358,7 @@ async def form_behind(
         queue="q",
         limits=limits,
     )
-    guards = IntakeGuards(ledger.engine, limits=(Limit("client", 1, WINDOW),))
+    guards = IntakeGuards(ledger.engine, limits=(limit,))
     app.state.guards = guards
     try:
         async with served(limits, app, proxies) as (host, port):
@@ -362,10 +368,10 @@ async def form_behind(
         await ledger.close()
 
 
-async def submit(http: httpx.AsyncClient, forwarded_for: str) -> int:
+async def submit(http: httpx.AsyncClient, forwarded_for: str, email: str = "") -> int:
     form = {
         "form_id": uuid.uuid4().hex,
-        "email": f"{uuid.uuid4().hex[:8]}@public.example",
+        "email": email or f"{uuid.uuid4().hex[:8]}@public.example",
         "category": "question",
         "subject": "How do I export a report?",
     }
@@ -375,12 +381,11 @@ async def submit(http: httpx.AsyncClient, forwarded_for: str) -> int:
     return response.status_code
 
 
-async def counted_clients(guards: IntakeGuards) -> dict[str, int]:
+async def counted(guards: IntakeGuards, scope: str = "client") -> dict[str, int]:
+    """The stored counts of ``scope``, by key."""
     async with guards.engine.connect() as conn:
         rows = await conn.execute(
-            select(intake_counts.c.key, intake_counts.c.count).where(
-                intake_counts.c.scope == "client"
-            )
+            select(intake_counts.c.key, intake_counts.c.count).where(intake_counts.c.scope == scope)
         )
         return {key: count for key, count in rows}
 
@@ -400,7 +405,7 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowanc
         # A client naming a fresh address in the header it sends: the proxy appends the
         # real one, and that is the one counted.
         assert await submit(http, "198.51.100.99, 203.0.113.2") == 429
-        assert await counted_clients(guards) == {"203.0.113.1": 1, "203.0.113.2": 1}
+        assert await counted(guards) == {"form:203.0.113.1": 1, "form:203.0.113.2": 1}
 
 
 async def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
@@ -413,7 +418,7 @@ async def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path
             assert await submit(http, "203.0.113.1") == 503  # admitted, counted as the peer
             assert await submit(http, "203.0.113.2") == 429, proxies
             assert await submit(http, "127.0.0.1, 203.0.113.3") == 429, proxies
-            assert await counted_clients(guards) == {"127.0.0.1": 1}
+            assert await counted(guards) == {"form:127.0.0.1": 1}
 
 
 def test_trusted_proxies_are_addresses_or_networks_never_everyone() -> None:
@@ -437,3 +442,29 @@ def test_trusted_proxies_are_addresses_or_networks_never_everyone() -> None:
         "error: SUPPORT_FORWARDED_ALLOW_IPS: '*' trusts everyone",
         SUPPORT_FORWARDED_ALLOW_IPS="*",
     )
+
+
+async def test_the_form_and_the_mailbox_never_share_a_counter(tmp_path: Path) -> None:
+    """The attack: the mailbox counts a sender's domain under ``mail:bank.example``; with
+    the form's keys bare, 50 submissions typing ``x@mail:bank.example`` (the form checks
+    only that an address is there before it counts) filled that very counter, and the
+    bank's unverified mail was deferred with 451 for the hour. The form counts under
+    ``form:`` keys: its flood spends only its own count, and mail at its limit spends none
+    of the form's."""
+    now = datetime.now(UTC)
+    mail = {"address": None, "domain": "bank.example", "client": None}
+    async with form_behind(tmp_path, ["127.0.0.1"], Limit("domain", 1, WINDOW)) as (http, guards):
+        assert await submit(http, "203.0.113.1", "x@mail:bank.example") != 429  # counted
+        assert await submit(http, "203.0.113.2", "y@mail:bank.example") == 429  # its own limit
+        # The mailbox's count for bank.example is untouched: its first message gets in.
+        assert await guards.admit(mail, now, source=MAIL) is None
+        assert await guards.admit(mail, now, source=MAIL) is not None  # now its limit holds
+        # And the mailbox at its limit leaves the form's count for bank.example alone.
+        assert await submit(http, "203.0.113.3", "z@bank.example") != 429
+        assert await counted(guards, "domain") == {
+            "form:mail:bank.example": 1,
+            "mail:bank.example": 1,
+            "form:bank.example": 1,
+        }
+    with pytest.raises(ValueError, match="unknown intake source"):
+        await guards.admit(mail, now, source="api")
