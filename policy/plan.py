@@ -214,11 +214,24 @@ def resolve_plan(
     # Out of scope at intake: no clock at all, so never breached (not even retroactively).
     commercial = spec.commercial_sla and target is not None and reason is None
 
+    def contacts_at(*step_names: str) -> list[Recipient]:
+        """The contract's contacts whose ``at_steps`` name any of ``step_names``."""
+        contacts = customer.contacts if customer else []
+        return [policy.contact(c) for c in contacts if set(step_names) & set(c.at_steps)]
+
     def recipients_for(step_name: str, names: list[str]) -> list[Recipient]:
-        found = policy.recipients(names)
-        if customer:
-            found += [policy.contact(c) for c in customer.contacts if step_name in c.at_steps]
-        return found
+        return policy.recipients(names) + contacts_at(step_name)
+
+    def clock_recipients(request: ClockRequest) -> Callable[[str, list[str]], list[Recipient]]:
+        """A target clock's step ``<metric>-<cycle>-<step>`` goes to the contacts naming it
+        or its step of every cycle, ``<metric>-<step>``."""
+        metric, prefix = request.metric.value, f"{request.metric.value}-{request.cycle}-"
+
+        def of(step_name: str, names: list[str]) -> list[Recipient]:
+            every_cycle = f"{metric}-{step_name.removeprefix(prefix)}"
+            return policy.recipients(names) + contacts_at(step_name, every_cycle)
+
+        return of
 
     steps, more = _ladder_steps(
         [s for s in ladder if commercial or s.kind is StepKind.INTAKE] if reason is None else [],
@@ -246,7 +259,7 @@ def resolve_plan(
             )
         )
     planned_clocks = [
-        _plan_clock(metric_spec, request, severity, calendar, recipients_for)
+        _plan_clock(metric_spec, request, severity, calendar, clock_recipients(request))
         for request in (
             clocks
             if clocks is not None

@@ -386,6 +386,12 @@ class StepAt(Spec):
         return target * self.share
 
 
+# The targets beyond the first response, as the policy names them; a clock's planned steps
+# are named ``<metric>-<cycle>-<step>`` (policy.plan).
+CLOCK_METRICS = ("next_reply", "resolution")
+_CYCLE_STEP = re.compile(rf"^(?P<metric>{'|'.join(CLOCK_METRICS)})-[1-9][0-9]*-(?P<step>.+)$")
+
+
 class StepSpec(Spec):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
     kind: StepKind
@@ -478,10 +484,25 @@ class TierSpec(Spec):
         return self
 
     def step_names(self) -> set[str]:
+        """The steps a contract contact's ``at_steps`` may name: the response ladders'
+        (``breach``) and each target clock's as ``<metric>-<step>``, every cycle
+        (``resolution-breach``); ``names_step`` also takes one cycle's."""
         names = {step.name for step in self.ladder}
         for rule in self.severities.values():
             names |= {step.name for step in rule.ladder or []}
+        for metric in CLOCK_METRICS:
+            clock = self.clock(metric)
+            names |= {f"{metric}-{step.name}" for step in clock.ladder} if clock else set()
         return names
+
+    def names_step(self, name: str) -> bool:
+        """Whether a contact's ``at_steps`` entry names a step of this tier: one of
+        ``step_names()``, or a target clock's step of one cycle as the plan names it,
+        ``<metric>-<cycle>-<step>`` (``resolution-1-breach``)."""
+        if name in self.step_names():
+            return True
+        cycle = _CYCLE_STEP.match(name)
+        return cycle is not None and f"{cycle['metric']}-{cycle['step']}" in self.step_names()
 
     def rule_for(self, severity: Severity) -> tuple[timedelta | None, list[StepSpec]]:
         rule = self.severities.get(severity)
@@ -615,14 +636,17 @@ class Policy(Spec):
                 raise ValueError(
                     f"customers.{name}.calendar: unknown calendar {customer.calendar!r}"
                 )
-            known = self.tiers[customer.tier].step_names()
+            tier_spec = self.tiers[customer.tier]
+            known = ", ".join(sorted(tier_spec.step_names()))
+            if tier_spec.next_reply or tier_spec.resolution:
+                known += "; a target's step of one cycle as <metric>-<cycle>-<step>"
             for i, contact in enumerate(customer.contacts):
                 _check_fallbacks(self.targets, f"customers.{name}.contacts.{i}", contact.fallback)
                 for step_name in contact.at_steps:
-                    if step_name not in known:
+                    if not tier_spec.names_step(step_name):
                         raise ValueError(
                             f"customers.{name}.contacts.{i}.at_steps: {step_name!r} is not a step"
-                            f" of the {customer.tier.value} ladder ({', '.join(sorted(known))})"
+                            f" of the {customer.tier.value} ladders ({known})"
                         )
         return self
 

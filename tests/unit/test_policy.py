@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from contract.models import Severity, StepKind, TicketInput, TicketPlan, Tier
-from harness.policy import write_policy
+from contract.models import ClockRequest, Metric, Severity, StepKind, TicketInput, TicketPlan, Tier
+from harness.policy import Edit, with_targets, write_policy
 from harness.processes import ROOT
 from policy.calendar import CountryHolidays
 from policy.load import default_policy_path, load_policy, parse_policy, policy_path
@@ -245,6 +245,73 @@ def test_customer_contract_adds_its_contact_to_intake_and_breach_only(policy):
     for s in plan.steps:
         if s.name not in ("intake", "breach"):
             assert "example-bank-noc" not in [r.name for r in s.recipients], s.name
+
+
+def contract_contact_at(*at_steps: str) -> Edit:
+    """Mission Critical with next-reply and resolution targets (harness.TARGET_LADDER:
+    warning to duty-engineer, breach to support-lead, repeats to duty-manager), the bank's
+    contact told at ``at_steps``."""
+
+    def edit(data: dict[str, Any]) -> None:
+        with_targets("mission_critical", next_reply="PT1H", resolution="PT4H")(data)
+        data["customers"]["example-bank"]["contacts"][0]["at_steps"] = list(at_steps)
+
+    return edit
+
+
+def test_a_contract_contact_is_told_at_the_target_steps_it_names_every_cycle_or_one(tmp_path):
+    custom = load_policy(
+        write_policy(
+            tmp_path,
+            contract_contact_at(
+                "intake", "next_reply-breach", "next_reply-1-breach", "next_reply-1-warning",
+                "resolution-repeat",
+            ),
+        )
+    )  # fmt: skip
+    bank = ticket(Tier.MISSION_CRITICAL, customer="example-bank")
+    plan = resolve_plan(custom, bank, Severity.SEV1, T0)
+    assert "example-bank-noc" in recipients(plan, "intake")
+    assert "example-bank-noc" not in recipients(plan, "breach"), "breach: the response's only"
+    [resolution] = plan.clocks
+    told = {s.name: [r.name for r in s.recipients] for s in resolution.steps}
+    assert told["resolution-1-warning"] == ["duty-engineer"]
+    assert told["resolution-1-breach"] == ["support-lead"]
+    assert told["resolution-1-repeat-1"] == ["duty-manager", "example-bank-noc"]
+    assert all("example-bank-noc" in told[f"resolution-1-repeat-{n}"] for n in range(1, 25))
+    replies = [
+        ClockRequest(metric=Metric.NEXT_REPLY, cycle=n, started_at=T0 + n * H) for n in (1, 2)
+    ]
+    first, second = resolve_plan(custom, bank, Severity.SEV1, T0, clocks=replies).clocks
+    told = {s.name: [r.name for r in s.recipients] for c in (first, second) for s in c.steps}
+    # Named twice (every cycle and cycle 1), told once.
+    assert told["next_reply-1-breach"] == ["support-lead", "example-bank-noc"]
+    assert told["next_reply-2-breach"] == ["support-lead", "example-bank-noc"]
+    assert told["next_reply-1-warning"] == ["duty-engineer", "example-bank-noc"]
+    assert told["next_reply-2-warning"] == ["duty-engineer"], "cycle 1 only"
+    assert "example-bank-noc" not in told["next_reply-1-repeat-1"]
+
+
+def no_targets(data: dict[str, Any]) -> None:
+    for metric in ("next_reply", "resolution"):
+        del data["tiers"]["mission_critical"][metric]
+
+
+@pytest.mark.parametrize(
+    ("at_step", "edits"),
+    [
+        ("resolution-escalate", []),  # no such step in the clock's ladder
+        ("resolution-0-breach", []),  # cycles count from 1
+        ("next-reply-breach", []),  # the metric as the policy spells it: next_reply
+        ("resolution-breach", [no_targets]),  # the tier has no resolution target
+    ],
+)
+def test_a_contact_naming_no_step_of_the_tier_is_refused(tmp_path, at_step, edits):
+    message = policy_error(write_policy(tmp_path, contract_contact_at(at_step), *edits))
+    assert (
+        f"customers.example-bank.contacts.0.at_steps: {at_step!r} is not a step of the"
+        " mission_critical ladders" in message
+    )
 
 
 def test_standard_friday_ticket_counts_business_hours_across_the_weekend(policy):
