@@ -435,6 +435,9 @@ class TargetStatus(Message):
     paused_since: UtcDatetime | None = None
     # Business time paused, for business-hours tiers (what moves the deadline).
     paused_business: timedelta = timedelta(0)
+    # The customer answered at this instant but the policy could not plan the moved
+    # deadline then: the clock stays stopped, its pause ending here, until a plan does.
+    resumed_at: UtcDatetime | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def running(self) -> bool:

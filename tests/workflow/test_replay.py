@@ -45,6 +45,8 @@ NARROW_CHANGES = {
     "before-verify-requester": {"verify_requester"},
     # The agent_reply and await_customer signals' handlers taken at apply (e7b7e15).
     "before-signal-guard": {"agent_signals"},
+    # A reply the policy could not plan (tests/record_fake_histories.py), recorded by 953c45c.
+    "before-resume-awaits-plan": {"resume_awaits_plan"},
 }
 
 

@@ -390,6 +390,65 @@ async def test_a_resolution_clock_survives_continue_as_new_without_repeating_a_s
     assert target(done, Metric.RESOLUTION).met_at == t0 + 20 * H + M
 
 
+async def test_a_resume_the_policy_cannot_plan_keeps_the_clock_stopped_until_it_can(
+    stack: Stack, fakes: FakeActivities, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer answers while the policy cannot be resolved (a worker restarted without
+    its versions while the file is broken): the paused resolution neither loses its pause
+    nor runs on its old deadline; the try after the file is fixed moves it by exactly the
+    wait, and the next reply the answer started gets its deadline from the answer."""
+    policy = write_policy(tmp_path, with_targets("premium", "PT4H", "P1D"))
+    monkeypatch.setenv(POLICY_FILE_ENV, str(policy))
+    env = stack.env
+    t0, handle = await open_now(stack, ticket(tier="premium"))
+    await advance_to(env, t0 + 10 * M)
+    await handle.execute_update("agent_reply", AgentReply(agent="kim", at=t0 + 10 * M))
+    await advance_to(env, t0 + 2 * H)
+    await handle.execute_update(
+        "await_customer", AwaitCustomer(by="kim", reason="logs?", at=t0 + 2 * H)
+    )
+    await advance_to(env, t0 + 2 * H + 5 * M)
+    fakes.forget_policy_versions()
+    text = policy.read_text()
+    policy.write_text("version: broken\ntiers: [\n")
+
+    await advance_to(env, t0 + 5 * H)
+    await reply(handle, t0 + 5 * H, "<logs@acme.example>")
+    held = await until_status(handle, "the failed plan", lambda s: "policy_unavailable" in kinds(s))
+    resolution = target(held, Metric.RESOLUTION)
+    # The wait is over, but the clock stays stopped with its pause ending at the answer.
+    assert held.awaiting_customer_since is None and held.customer_wait == 3 * H
+    assert (resolution.paused_since, resolution.resumed_at) == (t0 + 2 * H, t0 + 5 * H)
+    assert resolution.due_at == t0 + 24 * H and not resolution.breached
+    pending = target(held, Metric.NEXT_REPLY)
+    assert (pending.started_at, pending.due_at) == (t0 + 5 * H, None)
+
+    # Fixed between two tries (one a minute): the next try plans both.
+    await advance_to(env, t0 + 5 * H + 2 * M + 30 * S)
+    policy.write_text(text)
+    await advance_to(env, t0 + 5 * H + 4 * M)
+    status = await until_status(
+        handle, "the clocks planned", lambda s: "clocks_planned" in kinds(s)
+    )
+    resolution = target(status, Metric.RESOLUTION)
+    assert resolution.due_at == t0 + 27 * H  # 24 h plus the 3 h waited
+    assert (resolution.paused, resolution.paused_since, resolution.resumed_at) == (
+        3 * H,
+        None,
+        None,
+    )
+    assert target(status, Metric.NEXT_REPLY).due_at == t0 + 9 * H  # 4 h from the answer
+    planned = next(h for h in status.history if h.kind == "clocks_planned")
+    assert t0 + 5 * H + 3 * M <= planned.at < t0 + 5 * H + 3 * M + S
+    failures = [
+        h.at.replace(microsecond=0) for h in status.history if h.kind == "policy_unavailable"
+    ]
+    assert failures == [t0 + 5 * H, t0 + 5 * H + M, t0 + 5 * H + 2 * M]
+    assert not any(t.breached for t in status.targets)
+    await handle.execute_update("resolve", Resolve(by="kim"))
+    await handle.result()
+
+
 @pytest.mark.usefixtures("premium")
 async def test_a_ticket_routed_to_a_statement_of_work_ends_its_wait_there(stack: Stack) -> None:
     t0, handle = await open_now(stack, ticket(tier="premium"))

@@ -15,7 +15,7 @@ from temporalio import workflow
 from workflows.activity_options import POLICY_RETRY_AFTER
 from workflows.ticket import ladder, targets, transitions
 from workflows.ticket.events import Event
-from workflows.ticket.patches import SLA_TARGETS
+from workflows.ticket.patches import RESUME_AWAITS_PLAN, SLA_TARGETS
 from workflows.ticket.planning import Planning
 
 with workflow.unsafe.imports_passed_through():
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         Metric,
         PlannedClock,
         PlannedStep,
+        TargetStatus,
         TicketPlan,
         TicketStatus,
     )
@@ -51,6 +52,8 @@ class Clocks(Planning):
             return None
         status = self._state()
         candidates = [s.due_at for _, s in self._pending_clock_steps()[:1]]
+        if self._plan_retry_at is not None and targets.unplanned(status):
+            candidates.append(self._plan_retry_at)
         candidates += [
             t.due_at for t in targets.running(status) if not t.breached and t.due_at is not None
         ]
@@ -62,6 +65,16 @@ class Clocks(Planning):
         if not self._clocks_on:
             return False
         status = self._state()
+        if targets.unplanned(status) and (
+            self._plan_retry_at is None or now >= self._plan_retry_at
+        ):
+            # Clocks held for a plan the policy could not give: try again.
+            planned = await self._plan_clocks(targets.requests(status, now))
+            if planned is not None:
+                self._take_clocks(planned)
+                targets.settle_unplanned(status)
+                self._emit(Event("clocks_planned", now, detail=_deadlines(status)))
+                return True
         missed = targets.missed(status, now)
         if missed:
             self._emit(*missed)
@@ -191,7 +204,23 @@ class Clocks(Planning):
             if starts and cycle is not None:
                 new = ClockRequest(metric=Metric.NEXT_REPLY, cycle=cycle, started_at=at)
                 requests.append(new)
-            planned = await self._plan_clocks(requests) or []
+            found = await self._plan_clocks(requests)
+            if found is None and workflow.patched(RESUME_AWAITS_PLAN):
+                # No plan (recorded): the paused clocks stay stopped and the new next reply
+                # waits for its deadline, until a plan comes (_run_clocks retries).
+                targets.hold(status, ended, at)
+                target = self._current_plan().next_reply_target
+                if starts and cycle is not None and target is not None:
+                    status.targets.append(
+                        TargetStatus(
+                            metric=Metric.NEXT_REPLY,
+                            cycle=cycle,
+                            target=target,
+                            started_at=at,
+                            pausable=True,
+                        )
+                    )
+            planned = found or []
         events: list[Event] = []
         if waiting:
             events.append(targets.resume(status, at, self._next("resumed")))
@@ -200,6 +229,15 @@ class Clocks(Planning):
             due = _due(status, cycle)
             events.append(Event("next_reply_started", at, detail=f"next reply {cycle} due {due}"))
         self._emit(*events)
+
+
+def _deadlines(status: TicketStatus) -> str:
+    """The open clocks' deadlines, for the record."""
+    return ", ".join(
+        f"{targets.label(t.metric)} {t.cycle} due {t.due_at.isoformat()}"
+        for t in targets.clocks_of(status)
+        if t.met_at is None and t.due_at is not None
+    )
 
 
 def _due(status: TicketStatus, cycle: int) -> str:

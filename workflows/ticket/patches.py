@@ -23,6 +23,11 @@ SLA_TARGETS = "sla-targets-next-reply-resolution-pause"
 # instead of one timer started (and one cancelled) per turn: a step then costs its timer
 # and its delivery activity, the two Actions an escalation step cannot do without.
 KEEP_WAKE_TIMER = "keep-wake-timer"
+# A customer reply whose moved deadlines the policy could not plan keeps the paused clocks
+# stopped (and the next reply it starts unplanned) until a plan comes, retried every
+# POLICY_RETRY_AFTER; before, the pause was dropped and the clocks ran on their old
+# deadlines.
+RESUME_AWAITS_PLAN = "resume-awaits-plan"
 # The requester of a Community ticket confirms their address: the same ticket takes the
 # contract (before: the signal had no handler; intake opened a second ticket).
 VERIFY_IN_PLACE = "verify-requester-in-place"

@@ -52,6 +52,10 @@ def requests(
         if t.met_at is not None:
             continue
         pause_from = ended.get((t.metric, t.cycle))
+        pause_to = now if pause_from is not None else None
+        if t.resumed_at is not None and t.paused_since is not None:
+            # A pause that ended while the policy could not be resolved: planned now.
+            pause_from, pause_to = t.paused_since, t.resumed_at
         found.append(
             ClockRequest(
                 metric=t.metric,
@@ -59,10 +63,40 @@ def requests(
                 started_at=t.started_at,
                 paused_business=t.paused_business,
                 pause_from=pause_from,
-                pause_to=now if pause_from is not None else None,
+                pause_to=pause_to,
             )
         )
     return found
+
+
+def unplanned(status: TicketStatus) -> list[TargetStatus]:
+    """Clocks waiting for a plan the policy could not give: a pause that ended (its clock
+    still stopped) or a next reply that started, both without their deadline yet."""
+    return [
+        t
+        for t in clocks_of(status)
+        if t.met_at is None and (t.resumed_at is not None or t.due_at is None)
+    ]
+
+
+def hold(status: TicketStatus, ended: dict[tuple[Metric, int], datetime], at: datetime) -> None:
+    """The customer answered at ``at`` but the moved deadlines could not be planned: the
+    clocks that paused stay stopped, their pause ending at ``at`` once a plan comes."""
+    for t in clocks_of(status):
+        if (t.metric, t.cycle) in ended and t.met_at is None:
+            t.resumed_at = at
+
+
+def settle_unplanned(status: TicketStatus) -> None:
+    """A plan came but named no deadline for some held clocks (the policy has no such
+    target any more): a held pause ends where it ended, a clock never planned is dropped."""
+    for t in unplanned(status):
+        if t.resumed_at is not None:
+            _end_pause(t, t.resumed_at)
+            t.resumed_at = None
+    status.targets = [
+        t for t in status.targets if t.metric is Metric.FIRST_RESPONSE or t.due_at is not None
+    ]
 
 
 def merge(status: TicketStatus, clocks: list[PlannedClock]) -> None:
@@ -85,6 +119,10 @@ def merge(status: TicketStatus, clocks: list[PlannedClock]) -> None:
             continue
         target.target, target.due_at = clock.target, clock.due_at
         target.pausable, target.paused_business = clock.pausable, clock.paused_business
+        if target.resumed_at is not None:
+            # Planned with the pause that ended then (``requests``): the clock runs again.
+            _end_pause(target, target.resumed_at)
+            target.resumed_at = None
 
 
 def first_response(status: TicketStatus) -> None:
@@ -173,7 +211,8 @@ def met(status: TicketStatus, metrics: set[Metric], at: datetime, by: str) -> li
         # A clock met while paused is in time: its deadline moves by the pause, which
         # began before that deadline (a clock breached earlier stays breached).
         was_paused = t.paused_since is not None
-        _end_pause(t, at)
+        _end_pause(t, min(at, t.resumed_at or at))
+        t.resumed_at = None
         t.met_at = max(at, t.started_at)
         late = t.due_at is not None and t.met_at > t.due_at and not was_paused
         if late and not t.breached:
@@ -244,7 +283,7 @@ def resume(status: TicketStatus, at: datetime, n: int) -> Event:
     status.customer_wait += waited
     status.awaiting_customer_since, status.awaiting_customer_reason = None, None
     for t in clocks_of(status):
-        if t.met_at is None:
+        if t.met_at is None and t.resumed_at is None:
             _end_pause(t, at)
     return Event(
         "customer_resumed",
