@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from pydantic import TypeAdapter
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 import intake.core
 from contract import search_attributes as sa
-from contract.models import Tier
-from harness.policy import write_policy
+from contract.models import CustomerReply, Tier
+from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from harness.serve import serve
 from intake.core import Scope
@@ -583,3 +584,89 @@ async def test_reply_and_wait_answer_with_the_status_after_them(api: httpx.Async
             f"/api/tickets/{ticket_id}/{action}", json={"reason": "x"}, headers=auth(INTAKE)
         )
         assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+
+
+async def test_a_ticket_lists_every_target_with_its_deadline_answer_breach_and_pause(
+    api: httpx.AsyncClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Premium (24x7: the business time paused is the wall time) with a 4 h next reply and
+    # a 1 day resolution.
+    policy = write_policy(tmp_path, with_targets("premium", next_reply="PT4H", resolution="P1D"))
+    monkeypatch.setenv("SUPPORT_POLICY_FILE", str(policy))
+    ticket_id = await open_planned(api)
+    client: Client = api.stack.client  # type: ignore[attr-defined]
+    handle = client.get_workflow_handle(f"ticket-{ticket_id}")
+
+    async def post(action: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await api.post(
+            f"/api/tickets/{ticket_id}/{action}", json=body, headers=auth(AGENT_ANA)
+        )
+        assert response.status_code == 200, response.text
+        status: dict[str, Any] = response.json()
+        return status
+
+    async def customer_replies(n: int, at: datetime) -> None:
+        reply = CustomerReply(received_at=at, reference=f"<{ticket_id}-{n}@acme.example>")
+        await handle.signal("customer_reply", reply)
+
+    def of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {t["metric"]: t for t in status["targets"]}
+
+    def instant(value: str) -> datetime:
+        return datetime.fromisoformat(value)
+
+    await post("reply", {})  # the first response
+    # Next reply 1, due 4 h later. A whole second: a reply counts at the instant it says,
+    # never after the workflow's clock (milliseconds).
+    replied = datetime.now(UTC).replace(microsecond=0)
+    await customer_replies(1, replied)
+    status = await until(api, ticket_id, lambda s: "next_reply" in of(s))
+    targets = of(status)
+    assert list(targets) == ["first_response", "resolution", "next_reply"]
+    for metric, target in targets.items():
+        assert {"metric", "due_at", "met_at", "breached", "paused", "paused_since"} <= set(
+            target
+        ), metric
+    first, resolution, next_reply = targets.values()
+    assert (first["due_at"], first["met_at"], first["breached"]) == (
+        status["response_due_at"],
+        status["acknowledged_at"],
+        False,
+    )
+    assert instant(resolution["started_at"]) == instant(status["opened_at"])
+    assert instant(resolution["due_at"]) == instant(status["opened_at"]) + timedelta(days=1)
+    assert instant(next_reply["started_at"]) == replied
+    assert instant(next_reply["due_at"]) == replied + timedelta(hours=4)
+    for target in (resolution, next_reply):
+        assert (target["met_at"], target["breached"], target["pausable"]) == (None, False, True)
+        assert (target["paused"], target["paused_since"]) == ("PT0S", None)
+
+    waiting = await post("wait", {"reason": "logs?"})
+    paused = of(waiting)
+    assert paused["first_response"]["paused_since"] is None, "the first response never pauses"
+    assert (
+        paused["resolution"]["paused_since"]
+        == paused["next_reply"]["paused_since"]
+        == waiting["awaiting_customer_since"]
+    )
+
+    def moved(s: dict[str, Any]) -> bool:
+        return all(
+            of(s)[m]["paused"] != "PT0S" and of(s)[m]["due_at"] != targets[m]["due_at"]
+            for m in ("resolution", "next_reply")
+        )
+
+    await customer_replies(2, datetime.now(UTC))  # the wait ends; both deadlines move by it
+    status = await until(api, ticket_id, moved)
+    resumed = of(status)
+    wait = TypeAdapter(timedelta).validate_python(resumed["resolution"]["paused"])
+    assert timedelta(0) < wait < timedelta(minutes=1)
+    for metric in ("resolution", "next_reply"):
+        after = resumed[metric]
+        assert (after["paused"], after["paused_since"]) == (resumed["resolution"]["paused"], None)
+        assert instant(after["due_at"]) == instant(targets[metric]["due_at"]) + wait
+        assert (after["met_at"], after["breached"]) == (None, False)
+    assert status["awaiting_customer_since"] is None
+
+    answered = of(await post("reply", {}))["next_reply"]
+    assert answered["met_at"] is not None and answered["breached"] is False
