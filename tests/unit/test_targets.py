@@ -152,6 +152,47 @@ def test_a_pause_stops_pausable_clocks_only_and_a_resume_counts_the_wait() -> No
     assert status.customer_wait == 2 * H
 
 
+def test_a_resolution_the_policy_marks_not_pausable_runs_on_while_the_ticket_waits() -> None:
+    # Premium (24x7): an 8 h resolution that never pauses, a 4 h next reply that does.
+    policy = policy_with(
+        "premium", resolution={"target": "PT8H", "pausable": False}, next_reply={"target": "PT4H"}
+    )
+    [resolution] = resolve_plan(policy, data("premium"), None, T0).clocks
+    reply = ClockRequest(metric=Metric.NEXT_REPLY, started_at=T0 + H)
+    [next_reply] = resolve_plan(policy, data("premium"), None, T0, clocks=[reply]).clocks
+    assert (resolution.metric, resolution.pausable, resolution.due_at) == (
+        Metric.RESOLUTION,
+        False,
+        T0 + 8 * H,
+    )
+    assert (next_reply.pausable, next_reply.due_at) == (True, T0 + 5 * H)
+    status = ticket(state=TicketState.ACKNOWLEDGED, response_target=H)
+    targets.merge(status, [resolution, next_reply])
+    waiting = targets.pause(status, "ana", "logs?", T0 + 2 * H, 1)
+    assert waiting.record is not None and waiting.record.detail["paused"] == ["next_reply-1"]
+    assert targets.paused(status) == {(Metric.NEXT_REPLY, 1): T0 + 2 * H}
+    assert [t.metric for t in targets.running(status)] == [Metric.RESOLUTION]
+    # Its steps stay due (the paused next reply's do not), and it breaches at its deadline
+    # while the ticket still waits.
+    pending = targets.pending_steps(status, [resolution, next_reply], set())
+    assert [step.name for _, step in pending][:2] == ["resolution-1-warning", "resolution-1-breach"]
+    assert {clock.metric for clock, _ in pending} == {Metric.RESOLUTION}
+    [missed] = targets.missed(status, T0 + 8 * H)
+    assert (missed.kind, missed.at) == ("resolution_target_missed", T0 + 8 * H)
+    # The customer answers 9 h in: only the next reply's deadline moves (by the 7 h paused).
+    ended = targets.paused(status)
+    targets.resume(status, T0 + 9 * H, 1)
+    after = resolve_plan(
+        policy, data("premium"), None, T0, clocks=targets.requests(status, T0 + 9 * H, ended)
+    ).clocks
+    assert [(c.metric, c.due_at, c.paused_business) for c in after] == [
+        (Metric.RESOLUTION, T0 + 8 * H, timedelta(0)),
+        (Metric.NEXT_REPLY, T0 + 12 * H, 7 * H),
+    ]
+    target = targets.find(status, Metric.RESOLUTION, 1)
+    assert target is not None and (target.paused, target.breached) == (timedelta(0), True)
+
+
 def test_the_nearest_deadline_is_the_first_response_while_open_then_the_running_clocks() -> None:
     status = ticket(response_target=H)
     targets.merge(status, [planned(Metric.RESOLUTION, T0 + 8 * H)])
