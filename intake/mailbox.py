@@ -56,7 +56,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email import policy as email_policy
@@ -173,6 +173,17 @@ def utc_now() -> datetime:
 
 
 # --- reading a message -------------------------------------------------------------------
+
+
+def _peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The connecting server's address (an IPv4-mapped IPv6 address as IPv4), or None."""
+    try:
+        found = ipaddress.ip_address(peer)
+    except ValueError:
+        return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
 
 
 @dataclass(frozen=True)
@@ -948,6 +959,12 @@ class MailboxHandler:
             )
         except MimeRefused as err:
             return await self._unparsable(raw, envelope.mail_from or "", str(err))
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else None
+        if mail.verified and not self._may_verify(peer):
+            # The header is only as good as the server that added it: one that reached
+            # this port without the MTA could have written it itself.
+            log.warning("mail: a DMARC pass from a server other than the trusted MTA ignored")
+            mail = replace(mail, verified=False)
         try:
             key = mail.key
             limited = await self._rate_limited(mail, session)
@@ -1009,13 +1026,19 @@ class MailboxHandler:
         return f"{RATE_LIMITED}: {refused.describe()}"[:500]
 
     def _from_trusted_mta(self, peer: str) -> bool:
-        try:
-            found = ipaddress.ip_address(peer)
-        except ValueError:
+        found = _peer_address(peer)
+        return found is not None and any(found in network for network in self.trusted_mta)
+
+    def _may_verify(self, peer: str | None) -> bool:
+        """Whether the connecting server's ``Authentication-Results`` may verify a sender:
+        the trusted MTA's address (``SUPPORT_MAILBOX_TRUSTED_MTA``), or, without that
+        setting, this host only (an MTA relaying on loopback)."""
+        found = _peer_address(peer) if peer else None
+        if found is None:
             return False
-        if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
-            found = found.ipv4_mapped
-        return any(found in network for network in self.trusted_mta)
+        if self.trusted_mta:
+            return any(found in network for network in self.trusted_mta)
+        return found.is_loopback
 
     def _receipt(self, key: str) -> datetime:
         """When this listener first received the message: a retry after our own outage

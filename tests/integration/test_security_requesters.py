@@ -548,6 +548,36 @@ async def test_the_mailbox_defers_a_flood_per_domain_and_per_client(
             await verified_mail_opens_its_ticket(rig, "[SEV2] Payments slow")
 
 
+async def test_a_dmarc_pass_written_by_a_server_that_is_not_the_trusted_mta_verifies_nothing(
+    dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """The attack: reach the mailbox's port without going through the MTA and write the
+    MTA's own Authentication-Results (its authserv-id, a DMARC pass for bank.example). With
+    SUPPORT_MAILBOX_TRUSTED_MTA naming the MTA elsewhere, that header from this peer is
+    not believed: the ticket runs as Community, and the message is counted like any
+    other (the second is over the address's limit). From the MTA's address it verifies."""
+    ledger = tmp_path / "ledger.sqlite3"
+    allowed = limits(address=1, domain=50, client=30)
+    forged = f"{MTA}; dmarc=pass header.from=bank.example"
+    async with running_stack(dev_server, ledger) as stack:
+        async with rig_on(stack, ledger, allowed, trusted_mta=networks("192.0.2.25")) as rig:
+            message = letter("noc@bank.example", "[SEV1] down", authentication=forged)
+            community_id = f"E-{message_key(b'', str(message['Message-ID']))}"
+            code, text = await deliver(rig, message, sender="noc@bank.example")
+            assert (code, text) == (
+                250,
+                f"2.0.0 OK: ticket {community_id} opened (Community until the sender confirms)",
+            )
+            community = await status(rig.ticket(community_id))
+            assert (community.customer_id, community.tier.value) == ("community", "community")
+            again = letter("noc@bank.example", "[SEV1] still down", authentication=forged)
+            code, text = await deliver(rig, again, sender="noc@bank.example")
+            assert code == 451 and "too many requests from this address" in text
+        # The same header from the MTA's address (here: loopback) verifies the sender.
+        async with rig_on(stack, ledger, allowed, trusted_mta=networks("127.0.0.1")) as rig:
+            await verified_mail_opens_its_ticket(rig, "[SEV2] Payments slow")
+
+
 async def test_a_flood_through_the_trusted_mta_does_not_cap_all_inbound_mail(
     dev_server: WorkflowEnvironment, tmp_path: Path, mailbox: Mailbox
 ) -> None:
