@@ -75,11 +75,15 @@ async def test_the_service_access_log_never_shows_an_acknowledge_link(
         assert (await http.get(f"/board/ack/{forged}")).status_code == 403
         # An agent token sent as a bearer token or in a query is not logged either.
         await http.get(f"/api/tickets?token={AGENT}", headers={"Authorization": f"Bearer {AGENT}"})
+        # Nor a requester's confirmation link (its token rides in the query).
+        confirm = secrets.token_urlsafe(32)
+        assert (await http.get(f"/support/confirm?token={confirm}")).status_code in (404, 503)
     text = log.read_text()
     access = [line for line in text.splitlines() if "/board/ack/" in line]
     assert len(access) >= 3, text  # the access log has the requests...
     assert all(f"/board/ack/{REDACTED}" in line for line in access), access
-    for secret in (token, forged, forged.split(".")[1], AGENT):
+    assert any("/support/confirm?token=" in line for line in text.splitlines()), text
+    for secret in (token, forged, forged.split(".")[1], AGENT, confirm):
         assert secret not in text  # ...and none of the secrets
 
 
