@@ -12,7 +12,7 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -281,36 +281,97 @@ async def list_tickets(
 
 # The states the board shows: every ticket an agent still has to act on.
 BOARD_STATES = (TicketState.OPEN, TicketState.ACKNOWLEDGED)
-# Tickets per visibility request while the board reads every open ticket.
-BOARD_READ_PAGE = 1000
-# The most open tickets one board view reads (50 visibility requests at BOARD_READ_PAGE):
-# far above any real queue. Tickets with a running deadline are read first, in a query of
-# their own, so no number of tickets without a deadline can push one of them past it.
-MAX_BOARD_TICKETS = 50_000
 MAX_BOARD_PAGE_SIZE = 500
+# The highest page number the board takes (a page past the last shows the last).
+MAX_BOARD_PAGE = 1_000_000
+# Tickets per visibility request while the board reads.
+BOARD_READ_PAGE = 1000
+# A board (or one group of it) of at most this many tickets is read whole, in one
+# request, and sorted here; a larger one is read a window at a time (``board_page``).
+BOARD_READ_WHOLE = 1000
+# The search for a window's bounds starts at now and steps away from it: this far, then
+# BOARD_GROWTH times as far each step.
+BOARD_FIRST_STEP = timedelta(minutes=1)
+BOARD_GROWTH = 8
+# Keys closer than this are not told apart: the tickets of one such instant are read
+# together (SQLite visibility keeps a custom Datetime to the millisecond: there, those of
+# one millisecond).
+BOARD_RESOLUTION = timedelta(microseconds=1)
+# Counts one bound may take before it settles for the bracket it has (and reads more).
+BOARD_MAX_COUNTS = 64
+START_TIME = "StartTime"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# The instants a visibility query can name (years 1 to 9999), in microseconds.
+_EARLIEST = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _US
+_LATEST = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _US
 
 
-def board_queries() -> tuple[str, str]:
-    """The two visibility queries of the board: tickets with a running deadline (open with
-    a response deadline, or any with a target's ``SlaNextDeadline``), then every other
-    running ticket in a board state (open without a deadline: Community or still planning;
-    acknowledged with no target running)."""
+def _instant(us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+@dataclass(frozen=True)
+class BoardKind:
+    """Board tickets of one kind: the visibility clause that selects them and the
+    Datetime attribute that orders them on the board."""
+
+    where: str
+    key: str
+
+    def clause(self, after: int | None = None, upto: int | None = None) -> str:
+        """This kind's tickets whose key is after ``after`` and at or before ``upto``
+        (microseconds since the epoch; None: unbounded)."""
+        parts = [self.where]
+        if after is not None:
+            parts.append(f"{self.key} > '{_instant(after)}'")
+        if upto is not None:
+            parts.append(f"{self.key} <= '{_instant(upto)}'")
+        return "(" + " AND ".join(parts) + ")"
+
+
+def board_base() -> str:
+    """Every ticket the board shows: running, in a board state (by ``TicketState``)."""
     states = ", ".join(f"'{state.value}'" for state in BOARD_STATES)
-    base = (
+    return (
         f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
         f" AND {sa.TICKET_STATE.name} IN ({states})"
     )
-    due = sa.RESPONSE_DUE_AT.name
-    nearest = sa.SLA_NEXT_DEADLINE.name
-    clocked = (
-        f"{base} AND (({sa.TICKET_STATE.name} = '{TicketState.OPEN}' AND {due} IS NOT NULL)"
-        f" OR {nearest} IS NOT NULL)"
+
+
+def board_groups() -> tuple[tuple[BoardKind, ...], ...]:
+    """The board's tickets in ``board_order``'s groups, in that order, each of kinds whose
+    key orders the group: a deadline that runs (``SlaNextDeadline`` where set, else the open
+    ticket's ``ResponseDueAt``); open without one, by ``StartTime``; acknowledged with a
+    ``ResponseDueAt``, by it; acknowledged without, by ``StartTime``. Every board ticket is
+    of exactly one kind."""
+    state, due, nearest = sa.TICKET_STATE.name, sa.RESPONSE_DUE_AT.name, sa.SLA_NEXT_DEADLINE.name
+    is_open = f"{nearest} IS NULL AND {state} = '{TicketState.OPEN}'"
+    acked = f"{nearest} IS NULL AND {state} = '{TicketState.ACKNOWLEDGED}'"
+    return (
+        (
+            BoardKind(f"{nearest} IS NOT NULL", nearest),
+            BoardKind(f"{is_open} AND {due} IS NOT NULL", due),
+        ),
+        (BoardKind(f"{is_open} AND {due} IS NULL", START_TIME),),
+        (BoardKind(f"{acked} AND {due} IS NOT NULL", due),),
+        (BoardKind(f"{acked} AND {due} IS NULL", START_TIME),),
     )
-    others = (
-        f"{base} AND ({sa.TICKET_STATE.name} != '{TicketState.OPEN}' OR {due} IS NULL)"
-        f" AND {nearest} IS NULL"
+
+
+def board_group_query(
+    kinds: tuple[BoardKind, ...], after: int | None = None, upto: int | None = None
+) -> str:
+    """The board's tickets of ``kinds`` whose key is after ``after``, at or before ``upto``."""
+    return f"{board_base()} AND ({' OR '.join(k.clause(after, upto) for k in kinds)})"
+
+
+def board_queries() -> tuple[str, str]:
+    """The board's tickets whose deadline runs, and the others."""
+    clocked, *others = board_groups()
+    return board_group_query(clocked), board_group_query(
+        tuple(k for group in others for k in group)
     )
-    return clocked, others
 
 
 def board_order(tickets: list[TicketSummary]) -> list[TicketSummary]:
@@ -333,26 +394,120 @@ def board_order(tickets: list[TicketSummary]) -> list[TicketSummary]:
 @dataclass
 class BoardPage:
     """One page of the board: ``tickets`` are the page's rows, in ``board_order`` across
-    all ``total`` open tickets. ``truncated`` when more than ``MAX_BOARD_TICKETS`` are open
-    (the page then orders the ones read: every ticket whose clock runs comes first)."""
+    all ``total`` open tickets. To find them ``read`` tickets were read from visibility and
+    ``counts`` counts made: bounded by the page size (or ``BOARD_READ_WHOLE``), whatever
+    ``total`` is."""
 
     tickets: list[TicketSummary]
     page: int
     pages: int
     per_page: int
     total: int
-    truncated: bool
+    read: int
+    counts: int
 
 
-async def _read_all(client: Client, query: str, most: int, read_page: int) -> list[TicketSummary]:
-    """Up to ``most`` tickets of ``query`` (one more tells the caller there are more), in
-    visibility pages of ``read_page``."""
-    found: list[TicketSummary] = []
-    if most < 0:
-        return found
-    async for execution in client.list_workflows(query, page_size=read_page, limit=most + 1):
-        found.append(summary_of(execution))
-    return found
+async def _read(client: Client, query: str) -> list[TicketSummary]:
+    return [
+        summary_of(execution)
+        async for execution in client.list_workflows(query, page_size=BOARD_READ_PAGE)
+    ]
+
+
+class _Ranked:
+    """One group of the board in visibility: how many of its ``total`` tickets have their
+    key at or before an instant (each count remembered), and the tickets between two."""
+
+    def __init__(self, client: Client, kinds: tuple[BoardKind, ...], total: int) -> None:
+        self.client = client
+        self.kinds = kinds
+        self.total = total
+        self.counted: dict[int, int] = {}
+        self.read = 0
+
+    async def upto(self, us: int) -> int:
+        if us not in self.counted:
+            query = board_group_query(self.kinds, upto=us)
+            self.counted[us] = (await self.client.count_workflows(query)).count
+        return self.counted[us]
+
+    async def bound(self, rank: int, *, start: bool, now: int, slack: int) -> int | None:
+        """An instant that cuts the group at ``rank`` give or take ``slack`` tickets: for
+        the start of a window, one with at most ``rank`` tickets at or before it (at least
+        ``rank - slack``); for its end, one with at least ``rank`` (at most ``rank +
+        slack``). None: before every ticket (a start) or after every one (an end). Where
+        more than ``slack`` tickets share one instant (``BOARD_RESOLUTION``) it cuts beside
+        them, and the window holds them all.
+
+        Visibility counts but cannot sort, so the instant is searched: from now, in steps
+        growing ``BOARD_GROWTH`` times until the rank is bracketed, then interpolating on
+        the counts and halving the bracket in turn."""
+        if (start and rank <= 0) or (not start and rank >= self.total):
+            return None
+        # An instant is below the cut when fewer than ``threshold`` tickets are at or before it.
+        threshold = rank + 1 if start else rank
+        aim = rank - slack // 2 if start else rank + slack // 2
+        step = BOARD_FIRST_STEP // _US
+        resolution = max(1, BOARD_RESOLUTION // _US)
+        halve = False
+        low: int | None = None
+        high: int | None = None
+        for _ in range(BOARD_MAX_COUNTS):
+            low = max((us for us, n in self.counted.items() if n < threshold), default=None)
+            high = min((us for us, n in self.counted.items() if n >= threshold), default=None)
+            at_low = 0 if low is None else self.counted[low]
+            at_high = self.total if high is None else self.counted[high]
+            if start and rank - at_low <= slack:
+                return low
+            if not start and at_high - rank <= slack:
+                return high
+            if low is None and high is None:
+                probe = now
+            elif high is None:
+                assert low is not None
+                if low >= _LATEST:
+                    break
+                probe = (
+                    now if low < now else min(_LATEST, now + max(step, BOARD_GROWTH * (low - now)))
+                )
+            elif low is None:
+                if high <= _EARLIEST:
+                    break
+                probe = (
+                    now
+                    if high > now
+                    else max(_EARLIEST, now - max(step, BOARD_GROWTH * (now - high)))
+                )
+            elif high - low <= resolution:
+                break
+            elif halve:
+                probe = (low + high) // 2
+            else:
+                # Where the counts put the cut, kept off the bracket's ends.
+                share = (aim - at_low) / (at_high - at_low)
+                margin = max(1, (high - low) // 16)
+                probe = min(max(low + int((high - low) * share), low + margin), high - margin)
+            if low is not None and high is not None:
+                halve = not halve
+            await self.upto(probe)
+        # Settled (more than ``slack`` tickets in one instant, or out of counts): the side of
+        # the bracket that keeps every ticket of the page in the window.
+        return low if start else high
+
+    async def rows(
+        self, first: int, last: int, *, now: int, slack: int, whole: int
+    ) -> list[TicketSummary]:
+        """The group's tickets at ranks ``first`` to ``last`` (excluded) in ``board_order``:
+        the whole group when it has at most ``whole`` tickets, else the window between two
+        searched instants; read, sorted, and cut by the count at the window's start."""
+        after = upto = None
+        if self.total > whole:
+            after = await self.bound(first, start=True, now=now, slack=slack)
+            upto = await self.bound(last, start=False, now=now, slack=slack)
+        before = 0 if after is None else self.counted[after]
+        found = board_order(await _read(self.client, board_group_query(self.kinds, after, upto)))
+        self.read = len(found)
+        return found[max(0, first - before) : max(0, last - before)]
 
 
 async def board_page(
@@ -360,35 +515,54 @@ async def board_page(
     page: int = 1,
     per_page: int = 50,
     *,
-    read_page: int = BOARD_READ_PAGE,
-    most: int = MAX_BOARD_TICKETS,
+    whole: int = BOARD_READ_WHOLE,
+    slack: int | None = None,
 ) -> BoardPage:
     """Page ``page`` (from 1; past the last page: the last) of every open or acknowledged
-    running ticket, by ``board_order``. Visibility cannot sort (its SQL stores have no
-    ORDER BY), so every such ticket is read, in pages of ``read_page``, and sorted here:
-    the board's cost grows with the number of open tickets, not with the number opened."""
-    for name, value, top in (("page", page, None), ("per_page", per_page, MAX_BOARD_PAGE_SIZE)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgument(f"{name}: {value!r} is not a whole number from 1")
+    running ticket, by ``board_order``.
+
+    A board of at most ``whole`` tickets is read in one request and sorted here. A larger
+    one cannot be (visibility's SQL stores refuse ORDER BY, and reading every ticket grows
+    with a flood), but visibility can count and filter on a range of a Datetime attribute:
+    each of ``board_groups`` up to the page's end is counted, and in a group the page
+    reaches, the instants where the page starts and ends in the group's order are searched
+    with counts (``_Ranked.bound``); only the tickets between them are read and sorted. So a
+    page reads its own rows and up to ``slack`` (default ``per_page``) more on each side,
+    and no number of newer tickets moves an older or more urgent one off the first page."""
+    for name, value, least, top in (
+        ("page", page, 1, MAX_BOARD_PAGE),
+        ("per_page", per_page, 1, MAX_BOARD_PAGE_SIZE),
+        ("whole", whole, 0, None),
+        ("slack", per_page if slack is None else slack, 0, None),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidArgument(f"{name}: {value!r} is not a whole number from {least}")
         if top is not None and value > top:
             raise InvalidArgument(f"{name}: {value!r} is more than {top}")
-    clocked_query, others_query = board_queries()
-    clocked = await _read_all(client, clocked_query, most, read_page)
-    others = await _read_all(client, others_query, most - len(clocked), read_page)
-    found = clocked + others
-    truncated = len(found) > most
-    ordered = board_order(found[:most])
-    pages = max(1, -(-len(ordered) // per_page))
+    slack = per_page if slack is None else slack
+    total = (await client.count_workflows(board_base())).count
+    pages = max(1, -(-total // per_page))
     page = min(page, pages)
-    start = (page - 1) * per_page
-    return BoardPage(
-        tickets=ordered[start : start + per_page],
-        page=page,
-        pages=pages,
-        per_page=per_page,
-        total=len(ordered),
-        truncated=truncated,
-    )
+    first, last = (page - 1) * per_page, min(page * per_page, total)
+    if total <= whole:
+        found = board_order(await _read(client, board_base()))
+        return BoardPage(found[first:last], page, pages, per_page, total, len(found), 1)
+    now = (datetime.now(UTC) - _EPOCH) // _US
+    rows: list[TicketSummary] = []
+    read, counts, offset = 0, 1, 0
+    for kinds in board_groups():
+        if offset >= last:
+            break
+        group = _Ranked(
+            client, kinds, (await client.count_workflows(board_group_query(kinds))).count
+        )
+        low, high = max(first - offset, 0), min(last - offset, group.total)
+        if low < high:
+            rows += await group.rows(low, high, now=now, slack=slack, whole=whole)
+        read += group.read
+        counts += 1 + len(group.counted)
+        offset += group.total
+    return BoardPage(rows, page, pages, per_page, total, read, counts)
 
 
 @dataclass(frozen=True)
