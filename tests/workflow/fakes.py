@@ -19,6 +19,7 @@ The real activities, with HTTP sinks, SMTP and SQLite or PostgreSQL, are tested 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -59,6 +60,8 @@ class FakeActivities:
     attempts: list[str] = field(default_factory=list)
     # Recipient names whose deliveries fail transiently until removed.
     unreachable: set[str] = field(default_factory=set)
+    # The retry delay such a failure asks for (None: the activity's retry policy decides).
+    retry_after: timedelta | None = None
     page_updates: list[PageUpdate] = field(default_factory=list)
     _events: dict[str, SlaEvent] = field(default_factory=dict)
     _outcomes: dict[str, TicketOutcome] = field(default_factory=dict)
@@ -134,6 +137,7 @@ class FakeActivities:
                     mode="json", exclude_none=True
                 ),
                 type="TransientDeliveryError",
+                next_retry_delay=self.retry_after,
             )
         self._record(step_events(request, delivered, [], channels), request.summary)
         return StepDeliveryResult(delivered=delivered, channels=channels)

@@ -717,6 +717,9 @@ async def test_failed_statement_of_work_notifications_are_recorded_on_the_ticket
     the child records the failure; the ticket records it when the statement of work is
     decided."""
     fakes.unreachable.add("advisory-services")
+    # A try every 5 min, not the policy's backoff (some 2,900 tries of a day, 10 s of real
+    # time on the test server): the attempts still run to the delivery deadline.
+    fakes.retry_after = 5 * M
     env = stack.env
     t0, handle = await open_now(stack, ticket())
     await advance_to(env, t0 + 10 * M)
@@ -726,7 +729,7 @@ async def test_failed_statement_of_work_notifications_are_recorded_on_the_ticket
         f"sow-{handle.id.removeprefix('ticket-')}", result_type=SowResult
     )
     opened = f"{child.id}/opened/advisory-services"
-    await advance_to(env, t0 + 10 * M + timedelta(days=1, minutes=6))
+    await advance_to(env, t0 + 10 * M + timedelta(days=1))
     assert (await child.query("status", result_type=SowResult)).failed_notifications == []
     tried = fakes.attempts.count(opened)
     await advance_to(env, t0 + 10 * M + timedelta(days=1, minutes=8))
