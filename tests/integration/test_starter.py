@@ -5,6 +5,7 @@ duplicates, the policy's default severity, the promise on each opened line."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -174,13 +175,16 @@ async def test_batch_reports_bad_lines_by_number_and_opens_the_good_ones(
 
 
 async def test_cli_batch_from_stdin_against_the_server(
-    dev_server: WorkflowEnvironment, tmp_path: Path
+    stack: Stack, dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     address = dev_server.client.service_client.config.target_host
-    queue = f"tq-{uuid.uuid4()}"
+    # The test's worker runs them: a repeated batch reads each existing ticket's status
+    # (unanswered, it would wait 3 s for each).
+    queue = stack.task_queue
     lines = "\n".join(json.dumps({**GOOD, "ticket_id": f"S-{n}"}) for n in range(3))
     env = {"TEMPORAL_ADDRESS": address, "SUPPORT_TASK_QUEUE": queue}
-    done = run_cli("batch", "-", stdin=lines, env=env)
+    # In a thread: the test's worker runs on this event loop and must answer meanwhile.
+    done = await asyncio.to_thread(run_cli, "batch", "-", stdin=lines, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "3 opened, 0 already existed, 0 invalid"
     for n in range(3):
@@ -191,14 +195,16 @@ async def test_cli_batch_from_stdin_against_the_server(
             "premium",
             "open",
         )
-    again = run_cli("batch", "-", stdin=lines, env=env)
+    again = await asyncio.to_thread(run_cli, "batch", "-", stdin=lines, env=env)
     assert again.returncode == 0
     assert again.stdout.splitlines()[-1] == "0 opened, 3 already existed, 0 invalid"
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"ticket_id": "\xff\xfe"}\n' + lines.encode())
-    done = run_cli("batch", str(bad), env=env)
+    done = await asyncio.to_thread(run_cli, "batch", str(bad), env=env)
     assert done.returncode == 2 and "line 1: (line): not valid UTF-8" in done.stderr
     assert done.stdout.splitlines()[-1] == "0 opened, 3 already existed, 1 invalid"
+    for n in range(3):
+        await dev_server.client.get_workflow_handle(f"ticket-S-{n}").terminate("test finished")
 
 
 async def test_the_policys_default_severity_applies_to_open_and_batch(
