@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -191,6 +192,20 @@ def build_query(
     ]
     if state is not None:
         clauses.append(f"{sa.TICKET_STATE.name} = '{_member(TicketState, state, 'state')}'")
+    clauses += _attribute_clauses(tier, severity, breached, customer)
+    if running is not None:
+        clauses.append(f"ExecutionStatus {'=' if _flag(running, 'running') else '!='} 'Running'")
+    return " AND ".join(clauses)
+
+
+def _attribute_clauses(
+    tier: Tier | str | None,
+    severity: Severity | str | None,
+    breached: bool | None,
+    customer: str | None,
+) -> list[str]:
+    """The clauses of the filters on the ticket's other search attributes, each checked."""
+    clauses = []
     if tier is not None:
         clauses.append(f"{sa.SUPPORT_TIER.name} = '{_member(Tier, tier, 'tier')}'")
     if severity is not None:
@@ -201,9 +216,7 @@ def build_query(
         )
     if customer is not None:
         clauses.append(f"{sa.CUSTOMER_ID.name} = '{check_customer(customer)}'")
-    if running is not None:
-        clauses.append(f"ExecutionStatus {'=' if _flag(running, 'running') else '!='} 'Running'")
-    return " AND ".join(clauses)
+    return clauses
 
 
 def _enum_or_none(enum: type[E], value: Any) -> E | None:
@@ -261,8 +274,10 @@ async def list_tickets(
     """Tickets matching the filters (see ``build_query``), sorted by time to breach.
 
     At most ``limit`` executions are read, newest first as visibility returns them, and
-    then sorted. Visibility is eventually consistent: a ticket opened or changed a moment
-    ago may show its previous state for a moment."""
+    then sorted: a flood of newer tickets pushes older ones out (``read_listing`` ranks
+    open tickets across all of them, and says when a listing is cut). Visibility is
+    eventually consistent: a ticket opened or changed a moment ago may show its previous
+    state for a moment."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit: {limit!r} is not a number from 1 to {MAX_LIMIT}")
     query = build_query(
@@ -330,13 +345,39 @@ class BoardKind:
         return "(" + " AND ".join(parts) + ")"
 
 
-def board_base() -> str:
-    """Every ticket the board shows: running, in a board state (by ``TicketState``)."""
+def board_base(where: str | None = None) -> str:
+    """Every ticket the board shows: running, in a board state (by ``TicketState``), and
+    matching ``where`` when given (a clause of ``board_filter``, or one the caller built
+    from checked values only: it goes into the query as it is)."""
     states = ", ".join(f"'{state.value}'" for state in BOARD_STATES)
-    return (
+    base = (
         f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
         f" AND {sa.TICKET_STATE.name} IN ({states})"
     )
+    return f"{base} AND ({where})" if where else base
+
+
+def board_filter(
+    *,
+    state: TicketState | str | None = None,
+    tier: Tier | str | None = None,
+    severity: Severity | str | None = None,
+    breached: bool | None = None,
+    customer: str | None = None,
+) -> str | None:
+    """The clause that narrows the board to tickets matching every given filter (None:
+    no filter), each value checked as ``build_query`` checks it. ``state`` must be one of
+    ``BOARD_STATES``: a ticket in another state is never on the board."""
+    clauses = []
+    if state is not None:
+        member = _member(TicketState, state, "state")
+        if member not in BOARD_STATES:
+            shown = " or ".join(s.value for s in BOARD_STATES)
+            raise InvalidArgument(f"state: {member.value!r} is not on the board ({shown})")
+        clauses.append(f"{sa.TICKET_STATE.name} = '{member}'")
+    # The listing's own clauses: equalities, which the board's ranges combine with.
+    clauses += _attribute_clauses(tier, severity, breached, customer)
+    return " AND ".join(clauses) or None
 
 
 def board_groups() -> tuple[tuple[BoardKind, ...], ...]:
@@ -360,10 +401,14 @@ def board_groups() -> tuple[tuple[BoardKind, ...], ...]:
 
 
 def board_group_query(
-    kinds: tuple[BoardKind, ...], after: int | None = None, upto: int | None = None
+    kinds: tuple[BoardKind, ...],
+    after: int | None = None,
+    upto: int | None = None,
+    where: str | None = None,
 ) -> str:
-    """The board's tickets of ``kinds`` whose key is after ``after``, at or before ``upto``."""
-    return f"{board_base()} AND ({' OR '.join(k.clause(after, upto) for k in kinds)})"
+    """The board's tickets of ``kinds`` (matching ``where``: ``board_base``) whose key is
+    after ``after``, at or before ``upto``."""
+    return f"{board_base(where)} AND ({' OR '.join(k.clause(after, upto) for k in kinds)})"
 
 
 def board_queries() -> tuple[str, str]:
@@ -418,16 +463,19 @@ class _Ranked:
     """One group of the board in visibility: how many of its ``total`` tickets have their
     key at or before an instant (each count remembered), and the tickets between two."""
 
-    def __init__(self, client: Client, kinds: tuple[BoardKind, ...], total: int) -> None:
+    def __init__(
+        self, client: Client, kinds: tuple[BoardKind, ...], total: int, where: str | None = None
+    ) -> None:
         self.client = client
         self.kinds = kinds
         self.total = total
+        self.where = where
         self.counted: dict[int, int] = {}
         self.read = 0
 
     async def upto(self, us: int) -> int:
         if us not in self.counted:
-            query = board_group_query(self.kinds, upto=us)
+            query = board_group_query(self.kinds, upto=us, where=self.where)
             self.counted[us] = (await self.client.count_workflows(query)).count
         return self.counted[us]
 
@@ -505,7 +553,8 @@ class _Ranked:
             after = await self.bound(first, start=True, now=now, slack=slack)
             upto = await self.bound(last, start=False, now=now, slack=slack)
         before = 0 if after is None else self.counted[after]
-        found = board_order(await _read(self.client, board_group_query(self.kinds, after, upto)))
+        query = board_group_query(self.kinds, after, upto, self.where)
+        found = board_order(await _read(self.client, query))
         self.read = len(found)
         return found[max(0, first - before) : max(0, last - before)]
 
@@ -517,9 +566,10 @@ async def board_page(
     *,
     whole: int = BOARD_READ_WHOLE,
     slack: int | None = None,
+    where: str | None = None,
 ) -> BoardPage:
     """Page ``page`` (from 1; past the last page: the last) of every open or acknowledged
-    running ticket, by ``board_order``.
+    running ticket (matching ``where``: ``board_base``), by ``board_order``.
 
     A board of at most ``whole`` tickets is read in one request and sorted here. A larger
     one cannot be (visibility's SQL stores refuse ORDER BY, and reading every ticket grows
@@ -529,6 +579,18 @@ async def board_page(
     with counts (``_Ranked.bound``); only the tickets between them are read and sorted. So a
     page reads its own rows and up to ``slack`` (default ``per_page``) more on each side,
     and no number of newer tickets moves an older or more urgent one off the first page."""
+    _check_board_numbers(page, per_page, whole, slack)
+    total = (await client.count_workflows(board_base(where))).count
+    pages = max(1, -(-total // per_page))
+    page = min(page, pages)
+    first, last = (page - 1) * per_page, min(page * per_page, total)
+    rows, read, counts = await _board_rows(
+        client, first, last, total, where, whole, per_page if slack is None else slack
+    )
+    return BoardPage(rows, page, pages, per_page, total, read, counts)
+
+
+def _check_board_numbers(page: int, per_page: int, whole: int, slack: int | None) -> None:
     for name, value, least, top in (
         ("page", page, 1, MAX_BOARD_PAGE),
         ("per_page", per_page, 1, MAX_BOARD_PAGE_SIZE),
@@ -539,30 +601,190 @@ async def board_page(
             raise InvalidArgument(f"{name}: {value!r} is not a whole number from {least}")
         if top is not None and value > top:
             raise InvalidArgument(f"{name}: {value!r} is more than {top}")
-    slack = per_page if slack is None else slack
-    total = (await client.count_workflows(board_base())).count
-    pages = max(1, -(-total // per_page))
-    page = min(page, pages)
-    first, last = (page - 1) * per_page, min(page * per_page, total)
+
+
+async def _board_rows(
+    client: Client,
+    first: int,
+    last: int,
+    total: int,
+    where: str | None,
+    whole: int,
+    slack: int,
+) -> tuple[list[TicketSummary], int, int]:
+    """The board's tickets at ranks ``first`` to ``last`` (excluded) of its ``total`` (one
+    count made already), with how many tickets were read and counts made."""
     if total <= whole:
-        found = board_order(await _read(client, board_base()))
-        return BoardPage(found[first:last], page, pages, per_page, total, len(found), 1)
+        found = board_order(await _read(client, board_base(where)))
+        return found[first:last], len(found), 1
     now = (datetime.now(UTC) - _EPOCH) // _US
     rows: list[TicketSummary] = []
     read, counts, offset = 0, 1, 0
     for kinds in board_groups():
         if offset >= last:
             break
-        group = _Ranked(
-            client, kinds, (await client.count_workflows(board_group_query(kinds))).count
-        )
+        count = (await client.count_workflows(board_group_query(kinds, where=where))).count
+        group = _Ranked(client, kinds, count, where)
         low, high = max(first - offset, 0), min(last - offset, group.total)
         if low < high:
             rows += await group.rows(low, high, now=now, slack=slack, whole=whole)
         read += group.read
         counts += 1 + len(group.counted)
         offset += group.total
-    return BoardPage(rows, page, pages, per_page, total, read, counts)
+    return rows, read, counts
+
+
+# --- listings: the open tickets ranked, however many newer ones there are ----------------
+
+
+def _cli_option(name: str, value: object) -> str:
+    return f"--{name} {value}"
+
+
+@dataclass
+class Listing:
+    """Tickets as ``list``, ``watch`` and ``GET /api/tickets`` show them, and how they were
+    read (``read_listing``).
+
+    ``ranked``: every matching running ticket in ``states`` (open, acknowledged: the
+    board's) is ranked in ``board_order``, as the board reads it (``board_page``), and
+    ``tickets`` are ranks ``first + 1`` onwards, page ``page`` of ``pages`` of ``limit``:
+    no number of newer tickets moves an older or more urgent one off the first page.
+    Otherwise the newest ``limit`` matching tickets were read, then sorted
+    (``by_time_to_breach``); ``unranked`` is the state a view of what needs attention
+    (``watch``) was asked for that the board does not hold. ``total``: how many tickets
+    match (when the newest were read: counted only when more than ``limit`` do)."""
+
+    tickets: list[TicketSummary]
+    ranked: bool
+    total: int
+    limit: int
+    first: int = 0
+    page: int = 1
+    pages: int = 1
+    states: tuple[TicketState, ...] = BOARD_STATES
+    unranked: TicketState | None = None
+
+    @property
+    def cut(self) -> bool:
+        """Fewer tickets are shown than match."""
+        return len(self.tickets) < self.total
+
+    @property
+    def what(self) -> str:
+        """The tickets a ranked listing holds: ``open or acknowledged tickets``."""
+        return " or ".join(state.value for state in self.states) + " tickets"
+
+    def notice(
+        self, option: Callable[[str, object], str] = _cli_option, *, paged: bool = True
+    ) -> str | None:
+        """What the reader must be told: that the listing is cut (and how to see the rest:
+        the next page, or without ``paged`` a higher limit), or why it is not ranked. None
+        when it shows every matching ticket. ``option(name, value)`` spells a choice as the
+        surface does (``--page 2``, ``page=2``)."""
+        shown = len(self.tickets)
+        if self.ranked:
+            if not self.cut:
+                return None
+            text = (
+                f"showing {self.first + 1} to {self.first + shown} of {self.total}"
+                f" {self.what}, most urgent first"
+            )
+            if self.first + shown < self.total:
+                more = min(self.total, MAX_LIMIT)
+                text += (
+                    f"; the next ones: {option('page', self.page + 1)}"
+                    if paged
+                    else f"; {option('limit', more)} shows more"
+                )
+            return text
+        notes = []
+        if self.unranked is not None:
+            notes.append(
+                f"{option('state', self.unranked.value)} is not on the board (open or"
+                f" acknowledged tickets only): the newest {self.limit} matching tickets are"
+                " read, then sorted, not ranked across all of them"
+            )
+        if self.cut:
+            older = (
+                f"showing the newest {shown} of {self.total} matching tickets, then sorted:"
+                " older ones are left out"
+            )
+            if self.unranked is None:
+                older += f" ({option('state', 'open')} ranks every open ticket)"
+            notes.append(older)
+        return "; ".join(notes) or None
+
+
+async def read_listing(
+    client: Client,
+    *,
+    state: TicketState | str | None = None,
+    tier: Tier | str | None = None,
+    severity: Severity | str | None = None,
+    breached: bool | None = None,
+    customer: str | None = None,
+    running: bool | None = None,
+    limit: int = 500,
+    page: int = 1,
+    attention: bool = False,
+    where: str | None = None,
+) -> Listing:
+    """The tickets matching the filters (``build_query``), at most ``limit`` of them.
+
+    Open tickets are ranked across all of them: with ``state`` open or acknowledged, and
+    for a view of what needs attention (``attention``, ``watch``) without a state, the
+    board's running tickets that match are read as the board reads them (``board_page``,
+    a window at a time past ``BOARD_READ_WHOLE``) and page ``page`` of ``limit`` is
+    returned. Any other listing (every state, or a closed one) reads the newest ``limit``
+    executions, as visibility returns them, and sorts them: the ``Listing`` says when more
+    match. ``where``: a clause the caller built from checked values only (an integration's
+    customers), added to either query."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit: {limit!r} is not a number from 1 to {MAX_LIMIT}")
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= MAX_BOARD_PAGE:
+        raise InvalidArgument(f"page: {page!r} is not a number from 1 to {MAX_BOARD_PAGE}")
+    wanted = None if state is None else _member(TicketState, state, "state")
+    on_board = wanted in BOARD_STATES if wanted is not None else attention
+    ranked = on_board and running is not False
+    if page > 1 and not ranked:
+        raise InvalidArgument(
+            "page: only open or acknowledged tickets are paged (ranked across all of them);"
+            " other listings read the newest tickets"
+        )
+    if ranked:
+        clauses = [
+            board_filter(
+                state=wanted, tier=tier, severity=severity, breached=breached, customer=customer
+            ),
+            f"({where})" if where else None,
+        ]
+        clause = " AND ".join(c for c in clauses if c) or None
+        total = (await client.count_workflows(board_base(clause))).count
+        pages = max(1, -(-total // limit))
+        page = min(page, pages)
+        first, last = (page - 1) * limit, min(page * limit, total)
+        slack = min(limit, MAX_BOARD_PAGE_SIZE)
+        rows, _, _ = await _board_rows(client, first, last, total, clause, BOARD_READ_WHOLE, slack)
+        states = BOARD_STATES if wanted is None else (wanted,)
+        return Listing(rows, True, total, limit, first, page, pages, states)
+    query = build_query(
+        state=wanted,
+        tier=tier,
+        severity=severity,
+        breached=breached,
+        customer=customer,
+        running=running,
+    )
+    if where:
+        query += f" AND ({where})"
+    found = [summary_of(e) async for e in client.list_workflows(query, limit=limit + 1)]
+    total = len(found)
+    if total > limit:
+        found = found[:limit]
+        total = max(total, (await client.count_workflows(query)).count)
+    unranked = wanted if attention and not on_board else None
+    return Listing(by_time_to_breach(found), False, total, limit, unranked=unranked)
 
 
 @dataclass(frozen=True)

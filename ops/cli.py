@@ -2,7 +2,7 @@
 tickets.
 
     python -m ops list [--state S] [--tier T] [--severity S] [--breached | --not-breached]
-                       [--customer C] [--limit N] [--json]
+                       [--customer C] [--limit N] [--page P] [--json]
     python -m ops show TICKET_ID [--json]
     python -m ops ack TICKET_ID [--agent NAME] [--note TEXT] [--json]
     python -m ops resolve TICKET_ID [--agent NAME] [--summary TEXT] [--json]
@@ -17,7 +17,9 @@ tickets.
     python -m ops policy versions [--json]
 
 Connects as Temporal's environment configuration says (``TEMPORAL_ADDRESS``, ...). Lists
-come from visibility (search attributes), sorted by time to breach; ``show`` reads the
+come from visibility (search attributes), sorted by time to breach (open or acknowledged
+tickets, and ``watch``, ranked across all of them: a flood of newer tickets cannot push an
+older one out; a cut list says so); ``show`` reads the
 ticket's ``status``; ``ack``, ``resolve``, ``reply`` and ``wait`` act through the ticket's
 update and print the status after it. ``policy`` commands also read the SLA ledger's policy
 archive (``--ledger-url``, default ``SUPPORT_LEDGER_URL``; docs/policy-versions.md). Exit
@@ -37,7 +39,15 @@ from typing import Any, NoReturn, TextIO
 from pydantic import BaseModel, ValidationError
 from temporalio.service import RPCError
 
-from contract.client import MAX_LIMIT, InvalidArgument, TicketError, check_customer, check_ticket_id
+from contract.client import (
+    BOARD_STATES,
+    MAX_BOARD_PAGE,
+    MAX_LIMIT,
+    InvalidArgument,
+    TicketError,
+    check_customer,
+    check_ticket_id,
+)
 from contract.models import (
     Acknowledge,
     AdoptPolicy,
@@ -100,7 +110,9 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         default=500,
-        help="read at most N tickets, newest first, then sort (default 500)",
+        help="at most N tickets (default 500): open or acknowledged ones (--state open,"
+        " --state acknowledged, watch) ranked by time to breach across all of them, the N"
+        " most urgent; any other listing the newest N, then sorted. A cut list says so",
     )
 
 
@@ -111,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="tickets from visibility, soonest breach first")
     _add_filters(listing)
+    listing.add_argument(
+        "--page",
+        metavar="P",
+        type=int,
+        default=1,
+        help="with --state open or acknowledged: page P of --limit tickets (default 1)",
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable JSON")
 
     show = sub.add_parser("show", help="a ticket's state, deadlines and SLA timeline")
@@ -252,6 +271,14 @@ def _add_policy_commands(sub: Any, ticket_id: Any) -> None:
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 1 <= getattr(args, "limit", 1) <= MAX_LIMIT:
         parser.error(f"--limit: must be from 1 to {MAX_LIMIT}")
+    page = getattr(args, "page", 1)
+    if not 1 <= page <= MAX_BOARD_PAGE:
+        parser.error(f"--page: must be from 1 to {MAX_BOARD_PAGE}")
+    if page > 1 and args.state not in {s.value for s in BOARD_STATES}:
+        parser.error(
+            "--page: only with --state open or --state acknowledged (ranked across all of"
+            " them); other listings read the newest --limit tickets"
+        )
     if getattr(args, "interval", 1.0) <= 0:
         parser.error("--interval: must be more than 0")
     iterations = getattr(args, "iterations", None)
@@ -305,13 +332,15 @@ def _signal_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 # --- entry points -------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, payload: BaseModel | None, out: TextIO) -> int:
+async def run(
+    args: argparse.Namespace, payload: BaseModel | None, out: TextIO, err: TextIO | None = None
+) -> int:
     try:
         if args.command == "policy":
             return await policy_command(args, payload, out)
         client = await connect_or_fail()
         if args.command == "list":
-            return await list_command(client, args, out)
+            return await list_command(client, args, out, err)
         if args.command == "show":
             return await show_command(client, args, out)
         if args.command == "watch":
@@ -339,7 +368,7 @@ def cli(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | 
     acting = args.command in ACTING or getattr(args, "policy_command", "") == "adopt"
     payload = _signal_payload(parser, args) if acting else None
     try:
-        return asyncio.run(run(args, payload, out))
+        return asyncio.run(run(args, payload, out, err))
     except Failed as problem:
         print(f"error: {' '.join(str(problem).split())}", file=err)
         return EXIT_FAILED

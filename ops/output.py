@@ -96,8 +96,18 @@ def _value(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def tickets_table(tickets: Sequence[TicketSummary], now: datetime, title: str | None) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, title_justify="left")
+def tickets_table(
+    tickets: Sequence[TicketSummary], now: datetime, title: str | None, caption: str | None = None
+) -> Table:
+    """The tickets as rows; ``caption`` under them (a cut or unranked listing says so)."""
+    table = Table(
+        title=title,
+        caption=None if caption is None else Text(caption),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
     for name in ("ticket", "customer", "tier", "severity", "state", "started (UTC)"):
         table.add_column(name)
     table.add_column("next due (UTC)")

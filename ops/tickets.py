@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -18,10 +19,10 @@ from temporalio.client import Client
 from contract import names
 from contract.client import (
     UPDATE_WAIT,
+    Listing,
     TicketNotFound,
-    TicketSummary,
     apply_action,
-    list_tickets,
+    read_listing,
     ticket_details,
 )
 from contract.models import (
@@ -47,16 +48,27 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def list_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    tickets = await list_tickets(client, **_filters(args))
+async def list_command(
+    client: Client, args: argparse.Namespace, out: TextIO, err: TextIO | None = None
+) -> int:
+    """Open or acknowledged tickets (``--state``) ranked across all of them, page
+    ``--page`` of ``--limit``; any other listing the newest ``--limit``, sorted. A cut
+    listing says so: under the table, or with ``--json`` on stderr (stdout stays the
+    tickets' JSON array)."""
+    listing = await read_listing(client, **_filters(args), page=args.page)
+    tickets, notice = listing.tickets, listing.notice()
     if args.json:
         print_json([t.model_dump(mode="json") for t in tickets], out)
+        if notice:
+            (err or sys.stderr).write(f"note: {notice}\n")
         return EXIT_OK
     console = make_console(out)
     if tickets:
         console.print(tickets_table(tickets, datetime.now(UTC), None))
     else:
         console.print("no tickets match")
+    if notice:
+        console.print(f"note: {notice}", highlight=False, markup=False)
     emit(console, out)
     return EXIT_OK
 
@@ -118,27 +130,42 @@ async def signal_command(
     return EXIT_OK
 
 
-def watch_title(now: datetime, interval: float, count: int) -> str:
+def watch_title(now: datetime, interval: float, listing: Listing) -> str:
+    """``Running tickets: 12 open or acknowledged, most urgent first | ...``: how many match
+    (ranked: every one, whatever the table shows) and how they are ordered."""
+    if listing.ranked:
+        states = " or ".join(state.value for state in listing.states)
+        count = f"{listing.total} {states}, most urgent first"
+    else:
+        count = str(listing.total)
     return (
         f"Running tickets: {count} | {utc(now)} UTC | refresh every {interval:g} s | Ctrl-C to stop"
     )
 
 
 async def watch_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """What needs attention now: the running open and acknowledged tickets ranked across
+    all of them (``read_listing``), the ``--limit`` most urgent; a ``--state`` the board
+    does not hold is read newest first, and the table's caption says so, as it says when
+    the table is cut."""
     console = make_console(out)
     filters = _filters(args)
 
-    def view(tickets: list[TicketSummary]) -> Table:
+    async def read() -> Listing:
+        return await read_listing(client, running=True, attention=True, **filters)
+
+    def view(listing: Listing) -> Table:
         now = datetime.now(UTC)
-        return tickets_table(tickets, now, watch_title(now, args.interval, len(tickets)))
+        title = watch_title(now, args.interval, listing)
+        return tickets_table(listing.tickets, now, title, listing.notice(paged=False))
 
     refreshes = 0
     if not console.is_terminal:
         # Not a terminal (a pipe, a log file): one snapshot per refresh.
         while True:
-            tickets = await list_tickets(client, running=True, **filters)
+            listing = await read()
             refreshes += 1
-            console.print(view(tickets))
+            console.print(view(listing))
             emit(console, out)
             if args.iterations is not None and refreshes >= args.iterations:
                 return EXIT_OK
@@ -146,12 +173,12 @@ async def watch_command(client: Client, args: argparse.Namespace, out: TextIO) -
             await asyncio.sleep(args.interval)
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            tickets = await list_tickets(client, running=True, **filters)
+            listing = await read()
             fetched = time.monotonic()
             refreshes += 1
             # The countdowns tick every second between two reads of visibility.
             while True:
-                live.update(view(tickets), refresh=True)
+                live.update(view(listing), refresh=True)
                 if args.iterations is not None and refreshes >= args.iterations:
                     return EXIT_OK
                 remaining = args.interval - (time.monotonic() - fetched)

@@ -442,6 +442,10 @@ def _safe_customer(customer: str) -> bool:
     return True
 
 
+def _query_option(name: str, value: object) -> str:
+    return f"{name}={value}"
+
+
 @router.get("/tickets")
 async def list_tickets(
     request: Request,
@@ -452,7 +456,13 @@ async def list_tickets(
     breached: Annotated[bool | None, Query()] = None,
     customer: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    page: Annotated[int, Query(ge=1, le=visibility.MAX_BOARD_PAGE)] = 1,
 ) -> JSONResponse:
+    """Tickets from visibility (``visibility.read_listing``). ``state=open`` or
+    ``acknowledged``: the running tickets in that state ranked by time to breach across all
+    of them, page ``page`` of ``limit``, so no number of newer tickets hides an older one.
+    Otherwise the newest ``limit`` tickets, sorted. ``total`` counts the matching tickets,
+    ``truncated`` says that fewer are shown, and ``notice`` says so in words."""
     client = _client(request)
     filters: dict[str, Any] = {
         "state": state,
@@ -461,21 +471,29 @@ async def list_tickets(
         "breached": breached,
         "customer": customer,
     }
-    if caller.scope is None:
-        found = await visibility.list_tickets(client, **filters, limit=limit)
-    else:
-        # An integration lists its own customers' tickets only: filtered in the query,
-        # and checked again on what comes back.
+    # An integration lists its own customers' tickets only: filtered in the query (ranked
+    # or not), and checked again on what comes back.
+    scope, policy, where = caller.scope, None, None
+    if scope is not None:
         policy = _policy()
-        query = visibility.build_query(**filters)
-        clause = scope_clause(policy, caller.scope)
-        if clause:
-            query += f" AND {clause}"
-        summaries = [
-            visibility.summary_of(execution)
-            async for execution in client.list_workflows(query, limit=limit)
-        ]
-        found = visibility.by_time_to_breach(
-            [t for t in summaries if caller.scope.serves(policy, t.customer_id)]
+        where = scope_clause(policy, scope)
+    try:
+        listing = await visibility.read_listing(
+            client, **filters, limit=limit, page=page, where=where
         )
-    return JSONResponse({"tickets": [t.model_dump(mode="json") for t in found]})
+    except visibility.InvalidArgument as err:
+        raise invalid([str(err)], "listing") from None
+    found = listing.tickets
+    if scope is not None and policy is not None:
+        found = [t for t in found if scope.serves(policy, t.customer_id)]
+    return JSONResponse(
+        {
+            "tickets": [t.model_dump(mode="json") for t in found],
+            "ranked": listing.ranked,
+            "total": listing.total,
+            "page": listing.page,
+            "pages": listing.pages,
+            "truncated": listing.cut,
+            "notice": listing.notice(_query_option),
+        }
+    )

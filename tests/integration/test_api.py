@@ -4,7 +4,10 @@ status, agent actions through the ticket's updates and their refusals."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +19,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 import intake.core
+from contract import client as visibility
 from contract import search_attributes as sa
 from contract.models import CustomerReply, Tier
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from harness.serve import serve
+from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
@@ -125,8 +130,6 @@ async def open_planned(api: httpx.AsyncClient) -> str:
 
 
 def tid() -> str:
-    import uuid
-
     return f"API-{uuid.uuid4().hex[:10]}"
 
 
@@ -670,3 +673,128 @@ async def test_a_ticket_lists_every_target_with_its_deadline_answer_breach_and_p
 
     answered = of(await post("reply", {}))["next_reply"]
     assert answered["met_at"] is not None and answered["breached"] is False
+
+
+# --- a flood of newer tickets cannot hide an older open one (issue 15, part 2) -----------
+
+FLOOD = 15  # newer Community tickets: three times the limit asked below
+SHOWN = 5
+
+
+@dataclass
+class Flooded:
+    http: httpx.AsyncClient
+    sev1: str  # example-bank's open sev1, older than the flood
+    flood: list[str]  # newer open Community tickets of customers without a contract
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def flooded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flooded]:
+    """The API on a dev server of its own (the time-skipping server's visibility does not
+    count or filter on instants), whose visibility answers more than 10 requests a second
+    (a windowed read takes a few counts): an open sev1 for example-bank (its contract's
+    tier), then ``FLOOD`` newer Community tickets. Opened through the intake core, which
+    sets every search attribute at start, on a task queue no worker polls: the listing
+    reads visibility only."""
+    server = DevServer(
+        tmp_path_factory.mktemp("flood"),
+        in_memory=True,
+        extra_args=[
+            *SDK_DYNAMIC_CONFIG,
+            "--dynamic-config-value",
+            "frontend.namespaceRPS.visibility=10000",
+        ],
+    )
+    await server.start()
+    try:
+        client = await connect(server.address)
+        idle = f"tq-flood-{uuid.uuid4()}"
+
+        async def opened(ticket_id: str, **data: str) -> str:
+            data = {"ticket_id": ticket_id, "subject": "flood", **data}
+            await intake.core.intake(client, data, intake.core.CLI, queue=idle)
+            return ticket_id
+
+        sev1 = await opened("OLD-SEV1", customer_id="example-bank", severity="sev1")
+        flood = []
+        for number in range(FLOOD):  # one at a time: each newer than the last
+            flood.append(await opened(f"NEW-{number:02d}", customer_id="crowd", severity="sev4"))
+
+        async def listed() -> bool:
+            return (await client.count_workflows(visibility.board_base())).count == FLOOD + 1
+
+        await eventually("the flood in visibility", listed, 30, every=0.1)
+        app = create_app(client=client, settings=settings(), queue=idle)
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield Flooded(http, sev1, flood)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def listing(flooded: Flooded, token: str, **params: Any) -> dict[str, Any]:
+    response = await flooded.http.get("/api/tickets", params=params, headers=auth(token))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ids(body: dict[str, Any]) -> list[str]:
+    return [t["ticket_id"] for t in body["tickets"]]
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["read-whole", "read-by-windows"])
+async def test_a_flood_of_newer_tickets_does_not_push_an_older_open_sev1_out_of_the_list(
+    flooded: Flooded, monkeypatch: pytest.MonkeyPatch, windows: bool
+) -> None:
+    """The attack: more newer Community tickets than ``limit`` after an open sev1. Asked
+    for open tickets, the API ranks every one of them (as the board reads them), so the
+    sev1 comes first, for an agent and for an integration whose scope holds it, and the
+    rest is paged; the answer says it is cut. The default listing (every state, the newest
+    ``limit``) still shows only the flood, and now says so. With ``windows`` the board's
+    windowed read is forced (as past 1000 tickets)."""
+    if windows:
+        monkeypatch.setattr(visibility, "BOARD_READ_WHOLE", 0)
+    total = FLOOD + 1
+    first = await listing(flooded, AGENT_ANA, state="open", limit=SHOWN)
+    assert ids(first) == [flooded.sev1, *flooded.flood[: SHOWN - 1]]
+    assert {k: first[k] for k in ("ranked", "total", "page", "pages", "truncated")} == {
+        "ranked": True,
+        "total": total,
+        "page": 1,
+        "pages": 4,
+        "truncated": True,
+    }
+    assert first["notice"] == (
+        f"showing 1 to {SHOWN} of {total} open tickets, most urgent first; the next ones: page=2"
+    )
+    # Every ticket once across the pages; past the last page: the last.
+    pages = [await listing(flooded, AGENT_ANA, state="open", limit=SHOWN, page=n) for n in (2, 3)]
+    last = await listing(flooded, AGENT_ANA, state="open", limit=SHOWN, page=9)
+    assert (last["page"], ids(last)) == (4, flooded.flood[-1:])
+    assert ids(first) + ids(pages[0]) + ids(pages[1]) + ids(last) == [flooded.sev1, *flooded.flood]
+
+    # An integration serving example-bank and every customer without a contract sees the
+    # same first page; one serving neither sees none of it.
+    bank = await listing(flooded, BANK, state="open", limit=SHOWN)
+    assert ids(bank) == ids(first) and bank["total"] == total
+    acme = await listing(flooded, INTAKE, state="open", limit=SHOWN)
+    assert (ids(acme), acme["total"], acme["truncated"], acme["notice"]) == ([], 0, False, None)
+    # Filters narrow the ranked read.
+    sev1 = await listing(flooded, AGENT_ANA, state="open", severity="sev1", tier="mission_critical")
+    assert (ids(sev1), sev1["truncated"], sev1["notice"]) == ([flooded.sev1], False, None)
+    crowd = await listing(flooded, AGENT_ANA, state="open", customer="crowd", limit=SHOWN, page=2)
+    assert ids(crowd) == flooded.flood[SHOWN : 2 * SHOWN] and crowd["total"] == FLOOD
+
+    # Before: the newest ``limit`` tickets of any state, then sorted. Still the default,
+    # but no longer silently.
+    newest = await listing(flooded, AGENT_ANA, limit=SHOWN)
+    assert flooded.sev1 not in ids(newest) and len(ids(newest)) == SHOWN
+    assert (newest["ranked"], newest["total"], newest["truncated"]) == (False, total, True)
+    assert newest["notice"] == (
+        f"showing the newest {SHOWN} of {total} matching tickets, then sorted: older ones are"
+        " left out (state=open ranks every open ticket)"
+    )
+    # Pages are for the ranked listing only.
+    refused = await flooded.http.get("/api/tickets", params={"page": 2}, headers=auth(AGENT_ANA))
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "page"

@@ -31,14 +31,18 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contract import client as visibility
 from contract.client import (
     InvalidArgument,
     TicketSummary,
     apply_action,
+    board_base,
+    board_filter,
     build_query,
     by_time_to_breach,
     check_ticket_id,
     list_tickets,
+    read_listing,
     ticket_status,
 )
 from contract.models import (
@@ -52,6 +56,8 @@ from contract.models import (
 )
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually
+from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
+from intake.core import CLI, intake
 from ledger.store import SqlLedger
 from ops import cli as ops
 from ops.output import countdown, duration, utc
@@ -141,6 +147,26 @@ async def test_list_tickets_refuses_a_limit_out_of_range_without_calling_tempora
     for limit in (0, -1, 10_001):
         with pytest.raises(InvalidArgument, match="limit"):
             await list_tickets(cast(Client, None), limit=limit)
+
+
+async def test_a_listing_refuses_a_page_it_cannot_rank_and_a_state_off_the_board() -> None:
+    """Pages are for the ranked listings (open or acknowledged) only; the board's filter
+    takes no state the board does not hold. Refused before Temporal is called."""
+    for arguments, field in (
+        ({"page": 2}, "page"),
+        ({"page": 2, "state": "resolved"}, "page"),
+        ({"page": 0, "state": "open"}, "page"),
+        ({"limit": 0, "state": "open"}, "limit"),
+        ({"state": "OPEN"}, "state"),
+    ):
+        with pytest.raises(InvalidArgument, match=rf"^{field}: "):
+            await read_listing(cast(Client, None), **arguments)
+    with pytest.raises(InvalidArgument, match=r"^state: 'closed' is not on the board"):
+        board_filter(state="closed")
+    assert board_filter() is None
+    assert board_filter(state="open", tier="premium", customer="Example Bank") == (
+        "TicketState = 'open' AND SupportTier = 'premium' AND CustomerId = 'Example Bank'"
+    )
 
 
 def summary(ticket_id: str, **fields: Any) -> TicketSummary:
@@ -1020,3 +1046,148 @@ async def test_list_and_watch_show_and_sort_by_the_nearest_deadline_of_any_targe
         assert f" {utc(waiting.response_due_at)} " in second
         assert re.search(r" in (59m \d\ds|1h) +no$", second)
     await close_all(tickets, answered.ticket_id, waiting.ticket_id)
+
+
+# --- a flood of newer tickets cannot hide an older open one (issue 15, part 2) -----------
+
+FLOOD = 15  # newer Community tickets: three times the views' limit below
+SHOWN = 5
+
+
+@dataclass
+class Flood:
+    client: Client
+    address: str
+    sev1: str  # the older open ticket, whose response clock runs
+    flood: list[str]  # newer open Community tickets, oldest first
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def flood(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flood]:
+    """A server of its own (the module's tickets stay out of these views), whose
+    visibility answers more than 10 requests a second (a windowed read takes a few
+    counts): an open premium sev1, then ``FLOOD`` newer Community tickets. Opened through
+    the intake core, which sets every search attribute at start, on a task queue no worker
+    polls: the views read visibility only."""
+    server = DevServer(
+        tmp_path_factory.mktemp("flood"),
+        in_memory=True,
+        extra_args=[
+            *SDK_DYNAMIC_CONFIG,
+            "--dynamic-config-value",
+            "frontend.namespaceRPS.visibility=10000",
+        ],
+    )
+    await server.start()
+    try:
+        client = await connect(server.address)
+        idle = f"tq-flood-{uuid.uuid4()}"
+
+        async def opened(ticket_id: str, **data: str) -> str:
+            data = {"ticket_id": ticket_id, "subject": "flood", **data}
+            await intake(client, data, CLI, queue=idle)
+            return ticket_id
+
+        sev1 = await opened("OLD-SEV1", customer_id="acme", tier="premium", severity="sev1")
+        flood = []
+        for number in range(FLOOD):  # one at a time: each newer than the last
+            flood.append(await opened(f"NEW-{number:02d}", customer_id="crowd", severity="sev4"))
+
+        async def listed() -> bool:
+            return (await client.count_workflows(board_base())).count == FLOOD + 1
+
+        await eventually("the flood in visibility", listed, 30, every=0.1)
+        yield Flood(client, server.address, sev1, flood)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def on_flood(
+    flood: Flood, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``ops.cli`` against the flood's server, in a thread."""
+    for name in list(os.environ):
+        if name.startswith(("TEMPORAL_", "SUPPORT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", flood.address)
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(ops.cli, list(args), out, err)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def rows_of(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The ticket ids of a table's rows, in order."""
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in done.stdout.splitlines() if re.match(r" ?(OLD|NEW)-", line)]
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["read-whole", "read-by-windows"])
+async def test_a_flood_of_newer_tickets_does_not_push_an_older_open_sev1_out_of_watch_or_list(
+    flood: Flood, monkeypatch: pytest.MonkeyPatch, windows: bool
+) -> None:
+    """The attack: more newer Community tickets than ``--limit`` after an open sev1. The
+    newest-first read (``list`` without ``--state``) shows only the flood, and says it is
+    cut; ``watch`` and ``list --state open`` rank every open ticket, so the sev1 is the first
+    row whatever was opened since, and the cut is said under the table (on stderr with
+    ``--json``). With ``windows`` the board's windowed read is forced (as past 1000 tickets)."""
+    if windows:
+        monkeypatch.setattr(visibility, "BOARD_READ_WHOLE", 0)
+    limit = ("--limit", str(SHOWN))
+    watch = await on_flood(flood, monkeypatch, "watch", *limit, "--iterations", "1")
+    assert rows_of(watch)[0] == flood.sev1
+    assert rows_of(watch)[1:] == flood.flood[: SHOWN - 1]  # then the oldest without a clock
+    title = watch.stdout.splitlines()[0]
+    assert title.startswith(f"Running tickets: {FLOOD + 1} open or acknowledged, most urgent first")
+    note = f"showing 1 to {SHOWN} of {FLOOD + 1} open or acknowledged tickets, most urgent first"
+    assert f"{note}; --limit {FLOOD + 1} shows more" in " ".join(watch.stdout.split())
+
+    ranked = await on_flood(flood, monkeypatch, "list", "--state", "open", *limit, "--json")
+    assert ids_of(ranked)[0] == flood.sev1 and len(ids_of(ranked)) == SHOWN
+    assert ranked.stderr == (
+        f"note: showing 1 to {SHOWN} of {FLOOD + 1} open tickets, most urgent first;"
+        " the next ones: --page 2\n"
+    )
+    table = await on_flood(flood, monkeypatch, "list", "--state", "open", *limit, "--page", "4")
+    assert rows_of(table) == flood.flood[-1:]  # the last page: the newest ticket
+    note = (
+        f"note: showing {FLOOD + 1} to {FLOOD + 1} of {FLOOD + 1} open tickets, most urgent first"
+    )
+    assert note in " ".join(table.stdout.split())
+
+    # Before: the newest --limit tickets of any state, then sorted. Still what `list`
+    # without --state reads, but no longer silently.
+    newest = await on_flood(flood, monkeypatch, "list", *limit, "--json")
+    assert flood.sev1 not in ids_of(newest) and len(ids_of(newest)) == SHOWN
+    assert newest.stderr == (
+        f"note: showing the newest {SHOWN} of {FLOOD + 1} matching tickets, then sorted:"
+        " older ones are left out (--state open ranks every open ticket)\n"
+    )
+
+
+async def test_filters_narrow_the_ranked_views_and_a_state_off_the_board_says_it_is_not_ranked(
+    flood: Flood, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tier, severity and customer narrow watch and ``list --state open`` in the same
+    ranked read; ``watch --state routed_to_sow`` (not on the board) is read newest first
+    and says so; a page without a state of the board is refused before connecting."""
+    monkeypatch.setattr(visibility, "BOARD_READ_WHOLE", 0)
+    sev1 = await on_flood(flood, monkeypatch, "watch", "--severity", "sev1", "--iterations", "1")
+    assert rows_of(sev1) == [flood.sev1] and "note:" not in sev1.stdout
+    crowd = await on_flood(
+        flood, monkeypatch, "list", "--state", "open", "--tier", "community",
+        "--customer", "crowd", "--limit", str(SHOWN), "--page", "2", "--json",
+    )  # fmt: skip
+    assert ids_of(crowd) == flood.flood[SHOWN : 2 * SHOWN]
+    assert "showing 6 to 10 of 15 open tickets" in crowd.stderr
+    routed = await on_flood(
+        flood, monkeypatch, "watch", "--state", "routed_to_sow", "--iterations", "1"
+    )
+    assert routed.returncode == 0, routed.stderr
+    assert rows_of(routed) == []
+    assert (
+        "--state routed_to_sow is not on the board (open or acknowledged tickets only): the"
+        " newest 500 matching tickets are read, then sorted, not ranked across all of them"
+    ) in " ".join(routed.stdout.split())
+    with pytest.raises(SystemExit) as refused:
+        await on_flood(flood, monkeypatch, "list", "--page", "2")
+    assert refused.value.code == 2
