@@ -3,7 +3,8 @@ the real activities of ``tests.record_histories`` cannot stage: a customer reply
 policy cannot be resolved (a worker restarted without its versions while the file is
 broken), fixed three minutes later. Runs on the fake activities of tests/workflow.
 
-    .venv/bin/python -m tests.record_fake_histories   # writes tests/histories/resume_awaits_plan.*
+    .venv/bin/python -m tests.record_fake_histories        # tests/histories/resume_awaits_plan.*
+    .venv/bin/python -m tests.record_fake_histories ack    # ack_during_attempt.* (dev server)
 
 Run it from a worktree of an older release (with this file copied in) to record that
 release's branch (tests/histories/before-resume-awaits-plan/)."""
@@ -13,14 +14,23 @@ import os
 import sys
 import tempfile
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from contract.models import AgentReply, AwaitCustomer, CustomerReply, Resolve
+from contract.models import (
+    Acknowledge,
+    AgentReply,
+    AwaitCustomer,
+    CustomerReply,
+    Resolve,
+    TicketStatus,
+)
 from harness.policy import with_targets, write_policy
+from harness.processes import eventually
+from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from policy.schema import POLICY_FILE_ENV
 from tests.conftest import (
     advance_to,
@@ -84,5 +94,56 @@ async def main(out: str) -> None:
         await env.shutdown()
 
 
+ACK_OUT = Path(__file__).with_name("histories") / (
+    "ack_during_attempt.ticket-H-ack-during-attempt.json"
+)
+
+
+async def ack_during_attempt(out: str) -> None:
+    """On the dev server (the time-skipping one never resolves this race): the breach's
+    message to the duty manager hangs 2 s and fails, and the agent acknowledges during
+    that attempt (CANCELLED_ATTEMPT_SUPERSEDED)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = DevServer(Path(tmp), in_memory=True, extra_args=SDK_DYNAMIC_CONFIG)
+        await server.start()
+        try:
+            client = await connect(server.address)
+            await register_search_attributes(WorkflowEnvironment.from_client(client))
+            queue = f"tq-{uuid.uuid4()}"
+            fakes = FakeActivities()
+            fakes.unreachable.add("duty-manager")
+            fakes.hang = timedelta(seconds=2)
+            now = datetime.now(UTC).replace(microsecond=0)
+            data = ticket("H-ack-during-attempt", tier="premium", severity="sev2")
+            data = data.model_copy(update={"opened_at": now - H + 2 * S})
+            key = f"{data.workflow_id}/breach/duty-manager"
+            async with worker_with(client, queue, fakes.activities()):
+                await client.start_workflow(
+                    "SupportTicket", data, id=data.workflow_id, task_queue=queue
+                )
+                handle = client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+                await eventually("the attempt", lambda: key in fakes.attempts, 15, every=0.02)
+                await handle.execute_update("acknowledge", Acknowledge(agent="alice"))
+
+                async def outcome() -> TicketStatus | None:
+                    status = await handle.query("status", result_type=TicketStatus)
+                    kinds = {h.kind for h in status.history}
+                    return status if kinds & {"step_superseded", "notification_failed"} else None
+
+                await eventually("the breach's outcome", outcome, 15, every=0.05)
+                await handle.execute_update("resolve", Resolve(by="alice"))
+                await handle.result()
+                history = await handle.fetch_history()
+                await asyncio.to_thread(Path(out).write_text, history.to_json())
+                print("recorded", out, len(history.events))
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else str(OUT)))
+    # python -m tests.record_fake_histories [resume|ack] [OUT]
+    which = sys.argv[1] if len(sys.argv) > 1 else "resume"
+    if which == "ack":
+        asyncio.run(ack_during_attempt(sys.argv[2] if len(sys.argv) > 2 else str(ACK_OUT)))
+    else:
+        asyncio.run(main(sys.argv[2] if len(sys.argv) > 2 else str(OUT)))

@@ -18,6 +18,7 @@ The real activities, with HTTP sinks, SMTP and SQLite or PostgreSQL, are tested 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -62,6 +63,8 @@ class FakeActivities:
     unreachable: set[str] = field(default_factory=set)
     # The retry delay such a failure asks for (None: the activity's retry policy decides).
     retry_after: timedelta | None = None
+    # How long (real time) such an attempt hangs before it fails, as a timing-out sink does.
+    hang: timedelta | None = None
     page_updates: list[PageUpdate] = field(default_factory=list)
     _events: dict[str, SlaEvent] = field(default_factory=dict)
     _outcomes: dict[str, TicketOutcome] = field(default_factory=dict)
@@ -131,6 +134,8 @@ class FakeActivities:
             delivered.append(recipient.name)
             channels[recipient.name] = recipient.channels[0].type.value
         if down:
+            if self.hang is not None:
+                await asyncio.sleep(self.hang.total_seconds())
             raise ApplicationError(
                 "delivery failed for " + ", ".join(down),
                 DeliveryFailureDetails(delivered=delivered).model_dump(

@@ -12,6 +12,7 @@ old release, which is why a rollback is unsafe once new tickets have started.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
@@ -20,7 +21,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from contract.models import Resolve, TicketState, TicketStatus
+from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
 from harness.processes import eventually
 from tests.conftest import quiet, ticket
 from tests.workflow.fakes import FakeActivities
@@ -124,3 +125,50 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
     rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
     assert rollback.replay_failure is not None
     assert "nondetermin" in str(rollback.replay_failure).lower()
+
+
+async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_superseded_not_failed(
+    dev_server: WorkflowEnvironment,
+) -> None:
+    """On the real server (the time-skipping one never resolves this race): the breach's
+    message to the duty manager hangs 2 s and fails, as a chat timing out does, and the
+    agent acknowledges during that attempt. The activity hears of the cancellation only
+    when the attempt ends, with its failure: the step is moot, so it is recorded as
+    superseded (the support lead, reached, stays delivered), never as a failed
+    notification. The chat-outage drill counted 22 such steps as lost
+    (CANCELLED_ATTEMPT_SUPERSEDED)."""
+    client = dev_server.client
+    queue = f"tq-{uuid.uuid4()}"
+    fakes = FakeActivities()
+    fakes.unreachable.add("duty-manager")
+    fakes.hang = timedelta(seconds=2)
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Opened an hour ago less 2 s: Premium's breach (1 h) falls due in 2 s.
+    data = ticket(f"V-ACK-{uuid.uuid4().hex[:6]}", tier="premium", severity="sev2")
+    data = data.model_copy(update={"opened_at": now - timedelta(hours=1) + timedelta(seconds=2)})
+    key = f"{data.workflow_id}/breach/duty-manager"
+    async with worker_with(client, queue, fakes.activities()):
+        await client.start_workflow("SupportTicket", data, id=data.workflow_id, task_queue=queue)
+        handle = client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
+        await eventually(
+            "the breach's first attempt", lambda: key in fakes.attempts, 15, every=0.02
+        )
+        await handle.execute_update("acknowledge", Acknowledge(agent="alice"))
+
+        async def outcome() -> TicketStatus | None:
+            status = await handle.query("status", result_type=TicketStatus)
+            moot = [h for h in status.history if h.kind == "step_superseded"]
+            failed = [h for h in status.history if h.kind == "notification_failed"]
+            return status if moot or failed else None
+
+        status = await eventually("the breach's outcome", outcome, 15, every=0.05)
+        [record] = [e for e in status.escalations if e.step == "breach"]
+        assert record.superseded_at is not None and record.failed == [], status.history
+        assert "notification_failed" not in [h.kind for h in status.history]
+        assert fakes.attempts.count(key) == 1  # cancelled, never retried
+        await handle.execute_update("resolve", Resolve(by="alice"))
+        await handle.result()
+    events = await fakes.events(status.ticket_id)
+    [breached] = [e for e in events if e.kind == "breached"]
+    assert breached.detail["delivered"] == ["support-lead"]
+    assert [e.kind for e in events].count("step_superseded") >= 1

@@ -24,7 +24,7 @@ from workflows.activity_options import (
 )
 from workflows.ticket import targets
 from workflows.ticket.events import Event, Record
-from workflows.ticket.patches import BATCHED_LEDGER_WRITES
+from workflows.ticket.patches import BATCHED_LEDGER_WRITES, CANCELLED_ATTEMPT_SUPERSEDED
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
@@ -178,6 +178,11 @@ class Outbox:
             details = DeliveryFailureDetails.of(
                 cause if isinstance(cause, ApplicationError) else None
             )
+            if _cancel_requested() and workflow.patched(CANCELLED_ATTEMPT_SUPERSEDED):
+                # The acknowledgement cancelled it while an attempt was failing (an activity
+                # learns of a cancellation only between attempts): moot, not failed.
+                self._superseded_by_ack(request, record, details.delivered or [])
+                return
             # Only the ledger behind: its own outcome; else who was not reached.
             record.failed = details.undelivered(request.recipients, str(cause or err))
             # The activity writes the step's ledger events only when it succeeds.
@@ -214,12 +219,15 @@ class Outbox:
             event = request.event
             self._write_ledger(event.model_copy(update={"detail": {**event.detail, **outcome}}))
 
-    def _superseded_by_ack(self, request: StepDelivery, record: EscalationRecord) -> None:
-        """A delivery the acknowledgement cancelled before it was sent: recorded as
-        superseded on the ticket and in the ledger (with the events it carried)."""
+    def _superseded_by_ack(
+        self, request: StepDelivery, record: EscalationRecord, delivered: list[str] | None = None
+    ) -> None:
+        """A delivery the acknowledgement cancelled before it was sent (to everyone but
+        ``delivered``): recorded as superseded on the ticket and in the ledger (with the
+        events it carried)."""
         now = workflow.now()
         record.superseded_at = now
-        self._write_carried(request, {"delivered": []})
+        self._write_carried(request, {"delivered": delivered or []})
         self._emit(
             Event(
                 "step_superseded",
@@ -416,3 +424,10 @@ class Outbox:
 def current_search_attributes() -> dict[str, Any]:
     """The search attributes this run started with (set at intake, or carried over)."""
     return {key.name: workflow.info().typed_search_attributes.get(key) for key in sa.ALL}
+
+
+def _cancel_requested() -> bool:
+    """Whether the running delivery task was asked to stop (an acknowledgement made it
+    moot), even if the activity then failed instead of acknowledging the cancellation."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -28,6 +28,9 @@ KEEP_WAKE_TIMER = "keep-wake-timer"
 # POLICY_RETRY_AFTER; before, the pause was dropped and the clocks ran on their old
 # deadlines.
 RESUME_AWAITS_PLAN = "resume-awaits-plan"
+# A delivery an acknowledgement cancelled while its attempt was failing is recorded as
+# superseded (moot), as one cancelled between attempts is; before, as a failed delivery.
+CANCELLED_ATTEMPT_SUPERSEDED = "cancelled-attempt-superseded"
 # The requester of a Community ticket confirms their address: the same ticket takes the
 # contract (before: the signal had no handler; intake opened a second ticket).
 VERIFY_IN_PLACE = "verify-requester-in-place"
