@@ -218,8 +218,9 @@ def _add_policy_commands(sub: Any, ticket_id: Any) -> None:
         "--limit",
         metavar="N",
         type=int,
-        default=MAX_LIMIT,
-        help=f"read at most N running tickets, newest first (default {MAX_LIMIT})",
+        default=argparse.SUPPRESS,
+        help="read at most N running tickets, newest first, and say what was left out"
+        " (default: every running ticket)",
     )
     diff.add_argument("--json", action="store_true")
     _add_ledger_url(diff)
@@ -249,8 +250,9 @@ def _add_policy_commands(sub: Any, ticket_id: Any) -> None:
         "--limit",
         metavar="N",
         type=int,
-        default=MAX_LIMIT,
-        help=f"--all-open: read at most N running tickets (default {MAX_LIMIT})",
+        default=argparse.SUPPRESS,
+        help="--all-open: read at most N running tickets, newest first, and say what was"
+        " left out (default: every running ticket)",
     )
     adopt.add_argument("--json", action="store_true")
     _add_ledger_url(adopt)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,9 +26,12 @@ from contract.client import (
     ActionRefused,
     TicketDetails,
     TicketError,
+    TicketSummary,
     TicketUnavailable,
     apply_action,
-    list_tickets,
+    build_query,
+    by_time_to_breach,
+    summary_of,
     ticket_details,
 )
 from contract.models import AdoptPolicy, TicketState, TicketStatus
@@ -62,6 +66,29 @@ async def bounded(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
             return await call()
 
     return await asyncio.gather(*(one(call) for call in calls))
+
+
+async def running_tickets(
+    client: Client, limit: int | None
+) -> tuple[list[TicketSummary], str | None]:
+    """Every running ticket (all pages of the running-ticket query ``list_tickets`` uses),
+    sorted by time to breach; with ``limit`` (``--limit``) at most that many, newest first.
+    The second value says what a cap left out ("read N of M running tickets; ..."), None
+    when every running ticket was read."""
+    query = build_query(running=True)
+    found = [summary_of(e) async for e in client.list_workflows(query, limit=limit)]
+    cut = None
+    if limit is not None and len(found) >= limit:
+        total = (await client.count_workflows(query)).count
+        if total > len(found):
+            cut = (
+                f"read {len(found)} of {total} running tickets; the other"
+                f" {total - len(found)} (the oldest) were left out (--limit {limit})"
+            )
+    if cut is not None:
+        sys.stderr.write(f"warning: {cut}\n")
+        sys.stderr.flush()
+    return by_time_to_breach(found), cut
 
 
 def read_policy_file(file: str | None) -> tuple[Path, str, Policy]:
@@ -192,7 +219,7 @@ async def policy_diff_command(
     would differ. Acknowledged tickets keep their deadline on adoption and have no pending
     steps, so only open ones are compared."""
     path, text, new = file
-    running = await list_tickets(client, running=True, limit=args.limit)
+    running, cut = await running_tickets(client, getattr(args, "limit", None))
     found = await bounded([partial(_details, client, t.ticket_id) for t in running])
     diffs: list[TicketDiff] = []
     to_compare: list[tuple[TicketDiff, TicketStatus]] = []
@@ -253,6 +280,7 @@ async def policy_diff_command(
                 "unchanged": unchanged,
                 "not_compared": [d.as_json() for d in uncompared],
                 "not_open": not_open,
+                "cut": cut,
             },
             out,
         )
@@ -266,6 +294,8 @@ async def policy_diff_command(
             lines += [f"  {c.what.ljust(width)}{c.before} -> {c.after}" for c in d.changes]
         for d in uncompared:
             lines.append(f"{d.ticket_id}  not compared: {d.problem}")
+        if cut:
+            lines.append(f"cut: {cut}")
         lines.append(
             f"{len(changed)} would change, {len(unchanged)} unchanged,"
             f" {len(uncompared)} not compared; {not_open} acknowledged or routed (their"
@@ -365,8 +395,9 @@ async def policy_adopt_command(args: argparse.Namespace, adopt: AdoptPolicy, out
             " (support-ops policy archive FILE)"
         )
     client = await connect_or_fail()
+    cut = None
     if args.all_open:
-        running = await list_tickets(client, running=True, limit=args.limit)
+        running, cut = await running_tickets(client, getattr(args, "limit", None))
         ids = [
             t.ticket_id
             for t in running
@@ -386,11 +417,14 @@ async def policy_adopt_command(args: argparse.Namespace, adopt: AdoptPolicy, out
                 "by": adopt.by,
                 "reason": adopt.reason,
                 "tickets": [a.as_json() for a in adoptions],
+                "cut": cut,
             },
             out,
         )
     else:
         lines = [a.line(adopt.version) for a in adoptions]
+        if cut:
+            lines.append(f"cut: {cut}")
         lines.append(
             f"policy {adopt.version}: {counts['moved']} moved, {counts['queued']} queued,"
             f" {counts['refused']} refused, {counts['failed']} failed,"

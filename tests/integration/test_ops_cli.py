@@ -907,27 +907,72 @@ async def ledger_events(url: str, ticket_id: str, kind: str) -> list[Any]:
 async def test_policy_adopt_all_open_moves_every_running_ticket_not_already_on_it(
     tickets: Tickets, run_ops: Ops, tmp_path: Path
 ) -> None:
-    """Last in the module: it moves the module's open tickets to another version."""
+    """Last in the module: it moves the module's open tickets to another version. Every
+    running ticket, not the newest N: a ``--limit`` below their number is a cap the
+    output names (``cut``, stdout and stderr), never a silent cut."""
     version = f"all-{tickets.run}"
     ledger = ["--ledger-url", tickets.ledger_url]
-    assert (
-        await run_ops.inline("policy", "archive", str(premium_in(tmp_path, version)), *ledger)
-    ).returncode == 0
-    adopt = ["policy", "adopt", "--version", version, "--all-open", "--by", "ops-lead", *ledger]
-    done = await run_ops.process(*adopt, "--json")
-    assert done.returncode == 0, done.stdout + done.stderr
-    outcomes = {t["ticket_id"]: t["outcome"] for t in json.loads(done.stdout)["tickets"]}
-    assert outcomes[tickets.premium] == outcomes[tickets.community] == "moved"
-    assert set(outcomes.values()) == {"moved"}
-    running = await list_tickets(tickets.client, running=True)
-    for summary in running:
-        status = await ticket_status(tickets.client, summary.ticket_id)
-        assert status is not None and status.policy_version == version, summary.ticket_id
-    again = await run_ops.inline(*adopt)
-    assert again.returncode == 0
-    assert again.stdout.splitlines()[-1] == (
-        f"policy {version}: 0 moved, 0 queued, 0 refused, 0 failed, {len(outcomes)} already on it"
+    policy_file = premium_in(tmp_path, version)
+    assert (await run_ops.inline("policy", "archive", str(policy_file), *ledger)).returncode == 0
+    # A few more open tickets than the cap below, beside the module's.
+    extra = await open_and_plan(
+        tickets,
+        *(ticket(f"ALL-{i}-{tickets.run}", customer_id=f"all-{tickets.run}") for i in range(4)),
     )
+    query = build_query(running=True)
+    try:
+        total = (await tickets.client.count_workflows(query)).count
+        assert total >= len(extra) + 2
+        cut = (
+            f"read 2 of {total} running tickets; the other {total - 2} (the oldest) were left"
+            " out (--limit 2)"
+        )
+        diff = await run_ops.process(
+            "policy", "diff", str(policy_file), "--limit", "2", "--json", *ledger
+        )
+        assert json.loads(diff.stdout)["cut"] == cut, diff.stderr
+        assert diff.stderr == f"warning: {cut}\n"
+        whole = await run_ops.inline("policy", "diff", str(policy_file), "--json", *ledger)
+        assert json.loads(whole.stdout)["cut"] is None
+
+        adopt = ["policy", "adopt", "--version", version, "--all-open", "--by", "ops-lead"]
+        adopt += ledger
+        capped = await run_ops.process(*adopt, "--limit", "2")
+        assert capped.returncode == 0, capped.stdout + capped.stderr
+        assert capped.stderr == f"warning: {cut}\n"
+        assert capped.stdout.splitlines()[-2:] == [
+            f"cut: {cut}",
+            f"policy {version}: 2 moved, 0 queued, 0 refused, 0 failed, 0 already on it",
+        ]
+        # The newest two running: this test's last tickets.
+        newest = {line.split(":")[0] for line in capped.stdout.splitlines()[:-2]}
+        assert newest == {extra[-1].ticket_id, extra[-2].ticket_id}
+
+        done = await run_ops.process(*adopt, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stderr == ""
+        report = json.loads(done.stdout)
+        assert report["cut"] is None
+        outcomes = {t["ticket_id"]: t["outcome"] for t in report["tickets"]}
+        assert outcomes[tickets.premium] == outcomes[tickets.community] == "moved"
+        assert outcomes[extra[0].ticket_id] == outcomes[extra[1].ticket_id] == "moved"
+        # The two the capped run moved are already on it; every other one moves now.
+        assert {i for i, o in outcomes.items() if o != "moved"} == newest
+        assert {outcomes[i] for i in newest} == {"skipped"}
+        # Every running ticket, each page of the query: all on the version now.
+        running = [w.id.removeprefix("ticket-") async for w in tickets.client.list_workflows(query)]
+        assert len(running) == total and set(running) == outcomes.keys()
+        for ticket_id in running:
+            status = await ticket_status(tickets.client, ticket_id)
+            assert status is not None and status.policy_version == version, ticket_id
+        again = await run_ops.inline(*adopt)
+        assert again.returncode == 0
+        assert again.stdout.splitlines()[-1] == (
+            f"policy {version}: 0 moved, 0 queued, 0 refused, 0 failed,"
+            f" {len(outcomes)} already on it"
+        )
+    finally:
+        await close_all(tickets, *(s.ticket_id for s in extra))
 
 
 async def test_reply_and_wait_act_through_the_update_and_show_lists_the_wait(
