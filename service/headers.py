@@ -50,51 +50,50 @@ def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[byte
     return headers + [(k, v) for k, v in ENCODED_HEADERS if k not in present]
 
 
-class SecurityHeaders:
-    """ASGI middleware: adds ``SECURITY_HEADERS`` to every HTTP response that does not set
-    its own value of one (``/docs`` sets its own Content-Security-Policy)."""
+class HeaderRewrite:
+    """ASGI middleware that rewrites the headers of every HTTP response ``app`` starts
+    (``rewrite``); anything else passes through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    def rewrite(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_rewritten(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = with_security_headers(list(message.get("headers", [])))
+                headers = self.rewrite(list(message.get("headers", [])))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_rewritten)
+
+
+class SecurityHeaders(HeaderRewrite):
+    """Adds ``SECURITY_HEADERS`` to every HTTP response that does not set its own value of
+    one (``/docs`` sets its own Content-Security-Policy)."""
+
+    def rewrite(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return with_security_headers(headers)
 
 
 NO_STORE = (b"cache-control", b"no-store")
 
 
-class NoStore:
-    """ASGI middleware: ``Cache-Control: no-store`` on every HTTP response of ``app`` (that
-    sets no ``Cache-Control`` itself), for answers no cache may keep: the codec server's
+class NoStore(HeaderRewrite):
+    """``Cache-Control: no-store`` on every HTTP response of ``app`` (that sets no
+    ``Cache-Control`` itself), for answers no cache may keep: the codec server's
     decrypted payloads are ticket data in plain text."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_no_store(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if all(name.lower() != NO_STORE[0] for name, _ in headers):
-                    message = {**message, "headers": [*headers, NO_STORE]}
-            await send(message)
-
-        await self.app(scope, receive, send_no_store)
+    def rewrite(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if any(name.lower() == NO_STORE[0] for name, _ in headers):
+            return headers
+        return [*headers, NO_STORE]
 
 
 class SecureApp(FastAPI):

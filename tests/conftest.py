@@ -122,6 +122,26 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
         await environment.shutdown()
 
 
+@asynccontextmanager
+async def busy_visibility_server(directory: Path) -> AsyncIterator[DevServer]:
+    """A dev server of a test's own, in memory, whose visibility answers more than the
+    default 10 requests a second (a windowed board read takes a few counts per page)."""
+    server = DevServer(
+        directory,
+        in_memory=True,
+        extra_args=[
+            *SDK_DYNAMIC_CONFIG,
+            "--dynamic-config-value",
+            "frontend.namespaceRPS.visibility=10000",
+        ],
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def dev_server(
     tmp_path_factory: pytest.TempPathFactory,

@@ -4,7 +4,6 @@ status, agent actions through the ticket's updates and their refusals."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from contract.models import CustomerReply, Tier
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from harness.serve import serve
-from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
+from harness.temporal import connect
 from intake.core import Scope
 from service.app import create_app
 from service.auth import Settings, TokenConfigError, parse_scopes, parse_tokens
-from tests.conftest import Stack, now_second
+from tests.conftest import Stack, busy_visibility_server, now_second
 from tests.integration.conftest import intake_body
 
 INTAKE = "intake-token-0123456789"  # acme-portal: acme and globex, up to premium
@@ -696,17 +695,7 @@ async def flooded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flo
     tier), then ``FLOOD`` newer Community tickets. Opened through the intake core, which
     sets every search attribute at start, on a task queue no worker polls: the listing
     reads visibility only."""
-    server = DevServer(
-        tmp_path_factory.mktemp("flood"),
-        in_memory=True,
-        extra_args=[
-            *SDK_DYNAMIC_CONFIG,
-            "--dynamic-config-value",
-            "frontend.namespaceRPS.visibility=10000",
-        ],
-    )
-    await server.start()
-    try:
+    async with busy_visibility_server(tmp_path_factory.mktemp("flood")) as server:
         client = await connect(server.address)
         idle = f"tq-flood-{uuid.uuid4()}"
 
@@ -727,8 +716,6 @@ async def flooded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flo
         app = create_app(client=client, settings=settings(), queue=idle)
         async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield Flooded(http, sev1, flood)
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def listing(flooded: Flooded, token: str, **params: Any) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from contract.models import (
 )
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually
-from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
+from harness.temporal import connect
 from intake.core import CLI, intake
 from ledger.store import SqlLedger
 from ops import cli as ops
@@ -67,6 +67,7 @@ from starter import open_ticket
 from tests.conftest import (
     ROOT,
     Stack,
+    busy_visibility_server,
     policy_resolved,
     sqlite_ledger,
     terminate_open,
@@ -1114,17 +1115,7 @@ async def flood(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flood
     counts): an open premium sev1, then ``FLOOD`` newer Community tickets. Opened through
     the intake core, which sets every search attribute at start, on a task queue no worker
     polls: the views read visibility only."""
-    server = DevServer(
-        tmp_path_factory.mktemp("flood"),
-        in_memory=True,
-        extra_args=[
-            *SDK_DYNAMIC_CONFIG,
-            "--dynamic-config-value",
-            "frontend.namespaceRPS.visibility=10000",
-        ],
-    )
-    await server.start()
-    try:
+    async with busy_visibility_server(tmp_path_factory.mktemp("flood")) as server:
         client = await connect(server.address)
         idle = f"tq-flood-{uuid.uuid4()}"
 
@@ -1143,8 +1134,6 @@ async def flood(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Flood
 
         await eventually("the flood in visibility", listed, 30, every=0.1)
         yield Flood(client, server.address, sev1, flood)
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def on_flood(

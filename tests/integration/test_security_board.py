@@ -36,12 +36,12 @@ from contract import search_attributes as sa
 from contract.models import TicketState
 from harness.processes import eventually
 from harness.serve import serve
-from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
+from harness.temporal import connect
 from intake.core import CLI, intake
 from service.app import create_app
 from service.auth import Settings
 from service.pages import BOARD_PAGE_SIZE
-from tests.conftest import Stack, running_stack
+from tests.conftest import Stack, busy_visibility_server, running_stack
 
 AGENT = "agent-flood-0123456789"
 FLOOD = 600
@@ -185,17 +185,7 @@ async def crowded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cro
     visibility answers more than 10 requests a second (a page takes a few counts), with an
     open overdue ticket and an open ticket without a deadline, then a newer flood of each
     kind the board shows, and tickets it does not. No worker: visibility only."""
-    server = DevServer(
-        tmp_path_factory.mktemp("crowded"),
-        in_memory=True,
-        extra_args=[
-            *SDK_DYNAMIC_CONFIG,
-            "--dynamic-config-value",
-            "frontend.namespaceRPS.visibility=10000",
-        ],
-    )
-    await server.start()
-    try:
+    async with busy_visibility_server(tmp_path_factory.mktemp("crowded")) as server:
         client = await connect(server.address)
         queue = f"tq-crowd-{uuid.uuid4()}"
         gate = asyncio.Semaphore(40)
@@ -249,8 +239,6 @@ async def crowded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cro
 
         await eventually("the second flood in visibility", all_listed, 60, every=0.2)
         yield crowd
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_a_flood_of_every_kind_read_by_windows_shows_each_open_ticket_once_in_order(
