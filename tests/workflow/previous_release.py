@@ -11,7 +11,7 @@ from temporalio import workflow
 from temporalio.common import RawValue
 
 with workflow.unsafe.imports_passed_through():
-    from contract.models import TicketStatus
+    from contract.models import TicketPlan, TicketStatus
     from workflows.statement_of_work import StatementOfWork
     from workflows.ticket import SupportTicket
 
@@ -32,4 +32,19 @@ class TicketBeforeBatching(SupportTicket):
         return False
 
 
+@workflow.defn(name="SupportTicket")
+class TicketBeforeTargets(SupportTicket):
+    """Before ``SLA_TARGETS``: a ticket keeps the first response only (no next-reply or
+    resolution clock), whatever its tier's policy says."""
+
+    @workflow.run
+    async def run(self, raw: RawValue) -> TicketStatus:
+        return await super().run(raw)
+
+    def _start_clocks(self, plan: TicketPlan) -> None:
+        return None
+
+
 PREVIOUS_RELEASE: Sequence[type] = [TicketBeforeBatching, StatementOfWork]
+# The release before the targets (SLA_TARGETS).
+BEFORE_TARGETS: Sequence[type] = [TicketBeforeTargets, StatementOfWork]

@@ -14,18 +14,30 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from contract.models import Acknowledge, Resolve, TicketState, TicketStatus
+from contract.models import (
+    Acknowledge,
+    AgentReply,
+    CustomerReply,
+    Metric,
+    Resolve,
+    TicketState,
+    TicketStatus,
+)
+from harness.policy import with_targets, write_policy
 from harness.processes import eventually
+from policy.schema import POLICY_FILE_ENV
 from tests.conftest import quiet, ticket
 from tests.workflow.fakes import FakeActivities
-from tests.workflow.previous_release import PREVIOUS_RELEASE
+from tests.workflow.previous_release import BEFORE_TARGETS, PREVIOUS_RELEASE
 from worker import worker_with
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES
@@ -172,3 +184,72 @@ async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_supersede
     [breached] = [e for e in events if e.kind == "breached"]
     assert breached.detail["delivered"] == ["support-lead"]
     assert [e.kind for e in events].count("step_superseded") >= 1
+
+
+async def test_a_ticket_opened_before_the_targets_keeps_the_first_response_only(
+    dev_server: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLA_TARGETS crossing a deploy: under a policy whose Premium tier has next-reply and
+    resolution targets, a ticket the release before opened keeps the old branch after the
+    new worker takes over (the replay of its start finds no marker, and the SDK keeps that
+    answer for the run): the first response only, and agent_reply refused with why (it is
+    acknowledged instead). A ticket opened by the new worker has every target. Both
+    histories replay on the current code."""
+    monkeypatch.setenv(
+        POLICY_FILE_ENV, str(write_policy(tmp_path, with_targets("premium", "PT4H", "P1D")))
+    )
+    client = dev_server.client
+    queue = f"tq-{uuid.uuid4()}"
+    fakes = FakeActivities()
+    old = ticket(f"V-PRE-{uuid.uuid4().hex[:6]}", tier="premium")
+    new = ticket(f"V-TGT-{uuid.uuid4().hex[:6]}", tier="premium")
+    async with worker_with(client, queue, fakes.activities(), BEFORE_TARGETS):
+        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, old.workflow_id)
+    async with worker_with(client, queue, fakes.activities()):
+        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, new.workflow_id)
+        statuses: dict[str, TicketStatus] = {}
+        for t in (old, new):
+            handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
+            if t is old:
+                with pytest.raises(WorkflowUpdateFailedError) as refused:
+                    await handle.execute_update("agent_reply", AgentReply(agent="ana"))
+                assert str(refused.value.cause).endswith(
+                    f"cannot agent_reply: ticket {t.ticket_id} began before agent replies and"
+                    " waits on the customer existed (this run keeps the first response only);"
+                    " acknowledge or resolve it instead"
+                )
+                await handle.execute_update("acknowledge", Acknowledge(agent="ana"))
+            else:
+                await handle.execute_update("agent_reply", AgentReply(agent="ana"))
+            await handle.signal(
+                "customer_reply",
+                CustomerReply(received_at=datetime.now(UTC), reference=f"<{t.ticket_id}@x>"),
+            )
+
+            async def replied(
+                h: WorkflowHandle[Any, TicketStatus] = handle, first: bool = t is old
+            ) -> TicketStatus | None:
+                status = await h.query("status", result_type=TicketStatus)
+                kinds = [e.kind for e in status.history]
+                # The new ticket's next reply starts once its plan comes back.
+                done = "customer_reply" in kinds and (first or "next_reply_started" in kinds)
+                return status if done else None
+
+            statuses[t.ticket_id] = await eventually("the reply", replied, 15, every=0.05)
+            await handle.execute_update("resolve", Resolve(by="ana"))
+            await handle.result()
+    before, after = statuses[old.ticket_id], statuses[new.ticket_id]
+    assert before.state is after.state is TicketState.ACKNOWLEDGED
+    assert [t.metric for t in before.targets] == [Metric.FIRST_RESPONSE]
+    assert {t.metric for t in after.targets} == {
+        Metric.FIRST_RESPONSE,
+        Metric.RESOLUTION,
+        Metric.NEXT_REPLY,
+    }
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    for t in (old, new):
+        await current.replay_workflow(
+            await client.get_workflow_handle(t.workflow_id).fetch_history()
+        )

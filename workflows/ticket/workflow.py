@@ -863,8 +863,10 @@ class SupportTicket(Clocks):
         """A public answer to the customer: the first response if the ticket is still open
         (it acknowledges it), and the next reply the customer waits for."""
         status = self._state()
-        if status.state not in targets.LIVE or not workflow.patched(SLA_TARGETS):
+        if status.state not in targets.LIVE:
             return self._ignored(names.AGENT_REPLY, reply.agent, received)
+        if not workflow.patched(SLA_TARGETS):
+            return self._before_targets(names.AGENT_REPLY, reply.agent, received)
         at = transitions.acted_at(reply.at, received, status.opened_at)
         if status.state is TicketState.OPEN:
             ack = Acknowledge(agent=reply.agent, note="answered the customer", at=reply.at)
@@ -878,8 +880,10 @@ class SupportTicket(Clocks):
         """The ticket waits on the customer: its pausable clocks stop until the customer
         replies (the first response never pauses)."""
         status = self._state()
-        if status.state not in targets.LIVE or not workflow.patched(SLA_TARGETS):
+        if status.state not in targets.LIVE:
             return self._ignored(names.AWAIT_CUSTOMER, wait.by, at)
+        if not workflow.patched(SLA_TARGETS):
+            return self._before_targets(names.AWAIT_CUSTOMER, wait.by, at)
         refusal = self._waiting_refusal()
         if refusal:
             return refusal
@@ -968,6 +972,16 @@ class SupportTicket(Clocks):
             return [known[status.acknowledged_by]]
         intake = next((s for s in steps if s.kind is StepKind.INTAKE), None)
         return [r for r in (intake.recipients if intake else []) if r.role == "responder"]
+
+    def _before_targets(self, what: str, by: str, at: datetime) -> str:
+        """A ticket whose run began before SLA_TARGETS keeps the old branch to its end: the
+        action is recorded as ignored, as then, and the refusal says why."""
+        self._ignored(what, by, at)
+        return (
+            f"cannot {what}: ticket {self._state().ticket_id} began before agent replies and"
+            " waits on the customer existed (this run keeps the first response only);"
+            " acknowledge or resolve it instead"
+        )
 
     def _ignored(self, what: str, by: str, at: datetime) -> str:
         event, why = transitions.ignored(self._state(), what, by, at, self._next("ignored"))
