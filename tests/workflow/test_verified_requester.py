@@ -32,6 +32,7 @@ from tests.conftest import (
     Stack,
     advance_to,
     open_now,
+    open_ticket_at,
     status_of,
     ticket,
     time_skipping,
@@ -175,7 +176,8 @@ async def test_an_acknowledgement_before_the_confirmation_is_the_first_response(
 ) -> None:
     env = stack.env
     t0, late = await open_now(stack, unverified())
-    _, early = await open_now(stack, unverified(reporter_email="ops@bank.example"))
+    # Opened at the same instant (a second open_now could fall in the next second).
+    early = await open_ticket_at(stack, unverified(reporter_email="ops@bank.example"), t0)
     await advance_to(env, t0 + 5 * M)
     await early.execute_update("acknowledge", Acknowledge(agent="alice", at=t0 + 5 * M))
     await advance_to(env, t0 + 20 * M)
