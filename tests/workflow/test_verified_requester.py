@@ -28,6 +28,7 @@ from contract.models import (
     TicketStatus,
     VerifyRequester,
 )
+from harness.processes import eventually
 from tests.conftest import (
     Stack,
     advance_to,
@@ -108,6 +109,12 @@ async def test_a_confirmed_requester_takes_the_contract_on_the_same_ticket_from_
     # The contract's first responders hear of it at once (the Community queue did at intake).
     told = await until_status(
         handle, "the contract's first responders told", lambda s: "verified_sent" in kinds(s)
+    )
+    # (the history says so when the delivery starts; the fake records it when it runs)
+    await eventually(
+        "the verified notices",
+        lambda: len(fakes.messages("verified-notice")) == len(SEV1_INTAKE),
+        every=0.02,
     )
     assert sorted(m.recipient for m in fakes.messages("verified-notice")) == SEV1_INTAKE
     assert [m.recipient for m in fakes.messages("intake")] == ["community-queue"]
@@ -198,6 +205,9 @@ async def test_an_acknowledgement_before_the_confirmation_is_the_first_response(
         status = await status_of(handle)
         assert [e.step for e in status.escalations] == ["intake"]
         assert "verified_sent" in kinds(status)
+    await eventually(
+        "both tickets' notices", lambda: len(fakes.messages("verified-notice")) == 8, every=0.02
+    )
     notices = [m.key.split("/")[0] for m in fakes.messages("verified-notice")]
     assert sorted(notices) == sorted([early.id] * 4 + [late.id] * 4)
 
