@@ -136,6 +136,12 @@ class TicketSummary(BaseModel):
 # --- queries ------------------------------------------------------------------------------
 
 
+def _check_count(field: str, value: object, most: int) -> None:
+    """Refuse ``value`` unless it is a whole number from 1 to ``most`` (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InvalidArgument(f"{field}: {value!r} is not a number from 1 to {most}")
+
+
 def _member(enum: type[E], value: E | str, field: str) -> E:
     try:
         return enum(value)
@@ -278,8 +284,7 @@ async def list_tickets(
     open tickets across all of them, and says when a listing is cut). Visibility is
     eventually consistent: a ticket opened or changed a moment ago may show its previous
     state for a moment."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(f"limit: {limit!r} is not a number from 1 to {MAX_LIMIT}")
+    _check_count("limit", limit, MAX_LIMIT)
     query = build_query(
         state=state,
         tier=tier,
@@ -740,10 +745,8 @@ async def read_listing(
     executions, as visibility returns them, and sorts them: the ``Listing`` says when more
     match. ``where``: a clause the caller built from checked values only (an integration's
     customers), added to either query."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(f"limit: {limit!r} is not a number from 1 to {MAX_LIMIT}")
-    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= MAX_BOARD_PAGE:
-        raise InvalidArgument(f"page: {page!r} is not a number from 1 to {MAX_BOARD_PAGE}")
+    _check_count("limit", limit, MAX_LIMIT)
+    _check_count("page", page, MAX_BOARD_PAGE)
     wanted = None if state is None else _member(TicketState, state, "state")
     on_board = wanted in BOARD_STATES if wanted is not None else attention
     ranked = on_board and running is not False
