@@ -74,7 +74,6 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import ActivityInboundInterceptor, ActivityOutboundInterceptor
 
@@ -95,6 +94,7 @@ from contract.models import (
 )
 from intake.core import open_ticket
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from runtime.logs import configure_logging, core_runtime
 from tests.conftest import (
     Stack,
@@ -299,7 +299,7 @@ def _activity_calls(history: WorkflowHistory) -> Iterator[_ActivityCall]:
 
 
 def _decode(payloads: Payloads, type_: type[T]) -> T:
-    converter = pydantic_data_converter.payload_converter
+    converter = support_data_converter.payload_converter
     decoded: T = converter.from_payloads(payloads.payloads, [type_])[0]
     return decoded
 
@@ -729,7 +729,7 @@ def to_json(costs: Sequence[PathCost]) -> str:
 async def measure_on_own_server() -> list[PathCost]:
     """The paths on a time-skipping server of their own."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=core_runtime(),  # the SDK core's warnings through logging, on stderr
     )

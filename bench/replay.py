@@ -47,13 +47,13 @@ from typing import Any
 import httpx
 from google.protobuf.message import Message
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, WorkflowRunner
 
 from intake.core import open_ticket
 from policy.load import default_policy_path, load_policy
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from runtime.logs import configure_logging, core_runtime
 from tests.conftest import (
     advance_to,
@@ -211,7 +211,7 @@ async def replay_seconds(history: WorkflowHistory, runner: WorkflowRunner, repea
     """Median seconds to replay ``history`` with ``runner``, after one warm-up replay."""
     replayer = Replayer(
         workflows=ALL_WORKFLOWS,
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         workflow_runner=runner,
     )
     await replayer.replay_workflow(history)
@@ -301,7 +301,7 @@ async def measure_on_own_server(
     if os.environ.get(POLICY_FILE_ENV):
         raise RuntimeError(f"{POLICY_FILE_ENV} is set: the replay is for the default policy")
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=core_runtime(),
     )

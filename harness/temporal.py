@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from contract.search_attributes import cli_flags
 from harness.processes import (
@@ -44,6 +43,7 @@ from harness.processes import (
     tail,
     terminate,
 )
+from runtime.converter import support_data_converter
 
 TEMPORAL = Path(sys.executable).parent / "temporal"
 ADDRESS_IN_USE = "address already in use"
@@ -266,7 +266,7 @@ async def connect(address: str, seconds: float = 60) -> Client:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return await Client.connect(address, data_converter=pydantic_data_converter)
+            return await Client.connect(address, data_converter=support_data_converter)
         except RuntimeError:
             if time.monotonic() > deadline:
                 raise

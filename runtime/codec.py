@@ -33,12 +33,13 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
 )
+
+from runtime.converter import support_data_converter
 
 KEYS_ENV = "SUPPORT_CODEC_KEYS"
 KEYS_FILE_ENV = "SUPPORT_CODEC_KEYS_FILE"
@@ -174,9 +175,9 @@ def data_converter(codec: PayloadCodec | None) -> DataConverter:
     """The project's converter (pydantic), encrypting payloads and failure messages with
     ``codec`` when given; without it, encrypted payloads are refused with a clear error."""
     if codec is None:
-        return dataclasses.replace(pydantic_data_converter, payload_codec=KeylessCodec())
+        return dataclasses.replace(support_data_converter, payload_codec=KeylessCodec())
     return dataclasses.replace(
-        pydantic_data_converter,
+        support_data_converter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

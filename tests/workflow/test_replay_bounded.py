@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from bench.replay import history_sizes
 from harness.policy import write_policy
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from tests.conftest import Stack, advance_to, now_second, open_ticket_at, ticket
 from tests.record_histories import runs_of
 from worker import WORKFLOW_RUNNER
@@ -49,7 +49,7 @@ async def test_every_run_of_a_long_escalation_stays_within_the_history_limit(
     # The latest run, carrying the ticket's state, replays (sandboxed, as the tests run).
     replayer = Replayer(
         workflows=ALL_WORKFLOWS,
-        data_converter=pydantic_data_converter,
+        data_converter=support_data_converter,
         workflow_runner=WORKFLOW_RUNNER,
     )
     await replayer.replay_workflow(runs[-1])

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -35,6 +34,7 @@ from contract.models import (
 from harness.policy import with_targets, write_policy
 from harness.processes import eventually
 from policy.schema import POLICY_FILE_ENV
+from runtime.converter import support_data_converter
 from tests.conftest import quiet, ticket
 from tests.workflow.fakes import FakeActivities
 from tests.workflow.previous_release import BEFORE_TARGETS, PREVIOUS_RELEASE
@@ -130,10 +130,10 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
         kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
         assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
 
-    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
     for history in (old_history, new_history):
         await current.replay_workflow(history)
-    previous = Replayer(workflows=PREVIOUS_RELEASE, data_converter=pydantic_data_converter)
+    previous = Replayer(workflows=PREVIOUS_RELEASE, data_converter=support_data_converter)
     rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
     assert rollback.replay_failure is not None
     assert "nondetermin" in str(rollback.replay_failure).lower()
@@ -248,7 +248,7 @@ async def test_a_ticket_opened_before_the_targets_keeps_the_first_response_only(
         Metric.RESOLUTION,
         Metric.NEXT_REPLY,
     }
-    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter)
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
     for t in (old, new):
         await current.replay_workflow(
             await client.get_workflow_handle(t.workflow_id).fetch_history()
