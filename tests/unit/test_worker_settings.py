@@ -3,6 +3,7 @@
 from __future__ import annotations
 import __future__
 
+import gc
 import importlib
 import inspect
 import pkgutil
@@ -19,8 +20,10 @@ import workflows
 from worker import (
     CACHE_ENV,
     DEFAULT_WORKFLOW_CACHE,
+    GC_THRESHOLDS,
     SANDBOX_ENV,
     WORKFLOW_RUNNER,
+    tune_garbage_collector,
     workflow_cache,
     workflow_runner,
 )
@@ -91,3 +94,14 @@ def test_the_worker_runs_tickets_unsandboxed_by_default_and_the_tests_sandboxed(
     monkeypatch.setenv(SANDBOX_ENV, "yes")
     with pytest.raises(SystemExit, match=f"{SANDBOX_ENV}: expected 0 or 1, got 'yes'"):
         workflow_runner()
+
+
+def test_the_worker_collects_cycles_rarely_and_leaves_start_up_out() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS == (50_000, 20, 20)
+        assert gc.get_freeze_count() > 0  # start-up's objects: out of every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
