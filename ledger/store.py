@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import event, or_, select
+from sqlalchemy import bindparam, event, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, CursorResult, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from contract.models import SlaEvent, TicketOutcome
@@ -106,6 +106,9 @@ class SqlLedger:
         self.dialect = engine.dialect.name
         # SQLite has one writer at a time; queue writers here rather than on its file lock.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # The hot statements, compiled once for this engine's dialect (on first use, when
+        # the dialect has met its database).
+        self._prepared: _Statements | None = None
 
     @classmethod
     def from_url(cls, url: str | None = None) -> SqlLedger:
@@ -172,17 +175,15 @@ class SqlLedger:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     async def append(self, events: Sequence[SlaEvent]) -> int:
-        async with self._writing() as conn:
-            return await self._append_in(conn, events)
+        added, _ = await self._write((), events, None)
+        return added
 
     async def save_outcome(self, outcome: TicketOutcome) -> bool:
-        async with self._writing() as conn:
-            result = await conn.execute(self._outcome_statement(outcome))
-        return result.rowcount > 0
+        _, saved = await self._write((), (), outcome)
+        return saved
 
     async def mark_delivered(self, key: str, ticket_id: str, channel: str) -> None:
-        async with self._writing() as conn:
-            await self._mark_in(conn, [(key, ticket_id, channel)])
+        await self._write([(key, ticket_id, channel)], (), None)
 
     async def record_delivery(
         self,
@@ -194,75 +195,44 @@ class SqlLedger:
         (key, ticket id, channel), the step's events and the ticket's row. One commit per
         delivery instead of one per row (the ledger was a sixth of the worker's time in a
         burst: the profile in bench/results/README.md). Returns how many events were new."""
+        added, _ = await self._write(delivered, events, outcome)
+        return added
+
+    async def _write(
+        self,
+        delivered: Sequence[tuple[str, str, str]],
+        events: Sequence[SlaEvent],
+        outcome: TicketOutcome | None,
+    ) -> tuple[int, bool]:
+        """The delivery log's rows, the events and the ticket's row, in that order and in
+        one transaction; returns how many events were new and whether the ticket's row was
+        written. The rows are made here, on the event loop; the statements run in one
+        ``run_sync`` (one greenlet switch for the transaction, not one per statement)."""
+        now = _now()
+        marks = [
+            {"key": key, "ticket_id": ticket_id, "channel": channel, "delivered_at": now}
+            for key, ticket_id, channel in delivered
+        ]
+        rows = [_event_row(e, now) for e in events]
+        ticket = _outcome_row(outcome, now) if outcome is not None else None
+
+        def write(conn: Connection) -> tuple[int, bool]:
+            statements = self._statements(conn.dialect)
+            for mark in marks:
+                statements.mark.run(conn, mark)
+            # One execution per event, not executemany: each one's rowcount says whether
+            # that event was new (a conflict is 0), on SQLite and PostgreSQL alike.
+            added = sum(max(statements.event.run(conn, row).rowcount, 0) for row in rows)
+            saved = ticket is not None and statements.outcome.run(conn, ticket).rowcount > 0
+            return added, saved
+
         async with self._writing() as conn:
-            await self._mark_in(conn, delivered)
-            added = await self._append_in(conn, events)
-            if outcome is not None:
-                await conn.execute(self._outcome_statement(outcome))
-        return added
+            return await conn.run_sync(write)
 
-    async def _append_in(self, conn: AsyncConnection, events: Sequence[SlaEvent]) -> int:
-        now = _now()
-        added = 0
-        for e in events:
-            result = await conn.execute(
-                self._insert(sla_events)
-                .values(
-                    key=e.key,
-                    ticket_id=e.ticket_id,
-                    kind=e.kind,
-                    at=e.at,
-                    source=e.source,
-                    detail=e.model_dump(mode="json")["detail"],
-                    recorded_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["key"])
-            )
-            added += max(result.rowcount, 0)
-        return added
-
-    async def _mark_in(
-        self, conn: AsyncConnection, delivered: Sequence[tuple[str, str, str]]
-    ) -> None:
-        now = _now()
-        for key, ticket_id, channel in delivered:
-            await conn.execute(
-                self._insert(deliveries)
-                .values(key=key, ticket_id=ticket_id, channel=channel, delivered_at=now)
-                .on_conflict_do_nothing(index_elements=["key"])
-            )
-
-    def _outcome_statement(self, outcome: TicketOutcome) -> Any:
-        row = {
-            "ticket_id": outcome.ticket_id,
-            "workflow_id": outcome.workflow_id,
-            "revision": outcome.revision,
-            "customer_id": outcome.customer_id,
-            "tier": outcome.tier.value,
-            "severity": outcome.severity.value,
-            "category": outcome.category,
-            "state": outcome.state.value,
-            "opened_at": outcome.opened_at,
-            "response_due_at": outcome.response_due_at,
-            "acknowledged_at": outcome.acknowledged_at,
-            "acknowledged_by": outcome.acknowledged_by,
-            "response_breached": outcome.response_breached,
-            "overrun_seconds": outcome.overrun.total_seconds() if outcome.overrun else None,
-            "escalations_fired": outcome.escalations_fired,
-            "out_of_scope": outcome.out_of_scope,
-            "sow_outcome": outcome.sow_outcome.value if outcome.sow_outcome else None,
-            "resolved_at": outcome.resolved_at,
-            "closed_at": outcome.closed_at,
-            "policy_version": outcome.policy_version,
-            "outcome": outcome.model_dump(mode="json"),
-            "updated_at": _now(),
-        }
-        statement = self._insert(tickets).values(**row)
-        return statement.on_conflict_do_update(
-            index_elements=["ticket_id"],
-            set_={k: statement.excluded[k] for k in row if k != "ticket_id"},
-            where=tickets.c.revision < statement.excluded.revision,
-        )
+    def _statements(self, dialect: Dialect) -> _Statements:
+        if self._prepared is None:
+            self._prepared = _Statements(dialect)
+        return self._prepared
 
     async def archive_policy(
         self, version: str, digest: str, document: str, source: str = ""
@@ -308,9 +278,12 @@ class SqlLedger:
             return [ArchivedPolicy(r.version, r.digest, r.recorded_at, r.source) for r in rows]
 
     async def was_delivered(self, key: str) -> bool:
+        def find(conn: Connection) -> bool:
+            found = self._statements(conn.dialect).delivered.run(conn, {"key": key})
+            return found.first() is not None
+
         async with self.engine.connect() as conn:
-            found = await conn.scalar(select(deliveries.c.key).where(deliveries.c.key == key))
-        return found is not None
+            return await conn.run_sync(find)
 
     async def wait_events(self, ticket_ids: Sequence[str]) -> dict[str, list[SlaEvent]]:
         """The waits on the customer of ``ticket_ids`` as their ledger events record them
@@ -372,6 +345,115 @@ class SqlLedger:
         async with self.engine.connect() as conn:
             rows = await conn.scalars(query)
             return [TicketOutcome.model_validate(data) for data in rows]
+
+
+class _Prepared:
+    """One statement compiled once for a dialect, then run as its SQL
+    (``exec_driver_sql``) with its parameters put through their columns' bind processing
+    (aware UTC datetimes, JSON): what executing the statement would send, without
+    compiling it again.
+
+    SQLAlchemy 2.0's dialect ``insert`` has no cache key once it has an ON CONFLICT clause
+    (``inherit_cache = False``), so every execution of one was compiled afresh, however it
+    was built: most of the ledger's time in a burst of deliveries (issue 17)."""
+
+    __slots__ = ("names", "processors", "sql")
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        # Both drivers (aiosqlite: qmark, asyncpg: numeric_dollar) take positional
+        # parameters, in the order the compiled statement names them.
+        assert dialect.positional and compiled.positiontup is not None, dialect.paramstyle
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup)
+        self.processors = tuple(
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in self.names
+        )
+
+    def run(self, conn: Connection, values: dict[str, Any]) -> CursorResult[Any]:
+        parameters = tuple(
+            values[name] if process is None else process(values[name])
+            for name, process in zip(self.names, self.processors, strict=True)
+        )
+        return conn.exec_driver_sql(self.sql, parameters)
+
+
+class _Statements:
+    """The per-delivery writes and ``was_delivered``'s read, compiled for one dialect.
+    Inserts are ``inline`` (no RETURNING of the new id: nothing reads it)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+
+        def values(table: Any, columns: Sequence[str]) -> Any:
+            return insert(table).values({name: bindparam(name) for name in columns}).inline()
+
+        self.mark = _Prepared(
+            values(deliveries, DELIVERY_COLUMNS).on_conflict_do_nothing(index_elements=["key"]),
+            dialect,
+        )
+        self.event = _Prepared(
+            values(sla_events, EVENT_COLUMNS).on_conflict_do_nothing(index_elements=["key"]),
+            dialect,
+        )
+        ticket = values(tickets, TICKET_COLUMNS)
+        self.outcome = _Prepared(
+            ticket.on_conflict_do_update(
+                index_elements=["ticket_id"],
+                set_={k: ticket.excluded[k] for k in TICKET_COLUMNS if k != "ticket_id"},
+                where=tickets.c.revision < ticket.excluded.revision,
+            ),
+            dialect,
+        )
+        self.delivered = _Prepared(
+            select(deliveries.c.key).where(deliveries.c.key == bindparam("key")), dialect
+        )
+
+
+# The columns each write sets (every column but the events' id): the keys of its rows.
+DELIVERY_COLUMNS = tuple(c.name for c in deliveries.columns)
+EVENT_COLUMNS = tuple(c.name for c in sla_events.columns if c.name != "id")
+TICKET_COLUMNS = tuple(c.name for c in tickets.columns)
+
+
+def _event_row(e: SlaEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "key": e.key,
+        "ticket_id": e.ticket_id,
+        "kind": e.kind,
+        "at": e.at,
+        "source": e.source,
+        "detail": e.model_dump(mode="json", include={"detail"})["detail"],
+        "recorded_at": now,
+    }
+
+
+def _outcome_row(outcome: TicketOutcome, now: datetime) -> dict[str, Any]:
+    return {
+        "ticket_id": outcome.ticket_id,
+        "workflow_id": outcome.workflow_id,
+        "revision": outcome.revision,
+        "customer_id": outcome.customer_id,
+        "tier": outcome.tier.value,
+        "severity": outcome.severity.value,
+        "category": outcome.category,
+        "state": outcome.state.value,
+        "opened_at": outcome.opened_at,
+        "response_due_at": outcome.response_due_at,
+        "acknowledged_at": outcome.acknowledged_at,
+        "acknowledged_by": outcome.acknowledged_by,
+        "response_breached": outcome.response_breached,
+        "overrun_seconds": outcome.overrun.total_seconds() if outcome.overrun else None,
+        "escalations_fired": outcome.escalations_fired,
+        "out_of_scope": outcome.out_of_scope,
+        "sow_outcome": outcome.sow_outcome.value if outcome.sow_outcome else None,
+        "resolved_at": outcome.resolved_at,
+        "closed_at": outcome.closed_at,
+        "policy_version": outcome.policy_version,
+        "outcome": outcome.model_dump(mode="json"),
+        "updated_at": now,
+    }
 
 
 def _event(row: Any) -> SlaEvent:

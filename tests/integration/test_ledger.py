@@ -161,6 +161,58 @@ async def test_a_late_write_never_overwrites_a_newer_ticket_row(any_ledger: SqlL
     assert tuple(row) == ("resolved", None), "the columns follow the newest revision too"
 
 
+async def test_a_delivery_record_is_idempotent_and_keeps_the_newest_ticket_row(
+    any_ledger: SqlLedger,
+) -> None:
+    """``record_delivery`` (the worker's per-delivery write, its statements compiled once
+    per ledger): the new events are counted and a retried one is not; the delivery log
+    takes a key once; an older revision of the ticket's row does not overwrite a newer."""
+    ledger = any_ledger
+    marks = [("ticket-T1/breach/eng", "T1", "chat"), ("ticket-T1/breach/lead", "T1", "email")]
+    breach = [event("ticket-T1/breach", "breached", 60), event("ticket-T1/warn", "warned", 45)]
+    assert await ledger.record_delivery(marks, breach, outcome(3, "open", escalations_fired=2)) == 2
+    assert await ledger.record_delivery(marks, breach, outcome(3, "open")) == 0, "a retry"
+    ack = event("ticket-T1/ack", "acknowledged", 70)
+    late = outcome(2, "open", escalations_fired=1)
+    assert await ledger.record_delivery([marks[0]], [breach[0], ack], late) == 1
+    assert [e.key for e in await ledger.events("T1")] == [
+        "ticket-T1/warn",
+        "ticket-T1/breach",
+        "ticket-T1/ack",
+    ]
+    stored = await ledger.outcome("T1")
+    assert stored is not None and (stored.revision, stored.escalations_fired) == (3, 2)
+    assert await ledger.record_delivery([], [], outcome(4, "acknowledged")) == 0
+    stored = await ledger.outcome("T1")
+    assert stored is not None and (stored.revision, stored.state.value) == (4, "acknowledged")
+    assert await ledger.was_delivered("ticket-T1/breach/eng")
+    assert await ledger.was_delivered("ticket-T1/breach/lead")
+    assert not await ledger.was_delivered("ticket-T1/ack/eng")
+    async with ledger.engine.connect() as conn:
+        rows = await conn.execute(
+            sqlalchemy.text("SELECT key, ticket_id, channel FROM deliveries ORDER BY key")
+        )
+        assert [tuple(r) for r in rows] == [
+            ("ticket-T1/breach/eng", "T1", "chat"),
+            ("ticket-T1/breach/lead", "T1", "email"),
+        ]
+
+
+async def test_a_delivery_record_is_one_transaction(any_ledger: SqlLedger) -> None:
+    """The database refuses the step's event (its source is NULL): the delivery log's row
+    written before it in the same record is rolled back with it."""
+    broken = SlaEvent.model_construct(
+        key="ticket-T1/breach", ticket_id="T1", kind="breached", at=T0, source=None, detail={}
+    )
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        await any_ledger.record_delivery([("ticket-T1/breach/eng", "T1", "chat")], [broken], None)
+    assert not await any_ledger.was_delivered("ticket-T1/breach/eng")
+    assert await any_ledger.events("T1") == []
+    # The ledger writes on after the failure.
+    assert await any_ledger.record_delivery([("ticket-T1/breach/eng", "T1", "chat")], [], None) == 0
+    assert await any_ledger.was_delivered("ticket-T1/breach/eng")
+
+
 async def test_outcomes_filter_by_open_time_customer_and_tier(any_ledger: SqlLedger) -> None:
     for i, (customer, tier) in enumerate(
         [("acme", "premium"), ("acme", "standard"), ("globex", "premium"), ("acme", "premium")]
