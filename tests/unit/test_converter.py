@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from temporalio.contrib.pydantic import PydanticPayloadConverter, pydantic_data_converter
 
-from contract.models import SlaEvent, StepDeliveryResult, TicketStatus
+from bench.run import ticket as bench_ticket
+from contract.models import Severity, SlaEvent, StepDeliveryResult, TicketPlan, TicketStatus, Tier
+from policy.load import load_policy
+from policy.plan import resolve_plan
 from runtime.converter import SupportPayloadConverter, support_data_converter
 from tests.unit.tickets import delivery, ticket
 
@@ -58,3 +61,18 @@ def test_its_encoding_converters_are_built_once() -> None:
     assert list(first.converters) == list(PydanticPayloadConverter().converters)
     for encoding, converter in first.converters.items():
         assert second.converters[encoding] is converter
+
+
+def test_a_decoded_plan_holds_one_object_per_distinct_recipient() -> None:
+    opened = datetime(2026, 12, 5, 9, tzinfo=UTC)
+    start = bench_ticket("T-1", opened).model_copy(update={"tier": Tier.MISSION_CRITICAL})
+    plan = resolve_plan(load_policy(), start, Severity.SEV1, opened)
+    [payload] = support_data_converter.payload_converter.to_payloads([plan])
+    [decoded] = support_data_converter.payload_converter.from_payloads([payload], [TicketPlan])
+
+    recipients = [r for step in decoded.all_steps() for r in step.recipients]
+    distinct = {r.model_dump_json() for r in recipients}
+    assert len(recipients) > len(distinct) >= 2  # the default ladder repeats its people
+    assert len({id(r) for r in recipients}) == len(distinct)
+    assert decoded == plan
+    assert decoded.model_dump_json() == plan.model_dump_json()  # the same bytes again
