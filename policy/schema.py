@@ -72,10 +72,14 @@ _Date = date  # a field below is called ``date``
 
 
 @lru_cache(maxsize=1)
-def _holiday_countries() -> dict[str, list[str]]:
-    import holidays as package
+def _holiday_countries() -> frozenset[str]:
+    """The country codes and aliases the ``holidays`` package knows, from its registry:
+    ``holidays.list_supported_countries`` imports every one of its 250 country modules
+    to list them, about 7 MB in every worker and service process; a policy's calendars
+    load only their own countries."""
+    from holidays.registry import EntityLoader
 
-    return package.list_supported_countries(include_aliases=True)
+    return frozenset(EntityLoader.get_country_codes(include_aliases=True))
 
 
 def _holiday_country(code: str) -> Any:

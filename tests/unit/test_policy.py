@@ -4,11 +4,14 @@ instants, and error reports that name both the file and the field."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
 
 from contract.models import ClockRequest, Metric, Severity, StepKind, TicketInput, TicketPlan, Tier
@@ -17,7 +20,14 @@ from harness.processes import ROOT
 from policy.calendar import CountryHolidays
 from policy.load import default_policy_path, load_policy, parse_policy, policy_path
 from policy.plan import resolve_plan
-from policy.schema import POLICY_FILE_ENV, REPEAT_WINDOW, CustomerSpec, Policy, PolicyError
+from policy.schema import (
+    POLICY_FILE_ENV,
+    REPEAT_WINDOW,
+    CustomerSpec,
+    Policy,
+    PolicyError,
+    _holiday_countries,
+)
 
 H = timedelta(hours=1)
 MIN = timedelta(minutes=1)
@@ -1047,3 +1057,21 @@ def test_the_most_specific_contract_domain_wins(tmp_path):
     assert policy.customer_for_email("ops@eu.bank.example") == "bank-eu"
     assert policy.customer_for_email("ops@x.eu.bank.example") == "bank-eu"
     assert policy.customer_for_email("ops@us.bank.example") == "example-bank"
+
+
+def test_the_country_check_knows_every_code_the_holidays_package_lists_without_loading_them():
+    assert _holiday_countries() == set(holidays.list_supported_countries(include_aliases=True))
+    # In a fresh interpreter, loading the shipped policy imports at most its own country
+    # (the package loads a country's module when its dates are first asked for).
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from policy.load import load_policy; load_policy();"
+            " print(*(m for m in sys.modules if m.startswith('holidays.countries.')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert set(loaded.stdout.split()) <= {"holidays.countries.united_states"}
