@@ -72,22 +72,19 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 SANDBOX_ENV = "SUPPORT_WORKFLOW_SANDBOX"
 
 
-# Python's cyclic garbage collector, sized for a worker that keeps hundreds of tickets in
-# its cache: at the interpreter's default (a collection every 700 allocations) a burst of
-# 1,000 breaches spent about 6 s of the worker's time in the collector (the older
-# generations hold every cached ticket's objects, and each full collection walks them
-# all); at 50,000, with start-up's objects frozen, under 2 s
-# (docs/performance.md#worker-settings). Objects are still freed by their
-# reference counts as soon as they are unused; this only makes the search for cycles rarer.
-GC_THRESHOLDS = (50_000, 20, 20)
+# Python's cyclic garbage collector: what start-up loaded (modules, the policy, the
+# worker's settings: objects that live as long as the process) is frozen out of every
+# later collection, so a full collection walks the cached tickets, not the libraries.
+# The collection thresholds stay the interpreter's: at 10,000 or 50,000 allocations a
+# burst spent less time collecting, but `python -m bench.memory` with a cache of 1,000
+# grew by about 80 KB for every ticket opened past the cache (402 MB at 2,500 open),
+# where the defaults held it at 299 MB (docs/performance.md#worker-settings).
 
 
 def tune_garbage_collector() -> None:
-    """Collect rarely (``GC_THRESHOLDS``), and leave what start-up loaded (modules, the
-    policy, the worker's settings) out of every later collection (``gc.freeze``)."""
+    """Collect what start-up left behind, then freeze the rest (``gc.freeze``)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def workflow_runner() -> WorkflowRunner:
