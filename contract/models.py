@@ -532,10 +532,11 @@ class TicketPlan(Message):
     @model_validator(mode="after")
     def _share_equal_recipients(self) -> TicketPlan:
         """One object for each distinct recipient in the plan. A ladder names the same few
-        recipients in every step (the default policy's 28 steps hold 33 recipients, 4 of
-        them distinct), and each decoded copy with its channels cost a cached ticket
-        about 2 KB: 57 of its about 230 KiB (docs/performance.md#worker-settings). The
-        plan's JSON is unchanged; recipients are never changed in place."""
+        recipients in every step (a Premium plan under the default policy: 31 in 28 steps,
+        33 objects with the fallbacks, 4 of them distinct), and each decoded copy with its
+        channels cost a cached ticket about 2 KB: 57 of its about 230 KiB
+        (docs/performance.md#worker-settings). The plan's JSON is unchanged; recipients
+        are never changed in place."""
         shared: dict[str, list[Recipient]] = {}
         for step in self.all_steps():
             step.recipients = [_shared(shared.setdefault(r.name, []), r) for r in step.recipients]
