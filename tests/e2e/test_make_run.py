@@ -76,6 +76,7 @@ def test_make_run_starts_server_ui_and_worker_and_ctrl_c_stops_them(tmp_path: Pa
         for setting in server_settings():
             assert setting in server, setting
         assert "journal_mode=wal" in server
+        assert "synchronous=normal" in server  # TEMPORAL_SQLITE_SYNCHRONOUS's default
         # The HTTP service (form, board, API) and the support mailbox run beside the worker.
         eventually_blocking("the HTTP service", lambda: listening(service_port), 60)
         base = f"http://127.0.0.1:{service_port}"

@@ -3,6 +3,7 @@ each phase counting only its own keys, the targets' verdicts and the report's te
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from datetime import UTC, datetime
@@ -334,9 +335,12 @@ def test_worker_processes_and_server_settings() -> None:
     )
     assert args.worker_processes == 2
     assert args.out == Path("/tmp/compare")
+    assert args.sqlite_synchronous == "normal"  # make run's default
     assert server_args(args.server_setting) == [
         "--sqlite-pragma",
         "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
         # make run's server settings, a run's own replacing the value of the same name
         "--dynamic-config-value",
         "matching.numTaskqueueReadPartitions=1",
@@ -347,12 +351,24 @@ def test_worker_processes_and_server_settings() -> None:
     ]
     # A run's setting replaces make run's value of the same name.
     again = server_args(["matching.numTaskqueueReadPartitions=4"])
-    assert again[3] == "matching.numTaskqueueReadPartitions=4"
+    assert again[5] == "matching.numTaskqueueReadPartitions=4"
     assert again.count("--dynamic-config-value") == len(SERVER_SETTINGS)
     with pytest.raises(SystemExit):
         parse(["--server-setting", "no-value"])
     with pytest.raises(SystemExit):
         parse(["--worker-processes", "0"])
+
+
+def test_the_sqlite_sync_mode_is_a_choice_of_two() -> None:
+    """``--sqlite-synchronous full`` compares against every commit synced; anything else
+    is refused by name, before a server starts."""
+    args = parse(["--short", "--sqlite-synchronous", "full"])
+    assert args.sqlite_synchronous == "full"
+    assert server_args([], args.sqlite_synchronous)[2:4] == ["--sqlite-pragma", "synchronous=full"]
+    with pytest.raises(SystemExit):
+        parse(["--sqlite-synchronous", "off"])
+    with pytest.raises(ValueError, match="TEMPORAL_SQLITE_SYNCHRONOUS: expected one of normal,"):
+        server_args([], "off")
 
 
 def test_the_memory_target_judges_the_largest_worker_process() -> None:
@@ -373,3 +389,23 @@ def test_a_target_met_exactly_has_nothing_to_spare() -> None:
     targets = {"per_escalation_step": {"target": 2, "measured": 2.0}}
     [step] = [c for c in checks(report(actions_targets=targets)) if "step" in c.target]
     assert (step.met, step.note) == (True, "2.00 per step, target 2: 0 to spare")
+
+
+def test_make_run_takes_the_sync_mode_from_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``make run`` syncs its SQLite commits as TEMPORAL_SQLITE_SYNCHRONOUS says (normal
+    unless set) and stops, naming the variable, on anything else."""
+    spec = importlib.util.spec_from_file_location(
+        "run_local", Path(__file__).resolve().parents[2] / "scripts" / "run_local.py"
+    )
+    assert spec is not None and spec.loader is not None
+    run_local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_local)
+    monkeypatch.delenv("TEMPORAL_SQLITE_SYNCHRONOUS", raising=False)
+    assert "synchronous=normal" in run_local.dev_server_settings()
+    monkeypatch.setenv("TEMPORAL_SQLITE_SYNCHRONOUS", "full")
+    assert "synchronous=full" in run_local.dev_server_settings()
+    monkeypatch.setenv("TEMPORAL_SQLITE_SYNCHRONOUS", "off")
+    with pytest.raises(SystemExit, match="TEMPORAL_SQLITE_SYNCHRONOUS: expected one of"):
+        run_local.dev_server_settings()
