@@ -64,6 +64,7 @@ from harness.policy import policy_data
 from harness.processes import WorkerProcess, clean_env
 from harness.sinks import Sink, serve_sink
 from harness.temporal import (
+    DEFAULT_SQLITE_SYNCHRONOUS,
     SERVER_SETTINGS,
     SQLITE_SYNCHRONOUS,
     TEMPORAL,
@@ -883,7 +884,9 @@ def write(report: Report, directory: Path) -> None:
 # --- main -----------------------------------------------------------------------------------
 
 
-def server_args(settings: Sequence[str], synchronous: str = "normal") -> list[str]:
+def server_args(
+    settings: Sequence[str], synchronous: str = DEFAULT_SQLITE_SYNCHRONOUS
+) -> list[str]:
     """The dev server's arguments: `make run`'s (``harness.temporal.server_settings``),
     each ``--server-setting`` replacing or adding to them, SQLite's commits synced as
     ``--sqlite-synchronous`` asks."""
@@ -1034,7 +1037,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sqlite-synchronous",
         choices=SQLITE_SYNCHRONOUS,
-        default="normal",
+        default=DEFAULT_SQLITE_SYNCHRONOUS,
         help="how the dev server's SQLite file syncs its commits (make run's default: normal;"
         " TEMPORAL_SQLITE_SYNCHRONOUS there)",
     )

@@ -78,9 +78,12 @@ SERVER_SETTINGS: dict[str, str] = {
 # "SQLite commits"): tickets ran about 1.5 times as fast with normal as with full.
 SQLITE_SYNCHRONOUS_ENV = "TEMPORAL_SQLITE_SYNCHRONOUS"
 SQLITE_SYNCHRONOUS = ("normal", "full")
+DEFAULT_SQLITE_SYNCHRONOUS = "normal"
 
 
-def server_settings(overrides: Sequence[str] = (), synchronous: str = "normal") -> list[str]:
+def server_settings(
+    overrides: Sequence[str] = (), synchronous: str = DEFAULT_SQLITE_SYNCHRONOUS
+) -> list[str]:
     """The server's arguments for `make run` and the benchmark: SQLite in WAL mode with
     ``synchronous`` (SQLITE_SYNCHRONOUS), then SERVER_SETTINGS as ``--dynamic-config-value``
     arguments, each ``NAME=VALUE`` of ``overrides`` replacing the default's value or adding

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.processes import HarnessError, listening, spawn, stop_all  # noqa: E402
 from harness.temporal import (  # noqa: E402
+    DEFAULT_SQLITE_SYNCHRONOUS,
     SQLITE_SYNCHRONOUS_ENV,
     DevServer,
     server_settings,
@@ -122,7 +123,8 @@ def dev_server_settings() -> list[str]:
     synced as TEMPORAL_SQLITE_SYNCHRONOUS asks (default ``normal``); exits naming the
     variable when it holds anything else."""
     try:
-        return server_settings(synchronous=os.environ.get(SQLITE_SYNCHRONOUS_ENV) or "normal")
+        chosen = os.environ.get(SQLITE_SYNCHRONOUS_ENV) or DEFAULT_SQLITE_SYNCHRONOUS
+        return server_settings(synchronous=chosen)
     except ValueError as err:
         sys.exit(str(err))
 
