@@ -81,6 +81,11 @@ class Progress:
         return cls()
 
     def save(self) -> None:
+        if activity.info().is_local:
+            # A ticket's local first attempt (``local-first-attempts``) cannot heartbeat:
+            # its retry is a new server activity, which finds what it delivered in the
+            # ledger's delivery log (or this worker's recent keys).
+            return
         activity.heartbeat(
             {"delivered": self.delivered, "errors": self.errors, "tried": self.tried}
         )

@@ -10,6 +10,14 @@ from temporalio.common import RetryPolicy
 if TYPE_CHECKING:
     from contract.models import Recipient
 
+# Since LOCAL_FIRST_ATTEMPTS the ticket makes an activity's first attempt a local activity
+# (in the workflow task that asks for it): one attempt, at most this long (the worker's
+# HTTP and SMTP timeouts), so a slow channel holds the ticket's task no longer than that;
+# an attempt that fails (or is cut) and may be retried goes to the server as the activity
+# below, with its own timeouts and retries.
+LOCAL_ATTEMPT_TIMEOUT = timedelta(seconds=10)
+LOCAL_ATTEMPT_RETRY = RetryPolicy(maximum_attempts=1)
+
 # Policy resolution: a policy problem (a broken file for a new ticket, a version missing
 # from the archive) fails at once (non-retryable); anything else (the archive's database
 # down) is retried for a bounded time. Either way the ticket keeps its last good plan,

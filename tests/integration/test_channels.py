@@ -19,6 +19,8 @@ from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -459,9 +461,10 @@ async def test_a_failing_channel_falls_over_to_the_next_after_failover_after(
             50,
         )
     chat_attempts = [r for r in sink.received if r["path"] == "/engineer"]
-    # Attempts at 0 s, then after backoffs of 1, 2, 4, 8, 16 s: those within the 30 s
-    # budget (0, 0, 1, 3, 7, 15 s) stay on chat; the one at 31 s goes to email.
-    assert len(chat_attempts) == 6
+    # The local first attempt (local-first-attempts), then the server's activity: its
+    # attempts at 0 s and after backoffs of 1, 2, 4, 8, 16 s; those within the 30 s budget
+    # (0, 0, 1, 3, 7, 15 s from its schedule) stay on chat; the one at 31 s goes to email.
+    assert len(chat_attempts) == 1 + 6
     assert [str(m["X-Support-Idempotency-Key"]) for m in mailbox.received] == [
         f"{data.workflow_id}/intake/duty-engineer"
     ]
@@ -768,14 +771,21 @@ async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_
     assert events[key].detail["channels"]["duty-engineer"] == "chat"
     assert f"{data.workflow_id}/opened" in events
     assert status.escalations[0].failed == []
-    # One attempt: the failure was final, not retried.
+    # One attempt, the local first one (local-first-attempts): the failure was final, not
+    # retried, and no server activity was scheduled for the delivery.
     [failed] = [
-        e.activity_task_failed_event_attributes
+        e.marker_recorded_event_attributes.failure
         for e in history.events
-        if e.HasField("activity_task_failed_event_attributes")
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.HasField("failure")
     ]
-    assert failed.failure.application_failure_info.type == "LedgerUnavailable"
-    assert failed.failure.application_failure_info.non_retryable
+    assert failed.application_failure_info.type == "LedgerUnavailable"
+    assert failed.application_failure_info.non_retryable
+    assert not [
+        e
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_step"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["chat", "pager", "webhook"])
@@ -887,13 +897,18 @@ def test_a_customers_contact_is_told_the_deadline_but_never_how_to_acknowledge(
     assert told.ack_link is not None and "temporal workflow signal" in told.text()
 
 
+@activity.defn(name="deliver_step")
+async def cannot_deliver(request: StepDelivery) -> StepDeliveryResult:
+    raise ApplicationError("this worker cannot deliver", type="TransientDeliveryError")
+
+
 async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_failing(
     env: WorkflowEnvironment, tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """For ten minutes no worker can run ``deliver_step`` (the only worker on the queue
-    lacks it, so every attempt fails at once): the intake notification is delivered when
-    a full worker is back, late, and not recorded as failed. Before, its schedule-to-close
-    (5 min here) counted the wait and dropped it."""
+    fails every attempt at once, the local first attempt included): the intake
+    notification is delivered when a full worker is back, late, and not recorded as
+    failed. Before, its schedule-to-close (5 min here) counted the wait and dropped it."""
     policy = write_policy(
         tmp_path, targets={"duty-engineer": [{"type": "webhook", "url": f"{sink.url}/e"}]}
     )
@@ -906,7 +921,11 @@ async def test_a_delivery_waits_out_an_outage_of_delivering_workers_instead_of_f
             env.client,
             task_queue=queue,
             workflows=ALL_WORKFLOWS,
-            activities=[resolve_ticket_plan, LedgerActivities(ledger).record_sla_events],
+            activities=[
+                resolve_ticket_plan,
+                LedgerActivities(ledger).record_sla_events,
+                cannot_deliver,
+            ],
             workflow_runner=WORKFLOW_RUNNER,
             # No sticky queue: the test server never hands a gone worker's sticky tasks on.
             max_cached_workflows=0,

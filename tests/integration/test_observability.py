@@ -123,7 +123,8 @@ async def test_sla_metrics_after_ticket_runs(
     assert value(samples, "support_time_to_acknowledge_bucket", le="3600", breached="true") == 0
     # The SDK's own metrics are on the same endpoint.
     assert value(samples, "temporal_workflow_completed_total", workflow_type="SupportTicket") == 2
-    assert value(samples, "temporal_activity_execution_latency_count") > 0
+    # (Local activities: a ticket's first attempts, local-first-attempts.)
+    assert value(samples, "temporal_local_activity_execution_latency_count") > 0
 
 
 # --- the worker process: gauge from visibility, traces over OTLP, trace ids in logs ------
@@ -164,7 +165,8 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 async def intake_delivered(handle: WorkflowHandle[Any, Any]) -> None:
-    """Wait until the ticket's first notification activity has completed."""
+    """Wait until the ticket's first notification activity has completed (its local
+    first attempt, or an activity on the server)."""
 
     async def delivered() -> bool:
         events = (await handle.fetch_history()).events
@@ -173,10 +175,19 @@ async def intake_delivered(handle: WorkflowHandle[Any, Any]) -> None:
             for e in events
             if e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_step"
         }
+        locally = (
+            e.marker_recorded_event_attributes
+            for e in events
+            if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        )
         return any(
             e.activity_task_completed_event_attributes.scheduled_event_id in delivering
             for e in events
             if e.HasField("activity_task_completed_event_attributes")
+        ) or any(
+            b"deliver_step" in marker.details["data"].payloads[0].data
+            and not marker.HasField("failure")
+            for marker in locally
         )
 
     await eventually(f"{handle.id}'s intake notification delivered", delivered)

@@ -19,13 +19,17 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="SupportTicket")
 class TicketBeforeBatching(SupportTicket):
     """Before ``BATCHED_LEDGER_WRITES``: one ledger activity per SLA event (and before the
-    later ``KEEP_WAKE_TIMER``: a timer per turn of the loop)."""
+    later ``KEEP_WAKE_TIMER``: a timer per turn of the loop; and ``LOCAL_FIRST_ATTEMPTS``:
+    every activity a server activity)."""
 
     @workflow.run
     async def run(self, raw: RawValue) -> TicketStatus:
         return await super().run(raw)
 
     def _batch_ledger_writes(self) -> bool:
+        return False
+
+    def _takes_local_first(self) -> bool:
         return False
 
     def _keeps_wake_timer(self) -> bool:
@@ -43,6 +47,9 @@ class TicketBeforeTargets(SupportTicket):
 
     def _start_clocks(self, plan: TicketPlan) -> None:
         return None
+
+    def _takes_local_first(self) -> bool:
+        return False
 
 
 PREVIOUS_RELEASE: Sequence[type] = [TicketBeforeBatching, StatementOfWork]

@@ -470,6 +470,7 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
         # that is how open tickets still on an old branch are found (README: versioning).
         ["TemporalChangeVersion"],
         ["TemporalChangeVersion"],  # one per patch id the run takes (not billed)
+        ["TemporalChangeVersion"],
         ["SlaBreached"],  # breach
         ["TicketState"],  # acknowledged
         ["TicketState"],  # resolved
@@ -481,16 +482,19 @@ async def test_policy_version_is_pinned_in_status_and_history(stack: Stack) -> N
     result = await finish(handle)
     version = load_policy(default_policy_path()).version
     assert result.policy_version == version
-    completed = [
-        e
+    # The plan, with its version, is in the history: the result of its local activity
+    # (local-first-attempts: a marker's details) or of its server activity.
+    results = [
+        payload
         async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        for payloads in (
+            [*e.marker_recorded_event_attributes.details.values()]
+            if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            else [e.activity_task_completed_event_attributes.result]
+        )
+        for payload in payloads.payloads
     ]
-    assert any(
-        f'"policy_version":"{version}"'.encode() in p.data
-        for e in completed
-        for p in e.activity_task_completed_event_attributes.result.payloads
-    )
+    assert any(f'"policy_version":"{version}"'.encode() in p.data for p in results)
 
 
 async def test_a_long_escalating_ticket_continues_as_new_without_losing_anything(

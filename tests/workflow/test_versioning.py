@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -41,34 +42,50 @@ from tests.workflow.previous_release import BEFORE_TARGETS, PREVIOUS_RELEASE
 from worker import worker_with
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES
-from workflows.ticket.patches import KEEP_WAKE_TIMER
+from workflows.ticket.patches import KEEP_WAKE_TIMER, LOCAL_FIRST_ATTEMPTS
 
 
 async def settled_after_an_activity(client: Client, workflow_id: str) -> None:
     """Wait until the ticket has no activity or workflow task in flight, and has completed
-    an activity (its policy resolved)."""
+    an activity, on the server or locally (its policy resolved)."""
     handle = client.get_workflow_handle(workflow_id)
 
     async def done() -> bool:
         if not await quiet(handle):
             return False
         history = await handle.fetch_history()
-        return any(e.activity_task_completed_event_attributes.ByteSize() for e in history.events)
+        return any(
+            e.activity_task_completed_event_attributes.ByteSize() or local_activity(e)
+            for e in history.events
+        )
 
     await eventually(f"{workflow_id} to settle", done)
 
 
-def ledger_writes(history: WorkflowHistory) -> int:
-    return sum(
+def local_activity(event: HistoryEvent, activity_type: str = "") -> bool:
+    """Whether ``event`` records a local activity (of ``activity_type``, if given)."""
+    marker = event.marker_recorded_event_attributes
+    if marker.marker_name != "core_local_activity":
+        return False
+    data = b"".join(p.data for p in marker.details["data"].payloads)
+    return activity_type.encode() in data
+
+
+def ledger_writes(history: WorkflowHistory) -> tuple[int, int]:
+    """The ledger activities of a run: (on the server, local)."""
+    server = sum(
         1
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         and e.activity_task_scheduled_event_attributes.activity_type.name == "record_sla_events"
     )
+    return server, sum(1 for e in history.events if local_activity(e, "record_sla_events"))
 
 
 def patch_markers(history: WorkflowHistory) -> int:
-    return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+    return sum(
+        1 for e in history.events if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    )
 
 
 async def running_without_the_change(client: Client, queue: str) -> set[str]:
@@ -112,18 +129,23 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
 
     old_history = await client.get_workflow_handle(old.workflow_id).fetch_history()
     new_history = await client.get_workflow_handle(new.workflow_id).fetch_history()
-    # The old ticket wrote one activity per event (opened, acknowledged, resolved) all its
-    # run, under the new worker too; in the new one "opened" rode on the intake delivery
-    # and acknowledged + resolved went together.
-    assert (ledger_writes(old_history), patch_markers(old_history)) == (3, 0)
-    # (The new ticket also takes the later KEEP_WAKE_TIMER patch: a marker of its own.)
-    assert (ledger_writes(new_history), patch_markers(new_history)) == (1, 2)
+    # The old ticket wrote one server activity per event (opened, acknowledged, resolved)
+    # all its run, under the new worker too, and ran nothing locally; in the new one
+    # "opened" rode on the intake delivery and acknowledged + resolved went together, in
+    # one local activity (LOCAL_FIRST_ATTEMPTS), as its plan and its intake were.
+    assert (ledger_writes(old_history), patch_markers(old_history)) == ((3, 0), 0)
+    assert not any(local_activity(e) for e in old_history.events)
+    # (The new ticket also takes the later KEEP_WAKE_TIMER and LOCAL_FIRST_ATTEMPTS
+    # patches: a marker each.)
+    assert (ledger_writes(new_history), patch_markers(new_history)) == ((0, 1), 3)
+    for activity_type in ("resolve_ticket_plan", "deliver_step"):
+        assert any(local_activity(e, activity_type) for e in new_history.events), activity_type
     markers = [
         e.SerializeToString()
         for e in new_history.events
         if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
     ]
-    for patch_id in (BATCHED_LEDGER_WRITES, KEEP_WAKE_TIMER):
+    for patch_id in (BATCHED_LEDGER_WRITES, KEEP_WAKE_TIMER, LOCAL_FIRST_ATTEMPTS):
         assert sum(patch_id.encode() in marker for marker in markers) == 1, patch_id
     # Either way the ledger holds the same events.
     for t in (old, new):
@@ -177,7 +199,9 @@ async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_supersede
         [record] = [e for e in status.escalations if e.step == "breach"]
         assert record.superseded_at is not None and record.failed == [], status.history
         assert "notification_failed" not in [h.kind for h in status.history]
-        assert fakes.attempts.count(key) == 1  # cancelled, never retried
+        # The local first attempt (LOCAL_FIRST_ATTEMPTS), then at most the server
+        # activity's first, which the acknowledgement cancelled: never retried.
+        assert fakes.attempts.count(key) in (1, 2)
         await handle.execute_update("resolve", Resolve(by="alice"))
         await handle.result()
     events = await fakes.events(status.ticket_id)

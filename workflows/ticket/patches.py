@@ -34,3 +34,8 @@ CANCELLED_ATTEMPT_SUPERSEDED = "cancelled-attempt-superseded"
 # The requester of a Community ticket confirms their address: the same ticket takes the
 # contract (before: the signal had no handler; intake opened a second ticket).
 VERIFY_IN_PLACE = "verify-requester-in-place"
+# An activity's first attempt runs in the workflow task that asks for it (a local
+# activity: no activity task, no workflow task for its result); only a first attempt that
+# fails and may be retried goes to the server as an activity with its retries (the plan,
+# a step's delivery, a ledger write). Before, every call was a server activity.
+LOCAL_FIRST_ATTEMPTS = "local-first-attempts"

@@ -122,13 +122,14 @@ class Planning(Outbox):
             clocks=clocks,
         )
         try:
-            return await workflow.execute_activity_method(
+            plan: TicketPlan = await self._run_activity(
                 PolicyActivities.resolve_ticket_plan,
                 request,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 schedule_to_close_timeout=POLICY_SCHEDULE_TIMEOUT,
                 retry_policy=POLICY_RETRY,
             )
+            return plan
         except ActivityError as err:
             cause = err.cause
             problem = cause.message if isinstance(cause, ApplicationError) else str(cause or err)

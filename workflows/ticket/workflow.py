@@ -351,6 +351,7 @@ class SupportTicket(Clocks):
         # A TicketInput, decoded here: a bad one fails the start, never an open ticket.
         ticket = decode_input(raw, TicketInput, "InvalidTicket", "(ticket)")
         if ticket.continued is not None:
+            self._local_first = self._takes_local_first()
             self._keep_timer = self._keeps_wake_timer()
             self._resume(ticket)
             await self._live()
@@ -362,6 +363,9 @@ class SupportTicket(Clocks):
             raise ApplicationError(problem, type="InvalidTicket", non_retryable=True)
         self._ticket = ticket
         self._search = current_search_attributes()
+        # Before the first activity: a run that began before the change keeps server
+        # activities to its end.
+        self._local_first = self._takes_local_first()
         plan = await self._first_plan(opened_at)
         # Decided once per run, before its first step (with the plan, in the task where the
         # other patches are first asked): a run that began before the change keeps the old
