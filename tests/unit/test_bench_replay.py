@@ -104,6 +104,24 @@ def test_replay_within_twice_the_one_day_figure_is_bounded() -> None:
     assert "(history limit 5,000)" in line
 
 
+def test_the_reference_is_the_first_full_run_when_one_came_before_the_last_checkpoint() -> None:
+    # A run holds more than a day of steps: the 1-day figure is part of a run, not a full one.
+    points = [
+        point(24, 0.45, events=1_741),
+        point(72, 0.28, run=2, events=1_128),
+        point(72, 1.2, PREVIOUS, run=1, events=4_105),  # the first full run
+        point(168, 1.1, run=3, events=3_998),
+        point(168, 1.3, PREVIOUS, run=2, events=4_102),
+    ]
+    line = verdict(points, LIMIT)
+    assert line.startswith(
+        "Bounded: worst replay at 7 d 1.300 s against 1.200 s at 3 d, the first full run"
+        " (1.08x, bound 2x); 3 runs"
+    ), line
+    # A ticket that continued as new only by its last checkpoint is judged against 1 day.
+    assert "against 0.450 s at 1 d (2.89x" in verdict(points[:1] + points[3:], LIMIT)
+
+
 def test_replay_past_twice_the_one_day_figure_grows() -> None:
     points = [point(24, 0.5, events=3_000), point(168, 3.5, events=21_000)]
     line = verdict(points, LIMIT)
