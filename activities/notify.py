@@ -91,6 +91,19 @@ class Progress:
         )
 
 
+# A local first attempt stops sending this long before it would be cut, to write whom it
+# reached into the delivery log (``_remember``) and fail so that the server retries it.
+LOCAL_MARGIN = timedelta(seconds=2)
+
+
+def local_budget(info: activity.Info) -> float | None:
+    """Seconds a local attempt may spend sending (None: a server activity, bounded by its
+    own timeouts and heartbeat-less retries as before)."""
+    if not info.is_local or info.start_to_close_timeout is None:
+        return None
+    return max(info.start_to_close_timeout - LOCAL_MARGIN, LOCAL_MARGIN).total_seconds()
+
+
 @dataclass
 class Outcome:
     name: str
@@ -154,12 +167,26 @@ class NotifyActivities:
         info = activity.info()
         elapsed = info.current_attempt_scheduled_time - info.scheduled_time
         progress = Progress.restore()
-        outcomes = await asyncio.gather(
-            *(
-                self._deliver_chain(recipient, request, elapsed, progress)
-                for recipient in request.recipients
-            )
-        )
+        try:
+            async with asyncio.timeout(local_budget(info)):
+                outcomes = await asyncio.gather(
+                    *(
+                        self._deliver_chain(recipient, request, elapsed, progress)
+                        for recipient in request.recipients
+                    )
+                )
+        except TimeoutError:
+            # A ticket's local first attempt about to be cut: whom it reached goes into the
+            # delivery log first, so the server's activity that retries it skips them.
+            await self._remember(request, progress)
+            reached = sorted(key.rsplit("/", 1)[-1] for key in progress.delivered)
+            raise ApplicationError(
+                "delivery's local first attempt ran out of time; the server's activity retries it",
+                DeliveryFailureDetails(delivered=reached).model_dump(
+                    mode="json", exclude_none=True
+                ),
+                type="TransientDeliveryError",
+            ) from None
         delivered = [o.name for o in outcomes if o.delivered_by is not None]
         pending = [o.pending for o in outcomes if o.pending]
         if pending:

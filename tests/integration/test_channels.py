@@ -7,7 +7,9 @@ customer contracts' contacts at the steps the contract names."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -786,6 +788,36 @@ async def test_a_ledger_away_after_a_delivery_leaves_the_events_to_the_workflow_
         for e in history.events
         if e.activity_task_scheduled_event_attributes.activity_type.name == "deliver_step"
     ]
+
+
+async def test_a_local_first_attempt_that_runs_out_of_time_logs_whom_it_reached(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A ticket's local first attempt (local-first-attempts) with one sink hanging stops
+    sending before it would be cut, writes whom it reached into the delivery log and fails
+    retryably; the server's activity that retries it sends to the rest only."""
+    sink.hang.add("/slow")
+    recipients = [
+        Recipient(name="quick", channels=[Channel(type="chat", url=f"{sink.url}/quick")]),
+        Recipient(name="slow", channels=[Channel(type="chat", url=f"{sink.url}/slow")]),
+    ]
+    request = delivery(recipients)
+    async with notifier(tmp_path) as deliver:
+        local = ActivityEnvironment()
+        local.info = dataclasses.replace(
+            local.info, is_local=True, start_to_close_timeout=timedelta(seconds=3)
+        )
+        began = time.monotonic()
+        with pytest.raises(ApplicationError) as failed:
+            await local.run(deliver.notify.deliver_step, request)
+        assert time.monotonic() - began < 3  # stopped at 3 s less the 2 s margin
+        assert failed.value.type == "TransientDeliveryError" and not failed.value.non_retryable
+        assert failed.value.details[0]["delivered"] == ["quick"]
+        assert await deliver.ledger.was_delivered("ticket-X/breach/quick")
+        sink.hang.clear()
+        result = await deliver(request)  # the server's activity (not local)
+    assert sorted(result.delivered) == ["quick", "slow"]
+    assert [r["path"] for r in sink.received if r["path"] == "/quick"] == ["/quick"]
 
 
 @pytest.mark.parametrize("kind", ["chat", "pager", "webhook"])

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from contract import search_attributes as sa
@@ -277,4 +277,6 @@ async def test_what_cannot_be_verified_is_refused_with_why_and_changes_nothing(
         assert str(late.value.cause).startswith(
             f"cannot verify_requester: ticket {resolved.id.removeprefix('ticket-')} is resolved"
         )
+    else:
+        assert late.value.status is RPCStatusCode.NOT_FOUND, late.value
     assert (await resolved.result()).customer_id != BANK

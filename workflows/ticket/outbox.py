@@ -444,7 +444,10 @@ class Outbox:
                 # A local attempt's failure comes unwrapped (a timeout as an ActivityError).
                 cause = err.cause if isinstance(err, ActivityError) else err
                 final = isinstance(cause, ApplicationError) and cause.non_retryable
-                if final or isinstance(cause, CancelledError):
+                # Cancelled meanwhile (an acknowledgement made the delivery moot) though the
+                # attempt failed otherwise: no server activity after the acknowledgement.
+                cancelled = isinstance(cause, CancelledError) or _cancel_requested()
+                if final or cancelled:
                     if isinstance(err, ActivityError):
                         raise
                     # In the shape the server's activity fails in, which the callers read.
@@ -456,7 +459,7 @@ class Outbox:
                         activity_type=method.__name__,
                         activity_id="",
                         retry_state=RetryState.CANCEL_REQUESTED
-                        if isinstance(cause, CancelledError)
+                        if cancelled
                         else RetryState.NON_RETRYABLE_FAILURE,
                     ) from err
                 workflow.logger.warning(
