@@ -31,6 +31,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.testing import WorkflowEnvironment
 
+from bench.actions import LOCAL_ACTIVITY_MARKER
 from contract.models import Acknowledge, Resolve, Severity, Tier
 from harness.processes import ROOT, eventually, free_port, service_process
 from runtime.converter import support_data_converter
@@ -178,7 +179,7 @@ async def intake_delivered(handle: WorkflowHandle[Any, Any]) -> None:
         locally = (
             e.marker_recorded_event_attributes
             for e in events
-            if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+            if e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
         )
         return any(
             e.activity_task_completed_event_attributes.scheduled_event_id in delivering

@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory, WorkflowU
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from bench.actions import LOCAL_ACTIVITY_MARKER
 from contract.models import (
     Acknowledge,
     AgentReply,
@@ -65,7 +66,7 @@ async def settled_after_an_activity(client: Client, workflow_id: str) -> None:
 def local_activity(event: HistoryEvent, activity_type: str = "") -> bool:
     """Whether ``event`` records a local activity (of ``activity_type``, if given)."""
     marker = event.marker_recorded_event_attributes
-    if marker.marker_name != "core_local_activity":
+    if marker.marker_name != LOCAL_ACTIVITY_MARKER:
         return False
     data = b"".join(p.data for p in marker.details["data"].payloads)
     return activity_type.encode() in data
