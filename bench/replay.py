@@ -148,25 +148,25 @@ def worst_by_age(points: Sequence[Point]) -> dict[float, float]:
     return worst
 
 
-def reference_age(points: Sequence[Point]) -> float:
-    """The verdict's reference checkpoint (hours): the first before the last one that
-    measured a full run (the run before a continue-as-new), else 1 day."""
-    last = max(p.age_hours for p in points)
+def reference_age(points: Sequence[Point]) -> tuple[float, bool]:
+    """The verdict's reference checkpoint (hours), and whether it is a full run's: the
+    first before the last one that measured a full run (the run before a
+    continue-as-new), else 1 day."""
+    last = max((p.age_hours for p in points), default=0.0)
     full = [p.age_hours for p in points if p.which == PREVIOUS and p.age_hours < last]
-    return min(full, default=BASE.total_seconds() / 3600)
+    return (min(full), True) if full else (BASE.total_seconds() / 3600, False)
 
 
 def verdict(points: Sequence[Point], history_limit: int) -> str:
     """One line: is replay at the last checkpoint within ``BOUND`` x the reference's?"""
     worst = worst_by_age(points)
-    base_hours = reference_age(points) if points else BASE.total_seconds() / 3600
+    base_hours, full = reference_age(points)
     if base_hours not in worst or max(worst) <= base_hours:
         return "n/a: the run did not go past 1 day, the reference checkpoint"
     last = max(worst)
     ratio = worst[last] / worst[base_hours]
     runs = max(p.run for p in points)
     longest = max(p.events for p in points)
-    full = any(p.which == PREVIOUS and p.age_hours == base_hours for p in points)
     detail = (
         f"worst replay at {age_label(last)} {worst[last]:.3f} s against"
         f" {worst[base_hours]:.3f} s at {age_label(base_hours)}"
