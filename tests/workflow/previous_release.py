@@ -26,6 +26,9 @@ class TicketBeforeBatching(SupportTicket):
     async def run(self, raw: RawValue) -> TicketStatus:
         return await super().run(raw)
 
+    def _takes_changes_so_far(self) -> bool:
+        return False
+
     def _batch_ledger_writes(self) -> bool:
         return False
 
@@ -45,6 +48,9 @@ class TicketBeforeTargets(SupportTicket):
     async def run(self, raw: RawValue) -> TicketStatus:
         return await super().run(raw)
 
+    def _takes_changes_so_far(self) -> bool:
+        return False
+
     def _start_clocks(self, plan: TicketPlan) -> None:
         return None
 
@@ -52,6 +58,21 @@ class TicketBeforeTargets(SupportTicket):
         return False
 
 
+@workflow.defn(name="SupportTicket")
+class TicketBeforeRollup(SupportTicket):
+    """Before ``CHANGES_SO_FAR``: a marker (and a ``TemporalChangeVersion`` upsert) for each
+    change as the run first meets it."""
+
+    @workflow.run
+    async def run(self, raw: RawValue) -> TicketStatus:
+        return await super().run(raw)
+
+    def _takes_changes_so_far(self) -> bool:
+        return False
+
+
 PREVIOUS_RELEASE: Sequence[type] = [TicketBeforeBatching, StatementOfWork]
 # The release before the targets (SLA_TARGETS).
 BEFORE_TARGETS: Sequence[type] = [TicketBeforeTargets, StatementOfWork]
+# The release before the roll-up of its changes' markers (CHANGES_SO_FAR).
+BEFORE_ROLLUP: Sequence[type] = [TicketBeforeRollup, StatementOfWork]

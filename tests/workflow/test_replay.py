@@ -61,6 +61,7 @@ def test_the_main_paths_are_committed_for_now_and_before_each_change() -> None:
         "before-sla-targets",
         "before-keep-wake-timer",
         "before-local-first-attempts",
+        "before-rollup",
         *NARROW_CHANGES,
     }
     for release in releases:

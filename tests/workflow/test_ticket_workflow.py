@@ -467,9 +467,8 @@ async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack
     assert changed == [
         # Tier, severity, state, customer and the promised deadline were set at intake.
         # The SDK marks a ticket with each workflow.patched() id it takes, once per run:
-        # that is how open tickets still on an old branch are found (README: versioning).
-        ["TemporalChangeVersion"],
-        ["TemporalChangeVersion"],  # one per patch id the run takes (not billed)
+        # that is how open tickets still on an old branch are found (docs/versioning.md).
+        # A new ticket takes one id, the roll-up of every change so far (not billed).
         ["TemporalChangeVersion"],
         ["SlaBreached"],  # breach
         ["TicketState"],  # acknowledged

@@ -11,6 +11,7 @@ old release, which is why a rollback is unsafe once new tickets have started.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,11 +40,16 @@ from policy.schema import POLICY_FILE_ENV
 from runtime.converter import support_data_converter
 from tests.conftest import quiet, ticket
 from tests.workflow.fakes import FakeActivities
-from tests.workflow.previous_release import BEFORE_TARGETS, PREVIOUS_RELEASE
+from tests.workflow.previous_release import BEFORE_ROLLUP, BEFORE_TARGETS, PREVIOUS_RELEASE
 from worker import worker_with
 from workflows import ALL_WORKFLOWS
 from workflows.ticket import BATCHED_LEDGER_WRITES
-from workflows.ticket.patches import KEEP_WAKE_TIMER, LOCAL_FIRST_ATTEMPTS
+from workflows.ticket.patches import (
+    CHANGES_SO_FAR,
+    KEEP_WAKE_TIMER,
+    LOCAL_FIRST_ATTEMPTS,
+    lacking,
+)
 
 
 async def settled_after_an_activity(client: Client, workflow_id: str) -> None:
@@ -84,8 +90,24 @@ def ledger_writes(history: WorkflowHistory) -> tuple[int, int]:
 
 
 def patch_markers(history: WorkflowHistory) -> int:
+    return len(patch_ids(history))
+
+
+def patch_ids(history: WorkflowHistory) -> list[str]:
+    """The patch ids a run's markers record, in order."""
+    return [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+
+
+def change_version_upserts(history: WorkflowHistory) -> int:
     return sum(
-        1 for e in history.events if e.marker_recorded_event_attributes.marker_name == "core_patch"
+        1
+        for e in history.events
+        if "TemporalChangeVersion"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
     )
 
 
@@ -93,9 +115,8 @@ async def running_without_the_change(client: Client, queue: str) -> set[str]:
     query = (
         f"WorkflowType = 'SupportTicket' AND ExecutionStatus = 'Running'"
         f" AND TaskQueue = '{queue}'"
-        # The README's query: a run without this change's id (another patch's id, or none).
-        " AND (TemporalChangeVersion IS NULL"
-        f" OR TemporalChangeVersion != '{BATCHED_LEDGER_WRITES}')"
+        # docs/versioning.md's query: a run without this change's id or the roll-up's.
+        f" AND {lacking(BATCHED_LEDGER_WRITES)}"
     )
     return {w.id async for w in client.list_workflows(query)}
 
@@ -136,18 +157,12 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
     # one local activity (LOCAL_FIRST_ATTEMPTS), as its plan and its intake were.
     assert (ledger_writes(old_history), patch_markers(old_history)) == ((3, 0), 0)
     assert not any(local_activity(e) for e in old_history.events)
-    # (The new ticket also takes the later KEEP_WAKE_TIMER and LOCAL_FIRST_ATTEMPTS
-    # patches: a marker each.)
-    assert (ledger_writes(new_history), patch_markers(new_history)) == ((0, 1), 3)
+    # (The new ticket takes the change with every later one under one marker,
+    # CHANGES_SO_FAR.)
+    assert (ledger_writes(new_history), patch_markers(new_history)) == ((0, 1), 1)
     for activity_type in ("resolve_ticket_plan", "deliver_step"):
         assert any(local_activity(e, activity_type) for e in new_history.events), activity_type
-    markers = [
-        e.SerializeToString()
-        for e in new_history.events
-        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
-    ]
-    for patch_id in (BATCHED_LEDGER_WRITES, KEEP_WAKE_TIMER, LOCAL_FIRST_ATTEMPTS):
-        assert sum(patch_id.encode() in marker for marker in markers) == 1, patch_id
+    assert patch_ids(new_history) == [CHANGES_SO_FAR]
     # Either way the ledger holds the same events.
     for t in (old, new):
         kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
@@ -160,6 +175,77 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
     rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
     assert rollback.replay_failure is not None
     assert "nondetermin" in str(rollback.replay_failure).lower()
+
+
+async def test_a_ticket_opened_before_the_roll_up_keeps_a_marker_per_change(
+    dev_server: WorkflowEnvironment,
+) -> None:
+    """CHANGES_SO_FAR crossing a deploy: a ticket the release before opened keeps asking
+    each change (its replay finds no roll-up marker), so the changes it had met keep their
+    markers and a change it meets under the new worker takes its own; a ticket the new
+    worker opens records the one roll-up marker and has every change. Both behave alike
+    (the same ledger events), both replay on the current code, the new one does not
+    replay on the release before, and the operators' query finds only the old one still
+    without a rolled-up change."""
+    client = dev_server.client
+    queue = f"tq-{uuid.uuid4()}"
+    fakes = FakeActivities()
+    old = ticket(f"V-PRU-{uuid.uuid4().hex[:6]}", tier="premium")
+    new = ticket(f"V-RU-{uuid.uuid4().hex[:6]}", tier="premium")
+    async with worker_with(client, queue, fakes.activities(), BEFORE_ROLLUP):
+        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, old.workflow_id)
+    async with worker_with(client, queue, fakes.activities()):
+        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, new.workflow_id)
+
+        async def only_the_old() -> set[str]:
+            query = (
+                f"WorkflowType = 'SupportTicket' AND ExecutionStatus = 'Running'"
+                f" AND TaskQueue = '{queue}' AND {lacking(LOCAL_FIRST_ATTEMPTS)}"
+            )
+            return {w.id async for w in client.list_workflows(query)}
+
+        assert await only_the_old() == set()  # the old ticket has LOCAL_FIRST_ATTEMPTS
+        for t in (old, new):
+            handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
+            await handle.execute_update("acknowledge", Acknowledge(agent="ana"))
+            await handle.signal("resolve", Resolve(by="ana", summary="fixed"))
+            assert (await handle.result()).state is TicketState.RESOLVED
+    old_history = await client.get_workflow_handle(old.workflow_id).fetch_history()
+    new_history = await client.get_workflow_handle(new.workflow_id).fetch_history()
+    assert patch_ids(old_history) == [
+        LOCAL_FIRST_ATTEMPTS,
+        KEEP_WAKE_TIMER,
+        BATCHED_LEDGER_WRITES,
+    ]
+    assert change_version_upserts(old_history) == 3
+    assert (patch_ids(new_history), change_version_upserts(new_history)) == ([CHANGES_SO_FAR], 1)
+    # Both took every change: plan, delivery and ledger write local, one ledger batch.
+    for history in (old_history, new_history):
+        for activity_type in ("resolve_ticket_plan", "deliver_step", "record_sla_events"):
+            assert any(local_activity(e, activity_type) for e in history.events), activity_type
+    for t in (old, new):
+        kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
+        assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
+    for history in (old_history, new_history):
+        await current.replay_workflow(history)
+    before = Replayer(workflows=BEFORE_ROLLUP, data_converter=support_data_converter)
+    rollback = await before.replay_workflow(new_history, raise_on_replay_failure=False)
+    assert rollback.replay_failure is not None
+    assert "nondetermin" in str(rollback.replay_failure).lower()
+
+
+def test_the_query_for_runs_without_a_change_counts_the_roll_up() -> None:
+    assert lacking(LOCAL_FIRST_ATTEMPTS) == (
+        "(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != 'local-first-attempts'"
+        " AND TemporalChangeVersion != 'changes-through-local-first-attempts'))"
+    )
+    # A change after the roll-up has its own marker only.
+    assert lacking("a-later-change") == (
+        "(TemporalChangeVersion IS NULL OR (TemporalChangeVersion != 'a-later-change'))"
+    )
 
 
 async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_superseded_not_failed(

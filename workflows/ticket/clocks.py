@@ -36,7 +36,7 @@ class Clocks(Planning):
 
     def _start_clocks(self, plan: TicketPlan) -> None:
         """A new ticket whose tier has more targets keeps their clocks."""
-        if (plan.clocks or plan.next_reply_target) and workflow.patched(SLA_TARGETS):
+        if (plan.clocks or plan.next_reply_target) and self._patched(SLA_TARGETS):
             self._clocks_on = True
             targets.merge(self._state(), plan.clocks)
 
@@ -186,7 +186,7 @@ class Clocks(Planning):
         next-reply target, the next reply's clock starts (unless one is still open). The
         new deadlines are planned first and applied with the resume, so no status shows
         one without the other."""
-        if not workflow.patched(SLA_TARGETS):
+        if not self._patched(SLA_TARGETS):
             return
         status = self._state()
         waiting = status.awaiting_customer_since is not None
@@ -205,7 +205,7 @@ class Clocks(Planning):
                 new = ClockRequest(metric=Metric.NEXT_REPLY, cycle=cycle, started_at=at)
                 requests.append(new)
             found = await self._plan_clocks(requests)
-            if found is None and workflow.patched(RESUME_AWAITS_PLAN):
+            if found is None and self._patched(RESUME_AWAITS_PLAN):
                 # No plan (recorded): the paused clocks stay stopped and the new next reply
                 # waits for its deadline, until a plan comes (_run_clocks retries).
                 targets.hold(status, ended, at)

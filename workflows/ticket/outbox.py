@@ -30,7 +30,9 @@ from workflows.ticket.events import Event, Record
 from workflows.ticket.patches import (
     BATCHED_LEDGER_WRITES,
     CANCELLED_ATTEMPT_SUPERSEDED,
+    CHANGES_SO_FAR,
     LOCAL_FIRST_ATTEMPTS,
+    ROLLED_UP,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -80,6 +82,8 @@ class Outbox:
         self._clocks_on = False
         # Whether this run makes an activity's first attempt locally (LOCAL_FIRST_ATTEMPTS).
         self._local_first = False
+        # Whether this run took CHANGES_SO_FAR (every change it rolls up); None until asked.
+        self._so_far: bool | None = None
 
     def _send(
         self,
@@ -187,7 +191,7 @@ class Outbox:
             details = DeliveryFailureDetails.of(
                 cause if isinstance(cause, ApplicationError) else None
             )
-            if _cancel_requested() and workflow.patched(CANCELLED_ATTEMPT_SUPERSEDED):
+            if _cancel_requested() and self._patched(CANCELLED_ATTEMPT_SUPERSEDED):
                 # The acknowledgement cancelled it while an attempt was failing (an activity
                 # learns of a cancellation only between attempts): moot, not failed.
                 self._superseded_by_ack(request, record, details.delivered or [])
@@ -380,7 +384,7 @@ class Outbox:
             self._spawn(self._write_unwritten())
 
     def _batch_ledger_writes(self) -> bool:
-        return workflow.patched(BATCHED_LEDGER_WRITES)
+        return self._patched(BATCHED_LEDGER_WRITES)
 
     def _claim_unwritten(self) -> list[SlaEvent]:
         """The events waiting for this activation's ledger write, for a delivery to carry
@@ -404,11 +408,26 @@ class Outbox:
             retry_policy=LEDGER_RETRY,
         )
 
+    def _patched(self, patch_id: str) -> bool:
+        """``workflow.patched(patch_id)``, except that a run which took ``CHANGES_SO_FAR``
+        has every change it rolls up with no marker of its own. Whether it took it is asked
+        at the first call of the run (in ``run``, before its first activity), so a run that
+        began before the roll-up replays without it and asks each change as it did."""
+        if self._so_far is None:
+            self._so_far = self._takes_changes_so_far()
+        if self._so_far and patch_id in ROLLED_UP:
+            return True
+        return workflow.patched(patch_id)
+
+    def _takes_changes_so_far(self) -> bool:
+        """A method so that the tests' previous releases can run without the roll-up."""
+        return workflow.patched(CHANGES_SO_FAR)
+
     def _takes_local_first(self) -> bool:
         """Whether this run makes first attempts locally (LOCAL_FIRST_ATTEMPTS); asked once
         per run, before its first activity; a method so that the tests' previous release
         can run without it."""
-        return workflow.patched(LOCAL_FIRST_ATTEMPTS)
+        return self._patched(LOCAL_FIRST_ATTEMPTS)
 
     async def _run_activity(
         self,

@@ -39,3 +39,33 @@ VERIFY_IN_PLACE = "verify-requester-in-place"
 # fails and may be retried goes to the server as an activity with its retries (the plan,
 # a step's delivery, a ledger write). Before, every call was a server activity.
 LOCAL_FIRST_ATTEMPTS = "local-first-attempts"
+
+# One marker for every change above: a ticket whose run begins on this release records
+# this id once, in its first workflow task, and has every change in ROLLED_UP without a
+# marker (and a TemporalChangeVersion upsert) of its own; a run that began before it has
+# no such marker, and asks each change as it did (Outbox._patched). A new ticket's history
+# was 3 markers and 3 upserts of versioning on its hot path, a quarter of its events. A
+# change after this one takes its own patch id again (and a later roll-up may name it).
+CHANGES_SO_FAR = "changes-through-local-first-attempts"
+ROLLED_UP = (
+    BATCHED_LEDGER_WRITES,
+    ACK_SUPERSEDES_DELIVERIES,
+    RETRIAGE_NOTIFIES,
+    RETRIAGE_AFTER_ACK,
+    REPLY_NOTIFIES,
+    SLA_TARGETS,
+    KEEP_WAKE_TIMER,
+    RESUME_AWAITS_PLAN,
+    CANCELLED_ATTEMPT_SUPERSEDED,
+    VERIFY_IN_PLACE,
+    LOCAL_FIRST_ATTEMPTS,
+)
+
+
+def lacking(patch_id: str) -> str:
+    """The visibility-query clause for ticket runs without ``patch_id``'s change: neither
+    its id nor, for a rolled-up change, ``CHANGES_SO_FAR`` in ``TemporalChangeVersion``
+    (docs/versioning.md, retiring a branch)."""
+    ids = [patch_id, CHANGES_SO_FAR] if patch_id in ROLLED_UP else [patch_id]
+    without = " AND ".join(f"TemporalChangeVersion != '{i}'" for i in ids)
+    return f"(TemporalChangeVersion IS NULL OR ({without}))"

@@ -174,17 +174,17 @@ class SupportTicket(Clocks):
 
     @workflow.signal(name=names.AGENT_REPLY)
     def agent_reply(self, reply: RawValue) -> None:
-        if workflow.patched(SLA_TARGETS):
+        if self._patched(SLA_TARGETS):
             self._receive(names.AGENT_REPLY, AgentReply, reply)
 
     @workflow.signal(name=names.AWAIT_CUSTOMER)
     def await_customer(self, wait: RawValue) -> None:
-        if workflow.patched(SLA_TARGETS):
+        if self._patched(SLA_TARGETS):
             self._receive(names.AWAIT_CUSTOMER, AwaitCustomer, wait)
 
     @workflow.signal(name=names.VERIFY_REQUESTER)
     def verify_requester(self, verify: RawValue) -> None:
-        if workflow.patched(VERIFY_IN_PLACE):
+        if self._patched(VERIFY_IN_PLACE):
             self._receive(names.VERIFY_REQUESTER, VerifyRequester, verify)
 
     @workflow.update(name=names.ACKNOWLEDGE)
@@ -515,7 +515,7 @@ class SupportTicket(Clocks):
     def _keeps_wake_timer(self) -> bool:
         """Whether this run keeps its wake-up timer (KEEP_WAKE_TIMER); a method so that the
         tests' previous release can run without it."""
-        return workflow.patched(KEEP_WAKE_TIMER)
+        return self._patched(KEEP_WAKE_TIMER)
 
     def _disarm(self) -> None:
         if self._wake_timer is not None:
@@ -723,7 +723,7 @@ class SupportTicket(Clocks):
             for task, kind in self._delivery_kinds.items()
             if kind in MOOT_ON_ACK and not task.done()
         ]
-        if moot and workflow.patched(ACK_SUPERSEDES_DELIVERIES):
+        if moot and self._patched(ACK_SUPERSEDES_DELIVERIES):
             for task in moot:
                 task.cancel()
 
@@ -758,7 +758,7 @@ class SupportTicket(Clocks):
                 "response_target": status.response_target,
             }
             self._apply_plan(plan.model_copy(update=keep))
-        elif raised and workflow.patched(RETRIAGE_AFTER_ACK):
+        elif raised and self._patched(RETRIAGE_AFTER_ACK):
             # An acknowledged ticket without open clocks keeps its plan and deadlines; the
             # new severity's plan only says who its first responders are. When the policy
             # cannot be resolved (recorded on the ticket) the severity still changes.
@@ -783,7 +783,7 @@ class SupportTicket(Clocks):
         """Raising the severity tells the new severity's first responders (the intake step
         of ``plan``) who have not heard of the ticket yet, once."""
         fresh = self._fresh_first_responders(plan)
-        if not fresh or not workflow.patched(RETRIAGE_NOTIFIES):
+        if not fresh or not self._patched(RETRIAGE_NOTIFIES):
             return
         n = self._next("retriage")
         message = f"Severity raised {before.value} -> {change.severity.value} by {change.by}" + (
@@ -869,7 +869,7 @@ class SupportTicket(Clocks):
         status = self._state()
         if status.state not in targets.LIVE:
             return self._ignored(names.AGENT_REPLY, reply.agent, received)
-        if not workflow.patched(SLA_TARGETS):
+        if not self._patched(SLA_TARGETS):
             return self._before_targets(names.AGENT_REPLY, reply.agent, received)
         at = transitions.acted_at(reply.at, received, status.opened_at)
         if status.state is TicketState.OPEN:
@@ -886,7 +886,7 @@ class SupportTicket(Clocks):
         status = self._state()
         if status.state not in targets.LIVE:
             return self._ignored(names.AWAIT_CUSTOMER, wait.by, at)
-        if not workflow.patched(SLA_TARGETS):
+        if not self._patched(SLA_TARGETS):
             return self._before_targets(names.AWAIT_CUSTOMER, wait.by, at)
         refusal = self._waiting_refusal()
         if refusal:
@@ -953,7 +953,7 @@ class SupportTicket(Clocks):
         status = self._state()
         if status.state not in (TicketState.OPEN, TicketState.ACKNOWLEDGED):
             return
-        if not workflow.patched(REPLY_NOTIFIES):
+        if not self._patched(REPLY_NOTIFIES):
             return
         text = f"Customer replied via {reply.via} at {reply.received_at.isoformat()}" + (
             f": {reply.subject}" if reply.subject else ""
