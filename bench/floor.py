@@ -4,6 +4,9 @@ every ticket figure is reported beside what Temporal itself achieves in the same
 - ``BenchFloor``: sleeps until an instant, then runs one activity that posts to the same
   HTTP sink the tickets' webhook notifications reach (lateness floor); with no instant it
   runs the activity at once and ends (throughput floor: a trivial workflow, one activity).
+  With ``signals`` it then waits for that many ``bench_floor_signal`` signals before it
+  ends: the client's messages of a ticket opened, acknowledged and resolved (a start and
+  two signals) on a bare workflow (the throughput phase's "same messages" floor).
 
 ``python -m bench.floor`` runs its worker as a process, like ``worker.py`` for tickets:
 default ``Worker`` settings, task queue ``SUPPORT_TASK_QUEUE``, server ``TEMPORAL_ADDRESS``.
@@ -26,11 +29,15 @@ with workflow.unsafe.imports_passed_through():
     from runtime.process import run_until_stopped
 
 
+FLOOR_SIGNAL = "bench_floor_signal"
+
+
 @dataclass
 class FloorInput:
     key: str
     due_at: datetime | None  # None: no timer (throughput floor)
     sink_url: str | None  # None: the activity posts nothing
+    signals: int = 0  # signals to wait for after the activity (the same-messages floor)
 
 
 class Poster:
@@ -54,6 +61,13 @@ class Poster:
 
 @workflow.defn(name="BenchFloor")
 class BenchFloor:
+    def __init__(self) -> None:
+        self.signals = 0
+
+    @workflow.signal(name=FLOOR_SIGNAL)
+    def signal(self) -> None:
+        self.signals += 1
+
     @workflow.run
     async def run(self, request: FloorInput) -> None:
         if request.due_at is not None:
@@ -63,6 +77,7 @@ class BenchFloor:
         await workflow.execute_activity(
             "bench_floor_post", request, start_to_close_timeout=timedelta(seconds=30)
         )
+        await workflow.wait_condition(lambda: self.signals >= request.signals)
 
 
 async def serve(stop: asyncio.Event) -> None:

@@ -26,7 +26,9 @@ interval; that only makes the tickets' figures more pessimistic):
    seconds; worker RSS sampled every 1,000 tickets opened and at the end;
 2. floor steady: N bare workflows sleeping to the same instants, then one activity;
 3. burst: B tickets, then B bare workflows, all due at one instant (drain time);
-4. throughput: T tickets opened, acknowledged and resolved; T trivial workflows;
+4. throughput: T tickets opened, acknowledged and resolved; T trivial workflows; T
+   trivial workflows sent the tickets' two signals; in two rounds, the order reversed
+   in the second;
 5. Actions per ticket (bench.actions, on the time-skipping server);
 6. replay after cache eviction of a ticket escalating for a week (bench.replay, on the
    time-skipping server; every run but ``--short``).
@@ -56,7 +58,7 @@ import yaml
 from temporalio.client import Client
 from tqdm import tqdm
 
-from bench.floor import FloorInput
+from bench.floor import FLOOR_SIGNAL, FloorInput
 from bench.polling import PollingChecker
 from contract.models import Acknowledge, Resolve, Severity, TicketInput, Tier, ticket_workflow_id
 from drills.tickets import bounded
@@ -184,6 +186,9 @@ class Report:
     throughput_floor: float | None = None
     throughput_completed: int | None = None  # of settings["throughput"]
     throughput_floor_completed: int | None = None
+    # The same client messages (a start, two signals) on a bare workflow with one activity.
+    throughput_messages_floor: float | None = None
+    throughput_messages_floor_completed: int | None = None
     rss_mb: dict[int, float] = field(default_factory=dict)  # tickets open -> workers' RSS
     rss_per_process_mb: dict[int, list[float]] = field(default_factory=dict)
     actions: list[dict[str, Any]] = field(default_factory=list)
@@ -346,19 +351,23 @@ async def open_due(
 
 
 async def start_floor(
-    bench: Bench, dues: Iterable[datetime | None], prefix: str, sink: bool
+    bench: Bench, dues: Iterable[datetime | None], prefix: str, sink: bool, signals: int = 0
 ) -> int:
+    """Start a floor workflow per due instant; with ``signals``, send it that many signals
+    right after its start, one after another, as the throughput phase does a ticket's."""
     count = 0
 
     async def one(i: int, due: datetime | None) -> None:
         nonlocal count
         key = f"{prefix}-{i:05d}"
-        await bench.client.start_workflow(
+        handle = await bench.client.start_workflow(
             "BenchFloor",
-            FloorInput(key, due, bench.sink.url if sink else None),
+            FloorInput(key, due, bench.sink.url if sink else None, signals),
             id=key,
             task_queue=bench.floor_queue,
         )
+        for _ in range(signals):
+            await handle.signal(FLOOR_SIGNAL)
         count += 1
 
     await bounded((one(i, d) for i, d in enumerate(dues)), limit=64)
@@ -490,33 +499,66 @@ async def until_completed(
             await asyncio.sleep(0.25)
 
 
-async def throughput(bench: Bench, report: Report, count: int) -> None:
-    """Tickets opened, acknowledged and resolved per second, and the trivial floor; runs
-    that did not complete count against the rate (the wait ends two minutes after the
-    last one completed)."""
-    base = await completed(bench.client, bench.tickets_queue, "SupportTicket")
-    began = time.monotonic()
+THROUGHPUT_ROUNDS = 2
 
-    async def one(i: int) -> None:
-        data = ticket(f"T-{i:05d}", datetime.now(UTC).replace(microsecond=0))
-        await open_ticket(bench.client, data, bench.tickets_queue)
-        handle = bench.client.get_workflow_handle(data.workflow_id)
-        await handle.signal("acknowledge", Acknowledge(agent="bench"))
-        await handle.signal("resolve", Resolve(by="bench", summary="bench"))
 
-    await bounded((one(i) for i in range(count)), limit=64)
-    done, ended = await until_completed(
-        bench.client, bench.tickets_queue, "SupportTicket", base, count, "throughput: tickets"
+async def throughput(
+    bench: Bench, report: Report, count: int, rounds: int = THROUGHPUT_ROUNDS
+) -> None:
+    """Tickets opened, acknowledged and resolved per second, beside two floors: the
+    trivial workflow (one activity), and the same client messages on it (a start, the
+    activity, then two signals: what the engine itself does for what the tickets are
+    asked). In ``rounds`` rounds of ``count / rounds`` each, the order of the three
+    reversed every other round, so that a host or a server database that slows down
+    during the phase weighs on each alike; a rate is what completed over the time its
+    own rounds took. Runs that did not complete count against the rate (a round's wait
+    ends two minutes after its last one completed)."""
+
+    async def tickets(first: int, size: int) -> None:
+        async def one(i: int) -> None:
+            data = ticket(f"T-{i:05d}", datetime.now(UTC).replace(microsecond=0))
+            await open_ticket(bench.client, data, bench.tickets_queue)
+            handle = bench.client.get_workflow_handle(data.workflow_id)
+            await handle.signal("acknowledge", Acknowledge(agent="bench"))
+            await handle.signal("resolve", Resolve(by="bench", summary="bench"))
+
+        await bounded((one(i) for i in range(first, first + size)), limit=64)
+
+    async def floor(first: int, size: int) -> None:
+        await start_floor(bench, [None] * size, f"FT{first}", sink=False)
+
+    async def messages(first: int, size: int) -> None:
+        await start_floor(bench, [None] * size, f"FM{first}", sink=False, signals=2)
+
+    kinds = [
+        ("tickets", tickets, bench.tickets_queue, "SupportTicket"),
+        ("floor", floor, bench.floor_queue, "BenchFloor"),
+        ("same messages", messages, bench.floor_queue, "BenchFloor"),
+    ]
+    totals = {name: [0, 0.0] for name, *_ in kinds}
+    first = 0
+    for r in range(rounds):
+        size = count // rounds + (1 if r < count % rounds else 0)
+        for name, start, queue, workflow_type in kinds if r % 2 == 0 else kinds[::-1]:
+            base = await completed(bench.client, queue, workflow_type)
+            began = time.monotonic()
+            await start(first, size)
+            done, ended = await until_completed(
+                bench.client, queue, workflow_type, base, size, f"throughput: {name}"
+            )
+            totals[name][0] += done
+            totals[name][1] += ended - began
+        first += size
+
+    def rate(name: str) -> tuple[int, float]:
+        done, seconds = totals[name]
+        return int(done), done / seconds
+
+    report.throughput_completed, report.throughput = rate("tickets")
+    report.throughput_floor_completed, report.throughput_floor = rate("floor")
+    report.throughput_messages_floor_completed, report.throughput_messages_floor = rate(
+        "same messages"
     )
-    report.throughput_completed, report.throughput = done, done / (ended - began)
-
-    floor_base = await completed(bench.client, bench.floor_queue, "BenchFloor")
-    began = time.monotonic()
-    await start_floor(bench, [None] * count, "FT", sink=False)
-    done, ended = await until_completed(
-        bench.client, bench.floor_queue, "BenchFloor", floor_base, count, "throughput: floor"
-    )
-    report.throughput_floor_completed, report.throughput_floor = done, done / (ended - began)
 
 
 async def actions(report: Report) -> None:
@@ -838,6 +880,21 @@ def render(report: Report) -> str:
                 report.throughput_floor_completed,
             ),
         ]
+        if report.throughput_messages_floor is not None:
+            lines.append(
+                row(
+                    "the same messages on the bare engine: start, one activity, two signals",
+                    report.throughput_messages_floor,
+                    report.throughput_messages_floor_completed,
+                )
+            )
+            if report.throughput and report.throughput_messages_floor:
+                ratio = report.throughput / report.throughput_messages_floor
+                lines += [
+                    "",
+                    f"Tickets against the same messages on the bare engine: {ratio:.2f}"
+                    " (the target's ratio is against the trivial floor).",
+                ]
     if report.rss_mb:
         counts = sorted(report.rss_mb)
         processes = int(cfg.get("worker_processes") or 1)

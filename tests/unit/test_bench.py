@@ -284,6 +284,28 @@ def test_short_report_header_and_verdicts(tmp_path: Path) -> None:
     assert (tmp_path / "latest.md").read_text() == text
 
 
+def test_the_same_messages_floor_is_reported_beside_the_target_floor() -> None:
+    text = render(
+        report(
+            kind="short",
+            throughput=30.0,
+            throughput_floor=60.0,
+            throughput_completed=300,
+            throughput_floor_completed=300,
+            throughput_messages_floor=40.0,
+            throughput_messages_floor_completed=290,
+        )
+    )
+    # The target stays against the trivial floor; the same messages are a row of their own,
+    # with what did not complete.
+    assert "| throughput | tickets/s ≥ 0.8 x the floor's | 30.0/s, floor 60.0/s |" in text
+    assert (
+        "| the same messages on the bare engine: start, one activity, two signals"
+        " | 290 of 300 | 40.0 |"
+    ) in text
+    assert "Tickets against the same messages on the bare engine: 0.75" in text
+
+
 def test_per_process_rss_rows() -> None:
     text = render(
         report(
