@@ -65,6 +65,9 @@ class FakeActivities:
     retry_after: timedelta | None = None
     # How long (real time) such an attempt hangs before it fails, as a timing-out sink does.
     hang: timedelta | None = None
+    # Whether a local first attempt hangs too (False: it fails at once, and only the
+    # server's attempts hang, to put a message in the middle of one of those).
+    hang_local: bool = True
     page_updates: list[PageUpdate] = field(default_factory=list)
     _events: dict[str, SlaEvent] = field(default_factory=dict)
     _outcomes: dict[str, TicketOutcome] = field(default_factory=dict)
@@ -134,7 +137,7 @@ class FakeActivities:
             delivered.append(recipient.name)
             channels[recipient.name] = recipient.channels[0].type.value
         if down:
-            if self.hang is not None:
+            if self.hang is not None and (self.hang_local or not activity.info().is_local):
                 await asyncio.sleep(self.hang.total_seconds())
             raise ApplicationError(
                 "delivery failed for " + ", ".join(down),

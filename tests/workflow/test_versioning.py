@@ -252,17 +252,19 @@ async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_supersede
     dev_server: WorkflowEnvironment,
 ) -> None:
     """On the real server (the time-skipping one never resolves this race): the breach's
-    message to the duty manager hangs 2 s and fails, as a chat timing out does, and the
-    agent acknowledges during that attempt. The activity hears of the cancellation only
+    message to the duty manager fails at once in its local first attempt, then hangs 2 s
+    and fails in the server's attempt, as a chat timing out does, and the agent
+    acknowledges during that server attempt. The activity hears of the cancellation only
     when the attempt ends, with its failure: the step is moot, so it is recorded as
     superseded (the support lead, reached, stays delivered), never as a failed
-    notification. The chat-outage drill counted 22 such steps as lost
+    notification, and never retried. The chat-outage drill counted 22 such steps as lost
     (CANCELLED_ATTEMPT_SUPERSEDED)."""
     client = dev_server.client
     queue = f"tq-{uuid.uuid4()}"
     fakes = FakeActivities()
     fakes.unreachable.add("duty-manager")
     fakes.hang = timedelta(seconds=2)
+    fakes.hang_local = False  # the local attempt fails at once; the server's hangs
     now = datetime.now(UTC).replace(microsecond=0)
     # Opened an hour ago less 2 s: Premium's breach (1 h) falls due in 2 s.
     data = ticket(f"V-ACK-{uuid.uuid4().hex[:6]}", tier="premium", severity="sev2")
@@ -272,7 +274,10 @@ async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_supersede
         await client.start_workflow("SupportTicket", data, id=data.workflow_id, task_queue=queue)
         handle = client.get_workflow_handle(data.workflow_id, result_type=TicketStatus)
         await eventually(
-            "the breach's first attempt", lambda: key in fakes.attempts, 15, every=0.02
+            "the breach's server attempt",
+            lambda: fakes.attempts.count(key) == 2,
+            15,
+            every=0.02,
         )
         await handle.execute_update("acknowledge", Acknowledge(agent="alice"))
 
@@ -286,9 +291,9 @@ async def test_a_delivery_acknowledged_away_while_its_attempt_fails_is_supersede
         [record] = [e for e in status.escalations if e.step == "breach"]
         assert record.superseded_at is not None and record.failed == [], status.history
         assert "notification_failed" not in [h.kind for h in status.history]
-        # The local first attempt (LOCAL_FIRST_ATTEMPTS), then at most the server
-        # activity's first, which the acknowledgement cancelled: never retried.
-        assert fakes.attempts.count(key) in (1, 2)
+        # The local first attempt (LOCAL_FIRST_ATTEMPTS), then the server activity's
+        # first, which the acknowledgement cancelled: never retried.
+        assert fakes.attempts.count(key) == 2
         await handle.execute_update("resolve", Resolve(by="alice"))
         await handle.result()
     events = await fakes.events(status.ticket_id)
