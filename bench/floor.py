@@ -1,5 +1,6 @@
-"""The engine floor: what the bare engine does on the same server and worker settings, so
-every ticket figure is reported beside what Temporal itself achieves in the same run.
+"""The engine floor: what the bare engine does on the same server, with the SDK's default
+worker settings (its workflow cache is 1,000, the ticket worker's 500), so every ticket
+figure is reported beside what Temporal itself achieves in the same run.
 
 - ``BenchFloor``: sleeps until an instant, then runs one activity that posts to the same
   HTTP sink the tickets' webhook notifications reach (lateness floor); with no instant it
