@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from contract.models import (
     CustomerReply,
     Metric,
     Resolve,
+    TicketInput,
     TicketState,
     TicketStatus,
 )
@@ -67,6 +70,26 @@ async def settled_after_an_activity(client: Client, workflow_id: str) -> None:
         )
 
     await eventually(f"{workflow_id} to settle", done)
+
+
+@asynccontextmanager
+async def across_a_deploy(
+    client: Client,
+    queue: str,
+    fakes: FakeActivities,
+    before: Sequence[type],
+    old: TicketInput,
+    new: TicketInput,
+) -> AsyncIterator[None]:
+    """The release ``before`` opens ``old`` and is replaced while the ticket waits; the
+    current worker then opens ``new`` and serves both for the body of the block."""
+    async with worker_with(client, queue, fakes.activities(), before):
+        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, old.workflow_id)
+    async with worker_with(client, queue, fakes.activities()):
+        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
+        await settled_after_an_activity(client, new.workflow_id)
+        yield
 
 
 def local_activity(event: HistoryEvent, activity_type: str = "") -> bool:
@@ -129,13 +152,7 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
     fakes = FakeActivities()  # one ledger for both releases, as in a deploy
     old, new = ticket(f"V-OLD-{uuid.uuid4().hex[:6]}"), ticket(f"V-NEW-{uuid.uuid4().hex[:6]}")
     # The previous release opens a ticket, then is replaced while the ticket waits.
-    async with worker_with(client, queue, fakes.activities(), PREVIOUS_RELEASE):
-        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, old.workflow_id)
-    async with worker_with(client, queue, fakes.activities()):
-        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, new.workflow_id)
-
+    async with across_a_deploy(client, queue, fakes, PREVIOUS_RELEASE, old, new):
         # Operators can list the tickets still on the old branch.
 
         async def only_the_old() -> bool:
@@ -185,28 +202,23 @@ async def test_a_ticket_opened_before_the_roll_up_keeps_a_marker_per_change(
     markers and a change it meets under the new worker takes its own; a ticket the new
     worker opens records the one roll-up marker and has every change. Both behave alike
     (the same ledger events), both replay on the current code, the new one does not
-    replay on the release before, and the operators' query finds only the old one still
-    without a rolled-up change."""
+    replay on the release before, and the operators' query for a rolled-up change counts
+    neither (the old one took it with its own marker, the new one with the roll-up)."""
     client = dev_server.client
     queue = f"tq-{uuid.uuid4()}"
     fakes = FakeActivities()
     old = ticket(f"V-PRU-{uuid.uuid4().hex[:6]}", tier="premium")
     new = ticket(f"V-RU-{uuid.uuid4().hex[:6]}", tier="premium")
-    async with worker_with(client, queue, fakes.activities(), BEFORE_ROLLUP):
-        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, old.workflow_id)
-    async with worker_with(client, queue, fakes.activities()):
-        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, new.workflow_id)
+    async with across_a_deploy(client, queue, fakes, BEFORE_ROLLUP, old, new):
 
-        async def only_the_old() -> set[str]:
+        async def without_local_first() -> set[str]:
             query = (
                 f"WorkflowType = 'SupportTicket' AND ExecutionStatus = 'Running'"
                 f" AND TaskQueue = '{queue}' AND {lacking(LOCAL_FIRST_ATTEMPTS)}"
             )
             return {w.id async for w in client.list_workflows(query)}
 
-        assert await only_the_old() == set()  # the old ticket has LOCAL_FIRST_ATTEMPTS
+        assert await without_local_first() == set()
         for t in (old, new):
             handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
             await handle.execute_update("acknowledge", Acknowledge(agent="ana"))
@@ -319,12 +331,7 @@ async def test_a_ticket_opened_before_the_targets_keeps_the_first_response_only(
     fakes = FakeActivities()
     old = ticket(f"V-PRE-{uuid.uuid4().hex[:6]}", tier="premium")
     new = ticket(f"V-TGT-{uuid.uuid4().hex[:6]}", tier="premium")
-    async with worker_with(client, queue, fakes.activities(), BEFORE_TARGETS):
-        await client.start_workflow("SupportTicket", old, id=old.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, old.workflow_id)
-    async with worker_with(client, queue, fakes.activities()):
-        await client.start_workflow("SupportTicket", new, id=new.workflow_id, task_queue=queue)
-        await settled_after_an_activity(client, new.workflow_id)
+    async with across_a_deploy(client, queue, fakes, BEFORE_TARGETS, old, new):
         statuses: dict[str, TicketStatus] = {}
         for t in (old, new):
             handle = client.get_workflow_handle(t.workflow_id, result_type=TicketStatus)
