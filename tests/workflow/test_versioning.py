@@ -92,6 +92,27 @@ async def across_a_deploy(
         yield
 
 
+async def alike_and_no_way_back(
+    fakes: FakeActivities,
+    tickets: tuple[TicketInput, TicketInput],
+    old_history: WorkflowHistory,
+    new_history: WorkflowHistory,
+    before: Sequence[type],
+) -> None:
+    """Both tickets, opened then resolved, left the same ledger events; both histories
+    replay on the current code; the new one fails on the release ``before`` (no rollback)."""
+    for t in tickets:
+        kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
+        assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
+    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
+    for history in (old_history, new_history):
+        await current.replay_workflow(history)
+    previous = Replayer(workflows=before, data_converter=support_data_converter)
+    rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
+    assert rollback.replay_failure is not None
+    assert "nondetermin" in str(rollback.replay_failure).lower()
+
+
 def local_activity(event: HistoryEvent, activity_type: str = "") -> bool:
     """Whether ``event`` records a local activity (of ``activity_type``, if given)."""
     marker = event.marker_recorded_event_attributes
@@ -181,17 +202,7 @@ async def test_in_flight_ticket_keeps_the_old_branch_new_ones_take_the_new(
         assert any(local_activity(e, activity_type) for e in new_history.events), activity_type
     assert patch_ids(new_history) == [CHANGES_SO_FAR]
     # Either way the ledger holds the same events.
-    for t in (old, new):
-        kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
-        assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
-
-    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
-    for history in (old_history, new_history):
-        await current.replay_workflow(history)
-    previous = Replayer(workflows=PREVIOUS_RELEASE, data_converter=support_data_converter)
-    rollback = await previous.replay_workflow(new_history, raise_on_replay_failure=False)
-    assert rollback.replay_failure is not None
-    assert "nondetermin" in str(rollback.replay_failure).lower()
+    await alike_and_no_way_back(fakes, (old, new), old_history, new_history, PREVIOUS_RELEASE)
 
 
 async def test_a_ticket_opened_before_the_roll_up_keeps_a_marker_per_change(
@@ -237,16 +248,7 @@ async def test_a_ticket_opened_before_the_roll_up_keeps_a_marker_per_change(
     for history in (old_history, new_history):
         for activity_type in ("resolve_ticket_plan", "deliver_step", "record_sla_events"):
             assert any(local_activity(e, activity_type) for e in history.events), activity_type
-    for t in (old, new):
-        kinds = sorted(e.kind for e in await fakes.events(t.ticket_id))
-        assert kinds == ["acknowledged", "notified", "opened", "resolved"], (t.ticket_id, kinds)
-    current = Replayer(workflows=ALL_WORKFLOWS, data_converter=support_data_converter)
-    for history in (old_history, new_history):
-        await current.replay_workflow(history)
-    before = Replayer(workflows=BEFORE_ROLLUP, data_converter=support_data_converter)
-    rollback = await before.replay_workflow(new_history, raise_on_replay_failure=False)
-    assert rollback.replay_failure is not None
-    assert "nondetermin" in str(rollback.replay_failure).lower()
+    await alike_and_no_way_back(fakes, (old, new), old_history, new_history, BEFORE_ROLLUP)
 
 
 def test_the_query_for_runs_without_a_change_counts_the_roll_up() -> None:
