@@ -770,6 +770,67 @@ def checks(report: Report) -> list[Check]:
     ]
 
 
+def in_the_way(report: Report) -> list[str]:
+    """For each target this run did not meet, what the run's own figures show stands in
+    the way (docs/performance.md has what other measurements add)."""
+    cfg, lines = report.settings, []
+    unmet = [c for c in checks(report) if c.met is False]
+    for check in unmet:
+        if check.phase == "burst":
+            burst, cache = int(cfg.get("burst") or 0), int(cfg.get("workflow_cache") or 0)
+            if cache and burst > cache:
+                lines.append(
+                    f"- **burst**: the burst ({burst:,}) is larger than the ticket worker's"
+                    f" workflow cache ({cache:,}): the tickets it evicts are replayed from"
+                    " their history to take their step. The floor's worker keeps the SDK's"
+                    " default cache of 1,000, and a floor workflow's step ends it."
+                )
+            else:
+                lines.append(
+                    f"- **burst**: the burst fits the worker's cache ({cache:,}); the gap is"
+                    " the ticket's own step (its delivery and ledger write, the next timer,"
+                    " search attributes) against the floor's one activity."
+                )
+        elif check.phase == "throughput":
+            ours, floor = report.throughput, report.throughput_floor
+            same = report.throughput_messages_floor
+            if ours and floor and same:
+                lines.append(
+                    "- **throughput**: a ticket opened, acknowledged and resolved is three"
+                    " client calls (a start, two signals) where the floor's workflow is one."
+                    f" The same three calls on the bare engine ran at {same:.1f}/s, so the"
+                    f" contract's messages alone hold the tickets to {same / floor:.2f} of"
+                    f" the floor; the tickets ran at {ours / same:.2f} of those calls, and the"
+                    " rest of the gap is what a ticket adds to them (its plan, deliveries,"
+                    " ledger writes, search attributes, history) at this point of the run."
+                )
+        elif check.target.startswith("Actions of path (a)"):
+            path = next(
+                (a for a in report.actions if a["path"].endswith("ack_before_breach")), None
+            )
+            if path:
+                kinds = [
+                    ("start", "workflow_started"),
+                    ("signals", "signals"),
+                    ("timers", "timers"),
+                    ("activities", "activity_attempts"),
+                    ("local activities", "local_activity_tasks"),
+                    ("upserts", "search_attribute_upserts"),
+                ]
+                parts = ", ".join(f"{name} {path[key]}" for name, key in kinds if path.get(key))
+                lines.append(
+                    f"- **Actions of path (a)**: {parts}; each is a promise of the public"
+                    " contract (the two agent actions, a ledger write and a `TicketState`"
+                    " upsert for each, the deliveries and their timers)."
+                )
+    if lines:
+        lines.append(
+            "- What other measurements show, and what it would take: [docs/performance.md]"
+            "(../../docs/performance.md#why-the-targets-are-not-met)."
+        )
+    return lines
+
+
 # --- the report -----------------------------------------------------------------------------
 
 KINDS = {
@@ -828,6 +889,8 @@ def render(report: Report) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {c.phase} | {c.target} | {c.measured} | {c.verdict()} |" for c in checks(report)]
+    if way := in_the_way(report):
+        lines += ["", "## What stands in the way of the targets not met", "", *way]
     st, sf, po = report.steady, report.steady_floor, report.polling
     bu, bf = report.burst, report.burst_floor
     steady_shape = f"steady: {st.expected if st else 0:,} breaches over {cfg['window']:.0f} s"

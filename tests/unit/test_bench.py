@@ -306,6 +306,37 @@ def test_the_same_messages_floor_is_reported_beside_the_target_floor() -> None:
     assert "Tickets against the same messages on the bare engine: 0.75" in text
 
 
+def test_the_report_says_what_stands_in_the_way_of_each_target_not_met() -> None:
+    short = report(
+        kind="short",
+        settings={"burst": 1000, "workflow_cache": 500, "throughput": 300},
+        burst=Lateness(1000, 1000, 10, 20, 20, drain_seconds=20),
+        burst_floor=Lateness(1000, 1000, 2, 5, 5, drain_seconds=5),
+        throughput=12.0,
+        throughput_floor=30.0,
+        throughput_completed=300,
+        throughput_floor_completed=300,
+        throughput_messages_floor=24.0,
+        throughput_messages_floor_completed=300,
+    )
+    text = render(short)
+    assert "## What stands in the way of the targets not met" in text
+    assert "the burst (1,000) is larger than the ticket worker's workflow cache (500)" in text
+    assert "The same three calls on the bare engine ran at 24.0/s" in text
+    assert "hold the tickets to 0.80 of the floor; the tickets ran at 0.50 of those" in text
+    met = report(
+        kind="short",
+        settings={"burst": 500, "workflow_cache": 500, "throughput": 300},
+        burst=Lateness(500, 500, 1, 2, 2, drain_seconds=5),
+        burst_floor=Lateness(500, 500, 1, 2, 2, drain_seconds=5),
+        throughput=30.0,
+        throughput_floor=30.0,
+        throughput_completed=300,
+        throughput_floor_completed=300,
+    )
+    assert "What stands in the way" not in render(met)
+
+
 def test_per_process_rss_rows() -> None:
     text = render(
         report(
