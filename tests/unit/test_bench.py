@@ -70,6 +70,24 @@ def report(**fields: Any) -> Report:
     return Report({**machine, "platform": "linux"}, settings, **fields)
 
 
+def short_run(
+    burst: int, drains: tuple[float, float], rates: tuple[float, float], **fields: Any
+) -> Report:
+    """A short run's report: ``burst`` due at once drained in ``drains`` (tickets, floor),
+    and 300 tickets and floor workflows completed at ``rates`` (tickets, floor)."""
+    return report(
+        kind="short",
+        settings={"burst": burst},
+        burst=Lateness(burst, burst, 1, 2, 2, drain_seconds=drains[0]),
+        burst_floor=Lateness(burst, burst, 1, 2, 2, drain_seconds=drains[1]),
+        throughput=rates[0],
+        throughput_floor=rates[1],
+        throughput_completed=300,
+        throughput_floor_completed=300,
+        **fields,
+    )
+
+
 # --- lateness -------------------------------------------------------------------------------
 
 
@@ -261,16 +279,7 @@ def test_polling_row_is_reported_whichever_way_it_compares() -> None:
 
 
 def test_short_report_header_and_verdicts(tmp_path: Path) -> None:
-    short = report(
-        kind="short",
-        burst=Lateness(500, 500, 10, 20, 20, drain_seconds=20),
-        burst_floor=Lateness(500, 500, 2, 5, 5, drain_seconds=12.5),
-        throughput=12.0,
-        throughput_floor=30.0,
-        throughput_completed=300,
-        throughput_floor_completed=300,
-        rss_mb={0: 120.0, 500: 240.0},
-    )
+    short = short_run(500, (20, 12.5), (12.0, 30.0), rss_mb={0: 120.0, 500: 240.0})
     text = render(short)
     assert text.startswith("# Benchmark report: short run (`make bench-short`")
     assert "| burst | drain rate ≥ 0.8 x the floor's | 25.0/s, floor 40.0/s |" in text
@@ -307,15 +316,10 @@ def test_the_same_messages_floor_is_reported_beside_the_target_floor() -> None:
 
 
 def test_the_report_says_what_stands_in_the_way_of_each_target_not_met() -> None:
-    short = report(
-        kind="short",
-        settings={"burst": 1000, "workflow_cache": 500, "throughput": 300},
-        burst=Lateness(1000, 1000, 10, 20, 20, drain_seconds=20),
-        burst_floor=Lateness(1000, 1000, 2, 5, 5, drain_seconds=5),
-        throughput=12.0,
-        throughput_floor=30.0,
-        throughput_completed=300,
-        throughput_floor_completed=300,
+    short = short_run(
+        1000,
+        (20, 5),
+        (12.0, 30.0),
         throughput_messages_floor=24.0,
         throughput_messages_floor_completed=300,
     )
@@ -324,17 +328,7 @@ def test_the_report_says_what_stands_in_the_way_of_each_target_not_met() -> None
     assert "the burst (1,000) is larger than the ticket worker's workflow cache (500)" in text
     assert "The same three calls on the bare engine ran at 24.0/s" in text
     assert "hold the tickets to 0.80 of the floor; the tickets ran at 0.50 of those" in text
-    met = report(
-        kind="short",
-        settings={"burst": 500, "workflow_cache": 500, "throughput": 300},
-        burst=Lateness(500, 500, 1, 2, 2, drain_seconds=5),
-        burst_floor=Lateness(500, 500, 1, 2, 2, drain_seconds=5),
-        throughput=30.0,
-        throughput_floor=30.0,
-        throughput_completed=300,
-        throughput_floor_completed=300,
-    )
-    assert "What stands in the way" not in render(met)
+    assert "What stands in the way" not in render(short_run(500, (5, 5), (30.0, 30.0)))
 
 
 def test_per_process_rss_rows() -> None:
