@@ -1,6 +1,9 @@
 """The engine floor: what the bare engine does on the same server, with the SDK's default
 worker settings (its workflow cache is 1,000, the ticket worker's 500), so every ticket
-figure is reported beside what Temporal itself achieves in the same run.
+figure is reported beside what Temporal itself achieves in the same run. With
+``BENCH_FLOOR_SETTINGS=worker`` the floor's worker takes the ticket worker's settings
+instead (``worker.py``'s workflow cache and runner, from the same ``SUPPORT_WORKFLOW_*``
+variables): the burst's second floor, a bare workflow evicted from the same cache.
 
 - ``BenchFloor``: sleeps until an instant, then runs one activity that posts to the same
   HTTP sink the tickets' webhook notifications reach (lateness floor); with no instant it
@@ -10,7 +13,8 @@ figure is reported beside what Temporal itself achieves in the same run.
   two signals) on a bare workflow (the throughput phase's "same messages" floor).
 
 ``python -m bench.floor`` runs its worker as a process, like ``worker.py`` for tickets:
-default ``Worker`` settings, task queue ``SUPPORT_TASK_QUEUE``, server ``TEMPORAL_ADDRESS``.
+default ``Worker`` settings (or the ticket worker's, above), task queue
+``SUPPORT_TASK_QUEUE``, server ``TEMPORAL_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 
@@ -31,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 FLOOR_SIGNAL = "bench_floor_signal"
+SETTINGS_ENV = "BENCH_FLOOR_SETTINGS"  # "sdk" (the default) or "worker"
 
 
 @dataclass
@@ -81,6 +87,19 @@ class BenchFloor:
         await workflow.wait_condition(lambda: self.signals >= request.signals)
 
 
+def worker_settings() -> dict[str, Any]:
+    """The floor worker's settings beyond its queue: none (the SDK's defaults), or with
+    ``BENCH_FLOOR_SETTINGS=worker`` the ticket worker's workflow cache and runner."""
+    chosen = os.environ.get(SETTINGS_ENV) or "sdk"
+    if chosen == "sdk":
+        return {}
+    if chosen != "worker":
+        raise SystemExit(f"{SETTINGS_ENV}: expected sdk or worker, got {chosen!r}")
+    from worker import workflow_cache, workflow_runner
+
+    return {"max_cached_workflows": workflow_cache(), "workflow_runner": workflow_runner()}
+
+
 async def serve(stop: asyncio.Event) -> None:
     client = await Client.connect(os.environ["TEMPORAL_ADDRESS"])
     queue = os.environ["SUPPORT_TASK_QUEUE"]
@@ -90,6 +109,7 @@ async def serve(stop: asyncio.Event) -> None:
             task_queue=queue,
             workflows=[BenchFloor],
             activities=[Poster(http).post],
+            **worker_settings(),
         )
         async with worker:
             print('{"event": "worker started"}', flush=True)

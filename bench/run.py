@@ -25,7 +25,9 @@ interval; that only makes the tickets' figures more pessimistic):
 1. steady: N tickets opened retroactively so their breaches fall due evenly over W
    seconds; worker RSS sampled every 1,000 tickets opened and at the end;
 2. floor steady: N bare workflows sleeping to the same instants, then one activity;
-3. burst: B tickets, then B bare workflows, all due at one instant (drain time);
+3. burst: B tickets, then B bare workflows, all due at one instant (drain time); then B
+   bare workflows again on a floor worker with the ticket worker's settings (its cache,
+   no sandbox): what a burst larger than that cache costs the engine itself;
 4. throughput: T tickets opened, acknowledged and resolved; T trivial workflows; T
    trivial workflows sent the tickets' two signals; in two rounds, the order reversed
    in the second;
@@ -92,7 +94,10 @@ PREFIX = {
     "polling": "P-",
     "burst": ticket_workflow_id("B-"),
     "burst_floor": "FB-",
+    "burst_floor_alike": "FW-",
 }
+
+FLOOR_ALIKE_QUEUE = "bench-floor-alike"
 
 # The issue's targets.
 DRAIN_TARGET = 0.8  # burst drain rate, x the floor's
@@ -182,6 +187,8 @@ class Report:
     polling: Lateness | None = None
     burst: Lateness | None = None
     burst_floor: Lateness | None = None
+    # The same bare workflows on a floor worker with the ticket worker's settings.
+    burst_floor_alike: Lateness | None = None
     throughput: float | None = None
     throughput_floor: float | None = None
     throughput_completed: int | None = None  # of settings["throughput"]
@@ -301,6 +308,8 @@ class Bench:
     tickets_queue: str
     floor_queue: str
     workers: list[WorkerProcess] = field(default_factory=list)  # all of them; [] = [worker]
+    # A floor worker with the ticket worker's settings (the burst's second floor), if any.
+    floor_alike: WorkerProcess | None = None  # on FLOOR_ALIKE_QUEUE
 
     def worker_rss(self) -> list[float]:
         """Each ticket worker process's RSS, MB."""
@@ -351,10 +360,16 @@ async def open_due(
 
 
 async def start_floor(
-    bench: Bench, dues: Iterable[datetime | None], prefix: str, sink: bool, signals: int = 0
+    bench: Bench,
+    dues: Iterable[datetime | None],
+    prefix: str,
+    sink: bool,
+    signals: int = 0,
+    queue: str | None = None,
 ) -> int:
-    """Start a floor workflow per due instant; with ``signals``, send it that many signals
-    right after its start, one after another, as the throughput phase does a ticket's."""
+    """Start a floor workflow per due instant (on ``queue``, by default the floor's);
+    with ``signals``, send it that many signals right after its start, one after another,
+    as the throughput phase does a ticket's."""
     count = 0
 
     async def one(i: int, due: datetime | None) -> None:
@@ -364,7 +379,7 @@ async def start_floor(
             "BenchFloor",
             FloorInput(key, due, bench.sink.url if sink else None, signals),
             id=key,
-            task_queue=bench.floor_queue,
+            task_queue=queue or bench.floor_queue,
         )
         for _ in range(signals):
             await handle.signal(FLOOR_SIGNAL)
@@ -445,7 +460,8 @@ async def steady_floor(
 
 async def burst(bench: Bench, report: Report, count: int, rate: float, already_open: int) -> None:
     """``count`` tickets whose breaches fall due at one instant, with ``already_open``
-    tickets open from the steady phase; then the floor's burst."""
+    tickets open from the steady phase; then the floor's burst, and the same on the floor
+    worker with the ticket worker's settings."""
     if already_open not in report.rss_mb:
         sample_rss(bench, report, already_open)
     due = (datetime.now(UTC) + timedelta(seconds=count / rate + 60)).replace(microsecond=0)
@@ -457,13 +473,23 @@ async def burst(bench: Bench, report: Report, count: int, rate: float, already_o
     report.burst = measure(got, {ticket_workflow_id(t): due.timestamp() for t in ids}, end, True)
     sample_rss(bench, report, already_open + count)
 
-    floor_due = (datetime.now(UTC) + timedelta(seconds=count / rate + 20)).replace(microsecond=0)
-    await start_floor(bench, [floor_due] * count, "FB", sink=True)
+    report.burst_floor = await floor_burst(bench, count, rate, "burst_floor", bench.floor_queue)
+    if bench.floor_alike is not None:
+        report.burst_floor_alike = await floor_burst(
+            bench, count, rate, "burst_floor_alike", FLOOR_ALIKE_QUEUE
+        )
+
+
+async def floor_burst(bench: Bench, count: int, rate: float, phase: str, queue: str) -> Lateness:
+    """``count`` bare workflows due at one instant on ``queue``'s floor worker, keyed by
+    ``PREFIX[phase]``."""
+    prefix = PREFIX[phase]
+    due = (datetime.now(UTC) + timedelta(seconds=count / rate + 20)).replace(microsecond=0)
+    await start_floor(bench, [due] * count, prefix.rstrip("-"), sink=True, queue=queue)
     got, end = await wait_for_deliveries(
-        bench.sink, "/floor", PREFIX["burst_floor"], count, floor_due.timestamp(), "floor burst"
+        bench.sink, "/floor", prefix, count, due.timestamp(), phase.replace("_", " ")
     )
-    expected = {f"{PREFIX['burst_floor']}{i:05d}": floor_due.timestamp() for i in range(count)}
-    report.burst_floor = measure(got, expected, end, True)
+    return measure(got, {f"{prefix}{i:05d}": due.timestamp() for i in range(count)}, end, True)
 
 
 async def completed(client: Client, queue: str, workflow_type: str) -> int:
@@ -770,6 +796,29 @@ def checks(report: Report) -> list[Check]:
     ]
 
 
+def alike_share(report: Report) -> str:
+    """What the burst's second floor (the ticket worker's settings) says of the gap: how
+    much of it a burst larger than the cache costs the bare engine, and how much is left
+    to the ticket's own replay and step."""
+    ours, floor = drain_rate(report.burst), drain_rate(report.burst_floor)
+    alike = drain_rate(report.burst_floor_alike)
+    if not (ours and floor and alike):
+        return ""
+    text = (
+        f" On a floor worker with the ticket worker's settings the bare engine drained the"
+        f" same burst at {alike:.1f}/s (against {floor:.1f}/s with the SDK's): "
+    )
+    if alike >= floor:
+        return text + "the cache costs the bare engine nothing here, so the gap is the ticket's."
+    share = min(1.0, (floor - alike) / (floor - ours)) if floor > ours else 1.0
+    return text + (
+        f"evictions cost the engine itself {share:.0%} of the gap, and the tickets ran at"
+        f" {ours / alike:.2f} of that floor; the rest is what a ticket's replay and step"
+        " cost beyond a bare workflow's (its longer history with the plan, an activation"
+        " per local activity, its ledger write)."
+    )
+
+
 def in_the_way(report: Report) -> list[str]:
     """For each target this run did not meet, what the run's own figures show stands in
     the way (docs/performance.md has what other measurements add)."""
@@ -784,6 +833,7 @@ def in_the_way(report: Report) -> list[str]:
                     f" workflow cache ({cache:,}): the tickets it evicts are replayed from"
                     " their history to take their step. The floor's worker keeps the SDK's"
                     " default cache of 1,000, and a floor workflow's step ends it."
+                    + alike_share(report)
                 )
             else:
                 lines.append(
@@ -904,6 +954,11 @@ def render(report: Report) -> str:
         ),
         *_lateness_row(f"burst: {bu.expected if bu else 0:,} due at one instant", bu),
         *_lateness_row("burst floor: bare workflows due at one instant", bf),
+        *_lateness_row(
+            f"burst floor, the ticket worker's settings (cache {cfg['workflow_cache']:,},"
+            " no sandbox): the same bare workflows",
+            report.burst_floor_alike,
+        ),
     ]
     if rows:
         lines += [
@@ -916,6 +971,13 @@ def render(report: Report) -> str:
             "| phase | delivered | missing | p50 | p99 | max | drain |",
             "|---|---|---|---|---|---|---|",
             *rows,
+        ]
+    ours, alike = drain_rate(bu), drain_rate(report.burst_floor_alike)
+    if ours and alike:
+        lines += [
+            "",
+            f"Burst drain against the floor with the ticket worker's settings: {ours / alike:.2f}"
+            " (the target's ratio is against the floor with the SDK's defaults).",
         ]
     if po is not None:
         lines += ["", polling_comparison(po, st)]
@@ -1055,11 +1117,29 @@ async def run(args: argparse.Namespace) -> Report:
             argv=[sys.executable, "-m", "bench.floor"],
             name="floor",
         )
+        # The burst's second floor: the ticket worker's settings (SUPPORT_WORKFLOW_* as the
+        # ticket workers get them: none here, so worker.py's defaults).
+        floor_alike = (
+            WorkerProcess(
+                workdir,
+                clean_env(
+                    **common,
+                    SUPPORT_TASK_QUEUE=FLOOR_ALIKE_QUEUE,
+                    BENCH_FLOOR_SETTINGS="worker",
+                ),
+                argv=[sys.executable, "-m", "bench.floor"],
+                name="floor-alike",
+            )
+            if args.burst
+            else None
+        )
         try:
             client = await connect(server.address)
             for worker in workers:
                 await worker.start()
             await floor.start()
+            if floor_alike is not None:
+                await floor_alike.start()
             bench = Bench(
                 workdir,
                 sink,
@@ -1070,6 +1150,7 @@ async def run(args: argparse.Namespace) -> Report:
                 tickets_queue,
                 floor_queue,
                 workers,
+                floor_alike,
             )
             if args.tickets:
                 await steady(
@@ -1082,6 +1163,8 @@ async def run(args: argparse.Namespace) -> Report:
                 await throughput(bench, report, args.throughput)
         finally:
             floor.stop()
+            if floor_alike is not None:
+                floor_alike.stop()
             for worker in workers:
                 worker.stop()
             server.stop()

@@ -136,11 +136,14 @@ def test_lateness_at_keeps_only_its_phase_prefix() -> None:
         record("/floor", "F-00000", DUE, DUE + 4),
         record("/floor", "FB-00000", DUE, DUE + 5),
         record("/floor", "FB-00001", DUE, DUE + 6, stored=False),
+        record("/floor", "FW-00000", DUE, DUE + 7),
     ]
     assert lateness_at(sink, "/bench", PREFIX["burst"]) == [(burst, DUE, DUE + 2)]
     assert lateness_at(sink, "/bench", PREFIX["steady"]) == [(steady, DUE, DUE + 1)]
     assert lateness_at(sink, "/floor", PREFIX["steady_floor"]) == [("F-00000", DUE, DUE + 4)]
     assert lateness_at(sink, "/floor", PREFIX["burst_floor"]) == [("FB-00000", DUE, DUE + 5)]
+    alike = lateness_at(sink, "/floor", PREFIX["burst_floor_alike"])
+    assert alike == [("FW-00000", DUE, DUE + 7)]
     assert len(lateness_at(sink, "/bench")) == 2  # no prefix: every key (bench/profile.py)
 
 
@@ -329,6 +332,51 @@ def test_the_report_says_what_stands_in_the_way_of_each_target_not_met() -> None
     assert "The same three calls on the bare engine ran at 24.0/s" in text
     assert "hold the tickets to 0.80 of the floor; the tickets ran at 0.50 of those" in text
     assert "What stands in the way" not in render(short_run(500, (5, 5), (30.0, 30.0)))
+
+
+def test_the_burst_floor_with_the_ticket_workers_settings_splits_the_gap() -> None:
+    # Tickets 1,000 in 20 s (50/s); the floor, SDK defaults, in 5 s (200/s); the same
+    # bare workflows on the ticket worker's settings in 10 s (100/s).
+    short = short_run(
+        1000,
+        (20, 5),
+        (30.0, 30.0),
+        burst_floor_alike=Lateness(1000, 1000, 1, 2, 2, drain_seconds=10),
+    )
+    text = render(short)
+    # The target's verdict stays against the SDK-default floor.
+    assert "| burst | drain rate ≥ 0.8 x the floor's | 50.0/s, floor 200.0/s |" in text
+    assert (
+        "| burst floor, the ticket worker's settings (cache 500, no sandbox): the same bare"
+        " workflows | 1,000 of 1,000 | 0 |"
+    ) in text
+    assert "Burst drain against the floor with the ticket worker's settings: 0.50" in text
+    # (200 - 100) of the (200 - 50) gap is the engine's own eviction cost.
+    assert "drained the same burst at 100.0/s (against 200.0/s with the SDK's)" in text
+    assert "evictions cost the engine itself 67% of the gap" in text
+    assert "the tickets ran at 0.50 of that floor" in text
+    # Without the second floor (a custom run's report from before it), none of it.
+    assert "ticket worker's settings" not in render(short_run(1000, (20, 5), (30.0, 30.0)))
+
+
+def test_the_floor_worker_takes_the_sdk_defaults_or_the_ticket_workers_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from temporalio.worker import UnsandboxedWorkflowRunner
+
+    from bench.floor import worker_settings
+
+    monkeypatch.delenv("BENCH_FLOOR_SETTINGS", raising=False)
+    assert worker_settings() == {}
+    monkeypatch.setenv("BENCH_FLOOR_SETTINGS", "worker")
+    monkeypatch.setenv("SUPPORT_WORKFLOW_CACHE", "321")
+    monkeypatch.delenv("SUPPORT_WORKFLOW_SANDBOX", raising=False)
+    settings = worker_settings()
+    assert settings["max_cached_workflows"] == 321
+    assert isinstance(settings["workflow_runner"], UnsandboxedWorkflowRunner)
+    monkeypatch.setenv("BENCH_FLOOR_SETTINGS", "tickets")
+    with pytest.raises(SystemExit, match="BENCH_FLOOR_SETTINGS: expected sdk or worker"):
+        worker_settings()
 
 
 def test_per_process_rss_rows() -> None:
