@@ -1075,6 +1075,13 @@ def server_args(
     return server_settings(settings, synchronous)
 
 
+def floor_worker(workdir: Path, name: str, **env: str) -> WorkerProcess:
+    """A ``bench.floor`` worker process with ``env`` (its queue, server and settings)."""
+    return WorkerProcess(
+        workdir, clean_env(**env), argv=[sys.executable, "-m", "bench.floor"], name=name
+    )
+
+
 async def run(args: argparse.Namespace) -> Report:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "short")}
     report = Report(
@@ -1111,24 +1118,16 @@ async def run(args: argparse.Namespace) -> Report:
             )
             for i in range(args.worker_processes)
         ]
-        floor = WorkerProcess(
-            workdir,
-            clean_env(**common, SUPPORT_TASK_QUEUE=floor_queue),
-            argv=[sys.executable, "-m", "bench.floor"],
-            name="floor",
-        )
+        floor = floor_worker(workdir, "floor", SUPPORT_TASK_QUEUE=floor_queue, **common)
         # The burst's second floor: the ticket worker's settings (SUPPORT_WORKFLOW_* as the
         # ticket workers get them: none here, so worker.py's defaults).
         floor_alike = (
-            WorkerProcess(
+            floor_worker(
                 workdir,
-                clean_env(
-                    **common,
-                    SUPPORT_TASK_QUEUE=FLOOR_ALIKE_QUEUE,
-                    BENCH_FLOOR_SETTINGS="worker",
-                ),
-                argv=[sys.executable, "-m", "bench.floor"],
-                name="floor-alike",
+                "floor-alike",
+                SUPPORT_TASK_QUEUE=FLOOR_ALIKE_QUEUE,
+                BENCH_FLOOR_SETTINGS="worker",
+                **common,
             )
             if args.burst
             else None
